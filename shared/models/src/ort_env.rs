@@ -1,0 +1,126 @@
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use coldpath_core::config::{self, EnvSource};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::SessionBuilder;
+
+use crate::session::{Provider, SessionConfig, is_provider_compiled_in, register_provider, select_provider};
+use crate::ModelError;
+
+/// The variable that names the ONNX Runtime shared library.
+pub const ORT_DYLIB_VAR: &str = "ORT_DYLIB_PATH";
+/// Where the Lambda layer puts the library (`lib/` in a layer is mounted at `/opt/lib`).
+pub const DEFAULT_ORT_DYLIB_PATH: &str = "/opt/lib/libonnxruntime.so";
+
+/// A loaded ONNX Runtime library and its process-wide environment.
+pub struct OrtRuntime {
+    env: Environment,
+    pub library: PathBuf,
+    pub load_time: Duration,
+}
+
+impl std::fmt::Debug for OrtRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtRuntime").field("library", &self.library).finish()
+    }
+}
+
+impl OrtRuntime {
+    /// The library path from `ORT_DYLIB_PATH`, or the Lambda layer default.
+    pub fn library_from_env(env: &impl EnvSource) -> PathBuf {
+        config::get(env, ORT_DYLIB_VAR)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB_PATH))
+    }
+
+    /// Loads the library once per process. A missing file, a file that is not ONNX Runtime, or a
+    /// version older than the API level `ort` was built for is an error naming `ORT_DYLIB_PATH`.
+    pub fn load(library: &Path) -> Result<OrtRuntime, ModelError> {
+        let started = Instant::now();
+        let fail = |reason: String| ModelError::RuntimeLibrary {
+            var: ORT_DYLIB_VAR,
+            path: library.to_path_buf(),
+            min_minor: ort::MINOR_VERSION,
+            reason,
+        };
+        // dlopen would search the system paths for a bare name; we want exactly the configured file.
+        if !library.is_file() {
+            return Err(fail("no such file".to_string()));
+        }
+        let env = ort::init_from(library)
+            .map_err(|e| fail(e.to_string()))?
+            .with_name("coldpath")
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let load_time = started.elapsed();
+        tracing::info!(
+            library = %library.display(),
+            elapsed_ms = load_time.as_secs_f64() * 1e3,
+            "onnx runtime loaded"
+        );
+        Ok(OrtRuntime {
+            env,
+            library: library.to_path_buf(),
+            load_time,
+        })
+    }
+
+    /// Builds a session for `model_path` with the placement's options, and says which execution
+    /// provider it ended up on.
+    ///
+    /// A provider that is not compiled into the library, or that fails to start (no GPU, missing
+    /// CUDA libraries), is an error unless `allow_cpu_fallback` is set; then the session is built
+    /// on the CPU and the fallback is logged as a warning.
+    pub fn build_session(
+        &self,
+        model: &str,
+        model_path: &Path,
+        config: &SessionConfig,
+    ) -> Result<(Session, Provider), ModelError> {
+        let provider = select_provider(config.provider, is_provider_compiled_in, config.allow_cpu_fallback)?;
+        let session_err = |reason: String| ModelError::Session {
+            model: model.to_string(),
+            path: model_path.to_path_buf(),
+            reason,
+        };
+        let threads = config.intra_threads.resolve();
+        let build = |provider: Provider| -> Result<Session, ort::Error> {
+            let builder = self.builder(config, threads)?;
+            let mut builder = register_provider(builder, provider)?;
+            builder.commit_from_file(model_path)
+        };
+        let (session, used) = match build(provider) {
+            Ok(s) => (s, provider),
+            Err(e) if provider != Provider::Cpu && config.allow_cpu_fallback => {
+                tracing::warn!(model, requested = %provider, error = %e, "execution provider failed to start; falling back to CPU");
+                (build(Provider::Cpu).map_err(|e| session_err(e.to_string()))?, Provider::Cpu)
+            }
+            Err(e) if provider != Provider::Cpu => {
+                return Err(ModelError::ProviderUnavailable {
+                    requested: provider,
+                    available: format!("it failed to start: {e}"),
+                });
+            }
+            Err(e) => return Err(session_err(e.to_string())),
+        };
+        tracing::info!(
+            model,
+            provider = %used,
+            intra_threads = threads,
+            opt_level = ?config.opt_level,
+            "session built"
+        );
+        Ok((session, used))
+    }
+
+    fn builder(&self, config: &SessionConfig, threads: usize) -> ort::Result<SessionBuilder> {
+        Ok(Session::builder(&self.env)?
+            .with_optimization_level(config.opt_level.to_ort())?
+            .with_intra_threads(threads)?
+            // One request runs at a time per session; a second pool would only contend for cores.
+            .with_inter_threads(1)?
+            .with_parallel_execution(false)?)
+    }
+}

@@ -1,0 +1,76 @@
+use std::fmt;
+
+use coldpath_core::{Classify, ErrorType};
+use lambda_runtime::Diagnostic;
+
+/// A failed invocation as callers see it: a stable class and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    pub error_type: ErrorType,
+    pub message: String,
+}
+
+impl HandlerError {
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        HandlerError {
+            error_type,
+            message: message.into(),
+        }
+    }
+
+    /// Classifies a library error, keeping its full `Display` chain as the message.
+    pub fn from_error<E: Classify + fmt::Display>(err: &E) -> Self {
+        HandlerError::new(err.error_type(), err.to_string())
+    }
+
+    /// The JSON body that local invoke prints, in the same shape the Lambda service reports.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "errorType": self.error_type.as_str(),
+            "errorMessage": self.message,
+        })
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+impl From<HandlerError> for Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        Diagnostic {
+            error_type: e.error_type.as_str().to_string(),
+            error_message: e.message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("input 3 is empty")]
+    struct Empty;
+    impl Classify for Empty {
+        fn error_type(&self) -> ErrorType {
+            ErrorType::InvalidInput
+        }
+    }
+
+    #[test]
+    fn maps_to_lambda_diagnostic_with_stable_type() {
+        let e = HandlerError::from_error(&Empty);
+        let d: Diagnostic = e.clone().into();
+        assert_eq!(d.error_type, "InvalidInput");
+        assert_eq!(d.error_message, "input 3 is empty");
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"errorType": "InvalidInput", "errorMessage": "input 3 is empty"})
+        );
+    }
+}

@@ -1,0 +1,159 @@
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use coldpath_core::ErrorType;
+use lambda_runtime::{Context, LambdaEvent, service_fn};
+use serde_json::Value;
+
+use crate::HandlerError;
+
+/// How the binary was asked to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// No arguments: serve the Lambda Runtime API (also what `cargo lambda watch` drives).
+    Lambda,
+    /// `invoke <EVENT_FILE>`: run the handler once in-process on a sample event.
+    Invoke(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("usage: {program} [invoke <EVENT_FILE>]\n{problem}")]
+pub struct UsageError {
+    program: String,
+    problem: String,
+}
+
+impl Mode {
+    /// Parses the arguments after the program name.
+    pub fn from_args(program: &str, args: &[String]) -> Result<Mode, UsageError> {
+        let usage = |problem: &str| UsageError {
+            program: program.to_string(),
+            problem: problem.to_string(),
+        };
+        match args {
+            [] => Ok(Mode::Lambda),
+            [cmd, file] if cmd == "invoke" => Ok(Mode::Invoke(PathBuf::from(file))),
+            [cmd] if cmd == "invoke" => Err(usage("invoke needs an event file")),
+            _ => Err(usage(&format!("unexpected arguments: {}", args.join(" ")))),
+        }
+    }
+}
+
+/// Runs the handler once on the event in `path`, as the Lambda service would, without AWS.
+pub async fn invoke_file<S, F, Fut>(path: &Path, state: Arc<S>, handler: F) -> Result<Value, HandlerError>
+where
+    F: Fn(Arc<S>, LambdaEvent<Value>) -> Fut,
+    Fut: Future<Output = Result<Value, HandlerError>>,
+{
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        HandlerError::new(
+            ErrorType::InvalidInput,
+            format!("cannot read event file {}: {e}", path.display()),
+        )
+    })?;
+    let payload: Value = serde_json::from_str(&text).map_err(|e| {
+        HandlerError::new(
+            ErrorType::InvalidInput,
+            format!("event file {} is not valid JSON: {e}", path.display()),
+        )
+    })?;
+    let mut context = Context::default();
+    context.request_id = "local-invoke".to_string();
+    handler(state, LambdaEvent::new(payload, context)).await
+}
+
+/// Runs the function in `mode` with shared `state` built once by the caller.
+///
+/// Local invoke prints only the response JSON on stdout and exits 0, or prints the error in the
+/// Lambda shape (`errorType`, `errorMessage`) and exits 1. Lambda mode returns when the runtime
+/// loop ends, which is only on a fatal runtime error.
+pub async fn run<S, F, Fut>(function: &str, mode: Mode, state: Arc<S>, handler: F) -> ExitCode
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, LambdaEvent<Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, HandlerError>> + Send,
+{
+    match mode {
+        Mode::Invoke(path) => match invoke_file(&path, state, handler).await {
+            Ok(response) => {
+                println!("{response}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                tracing::error!(function, error_type = %err.error_type, "{}", err.message);
+                println!("{}", err.to_json());
+                ExitCode::FAILURE
+            }
+        },
+        Mode::Lambda => {
+            let handler = Arc::new(handler);
+            let service = service_fn(move |event: LambdaEvent<Value>| {
+                let state = Arc::clone(&state);
+                let handler = Arc::clone(&handler);
+                async move { handler(state, event).await }
+            });
+            match lambda_runtime::run(service).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(function, "lambda runtime stopped: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_modes() {
+        assert_eq!(Mode::from_args("f", &[]), Ok(Mode::Lambda));
+        assert_eq!(
+            Mode::from_args("f", &args(&["invoke", "e.json"])),
+            Ok(Mode::Invoke("e.json".into()))
+        );
+        let err = Mode::from_args("f", &args(&["invoke"])).unwrap_err();
+        assert!(err.to_string().contains("invoke needs an event file"));
+        assert!(Mode::from_args("f", &args(&["serve", "x"])).is_err());
+    }
+
+    async fn echo(_: Arc<()>, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+        if event.payload.get("fail").is_some() {
+            return Err(HandlerError::new(ErrorType::InvalidInput, "asked to fail"));
+        }
+        Ok(serde_json::json!({"echo": event.payload, "id": event.context.request_id}))
+    }
+
+    #[tokio::test]
+    async fn invoke_runs_handler_on_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.json");
+        std::fs::write(&ok, r#"{"a": 1}"#).unwrap();
+        let out = invoke_file(&ok, Arc::new(()), echo).await.unwrap();
+        assert_eq!(out, serde_json::json!({"echo": {"a": 1}, "id": "local-invoke"}));
+
+        let fail = dir.path().join("fail.json");
+        std::fs::write(&fail, r#"{"fail": true}"#).unwrap();
+        let err = invoke_file(&fail, Arc::new(()), echo).await.unwrap_err();
+        assert_eq!(err.error_type, ErrorType::InvalidInput);
+
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{not json").unwrap();
+        let err = invoke_file(&bad, Arc::new(()), echo).await.unwrap_err();
+        assert_eq!(err.error_type, ErrorType::InvalidInput);
+        assert!(err.message.contains("not valid JSON"), "{}", err.message);
+
+        let missing = invoke_file(&dir.path().join("nope.json"), Arc::new(()), echo)
+            .await
+            .unwrap_err();
+        assert!(missing.message.contains("cannot read event file"));
+    }
+}

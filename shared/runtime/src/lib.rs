@@ -1,0 +1,15 @@
+//! Hosting for coldpath functions.
+//!
+//! Every function binary is the same four steps: init tracing, read config, build shared resources
+//! once, run. This crate owns the parts that do not depend on the workload: structured logging to
+//! stderr, the choice between the Lambda runtime loop and local `invoke <EVENT_FILE>` mode, and the
+//! mapping from a classified library error to the Lambda diagnostic (`errorType` / `errorMessage`).
+
+mod error;
+mod invoke;
+mod logging;
+
+pub use error::HandlerError;
+pub use invoke::{Mode, UsageError, invoke_file, run};
+pub use lambda_runtime::{Context, LambdaEvent};
+pub use logging::{LogFormat, init_tracing};
