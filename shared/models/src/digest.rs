@@ -25,7 +25,10 @@ impl FromStr for Sha256Digest {
         let s = s.trim();
         let mut out = [0u8; 32];
         if s.len() != 64 {
-            return Err(format!("expected 64 hex digits, found {} characters", s.len()));
+            return Err(format!(
+                "expected 64 hex digits, found {} characters",
+                s.len()
+            ));
         }
         hex::decode_to_slice(s, &mut out).map_err(|e| format!("not hex: {e}"))?;
         Ok(Sha256Digest(out))
@@ -76,9 +79,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        assert!("abc".parse::<Sha256Digest>().unwrap_err().contains("64 hex"));
+        assert!(
+            "abc"
+                .parse::<Sha256Digest>()
+                .unwrap_err()
+                .contains("64 hex")
+        );
         let not_hex = "z".repeat(64);
-        assert!(not_hex.parse::<Sha256Digest>().unwrap_err().contains("not hex"));
+        assert!(
+            not_hex
+                .parse::<Sha256Digest>()
+                .unwrap_err()
+                .contains("not hex")
+        );
     }
 
     #[test]

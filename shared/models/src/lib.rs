@@ -48,7 +48,9 @@ pub enum ModelError {
         file: String,
         path: PathBuf,
     },
-    #[error("model {model}: checksum mismatch for {file}: expected sha256 {expected}, found {found}")]
+    #[error(
+        "model {model}: checksum mismatch for {file}: expected sha256 {expected}, found {found}"
+    )]
     Checksum {
         model: String,
         file: String,
@@ -75,8 +77,13 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("execution provider {requested} is not available in this ONNX Runtime build ({available}); set COLDPATH_ALLOW_CPU_FALLBACK=true to run on CPU instead")]
-    ProviderUnavailable { requested: Provider, available: String },
+    #[error(
+        "execution provider {requested} is not available in this ONNX Runtime build ({available}); set COLDPATH_ALLOW_CPU_FALLBACK=true to run on CPU instead"
+    )]
+    ProviderUnavailable {
+        requested: Provider,
+        available: String,
+    },
     #[error("model {model}: building the ONNX Runtime session from {path}: {reason}")]
     Session {
         model: String,

@@ -6,8 +6,10 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 
-use crate::session::{Provider, SessionConfig, is_provider_compiled_in, register_provider, select_provider};
 use crate::ModelError;
+use crate::session::{
+    Provider, SessionConfig, is_provider_compiled_in, register_provider, select_provider,
+};
 
 /// The variable that names the ONNX Runtime shared library.
 pub const ORT_DYLIB_VAR: &str = "ORT_DYLIB_PATH";
@@ -23,7 +25,9 @@ pub struct OrtRuntime {
 
 impl std::fmt::Debug for OrtRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrtRuntime").field("library", &self.library).finish()
+        f.debug_struct("OrtRuntime")
+            .field("library", &self.library)
+            .finish()
     }
 }
 
@@ -79,7 +83,11 @@ impl OrtRuntime {
         model_path: &Path,
         config: &SessionConfig,
     ) -> Result<(Session, Provider), ModelError> {
-        let provider = select_provider(config.provider, is_provider_compiled_in, config.allow_cpu_fallback)?;
+        let provider = select_provider(
+            config.provider,
+            is_provider_compiled_in,
+            config.allow_cpu_fallback,
+        )?;
         let session_err = |reason: String| ModelError::Session {
             model: model.to_string(),
             path: model_path.to_path_buf(),
@@ -95,7 +103,10 @@ impl OrtRuntime {
             Ok(s) => (s, provider),
             Err(e) if provider != Provider::Cpu && config.allow_cpu_fallback => {
                 tracing::warn!(model, requested = %provider, error = %e, "execution provider failed to start; falling back to CPU");
-                (build(Provider::Cpu).map_err(|e| session_err(e.to_string()))?, Provider::Cpu)
+                (
+                    build(Provider::Cpu).map_err(|e| session_err(e.to_string()))?,
+                    Provider::Cpu,
+                )
             }
             Err(e) if provider != Provider::Cpu => {
                 return Err(ModelError::ProviderUnavailable {

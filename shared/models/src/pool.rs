@@ -19,8 +19,16 @@ impl SessionPool {
     /// `sessions` must hold at least one session; they must all come from the same model.
     pub fn new(sessions: Vec<Session>) -> Option<Self> {
         let first = sessions.first()?;
-        let input_names = first.inputs().iter().map(|i| i.name().to_string()).collect();
-        let output_names = first.outputs().iter().map(|o| o.name().to_string()).collect();
+        let input_names = first
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        let output_names = first
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         Some(SessionPool {
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next: AtomicUsize::new(0),
@@ -58,7 +66,9 @@ impl SessionPool {
             Some(g) => g,
             // A panic while a session was held leaves ONNX Runtime's own state intact (it lives
             // behind the C API), so a poisoned lock is recovered rather than wedging the pool.
-            None => self.sessions[start].lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.sessions[start]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
         };
         f(&mut guard)
     }

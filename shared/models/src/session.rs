@@ -63,9 +63,13 @@ impl FromStr for GraphOptLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     Cpu,
-    Cuda { device_id: i32 },
+    Cuda {
+        device_id: i32,
+    },
     /// TensorRT, with CUDA registered behind it for the operators TensorRT does not take.
-    TensorRt { device_id: i32 },
+    TensorRt {
+        device_id: i32,
+    },
 }
 
 impl Provider {
@@ -121,13 +125,22 @@ impl SessionConfig {
             })?,
         };
         let device_id: i32 = config::parse_or(env, "COLDPATH_CUDA_DEVICE", "a GPU index", 0)?;
-        let provider = match config::get(env, "COLDPATH_PROVIDER").as_deref().map(str::to_ascii_lowercase) {
+        let provider = match config::get(env, "COLDPATH_PROVIDER")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        {
             None => Provider::Cpu,
             Some(p) => match p.as_str() {
                 "cpu" => Provider::Cpu,
                 "cuda" => Provider::Cuda { device_id },
                 "tensorrt" => Provider::TensorRt { device_id },
-                _ => return Err(ConfigError::invalid("COLDPATH_PROVIDER", "cpu, cuda or tensorrt", p)),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "COLDPATH_PROVIDER",
+                        "cpu, cuda or tensorrt",
+                        p,
+                    ));
+                }
             },
         };
         Ok(SessionConfig {
@@ -155,7 +168,8 @@ pub fn select_provider(
     }
     Err(ModelError::ProviderUnavailable {
         requested,
-        available: "not compiled into the loaded library; use the onnxruntime-gpu build".to_string(),
+        available: "not compiled into the loaded library; use the onnxruntime-gpu build"
+            .to_string(),
     })
 }
 
@@ -170,13 +184,27 @@ pub(crate) fn is_provider_compiled_in(p: Provider) -> bool {
 }
 
 /// Registers the provider so that a failure to start it is an error, not a silent CPU run.
-pub(crate) fn register_provider(builder: SessionBuilder, p: Provider) -> ort::Result<SessionBuilder> {
+pub(crate) fn register_provider(
+    builder: SessionBuilder,
+    p: Provider,
+) -> ort::Result<SessionBuilder> {
     let eps = match p {
         Provider::Cpu => return Ok(builder),
-        Provider::Cuda { device_id } => vec![ep::CUDA::default().with_device_id(device_id).build().error_on_failure()],
+        Provider::Cuda { device_id } => vec![
+            ep::CUDA::default()
+                .with_device_id(device_id)
+                .build()
+                .error_on_failure(),
+        ],
         Provider::TensorRt { device_id } => vec![
-            ep::TensorRT::default().with_device_id(device_id).build().error_on_failure(),
-            ep::CUDA::default().with_device_id(device_id).build().error_on_failure(),
+            ep::TensorRT::default()
+                .with_device_id(device_id)
+                .build()
+                .error_on_failure(),
+            ep::CUDA::default()
+                .with_device_id(device_id)
+                .build()
+                .error_on_failure(),
         ],
     };
     Ok(builder.with_execution_providers(eps)?)
@@ -228,11 +256,17 @@ mod tests {
         let none = |_: Provider| false;
         let all = |_: Provider| true;
         let cuda = Provider::Cuda { device_id: 0 };
-        assert_eq!(select_provider(Provider::Cpu, none, false).unwrap(), Provider::Cpu);
+        assert_eq!(
+            select_provider(Provider::Cpu, none, false).unwrap(),
+            Provider::Cpu
+        );
         assert_eq!(select_provider(cuda, all, false).unwrap(), cuda);
         assert_eq!(select_provider(cuda, none, true).unwrap(), Provider::Cpu);
         let err = select_provider(cuda, none, false).unwrap_err();
-        assert!(err.to_string().contains("COLDPATH_ALLOW_CPU_FALLBACK"), "{err}");
+        assert!(
+            err.to_string().contains("COLDPATH_ALLOW_CPU_FALLBACK"),
+            "{err}"
+        );
         assert_eq!(
             coldpath_core::Classify::error_type(&err),
             coldpath_core::ErrorType::ModelLoad

@@ -125,7 +125,8 @@ impl ModelSpec {
         let source_var = format!("{prefix}_SOURCE");
         let sha_var = format!("{prefix}_SHA256");
         let name = config::get(env, &name_var).unwrap_or_else(|| default_name.to_string());
-        let raw_source = config::get(env, &source_var).unwrap_or_else(|| default_source.to_string());
+        let raw_source =
+            config::get(env, &source_var).unwrap_or_else(|| default_source.to_string());
         let source = raw_source
             .parse()
             .map_err(|expected: String| ConfigError::invalid(&source_var, expected, &raw_source))?;
@@ -146,9 +147,16 @@ impl ModelSpec {
                     .parse()
                     .map_err(|e: String| ConfigError::invalid(&sha_var, e, entry))?;
                 let known = join_names(&files);
-                let slot = files.iter_mut().find(|f| f.name == file.trim()).ok_or_else(|| {
-                    ConfigError::invalid(&sha_var, format!("one of the model's files ({known})"), file)
-                })?;
+                let slot = files
+                    .iter_mut()
+                    .find(|f| f.name == file.trim())
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            &sha_var,
+                            format!("one of the model's files ({known})"),
+                            file,
+                        )
+                    })?;
                 slot.sha256 = Some(digest);
             }
         }
@@ -158,7 +166,8 @@ impl ModelSpec {
             source,
             files,
         };
-        spec.validate().map_err(|e| ConfigError::invalid(&source_var, e, raw_source))?;
+        spec.validate()
+            .map_err(|e| ConfigError::invalid(&source_var, e, raw_source))?;
         Ok(spec)
     }
 
@@ -166,10 +175,13 @@ impl ModelSpec {
     pub fn validate(&self) -> Result<(), String> {
         for f in &self.files {
             let p = Path::new(&f.name);
-            let inside = !f.name.is_empty()
-                && p.components().all(|c| matches!(c, Component::Normal(_)));
+            let inside =
+                !f.name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
             if !inside {
-                return Err(format!("model file names relative to the model directory, not {:?}", f.name));
+                return Err(format!(
+                    "model file names relative to the model directory, not {:?}",
+                    f.name
+                ));
             }
         }
         Ok(())
@@ -181,7 +193,11 @@ impl ModelSpec {
 }
 
 fn join_names(files: &[ModelFile]) -> String {
-    files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+    files
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -239,27 +255,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.name, "mini");
-        assert_eq!(spec.file("model.onnx").unwrap().sha256.unwrap().to_string(), A);
+        assert_eq!(
+            spec.file("model.onnx").unwrap().sha256.unwrap().to_string(),
+            A
+        );
         assert!(spec.file("tokenizer.json").unwrap().sha256.is_some());
     }
 
     #[test]
     fn unknown_file_in_checksums_is_an_error() {
         let env = MapEnv::new([("M_SHA256", format!("modle.onnx={A}"))]);
-        let err = ModelSpec::from_env(&env, "M", ModelKind::TextEmbedding, "m", "/m", &["model.onnx"])
-            .unwrap_err();
-        assert!(err.to_string().starts_with("M_SHA256: expected one of the model's files (model.onnx)"), "{err}");
+        let err = ModelSpec::from_env(
+            &env,
+            "M",
+            ModelKind::TextEmbedding,
+            "m",
+            "/m",
+            &["model.onnx"],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("M_SHA256: expected one of the model's files (model.onnx)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_digest_and_bad_source_are_errors() {
         let env = MapEnv::new([("M_SHA256", "model.onnx=abc")]);
-        let err = ModelSpec::from_env(&env, "M", ModelKind::TextEmbedding, "m", "/m", &["model.onnx"])
-            .unwrap_err();
+        let err = ModelSpec::from_env(
+            &env,
+            "M",
+            ModelKind::TextEmbedding,
+            "m",
+            "/m",
+            &["model.onnx"],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
         let env = MapEnv::new([("M_SOURCE", "ftp://x/y")]);
         assert!(
-            ModelSpec::from_env(&env, "M", ModelKind::TextEmbedding, "m", "/m", &["model.onnx"]).is_err()
+            ModelSpec::from_env(
+                &env,
+                "M",
+                ModelKind::TextEmbedding,
+                "m",
+                "/m",
+                &["model.onnx"]
+            )
+            .is_err()
         );
     }
 

@@ -97,10 +97,16 @@ impl<F: ObjectFetcher> ModelStore<F> {
             let io = |path: &Path| {
                 let path = path.to_path_buf();
                 let model = spec.name.clone();
-                move |source| ModelError::Io { model, path, source }
+                move |source| ModelError::Io {
+                    model,
+                    path,
+                    source,
+                }
             };
             let parent = target.parent().unwrap_or(&dir);
-            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io(parent))?;
             let tmp = parent.join(format!(
                 ".{}.partial-{}",
                 target.file_name().unwrap_or_default().to_string_lossy(),
@@ -132,7 +138,9 @@ impl<F: ObjectFetcher> ModelStore<F> {
                     found,
                 });
             }
-            tokio::fs::rename(&tmp, &target).await.map_err(io(&target))?;
+            tokio::fs::rename(&tmp, &target)
+                .await
+                .map_err(io(&target))?;
             tracing::info!(model = %spec.name, file = %f.name, bytes, %uri, "model file fetched");
             fetched += bytes;
         }
@@ -186,7 +194,13 @@ fn cache_dir_name(spec: &ModelSpec) -> String {
     let safe: String = spec
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{safe}-{id}")
 }
@@ -231,26 +245,42 @@ mod tests {
         std::fs::write(dir.path().join("model.onnx"), b"weights").unwrap();
         let store = ModelStore::new(dir.path().join("cache"), crate::NoObjectStore);
         let good = Sha256Digest::of_bytes(b"weights");
-        let ok = spec(ModelSource::Local(dir.path().into()), &[("model.onnx", Some(good))]);
+        let ok = spec(
+            ModelSource::Local(dir.path().into()),
+            &[("model.onnx", Some(good))],
+        );
         let resolved = store.resolve(&ok).await.unwrap();
         assert_eq!(resolved.path("model.onnx"), dir.path().join("model.onnx"));
         assert_eq!(resolved.fetched_bytes, 0);
 
         let wrong = Sha256Digest::of_bytes(b"other");
-        let bad = spec(ModelSource::Local(dir.path().into()), &[("model.onnx", Some(wrong))]);
+        let bad = spec(
+            ModelSource::Local(dir.path().into()),
+            &[("model.onnx", Some(wrong))],
+        );
         let err = store.resolve(&bad).await.unwrap_err();
         assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
 
-        let missing = spec(ModelSource::Local(dir.path().into()), &[("tokenizer.json", None)]);
+        let missing = spec(
+            ModelSource::Local(dir.path().into()),
+            &[("tokenizer.json", None)],
+        );
         let err = store.resolve(&missing).await.unwrap_err();
-        assert!(err.to_string().contains("tokenizer.json not found"), "{err}");
+        assert!(
+            err.to_string().contains("tokenizer.json not found"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn remote_model_is_fetched_once_verified_and_reused() {
         let objects = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(objects.path().join("bucket/models/m1")).unwrap();
-        std::fs::write(objects.path().join("bucket/models/m1/model.onnx"), b"weights").unwrap();
+        std::fs::write(
+            objects.path().join("bucket/models/m1/model.onnx"),
+            b"weights",
+        )
+        .unwrap();
         let cache = tempfile::tempdir().unwrap();
         let fetcher = Counting {
             inner: LocalObjectDir::new(objects.path()),
@@ -258,7 +288,10 @@ mod tests {
         };
         let store = ModelStore::new(cache.path(), fetcher);
         let source: ModelSource = "s3://bucket/models/m1".parse().unwrap();
-        let s = spec(source, &[("model.onnx", Some(Sha256Digest::of_bytes(b"weights")))]);
+        let s = spec(
+            source,
+            &[("model.onnx", Some(Sha256Digest::of_bytes(b"weights")))],
+        );
 
         let first = store.resolve(&s).await.unwrap();
         assert_eq!(first.fetched_bytes, 7);
@@ -270,7 +303,10 @@ mod tests {
         assert_eq!(second.dir, first.dir);
         assert_eq!(store.fetcher.calls.load(Ordering::SeqCst), 1);
         // No partial files are left behind.
-        let names: Vec<_> = std::fs::read_dir(&first.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&first.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("model.onnx")]);
     }
 
@@ -288,7 +324,11 @@ mod tests {
         let err = store.resolve(&s).await.unwrap_err();
         assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
         let dir = cache.path().join(cache_dir_name(&s));
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no file may stay after a mismatch");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no file may stay after a mismatch"
+        );
         // Retrying does not load the bad file either.
         assert!(store.resolve(&s).await.is_err());
     }
@@ -296,7 +336,10 @@ mod tests {
     #[tokio::test]
     async fn remote_needs_digests_and_reports_missing_objects() {
         let objects = tempfile::tempdir().unwrap();
-        let store = ModelStore::new(objects.path().join("cache"), LocalObjectDir::new(objects.path()));
+        let store = ModelStore::new(
+            objects.path().join("cache"),
+            LocalObjectDir::new(objects.path()),
+        );
         let unpinned = spec("s3://b/p".parse().unwrap(), &[("model.onnx", None)]);
         let err = store.resolve(&unpinned).await.unwrap_err();
         assert!(matches!(err, ModelError::UnpinnedRemote { .. }), "{err}");
@@ -312,8 +355,14 @@ mod tests {
 
     #[test]
     fn cache_dir_changes_with_digests() {
-        let a = spec("s3://b".parse().unwrap(), &[("m", Some(Sha256Digest::of_bytes(b"1")))]);
-        let b = spec("s3://b".parse().unwrap(), &[("m", Some(Sha256Digest::of_bytes(b"2")))]);
+        let a = spec(
+            "s3://b".parse().unwrap(),
+            &[("m", Some(Sha256Digest::of_bytes(b"1")))],
+        );
+        let b = spec(
+            "s3://b".parse().unwrap(),
+            &[("m", Some(Sha256Digest::of_bytes(b"2")))],
+        );
         assert_ne!(cache_dir_name(&a), cache_dir_name(&b));
         assert!(cache_dir_name(&a).starts_with("tiny_model-"));
     }

@@ -42,7 +42,11 @@ impl Mode {
 }
 
 /// Runs the handler once on the event in `path`, as the Lambda service would, without AWS.
-pub async fn invoke_file<S, F, Fut>(path: &Path, state: Arc<S>, handler: F) -> Result<Value, HandlerError>
+pub async fn invoke_file<S, F, Fut>(
+    path: &Path,
+    state: Arc<S>,
+    handler: F,
+) -> Result<Value, HandlerError>
 where
     F: Fn(Arc<S>, LambdaEvent<Value>) -> Fut,
     Fut: Future<Output = Result<Value, HandlerError>>,
@@ -77,13 +81,10 @@ where
 {
     match mode {
         Mode::Invoke(path) => match invoke_file(&path, state, handler).await {
-            Ok(response) => {
-                println!("{response}");
-                ExitCode::SUCCESS
-            }
+            Ok(response) => print_json(&response).map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS),
             Err(err) => {
                 tracing::error!(function, error_type = %err.error_type, "{}", err.message);
-                println!("{}", err.to_json());
+                let _ = print_json(&err.to_json());
                 ExitCode::FAILURE
             }
         },
@@ -103,6 +104,18 @@ where
             }
         }
     }
+}
+
+/// Writes one JSON document and a newline to stdout. A closed pipe (`| head`) is reported on
+/// stderr instead of panicking as `println!` would.
+pub fn print_json(value: &Value) -> Result<(), ()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}")
+        .and_then(|()| out.flush())
+        .map_err(|e| {
+            tracing::warn!("cannot write the response to stdout: {e}");
+        })
 }
 
 #[cfg(test)]
@@ -138,7 +151,10 @@ mod tests {
         let ok = dir.path().join("ok.json");
         std::fs::write(&ok, r#"{"a": 1}"#).unwrap();
         let out = invoke_file(&ok, Arc::new(()), echo).await.unwrap();
-        assert_eq!(out, serde_json::json!({"echo": {"a": 1}, "id": "local-invoke"}));
+        assert_eq!(
+            out,
+            serde_json::json!({"echo": {"a": 1}, "id": "local-invoke"})
+        );
 
         let fail = dir.path().join("fail.json");
         std::fs::write(&fail, r#"{"fail": true}"#).unwrap();

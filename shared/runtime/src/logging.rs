@@ -35,7 +35,11 @@ impl LogFormat {
     }
 }
 
-/// Installs the global subscriber: stderr only, level from `RUST_LOG` (default `info`).
+/// The filter used when `RUST_LOG` is unset. ONNX Runtime's own log (forwarded by `ort`) reports
+/// every graph rewrite and arena allocation at info; only its warnings are worth a log line.
+pub const DEFAULT_FILTER: &str = "info,ort=warn";
+
+/// Installs the global subscriber: stderr only, level from `RUST_LOG` (default [`DEFAULT_FILTER`]).
 ///
 /// A malformed `COLDPATH_LOG_FORMAT` falls back to text and is reported once the subscriber is up,
 /// so the mistake is visible instead of silencing all logs.
@@ -44,7 +48,8 @@ pub fn init_tracing() {
         Ok(f) => (f, None),
         Err(e) => (LogFormat::Text, Some(e)),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

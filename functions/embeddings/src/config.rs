@@ -1,0 +1,115 @@
+//! The embeddings function's configuration, read once from the environment at start.
+
+use std::path::PathBuf;
+
+use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
+
+use crate::api::Limits;
+use crate::embedder::PipelineConfig;
+use crate::pooling::Pooling;
+
+/// Files an embedding model directory must hold.
+pub const MODEL_FILES: [&str; 2] = ["model.onnx", "tokenizer.json"];
+/// The bundled default: the model directory the Lambda package or layer ships.
+pub const DEFAULT_MODEL_SOURCE: &str = "/opt/models/all-minilm-l6-v2";
+pub const DEFAULT_MODEL_NAME: &str = "all-MiniLM-L6-v2";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingsConfig {
+    pub model: ModelSpec,
+    pub ort_library: PathBuf,
+    pub session: SessionConfig,
+    /// Sessions in the pool; more than one only helps a server that takes concurrent requests.
+    pub sessions: usize,
+    pub pipeline: PipelineConfig,
+    pub limits: Limits,
+    /// Run one inference at init so the first request does not pay ORT's first-run cost.
+    pub warmup: bool,
+    /// Where remote (`s3://`) models are cached; Lambda only allows writes under /tmp.
+    pub cache_dir: PathBuf,
+}
+
+impl EmbeddingsConfig {
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let model = ModelSpec::from_env(
+            env,
+            "EMBEDDINGS_MODEL",
+            ModelKind::TextEmbedding,
+            DEFAULT_MODEL_NAME,
+            DEFAULT_MODEL_SOURCE,
+            &MODEL_FILES,
+        )?;
+        let pooling = match config::get(env, "EMBEDDINGS_POOLING") {
+            None => Pooling::Mean,
+            Some(p) => p
+                .parse()
+                .map_err(|()| ConfigError::invalid("EMBEDDINGS_POOLING", "mean or cls", p))?,
+        };
+        Ok(EmbeddingsConfig {
+            model,
+            ort_library: OrtRuntime::library_from_env(env),
+            session: SessionConfig::from_env(env)?,
+            sessions: config::positive_or(env, "EMBEDDINGS_SESSIONS", 1)?,
+            pipeline: PipelineConfig {
+                // all-MiniLM-L6-v2's sentence-transformers max_seq_length.
+                max_tokens: config::positive_or(env, "EMBEDDINGS_MAX_TOKENS", 256)?,
+                pooling,
+                normalize: config::bool_or(env, "EMBEDDINGS_NORMALIZE", true)?,
+                max_batch_tokens: config::positive_or(env, "EMBEDDINGS_MAX_BATCH_TOKENS", 16_384)?,
+            },
+            limits: Limits {
+                max_inputs: config::positive_or(env, "EMBEDDINGS_MAX_INPUTS", 256)?,
+                max_request_bytes: config::positive_or(
+                    env,
+                    "EMBEDDINGS_MAX_REQUEST_BYTES",
+                    1 << 20,
+                )?,
+            },
+            warmup: config::bool_or(env, "EMBEDDINGS_WARMUP", true)?,
+            cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coldpath_core::MapEnv;
+
+    #[test]
+    fn defaults() {
+        let c = EmbeddingsConfig::from_env(&MapEnv::default()).unwrap();
+        assert_eq!(c.model.name, DEFAULT_MODEL_NAME);
+        assert_eq!(c.pipeline.max_tokens, 256);
+        assert_eq!(c.pipeline.pooling, Pooling::Mean);
+        assert!(c.pipeline.normalize && c.warmup);
+        assert_eq!(c.limits.max_inputs, 256);
+        assert_eq!(c.ort_library, PathBuf::from("/opt/lib/libonnxruntime.so"));
+        assert_eq!(c.sessions, 1);
+    }
+
+    #[test]
+    fn overrides_and_errors() {
+        let env = MapEnv::new([
+            ("EMBEDDINGS_MAX_TOKENS", "128"),
+            ("EMBEDDINGS_POOLING", "cls"),
+            ("EMBEDDINGS_MAX_INPUTS", "8"),
+            ("ORT_DYLIB_PATH", "/x/libonnxruntime.so"),
+        ]);
+        let c = EmbeddingsConfig::from_env(&env).unwrap();
+        assert_eq!(c.pipeline.max_tokens, 128);
+        assert_eq!(c.pipeline.pooling, Pooling::Cls);
+        assert_eq!(c.limits.max_inputs, 8);
+        assert_eq!(c.ort_library, PathBuf::from("/x/libonnxruntime.so"));
+        let bad = MapEnv::new([("EMBEDDINGS_POOLING", "max")]);
+        assert!(
+            EmbeddingsConfig::from_env(&bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("EMBEDDINGS_POOLING")
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! `embeddings`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
+//! `embeddings invoke <EVENT_FILE>` runs one event locally and prints the response JSON.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use coldpath_core::ProcessEnv;
+use coldpath_embeddings::{EmbeddingsConfig, handle, init};
+use coldpath_runtime::{HandlerError, Mode};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    coldpath_runtime::init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match Mode::from_args("embeddings", &args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let service = match start().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error_type = %e.error_type, "init failed: {}", e.message);
+            if matches!(mode, Mode::Invoke(_)) {
+                let _ = coldpath_runtime::print_json(&e.to_json());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    coldpath_runtime::run("embeddings", mode, Arc::new(service), handle).await
+}
+
+/// Reads config and builds the shared resources once, before the first request.
+async fn start()
+-> Result<coldpath_embeddings::EmbeddingsService<coldpath_embeddings::OnnxEmbedder>, HandlerError> {
+    let config =
+        EmbeddingsConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    tracing::info!(
+        model = %config.model.name,
+        source = %config.model.source,
+        ort_library = %config.ort_library.display(),
+        provider = %config.session.provider,
+        max_tokens = config.pipeline.max_tokens,
+        "embeddings config"
+    );
+    let store = coldpath_aws::ObjectStore::from_env()
+        .await
+        .map_err(|e| HandlerError::new(coldpath_core::ErrorType::Config, e))?;
+    let (service, _record) = init(&config, store)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    Ok(service)
+}

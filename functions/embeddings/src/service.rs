@@ -1,0 +1,186 @@
+//! The handler: one function over a narrow [`Embed`] trait, plus the init that builds the real
+//! model once per process.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use coldpath_core::cold_start::{ColdStartTimer, Phase};
+use coldpath_core::{Classify, ColdStartRecord, ErrorType};
+use coldpath_models::{ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool};
+use coldpath_runtime::{HandlerError, LambdaEvent};
+use serde_json::Value;
+
+use crate::api::{self, Limits, RequestError};
+use crate::config::EmbeddingsConfig;
+use crate::embedder::{Embed, EmbedError, OnnxEmbedder};
+use crate::http::{self, Routed};
+
+/// Any failure of one request.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddingsError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("inference task failed: {0}")]
+    Task(String),
+}
+
+impl Classify for EmbeddingsError {
+    fn error_type(&self) -> ErrorType {
+        match self {
+            EmbeddingsError::Request(e) => e.error_type(),
+            EmbeddingsError::Embed(e) => e.error_type(),
+            EmbeddingsError::Task(_) => ErrorType::Internal,
+        }
+    }
+}
+
+/// Failures while building the service at init.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+impl Classify for InitError {
+    fn error_type(&self) -> ErrorType {
+        match self {
+            InitError::Model(e) => e.error_type(),
+            InitError::Embed(e) => e.error_type(),
+        }
+    }
+}
+
+/// Everything a request needs, built once per process.
+pub struct EmbeddingsService<E> {
+    embedder: Arc<E>,
+    model_name: String,
+    limits: Limits,
+}
+
+impl<E: Embed + 'static> EmbeddingsService<E> {
+    pub fn new(embedder: E, model_name: impl Into<String>, limits: Limits) -> Self {
+        EmbeddingsService {
+            embedder: Arc::new(embedder),
+            model_name: model_name.into(),
+            limits,
+        }
+    }
+
+    pub fn embedder(&self) -> &E {
+        &self.embedder
+    }
+
+    /// Embeds one request body (the direct-invoke payload, or a decoded HTTP body).
+    pub async fn embed_json(&self, body: &Value) -> Result<Value, EmbeddingsError> {
+        let request = api::parse_request(
+            body,
+            &self.model_name,
+            self.embedder.dimensions(),
+            &self.limits,
+        )?;
+        let started = Instant::now();
+        let embedder = Arc::clone(&self.embedder);
+        let texts = request.input;
+        let count = texts.len();
+        // Inference blocks for milliseconds to seconds; keep it off the async executor.
+        let embedded = tokio::task::spawn_blocking(move || embedder.embed(&texts))
+            .await
+            .map_err(|e| EmbeddingsError::Task(e.to_string()))??;
+        let tokens: usize = embedded.token_counts.iter().sum();
+        tracing::info!(
+            model = %self.model_name,
+            batch_size = count,
+            tokens,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "embedded"
+        );
+        Ok(api::response(
+            &self.model_name,
+            request.encoding_format,
+            &embedded.vectors,
+            &embedded.token_counts,
+        ))
+    }
+
+    /// Serves an HTTP event; every outcome, failures included, is an HTTP response.
+    pub async fn handle_http(&self, payload: Value) -> Value {
+        let response = match http::route(payload, self.limits.max_request_bytes) {
+            Routed::Reply(r) => r,
+            Routed::Body(body) => match self.embed_json(&body).await {
+                Ok(v) => http::reply(200, &v),
+                Err(e) => {
+                    log_failure(&e);
+                    http::error(e.error_type(), &e.to_string())
+                }
+            },
+        };
+        serde_json::to_value(response).unwrap_or_else(|e| {
+            // Serialising a response built from strings and numbers cannot fail; if it ever
+            // does, answer 500 rather than dropping the request.
+            serde_json::json!({"statusCode": 500, "body": format!("{{\"error\":{{\"message\":\"{e}\"}}}}")})
+        })
+    }
+}
+
+fn log_failure(e: &EmbeddingsError) {
+    match e.error_type() {
+        ErrorType::InvalidInput | ErrorType::RequestTooLarge => {
+            tracing::info!(error_type = %e.error_type(), "rejected: {e}")
+        }
+        _ => tracing::error!(error_type = %e.error_type(), "failed: {e}"),
+    }
+}
+
+/// The Lambda handler: HTTP events get HTTP responses, direct invokes get the JSON body or a
+/// classified error.
+pub async fn handle<E: Embed + 'static>(
+    service: Arc<EmbeddingsService<E>>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, HandlerError> {
+    if http::is_http_event(&event.payload) {
+        return Ok(service.handle_http(event.payload).await);
+    }
+    service.embed_json(&event.payload).await.map_err(|e| {
+        log_failure(&e);
+        HandlerError::from_error(&e)
+    })
+}
+
+/// Builds the real service: loads ONNX Runtime, resolves the model, builds sessions, warms up,
+/// and logs the cold-start record.
+pub async fn init<F: ObjectFetcher>(
+    config: &EmbeddingsConfig,
+    fetcher: F,
+) -> Result<(EmbeddingsService<OnnxEmbedder>, ColdStartRecord), InitError> {
+    let mut timer = ColdStartTimer::start("embeddings");
+    let runtime = timer.time(Phase::LibraryLoad, || OrtRuntime::load(&config.ort_library))?;
+    let store = ModelStore::new(&config.cache_dir, fetcher);
+    let fetch_started = Instant::now();
+    let model = store.resolve(&config.model).await?;
+    timer.add(Phase::ModelFetch, fetch_started.elapsed());
+
+    let build_started = Instant::now();
+    let mut sessions = Vec::with_capacity(config.sessions);
+    for _ in 0..config.sessions {
+        let (session, provider) =
+            runtime.build_session(&model.spec.name, &model.path("model.onnx"), &config.session)?;
+        timer.set_provider(provider.name());
+        sessions.push(session);
+    }
+    let pool = SessionPool::new(sessions)
+        .ok_or_else(|| EmbedError::ModelSignature("no sessions were built".to_string()))?;
+    // Building the embedder runs one tiny probe to learn the vector size; that belongs to
+    // session build, not to warm-up.
+    let embedder = OnnxEmbedder::new(&model.path("tokenizer.json"), pool, config.pipeline.clone())?;
+    timer.add(Phase::SessionBuild, build_started.elapsed());
+    if config.warmup {
+        let text = "warm-up: a photo of a dog running on the beach at sunset".to_string();
+        timer.time(Phase::Warmup, || embedder.embed(&[text]))?;
+    }
+    let service = EmbeddingsService::new(embedder, model.spec.name.clone(), config.limits);
+    Ok((service, timer.finish()))
+}

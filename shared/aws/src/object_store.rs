@@ -1,0 +1,109 @@
+use std::path::{Path, PathBuf};
+
+use coldpath_models::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
+
+use crate::S3Fetcher;
+
+/// The object store a deployment reads `s3://` URIs from, chosen by `COLDPATH_OBJECT_STORE`:
+///
+/// - `s3`: Amazon S3 through the standard AWS configuration chain;
+/// - `local:<dir>`: `s3://bucket/key` is the file `<dir>/bucket/key` (local runs, tests);
+/// - `none`: any `s3://` URI is an error;
+/// - unset or `auto`: `s3` inside Lambda, `local:events/data` elsewhere, so the sample events
+///   work with no cloud at all.
+#[derive(Debug, Clone)]
+pub enum ObjectStore {
+    S3(S3Fetcher),
+    Local(LocalObjectDir),
+    None(NoObjectStore),
+}
+
+/// The parsed setting, before any client is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Choice {
+    S3,
+    Local(PathBuf),
+    None,
+}
+
+fn parse_choice(raw: Option<&str>, in_lambda: bool) -> Result<Choice, String> {
+    let raw = raw
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("auto");
+    match raw {
+        "auto" if in_lambda => Ok(Choice::S3),
+        "auto" => Ok(Choice::Local(PathBuf::from("events/data"))),
+        "s3" => Ok(Choice::S3),
+        "none" => Ok(Choice::None),
+        _ => match raw.strip_prefix("local:") {
+            Some(dir) if !dir.is_empty() => Ok(Choice::Local(PathBuf::from(dir))),
+            _ => Err(format!(
+                "COLDPATH_OBJECT_STORE: expected auto, s3, none or local:<dir>, found {raw:?}"
+            )),
+        },
+    }
+}
+
+impl ObjectStore {
+    /// Reads `COLDPATH_OBJECT_STORE` (and `COLDPATH_S3_FORCE_PATH_STYLE` for S3-compatible servers).
+    pub async fn from_env() -> Result<ObjectStore, String> {
+        let raw = std::env::var("COLDPATH_OBJECT_STORE").ok();
+        let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+        Ok(match parse_choice(raw.as_deref(), in_lambda)? {
+            Choice::S3 => {
+                let path_style = matches!(
+                    std::env::var("COLDPATH_S3_FORCE_PATH_STYLE").as_deref(),
+                    Ok("true" | "1")
+                );
+                ObjectStore::S3(S3Fetcher::from_env(path_style).await)
+            }
+            Choice::Local(dir) => ObjectStore::Local(LocalObjectDir::new(dir)),
+            Choice::None => ObjectStore::None(NoObjectStore),
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ObjectStore::S3(_) => "s3",
+            ObjectStore::Local(_) => "local",
+            ObjectStore::None(_) => "none",
+        }
+    }
+}
+
+impl ObjectFetcher for ObjectStore {
+    async fn fetch_to(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, FetchError> {
+        match self {
+            ObjectStore::S3(s) => s.fetch_to(bucket, key, dest).await,
+            ObjectStore::Local(l) => l.fetch_to(bucket, key, dest).await,
+            ObjectStore::None(n) => n.fetch_to(bucket, key, dest).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_choices() {
+        assert_eq!(parse_choice(None, true), Ok(Choice::S3));
+        assert_eq!(
+            parse_choice(Some(""), false),
+            Ok(Choice::Local("events/data".into()))
+        );
+        assert_eq!(parse_choice(Some("s3"), false), Ok(Choice::S3));
+        assert_eq!(parse_choice(Some("none"), true), Ok(Choice::None));
+        assert_eq!(
+            parse_choice(Some("local:/data"), true),
+            Ok(Choice::Local("/data".into()))
+        );
+        assert!(parse_choice(Some("local:"), false).is_err());
+        assert!(
+            parse_choice(Some("gcs"), false)
+                .unwrap_err()
+                .contains("COLDPATH_OBJECT_STORE")
+        );
+    }
+}
