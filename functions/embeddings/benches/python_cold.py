@@ -2,13 +2,15 @@
 """Python cold start equivalent of `embeddings invoke events/embeddings/direct.json`.
 
     .venv/bin/python functions/embeddings/benches/python_cold.py \
-        [--model-dir DIR] [--threads N]
+        [--event events/embeddings/direct.json] [--model-dir DIR] [--threads N]
 
 One process does what a cold function instance does for its first request:
-import the libraries, load the tokenizer and the ONNX session, embed one text,
-print the OpenAI-shaped response, exit. cold_start.py times it against the
-Rust binary. The model directory defaults to EMBEDDINGS_MODEL_SOURCE (as set by
-`bootstrap.py env`), threads to COLDPATH_INTRA_THREADS, like the function.
+import the libraries, load the tokenizer and the ONNX session, embed the
+event's input as one batch, print the OpenAI-shaped response, exit.
+cold_start.py times it against the Rust binary on the same event. The model
+directory defaults to EMBEDDINGS_MODEL_SOURCE (as set by `bootstrap.py env`),
+threads to COLDPATH_INTRA_THREADS and the truncation length to
+EMBEDDINGS_MAX_TOKENS, as the function reads them.
 """
 
 import argparse
@@ -23,39 +25,59 @@ from python_ref import embed, load_session, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL_DIR = REPO / ".cache" / "models" / "all-minilm-l6-v2"
+DEFAULT_EVENT = REPO / "events" / "embeddings" / "direct.json"
+# The served model name the function reports (its DEFAULT_MODEL_NAME).
 MODEL_NAME = "all-MiniLM-L6-v2"
-TEXT = "a photo of a dog on the beach"
-MAX_TOKENS = 256
+DEFAULT_MAX_TOKENS = 256
 
 
 def threads_from_env():
-    """COLDPATH_INTRA_THREADS as the Rust function reads it: unset or `auto` -> ORT default (0)."""
+    """COLDPATH_INTRA_THREADS as the Rust function reads it.
+
+    Unset or `auto` means the CPUs this process may run on (affinity mask),
+    like Rust's available_parallelism, not ORT's own default (physical cores).
+    """
     value = os.environ.get("COLDPATH_INTRA_THREADS", "auto")
-    return 0 if value.lower() == "auto" else int(value)
+    return len(os.sched_getaffinity(0)) if value.lower() == "auto" else int(value)
 
 
-def response(embedding, token_count):
-    """The OpenAI embeddings API response body for one input."""
+def event_texts(path):
+    """The texts of an embeddings request event: `input` is one string or a list."""
+    request = json.loads(Path(path).read_text(encoding="utf-8"))
+    texts = request["input"]
+    return [texts] if isinstance(texts, str) else texts
+
+
+def response(embeddings, token_counts):
+    """The OpenAI embeddings API response body."""
+    tokens = int(sum(token_counts))
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": vector}
+            for i, vector in enumerate(embeddings)
+        ],
         "model": MODEL_NAME,
-        "usage": {"prompt_tokens": token_count, "total_tokens": token_count},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--event", type=Path, default=DEFAULT_EVENT)
     parser.add_argument("--model-dir", type=Path,
                         default=Path(os.environ.get("EMBEDDINGS_MODEL_SOURCE", DEFAULT_MODEL_DIR)))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads (default: COLDPATH_INTRA_THREADS, else ORT's)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="intra-op threads (default: COLDPATH_INTRA_THREADS, else all usable CPUs)",
+    )
     args = parser.parse_args()
     threads = threads_from_env() if args.threads is None else args.threads
-    tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", MAX_TOKENS)
+    max_tokens = int(os.environ.get("EMBEDDINGS_MAX_TOKENS", DEFAULT_MAX_TOKENS))
+    tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", max_tokens)
     session = load_session(args.model_dir / "model.onnx", threads)
-    (embedding,), (token_count,) = embed(tokenizer, session, [TEXT])
-    json.dump(response(embedding.tolist(), int(token_count)), sys.stdout)
+    embeddings, token_counts = embed(tokenizer, session, event_texts(args.event))
+    json.dump(response(embeddings.tolist(), token_counts), sys.stdout)
     sys.stdout.write("\n")
 
 

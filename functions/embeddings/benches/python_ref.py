@@ -78,7 +78,10 @@ def time_calls(call, iters, warmup):
 def handle(command, tokenizer, session):
     """Answer one command (other than quit) with the reply object."""
     op = command.get("op")
-    run = lambda texts: embed(tokenizer, session, texts)  # noqa: E731
+
+    def run(texts):
+        return embed(tokenizer, session, texts)
+
     if op == "latency":
         text = command["text"]
         return {"times_ns": time_calls(lambda: run([text]), command["iters"], command["warmup"])}

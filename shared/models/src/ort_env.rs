@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coldpath_core::config::{self, EnvSource};
@@ -39,25 +40,47 @@ impl OrtRuntime {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB_PATH))
     }
 
-    /// Loads the library once per process. A missing file, a file that is not ONNX Runtime, or a
+    /// Loads the library, once per process. A missing file, a file that is not ONNX Runtime, or a
     /// version older than the API level `ort` was built for is an error naming `ORT_DYLIB_PATH`.
-    pub fn load(library: &Path) -> Result<OrtRuntime, ModelError> {
-        let started = Instant::now();
+    ///
+    /// ONNX Runtime allows one environment per process, so later calls with the same path share
+    /// the first runtime, and a call with another path is an error rather than a silent mix.
+    pub fn load(library: &Path) -> Result<Arc<OrtRuntime>, ModelError> {
+        static LOADED: Mutex<Option<Arc<OrtRuntime>>> = Mutex::new(None);
         let fail = |reason: String| ModelError::RuntimeLibrary {
             var: ORT_DYLIB_VAR,
             path: library.to_path_buf(),
             min_minor: ort::MINOR_VERSION,
             reason,
         };
+        // A panic cannot happen while the lock is held (loading returns errors), but recover the
+        // value rather than panic again if it ever did.
+        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rt) = loaded.as_ref() {
+            if rt.library == library {
+                return Ok(Arc::clone(rt));
+            }
+            return Err(fail(format!(
+                "this process already loaded ONNX Runtime from {}",
+                rt.library.display()
+            )));
+        }
+        let rt = Arc::new(Self::load_once(library).map_err(fail)?);
+        *loaded = Some(Arc::clone(&rt));
+        Ok(rt)
+    }
+
+    fn load_once(library: &Path) -> Result<OrtRuntime, String> {
+        let started = Instant::now();
         // dlopen would search the system paths for a bare name; we want exactly the configured file.
         if !library.is_file() {
-            return Err(fail("no such file".to_string()));
+            return Err("no such file".to_string());
         }
         let env = ort::init_from(library)
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| e.to_string())?
             .with_name("coldpath")
             .build()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let load_time = started.elapsed();
         tracing::info!(
             library = %library.display(),

