@@ -128,6 +128,8 @@ ENV = {
         f"{name}={_member_sha256(MODEL / name)}" for name in ("model.onnx", "tokenizer.json")
     ),
     "COLDPATH_PYTHON": str(VENV_PYTHON),
+    # Local runs keep ONNX Runtime's optimised graphs between processes (shorter cold starts).
+    "COLDPATH_OPTIMIZED_MODEL_DIR": str(CACHE / "optimized"),
 }
 
 

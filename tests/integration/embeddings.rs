@@ -335,3 +335,44 @@ fn wrong_model_checksum_fails_init_with_model_load() {
         "{err}"
     );
 }
+
+#[test]
+fn optimized_graph_cache_is_reused_and_gives_the_same_vectors() {
+    let reference = embeddings_reference();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().display().to_string();
+    let env = coldpath_tests::embeddings_env(&[("COLDPATH_OPTIMIZED_MODEL_DIR", &cache)]);
+    let first = coldpath_tests::build_service(&env);
+    let saved: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        saved.len(),
+        1,
+        "one optimised graph, no partial files: {saved:?}"
+    );
+    let second = coldpath_tests::build_service(&env);
+    for service in [&first, &second] {
+        let got = service.embedder().embed(&reference.texts).unwrap();
+        for (i, (g, want)) in got.vectors.iter().zip(&reference.embeddings).enumerate() {
+            assert!(cosine(g, want) >= TOLERANCE, "text {i}");
+        }
+    }
+    // A corrupt cache file is rebuilt, not loaded.
+    std::fs::write(&saved[0], b"truncated").unwrap();
+    let third = coldpath_tests::build_service(&env);
+    assert_eq!(
+        third
+            .embedder()
+            .embed(&reference.texts[..1])
+            .unwrap()
+            .vectors[0]
+            .len(),
+        384
+    );
+    assert!(
+        std::fs::metadata(&saved[0]).unwrap().len() > 1_000_000,
+        "the cache was rewritten"
+    );
+}

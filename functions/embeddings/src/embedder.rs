@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use coldpath_core::{Classify, ErrorType};
 use coldpath_models::SessionPool;
 use ndarray::{Array2, Ix3};
-use ort::value::Tensor;
+use ort::value::{Tensor, ValueType};
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::pooling::{Pooling, l2_normalize, pool};
@@ -135,9 +135,26 @@ impl OnnxEmbedder {
             pad_id,
             dimensions: 0,
         };
-        // The hidden size is symbolic in many exports; one tiny run tells it for sure.
-        embedder.dimensions = embedder.embed(&["dimension probe".to_string()])?.vectors[0].len();
+        embedder.dimensions = match embedder.declared_dimensions() {
+            Some(d) => d,
+            // Some exports leave the hidden size symbolic; then one tiny run tells it.
+            None => embedder.embed(&["dimension probe".to_string()])?.vectors[0].len(),
+        };
         Ok(embedder)
+    }
+
+    /// The output's last dimension when the graph declares it (384 for all-MiniLM-L6-v2).
+    fn declared_dimensions(&self) -> Option<usize> {
+        self.sessions.with(|s| {
+            let outlet = s.outputs().iter().find(|o| o.name() == self.output)?;
+            match outlet.dtype() {
+                ValueType::Tensor { shape, .. } => shape
+                    .last()
+                    .and_then(|&d| usize::try_from(d).ok())
+                    .filter(|&d| d > 0),
+                _ => None,
+            }
+        })
     }
 
     fn run_batch(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {

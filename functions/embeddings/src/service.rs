@@ -173,8 +173,6 @@ pub async fn init<F: ObjectFetcher>(
     }
     let pool = SessionPool::new(sessions)
         .ok_or_else(|| EmbedError::ModelSignature("no sessions were built".to_string()))?;
-    // Building the embedder runs one tiny probe to learn the vector size; that belongs to
-    // session build, not to warm-up.
     let embedder = OnnxEmbedder::new(&model.path("tokenizer.json"), pool, config.pipeline.clone())?;
     timer.add(Phase::SessionBuild, build_started.elapsed());
     if config.warmup {

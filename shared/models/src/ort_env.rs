@@ -9,7 +9,8 @@ use ort::session::builder::SessionBuilder;
 
 use crate::ModelError;
 use crate::session::{
-    Provider, SessionConfig, is_provider_compiled_in, register_provider, select_provider,
+    GraphOptLevel, Provider, SessionConfig, is_provider_compiled_in, register_provider,
+    select_provider,
 };
 
 /// The variable that names the ONNX Runtime shared library.
@@ -117,11 +118,8 @@ impl OrtRuntime {
             reason,
         };
         let threads = config.intra_threads.resolve();
-        let build = |provider: Provider| -> Result<Session, ort::Error> {
-            let builder = self.builder(config, threads)?;
-            let mut builder = register_provider(builder, provider)?;
-            builder.commit_from_file(model_path)
-        };
+        let build =
+            |provider: Provider| self.build_on(model, model_path, config, threads, provider);
         let (session, used) = match build(provider) {
             Ok(s) => (s, provider),
             Err(e) if provider != Provider::Cpu && config.allow_cpu_fallback => {
@@ -149,6 +147,68 @@ impl OrtRuntime {
         Ok((session, used))
     }
 
+    /// Builds on one provider. On the CPU, with `optimized_model_dir` set, the graph ONNX Runtime
+    /// optimised on the first build is saved there and later builds load it with optimisation
+    /// off: graph optimisation is most of session build time, so this shortens the next cold start
+    /// on the same machine (a warm `/tmp` in the same sandbox, or a local run).
+    fn build_on(
+        &self,
+        model: &str,
+        model_path: &Path,
+        config: &SessionConfig,
+        threads: usize,
+        provider: Provider,
+    ) -> ort::Result<Session> {
+        let cached = match (&config.optimized_model_dir, provider) {
+            (Some(dir), Provider::Cpu) => {
+                optimized_model_path(dir, model, model_path, config.opt_level, &self.library)
+            }
+            _ => None,
+        };
+        if let Some(cached) = cached.as_deref().filter(|c| c.is_file()) {
+            let plain = SessionConfig {
+                opt_level: GraphOptLevel::Disable,
+                ..config.clone()
+            };
+            match self
+                .builder(&plain, threads)
+                .and_then(|mut b| b.commit_from_file(cached))
+            {
+                Ok(session) => {
+                    tracing::info!(model, path = %cached.display(), "optimized model cache hit");
+                    return Ok(session);
+                }
+                Err(e) => {
+                    tracing::warn!(model, path = %cached.display(), error = %e, "optimized model cache unusable; rebuilding it");
+                    let _ = std::fs::remove_file(cached);
+                }
+            }
+        }
+        let mut builder = register_provider(self.builder(config, threads)?, provider)?;
+        // ONNX Runtime writes the optimised graph while it builds the session; write it under a
+        // temporary name and rename it into place so a half-written file is never loaded.
+        let partial = cached
+            .as_ref()
+            .map(|c| c.with_extension(format!("partial-{}", std::process::id())));
+        if let Some(partial) = &partial {
+            if let Some(dir) = partial.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            builder = builder.with_optimized_model_path(partial)?;
+        }
+        let session = builder.commit_from_file(model_path)?;
+        if let (Some(partial), Some(cached)) = (partial, cached) {
+            match std::fs::rename(&partial, &cached) {
+                Ok(()) => tracing::info!(model, path = %cached.display(), "optimized model cached"),
+                Err(e) => {
+                    tracing::warn!(model, error = %e, "could not cache the optimized model");
+                    let _ = std::fs::remove_file(&partial);
+                }
+            }
+        }
+        Ok(session)
+    }
+
     fn builder(&self, config: &SessionConfig, threads: usize) -> ort::Result<SessionBuilder> {
         Ok(Session::builder(&self.env)?
             .with_optimization_level(config.opt_level.to_ort())?
@@ -156,5 +216,89 @@ impl OrtRuntime {
             // One request runs at a time per session; a second pool would only contend for cores.
             .with_inter_threads(1)?
             .with_parallel_execution(false)?)
+    }
+}
+
+/// Where the optimised graph of `model_path` is cached. The name changes with everything that
+/// shapes the optimised graph: the model file (size and modification time, which a new
+/// deployment changes), the optimisation level and the ONNX Runtime library.
+fn optimized_model_path(
+    dir: &Path,
+    model: &str,
+    model_path: &Path,
+    level: GraphOptLevel,
+    library: &Path,
+) -> Option<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let stamp = |p: &Path| -> Option<String> {
+        let m = std::fs::metadata(p).ok()?;
+        let mtime = m
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        Some(format!("{}:{}:{mtime}", p.display(), m.len()))
+    };
+    let mut h = Sha256::new();
+    h.update(stamp(model_path)?);
+    h.update(format!("{level:?}"));
+    h.update(stamp(library)?);
+    let safe: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(dir.join(format!("{safe}-{}.onnx", hex::encode(&h.finalize()[..8]))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optimized_cache_name_follows_model_level_and_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.onnx");
+        let lib = dir.path().join("libonnxruntime.so");
+        std::fs::write(&model, b"v1").unwrap();
+        std::fs::write(&lib, b"lib").unwrap();
+        let cache = dir.path().join("cache");
+        let a =
+            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::All, &lib).unwrap();
+        assert!(a.starts_with(&cache));
+        assert!(
+            a.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("all_MiniLM-")
+        );
+        assert_eq!(
+            a,
+            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::All, &lib).unwrap()
+        );
+        let basic =
+            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::Basic, &lib).unwrap();
+        assert_ne!(a, basic);
+        std::fs::write(&model, b"v2, a new deployment").unwrap();
+        assert_ne!(
+            a,
+            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::All, &lib).unwrap()
+        );
+        assert!(
+            optimized_model_path(
+                &cache,
+                "m",
+                &dir.path().join("missing"),
+                GraphOptLevel::All,
+                &lib
+            )
+            .is_none()
+        );
     }
 }

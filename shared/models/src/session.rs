@@ -1,4 +1,5 @@
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
@@ -95,6 +96,8 @@ pub struct SessionConfig {
     pub opt_level: GraphOptLevel,
     pub provider: Provider,
     pub allow_cpu_fallback: bool,
+    /// Where CPU sessions cache their optimised graph between cold starts; `None` turns it off.
+    pub optimized_model_dir: Option<PathBuf>,
 }
 
 impl Default for SessionConfig {
@@ -104,6 +107,7 @@ impl Default for SessionConfig {
             opt_level: GraphOptLevel::All,
             provider: Provider::Cpu,
             allow_cpu_fallback: false,
+            optimized_model_dir: None,
         }
     }
 }
@@ -111,7 +115,7 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// Reads `COLDPATH_INTRA_THREADS` (`auto` or a count), `COLDPATH_GRAPH_OPT`
     /// (`disable|basic|extended|all`), `COLDPATH_PROVIDER` (`cpu|cuda|tensorrt`),
-    /// `COLDPATH_CUDA_DEVICE` and `COLDPATH_ALLOW_CPU_FALLBACK`.
+    /// `COLDPATH_CUDA_DEVICE`, `COLDPATH_ALLOW_CPU_FALLBACK` and `COLDPATH_OPTIMIZED_MODEL_DIR`.
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         let intra_threads = match config::get(env, "COLDPATH_INTRA_THREADS") {
             None => Threads::Auto,
@@ -148,6 +152,8 @@ impl SessionConfig {
             opt_level,
             provider,
             allow_cpu_fallback: config::bool_or(env, "COLDPATH_ALLOW_CPU_FALLBACK", false)?,
+            optimized_model_dir: config::get(env, "COLDPATH_OPTIMIZED_MODEL_DIR")
+                .map(PathBuf::from),
         })
     }
 }

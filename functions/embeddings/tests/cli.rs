@@ -1,0 +1,132 @@
+//! The `embeddings` binary's local mode, as a user runs it: `embeddings invoke <EVENT_FILE>`.
+//!
+//! Needs the setup's library and model (`make test` exports their paths).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embeddings"));
+    cmd.current_dir(repo())
+        .args(args)
+        .env("COLDPATH_INTRA_THREADS", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run embeddings")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "stdout must be exactly one JSON document: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn invoke_prints_only_the_response_json() {
+    assert!(
+        std::env::var("ORT_DYLIB_PATH").is_ok(),
+        "run with `make test` so ORT_DYLIB_PATH is set"
+    );
+    let out = invoke(&["invoke", "events/embeddings/direct.json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    assert_eq!(json["data"].as_array().unwrap().len(), 3);
+    assert_eq!(json["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    // Logs, including the cold-start record, go to stderr.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cold start"));
+}
+
+#[test]
+fn invoke_reports_errors_in_lambda_shape_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"input": []}"#).unwrap();
+    let out = invoke(&["invoke", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "InvalidInput");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("empty array")
+    );
+}
+
+#[test]
+fn missing_runtime_library_is_a_clear_start_up_error() {
+    let out = invoke(
+        &["invoke", "events/embeddings/direct.json"],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "ModelLoad");
+    let msg = json["errorMessage"].as_str().unwrap();
+    assert!(
+        msg.contains("ORT_DYLIB_PATH") && msg.contains("/nonexistent/libonnxruntime.so"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_onnx_runtime_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a shared library").unwrap();
+    let out = invoke(
+        &["invoke", "events/embeddings/direct.json"],
+        &[("ORT_DYLIB_PATH", fake.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "ModelLoad");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("ORT_DYLIB_PATH")
+    );
+}
+
+#[test]
+fn bad_config_is_a_config_error() {
+    let out = invoke(
+        &["invoke", "events/embeddings/direct.json"],
+        &[("EMBEDDINGS_MAX_TOKENS", "lots")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "Config");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("EMBEDDINGS_MAX_TOKENS")
+    );
+}
+
+#[test]
+fn wrong_arguments_print_usage_and_exit_2() {
+    let out = invoke(&["invoke"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("usage: embeddings [invoke <EVENT_FILE>]")
+    );
+}
