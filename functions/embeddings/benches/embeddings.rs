@@ -5,7 +5,9 @@
 //!   tokenisation, inference, pooling, response JSON);
 //! - `python`: Python onnxruntime + tokenizers doing the same pipeline (`python_ref.py`, a child
 //!   process that times itself, so pipe overhead is not counted);
-//! - `floor`: the raw ONNX Runtime session run on pre-tokenised input, the cost nothing can beat.
+//! - `floor`: the raw ONNX Runtime session run on pre-tokenised input, the cost nothing can beat;
+//! - `pipeline_without_handler` (reported, not a target): `Embed::embed` alone, which tells the
+//!   handler's own cost (JSON in and out, the hop to a blocking thread) apart from the model's.
 //!
 //! Each round runs the three in turn, so drift on a noisy machine hits all of them alike; the
 //! figures are medians and percentiles over all rounds, plus the median of per-round ratios.
@@ -231,6 +233,26 @@ fn time_function(
     out
 }
 
+/// The pipeline alone (tokenise, run, pool), without the handler's JSON and thread hop.
+fn time_pipeline(
+    service: &EmbeddingsService<OnnxEmbedder>,
+    texts: &[String],
+    iters: usize,
+    warmup: usize,
+) -> Vec<f64> {
+    use coldpath_embeddings::Embed;
+    let mut out = Vec::with_capacity(iters);
+    for i in 0..iters + warmup {
+        let t = Instant::now();
+        let embedded = service.embedder().embed(texts).expect("embed");
+        drop(embedded);
+        if i >= warmup {
+            out.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    out
+}
+
 fn percentile(samples: &[f64], p: f64) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
@@ -282,7 +304,8 @@ fn main() {
 
     let query_payload = json!({"input": QUERY});
     let batch_payload = json!({"input": batch});
-    let (mut lat_f, mut lat_p, mut lat_0) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lat_f, mut lat_p, mut lat_0, mut lat_e) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut bat_f, mut bat_p, mut bat_0) = (Vec::new(), Vec::new(), Vec::new());
     let mut round_ratios: Vec<[f64; 4]> = Vec::new();
     eprintln!(
@@ -293,6 +316,7 @@ fn main() {
         let warm = 10;
         let f = time_function(&rt, &service, &query_payload, s.latency_iters, warm);
         let z = floor_query.time(s.latency_iters, warm);
+        let e = time_pipeline(&service, &[QUERY.to_string()], s.latency_iters, warm);
         let p = python.times(
             json!({"op": "latency", "text": QUERY, "iters": s.latency_iters, "warmup": warm}),
         );
@@ -307,9 +331,10 @@ fn main() {
             median(&bf) / median(&bp),
         ]);
         eprintln!(
-            "round {}: query p50 function {:.3} ms, floor {:.3} ms, python {:.3} ms; batch p50 function {:.1} ms, floor {:.1} ms, python {:.1} ms",
+            "round {}: query p50 function {:.3} ms (pipeline {:.3}), floor {:.3} ms, python {:.3} ms; batch p50 function {:.1} ms, floor {:.1} ms, python {:.1} ms",
             round + 1,
             median(&f),
+            median(&e),
             median(&z),
             median(&p),
             median(&bf),
@@ -317,6 +342,7 @@ fn main() {
             median(&bp)
         );
         lat_f.extend(f);
+        lat_e.extend(e);
         lat_0.extend(z);
         lat_p.extend(p);
         bat_f.extend(bf);
@@ -335,6 +361,7 @@ fn main() {
         "query_latency_ms": {
             "text": QUERY,
             "function": {"p50": median(&lat_f), "p99": percentile(&lat_f, 99.0)},
+            "pipeline_without_handler": {"p50": median(&lat_e), "p99": percentile(&lat_e, 99.0)},
             "python": {"p50": median(&lat_p), "p99": percentile(&lat_p, 99.0)},
             "floor": {"p50": median(&lat_0), "p99": percentile(&lat_0, 99.0)},
             "function_over_floor_p50": ratio(0),

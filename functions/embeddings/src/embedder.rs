@@ -73,24 +73,17 @@ pub struct OnnxEmbedder {
 }
 
 impl OnnxEmbedder {
-    pub fn new(
-        tokenizer_path: &Path,
-        sessions: SessionPool,
-        config: PipelineConfig,
-    ) -> Result<Self, EmbedError> {
+    /// Loads `tokenizer.json` with the pipeline's truncation, and no padding (batches are padded
+    /// to their own longest text when they run).
+    pub fn load_tokenizer(path: &Path, config: &PipelineConfig) -> Result<Tokenizer, EmbedError> {
         let load_err = |reason: String| EmbedError::TokenizerLoad {
-            path: tokenizer_path.to_path_buf(),
+            path: path.to_path_buf(),
             reason,
         };
-        let mut tokenizer =
-            Tokenizer::from_file(tokenizer_path).map_err(|e| load_err(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| load_err(e.to_string()))?;
         // Exported tokenizer.json files often carry the exporter's truncation and fixed padding
         // (all-MiniLM-L6-v2's says 128 and pads every text to 128). The model's own limit comes
-        // from config, and padding is done per batch below, so both are replaced here.
-        let pad_id = tokenizer
-            .get_padding()
-            .map(|p| i64::from(p.pad_id))
-            .unwrap_or(0);
+        // from config, so both are replaced here.
         tokenizer
             .with_truncation(Some(TruncationParams {
                 direction: TruncationDirection::Right,
@@ -99,6 +92,20 @@ impl OnnxEmbedder {
                 stride: 0,
             }))
             .map_err(|e| load_err(e.to_string()))?;
+        Ok(tokenizer)
+    }
+
+    /// Puts a tokenizer from [`OnnxEmbedder::load_tokenizer`] and the model's sessions together,
+    /// checking that the model takes and gives what the pipeline needs.
+    pub fn new(
+        mut tokenizer: Tokenizer,
+        sessions: SessionPool,
+        config: PipelineConfig,
+    ) -> Result<Self, EmbedError> {
+        let pad_id = tokenizer
+            .get_padding()
+            .map(|p| i64::from(p.pad_id))
+            .unwrap_or(0);
         tokenizer.with_padding(None);
 
         let inputs = sessions.input_names();

@@ -26,7 +26,12 @@ pub fn is_http_event(payload: &Value) -> bool {
 #[derive(Debug)]
 pub enum Routed {
     Body(Value),
-    Reply(ApiGatewayV2httpResponse),
+    // Boxed: a response is several header maps, and most requests never build one.
+    Reply(Box<ApiGatewayV2httpResponse>),
+}
+
+fn answer(response: ApiGatewayV2httpResponse) -> Routed {
+    Routed::Reply(Box::new(response))
 }
 
 /// Checks route, method and size, and decodes the body.
@@ -34,7 +39,7 @@ pub fn route(payload: Value, max_body_bytes: usize) -> Routed {
     let req: ApiGatewayV2httpRequest = match serde_json::from_value(payload) {
         Ok(r) => r,
         Err(e) => {
-            return Routed::Reply(error(
+            return answer(error(
                 ErrorType::InvalidInput,
                 &format!("malformed HTTP event: {e}"),
             ));
@@ -42,7 +47,7 @@ pub fn route(payload: Value, max_body_bytes: usize) -> Routed {
     };
     let path = request_path(&req);
     if path != ROUTE {
-        return Routed::Reply(reply(
+        return answer(reply(
             404,
             &json!({"error": {
                 "message": format!("no route for {path}; this function serves POST {ROUTE}"),
@@ -62,14 +67,14 @@ pub fn route(payload: Value, max_body_bytes: usize) -> Routed {
         );
         r.headers
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return Routed::Reply(r);
+        return answer(r);
     }
     let raw = req.body.unwrap_or_default();
     let bytes = if req.is_base64_encoded {
         match base64::engine::general_purpose::STANDARD.decode(raw.as_bytes()) {
             Ok(b) => b,
             Err(e) => {
-                return Routed::Reply(error(
+                return answer(error(
                     ErrorType::InvalidInput,
                     &format!("body is not valid base64: {e}"),
                 ));
@@ -83,17 +88,17 @@ pub fn route(payload: Value, max_body_bytes: usize) -> Routed {
             "request too large: {} bytes, at most {max_body_bytes}",
             bytes.len()
         );
-        return Routed::Reply(error(ErrorType::RequestTooLarge, &msg));
+        return answer(error(ErrorType::RequestTooLarge, &msg));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Routed::Reply(error(
+        return answer(error(
             ErrorType::InvalidInput,
             "request body is empty; send a JSON object with 'input'",
         ));
     }
     match serde_json::from_slice(&bytes) {
         Ok(v) => Routed::Body(v),
-        Err(e) => Routed::Reply(error(
+        Err(e) => answer(error(
             ErrorType::InvalidInput,
             &format!("request body is not valid JSON: {e}"),
         )),

@@ -23,8 +23,10 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error_type = %e.error_type, "init failed: {}", e.message);
-            if matches!(mode, Mode::Invoke(_)) {
-                let _ = coldpath_runtime::print_json(&e.to_json());
+            if matches!(mode, Mode::Invoke(_))
+                && let Err(write_err) = coldpath_runtime::print_json(&e.to_json())
+            {
+                tracing::error!("cannot write the error to stdout: {write_err}");
             }
             return ExitCode::FAILURE;
         }

@@ -109,7 +109,7 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
     /// Serves an HTTP event; every outcome, failures included, is an HTTP response.
     pub async fn handle_http(&self, payload: Value) -> Value {
         let response = match http::route(payload, self.limits.max_request_bytes) {
-            Routed::Reply(r) => r,
+            Routed::Reply(r) => *r,
             Routed::Body(body) => match self.embed_json(&body).await {
                 Ok(v) => http::reply(200, &v),
                 Err(e) => {
@@ -164,16 +164,31 @@ pub async fn init<F: ObjectFetcher>(
     timer.add(Phase::ModelFetch, fetch_started.elapsed());
 
     let build_started = Instant::now();
-    let mut sessions = Vec::with_capacity(config.sessions);
-    for _ in 0..config.sessions {
-        let (session, provider) =
-            runtime.build_session(&model.spec.name, &model.path("model.onnx"), &config.session)?;
-        timer.set_provider(provider.name());
-        sessions.push(session);
-    }
+    // The tokenizer (a large JSON file) loads on a second thread while ONNX Runtime builds the
+    // sessions: both are on the cold-start path and neither needs the other.
+    let (tokenizer, sessions) = std::thread::scope(|scope| {
+        let tokenizer = scope.spawn(|| {
+            OnnxEmbedder::load_tokenizer(&model.path("tokenizer.json"), &config.pipeline)
+        });
+        let mut sessions = Vec::with_capacity(config.sessions);
+        for _ in 0..config.sessions {
+            let (session, provider) = runtime.build_session(
+                &model.spec.name,
+                &model.path("model.onnx"),
+                &config.session,
+            )?;
+            timer.set_provider(provider.name());
+            sessions.push(session);
+        }
+        let tokenizer = tokenizer.join().map_err(|_| EmbedError::TokenizerLoad {
+            path: model.path("tokenizer.json"),
+            reason: "the loader thread panicked".to_string(),
+        })??;
+        Ok::<_, InitError>((tokenizer, sessions))
+    })?;
     let pool = SessionPool::new(sessions)
         .ok_or_else(|| EmbedError::ModelSignature("no sessions were built".to_string()))?;
-    let embedder = OnnxEmbedder::new(&model.path("tokenizer.json"), pool, config.pipeline.clone())?;
+    let embedder = OnnxEmbedder::new(tokenizer, pool, config.pipeline.clone())?;
     timer.add(Phase::SessionBuild, build_started.elapsed());
     if config.warmup {
         let text = "warm-up: a photo of a dog running on the beach at sunset".to_string();

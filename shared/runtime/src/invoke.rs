@@ -81,10 +81,18 @@ where
 {
     match mode {
         Mode::Invoke(path) => match invoke_file(&path, state, handler).await {
-            Ok(response) => print_json(&response).map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS),
+            Ok(response) => match print_json(&response) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(function, "cannot write the response to stdout: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(err) => {
                 tracing::error!(function, error_type = %err.error_type, "{}", err.message);
-                let _ = print_json(&err.to_json());
+                if let Err(e) = print_json(&err.to_json()) {
+                    tracing::error!(function, "cannot write the error to stdout: {e}");
+                }
                 ExitCode::FAILURE
             }
         },
@@ -106,16 +114,13 @@ where
     }
 }
 
-/// Writes one JSON document and a newline to stdout. A closed pipe (`| head`) is reported on
-/// stderr instead of panicking as `println!` would.
-pub fn print_json(value: &Value) -> Result<(), ()> {
+/// Writes one JSON document and a newline to stdout. A closed pipe (`| head`) comes back as an
+/// error for the caller to report, instead of the panic `println!` would raise.
+pub fn print_json(value: &Value) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{value}")
-        .and_then(|()| out.flush())
-        .map_err(|e| {
-            tracing::warn!("cannot write the response to stdout: {e}");
-        })
+    writeln!(out, "{value}")?;
+    out.flush()
 }
 
 #[cfg(test)]
