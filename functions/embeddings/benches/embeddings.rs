@@ -195,22 +195,29 @@ impl Floor {
 
     fn time(&mut self, iters: usize, warmup: usize) -> Vec<f64> {
         let [ids, mask, types] = &self.inputs;
-        let mut out = Vec::with_capacity(iters);
-        for i in 0..iters + warmup {
-            let t = Instant::now();
-            let outputs = self
-                .session
+        let session = &mut self.session;
+        time_calls(iters, warmup, || {
+            let outputs = session
                 .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask, "token_type_ids" => types])
                 .expect("floor run");
             drop(outputs);
-            if i >= warmup {
-                out.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        out
+        })
     }
 }
 
+/// Wall time of each of `iters` calls to `call`, in milliseconds, after `warmup` untimed calls.
+fn time_calls(iters: usize, warmup: usize, mut call: impl FnMut()) -> Vec<f64> {
+    (0..warmup).for_each(|_| call());
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            call();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+/// The function through its Lambda handler, as the runtime loop calls it.
 fn time_function(
     rt: &tokio::runtime::Runtime,
     service: &Arc<EmbeddingsService<OnnxEmbedder>>,
@@ -218,19 +225,13 @@ fn time_function(
     iters: usize,
     warmup: usize,
 ) -> Vec<f64> {
-    let mut out = Vec::with_capacity(iters);
-    for i in 0..iters + warmup {
-        let t = Instant::now();
+    time_calls(iters, warmup, || {
         let event = LambdaEvent::new(payload.clone(), Context::default());
         let response = rt
             .block_on(handle(Arc::clone(service), event))
             .expect("handler");
         drop(response);
-        if i >= warmup {
-            out.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    out
+    })
 }
 
 /// The pipeline alone (tokenise, run, pool), without the handler's JSON and thread hop.
@@ -241,16 +242,10 @@ fn time_pipeline(
     warmup: usize,
 ) -> Vec<f64> {
     use coldpath_embeddings::Embed;
-    let mut out = Vec::with_capacity(iters);
-    for i in 0..iters + warmup {
-        let t = Instant::now();
+    time_calls(iters, warmup, || {
         let embedded = service.embedder().embed(texts).expect("embed");
         drop(embedded);
-        if i >= warmup {
-            out.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    out
+    })
 }
 
 fn percentile(samples: &[f64], p: f64) -> f64 {
