@@ -23,6 +23,25 @@ def shorten(value):
     return value
 
 
+def similarities(response):
+    """Cosine similarity of each pair of float embeddings in an embeddings response."""
+    data = response.get("data") if isinstance(response, dict) else None
+    vectors = [d.get("embedding") for d in data or [] if isinstance(d, dict)]
+    if len(vectors) < 2 or not all(isinstance(v, list) for v in vectors):
+        return []
+
+    def cosine(a, b):
+        dot = sum(x * y for x, y in zip(a, b))
+        norm = (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+        return dot / norm if norm else 0.0
+
+    return [
+        f"cosine(input {i}, input {j}) = {cosine(vectors[i], vectors[j]):.3f}"
+        for i in range(len(vectors))
+        for j in range(i + 1, len(vectors))
+    ]
+
+
 def main() -> int:
     text = sys.stdin.read()
     try:
@@ -38,6 +57,8 @@ def main() -> int:
             print(response["body"])
             return 0
     print(json.dumps(shorten(response), indent=2, ensure_ascii=False))
+    for line in similarities(response):
+        print(line)
     return 0
 
 
