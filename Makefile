@@ -50,11 +50,19 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# Cold starts compare equal work: one thread each, and no checksum pass over the local bundle
+# (the Python equivalent does none); once with the optimised-graph cache warm, once without it.
+BENCH_THREADS ?= 1
+COLD_RUST = env -u EMBEDDINGS_MODEL_SHA256 target/release/embeddings invoke events/embeddings/direct.json
+COLD_PYTHON = .venv/bin/python functions/embeddings/benches/python_cold.py
 bench: build
-	@$(ENV); $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings
-	@$(ENV); .venv/bin/python functions/embeddings/benches/cold_start.py \
-	  --rust "target/release/embeddings invoke events/embeddings/direct.json" \
-	  --python ".venv/bin/python functions/embeddings/benches/python_cold.py"
+	@$(ENV); export BENCH_THREADS=$(BENCH_THREADS) COLDPATH_INTRA_THREADS=$(BENCH_THREADS); \
+	  $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings; \
+	  $(COLD_RUST) >/dev/null 2>&1; \
+	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/embeddings-cold-start.json \
+	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON)"; \
+	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/embeddings-cold-start-no-graph-cache.json \
+	    --rust "env -u COLDPATH_OPTIMIZED_MODEL_DIR $(COLD_RUST)" --python "$(COLD_PYTHON)"
 
 # Regenerates the committed reference vectors (needs setup).
 fixtures: setup

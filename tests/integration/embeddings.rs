@@ -263,7 +263,9 @@ async fn bad_inputs_get_their_documented_errors_over_direct_invoke_and_http() {
     assert_eq!(response["headers"]["allow"], "POST");
 }
 
-#[tokio::test]
+// Multi-threaded like the Lambda runtime, so inference takes the `block_in_place` path here
+// (the other tests' current-thread runtimes take the blocking-pool path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_events_answer_with_real_embeddings() {
     for (file, count) in [
         ("direct.json", 3),

@@ -29,6 +29,8 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 const QUERY: &str = "photos of my dog at the beach last summer";
+/// Query calls each contender makes before the next one takes over.
+const CHUNK: usize = 20;
 
 /// 32 texts of about 20 words, built from fixed parts so every run embeds the same batch.
 fn batch_texts() -> Vec<String> {
@@ -308,17 +310,25 @@ fn main() {
         s.rounds, s.latency_iters, s.batch_iters, s.threads
     );
     for round in 0..s.rounds {
-        let warm = 10;
-        let f = time_function(&rt, &service, &query_payload, s.latency_iters, warm);
-        let z = floor_query.time(s.latency_iters, warm);
-        let e = time_pipeline(&service, &[QUERY.to_string()], s.latency_iters, warm);
-        let p = python.times(
-            json!({"op": "latency", "text": QUERY, "iters": s.latency_iters, "warmup": warm}),
-        );
-        let bf = time_function(&rt, &service, &batch_payload, s.batch_iters, 2);
-        let bz = floor_batch.time(s.batch_iters, 2);
-        let bp = python
-            .times(json!({"op": "batch", "texts": batch, "iters": s.batch_iters, "warmup": 2}));
+        // Within a round the contenders alternate in short chunks, so a slow spell of this
+        // shared machine lands on all of them rather than on whichever ran during it.
+        let (mut f, mut e, mut z, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..s.latency_iters.div_ceil(CHUNK) {
+            f.extend(time_function(&rt, &service, &query_payload, CHUNK, 2));
+            e.extend(time_pipeline(&service, &[QUERY.to_string()], CHUNK, 2));
+            z.extend(floor_query.time(CHUNK, 2));
+            p.extend(
+                python.times(json!({"op": "latency", "text": QUERY, "iters": CHUNK, "warmup": 2})),
+            );
+        }
+        let (mut bf, mut bz, mut bp) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..s.batch_iters {
+            bf.extend(time_function(&rt, &service, &batch_payload, 1, 1));
+            bz.extend(floor_batch.time(1, 1));
+            bp.extend(
+                python.times(json!({"op": "batch", "texts": batch, "iters": 1, "warmup": 1})),
+            );
+        }
         round_ratios.push([
             median(&f) / median(&z),
             median(&f) / median(&p),
