@@ -344,37 +344,48 @@ fn optimized_graph_cache_is_reused_and_gives_the_same_vectors() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().display().to_string();
     let env = coldpath_tests::embeddings_env(&[("COLDPATH_OPTIMIZED_MODEL_DIR", &cache)]);
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
     let first = coldpath_tests::build_service(&env);
-    let saved: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let saved = files();
     assert_eq!(
         saved.len(),
-        1,
-        "one optimised graph, no partial files: {saved:?}"
+        2,
+        "one graph and its weights file, no partial files: {saved:?}"
+    );
+    assert!(
+        saved[0].ends_with(".data") && saved[1].ends_with(".onnx"),
+        "{saved:?}"
     );
     let second = coldpath_tests::build_service(&env);
+    assert_eq!(files(), saved, "a cache hit writes nothing");
     for service in [&first, &second] {
         let got = service.embedder().embed(&reference.texts).unwrap();
         for (i, (g, want)) in got.vectors.iter().zip(&reference.embeddings).enumerate() {
             assert!(cosine(g, want) >= TOLERANCE, "text {i}");
         }
     }
-    // A corrupt cache file is rebuilt, not loaded.
-    std::fs::write(&saved[0], b"truncated").unwrap();
-    let third = coldpath_tests::build_service(&env);
-    assert_eq!(
-        third
-            .embedder()
-            .embed(&reference.texts[..1])
-            .unwrap()
-            .vectors[0]
-            .len(),
-        384
-    );
-    assert!(
-        std::fs::metadata(&saved[0]).unwrap().len() > 1_000_000,
-        "the cache was rewritten"
-    );
+    // Their sessions map the weights file; let them go before the file is damaged below.
+    drop((first, second));
+    // A corrupt graph or a truncated weights file is rebuilt, not loaded, and leaves no orphans.
+    for (suffix, bytes) in [(".onnx", b"garbage".as_slice()), (".data", b"".as_slice())] {
+        let victim = files().into_iter().find(|f| f.ends_with(suffix)).unwrap();
+        std::fs::write(dir.path().join(victim), bytes).unwrap();
+        let rebuilt = coldpath_tests::build_service(&env);
+        let got = rebuilt.embedder().embed(&reference.texts[..1]).unwrap();
+        assert!(cosine(&got.vectors[0], &reference.embeddings[0]) >= TOLERANCE);
+        let now = files();
+        assert_eq!(now.len(), 2, "{now:?}");
+        let data = dir.path().join(&now[0]);
+        assert!(
+            std::fs::metadata(data).unwrap().len() > 1_000_000,
+            "the weights were rewritten"
+        );
+    }
 }
