@@ -154,11 +154,15 @@ impl Drop for PythonRef {
 /// The floor: one session and input tensors built once, then only `Session::run` is timed.
 struct Floor {
     session: Session,
-    inputs: [Tensor<i64>; 3],
+    /// Input tensors per workload (`[input_ids, attention_mask, token_type_ids]`).
+    inputs: Vec<[Tensor<i64>; 3]>,
 }
 
 impl Floor {
-    fn new(runtime: &OrtRuntime, config: &EmbeddingsConfig, texts: &[String]) -> Floor {
+    /// One session for every workload, as the function has: a session that serves both short
+    /// queries and large batches keeps a larger, colder memory arena than one that only ever
+    /// sees one shape, and the floor must not get that advantage for free.
+    fn new(runtime: &OrtRuntime, config: &EmbeddingsConfig, workloads: &[&[String]]) -> Floor {
         let dir = match &config.model.source {
             coldpath_models::ModelSource::Local(d) => d.clone(),
             other => panic!("the bench needs a local model, not {other}"),
@@ -175,29 +179,32 @@ impl Floor {
             }))
             .expect("truncation");
         tokenizer.with_padding(Some(tokenizers::PaddingParams::default()));
-        let enc = tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .expect("encode");
-        let (b, s) = (enc.len(), enc[0].len());
-        let tensor = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
-            let flat: Vec<i64> = enc
-                .iter()
-                .flat_map(|e| f(e).iter().map(|&x| i64::from(x)))
-                .collect();
-            Tensor::from_array(Array2::from_shape_vec((b, s), flat).unwrap()).unwrap()
-        };
-        Floor {
-            session,
-            inputs: [
-                tensor(&|e| e.get_ids()),
-                tensor(&|e| e.get_attention_mask()),
-                tensor(&|e| e.get_type_ids()),
-            ],
-        }
+        let inputs = workloads
+            .iter()
+            .map(|texts| {
+                let enc = tokenizer
+                    .encode_batch(texts.to_vec(), true)
+                    .expect("encode");
+                let (b, s) = (enc.len(), enc[0].len());
+                let tensor = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
+                    let flat: Vec<i64> = enc
+                        .iter()
+                        .flat_map(|e| f(e).iter().map(|&x| i64::from(x)))
+                        .collect();
+                    Tensor::from_array(Array2::from_shape_vec((b, s), flat).unwrap()).unwrap()
+                };
+                [
+                    tensor(&|e| e.get_ids()),
+                    tensor(&|e| e.get_attention_mask()),
+                    tensor(&|e| e.get_type_ids()),
+                ]
+            })
+            .collect();
+        Floor { session, inputs }
     }
 
-    fn time(&mut self, iters: usize, warmup: usize) -> Vec<f64> {
-        let [ids, mask, types] = &self.inputs;
+    fn time(&mut self, workload: usize, iters: usize, warmup: usize) -> Vec<f64> {
+        let [ids, mask, types] = &self.inputs[workload];
         let session = &mut self.session;
         time_calls(iters, warmup, || {
             let outputs = session
@@ -297,8 +304,9 @@ fn main() {
     };
     let mut python = PythonRef::start(&model_dir, s.threads, config.pipeline.max_tokens);
     let batch = batch_texts();
-    let mut floor_query = Floor::new(&runtime, &config, &[QUERY.to_string()]);
-    let mut floor_batch = Floor::new(&runtime, &config, &batch);
+    let query = [QUERY.to_string()];
+    let (floor_query, floor_batch) = (0, 1);
+    let mut floor = Floor::new(&runtime, &config, &[&query, &batch]);
 
     let query_payload = json!({"input": QUERY});
     let batch_payload = json!({"input": batch});
@@ -321,7 +329,7 @@ fn main() {
                 match (chunk + turn) % 4 {
                     0 => f.extend(time_function(&rt, &service, &query_payload, CHUNK, 2)),
                     1 => e.extend(time_pipeline(&service, &[QUERY.to_string()], CHUNK, 2)),
-                    2 => z.extend(floor_query.time(CHUNK, 2)),
+                    2 => z.extend(floor.time(floor_query, CHUNK, 2)),
                     _ => p.extend(python.times(
                         json!({"op": "latency", "text": QUERY, "iters": CHUNK, "warmup": 2}),
                     )),
@@ -333,7 +341,7 @@ fn main() {
             for turn in 0..3 {
                 match (call + turn) % 3 {
                     0 => bf.extend(time_function(&rt, &service, &batch_payload, 1, 1)),
-                    1 => bz.extend(floor_batch.time(1, 1)),
+                    1 => bz.extend(floor.time(floor_batch, 1, 1)),
                     _ => bp
                         .extend(python.times(
                             json!({"op": "batch", "texts": batch, "iters": 1, "warmup": 1}),
