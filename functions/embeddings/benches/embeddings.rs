@@ -5,7 +5,8 @@
 //!   tokenisation, inference, pooling, response JSON);
 //! - `python`: Python onnxruntime + tokenizers doing the same pipeline (`python_ref.py`, a child
 //!   process that times itself, so pipe overhead is not counted);
-//! - `floor`: the raw ONNX Runtime session run on pre-tokenised input, the cost nothing can beat;
+//! - `floor`: the function's own ONNX Runtime session run on pre-tokenised tensors, the cost
+//!   nothing can beat;
 //! - `pipeline_without_handler` (reported, not a target): `Embed::embed` alone, which tells the
 //!   handler's own cost (JSON in and out, the hop to a blocking thread) apart from the model's.
 //!
@@ -20,10 +21,9 @@ use std::time::Instant;
 
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder, handle};
-use coldpath_models::{NoObjectStore, OrtRuntime};
+use coldpath_models::{NoObjectStore, SessionPool};
 use coldpath_runtime::{Context, LambdaEvent};
 use ndarray::Array2;
-use ort::session::Session;
 use ort::value::Tensor;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -153,24 +153,16 @@ impl Drop for PythonRef {
 
 /// The floor: one session and input tensors built once, then only `Session::run` is timed.
 struct Floor {
-    session: Session,
     /// Input tensors per workload (`[input_ids, attention_mask, token_type_ids]`).
     inputs: Vec<[Tensor<i64>; 3]>,
 }
 
 impl Floor {
-    /// One session for every workload, as the function has: a session that serves both short
-    /// queries and large batches keeps a larger, colder memory arena than one that only ever
-    /// sees one shape, and the floor must not get that advantage for free.
-    fn new(runtime: &OrtRuntime, config: &EmbeddingsConfig, workloads: &[&[String]]) -> Floor {
+    fn new(config: &EmbeddingsConfig, workloads: &[&[String]]) -> Floor {
         let dir = match &config.model.source {
             coldpath_models::ModelSource::Local(d) => d.clone(),
             other => panic!("the bench needs a local model, not {other}"),
         };
-        let (session, _) = runtime
-            // Same model name as the function's, so both sessions load the same cached graph.
-            .build_session(&config.model.name, &dir.join("model.onnx"), &config.session)
-            .expect("floor session");
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
@@ -200,17 +192,26 @@ impl Floor {
                 ]
             })
             .collect();
-        Floor { session, inputs }
+        Floor { inputs }
     }
 
-    fn time(&mut self, workload: usize, iters: usize, warmup: usize) -> Vec<f64> {
+    /// Runs the function's own session on the prepared tensors: the same session object, so the
+    /// only difference from the function is everything around `Session::run`.
+    fn time(
+        &self,
+        sessions: &SessionPool,
+        workload: usize,
+        iters: usize,
+        warmup: usize,
+    ) -> Vec<f64> {
         let [ids, mask, types] = &self.inputs[workload];
-        let session = &mut self.session;
         time_calls(iters, warmup, || {
-            let outputs = session
-                .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask, "token_type_ids" => types])
-                .expect("floor run");
-            drop(outputs);
+            sessions.with(|session| {
+                let outputs = session
+                    .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask, "token_type_ids" => types])
+                    .expect("floor run");
+                drop(outputs);
+            })
         })
     }
 }
@@ -297,7 +298,6 @@ fn main() {
         .block_on(coldpath_embeddings::init(&config, NoObjectStore))
         .expect("init");
     let service = Arc::new(service);
-    let runtime = OrtRuntime::load(&config.ort_library).expect("runtime");
     let model_dir = match &config.model.source {
         coldpath_models::ModelSource::Local(d) => d.display().to_string(),
         other => panic!("the bench needs a local model, not {other}"),
@@ -306,7 +306,8 @@ fn main() {
     let batch = batch_texts();
     let query = [QUERY.to_string()];
     let (floor_query, floor_batch) = (0, 1);
-    let mut floor = Floor::new(&runtime, &config, &[&query, &batch]);
+    let floor = Floor::new(&config, &[&query, &batch]);
+    let sessions = service.embedder().sessions();
 
     let query_payload = json!({"input": QUERY});
     let batch_payload = json!({"input": batch});
@@ -329,7 +330,7 @@ fn main() {
                 match (chunk + turn) % 4 {
                     0 => f.extend(time_function(&rt, &service, &query_payload, CHUNK, 2)),
                     1 => e.extend(time_pipeline(&service, &[QUERY.to_string()], CHUNK, 2)),
-                    2 => z.extend(floor.time(floor_query, CHUNK, 2)),
+                    2 => z.extend(floor.time(sessions, floor_query, CHUNK, 2)),
                     _ => p.extend(python.times(
                         json!({"op": "latency", "text": QUERY, "iters": CHUNK, "warmup": 2}),
                     )),
@@ -341,7 +342,7 @@ fn main() {
             for turn in 0..3 {
                 match (call + turn) % 3 {
                     0 => bf.extend(time_function(&rt, &service, &batch_payload, 1, 1)),
-                    1 => bz.extend(floor.time(floor_batch, 1, 1)),
+                    1 => bz.extend(floor.time(sessions, floor_batch, 1, 1)),
                     _ => bp
                         .extend(python.times(
                             json!({"op": "batch", "texts": batch, "iters": 1, "warmup": 1}),

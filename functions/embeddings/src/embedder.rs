@@ -150,6 +150,11 @@ impl OnnxEmbedder {
         Ok(embedder)
     }
 
+    /// The model's sessions, for callers that run the raw model (the benchmark's floor).
+    pub fn sessions(&self) -> &SessionPool {
+        &self.sessions
+    }
+
     /// The output's last dimension when the graph declares it (384 for all-MiniLM-L6-v2).
     fn declared_dimensions(&self) -> Option<usize> {
         self.sessions.with(|s| {
