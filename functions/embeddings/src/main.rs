@@ -47,9 +47,9 @@ async fn start()
         max_tokens = config.pipeline.max_tokens,
         "embeddings config"
     );
-    let store = coldpath_aws::ObjectStore::from_env()
+    let store = coldpath_aws::ObjectStore::from_env(&ProcessEnv)
         .await
-        .map_err(|e| HandlerError::new(coldpath_core::ErrorType::Config, e))?;
+        .map_err(|e| HandlerError::from_error(&e))?;
     let (service, _record) = init(&config, store)
         .await
         .map_err(|e| HandlerError::from_error(&e))?;

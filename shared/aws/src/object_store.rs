@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 
+use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_models::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 
 use crate::S3Fetcher;
@@ -26,7 +27,7 @@ enum Choice {
     None,
 }
 
-fn parse_choice(raw: Option<&str>, in_lambda: bool) -> Result<Choice, String> {
+fn parse_choice(raw: Option<&str>, in_lambda: bool) -> Result<Choice, ConfigError> {
     let raw = raw
         .map(str::trim)
         .filter(|v| !v.is_empty())
@@ -38,24 +39,24 @@ fn parse_choice(raw: Option<&str>, in_lambda: bool) -> Result<Choice, String> {
         "none" => Ok(Choice::None),
         _ => match raw.strip_prefix("local:") {
             Some(dir) if !dir.is_empty() => Ok(Choice::Local(PathBuf::from(dir))),
-            _ => Err(format!(
-                "COLDPATH_OBJECT_STORE: expected auto, s3, none or local:<dir>, found {raw:?}"
+            _ => Err(ConfigError::invalid(
+                "COLDPATH_OBJECT_STORE",
+                "auto, s3, none or local:<dir>",
+                raw,
             )),
         },
     }
 }
 
 impl ObjectStore {
-    /// Reads `COLDPATH_OBJECT_STORE` (and `COLDPATH_S3_FORCE_PATH_STYLE` for S3-compatible servers).
-    pub async fn from_env() -> Result<ObjectStore, String> {
-        let raw = std::env::var("COLDPATH_OBJECT_STORE").ok();
-        let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    /// Reads `COLDPATH_OBJECT_STORE` (and `COLDPATH_S3_FORCE_PATH_STYLE` for S3-compatible
+    /// servers); inside Lambda is told by `AWS_LAMBDA_FUNCTION_NAME`.
+    pub async fn from_env(env: &impl EnvSource) -> Result<ObjectStore, ConfigError> {
+        let raw = config::get(env, "COLDPATH_OBJECT_STORE");
+        let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
         Ok(match parse_choice(raw.as_deref(), in_lambda)? {
             Choice::S3 => {
-                let path_style = matches!(
-                    std::env::var("COLDPATH_S3_FORCE_PATH_STYLE").as_deref(),
-                    Ok("true" | "1")
-                );
+                let path_style = config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?;
                 ObjectStore::S3(S3Fetcher::from_env(path_style).await)
             }
             Choice::Local(dir) => ObjectStore::Local(LocalObjectDir::new(dir)),
@@ -100,10 +101,11 @@ mod tests {
             Ok(Choice::Local("/data".into()))
         );
         assert!(parse_choice(Some("local:"), false).is_err());
+        let err = parse_choice(Some("gcs"), false).unwrap_err();
         assert!(
-            parse_choice(Some("gcs"), false)
-                .unwrap_err()
-                .contains("COLDPATH_OBJECT_STORE")
+            err.to_string()
+                .starts_with("COLDPATH_OBJECT_STORE: expected"),
+            "{err}"
         );
     }
 }
