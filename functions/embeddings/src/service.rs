@@ -174,9 +174,8 @@ pub async fn init<F: ObjectFetcher>(
     let mut timer = ColdStartTimer::start("embeddings");
     let runtime = timer.time(Phase::LibraryLoad, || OrtRuntime::load(&config.ort_library))?;
     let store = ModelStore::new(&config.cache_dir, fetcher);
-    let fetch_started = Instant::now();
     let model = store.resolve(&config.model).await?;
-    timer.add(Phase::ModelFetch, fetch_started.elapsed());
+    timer.add(Phase::ModelFetch, model.elapsed);
 
     let build_started = Instant::now();
     // The tokenizer (a large JSON file) loads on a second thread while ONNX Runtime builds the

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use coldpath_core::config::{self, EnvSource};
 use ort::environment::Environment;
@@ -23,7 +23,6 @@ pub const DEFAULT_ORT_DYLIB_PATH: &str = "/opt/lib/libonnxruntime.so";
 pub struct OrtRuntime {
     env: Environment,
     pub library: PathBuf,
-    pub load_time: Duration,
 }
 
 impl std::fmt::Debug for OrtRuntime {
@@ -83,16 +82,14 @@ impl OrtRuntime {
             .with_name("coldpath")
             .build()
             .map_err(|e| e.to_string())?;
-        let load_time = started.elapsed();
         tracing::info!(
             library = %library.display(),
-            elapsed_ms = load_time.as_secs_f64() * 1e3,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "onnx runtime loaded"
         );
         Ok(OrtRuntime {
             env,
             library: library.to_path_buf(),
-            load_time,
         })
     }
 

@@ -45,14 +45,6 @@ impl SessionPool {
         &self.output_names
     }
 
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
     /// Runs `f` with exclusive use of one session.
     pub fn with<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
