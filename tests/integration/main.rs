@@ -1,5 +1,8 @@
 //! coldpath's cross-crate integration tests, one binary (see `coldpath_tests` for helpers).
 
+mod captioning;
 mod embeddings;
 mod events;
+mod faces;
+mod placement;
 mod s3_models;

@@ -1,0 +1,1 @@
+//! Captioning: encoder-decoder generation over SQS.

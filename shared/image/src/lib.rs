@@ -1,0 +1,1 @@
+//! Image input shared by the image functions (faces, captioning).

@@ -1,0 +1,1 @@
+//! Placement by latency budget: declarations, plan, cost model, template check.
