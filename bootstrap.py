@@ -178,6 +178,9 @@ ENV = {
     "FACES_DETECTOR_SHA256": f"model.onnx={_member_sha256(YUNET / 'model.onnx')}",
     "FACES_RECOGNIZER_SOURCE": str(SFACE),
     "FACES_RECOGNIZER_SHA256": f"model.onnx={_member_sha256(SFACE / 'model.onnx')}",
+    # No real captioning weights can be fetched: local runs use the small generated model that
+    # tests/fixtures/captioning/gen_tiny_model.py writes (see the README for exporting a real one).
+    "CAPTIONING_MODEL_SOURCE": str(REPO / "tests" / "fixtures" / "captioning" / "tiny-vit-gpt2"),
     "COLDPATH_PYTHON": str(VENV_PYTHON),
     # Local runs keep ONNX Runtime's optimised graphs between processes (shorter cold starts).
     "COLDPATH_OPTIMIZED_MODEL_DIR": str(CACHE / "optimized"),
