@@ -24,9 +24,13 @@ def shorten(value):
 
 
 def similarities(response):
-    """Cosine similarity of each pair of float embeddings in an embeddings response."""
-    data = response.get("data") if isinstance(response, dict) else None
-    vectors = [d.get("embedding") for d in data or [] if isinstance(d, dict)]
+    """Cosine similarity of each pair of embeddings in an embeddings or faces response."""
+    if not isinstance(response, dict):
+        return []
+    # Embeddings answer {"data": [{"embedding"}]}; faces answer {"faces": [{"embedding"}]}.
+    label = "input" if "data" in response else "face"
+    items = response.get("data") or response.get("faces") or []
+    vectors = [d.get("embedding") for d in items if isinstance(d, dict)]
     if len(vectors) < 2 or not all(isinstance(v, list) for v in vectors):
         return []
 
@@ -36,7 +40,7 @@ def similarities(response):
         return dot / norm if norm else 0.0
 
     return [
-        f"cosine(input {i}, input {j}) = {cosine(vectors[i], vectors[j]):.3f}"
+        f"cosine({label} {i}, {label} {j}) = {cosine(vectors[i], vectors[j]):.3f}"
         for i in range(len(vectors))
         for j in range(i + 1, len(vectors))
     ]
