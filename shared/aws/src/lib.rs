@@ -7,6 +7,8 @@
 
 mod object_store;
 mod s3;
+mod sink;
 
 pub use object_store::ObjectStore;
 pub use s3::S3Fetcher;
+pub use sink::{RESULT_SINK_VAR, ResultSink, SinkError, SinkTarget, validate_id};

@@ -1,0 +1,725 @@
+//! Where a function's results go: one JSON document per id, chosen by `COLDPATH_RESULT_SINK`.
+//!
+//! Faces writes one result per photo and captioning one per SQS message. Both can see the same
+//! input twice (S3 and SQS deliver at least once), so every result is keyed by an id and a second
+//! put with the same id replaces the first instead of adding a duplicate: a local file or an S3
+//! object is overwritten; SQS cannot overwrite, so a FIFO queue drops the repeat within its
+//! five-minute deduplication window and consumers of a standard queue must dedupe by id.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::MessageAttributeValue;
+use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::{Classify, ErrorType};
+use sha2::{Digest, Sha256};
+
+use crate::S3Fetcher;
+
+/// The setting that picks the sink.
+pub const RESULT_SINK_VAR: &str = "COLDPATH_RESULT_SINK";
+
+/// Where results go outside Lambda when `COLDPATH_RESULT_SINK` is unset (relative to the working
+/// directory, beside the setup's other caches).
+pub const DEFAULT_LOCAL_DIR: &str = ".cache/results";
+
+const EXPECTED: &str = "local:<dir>, s3://<bucket>/<prefix> or sqs:<queue-url>";
+
+/// A file name may be 255 bytes on the filesystems we run on; the last segment gets `.json`.
+const MAX_SEGMENT_BYTES: usize = 250;
+
+/// S3's limit on the length of an object key.
+const MAX_S3_KEY_BYTES: usize = 1024;
+
+/// Writes one JSON result per id for one function (the function's name is a path segment, so
+/// several functions can share a directory, a prefix or a queue).
+#[derive(Debug, Clone)]
+pub struct ResultSink {
+    function: String,
+    target: SinkTarget,
+}
+
+/// A destination with its client, for callers that build the client themselves (tests, tools).
+#[derive(Debug, Clone)]
+pub enum SinkTarget {
+    /// `<dir>/<function>/<id>.json`, written to a temporary file and renamed into place.
+    Local(PathBuf),
+    /// `s3://<bucket>/<prefix>/<function>/<id>.json`; an empty prefix puts `<function>` at the
+    /// top of the bucket.
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        prefix: String,
+    },
+    /// One message per result with body `{"function", "id", "result"}` and string message
+    /// attributes `id` and `function`. A queue URL ending in `.fifo` gets
+    /// `MessageGroupId = function` and `MessageDeduplicationId = hex(sha256("<function>/<id>"))`,
+    /// so a repeat within five minutes is dropped (one group per function keeps results of one
+    /// function in order, at FIFO throughput). A standard queue cannot deduplicate: its consumers
+    /// must dedupe by the `id` attribute.
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        queue_url: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("result id {id:?} is not usable: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    #[error("encoding result {id:?} as JSON: {source}")]
+    Encode {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Throttling, a 5xx, a timeout or a dropped connection: the same put may succeed later.
+    #[error("{action} failed, worth retrying: {message}")]
+    Transient { action: String, message: String },
+    /// The service refused the request (permissions, a missing bucket or queue, a message too
+    /// large): retrying it unchanged fails again.
+    #[error("{action} was refused: {message}")]
+    Rejected { action: String, message: String },
+}
+
+impl Classify for SinkError {
+    fn error_type(&self) -> ErrorType {
+        match self {
+            SinkError::InvalidId { .. } => ErrorType::InvalidInput,
+            SinkError::Transient { .. } => ErrorType::Retryable,
+            SinkError::Encode { .. } | SinkError::Io { .. } | SinkError::Rejected { .. } => {
+                ErrorType::Internal
+            }
+        }
+    }
+}
+
+/// The parsed setting, before any client is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Setting {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+    Sqs(String),
+}
+
+fn parse_setting(raw: Option<&str>, in_lambda: bool) -> Result<Setting, ConfigError> {
+    let Some(raw) = raw else {
+        if in_lambda {
+            // A sandbox's disk vanishes with it, so a silent local default would lose results.
+            return Err(ConfigError::Missing {
+                name: RESULT_SINK_VAR.to_string(),
+                hint: format!("inside Lambda results must leave the sandbox: set it to {EXPECTED}"),
+            });
+        }
+        return Ok(Setting::Local(PathBuf::from(DEFAULT_LOCAL_DIR)));
+    };
+    let invalid = || ConfigError::invalid(RESULT_SINK_VAR, EXPECTED, raw);
+    if let Some(dir) = raw.strip_prefix("local:") {
+        if dir.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Setting::Local(PathBuf::from(dir)))
+    } else if let Some(rest) = raw.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() || bucket.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
+        }
+        Ok(Setting::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    } else if let Some(url) = raw.strip_prefix("sqs:") {
+        // A queue URL is `https://sqs.<region>.amazonaws.com/<account>/<name>`; anything without
+        // a scheme and a path is a queue name or ARN, which SendMessage does not take.
+        let path = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(_, path)| path.trim_matches('/'));
+        match path {
+            Some(path) if !path.is_empty() => Ok(Setting::Sqs(url.to_string())),
+            _ => Err(invalid()),
+        }
+    } else {
+        Err(invalid())
+    }
+}
+
+impl ResultSink {
+    /// A sink for `function`'s results. The function name becomes a path segment, so it follows
+    /// the same rules as an id segment (no `/`, not `.` or `..`, no control characters).
+    pub fn new(function: &str, target: SinkTarget) -> Result<ResultSink, SinkError> {
+        if function.contains('/') {
+            return Err(SinkError::InvalidId {
+                id: function.to_string(),
+                reason: "a function name is one path segment and may not contain '/'",
+            });
+        }
+        validate_id(function)?;
+        Ok(ResultSink {
+            function: function.to_string(),
+            target,
+        })
+    }
+
+    /// Reads `COLDPATH_RESULT_SINK` (`local:<dir>`, `s3://bucket/prefix` or `sqs:<queue-url>`).
+    /// Unset, results go to `local:.cache/results` outside Lambda; inside Lambda (told by
+    /// `AWS_LAMBDA_FUNCTION_NAME`) unset is an error. S3 honours `COLDPATH_S3_FORCE_PATH_STYLE`;
+    /// both clients come from the standard AWS configuration chain, so endpoint overrides such as
+    /// `AWS_ENDPOINT_URL_S3` and `AWS_ENDPOINT_URL_SQS` apply.
+    pub async fn from_env(env: &impl EnvSource, function: &str) -> Result<ResultSink, ConfigError> {
+        let raw = config::get(env, RESULT_SINK_VAR);
+        let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
+        let setting = parse_setting(raw.as_deref(), in_lambda)?;
+        // Check the name before building any client; it comes from code, but a bad one must still
+        // be an error, not a panic.
+        let bad_name = |_| {
+            ConfigError::invalid(
+                RESULT_SINK_VAR,
+                "a function name that is one path segment",
+                function,
+            )
+        };
+        ResultSink::new(function, SinkTarget::Local(PathBuf::new())).map_err(bad_name)?;
+        let target = match setting {
+            Setting::Local(dir) => SinkTarget::Local(dir),
+            Setting::S3 { bucket, prefix } => {
+                let path_style = config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?;
+                let client = S3Fetcher::from_env(path_style).await.client().clone();
+                SinkTarget::S3 {
+                    client,
+                    bucket,
+                    prefix,
+                }
+            }
+            Setting::Sqs(queue_url) => {
+                let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                SinkTarget::Sqs {
+                    client: aws_sdk_sqs::Client::new(&shared),
+                    queue_url,
+                }
+            }
+        };
+        ResultSink::new(function, target).map_err(bad_name)
+    }
+
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// `local`, `s3` or `sqs`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self.target {
+            SinkTarget::Local(_) => "local",
+            SinkTarget::S3 { .. } => "s3",
+            SinkTarget::Sqs { .. } => "sqs",
+        }
+    }
+
+    /// Writes `result` under `id` and says where it went: a file path, an `s3://` URI or
+    /// `sqs:<message id>`. Ids may contain `/` (faces uses `<bucket>/<key>`); an empty id, an
+    /// empty, `.` or `..` segment, a leading `/` or a control character is `InvalidId`.
+    pub async fn put(&self, id: &str, result: &serde_json::Value) -> Result<String, SinkError> {
+        validate_id(id)?;
+        match &self.target {
+            SinkTarget::Local(dir) => {
+                let path = dir.join(&self.function).join(format!("{id}.json"));
+                let bytes = encode(id, result)?;
+                write_atomic(path.clone(), bytes).await?;
+                Ok(path.display().to_string())
+            }
+            SinkTarget::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = object_key(prefix, &self.function, id);
+                if key.len() > MAX_S3_KEY_BYTES {
+                    return Err(SinkError::InvalidId {
+                        id: id.to_string(),
+                        reason: "the object key would be longer than S3's 1024 bytes",
+                    });
+                }
+                let uri = format!("s3://{bucket}/{key}");
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .content_type("application/json")
+                    .body(ByteStream::from(encode(id, result)?))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(format!("putting {uri}"), e))?;
+                Ok(uri)
+            }
+            SinkTarget::Sqs { client, queue_url } => {
+                let body = serde_json::json!({
+                    "function": self.function,
+                    "id": id,
+                    "result": result,
+                });
+                let mut request = client
+                    .send_message()
+                    .queue_url(queue_url)
+                    .message_body(body.to_string())
+                    .message_attributes("id", string_attribute(id)?)
+                    .message_attributes("function", string_attribute(&self.function)?);
+                if is_fifo(queue_url) {
+                    request = request
+                        .message_group_id(&self.function)
+                        .message_deduplication_id(dedup_id(&self.function, id));
+                }
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(format!("sending result {id:?} to {queue_url}"), e))?;
+                Ok(format!("sqs:{}", out.message_id().unwrap_or_default()))
+            }
+        }
+    }
+}
+
+impl fmt::Display for ResultSink {
+    /// The destination as it would be written in `COLDPATH_RESULT_SINK`, for the start-up log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            SinkTarget::Local(dir) => write!(f, "local:{}", dir.display()),
+            SinkTarget::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            SinkTarget::Sqs { queue_url, .. } => write!(f, "sqs:{queue_url}"),
+        }
+    }
+}
+
+/// Checks that `id` is a relative path of ordinary segments, so it can name a file under the
+/// sink's directory and an S3 key without escaping either.
+pub fn validate_id(id: &str) -> Result<(), SinkError> {
+    let bad = |reason| {
+        Err(SinkError::InvalidId {
+            id: id.to_string(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if id.starts_with('/') {
+        return bad("it is an absolute path");
+    }
+    // SQS message attributes also refuse U+FFFE and U+FFFF.
+    if id
+        .chars()
+        .any(|c| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}')
+    {
+        return bad("it contains a control character");
+    }
+    for segment in id.split('/') {
+        match segment {
+            "" => return bad("it has an empty path segment"),
+            "." | ".." => return bad("it has a '.' or '..' path segment"),
+            s if s.len() > MAX_SEGMENT_BYTES => {
+                return bad("a path segment is longer than 250 bytes");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn object_key(prefix: &str, function: &str, id: &str) -> String {
+    if prefix.is_empty() {
+        format!("{function}/{id}.json")
+    } else {
+        format!("{prefix}/{function}/{id}.json")
+    }
+}
+
+fn is_fifo(queue_url: &str) -> bool {
+    queue_url.trim_end_matches('/').ends_with(".fifo")
+}
+
+/// FIFO deduplication ids may be 128 characters; a hex sha256 is 64 whatever the id's length.
+fn dedup_id(function: &str, id: &str) -> String {
+    hex::encode(Sha256::digest(format!("{function}/{id}")))
+}
+
+fn encode(id: &str, result: &serde_json::Value) -> Result<Vec<u8>, SinkError> {
+    serde_json::to_vec(result).map_err(|source| SinkError::Encode {
+        id: id.to_string(),
+        source,
+    })
+}
+
+fn string_attribute(value: &str) -> Result<MessageAttributeValue, SinkError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|e| SinkError::Rejected {
+            action: "building a message attribute".to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Writes `bytes` to a hidden temporary file beside `path` and renames it over `path`, so a
+/// reader sees the old result or the new one, never a partial file, and a failed write leaves the
+/// old one in place. The temporary name starts with `.` and ends in `.tmp`, so readers that list
+/// `*.json` never pick one up.
+async fn write_atomic(path: PathBuf, bytes: Vec<u8>) -> Result<(), SinkError> {
+    let target = path.clone();
+    tokio::task::spawn_blocking(move || write_atomic_blocking(&target, &bytes))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| SinkError::Io { path, source })
+}
+
+fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Error codes AWS services use for throttling, which some (SQS among them) send with a 400.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "KmsThrottled",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+/// Whether an SDK failure is worth retrying later: throttling, a 5xx, a timeout, or a request
+/// that never got a well-formed answer. The SDK has already retried a few times by then, so this
+/// decides whether the caller's message goes back to its queue or is reported as broken.
+pub(crate) fn sdk_is_transient<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            status == 429
+                || status >= 500
+                || service
+                    .err()
+                    .code()
+                    .is_some_and(|code| THROTTLING_CODES.contains(&code))
+        }
+        _ => false,
+    }
+}
+
+/// The SDK's own message is terse ("service error"); `DisplayErrorContext` adds the sources.
+pub(crate) fn sdk_message<E: std::error::Error + 'static>(err: &SdkError<E>) -> String {
+    DisplayErrorContext(err).to_string()
+}
+
+fn sdk_error<E>(action: String, err: SdkError<E>) -> SinkError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let message = sdk_message(&err);
+    if sdk_is_transient(&err) {
+        SinkError::Transient { action, message }
+    } else {
+        SinkError::Rejected { action, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::operation::put_object::PutObjectError;
+    use aws_sdk_sqs::config::http::HttpResponse;
+    use aws_sdk_sqs::error::ErrorMetadata;
+    use coldpath_core::MapEnv;
+    use serde_json::json;
+
+    fn local_sink(dir: &Path) -> ResultSink {
+        ResultSink::new("faces", SinkTarget::Local(dir.to_path_buf())).unwrap()
+    }
+
+    /// Every file under `dir`, relative to it, sorted.
+    fn files_under(dir: &Path) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    let rel = path.strip_prefix(root).unwrap();
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if dir.exists() {
+            walk(dir, dir, &mut out);
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn parses_settings() {
+        assert_eq!(
+            parse_setting(None, false),
+            Ok(Setting::Local(".cache/results".into()))
+        );
+        assert_eq!(
+            parse_setting(Some("local:/tmp/out"), true),
+            Ok(Setting::Local("/tmp/out".into()))
+        );
+        assert_eq!(
+            parse_setting(Some("s3://results/coldpath/v1/"), true),
+            Ok(Setting::S3 {
+                bucket: "results".into(),
+                prefix: "coldpath/v1".into()
+            })
+        );
+        assert_eq!(
+            parse_setting(Some("s3://results"), true),
+            Ok(Setting::S3 {
+                bucket: "results".into(),
+                prefix: String::new()
+            })
+        );
+        let url = "https://sqs.eu-west-1.amazonaws.com/123456789012/results.fifo";
+        assert_eq!(
+            parse_setting(Some(&format!("sqs:{url}")), true),
+            Ok(Setting::Sqs(url.into()))
+        );
+        for bad in [
+            "local:",
+            "s3://",
+            "s3:///prefix",
+            "sqs:results",
+            "sqs:https://sqs.eu-west-1.amazonaws.com/",
+            "gcs://bucket",
+            "/tmp/out",
+        ] {
+            let err = parse_setting(Some(bad), false).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::invalid(RESULT_SINK_VAR, EXPECTED, bad),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unset_inside_lambda_is_an_error_naming_the_variable() {
+        let err = parse_setting(None, true).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { .. }));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("COLDPATH_RESULT_SINK: required but not set"),
+            "{msg}"
+        );
+        assert!(msg.contains("s3://<bucket>/<prefix>"), "{msg}");
+        assert_eq!(err.error_type(), ErrorType::Config);
+    }
+
+    #[tokio::test]
+    async fn from_env_reads_the_setting_and_the_lambda_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let setting = format!("local:{}", dir.path().display());
+        let env = MapEnv::new([
+            (RESULT_SINK_VAR, setting.as_str()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "faces"),
+        ]);
+        let sink = ResultSink::from_env(&env, "faces").await.unwrap();
+        assert_eq!(sink.kind(), "local");
+        assert_eq!(sink.to_string(), setting);
+
+        let env = MapEnv::new([("AWS_LAMBDA_FUNCTION_NAME", "faces")]);
+        let err = ResultSink::from_env(&env, "faces").await.unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { .. }), "{err}");
+
+        let env = MapEnv::new([(RESULT_SINK_VAR, "  ")]);
+        let sink = ResultSink::from_env(&env, "captioning").await.unwrap();
+        assert_eq!(sink.to_string(), "local:.cache/results");
+
+        let err = ResultSink::from_env(&env, "../up").await.unwrap_err();
+        assert!(err.to_string().contains("one path segment"), "{err}");
+    }
+
+    #[test]
+    fn ids_must_be_relative_paths_of_ordinary_segments() {
+        for good in [
+            "photo-1",
+            "uploads/2026/11/a b.jpg",
+            "bucket/key.with.dots",
+            "é/ü",
+        ] {
+            assert!(validate_id(good).is_ok(), "{good}");
+        }
+        let long = "x".repeat(251);
+        for (bad, reason) in [
+            ("", "empty"),
+            ("/etc/passwd", "absolute"),
+            ("a//b", "empty path segment"),
+            ("a/", "empty path segment"),
+            ("./a", "'.' or '..'"),
+            ("a/../../b", "'.' or '..'"),
+            ("..", "'.' or '..'"),
+            ("a\nb", "control character"),
+            ("a\u{0}b", "control character"),
+            ("a\u{7f}", "control character"),
+            ("a\u{FFFF}", "control character"),
+            (long.as_str(), "longer than 250 bytes"),
+        ] {
+            let err = validate_id(bad).unwrap_err();
+            assert!(err.to_string().contains(reason), "{bad:?}: {err}");
+            assert_eq!(err.error_type(), ErrorType::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn function_names_are_one_segment() {
+        for bad in ["", "a/b", "..", "a\tb"] {
+            let err = ResultSink::new(bad, SinkTarget::Local(PathBuf::new())).unwrap_err();
+            assert!(matches!(err, SinkError::InvalidId { .. }), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn local_put_writes_the_json_and_overwrites_the_same_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local_sink(dir.path());
+        let id = "photos/2026/kafka.jpg";
+
+        let first = sink.put(id, &json!({"faces": 1})).await.unwrap();
+        let want = dir.path().join("faces/photos/2026/kafka.jpg.json");
+        assert_eq!(first, want.display().to_string());
+        let read: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&want).unwrap()).unwrap();
+        assert_eq!(read, json!({"faces": 1}));
+
+        // A redelivered photo replaces its result: still one file, holding the newer value.
+        let second = sink.put(id, &json!({"faces": 2})).await.unwrap();
+        assert_eq!(second, first);
+        let read: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&want).unwrap()).unwrap();
+        assert_eq!(read, json!({"faces": 2}));
+        assert_eq!(
+            files_under(dir.path()),
+            vec!["faces/photos/2026/kafka.jpg.json"]
+        );
+    }
+
+    #[tokio::test]
+    async fn local_put_refuses_bad_ids_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local_sink(&dir.path().join("out"));
+        for bad in ["../escape", "/abs", "a//b", "a/./b", "", "x\ry"] {
+            let err = sink.put(bad, &json!(1)).await.unwrap_err();
+            assert!(matches!(err, SinkError::InvalidId { .. }), "{bad:?}: {err}");
+            assert_eq!(err.error_type(), ErrorType::InvalidInput);
+        }
+        assert_eq!(files_under(dir.path()), Vec::<String>::new());
+    }
+
+    /// A reader polling the file while it is rewritten must only ever see a whole result: with a
+    /// plain truncate-and-write it would catch partial files of this size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_put_is_atomic_for_a_concurrent_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local_sink(dir.path());
+        let big = |n: u64| json!({"n": n, "pad": "x".repeat(512 * 1024)});
+        let path = PathBuf::from(sink.put("same", &big(0)).await.unwrap());
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let bytes = std::fs::read(&path).expect("the file always exists");
+                    let value: serde_json::Value = serde_json::from_slice(&bytes)
+                        .unwrap_or_else(|e| panic!("partial file of {} bytes: {e}", bytes.len()));
+                    assert_eq!(value["pad"].as_str().map(str::len), Some(512 * 1024));
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for n in 1..=20 {
+            sink.put("same", &big(n)).await.unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = reader.join().expect("reader saw only whole results");
+        assert!(reads > 0);
+        // No temporary files are left behind.
+        assert_eq!(files_under(dir.path()), vec!["faces/same.json"]);
+    }
+
+    #[test]
+    fn keys_and_dedup_ids() {
+        assert_eq!(object_key("", "faces", "b/k.jpg"), "faces/b/k.jpg.json");
+        assert_eq!(
+            object_key("out/v1", "faces", "b/k.jpg"),
+            "out/v1/faces/b/k.jpg.json"
+        );
+        assert!(is_fifo(
+            "https://sqs.eu-west-1.amazonaws.com/1/results.fifo"
+        ));
+        assert!(!is_fifo("https://sqs.eu-west-1.amazonaws.com/1/results"));
+        // sha256("captioning/msg-1"), computed with `printf 'captioning/msg-1' | sha256sum`.
+        assert_eq!(
+            dedup_id("captioning", "msg-1"),
+            "81e0106e7b26b44fd7c91d2aa8aef23ecfe0342b2b85a34409e1544fbf65b459"
+        );
+        assert_ne!(dedup_id("captioning", "msg-1"), dedup_id("faces", "msg-1"));
+    }
+
+    fn service_error(status: u16, code: &str) -> SdkError<PutObjectError> {
+        let err = PutObjectError::generic(ErrorMetadata::builder().code(code).build());
+        let raw = HttpResponse::new(
+            status.try_into().unwrap(),
+            aws_sdk_s3::primitives::SdkBody::empty(),
+        );
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn sdk_failures_are_sorted_into_retryable_and_not() {
+        for (status, code, want) in [
+            (503, "SlowDown", ErrorType::Retryable),
+            (500, "InternalError", ErrorType::Retryable),
+            (429, "TooManyRequests", ErrorType::Retryable),
+            (400, "RequestThrottled", ErrorType::Retryable),
+            (403, "AccessDenied", ErrorType::Internal),
+            (404, "NoSuchBucket", ErrorType::Internal),
+            (400, "InvalidParameterValue", ErrorType::Internal),
+        ] {
+            let err = sdk_error("putting".into(), service_error(status, code));
+            assert_eq!(err.error_type(), want, "{status} {code}: {err}");
+        }
+        let timeout: SdkError<PutObjectError> = SdkError::timeout_error("took too long");
+        assert_eq!(
+            sdk_error("putting".into(), timeout).error_type(),
+            ErrorType::Retryable
+        );
+    }
+}
