@@ -81,6 +81,19 @@ impl ObjectFetcher for ObjectStore {
             ObjectStore::None(n) => n.fetch_to(bucket, key, dest).await,
         }
     }
+
+    async fn fetch_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        match self {
+            ObjectStore::S3(s) => s.fetch_bytes(bucket, key, max_bytes).await,
+            ObjectStore::Local(l) => l.fetch_bytes(bucket, key, max_bytes).await,
+            ObjectStore::None(n) => n.fetch_bytes(bucket, key, max_bytes).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,47 @@ impl ObjectFetcher for S3Fetcher {
         file.sync_all().await?;
         Ok(written)
     }
+
+    async fn fetch_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        // Refuse before reading when the declared size is already over the limit...
+        let declared = out.content_length().and_then(|n| u64::try_from(n).ok());
+        if let Some(size) = declared.filter(|&n| n > max_bytes) {
+            return Err(FetchError::TooLarge {
+                size,
+                limit: max_bytes,
+            });
+        }
+        // ...and keep counting while reading, so that a missing or lying Content-Length cannot
+        // make us buffer more than the limit (plus one chunk).
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        let mut body = out.body;
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| FetchError::Transient(format!("reading the body: {e}")))?;
+            let size = (bytes.len() + chunk.len()) as u64;
+            if size > max_bytes {
+                return Err(FetchError::TooLarge {
+                    size,
+                    limit: max_bytes,
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
 }
 
 /// Sorts SDK failures into what the loader acts on: missing, forbidden, worth retrying, other.

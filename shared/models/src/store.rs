@@ -237,6 +237,16 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.inner.fetch_to(bucket, key, dest).await
         }
+
+        async fn fetch_bytes(
+            &self,
+            bucket: &str,
+            key: &str,
+            max: u64,
+        ) -> Result<Vec<u8>, FetchError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.fetch_bytes(bucket, key, max).await
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,413 @@
+//! Bounded decoding: JPEG, PNG and WebP bytes to an upright RGB8 image.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::{ImageError, ImageLimits};
+
+/// The encoded formats [`decode`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Jpeg,
+    Png,
+    WebP,
+}
+
+impl Format {
+    /// Lower-case name for logs and responses: `jpeg`, `png`, `webp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpeg",
+            Format::Png => "png",
+            Format::WebP => "webp",
+        }
+    }
+
+    fn to_image(self) -> image::ImageFormat {
+        match self {
+            Format::Jpeg => image::ImageFormat::Jpeg,
+            Format::Png => image::ImageFormat::Png,
+            Format::WebP => image::ImageFormat::WebP,
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decoded image, upright and in RGB8.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    /// The pixels after the EXIF orientation was applied: what a person sees in a viewer.
+    pub image: RgbImage,
+    /// The encoded format the bytes were in.
+    pub format: Format,
+    /// The EXIF orientation found in the file (1 to 8; 1 when there was none) and already
+    /// applied to `image`. Coordinates computed on `image` are in the upright frame; a caller
+    /// that must map them back to the stored pixel grid needs this value.
+    pub orientation: u8,
+    /// Size of the encoded input, in bytes.
+    pub bytes: usize,
+}
+
+impl DecodedImage {
+    pub fn width(&self) -> u32 {
+        self.image.width()
+    }
+
+    pub fn height(&self) -> u32 {
+        self.image.height()
+    }
+}
+
+/// Decodes JPEG, PNG or WebP bytes into an upright RGB8 image within `limits`.
+///
+/// In order: the byte size is checked; the format is told from the magic bytes (not from a
+/// name or a content type); the header is read and its width, height and pixel count are
+/// checked against `limits` before any pixel buffer exists; the decoder then runs under
+/// `image::Limits` (max width, height and allocation) as a second line; the EXIF orientation
+/// (JPEG APP1, PNG eXIf, WebP EXIF) is applied; grey-scale, grey+alpha, RGBA and 16-bit inputs are
+/// converted to RGB8 (alpha is dropped, as PIL's `convert("RGB")` does).
+///
+/// This is CPU work (tens of milliseconds for a phone photo): call it from a blocking context,
+/// or use [`crate::ImageLoader::load`], which does that for you.
+///
+/// # Errors
+/// [`ImageError::Empty`], [`ImageError::TooManyBytes`], [`ImageError::UnsupportedFormat`]
+/// (text, GIF, anything not JPEG/PNG/WebP), [`ImageError::TooManyPixels`] and
+/// [`ImageError::Undecodable`] (truncated or corrupt data); all classify as `InvalidInput`.
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(ImageError::TooManyBytes {
+            size: bytes.len() as u64,
+            limit: limits.max_bytes,
+        });
+    }
+    let format = sniff(bytes)?;
+    let undecodable = |e: image::ImageError| ImageError::Undecodable {
+        format: format.as_str(),
+        reason: e.to_string(),
+    };
+
+    // Room for the decoded buffer at up to 8 bytes a pixel (16-bit RGBA) and as much again for
+    // the decoder's working buffers (JPEG coefficients, PNG rows); the pixel check below is what
+    // keeps a request inside this.
+    let max_alloc = limits.max_pixels.saturating_mul(16);
+    let mut header_limits = image::Limits::default();
+    header_limits.max_alloc = Some(max_alloc);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
+    reader.limits(header_limits);
+    let mut decoder = reader.into_decoder().map_err(undecodable)?;
+
+    // Only the header has been read so far: refuse absurd sizes before allocating anything,
+    // with the numbers in the message.
+    let (width, height) = decoder.dimensions();
+    let too_many_pixels = || ImageError::TooManyPixels {
+        width,
+        height,
+        max_pixels: limits.max_pixels,
+        max_side: limits.max_side,
+    };
+    if !limits.allows(width, height) {
+        return Err(too_many_pixels());
+    }
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(limits.max_side);
+    decode_limits.max_image_height = Some(limits.max_side);
+    decode_limits.max_alloc = Some(max_alloc);
+    decode_limits
+        .reserve(decoder.total_bytes())
+        .map_err(|_| too_many_pixels())?;
+    decoder.set_limits(decode_limits).map_err(|e| match e {
+        image::ImageError::Limits(_) => too_many_pixels(),
+        e => undecodable(e),
+    })?;
+
+    let orientation = decoder.orientation().map_err(undecodable)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(_) => too_many_pixels(),
+        e => undecodable(e),
+    })?;
+    image.apply_orientation(orientation);
+    Ok(DecodedImage {
+        image: image.into_rgb8(),
+        format,
+        orientation: orientation.to_exif(),
+        bytes: bytes.len(),
+    })
+}
+
+/// The format from the magic bytes, or a description of what was found instead.
+fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
+    match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Jpeg) => Ok(Format::Jpeg),
+        Ok(image::ImageFormat::Png) => Ok(Format::Png),
+        Ok(image::ImageFormat::WebP) => Ok(Format::WebP),
+        Ok(other) => Err(ImageError::UnsupportedFormat {
+            found: format!("{other:?}"),
+        }),
+        Err(_) => {
+            let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            Err(ImageError::UnsupportedFormat {
+                found: format!(
+                    "data with no known image signature (first bytes: {})",
+                    head.join(" ")
+                ),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use image::codecs::jpeg::JpegEncoder;
+    use image::codecs::png::PngEncoder;
+    use image::{ImageEncoder, Rgb};
+
+    /// A small RGB test card: red top-left quadrant, green top-right, blue bottom-left, white
+    /// bottom-right, so any rotation or flip moves colours to known corners.
+    pub(crate) fn quadrants(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| match (x < w / 2, y < h / 2) {
+            (true, true) => Rgb([255, 0, 0]),
+            (false, true) => Rgb([0, 255, 0]),
+            (true, false) => Rgb([0, 0, 255]),
+            (false, false) => Rgb([255, 255, 255]),
+        })
+    }
+
+    pub(crate) fn png_bytes(img: &DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        PngEncoder::new(&mut out)
+            .write_image(
+                img.as_bytes(),
+                img.width(),
+                img.height(),
+                img.color().into(),
+            )
+            .unwrap();
+        out
+    }
+
+    pub(crate) fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        JpegEncoder::new_with_quality(&mut out, 95)
+            .write_image(
+                img.as_raw(),
+                img.width(),
+                img.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        out
+    }
+
+    /// Inserts an APP1 Exif segment holding only an Orientation tag right after the SOI marker,
+    /// as a camera writes it (big-endian TIFF header, one IFD entry).
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = Vec::new();
+        tiff.extend_from_slice(b"MM\x00\x2a"); // big-endian TIFF, magic 42
+        tiff.extend_from_slice(&8u32.to_be_bytes()); // IFD0 right after the header
+        tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // tag: Orientation
+        tiff.extend_from_slice(&3u16.to_be_bytes()); // type: SHORT
+        tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0]); // value padded to 4 bytes
+        tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+        let mut payload = b"Exif\x00\x00".to_vec();
+        payload.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend_from_slice(&[0xff, 0xe1]);
+        out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    /// Rewrites a PNG's IHDR width and height and fixes the chunk's CRC, so the file is a
+    /// well-formed PNG that merely claims another size.
+    fn patch_png_size(png: &[u8], width: u32, height: u32) -> Vec<u8> {
+        let mut out = png.to_vec();
+        // 8-byte signature, then IHDR: length (4), type (4), width (4), height (4), ...
+        assert_eq!(&out[12..16], b"IHDR");
+        out[16..20].copy_from_slice(&width.to_be_bytes());
+        out[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = crc32(&out[12..29]); // type + 13 bytes of data
+        out[29..33].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// CRC-32 as PNG defines it (ISO 3309, reflected, polynomial 0xedb88320).
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn limits() -> ImageLimits {
+        ImageLimits::default()
+    }
+
+    fn close(a: &Rgb<u8>, b: [u8; 3]) -> bool {
+        // JPEG at quality 95 keeps flat colours within a few levels; 40 is far below the
+        // 255-level gaps between the quadrant colours.
+        a.0.iter().zip(b).all(|(&x, y)| x.abs_diff(y) <= 40)
+    }
+
+    #[test]
+    fn png_round_trips_exactly() {
+        let img = quadrants(8, 6);
+        let bytes = png_bytes(&DynamicImage::ImageRgb8(img.clone()));
+        let out = decode(&bytes, &limits()).unwrap();
+        assert_eq!(out.format, Format::Png);
+        assert_eq!(out.orientation, 1);
+        assert_eq!(out.bytes, bytes.len());
+        assert_eq!(out.image, img);
+    }
+
+    #[test]
+    fn webp_decodes() {
+        // image 0.25 encodes lossless WebP only, which must round-trip exactly.
+        let img = quadrants(10, 4);
+        let mut bytes = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)
+            .write_image(img.as_raw(), 10, 4, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let out = decode(&bytes, &limits()).unwrap();
+        assert_eq!(out.format, Format::WebP);
+        assert_eq!(out.image, img);
+    }
+
+    #[test]
+    fn exif_orientation_6_rotates_clockwise() {
+        let img = quadrants(32, 16);
+        let plain = jpeg_bytes(&img);
+        let upright = decode(&plain, &limits()).unwrap();
+        assert_eq!(upright.orientation, 1);
+        assert_eq!((upright.width(), upright.height()), (32, 16));
+
+        let rotated = decode(&with_exif_orientation(&plain, 6), &limits()).unwrap();
+        assert_eq!(rotated.format, Format::Jpeg);
+        assert_eq!(rotated.orientation, 6);
+        // Orientation 6: the stored pixels must be turned 90° clockwise to be upright, so the
+        // stored top-left (red) lands top-right and the stored bottom-left (blue) lands top-left.
+        assert_eq!((rotated.width(), rotated.height()), (16, 32));
+        let px = |x, y| *rotated.image.get_pixel(x, y);
+        assert!(close(&px(14, 1), [255, 0, 0]), "{:?}", px(14, 1));
+        assert!(close(&px(1, 1), [0, 0, 255]), "{:?}", px(1, 1));
+        assert!(close(&px(14, 30), [0, 255, 0]), "{:?}", px(14, 30));
+        assert!(close(&px(1, 30), [255, 255, 255]), "{:?}", px(1, 30));
+    }
+
+    #[test]
+    fn grey_and_rgba_become_rgb() {
+        let grey = image::GrayImage::from_fn(4, 3, |x, y| image::Luma([(x * 60 + y) as u8]));
+        let out = decode(&png_bytes(&DynamicImage::ImageLuma8(grey)), &limits()).unwrap();
+        assert_eq!(*out.image.get_pixel(3, 2), Rgb([182, 182, 182]));
+
+        let rgba =
+            image::RgbaImage::from_fn(4, 3, |x, _| image::Rgba([10, 20, 30, (x * 80) as u8]));
+        let out = decode(&png_bytes(&DynamicImage::ImageRgba8(rgba)), &limits()).unwrap();
+        assert_eq!((out.width(), out.height()), (4, 3));
+        // Alpha is dropped, not blended.
+        assert!(out.image.pixels().all(|p| *p == Rgb([10, 20, 30])));
+
+        let grey16 =
+            image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(2, 2, image::Luma([65535u16]));
+        let out = decode(&png_bytes(&DynamicImage::ImageLuma16(grey16)), &limits()).unwrap();
+        assert!(out.image.pixels().all(|p| *p == Rgb([255, 255, 255])));
+    }
+
+    #[test]
+    fn empty_text_and_unsupported_formats_are_refused() {
+        assert!(matches!(decode(b"", &limits()), Err(ImageError::Empty)));
+        let err = decode(b"hello world, this is not an image", &limits()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected JPEG, PNG or WebP, found data with no known image signature (first bytes: 68 65 6c 6c 6f 20 77 6f)"),
+            "{err}"
+        );
+        let err = decode(b"GIF89a\x01\x00\x01\x00\x00\x00\x00", &limits()).unwrap_err();
+        assert!(
+            matches!(err, ImageError::UnsupportedFormat { ref found } if found == "Gif"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_jpeg_is_undecodable() {
+        let bytes = jpeg_bytes(&quadrants(64, 64));
+        for cut in [3, 20, bytes.len() / 2] {
+            let err = decode(&bytes[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(err, ImageError::Undecodable { format: "jpeg", .. }),
+                "cut at {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_bytes_is_refused_before_decoding() {
+        let bytes = png_bytes(&DynamicImage::ImageRgb8(quadrants(8, 8)));
+        let small = ImageLimits {
+            max_bytes: 10,
+            ..limits()
+        };
+        let err = decode(&bytes, &small).unwrap_err();
+        assert!(
+            matches!(err, ImageError::TooManyBytes { limit: 10, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn png_header_claiming_100000_square_is_refused_without_allocating() {
+        let bytes = png_bytes(&DynamicImage::ImageRgb8(quadrants(8, 8)));
+        let bomb = patch_png_size(&bytes, 100_000, 100_000);
+        let err = decode(&bomb, &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooManyPixels {
+                    width: 100_000,
+                    height: 100_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "image is too large: 100000x100000 pixels, the limits are 50000000 pixels and 20000 pixels a side"
+        );
+        // Within the side limit but over the pixel count.
+        let wide = patch_png_size(&bytes, 10_000, 6_000);
+        assert!(matches!(
+            decode(&wide, &limits()),
+            Err(ImageError::TooManyPixels { .. })
+        ));
+        // A header that claims a size within limits but lacks the data is corrupt, not large.
+        let liar = patch_png_size(&bytes, 1_000, 1_000);
+        assert!(matches!(
+            decode(&liar, &limits()),
+            Err(ImageError::Undecodable { format: "png", .. })
+        ));
+    }
+}
