@@ -5,4 +5,6 @@ mod embeddings;
 mod events;
 mod faces;
 mod placement;
+mod queue;
 mod s3_models;
+mod sinks;

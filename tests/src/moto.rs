@@ -1,7 +1,9 @@
 //! A moto server on 127.0.0.1, started for a test and stopped when dropped.
 //!
 //! moto speaks the real S3 and SQS wire protocols, so the AWS SDK clients under test run exactly
-//! the requests they would send to AWS.
+//! the requests they would send to AWS. Both services share the server's one port: use
+//! [`MotoServer::s3_client`] and [`MotoServer::sqs_client`], and [`create_queue`] /
+//! [`create_queue_with_dlq`] for SQS queues.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -70,6 +72,108 @@ impl MotoServer {
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }
+
+    /// An SQS client for this server: test credentials, one region. moto serves SQS on the same
+    /// port as S3, and the queue URLs it returns point back at this server.
+    pub async fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "moto",
+            ))
+            .endpoint_url(&self.endpoint)
+            .load()
+            .await;
+        aws_sdk_sqs::Client::new(&shared)
+    }
+
+    /// Environment variables that point a client built from the standard AWS configuration
+    /// chain at this server (for a child process: a function binary run by a test). Tests in
+    /// this binary should not set them on their own process, which the other tests share.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+            ("COLDPATH_S3_FORCE_PATH_STYLE", "true".to_string()),
+        ]
+    }
+}
+
+/// Creates the queue `name` and returns its URL. A name ending in `.fifo` makes a FIFO queue
+/// with content-based deduplication off, so every sender must give a deduplication id (as
+/// `ResultSink` and `Queue::send` do). `visibility_secs` is the queue's visibility timeout.
+pub async fn create_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_secs: i32,
+) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let mut request = client.create_queue().queue_name(name).attributes(
+        QueueAttributeName::VisibilityTimeout,
+        visibility_secs.to_string(),
+    );
+    if name.ends_with(".fifo") {
+        request = request
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(QueueAttributeName::ContentBasedDeduplication, "false");
+    }
+    let out = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating queue {name}: {e:?}"));
+    out.queue_url()
+        .unwrap_or_else(|| panic!("moto returned no URL for queue {name}"))
+        .to_string()
+}
+
+/// A work queue and the dead-letter queue SQS moves its messages to once they have been
+/// received `max_receive_count` times without being deleted.
+#[derive(Debug, Clone)]
+pub struct QueueWithDlq {
+    pub url: String,
+    pub dlq_url: String,
+}
+
+/// Creates `<name>-dlq` and `<name>` (for FIFO, `<base>-dlq.fifo` and `<base>.fifo`) with a
+/// redrive policy to the DLQ after `max_receive_count` receives, and `visibility_secs` as the
+/// work queue's visibility timeout. moto applies the redrive policy on receive, as SQS does.
+pub async fn create_queue_with_dlq(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    max_receive_count: u32,
+    visibility_secs: i32,
+) -> QueueWithDlq {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dlq_name = match name.strip_suffix(".fifo") {
+        Some(base) => format!("{base}-dlq.fifo"),
+        None => format!("{name}-dlq"),
+    };
+    let dlq_url = create_queue(client, &dlq_name, visibility_secs).await;
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("reading the ARN of {dlq_name}: {e:?}"))
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_else(|| panic!("moto returned no ARN for {dlq_name}"));
+    let url = create_queue(client, name, visibility_secs).await;
+    let policy = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": max_receive_count.to_string(),
+    });
+    client
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("setting the redrive policy of {name}: {e:?}"));
+    QueueWithDlq { url, dlq_url }
 }
 
 impl Drop for MotoServer {

@@ -6,9 +6,11 @@
 //! crates that need only types stay light.
 
 mod object_store;
+mod queue;
 mod s3;
 mod sink;
 
 pub use object_store::ObjectStore;
+pub use queue::{Queue, QueueError, ReceivedMessage};
 pub use s3::S3Fetcher;
 pub use sink::{RESULT_SINK_VAR, ResultSink, SinkError, SinkTarget, validate_id};

@@ -18,6 +18,7 @@ use coldpath_core::{Classify, ErrorType};
 use sha2::{Digest, Sha256};
 
 use crate::S3Fetcher;
+use crate::queue::{is_fifo, is_queue_url};
 
 /// The setting that picks the sink.
 pub const RESULT_SINK_VAR: &str = "COLDPATH_RESULT_SINK";
@@ -136,17 +137,10 @@ fn parse_setting(raw: Option<&str>, in_lambda: bool) -> Result<Setting, ConfigEr
             prefix: prefix.trim_matches('/').to_string(),
         })
     } else if let Some(url) = raw.strip_prefix("sqs:") {
-        // A queue URL is `https://sqs.<region>.amazonaws.com/<account>/<name>`; anything without
-        // a scheme and a path is a queue name or ARN, which SendMessage does not take.
-        let path = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"))
-            .and_then(|rest| rest.split_once('/'))
-            .map(|(_, path)| path.trim_matches('/'));
-        match path {
-            Some(path) if !path.is_empty() => Ok(Setting::Sqs(url.to_string())),
-            _ => Err(invalid()),
+        if !is_queue_url(url) {
+            return Err(invalid());
         }
+        Ok(Setting::Sqs(url.to_string()))
     } else {
         Err(invalid())
     }
@@ -338,10 +332,6 @@ fn object_key(prefix: &str, function: &str, id: &str) -> String {
     } else {
         format!("{prefix}/{function}/{id}.json")
     }
-}
-
-fn is_fifo(queue_url: &str) -> bool {
-    queue_url.trim_end_matches('/').ends_with(".fifo")
 }
 
 /// FIFO deduplication ids may be 128 characters; a hex sha256 is 64 whatever the id's length.
