@@ -37,7 +37,10 @@ mod tensor;
 
 pub use decode::{DecodedImage, Format, decode};
 pub use error::ImageError;
-pub use geometry::{Letterbox, clamp_box, letterbox, resize, resize_linear};
+pub use geometry::{
+    Anchor, Letterbox, LetterboxOptions, Resample, clamp_box, letterbox, letterbox_with, resize,
+    resize_linear,
+};
 pub use limits::ImageLimits;
 pub use loader::ImageLoader;
 pub use source::ImageRef;
