@@ -1,1 +1,66 @@
-fn main() {}
+//! `faces`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
+//! `faces invoke <EVENT_FILE>` runs one event locally and prints the response JSON.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use coldpath_aws::{ObjectStore, ResultSink};
+use coldpath_core::ProcessEnv;
+use coldpath_faces::{FacesConfig, FacesService, OnnxFaces, handle, init};
+use coldpath_runtime::{HandlerError, Mode};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    coldpath_runtime::init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match Mode::from_args("faces", &args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let service = match start(matches!(mode, Mode::Invoke(_))).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error_type = %e.error_type, "init failed: {}", e.message);
+            if matches!(mode, Mode::Invoke(_))
+                && let Err(write_err) = coldpath_runtime::print_json(&e.to_json())
+            {
+                tracing::error!("cannot write the error to stdout: {write_err}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    coldpath_runtime::run("faces", mode, Arc::new(service), handle).await
+}
+
+/// Reads config and builds the shared resources once, before the first request. Local image
+/// paths are allowed only in local invoke mode.
+async fn start(local: bool) -> Result<FacesService<OnnxFaces, ObjectStore>, HandlerError> {
+    let config = FacesConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    let store = ObjectStore::from_env(&ProcessEnv)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    let sink = ResultSink::from_env(&ProcessEnv, "faces")
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    tracing::info!(
+        family = %config.family,
+        detector = %config.detector.name,
+        detector_source = %config.detector.source,
+        recognizer = %config.recognizer.name,
+        recognizer_source = %config.recognizer.source,
+        ort_library = %config.ort_library.display(),
+        provider = %config.session.provider,
+        min_score = config.detect.min_score,
+        max_faces = config.detect.max_faces,
+        object_store = store.kind(),
+        result_sink = %sink,
+        "faces config"
+    );
+    let (service, _record) = init(&config, store, sink, local)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    Ok(service)
+}

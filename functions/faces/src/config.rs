@@ -1,0 +1,230 @@
+//! The faces function's configuration, read once from the environment at start.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_image::ImageLimits;
+use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
+
+/// Files each model directory must hold.
+pub const MODEL_FILES: [&str; 1] = ["model.onnx"];
+
+/// Which detector/recogniser pair runs; it decides pre-processing and output decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// OpenCV Zoo's YuNet (2023mar) detector and SFace (2021dec) recogniser, 128-d embeddings.
+    YunetSface,
+    /// insightface `buffalo_l` as Immich ships it: SCRFD-10G detector, ArcFace R50, 512-d.
+    ScrfdArcface,
+}
+
+impl ModelFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFamily::YunetSface => "yunet-sface",
+            ModelFamily::ScrfdArcface => "scrfd-arcface",
+        }
+    }
+
+    /// Model names and bundled directories used when `FACES_*_NAME` / `_SOURCE` are unset.
+    fn default_models(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            ModelFamily::YunetSface => [
+                ("yunet-2023mar-int8bq", "/opt/models/yunet-2023mar-int8bq"),
+                ("sface-2021dec-int8bq", "/opt/models/sface-2021dec-int8bq"),
+            ],
+            ModelFamily::ScrfdArcface => [
+                ("buffalo_l-scrfd-10g", "/opt/models/buffalo_l/detection"),
+                ("buffalo_l-arcface-r50", "/opt/models/buffalo_l/recognition"),
+            ],
+        }
+    }
+
+    /// The reference's own defaults: OpenCV's face sample runs YuNet at score 0.9 and NMS 0.3;
+    /// insightface's SCRFD uses 0.5 and 0.4.
+    fn default_thresholds(self) -> (f32, f32) {
+        match self {
+            ModelFamily::YunetSface => (0.9, 0.3),
+            ModelFamily::ScrfdArcface => (0.5, 0.4),
+        }
+    }
+}
+
+impl fmt::Display for ModelFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ModelFamily {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "yunet-sface" => Ok(ModelFamily::YunetSface),
+            "scrfd-arcface" => Ok(ModelFamily::ScrfdArcface),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Detection settings; `min_score` and `max_faces` can be narrowed per request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectOptions {
+    /// Faces scoring below this are dropped (before NMS, as the references do).
+    pub min_score: f32,
+    /// NMS drops a face overlapping a better one by more than this IoU.
+    pub nms_iou: f32,
+    /// At most this many faces per photo, best scores first.
+    pub max_faces: usize,
+    /// Faces whose box is narrower or shorter than this, in the photo's own pixels, are dropped;
+    /// 0 keeps every face the detector finds.
+    pub min_face_size: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FacesConfig {
+    pub family: ModelFamily,
+    pub detector: ModelSpec,
+    pub recognizer: ModelSpec,
+    pub ort_library: PathBuf,
+    pub session: SessionConfig,
+    pub detect: DetectOptions,
+    pub image_limits: ImageLimits,
+    /// Run one photo through both models at init so the first request does not pay ONNX
+    /// Runtime's first-run cost.
+    pub warmup: bool,
+    /// Where remote (`s3://`) models are cached; Lambda only allows writes under /tmp.
+    pub cache_dir: PathBuf,
+}
+
+/// A float setting in `[lo, hi]`, or `default` when unset.
+fn float_in(
+    env: &impl EnvSource,
+    name: &str,
+    (lo, hi): (f32, f32),
+    default: f32,
+) -> Result<f32, ConfigError> {
+    let expected = format!("a number from {lo} to {hi}");
+    let v: f32 = config::parse_or(env, name, &expected, default)?;
+    if !(lo..=hi).contains(&v) {
+        return Err(ConfigError::invalid(name, expected, v.to_string()));
+    }
+    Ok(v)
+}
+
+impl FacesConfig {
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let family = match config::get(env, "FACES_MODEL_FAMILY") {
+            None => ModelFamily::YunetSface,
+            Some(f) => f.parse().map_err(|()| {
+                ConfigError::invalid("FACES_MODEL_FAMILY", "yunet-sface or scrfd-arcface", f)
+            })?,
+        };
+        let [(det_name, det_source), (rec_name, rec_source)] = family.default_models();
+        let detector = ModelSpec::from_env(
+            env,
+            "FACES_DETECTOR",
+            ModelKind::FaceDetector,
+            det_name,
+            det_source,
+            &MODEL_FILES,
+        )?;
+        let recognizer = ModelSpec::from_env(
+            env,
+            "FACES_RECOGNIZER",
+            ModelKind::FaceRecognizer,
+            rec_name,
+            rec_source,
+            &MODEL_FILES,
+        )?;
+        let (score, nms) = family.default_thresholds();
+        Ok(FacesConfig {
+            family,
+            detector,
+            recognizer,
+            ort_library: OrtRuntime::library_from_env(env),
+            session: SessionConfig::from_env(env)?,
+            detect: DetectOptions {
+                min_score: float_in(env, "FACES_MIN_SCORE", (0.0, 1.0), score)?,
+                nms_iou: float_in(env, "FACES_NMS_IOU", (0.0, 1.0), nms)?,
+                max_faces: config::positive_or(env, "FACES_MAX_FACES", 100)?,
+                min_face_size: float_in(env, "FACES_MIN_FACE_SIZE", (0.0, 1e6), 0.0)?,
+            },
+            image_limits: ImageLimits::from_env(env)?,
+            warmup: config::bool_or(env, "FACES_WARMUP", true)?,
+            cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coldpath_core::MapEnv;
+    use coldpath_models::ModelSource;
+
+    #[test]
+    fn defaults_are_yunet_sface_at_opencv_thresholds() {
+        let c = FacesConfig::from_env(&MapEnv::default()).unwrap();
+        assert_eq!(c.family, ModelFamily::YunetSface);
+        assert_eq!(c.detector.name, "yunet-2023mar-int8bq");
+        assert_eq!(c.detector.kind, ModelKind::FaceDetector);
+        assert_eq!(c.recognizer.kind, ModelKind::FaceRecognizer);
+        assert_eq!(
+            c.recognizer.source,
+            ModelSource::Local("/opt/models/sface-2021dec-int8bq".into())
+        );
+        assert_eq!(
+            c.detect,
+            DetectOptions {
+                min_score: 0.9,
+                nms_iou: 0.3,
+                max_faces: 100,
+                min_face_size: 0.0
+            }
+        );
+        assert!(c.warmup);
+        assert_eq!(c.cache_dir, PathBuf::from("/tmp/coldpath"));
+        assert_eq!(c.image_limits, ImageLimits::default());
+    }
+
+    #[test]
+    fn scrfd_family_has_its_own_defaults_and_overrides_apply() {
+        let env = MapEnv::new([
+            ("FACES_MODEL_FAMILY", "SCRFD-ArcFace"),
+            ("FACES_DETECTOR_SOURCE", "s3://models/scrfd"),
+            ("FACES_MAX_FACES", "7"),
+            ("FACES_MIN_FACE_SIZE", "40"),
+            ("FACES_NMS_IOU", "0.45"),
+        ]);
+        let c = FacesConfig::from_env(&env).unwrap();
+        assert_eq!(c.family, ModelFamily::ScrfdArcface);
+        assert_eq!(c.detector.name, "buffalo_l-scrfd-10g");
+        assert!(matches!(c.detector.source, ModelSource::S3 { .. }));
+        assert_eq!(c.detect.min_score, 0.5);
+        assert_eq!(c.detect.nms_iou, 0.45);
+        assert_eq!(c.detect.max_faces, 7);
+        assert_eq!(c.detect.min_face_size, 40.0);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("FACES_MODEL_FAMILY", "mtcnn"),
+            ("FACES_MIN_SCORE", "1.5"),
+            ("FACES_MIN_SCORE", "high"),
+            ("FACES_NMS_IOU", "-0.1"),
+            ("FACES_MAX_FACES", "0"),
+            ("FACES_MIN_FACE_SIZE", "-3"),
+            ("FACES_WARMUP", "maybe"),
+            ("FACES_DETECTOR_SHA256", "model.onnx=xyz"),
+        ] {
+            let err = FacesConfig::from_env(&MapEnv::new([(k, v)])).unwrap_err();
+            assert!(err.to_string().starts_with(k), "{k}={v}: {err}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The handler (direct invokes and S3 `ObjectCreated` events) over a narrow [`AnalyzeFaces`]
+//! trait, and the init that builds the real models once per process.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_lambda_events::s3::{S3Event, S3EventRecord};
+use coldpath_aws::{ResultSink, SinkError};
+use coldpath_core::cold_start::{ColdStartTimer, Phase};
+use coldpath_core::{Classify, ColdStartRecord, ErrorType};
+use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
+use coldpath_models::{ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool};
+use coldpath_runtime::{HandlerError, LambdaEvent};
+use serde_json::{Value, json};
+
+use crate::config::{DetectOptions, FacesConfig};
+use crate::pipeline::{AnalyzeFaces, FaceError, OnnxFaces};
+use crate::request::{self, RequestError};
+
+/// Any failure of one photo.
+#[derive(Debug, thiserror::Error)]
+pub enum FacesError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Face(#[from] FaceError),
+    #[error("writing the result: {0}")]
+    Sink(#[from] SinkError),
+    #[error("inference task failed: {0}")]
+    Task(String),
+}
+
+impl Classify for FacesError {
+    fn error_type(&self) -> ErrorType {
+        match self {
+            FacesError::Request(e) => e.error_type(),
+            FacesError::Image(e) => e.error_type(),
+            FacesError::Face(e) => e.error_type(),
+            FacesError::Sink(e) => e.error_type(),
+            FacesError::Task(_) => ErrorType::Internal,
+        }
+    }
+}
+
+/// Failures while building the service at init.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Face(#[from] FaceError),
+}
+
+impl Classify for InitError {
+    fn error_type(&self) -> ErrorType {
+        match self {
+            InitError::Model(e) => e.error_type(),
+            InitError::Face(e) => e.error_type(),
+        }
+    }
+}
+
+/// Everything a request needs, built once per process.
+pub struct FacesService<A, F> {
+    faces: Arc<A>,
+    loader: ImageLoader<F>,
+    sink: ResultSink,
+    defaults: DetectOptions,
+}
+
+impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
+    pub fn new(
+        faces: A,
+        loader: ImageLoader<F>,
+        sink: ResultSink,
+        defaults: DetectOptions,
+    ) -> Self {
+        FacesService {
+            faces: Arc::new(faces),
+            loader,
+            sink,
+            defaults,
+        }
+    }
+
+    pub fn faces(&self) -> &A {
+        &self.faces
+    }
+
+    pub fn sink(&self) -> &ResultSink {
+        &self.sink
+    }
+
+    /// Loads, decodes and analyses one image; the per-photo response.
+    pub async fn analyze_ref(
+        &self,
+        image: &ImageRef,
+        options: &DetectOptions,
+    ) -> Result<Value, FacesError> {
+        let started = Instant::now();
+        let decoded = self.loader.load(image).await?;
+        let decode_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (width, height) = (decoded.width(), decoded.height());
+        let faces = Arc::clone(&self.faces);
+        let options = *options;
+        let pixels: RgbImage = decoded.image;
+        let found = run_blocking(move || faces.analyze(&pixels, &options)).await??;
+        tracing::info!(
+            image = %image.describe(),
+            width,
+            height,
+            faces = found.len(),
+            decode_ms,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "analysed"
+        );
+        Ok(request::response(
+            width,
+            height,
+            &found,
+            self.faces.model_names(),
+        ))
+    }
+
+    /// A direct invoke: `{"image": <ImageRef>, "min_score"?, "max_faces"?}`.
+    pub async fn handle_direct(&self, payload: &Value) -> Result<Value, FacesError> {
+        let req = request::parse_request(payload, &self.defaults)?;
+        self.analyze_ref(&req.image, &req.options).await
+    }
+
+    /// An S3 event: each record's photo is analysed and its result written to the sink under
+    /// `<bucket>/<key>`. A record that fails is reported in the summary; the others still run.
+    pub async fn handle_s3(&self, payload: Value) -> Result<Value, FacesError> {
+        let event: S3Event = serde_json::from_value(payload)
+            .map_err(|e| RequestError::Invalid(format!("not an S3 event notification: {e}")))?;
+        let mut records = Vec::with_capacity(event.records.len());
+        let (mut succeeded, mut failed) = (0usize, 0usize);
+        for (index, record) in event.records.iter().enumerate() {
+            let bucket = record.s3.bucket.name.clone().unwrap_or_default();
+            let raw_key = record.s3.object.key.clone().unwrap_or_default();
+            match self.process_record(index, record).await {
+                Ok((key, faces, location)) => {
+                    succeeded += 1;
+                    records.push(json!({
+                        "bucket": bucket, "key": key, "status": "ok",
+                        "faces": faces, "result": location,
+                    }));
+                }
+                Err(e) => {
+                    failed += 1;
+                    log_failure(&e);
+                    let key = request::decode_s3_key(&raw_key).unwrap_or(raw_key);
+                    records.push(json!({
+                        "bucket": bucket, "key": key, "status": "error",
+                        "errorType": e.error_type().as_str(), "errorMessage": e.to_string(),
+                    }));
+                }
+            }
+        }
+        Ok(json!({"records": records, "succeeded": succeeded, "failed": failed}))
+    }
+
+    /// One record: `(decoded key, faces found, where the result went)`.
+    async fn process_record(
+        &self,
+        index: usize,
+        record: &S3EventRecord,
+    ) -> Result<(String, usize, String), FacesError> {
+        let bad = |reason: String| RequestError::Record { index, reason };
+        let event_name = record.event_name.as_deref().unwrap_or_default();
+        if !event_name.starts_with("ObjectCreated:") {
+            return Err(bad(format!(
+                "expected an ObjectCreated event, found {event_name:?}"
+            ))
+            .into());
+        }
+        let bucket = record
+            .s3
+            .bucket
+            .name
+            .clone()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| bad("no bucket name".to_string()))?;
+        let raw_key = record
+            .s3
+            .object
+            .key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| bad("no object key".to_string()))?;
+        let key = request::decode_s3_key(raw_key).map_err(bad)?;
+        let image = ImageRef::S3 {
+            bucket: bucket.clone(),
+            key: key.clone(),
+        };
+        let mut result = self.analyze_ref(&image, &self.defaults).await?;
+        let faces = result["faces"].as_array().map_or(0, Vec::len);
+        result["source"] = json!(image.describe());
+        let location = self.sink.put(&format!("{bucket}/{key}"), &result).await?;
+        Ok((key, faces, location))
+    }
+}
+
+/// Runs blocking inference without stalling the async executor (see the embeddings function:
+/// in place on a multi-threaded runtime, on the blocking pool on a current-thread one).
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, FacesError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        return Ok(tokio::task::block_in_place(f));
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FacesError::Task(e.to_string()))
+}
+
+fn log_failure(e: &FacesError) {
+    match e.error_type() {
+        ErrorType::InvalidInput | ErrorType::RequestTooLarge => {
+            tracing::info!(error_type = %e.error_type(), "rejected: {e}")
+        }
+        _ => tracing::error!(error_type = %e.error_type(), "failed: {e}"),
+    }
+}
+
+/// The Lambda handler.
+///
+/// A direct invoke answers the per-photo response or a classified error. An S3 event answers a
+/// per-record summary: records with bad input (not an image, a missing object, too large) are
+/// reported and logged but do not fail the invocation, because S3 invokes asynchronously and
+/// Lambda would retry the whole event, redoing the good records, for an error that retrying
+/// cannot fix. Only when a record failed with a transient error (`Retryable`: throttling, a
+/// network failure reaching S3 or the sink) does the invocation fail, so that Lambda's async
+/// retries run the event again; results are keyed by `<bucket>/<key>`, so the repeat overwrites
+/// rather than duplicates what the good records wrote.
+pub async fn handle<A: AnalyzeFaces + 'static, F: ObjectFetcher>(
+    service: Arc<FacesService<A, F>>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, HandlerError> {
+    let payload = event.payload;
+    if request::is_s3_event(&payload) {
+        let summary = service
+            .handle_s3(payload)
+            .await
+            .map_err(|e| HandlerError::from_error(&e))?;
+        let retryable = summary["records"].as_array().is_some_and(|records| {
+            records
+                .iter()
+                .any(|r| r["errorType"] == ErrorType::Retryable.as_str())
+        });
+        if retryable {
+            return Err(HandlerError::new(
+                ErrorType::Retryable,
+                format!("some records failed transiently; retry the event: {summary}"),
+            ));
+        }
+        return Ok(summary);
+    }
+    service.handle_direct(&payload).await.map_err(|e| {
+        log_failure(&e);
+        HandlerError::from_error(&e)
+    })
+}
+
+/// Builds the real pipeline: loads ONNX Runtime, resolves both models, builds their sessions
+/// side by side, warms them up, and logs the cold-start record.
+pub async fn init_faces<F: ObjectFetcher>(
+    config: &FacesConfig,
+    model_fetcher: F,
+) -> Result<(OnnxFaces, ColdStartRecord), InitError> {
+    let mut timer = ColdStartTimer::start("faces");
+    let runtime = timer.time(Phase::LibraryLoad, || OrtRuntime::load(&config.ort_library))?;
+    let store = ModelStore::new(&config.cache_dir, model_fetcher);
+    let detector = store.resolve(&config.detector).await?;
+    timer.add(Phase::ModelFetch, detector.elapsed);
+    let recognizer = store.resolve(&config.recognizer).await?;
+    timer.add(Phase::ModelFetch, recognizer.elapsed);
+
+    let build_started = Instant::now();
+    // The two sessions do not depend on each other: build them on two threads, so cold start
+    // pays for the slower one rather than for both.
+    let (det_session, rec_session) = std::thread::scope(|scope| {
+        let rec = scope.spawn(|| {
+            runtime.build_session(
+                &recognizer.spec.name,
+                &recognizer.path("model.onnx"),
+                &config.session,
+            )
+        });
+        let det = runtime.build_session(
+            &detector.spec.name,
+            &detector.path("model.onnx"),
+            &config.session,
+        );
+        let rec = rec.join().unwrap_or_else(|_| {
+            Err(ModelError::Session {
+                model: recognizer.spec.name.clone(),
+                path: recognizer.path("model.onnx"),
+                reason: "the session-building thread panicked".to_string(),
+            })
+        });
+        (det, rec)
+    });
+    let (det_session, provider) = det_session?;
+    let (rec_session, _) = rec_session?;
+    timer.set_provider(provider.name());
+    let pool = |s| {
+        SessionPool::new(vec![s]).ok_or_else(|| FaceError::Inference {
+            model: String::new(),
+            reason: "no session was built".to_string(),
+        })
+    };
+    let faces = OnnxFaces::new(
+        config.family,
+        pool(det_session)?,
+        &detector.spec.name,
+        pool(rec_session)?,
+        &recognizer.spec.name,
+    )?;
+    timer.add(Phase::SessionBuild, build_started.elapsed());
+    if config.warmup {
+        // A blank photo exercises the detector; one aligned crop exercises the recogniser.
+        timer.time(Phase::Warmup, || {
+            let (w, h) = faces.detector_size();
+            faces.detect(&RgbImage::new(w as u32, h as u32), &config.detect)?;
+            let crop = RgbImage::new(crate::align::ALIGNED_SIZE, crate::align::ALIGNED_SIZE);
+            faces.embed_aligned(&[&crop])
+        })?;
+    }
+    Ok((faces, timer.finish()))
+}
+
+/// Builds the whole service. `allow_local_paths` lets `{"path"}` image references through; only
+/// the local `invoke` mode sets it.
+pub async fn init<F: ObjectFetcher + Clone>(
+    config: &FacesConfig,
+    fetcher: F,
+    sink: ResultSink,
+    allow_local_paths: bool,
+) -> Result<(FacesService<OnnxFaces, F>, ColdStartRecord), InitError> {
+    let (faces, record) = init_faces(config, fetcher.clone()).await?;
+    let loader = ImageLoader::new(fetcher, config.image_limits, allow_local_paths);
+    Ok((
+        FacesService::new(faces, loader, sink, config.detect),
+        record,
+    ))
+}
