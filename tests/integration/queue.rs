@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use coldpath_aws::{Queue, QueueError};
-use coldpath_core::{Classify, ErrorType};
+use coldpath_core::{Classify, ErrorType, MapEnv};
 use coldpath_tests::moto::{MotoServer, create_queue, create_queue_with_dlq};
 
 async fn queue(moto: &MotoServer, name: &str, visibility_secs: i32) -> Queue {
@@ -115,6 +115,27 @@ async fn backlog_counts_waiting_messages_not_those_in_flight() {
     let taken = queue.receive(2, 1, None).await.unwrap();
     assert_eq!(taken.len(), 2);
     assert_eq!(queue.approximate_backlog().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn queue_from_env_reaches_the_configured_queue() {
+    let moto = MotoServer::start();
+    let url = create_queue(&moto.sqs_client().await, "captions", 30).await;
+    let env = MapEnv::new([("CAPTIONING_QUEUE_URL", url.as_str())]);
+    let sdk = moto.sdk_config().await;
+    let queue = Queue::from_env_with_sdk_config(&env, "CAPTIONING_QUEUE_URL", &sdk).unwrap();
+    assert_eq!(queue.url(), url);
+    assert!(!queue.is_fifo());
+    queue.send("hello").await.unwrap();
+    assert_eq!(queue.approximate_backlog().await.unwrap(), 1);
+
+    let env = MapEnv::new([("CAPTIONING_QUEUE_URL", "captions")]);
+    let err = Queue::from_env_with_sdk_config(&env, "CAPTIONING_QUEUE_URL", &sdk).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("CAPTIONING_QUEUE_URL: expected"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! repeat.
 
 use coldpath_aws::{Queue, ResultSink, SinkError, SinkTarget};
-use coldpath_core::{Classify, ErrorType};
+use coldpath_core::{Classify, ErrorType, MapEnv};
 use coldpath_tests::moto::{MotoServer, create_queue};
 use serde_json::{Value, json};
 
@@ -227,11 +227,39 @@ async fn sqs_sink_with_no_server_is_retryable() {
     assert_eq!(err.error_type(), ErrorType::Retryable);
 }
 
+/// The env-driven constructor with a loaded AWS configuration, as a function builds its sink.
+#[tokio::test]
+async fn sinks_from_env_reach_s3_and_sqs() {
+    let moto = MotoServer::start();
+    let sdk = moto.sdk_config().await;
+    let s3 = moto.s3_client().await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let env = MapEnv::new([
+        ("COLDPATH_RESULT_SINK", format!("s3://{BUCKET}/env/")),
+        ("COLDPATH_S3_FORCE_PATH_STYLE", "true".to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "faces".to_string()),
+    ]);
+    let sink = ResultSink::from_env_with_sdk_config(&env, "faces", &sdk).unwrap();
+    assert_eq!(sink.kind(), "s3");
+    let uri = sink.put("b/k.jpg", &json!({"faces": []})).await.unwrap();
+    assert_eq!(uri, format!("s3://{BUCKET}/env/faces/b/k.jpg.json"));
+    assert_eq!(object_keys(&s3, "env/").await, ["env/faces/b/k.jpg.json"]);
+
+    let url = create_queue(&moto.sqs_client().await, "results", 30).await;
+    let env = MapEnv::new([("COLDPATH_RESULT_SINK", format!("sqs:{url}"))]);
+    let sink = ResultSink::from_env_with_sdk_config(&env, "captioning", &sdk).unwrap();
+    assert_eq!(sink.kind(), "sqs");
+    sink.put("m-1", &json!({"caption": "x"})).await.unwrap();
+    let got = drain(&Queue::new(moto.sqs_client().await, url)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attributes.get("id").map(String::as_str), Some("m-1"));
+}
+
 #[tokio::test]
 async fn local_sink_from_env_writes_under_the_function_name() {
     let dir = tempfile::tempdir().unwrap();
     let setting = format!("local:{}", dir.path().display());
-    let env = coldpath_core::MapEnv::new([("COLDPATH_RESULT_SINK", setting.as_str())]);
+    let env = MapEnv::new([("COLDPATH_RESULT_SINK", setting.as_str())]);
     let sink = ResultSink::from_env(&env, "faces").await.unwrap();
     let path = sink
         .put("bucket/photo.jpg", &json!({"faces": []}))

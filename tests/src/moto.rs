@@ -73,31 +73,27 @@ impl MotoServer {
         aws_sdk_s3::Client::from_conf(conf)
     }
 
-    /// An SQS client for this server: test credentials, one region. moto serves SQS on the same
-    /// port as S3, and the queue URLs it returns point back at this server.
-    pub async fn sqs_client(&self) -> aws_sdk_sqs::Client {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    /// The AWS configuration for this server: test credentials, one region, this endpoint for
+    /// every service. Hand it to `ResultSink::from_env_with_sdk_config` or
+    /// `Queue::from_env_with_sdk_config` to test the env-driven constructors without touching the
+    /// process environment, which the tests in this binary share. (S3 clients built from it also
+    /// need `COLDPATH_S3_FORCE_PATH_STYLE=true`: a bucket's host name under 127.0.0.1 does not
+    /// resolve.)
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_sqs::config::Credentials::new(
                 "test", "test", None, None, "moto",
             ))
             .endpoint_url(&self.endpoint)
             .load()
-            .await;
-        aws_sdk_sqs::Client::new(&shared)
+            .await
     }
 
-    /// Environment variables that point a client built from the standard AWS configuration
-    /// chain at this server (for a child process: a function binary run by a test). Tests in
-    /// this binary should not set them on their own process, which the other tests share.
-    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_REGION", "us-east-1".to_string()),
-            ("AWS_ACCESS_KEY_ID", "test".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-            ("COLDPATH_S3_FORCE_PATH_STYLE", "true".to_string()),
-        ]
+    /// An SQS client for this server. moto serves SQS on the same port as S3, and the queue URLs
+    /// it returns point back at this server.
+    pub async fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk_config().await)
     }
 }
 

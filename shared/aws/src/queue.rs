@@ -113,6 +113,22 @@ pub(crate) fn is_queue_url(url: &str) -> bool {
         .is_some_and(|(host, path)| !host.is_empty() && !path.trim_matches('/').is_empty())
 }
 
+fn queue_url_from_env(env: &impl EnvSource, var: &str) -> Result<String, ConfigError> {
+    let url = config::get(env, var).ok_or_else(|| ConfigError::Missing {
+        name: var.to_string(),
+        hint: "the URL of the SQS queue, https://sqs.<region>.amazonaws.com/<account>/<name>"
+            .to_string(),
+    })?;
+    if !is_queue_url(&url) {
+        return Err(ConfigError::invalid(
+            var,
+            "an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>)",
+            url,
+        ));
+    }
+    Ok(url)
+}
+
 /// FIFO queues' URLs (like their names) end in `.fifo`.
 pub(crate) fn is_fifo(url: &str) -> bool {
     url.trim_end_matches('/').ends_with(".fifo")
@@ -148,20 +164,18 @@ impl Queue {
     /// from the standard AWS configuration chain (so `AWS_ENDPOINT_URL_SQS` points it at a local
     /// server). Unset or not a queue URL is a `ConfigError` naming the variable.
     pub async fn from_env(env: &impl EnvSource, var: &str) -> Result<Queue, ConfigError> {
-        let url = config::get(env, var).ok_or_else(|| ConfigError::Missing {
-            name: var.to_string(),
-            hint: "the URL of the SQS queue, https://sqs.<region>.amazonaws.com/<account>/<name>"
-                .to_string(),
-        })?;
-        if !is_queue_url(&url) {
-            return Err(ConfigError::invalid(
-                var,
-                "an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>)",
-                url,
-            ));
-        }
+        let url = queue_url_from_env(env, var)?;
         let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         Ok(Queue::new(Client::new(&shared), url))
+    }
+
+    /// [`Queue::from_env`] with an AWS configuration the caller already loaded.
+    pub fn from_env_with_sdk_config(
+        env: &impl EnvSource,
+        var: &str,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Queue, ConfigError> {
+        Ok(Queue::new(Client::new(sdk), queue_url_from_env(env, var)?))
     }
 
     pub fn url(&self) -> &str {

@@ -17,7 +17,6 @@ use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::{Classify, ErrorType};
 use sha2::{Digest, Sha256};
 
-use crate::S3Fetcher;
 use crate::queue::{is_fifo, is_queue_url};
 
 /// The setting that picks the sink.
@@ -165,43 +164,29 @@ impl ResultSink {
 
     /// Reads `COLDPATH_RESULT_SINK` (`local:<dir>`, `s3://bucket/prefix` or `sqs:<queue-url>`).
     /// Unset, results go to `local:.cache/results` outside Lambda; inside Lambda (told by
-    /// `AWS_LAMBDA_FUNCTION_NAME`) unset is an error. S3 honours `COLDPATH_S3_FORCE_PATH_STYLE`;
-    /// both clients come from the standard AWS configuration chain, so endpoint overrides such as
-    /// `AWS_ENDPOINT_URL_S3` and `AWS_ENDPOINT_URL_SQS` apply.
+    /// `AWS_LAMBDA_FUNCTION_NAME`) unset is an error. S3 honours `COLDPATH_S3_FORCE_PATH_STYLE`.
+    /// For S3 and SQS the client comes from the standard AWS configuration chain, loaded here, so
+    /// endpoint overrides such as `AWS_ENDPOINT_URL_S3` and `AWS_ENDPOINT_URL_SQS` apply.
     pub async fn from_env(env: &impl EnvSource, function: &str) -> Result<ResultSink, ConfigError> {
-        let raw = config::get(env, RESULT_SINK_VAR);
-        let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
-        let setting = parse_setting(raw.as_deref(), in_lambda)?;
-        // Check the name before building any client; it comes from code, but a bad one must still
-        // be an error, not a panic.
-        let bad_name = |_| {
-            ConfigError::invalid(
-                RESULT_SINK_VAR,
-                "a function name that is one path segment",
-                function,
-            )
-        };
-        ResultSink::new(function, SinkTarget::Local(PathBuf::new())).map_err(bad_name)?;
-        let target = match setting {
-            Setting::Local(dir) => SinkTarget::Local(dir),
-            Setting::S3 { bucket, prefix } => {
-                let path_style = config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?;
-                let client = S3Fetcher::from_env(path_style).await.client().clone();
-                SinkTarget::S3 {
-                    client,
-                    bucket,
-                    prefix,
-                }
-            }
-            Setting::Sqs(queue_url) => {
-                let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-                SinkTarget::Sqs {
-                    client: aws_sdk_sqs::Client::new(&shared),
-                    queue_url,
-                }
+        let setting = read_setting(env, function)?;
+        let sdk = match setting {
+            Setting::Local(_) => None,
+            Setting::S3 { .. } | Setting::Sqs(_) => {
+                Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
             }
         };
-        ResultSink::new(function, target).map_err(bad_name)
+        build(env, function, setting, sdk.as_ref())
+    }
+
+    /// [`ResultSink::from_env`] with an AWS configuration the caller already loaded (a function
+    /// that also reads from S3 loads it once; tests point it at a local server).
+    pub fn from_env_with_sdk_config(
+        env: &impl EnvSource,
+        function: &str,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<ResultSink, ConfigError> {
+        let setting = read_setting(env, function)?;
+        build(env, function, setting, Some(sdk))
     }
 
     pub fn function(&self) -> &str {
@@ -289,6 +274,56 @@ impl fmt::Display for ResultSink {
             SinkTarget::Sqs { queue_url, .. } => write!(f, "sqs:{queue_url}"),
         }
     }
+}
+
+/// The parsed setting, after checking the function name: it comes from code, but a bad one must
+/// still be an error, not a panic, and must fail before any client is built.
+fn read_setting(env: &impl EnvSource, function: &str) -> Result<Setting, ConfigError> {
+    let raw = config::get(env, RESULT_SINK_VAR);
+    let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let setting = parse_setting(raw.as_deref(), in_lambda)?;
+    ResultSink::new(function, SinkTarget::Local(PathBuf::new())).map_err(|_| {
+        ConfigError::invalid(
+            "the function name given to ResultSink",
+            "one path segment (no '/', '.', '..' or control characters)",
+            function,
+        )
+    })?;
+    Ok(setting)
+}
+
+/// Builds the sink's client; `sdk` is present whenever the setting needs one.
+fn build(
+    env: &impl EnvSource,
+    function: &str,
+    setting: Setting,
+    sdk: Option<&aws_config::SdkConfig>,
+) -> Result<ResultSink, ConfigError> {
+    let no_sdk = || ConfigError::Missing {
+        name: RESULT_SINK_VAR.to_string(),
+        hint: "an AWS configuration to build the client from".to_string(),
+    };
+    let target = match setting {
+        Setting::Local(dir) => SinkTarget::Local(dir),
+        Setting::S3 { bucket, prefix } => {
+            let path_style = config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?;
+            let conf = aws_sdk_s3::config::Builder::from(sdk.ok_or_else(no_sdk)?)
+                .force_path_style(path_style)
+                .build();
+            SinkTarget::S3 {
+                client: aws_sdk_s3::Client::from_conf(conf),
+                bucket,
+                prefix,
+            }
+        }
+        Setting::Sqs(queue_url) => SinkTarget::Sqs {
+            client: aws_sdk_sqs::Client::new(sdk.ok_or_else(no_sdk)?),
+            queue_url,
+        },
+    };
+    // The name was checked by `read_setting`.
+    ResultSink::new(function, target)
+        .map_err(|e| ConfigError::invalid(RESULT_SINK_VAR, "a usable function name", e.to_string()))
 }
 
 /// Checks that `id` is a relative path of ordinary segments, so it can name a file under the
@@ -551,7 +586,10 @@ mod tests {
         assert_eq!(sink.to_string(), "local:.cache/results");
 
         let err = ResultSink::from_env(&env, "../up").await.unwrap_err();
-        assert!(err.to_string().contains("one path segment"), "{err}");
+        assert!(
+            err.to_string().contains("one path segment (no '/'"),
+            "{err}"
+        );
     }
 
     #[test]
