@@ -4,6 +4,7 @@ mod captioning;
 mod embeddings;
 mod events;
 mod faces;
+mod image_input;
 mod placement;
 mod queue;
 mod s3_models;
