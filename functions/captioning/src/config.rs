@@ -1,0 +1,224 @@
+//! The captioning function's configuration, read once from the environment at start.
+//!
+//! One struct serves both ways the binary runs: the Lambda SQS handler reads the batch settings,
+//! the worker reads those and the queue settings. Everything is validated here, so a bad value is
+//! a `Config` error naming the variable before any model is loaded.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_image::ImageLimits;
+use coldpath_models::{OrtRuntime, SessionConfig};
+
+use crate::model::CaptionModelConfig;
+
+/// SQS caps a long poll at 20 seconds.
+pub const MAX_WAIT_SECS: u64 = 20;
+/// SQS caps a message's visibility timeout at 12 hours.
+pub const MAX_VISIBILITY_SECS: u64 = 43_200;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptioningConfig {
+    /// The model and how it decodes (`CAPTIONING_MODEL_*`, `CAPTIONING_NUM_BEAMS`, ...).
+    pub model: CaptionModelConfig,
+    pub ort_library: PathBuf,
+    pub session: SessionConfig,
+    /// Where remote (`s3://`) models are cached; Lambda only allows writes under /tmp.
+    pub cache_dir: PathBuf,
+    pub images: ImageLimits,
+    pub batch: BatchSettings,
+    pub worker: WorkerSettings,
+    /// Run one caption at init so the first batch does not pay ONNX Runtime's first-run cost.
+    pub warmup: bool,
+}
+
+/// How one batch of messages is processed, in either mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Images per model call (`CAPTIONING_MAX_BATCH`); also the worker's batch size outside bulk
+    /// mode.
+    pub max_batch: usize,
+    /// The largest `max_new_tokens` a message may ask for (`CAPTIONING_MAX_NEW_TOKENS_CAP`).
+    pub max_new_tokens_cap: usize,
+    /// Images fetched and decoded at once (`CAPTIONING_IMAGE_CONCURRENCY`).
+    pub image_concurrency: usize,
+    /// A pause before each model call (`CAPTIONING_BATCH_DELAY_MS`, default 0). It exists for
+    /// fault drills and the worker's process tests, which need a batch to stay in flight long
+    /// enough to kill or stop the worker under it; leave it unset in production.
+    pub batch_delay: Duration,
+}
+
+/// The queue worker's settings (`captioning worker`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// `CAPTIONING_QUEUE_URL`; required by the worker only, so it is checked when the worker starts.
+    pub queue_url: Option<String>,
+    /// Batch size while the backlog is above `bulk_threshold` (`CAPTIONING_BULK_BATCH`).
+    pub bulk_batch: usize,
+    /// Approximate visible messages above which the worker switches to `bulk_batch`.
+    pub bulk_threshold: u64,
+    /// Exit after this long with an empty queue (`CAPTIONING_IDLE_EXIT_SECS`; 0 never exits).
+    pub idle_exit: Option<Duration>,
+    /// How long a received message stays hidden from other consumers; the worker extends it at
+    /// half this period while the message's batch is in flight.
+    pub visibility_timeout: Duration,
+    /// Long-poll wait of the first receive of each batch (`CAPTIONING_WAIT_SECS`, 0..=20).
+    pub wait: Duration,
+}
+
+impl WorkerSettings {
+    /// The queue URL, or the error the worker reports when it is missing.
+    pub fn require_queue_url(&self) -> Result<&str, ConfigError> {
+        self.queue_url
+            .as_deref()
+            .ok_or_else(|| ConfigError::Missing {
+                name: "CAPTIONING_QUEUE_URL".to_string(),
+                hint: "the URL of the SQS queue the worker reads".to_string(),
+            })
+    }
+}
+
+fn secs(
+    env: &impl EnvSource,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let expected = format!("whole seconds from {} to {}", range.start(), range.end());
+    let value: u64 = config::parse_or(env, name, &expected, default)?;
+    if !range.contains(&value) {
+        return Err(ConfigError::invalid(name, expected, value.to_string()));
+    }
+    Ok(value)
+}
+
+impl CaptioningConfig {
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let max_batch = config::positive_or(env, "CAPTIONING_MAX_BATCH", 8)?;
+        let bulk_batch = config::positive_or(env, "CAPTIONING_BULK_BATCH", 32)?;
+        if bulk_batch < max_batch {
+            return Err(ConfigError::invalid(
+                "CAPTIONING_BULK_BATCH",
+                format!("at least CAPTIONING_MAX_BATCH ({max_batch})"),
+                bulk_batch.to_string(),
+            ));
+        }
+        let idle = secs(
+            env,
+            "CAPTIONING_IDLE_EXIT_SECS",
+            300,
+            0..=u64::from(u32::MAX),
+        )?;
+        Ok(CaptioningConfig {
+            model: CaptionModelConfig::from_env(env)?,
+            ort_library: OrtRuntime::library_from_env(env),
+            session: SessionConfig::from_env(env)?,
+            cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
+            images: ImageLimits::from_env(env)?,
+            batch: BatchSettings {
+                max_batch,
+                max_new_tokens_cap: config::positive_or(env, "CAPTIONING_MAX_NEW_TOKENS_CAP", 128)?,
+                image_concurrency: config::positive_or(env, "CAPTIONING_IMAGE_CONCURRENCY", 8)?,
+                batch_delay: Duration::from_millis(config::parse_or(
+                    env,
+                    "CAPTIONING_BATCH_DELAY_MS",
+                    "milliseconds",
+                    0,
+                )?),
+            },
+            worker: WorkerSettings {
+                queue_url: config::get(env, "CAPTIONING_QUEUE_URL"),
+                bulk_batch,
+                bulk_threshold: config::parse_or(
+                    env,
+                    "CAPTIONING_BULK_THRESHOLD",
+                    "a message count",
+                    256,
+                )?,
+                idle_exit: (idle > 0).then(|| Duration::from_secs(idle)),
+                visibility_timeout: Duration::from_secs(secs(
+                    env,
+                    "CAPTIONING_VISIBILITY_TIMEOUT_SECS",
+                    300,
+                    1..=MAX_VISIBILITY_SECS,
+                )?),
+                wait: Duration::from_secs(secs(
+                    env,
+                    "CAPTIONING_WAIT_SECS",
+                    MAX_WAIT_SECS,
+                    0..=MAX_WAIT_SECS,
+                )?),
+            },
+            warmup: config::bool_or(env, "CAPTIONING_WARMUP", true)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coldpath_core::MapEnv;
+
+    #[test]
+    fn defaults() {
+        let c = CaptioningConfig::from_env(&MapEnv::default()).unwrap();
+        assert_eq!(c.batch.max_batch, 8);
+        assert_eq!(c.batch.max_new_tokens_cap, 128);
+        assert_eq!(c.batch.batch_delay, Duration::ZERO);
+        assert_eq!(c.worker.bulk_batch, 32);
+        assert_eq!(c.worker.bulk_threshold, 256);
+        assert_eq!(c.worker.idle_exit, Some(Duration::from_secs(300)));
+        assert_eq!(c.worker.visibility_timeout, Duration::from_secs(300));
+        assert_eq!(c.worker.wait, Duration::from_secs(20));
+        assert_eq!(c.worker.queue_url, None);
+        let err = c.worker.require_queue_url().unwrap_err();
+        assert!(err.to_string().starts_with("CAPTIONING_QUEUE_URL"), "{err}");
+        assert!(c.warmup);
+    }
+
+    #[test]
+    fn overrides() {
+        let env = MapEnv::new([
+            ("CAPTIONING_QUEUE_URL", "http://127.0.0.1:5000/123/q"),
+            ("CAPTIONING_MAX_BATCH", "2"),
+            ("CAPTIONING_BULK_BATCH", "4"),
+            ("CAPTIONING_BULK_THRESHOLD", "10"),
+            ("CAPTIONING_IDLE_EXIT_SECS", "0"),
+            ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "2"),
+            ("CAPTIONING_WAIT_SECS", "0"),
+            ("CAPTIONING_MAX_NEW_TOKENS_CAP", "16"),
+            ("CAPTIONING_BATCH_DELAY_MS", "1500"),
+        ]);
+        let c = CaptioningConfig::from_env(&env).unwrap();
+        assert_eq!(
+            c.worker.require_queue_url().unwrap(),
+            "http://127.0.0.1:5000/123/q"
+        );
+        assert_eq!((c.batch.max_batch, c.worker.bulk_batch), (2, 4));
+        assert_eq!(c.worker.bulk_threshold, 10);
+        assert_eq!(c.worker.idle_exit, None);
+        assert_eq!(c.worker.visibility_timeout, Duration::from_secs(2));
+        assert_eq!(c.worker.wait, Duration::ZERO);
+        assert_eq!(c.batch.max_new_tokens_cap, 16);
+        assert_eq!(c.batch.batch_delay, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("CAPTIONING_MAX_BATCH", "0"),
+            ("CAPTIONING_BULK_BATCH", "4"), // below the default max batch of 8
+            ("CAPTIONING_WAIT_SECS", "21"),
+            ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "0"),
+            ("CAPTIONING_IDLE_EXIT_SECS", "-1"),
+            ("CAPTIONING_BULK_THRESHOLD", "lots"),
+            ("CAPTIONING_BATCH_DELAY_MS", "1.5"),
+        ] {
+            let err = CaptioningConfig::from_env(&MapEnv::new([(name, value)])).unwrap_err();
+            assert!(err.to_string().starts_with(name), "{name}={value}: {err}");
+        }
+    }
+}

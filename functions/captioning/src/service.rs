@@ -1,0 +1,748 @@
+//! Captioning a batch of queue messages, shared by the Lambda SQS handler and the worker.
+//!
+//! The pipeline is the same in both modes: parse each body on its own, fetch and decode the images
+//! concurrently (bounded), caption the decoded ones in model batches on the blocking pool, and
+//! write each caption to the result sink under the request's id. Every message gets its own
+//! [`Outcome`], so one bad body, unreadable image, model error or sink failure fails only that
+//! message. The model, the image source and the sink sit behind narrow traits so that the
+//! batching logic is tested without ONNX Runtime or AWS.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use coldpath_aws::{ResultSink, SinkError};
+use coldpath_core::cold_start::{ColdStartTimer, Phase};
+use coldpath_core::{Classify, ColdStartRecord, ErrorType};
+use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
+use coldpath_models::{ModelError, ModelStore, ObjectFetcher, OrtRuntime};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::{BatchSettings, CaptioningConfig};
+use crate::message::{self, CaptionRequest, MessageError};
+use crate::model::{CaptionError, CaptionModel};
+
+pub use crate::model::Caption;
+
+/// The captioning model, one blocking call per batch.
+pub trait Captioner: Send + Sync + 'static {
+    type Error: std::error::Error + Classify + Send + 'static;
+
+    /// Captions `images`; `max_new_tokens[i]` overrides the default length for image `i`.
+    /// Returns one caption per image, in order.
+    fn caption(
+        &self,
+        images: &[&RgbImage],
+        max_new_tokens: &[Option<usize>],
+    ) -> Result<Vec<Caption>, Self::Error>;
+}
+
+/// Fetches and decodes the image a message names.
+pub trait ImageSource: Send + Sync + 'static {
+    fn load(&self, image: &ImageRef) -> impl Future<Output = Result<RgbImage, ImageError>> + Send;
+}
+
+/// Where results go: one JSON document per request id, overwritten on redelivery.
+pub trait ResultWriter: Send + Sync + 'static {
+    type Error: std::error::Error + Classify + Send + 'static;
+
+    /// Writes `result` under `id` and returns where it went (a path or URI, for logs).
+    fn put(
+        &self,
+        id: &str,
+        result: &Value,
+    ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+}
+
+/// One message as delivered, in either mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The SQS message id (what a Lambda batch response reports).
+    pub message_id: String,
+    pub body: Option<String>,
+}
+
+/// Why one message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageFailure {
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("captioning failed: {message}")]
+    Model {
+        error_type: ErrorType,
+        message: String,
+    },
+    #[error("writing the result: {message}")]
+    Sink {
+        error_type: ErrorType,
+        message: String,
+    },
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+impl Classify for MessageFailure {
+    fn error_type(&self) -> ErrorType {
+        match self {
+            MessageFailure::Message(e) => e.error_type(),
+            MessageFailure::Image(e) => e.error_type(),
+            MessageFailure::Model { error_type, .. } | MessageFailure::Sink { error_type, .. } => {
+                *error_type
+            }
+            MessageFailure::Task(_) => ErrorType::Internal,
+        }
+    }
+}
+
+impl MessageFailure {
+    fn model(e: &(impl std::error::Error + Classify)) -> Self {
+        MessageFailure::Model {
+            error_type: e.error_type(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug)]
+pub struct Outcome {
+    pub message_id: String,
+    /// The request id from the body, when the body parsed.
+    pub id: Option<String>,
+    /// Where the result was written, or why there is none.
+    pub result: Result<String, MessageFailure>,
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// Everything a batch needs, built once per process.
+pub struct CaptioningService<C, I, W> {
+    captioner: Arc<C>,
+    images: Arc<I>,
+    sink: Arc<W>,
+    model_name: String,
+    settings: BatchSettings,
+}
+
+impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
+    pub fn new(
+        captioner: C,
+        images: I,
+        sink: W,
+        model_name: impl Into<String>,
+        settings: BatchSettings,
+    ) -> Self {
+        CaptioningService {
+            captioner: Arc::new(captioner),
+            images: Arc::new(images),
+            sink: Arc::new(sink),
+            model_name: model_name.into(),
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &BatchSettings {
+        &self.settings
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    pub fn captioner(&self) -> &C {
+        &self.captioner
+    }
+
+    /// Processes `batch`, captioning at most `model_batch` images per model call, and returns one
+    /// outcome per message, in order.
+    pub async fn process(&self, batch: &[Incoming], model_batch: usize) -> Vec<Outcome> {
+        let started = Instant::now();
+        let cap = self.settings.max_new_tokens_cap;
+        let requests: Vec<Result<CaptionRequest, MessageFailure>> = batch
+            .iter()
+            .map(|m| message::parse(m.body.as_deref(), cap).map_err(MessageFailure::from))
+            .collect();
+        let images = self.load_images(&requests).await;
+
+        // Move decoded images into one shared vector so the blocking model call can borrow them
+        // without copying, and a failed batch can retry its items one by one.
+        let mut failures: HashMap<usize, MessageFailure> = HashMap::new();
+        let mut decoded: Vec<RgbImage> = Vec::new();
+        let mut decoded_of: Vec<usize> = Vec::new();
+        let mut tokens_of: Vec<Option<usize>> = Vec::new();
+        for (i, image) in images.into_iter().enumerate() {
+            match (image, &requests[i]) {
+                (Some(Ok(img)), Ok(request)) => {
+                    decoded.push(img);
+                    decoded_of.push(i);
+                    tokens_of.push(request.max_new_tokens);
+                }
+                (Some(Err(e)), _) => {
+                    failures.insert(i, e);
+                }
+                _ => {}
+            }
+        }
+        let decoded = Arc::new(decoded);
+        let picks: Vec<usize> = (0..decoded.len()).collect();
+        let mut captions: HashMap<usize, Caption> = HashMap::new();
+        for chunk in picks.chunks(model_batch.max(1)) {
+            let tokens: Vec<Option<usize>> = chunk.iter().map(|&d| tokens_of[d]).collect();
+            for (d, caption) in self.caption_chunk(&decoded, chunk, &tokens).await {
+                match caption {
+                    Ok(c) => captions.insert(decoded_of[d], c).map(drop),
+                    Err(e) => failures.insert(decoded_of[d], e).map(drop),
+                };
+            }
+        }
+        drop(decoded);
+
+        let outcomes = self
+            .write_results(batch, requests, failures, captions)
+            .await;
+        let failed = outcomes.iter().filter(|o| !o.is_ok()).count();
+        tracing::info!(
+            model = %self.model_name,
+            batch_size = batch.len(),
+            captioned = batch.len() - failed,
+            failed,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch processed"
+        );
+        outcomes
+    }
+
+    /// Fetches and decodes the images of the parsed requests, at most `image_concurrency` at once.
+    /// Returns `None` for messages that did not parse.
+    async fn load_images(
+        &self,
+        requests: &[Result<CaptionRequest, MessageFailure>],
+    ) -> Vec<Option<Result<RgbImage, MessageFailure>>> {
+        let mut out: Vec<Option<Result<RgbImage, MessageFailure>>> =
+            requests.iter().map(|_| None).collect();
+        let permits = Arc::new(Semaphore::new(self.settings.image_concurrency));
+        let mut tasks = JoinSet::new();
+        let mut index_of = HashMap::new();
+        for (i, request) in requests.iter().enumerate() {
+            let Ok(request) = request else { continue };
+            let images = Arc::clone(&self.images);
+            let permits = Arc::clone(&permits);
+            let image_ref = request.image.clone();
+            let handle = tasks.spawn(async move {
+                // The semaphore is never closed, so acquiring only waits for a free slot.
+                let _permit = permits.acquire_owned().await;
+                images.load(&image_ref).await
+            });
+            index_of.insert(handle.id(), i);
+        }
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, r)) => (id, r.map_err(MessageFailure::from)),
+                Err(e) => (e.id(), Err(MessageFailure::Task(e.to_string()))),
+            };
+            if let Some(&i) = index_of.get(&id) {
+                out[i] = Some(result);
+            }
+        }
+        out
+    }
+
+    /// Captions `chunk` (indices into `decoded`) in one model call; if that call fails, retries
+    /// each image alone so that one image the model cannot handle fails only its own message.
+    async fn caption_chunk(
+        &self,
+        decoded: &Arc<Vec<RgbImage>>,
+        chunk: &[usize],
+        tokens: &[Option<usize>],
+    ) -> Vec<(usize, Result<Caption, MessageFailure>)> {
+        if !self.settings.batch_delay.is_zero() {
+            tokio::time::sleep(self.settings.batch_delay).await;
+        }
+        let started = Instant::now();
+        match self
+            .run_model(decoded, chunk.to_vec(), tokens.to_vec())
+            .await
+        {
+            Ok(captions) => {
+                tracing::info!(
+                    model = %self.model_name,
+                    batch_size = chunk.len(),
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "captioned"
+                );
+                chunk
+                    .iter()
+                    .copied()
+                    .zip(captions.into_iter().map(Ok))
+                    .collect()
+            }
+            Err(e) if chunk.len() == 1 => vec![(chunk[0], Err(e))],
+            Err(e) => {
+                tracing::warn!(
+                    model = %self.model_name,
+                    batch_size = chunk.len(),
+                    error_type = %e.error_type(),
+                    "batch failed, retrying its images one by one: {e}"
+                );
+                let mut out = Vec::with_capacity(chunk.len());
+                for (&d, &t) in chunk.iter().zip(tokens) {
+                    let one = self.run_model(decoded, vec![d], vec![t]).await;
+                    out.push((d, one.and_then(|mut c| c.pop().ok_or_else(no_caption))));
+                }
+                out
+            }
+        }
+    }
+
+    /// One blocking model call on tokio's blocking pool, so the executor keeps serving the
+    /// worker's heartbeat and signal tasks while the model runs.
+    async fn run_model(
+        &self,
+        decoded: &Arc<Vec<RgbImage>>,
+        picks: Vec<usize>,
+        tokens: Vec<Option<usize>>,
+    ) -> Result<Vec<Caption>, MessageFailure> {
+        let captioner = Arc::clone(&self.captioner);
+        let decoded = Arc::clone(decoded);
+        let expected = picks.len();
+        let captions = tokio::task::spawn_blocking(move || {
+            let images: Vec<&RgbImage> = picks.iter().map(|&d| &decoded[d]).collect();
+            captioner
+                .caption(&images, &tokens)
+                .map_err(|e| MessageFailure::model(&e))
+        })
+        .await
+        .map_err(|e| MessageFailure::Task(e.to_string()))??;
+        if captions.len() != expected {
+            return Err(MessageFailure::Model {
+                error_type: ErrorType::Internal,
+                message: format!(
+                    "the model returned {} captions for {expected} images",
+                    captions.len()
+                ),
+            });
+        }
+        Ok(captions)
+    }
+
+    /// Writes every caption to the sink concurrently and assembles the outcomes in order.
+    async fn write_results(
+        &self,
+        batch: &[Incoming],
+        requests: Vec<Result<CaptionRequest, MessageFailure>>,
+        mut failures: HashMap<usize, MessageFailure>,
+        mut captions: HashMap<usize, Caption>,
+    ) -> Vec<Outcome> {
+        let mut results: Vec<Option<Result<String, MessageFailure>>> =
+            batch.iter().map(|_| None).collect();
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(batch.len());
+        let mut tasks = JoinSet::new();
+        let mut index_of = HashMap::new();
+        for (i, (message, request)) in batch.iter().zip(requests).enumerate() {
+            let request = match request {
+                Ok(r) => r,
+                Err(e) => {
+                    ids.push(None);
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            ids.push(Some(request.id.clone()));
+            let caption = match (captions.remove(&i), failures.remove(&i)) {
+                (Some(c), None) => c,
+                (_, Some(e)) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+                (None, None) => {
+                    results[i] = Some(Err(MessageFailure::Task(
+                        "no caption was produced for this message".to_string(),
+                    )));
+                    continue;
+                }
+            };
+            let document = json!({
+                "id": request.id,
+                "caption": caption.text,
+                "token_ids": caption.token_ids,
+                "model": self.model_name,
+                "message_id": message.message_id,
+            });
+            let sink = Arc::clone(&self.sink);
+            let handle = tasks.spawn(async move {
+                sink.put(&request.id, &document)
+                    .await
+                    .map_err(|e| MessageFailure::Sink {
+                        error_type: e.error_type(),
+                        message: e.to_string(),
+                    })
+            });
+            index_of.insert(handle.id(), i);
+        }
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, r)) => (id, r),
+                Err(e) => (e.id(), Err(MessageFailure::Task(e.to_string()))),
+            };
+            if let Some(&i) = index_of.get(&id) {
+                results[i] = Some(result);
+            }
+        }
+        batch
+            .iter()
+            .zip(ids)
+            .zip(results)
+            .map(|((message, id), result)| {
+                let result = result.unwrap_or_else(|| {
+                    Err(MessageFailure::Task("the result task vanished".to_string()))
+                });
+                if let Err(e) = &result {
+                    log_failure(&message.message_id, id.as_deref(), e);
+                }
+                Outcome {
+                    message_id: message.message_id.clone(),
+                    id,
+                    result,
+                }
+            })
+            .collect()
+    }
+}
+
+fn no_caption() -> MessageFailure {
+    MessageFailure::Model {
+        error_type: ErrorType::Internal,
+        message: "the model returned no caption for one image".to_string(),
+    }
+}
+
+fn log_failure(message_id: &str, id: Option<&str>, e: &MessageFailure) {
+    let error_type = e.error_type();
+    match error_type {
+        ErrorType::InvalidInput | ErrorType::RequestTooLarge => {
+            tracing::info!(message_id, id, error_type = %error_type, "message rejected: {e}")
+        }
+        _ => tracing::error!(message_id, id, error_type = %error_type, "message failed: {e}"),
+    }
+}
+
+impl<F: ObjectFetcher + 'static> ImageSource for ImageLoader<F> {
+    async fn load(&self, image: &ImageRef) -> Result<RgbImage, ImageError> {
+        ImageLoader::load(self, image).await.map(|d| d.image)
+    }
+}
+
+impl ResultWriter for ResultSink {
+    type Error = SinkError;
+
+    async fn put(&self, id: &str, result: &Value) -> Result<String, SinkError> {
+        ResultSink::put(self, id, result).await
+    }
+}
+
+impl Captioner for CaptionModel {
+    type Error = CaptionError;
+
+    fn caption(
+        &self,
+        images: &[&RgbImage],
+        max_new_tokens: &[Option<usize>],
+    ) -> Result<Vec<Caption>, CaptionError> {
+        CaptionModel::caption(self, images, max_new_tokens)
+    }
+}
+
+/// Failures while building the service at init.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Caption(#[from] CaptionError),
+}
+
+impl Classify for InitError {
+    fn error_type(&self) -> ErrorType {
+        match self {
+            InitError::Model(e) => e.error_type(),
+            InitError::Caption(e) => e.error_type(),
+        }
+    }
+}
+
+/// The service on the real model, as both modes run it.
+pub type ModelService<F, W> = CaptioningService<CaptionModel, ImageLoader<F>, W>;
+
+/// Builds the real service: loads ONNX Runtime, resolves the model (local bundle or `s3://`
+/// through `fetcher`), builds its sessions, warms up, and logs the cold-start record.
+/// `allow_local_paths` lets messages name local files (`invoke` mode only).
+pub async fn init<F: ObjectFetcher + Clone + 'static, W: ResultWriter>(
+    config: &CaptioningConfig,
+    fetcher: F,
+    sink: W,
+    allow_local_paths: bool,
+) -> Result<(ModelService<F, W>, ColdStartRecord), InitError> {
+    let mut timer = ColdStartTimer::start("captioning");
+    let runtime = timer.time(Phase::LibraryLoad, || OrtRuntime::load(&config.ort_library))?;
+    let store = ModelStore::new(&config.cache_dir, fetcher.clone());
+    let resolved = store.resolve(&config.model.spec).await?;
+    timer.add(Phase::ModelFetch, resolved.elapsed);
+    let model = timer.time(Phase::SessionBuild, || {
+        CaptionModel::load(&config.model, &resolved.dir, &runtime, &config.session)
+    })?;
+    timer.set_provider(model.provider().name());
+    if config.warmup {
+        // One short caption pays ONNX Runtime's first-run allocations before the first batch.
+        let image = RgbImage::from_pixel(64, 64, coldpath_image::Rgb([127, 127, 127]));
+        timer.time(Phase::Warmup, || model.caption(&[&image], &[Some(2)]))?;
+    }
+    let images = ImageLoader::new(fetcher, config.images, allow_local_paths);
+    let service = CaptioningService::new(
+        model,
+        images,
+        sink,
+        resolved.spec.name.clone(),
+        config.batch,
+    );
+    Ok((service, timer.finish()))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Test doubles for the unit tests of this crate: a model that captions an image with its
+    //! size, an image source that makes images from their key, and an in-memory sink. The
+    //! integration tests in `tests/` use the real model, loader and sink.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use coldpath_models::FetchError;
+
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct FakeError(pub String);
+
+    impl Classify for FakeError {
+        fn error_type(&self) -> ErrorType {
+            ErrorType::Internal
+        }
+    }
+
+    /// Captions an image `WxH` as `"WxH"`; fails any call containing an image of `poison_width`.
+    #[derive(Default)]
+    pub struct FakeCaptioner {
+        pub poison_width: Option<u32>,
+        /// The size of every model call, in order.
+        pub calls: Mutex<Vec<usize>>,
+    }
+
+    impl Captioner for FakeCaptioner {
+        type Error = FakeError;
+
+        fn caption(
+            &self,
+            images: &[&RgbImage],
+            max_new_tokens: &[Option<usize>],
+        ) -> Result<Vec<Caption>, FakeError> {
+            self.calls.lock().unwrap().push(images.len());
+            assert_eq!(images.len(), max_new_tokens.len());
+            if images.iter().any(|i| Some(i.width()) == self.poison_width) {
+                return Err(FakeError("the model cannot handle this image".into()));
+            }
+            Ok(images
+                .iter()
+                .zip(max_new_tokens)
+                .map(|(i, n)| Caption {
+                    text: format!("{}x{}", i.width(), i.height()),
+                    token_ids: vec![i.width(), n.unwrap_or(0) as u32],
+                })
+                .collect())
+        }
+    }
+
+    /// `s3://b/<W>x<H>` is a blank image of that size; any other key is missing.
+    pub struct FakeImages;
+
+    impl ImageSource for FakeImages {
+        async fn load(&self, image: &ImageRef) -> Result<RgbImage, ImageError> {
+            let ImageRef::S3 { key, .. } = image else {
+                return Err(ImageError::Empty);
+            };
+            let size = key
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
+            match size {
+                Some((w, h)) => Ok(RgbImage::new(w, h)),
+                None => Err(ImageError::Fetch {
+                    uri: image.describe(),
+                    source: FetchError::NotFound,
+                }),
+            }
+        }
+    }
+
+    /// Keeps results in memory; refuses the id `sink-fails`.
+    #[derive(Default)]
+    pub struct MemorySink {
+        pub results: Mutex<BTreeMap<String, Value>>,
+    }
+
+    impl ResultWriter for MemorySink {
+        type Error = FakeError;
+
+        async fn put(&self, id: &str, result: &Value) -> Result<String, FakeError> {
+            if id == "sink-fails" {
+                return Err(FakeError("the bucket refused the write".into()));
+            }
+            self.results
+                .lock()
+                .unwrap()
+                .insert(id.to_string(), result.clone());
+            Ok(format!("memory:{id}"))
+        }
+    }
+
+    pub fn settings(max_batch: usize) -> BatchSettings {
+        BatchSettings {
+            max_batch,
+            max_new_tokens_cap: 32,
+            image_concurrency: 2,
+            batch_delay: Duration::ZERO,
+        }
+    }
+
+    pub type FakeService = CaptioningService<FakeCaptioner, FakeImages, MemorySink>;
+
+    pub fn service(max_batch: usize, poison_width: Option<u32>) -> FakeService {
+        let captioner = FakeCaptioner {
+            poison_width,
+            ..Default::default()
+        };
+        CaptioningService::new(
+            captioner,
+            FakeImages,
+            MemorySink::default(),
+            "fake",
+            settings(max_batch),
+        )
+    }
+
+    pub fn body(id: &str, key: &str) -> String {
+        serde_json::json!({"id": id, "image": {"s3": format!("s3://b/{key}")}}).to_string()
+    }
+
+    pub fn message(message_id: &str, body: Option<String>) -> Incoming {
+        Incoming {
+            message_id: message_id.to_string(),
+            body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn every_message_gets_its_own_outcome_and_only_good_ones_a_result() {
+        let service = service(2, Some(13));
+        let batch = vec![
+            message("m1", Some(body("a", "10x20"))),
+            message("m2", Some("{not json".into())),
+            message("m3", Some(body("b", "missing.jpg"))),
+            message("m4", Some(body("c", "13x13"))), // the model fails on this one
+            message("m5", Some(body("d", "30x40"))),
+            message("m6", None),
+            message("m7", Some(body("sink-fails", "5x5"))),
+            message(
+                "m8",
+                Some(r#"{"id": "e", "image": {"s3": "s3://b/7x8"}, "max_new_tokens": 9}"#.into()),
+            ),
+        ];
+        let outcomes = service.process(&batch, 2).await;
+        let failed: Vec<(&str, ErrorType)> = outcomes
+            .iter()
+            .filter_map(|o| Some((o.message_id.as_str(), o.result.as_ref().err()?.error_type())))
+            .collect();
+        assert_eq!(
+            failed,
+            vec![
+                ("m2", ErrorType::InvalidInput),
+                ("m3", ErrorType::InvalidInput),
+                ("m4", ErrorType::Internal),
+                ("m6", ErrorType::InvalidInput),
+                ("m7", ErrorType::Internal),
+            ]
+        );
+        let ids: Vec<Option<&str>> = outcomes.iter().map(|o| o.id.as_deref()).collect();
+        assert_eq!(
+            ids,
+            [
+                Some("a"),
+                None,
+                Some("b"),
+                Some("c"),
+                Some("d"),
+                None,
+                Some("sink-fails"),
+                Some("e")
+            ]
+        );
+        let results = service.sink.results.lock().unwrap();
+        assert_eq!(results.keys().collect::<Vec<_>>(), ["a", "d", "e"]);
+        assert_eq!(
+            results["a"],
+            json!({"id": "a", "caption": "10x20", "token_ids": [10, 0], "model": "fake", "message_id": "m1"})
+        );
+        assert_eq!(results["e"]["token_ids"], json!([7, 9]));
+        // Five decoded images (a, c, d, sink-fails, e) in model batches of two; the first batch
+        // holds the poison image, fails, and is retried one image at a time.
+        assert_eq!(*service.captioner.calls.lock().unwrap(), [2, 1, 1, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_the_model_batch_size() {
+        let service = service(3, None);
+        let batch: Vec<Incoming> = (0..7)
+            .map(|i| message(&format!("m{i}"), Some(body(&format!("id{i}"), "4x4"))))
+            .collect();
+        let outcomes = service.process(&batch, 3).await;
+        assert!(outcomes.iter().all(Outcome::is_ok));
+        assert_eq!(*service.captioner.calls.lock().unwrap(), [3, 3, 1]);
+        assert_eq!(service.sink.results.lock().unwrap().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_failing_single_image_fails_only_itself() {
+        let service = service(1, Some(2));
+        let batch = vec![
+            message("m1", Some(body("a", "2x2"))),
+            message("m2", Some(body("b", "3x3"))),
+        ];
+        let outcomes = service.process(&batch, 1).await;
+        assert!(!outcomes[0].is_ok() && outcomes[1].is_ok());
+        assert!(
+            outcomes[0]
+                .result
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("cannot handle"),
+            "{:?}",
+            outcomes[0].result
+        );
+    }
+}
