@@ -194,3 +194,80 @@ async fn local_object_store_serves_the_sample_event_photos() {
         .unwrap_err();
     assert_eq!(err.error_type(), ErrorType::InvalidInput);
 }
+
+/// An HTTP server on 127.0.0.1 that answers each of `requests` connections with a 200 and a
+/// chunked body of `body_len` bytes and no Content-Length: what a misbehaving S3-compatible server
+/// (or a proxy) may send. It serves exactly `requests` connections and then stops.
+fn chunked_server(requests: usize, body_len: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for _ in 0..requests {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream);
+            // A GET has no body: read up to the blank line after the headers.
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if line == "\r\n" {
+                    break;
+                }
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            // Write errors are expected: the client hangs up once it has seen enough.
+            let _ = stream.write_all(head.as_bytes());
+            let chunk = vec![0xabu8; 4096];
+            let mut left = body_len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                let framed = [format!("{n:x}\r\n").as_bytes(), &chunk[..n], b"\r\n"].concat();
+                if stream.write_all(&framed).is_err() {
+                    break;
+                }
+                left -= n;
+            }
+            let _ = stream.write_all(b"0\r\n\r\n");
+        }
+    });
+    endpoint
+}
+
+#[tokio::test]
+async fn s3_fetch_bytes_stops_reading_a_body_without_length_at_the_limit() {
+    const BODY: usize = 256 * 1024;
+    let endpoint = chunked_server(2, BODY);
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(&endpoint)
+        .load()
+        .await;
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    let s3 = S3Fetcher::new(aws_sdk_s3::Client::from_conf(conf));
+
+    // No Content-Length to refuse up front: the running count stops the read past 10 KiB,
+    // long before the 256 KiB body ends.
+    let err = s3.fetch_bytes(BUCKET, "big.jpg", 10_240).await.unwrap_err();
+    match err {
+        FetchError::TooLarge { size, limit } => {
+            assert_eq!(limit, 10_240);
+            assert!(size > 10_240 && size < BODY as u64, "stopped at {size}");
+        }
+        other => panic!("expected TooLarge, found {other}"),
+    }
+    // Within the limit, the same kind of body is read whole.
+    let bytes = s3
+        .fetch_bytes(BUCKET, "big.jpg", BODY as u64)
+        .await
+        .unwrap();
+    assert_eq!(bytes.len(), BODY);
+    assert!(bytes.iter().all(|&b| b == 0xab));
+}
