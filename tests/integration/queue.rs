@@ -15,10 +15,16 @@ async fn queue(moto: &MotoServer, name: &str, visibility_secs: i32) -> Queue {
     Queue::new(client, url)
 }
 
+fn epoch_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 #[tokio::test]
 async fn receive_then_delete_batch_in_chunks_reports_each_entry() {
     let moto = MotoServer::start();
     let queue = queue(&moto, "captions", 30).await;
+    let start = epoch_ms();
     let sent: BTreeSet<String> = (0..12).map(|i| format!("job-{i:02}")).collect();
     for body in &sent {
         queue.send(body).await.unwrap();
@@ -35,6 +41,15 @@ async fn receive_then_delete_batch_in_chunks_reports_each_entry() {
     let bodies: BTreeSet<String> = received.iter().map(|m| m.body.clone()).collect();
     assert_eq!(bodies, sent);
     assert!(received.iter().all(|m| m.receive_count == 1));
+    // Sent during this test (1 s of slack for moto's clock rounding).
+    let end = epoch_ms();
+    for m in &received {
+        let sent = m.sent_at_ms.expect("SentTimestamp");
+        assert!(
+            start <= sent + 1000 && sent <= end + 1000,
+            "{start} {sent} {end}"
+        );
+    }
 
     // Twelve handles take two DeleteMessageBatch calls; a bogus handle and an empty one fail on
     // their own without hiding the others.

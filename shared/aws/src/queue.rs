@@ -43,6 +43,9 @@ pub struct ReceivedMessage {
     pub body: String,
     /// SQS's `ApproximateReceiveCount`: 1 on the first delivery. 0 when SQS did not report it.
     pub receive_count: u32,
+    /// SQS's `SentTimestamp` (milliseconds since the Unix epoch), so a worker can log how long a
+    /// message waited; `None` when SQS did not report it.
+    pub sent_at_ms: Option<u64>,
     /// The message's `String` (and `Number`) message attributes; binary ones are left out.
     pub attributes: HashMap<String, String>,
 }
@@ -247,6 +250,7 @@ impl Queue {
             .wait_time_seconds(wait_secs)
             .set_visibility_timeout(visibility)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names("All")
             .send()
             .await
@@ -263,11 +267,15 @@ impl Queue {
                 );
                 continue;
             };
-            let receive_count = m
-                .attributes()
-                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                .and_then(|v| v.parse().ok())
+            let system = |name| {
+                m.attributes()
+                    .and_then(|a| a.get(&name))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            let receive_count = system(MessageSystemAttributeName::ApproximateReceiveCount)
+                .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0);
+            let sent_at_ms = system(MessageSystemAttributeName::SentTimestamp);
             let attributes = m
                 .message_attributes()
                 .map(|attrs| {
@@ -282,6 +290,7 @@ impl Queue {
                 receipt_handle: receipt_handle.to_string(),
                 body: m.body().unwrap_or_default().to_string(),
                 receive_count,
+                sent_at_ms,
                 attributes,
             });
         }
