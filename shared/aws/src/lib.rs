@@ -1,9 +1,15 @@
 //! AWS adapters for coldpath.
 //!
-//! The shared model loader fetches `s3://` model sources through the `ObjectFetcher` trait; this
-//! crate implements it for Amazon S3 with `aws-sdk-s3`, and picks the object store a deployment
-//! uses from `COLDPATH_OBJECT_STORE`. It is the only shared crate that links the AWS SDK, so
-//! crates that need only types stay light.
+//! - Objects: the shared model loader and image input read `s3://` URIs through the
+//!   `ObjectFetcher` trait; this crate implements it for Amazon S3 with `aws-sdk-s3`, and picks
+//!   the object store a deployment uses from `COLDPATH_OBJECT_STORE`.
+//! - Results: `ResultSink` writes one JSON result per id to a local directory, an S3 prefix or an
+//!   SQS queue (`COLDPATH_RESULT_SINK`), so a redelivered message overwrites instead of
+//!   duplicating (faces, captioning).
+//! - Queues: `Queue` is the typed SQS surface the captioning worker needs (receive, batch delete,
+//!   visibility, backlog).
+//!
+//! It is the only shared crate that links the AWS SDK, so crates that need only types stay light.
 
 mod object_store;
 mod queue;
