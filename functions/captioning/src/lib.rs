@@ -1,1 +1,3 @@
 //! Captioning: encoder-decoder generation over SQS.
+
+pub mod model;

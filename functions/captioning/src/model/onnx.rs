@@ -1,0 +1,326 @@
+//! The optimum export's ONNX graphs behind [`StepModel`]: the encoder, and the decoder in either
+//! layout, with or without the KV cache.
+//!
+//! Interface (checked against optimum's exporter, see `functions/captioning/MODEL.md`):
+//! the decoder takes `input_ids` `[rows, seq]` and `encoder_hidden_states`, no encoder attention
+//! mask, and returns `logits` plus `present.{i}.key/value` `[rows, heads, seq, head_dim]`, the GPT2
+//! self-attention cache only; the with-past graph (or the merged graph's cache branch) takes them
+//! back as `past_key_values.{i}.key/value` with one new token per step. The merged graph also
+//! takes `use_cache_branch` `[1]`; on the first step it gets `false` and zero past tensors of
+//! length 1 that the no-cache branch ignores, as optimum's `prepare_inputs_for_merged` does.
+
+use std::borrow::Cow;
+
+use coldpath_models::SessionPool;
+use ndarray::{Array2, Array3, Array4, ArrayD, Axis, Ix3, IxDyn};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorRef, ValueType};
+
+use super::CaptionError;
+use super::search::StepModel;
+
+const PAST_PREFIX: &str = "past_key_values.";
+const PRESENT_PREFIX: &str = "present.";
+
+/// The decoder graphs of a model directory.
+pub(crate) enum DecoderSessions {
+    Merged(SessionPool),
+    Split {
+        decoder: SessionPool,
+        with_past: Option<SessionPool>,
+    },
+}
+
+/// All sessions of one captioning model, plus what their signatures say.
+pub(crate) struct Sessions {
+    pub encoder: SessionPool,
+    pub decoder: DecoderSessions,
+    /// `past_key_values.*` input names, in graph order.
+    past_names: Vec<String>,
+    /// Self-attention heads and head size, for the merged graph's dummy first-step past.
+    heads: usize,
+    head_dim: usize,
+    /// Newer optimum exports give the merged decoder a `cache_position` input.
+    cache_position: bool,
+}
+
+fn tensor_dims(session: &Session, name: &str) -> Option<Vec<i64>> {
+    let input = session.inputs().iter().find(|i| i.name() == name)?;
+    match input.dtype() {
+        ValueType::Tensor { shape, .. } => Some(shape.to_vec()),
+        _ => None,
+    }
+}
+
+fn require_inputs(s: &Session, file: &str, needed: &[&str]) -> Result<(), CaptionError> {
+    for name in needed {
+        if !s.inputs().iter().any(|i| i.name() == *name) {
+            return Err(CaptionError::bad_model(
+                file,
+                format!("the graph has no input {name}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A cached decoder's past inputs (graph order), heads, head size, and whether it takes
+/// `cache_position`.
+fn cache_signature(
+    s: &Session,
+    file: &str,
+) -> Result<(Vec<String>, usize, usize, bool), CaptionError> {
+    require_inputs(s, file, &["input_ids", "encoder_hidden_states"])?;
+    let past_names: Vec<String> = s
+        .inputs()
+        .iter()
+        .map(|i| i.name().to_string())
+        .filter(|n| n.starts_with(PAST_PREFIX))
+        .collect();
+    let Some(first) = past_names.first() else {
+        return Err(CaptionError::bad_model(
+            file,
+            "the graph has no past_key_values inputs",
+        ));
+    };
+    for past in &past_names {
+        let present = past.replacen(PAST_PREFIX, PRESENT_PREFIX, 1);
+        if !s.outputs().iter().any(|o| o.name() == present) {
+            return Err(CaptionError::bad_model(
+                file,
+                format!("input {past} has no matching output {present}"),
+            ));
+        }
+    }
+    // optimum declares heads and head size as fixed dimensions: [batch, heads, seq, head_dim].
+    let (heads, head_dim) = match tensor_dims(s, first).as_deref() {
+        Some([_, h, _, d]) if *h > 0 && *d > 0 => (*h as usize, *d as usize),
+        other => {
+            return Err(CaptionError::bad_model(
+                file,
+                format!(
+                    "{first} must be [batch, heads, seq, head_dim] with fixed heads and head_dim, found {other:?}"
+                ),
+            ));
+        }
+    };
+    let cache_position = s.inputs().iter().any(|i| i.name() == "cache_position");
+    Ok((past_names, heads, head_dim, cache_position))
+}
+
+impl Sessions {
+    /// Checks the graphs' signatures and reads the cache layout from them.
+    pub fn new(encoder: Session, decoder: DecoderSessions) -> Result<Sessions, CaptionError> {
+        require_inputs(&encoder, "encoder_model.onnx", &["pixel_values"])?;
+        if !encoder
+            .outputs()
+            .iter()
+            .any(|o| o.name() == "last_hidden_state")
+        {
+            return Err(CaptionError::bad_model(
+                "encoder_model.onnx",
+                "the graph has no output last_hidden_state",
+            ));
+        }
+        let cache = match &decoder {
+            DecoderSessions::Merged(pool) => {
+                let file = "decoder_model_merged.onnx";
+                pool.with(|s| require_inputs(s, file, &["use_cache_branch"]))?;
+                Some(pool.with(|s| cache_signature(s, file))?)
+            }
+            DecoderSessions::Split { decoder, with_past } => {
+                decoder.with(|s| {
+                    require_inputs(
+                        s,
+                        "decoder_model.onnx",
+                        &["input_ids", "encoder_hidden_states"],
+                    )
+                })?;
+                match with_past {
+                    Some(pool) => {
+                        Some(pool.with(|s| cache_signature(s, "decoder_with_past_model.onnx"))?)
+                    }
+                    None => None,
+                }
+            }
+        };
+        let (past_names, heads, head_dim, cache_position) = cache.unwrap_or_default();
+        let encoder = SessionPool::new(vec![encoder])
+            .ok_or_else(|| CaptionError::bad_model("encoder_model.onnx", "no session"))?;
+        Ok(Sessions {
+            encoder,
+            decoder,
+            past_names,
+            heads,
+            head_dim,
+            cache_position,
+        })
+    }
+
+    /// Whether decoding with the KV cache is possible (merged graph, or the with-past graph).
+    pub fn has_cache(&self) -> bool {
+        !matches!(
+            self.decoder,
+            DecoderSessions::Split {
+                with_past: None,
+                ..
+            }
+        )
+    }
+
+    /// Runs the encoder: `last_hidden_state` `[batch, seq, hidden]`.
+    pub fn encode(&self, pixel_values: &Array4<f32>) -> Result<Array3<f32>, CaptionError> {
+        let input = TensorRef::from_array_view(pixel_values).map_err(CaptionError::inference)?;
+        self.encoder.with(|s| {
+            let outputs = s
+                .run(ort::inputs!["pixel_values" => input])
+                .map_err(CaptionError::inference)?;
+            outputs["last_hidden_state"]
+                .try_extract_array::<f32>()
+                .map_err(CaptionError::inference)?
+                .into_dimensionality::<Ix3>()
+                .map(|a| a.to_owned())
+                .map_err(|e| CaptionError::inference(format!("last_hidden_state: {e}")))
+        })
+    }
+}
+
+/// One batch being decoded: the encoder states and the cache of the rows still running.
+pub(crate) struct Run<'a> {
+    sessions: &'a Sessions,
+    use_cache: bool,
+    encoder_states: Array3<f32>,
+    /// Present tensors of the last step, in `past_names` order; `None` before the first step.
+    past: Option<Vec<ArrayD<f32>>>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(sessions: &'a Sessions, encoder_states: Array3<f32>, use_cache: bool) -> Self {
+        Run {
+            sessions,
+            use_cache,
+            encoder_states,
+            past: None,
+        }
+    }
+}
+
+type Inputs<'v> = Vec<(Cow<'static, str>, SessionInputValue<'v>)>;
+
+impl StepModel for Run<'_> {
+    fn next_logits(&mut self, prefixes: &[Vec<u32>]) -> Result<Array2<f32>, CaptionError> {
+        let rows = prefixes.len();
+        let len = prefixes.first().map_or(0, Vec::len);
+        if rows != self.encoder_states.len_of(Axis(0)) || prefixes.iter().any(|p| p.len() != len) {
+            return Err(CaptionError::inference(
+                "rows out of step with the decoder state",
+            ));
+        }
+        let cached = self.use_cache && self.past.is_some();
+        // With a cache only the newest token goes in; otherwise the whole prefix.
+        let ids: Vec<i64> = if cached {
+            prefixes.iter().map(|p| i64::from(p[len - 1])).collect()
+        } else {
+            prefixes.iter().flatten().map(|&t| i64::from(t)).collect()
+        };
+        let seq = if cached { 1 } else { len };
+        let input_ids = Tensor::from_array(([rows, seq], ids)).map_err(CaptionError::inference)?;
+        let states =
+            TensorRef::from_array_view(&self.encoder_states).map_err(CaptionError::inference)?;
+        let mut inputs: Inputs<'_> = vec![
+            ("input_ids".into(), input_ids.into()),
+            ("encoder_hidden_states".into(), states.into()),
+        ];
+        let s = self.sessions;
+        let (pool, feed_past) = match &s.decoder {
+            DecoderSessions::Merged(pool) => {
+                let flag = Tensor::from_array(([1usize], vec![cached]))
+                    .map_err(CaptionError::inference)?;
+                inputs.push(("use_cache_branch".into(), flag.into()));
+                if s.cache_position {
+                    let past_len = if cached { len - 1 } else { 0 };
+                    let positions: Vec<i64> =
+                        (past_len..past_len + seq).map(|p| p as i64).collect();
+                    let t =
+                        Tensor::from_array(([seq], positions)).map_err(CaptionError::inference)?;
+                    inputs.push(("cache_position".into(), t.into()));
+                }
+                (pool, true)
+            }
+            DecoderSessions::Split { decoder, with_past } => match (cached, with_past) {
+                (true, Some(with_past)) => (with_past, true),
+                _ => (decoder, false),
+            },
+        };
+        if feed_past {
+            match (&self.past, cached) {
+                (Some(past), true) => {
+                    for (name, value) in s.past_names.iter().zip(past) {
+                        let t =
+                            TensorRef::from_array_view(value).map_err(CaptionError::inference)?;
+                        inputs.push((name.clone().into(), t.into()));
+                    }
+                }
+                _ => {
+                    // The merged graph's no-cache branch ignores these; they only need valid shapes.
+                    let dummy = ArrayD::<f32>::zeros(IxDyn(&[rows, s.heads, 1, s.head_dim]));
+                    for name in &s.past_names {
+                        let t =
+                            Tensor::from_array(dummy.clone()).map_err(CaptionError::inference)?;
+                        inputs.push((name.clone().into(), t.into()));
+                    }
+                }
+            }
+        }
+        let keep_present = self.use_cache;
+        let (logits, present) = pool.with(|session| {
+            let outputs = session.run(inputs).map_err(CaptionError::inference)?;
+            let logits = outputs["logits"]
+                .try_extract_array::<f32>()
+                .map_err(CaptionError::inference)?
+                .into_dimensionality::<Ix3>()
+                .map_err(|e| CaptionError::inference(format!("logits: {e}")))?;
+            let last = logits.len_of(Axis(1)).checked_sub(1).ok_or_else(|| {
+                CaptionError::inference("decoder returned logits for no position")
+            })?;
+            let logits = logits.index_axis(Axis(1), last).to_owned();
+            let present = if keep_present {
+                let mut present = Vec::with_capacity(s.past_names.len());
+                for name in &s.past_names {
+                    let out = name.replacen(PAST_PREFIX, PRESENT_PREFIX, 1);
+                    let value = outputs
+                        .get(&out)
+                        .ok_or_else(|| CaptionError::inference(format!("no output {out}")))?
+                        .try_extract_array::<f32>()
+                        .map_err(CaptionError::inference)?
+                        .to_owned();
+                    present.push(value);
+                }
+                Some(present)
+            } else {
+                None
+            };
+            Ok::<_, CaptionError>((logits, present))
+        })?;
+        if present.is_some() {
+            self.past = present;
+        }
+        Ok(logits)
+    }
+
+    fn keep_rows(&mut self, rows: &[usize]) -> Result<(), CaptionError> {
+        let n = self.encoder_states.len_of(Axis(0));
+        if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+            return Err(CaptionError::inference(format!(
+                "row {bad} selected from {n} rows"
+            )));
+        }
+        self.encoder_states = self.encoder_states.select(Axis(0), rows);
+        if let Some(past) = &mut self.past {
+            for value in past.iter_mut() {
+                *value = value.select(Axis(0), rows);
+            }
+        }
+        Ok(())
+    }
+}
