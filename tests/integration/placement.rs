@@ -1,1 +1,345 @@
+//! Placement: `coldpath check` against the real template and against broken copies of it,
+//! `coldpath plan` on the two shipped profiles, and declaration errors on broken manifests.
+//!
+//! These tests need no ONNX Runtime and no network: they read the committed declarations
+//! (`functions/*/Cargo.toml`), `infra/template.yaml`, `infra/gpu/` and `infra/placement/`.
 
+use std::path::{Path, PathBuf};
+
+use coldpath_placement::cli::{self, Outcome};
+use coldpath_placement::declaration::{self, FUNCTION_MANIFESTS};
+use coldpath_placement::{DeclarationError, Placement, Plan, plan};
+use coldpath_tests::repo_root;
+
+fn check(template: &Path) -> Outcome {
+    cli::run_check(&repo_root(), template).expect("check runs")
+}
+
+/// A copy of the real template with `from` replaced by `to` (which must occur exactly once).
+fn broken_template(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "the edit must hit exactly one place: {from}"
+    );
+    let path = dir.join("template.yaml");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    path
+}
+
+/// The lines of a failed check that name a mismatch.
+fn mismatches(outcome: &Outcome) -> Vec<&str> {
+    outcome
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("MISMATCH"))
+        .collect()
+}
+
+#[test]
+fn check_passes_on_the_real_template() {
+    let out = check(&repo_root().join("infra/template.yaml"));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for function in ["EmbeddingsFunction", "FacesFunction", "CaptioningFunction"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("OK {function} "))),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("OK captioning worker (infra/gpu/Dockerfile)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("OK captioning worker (infra/gpu/batch.yaml)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn check_fails_when_a_pinned_function_loses_provisioned_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "      ProvisionedConcurrencyConfig:\n        ProvisionedConcurrentExecutions: !Ref EmbeddingsProvisioned\n",
+        "",
+    );
+    let out = check(&t);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let m = mismatches(&out);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].starts_with("MISMATCH EmbeddingsFunction (embeddings):"),
+        "{m:?}"
+    );
+    assert!(
+        m[0].contains("pinned_warm") && m[0].contains("ProvisionedConcurrencyConfig"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_a_pinned_function_has_no_published_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
+    // Faces' AutoPublishAlias is the second one in the file.
+    let at = text
+        .match_indices("      AutoPublishAlias: live\n")
+        .nth(1)
+        .unwrap()
+        .0;
+    let t = dir.path().join("template.yaml");
+    let edited = format!(
+        "{}{}",
+        &text[..at],
+        &text[at + "      AutoPublishAlias: live\n".len()..]
+    );
+    std::fs::write(&t, edited).unwrap();
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert!(
+        m.len() == 1
+            && m[0].starts_with("MISMATCH FacesFunction (faces):")
+            && m[0].contains("AutoPublishAlias"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_a_serverless_function_gets_provisioned_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "      ReservedConcurrentExecutions: 10\n",
+        "      ReservedConcurrentExecutions: 10\n      AutoPublishAlias: live\n      ProvisionedConcurrencyConfig:\n        ProvisionedConcurrentExecutions: 1\n",
+    );
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert!(
+        m.len() == 1 && m[0].starts_with("MISMATCH CaptioningFunction (captioning):"),
+        "{m:?}"
+    );
+    assert!(m[0].contains("declared serverless"), "{m:?}");
+}
+
+#[test]
+fn check_fails_without_report_batch_item_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "            FunctionResponseTypes: [ReportBatchItemFailures]\n",
+        "",
+    );
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert!(
+        m.len() == 1 && m[0].starts_with("MISMATCH CaptioningFunction (captioning):"),
+        "{m:?}"
+    );
+    assert!(m[0].contains("ReportBatchItemFailures"), "{m:?}");
+}
+
+#[test]
+fn check_fails_without_a_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "      RedrivePolicy:\n        deadLetterTargetArn: !GetAtt CaptionDeadLetterQueue.Arn\n        maxReceiveCount: !Ref CaptionMaxReceiveCount\n",
+        "",
+    );
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert!(
+        m.len() == 1 && m[0].starts_with("MISMATCH CaptioningFunction (captioning):"),
+        "{m:?}"
+    );
+    assert!(m[0].contains("no dead-letter queue"), "{m:?}");
+}
+
+#[test]
+fn check_fails_when_the_visibility_timeout_is_under_six_function_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "      VisibilityTimeout: 720\n",
+        "      VisibilityTimeout: 600\n",
+    );
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert!(
+        m.len() == 1 && m[0].contains("VisibilityTimeout Some(600.0)"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_on_an_environment_variable_the_function_never_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "          FACES_MIN_SCORE: !Ref FacesMinScore\n",
+        "          FACES_MINSCORE: !Ref FacesMinScore\n",
+    );
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert!(
+        m.len() == 1
+            && m[0].starts_with("MISMATCH FacesFunction (faces):")
+            && m[0].contains("FACES_MINSCORE"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_memory_disagrees_with_the_declaration() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(dir.path(), "    Default: 3008\n", "    Default: 2048\n");
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert!(
+        m.len() == 1
+            && m[0].contains("MemorySize is Some(2048.0)")
+            && m[0].contains("memory_mb = 3008"),
+        "{m:?}"
+    );
+}
+
+fn shipped_plan(profile: &str) -> Plan {
+    let root = repo_root();
+    cli::plan_for(
+        &root,
+        &root.join("infra/placement/profiles").join(profile),
+        &[],
+        &root.join("infra/placement/prices.toml"),
+    )
+    .expect("plan")
+}
+
+fn placement_of(plan: &Plan, workload: &str) -> Placement {
+    plan.decisions
+        .iter()
+        .find(|d| d.workload == workload)
+        .unwrap()
+        .placement
+}
+
+#[test]
+fn founding_profile_pins_search_and_faces_and_scales_captioning_to_zero() {
+    let p = shipped_plan("founding.toml");
+    assert_eq!(placement_of(&p, "embeddings"), Placement::PinnedWarm);
+    assert_eq!(placement_of(&p, "faces"), Placement::PinnedWarm);
+    assert_eq!(
+        placement_of(&p, "captioning"),
+        Placement::ServerlessOnDemand
+    );
+    // Keeping the two waiting paths warm costs more than scaling everything to zero and much
+    // less than keeping everything on.
+    assert!(p.total_serverless_usd < p.total_chosen_usd, "{p:?}");
+    assert!(p.total_chosen_usd * 10.0 < p.total_always_on_usd, "{p:?}");
+    // Before (two pods 24/7) against after (one pod + serverless GPU captioning).
+    let [before, after] = &p.scenarios[..] else {
+        panic!("two scenarios: {:?}", p.scenarios)
+    };
+    assert!(before.name.starts_with("before") && after.name.starts_with("after"));
+    assert!(
+        after.monthly_usd < before.monthly_usd * 0.55,
+        "{before:?} {after:?}"
+    );
+    assert!(p.total_chosen_usd < after.monthly_usd);
+}
+
+#[test]
+fn bulk_profile_sends_the_backlog_to_a_large_gpu_with_large_batches() {
+    let p = shipped_plan("bulk.toml");
+    assert_eq!(placement_of(&p, "captioning"), Placement::BulkGpu);
+    assert_eq!(placement_of(&p, "embeddings"), Placement::PinnedWarm);
+    let captioning = p
+        .decisions
+        .iter()
+        .find(|d| d.workload == "captioning")
+        .unwrap();
+    assert!(captioning.batch >= 32, "{captioning:?}");
+    let small = p.bulk.iter().find(|b| b.instance == "g5.xlarge").unwrap();
+    let large = p
+        .bulk
+        .iter()
+        .filter(|b| b.instance == "g5.12xlarge")
+        .min_by(|a, b| a.usd.total_cmp(&b.usd))
+        .unwrap();
+    assert!(
+        large.usd < small.usd && large.gpu_hours < small.gpu_hours,
+        "{small:?} {large:?}"
+    );
+    assert!(
+        large.wall_hours * 4.0 < small.wall_hours,
+        "{small:?} {large:?}"
+    );
+}
+
+/// docs/placement.md shows both plans verbatim; regenerate them with
+/// `cargo run -p coldpath-placement -- plan --profile infra/placement/profiles/<name>.toml`.
+#[test]
+fn the_documented_plans_match_the_plans() {
+    let docs = std::fs::read_to_string(repo_root().join("docs/placement.md")).unwrap();
+    for profile in ["founding.toml", "bulk.toml"] {
+        let rendered = plan::render(&shipped_plan(profile));
+        assert!(
+            docs.contains(&rendered),
+            "docs/placement.md is stale for {profile}; it should contain:\n{rendered}"
+        );
+    }
+}
+
+#[test]
+fn declaration_errors_name_the_crate_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for manifest in FUNCTION_MANIFESTS {
+        let to = dir.path().join(manifest);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo_root().join(manifest), &to).unwrap();
+    }
+    assert_eq!(declaration::read_all(dir.path()).unwrap().len(), 3);
+
+    let faces = dir.path().join("functions/faces/Cargo.toml");
+    let original = std::fs::read_to_string(&faces).unwrap();
+    std::fs::write(
+        &faces,
+        original.replace("pinned_warm = true", "pinned_warm = false"),
+    )
+    .unwrap();
+    let err = declaration::read_all(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, DeclarationError::Contradiction { crate_name, field: "pinned_warm", .. } if crate_name == "coldpath-faces"),
+        "{err}"
+    );
+
+    let cut = original.find("[package.metadata.coldpath]").unwrap();
+    std::fs::write(&faces, &original[..cut]).unwrap();
+    let err = declaration::read_all(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, DeclarationError::Missing { crate_name, .. } if crate_name == "coldpath-faces"),
+        "{err}"
+    );
+
+    std::fs::write(&faces, original.replace("trigger = \"s3\"\n", "")).unwrap();
+    let err = declaration::read_all(dir.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "crate coldpath-faces: field `trigger` is missing from [package.metadata.coldpath]"
+    );
+}

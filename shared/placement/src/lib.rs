@@ -1,1 +1,26 @@
-//! Placement by latency budget: declarations, plan, cost model, template check.
+//! Placement by latency budget, as data.
+//!
+//! Each function crate declares its latency budget and triggers in `[package.metadata.coldpath]`
+//! ([`declaration`]); the benchmarks' figures live in `infra/placement/measurements.toml`
+//! ([`measurements`]); [`plan`] applies the rule (a cold start on the perceived path, or over the
+//! budget, keeps a workload warm; a backlog sends it to a bulk GPU; everything else scales to
+//! zero) and prices the options from `infra/placement/prices.toml` ([`prices`]) for a traffic
+//! profile ([`profile`]); [`check`] verifies that `infra/template.yaml` deploys each function the
+//! way its declaration says. The `coldpath` binary is a thin edge over [`cli`].
+
+pub mod check;
+pub mod cli;
+pub mod declaration;
+pub mod error;
+pub mod measurements;
+pub mod plan;
+pub mod prices;
+pub mod profile;
+
+pub use check::{FunctionCheck, Template, check_template};
+pub use declaration::{Compute, Declaration, Trigger};
+pub use error::{DeclarationError, InputError, TemplateError};
+pub use measurements::{Measurement, Measurements};
+pub use plan::{Decision, Placement, Plan};
+pub use prices::Prices;
+pub use profile::Profile;

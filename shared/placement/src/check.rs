@@ -1,0 +1,509 @@
+//! `coldpath check`: does `infra/template.yaml` deploy each function the way its declaration
+//! says? And does the GPU worker's packaging set exactly the variables the worker reads?
+//!
+//! The template is CloudFormation YAML with short-form intrinsics (`!Ref`, `!GetAtt`, `!Sub`);
+//! `serde_norway` keeps those as tagged values, and a `!Ref` to a template parameter resolves to
+//! the parameter's `Default`, which is what a deployment without overrides gets.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_norway::Value;
+
+use crate::declaration::{Declaration, Trigger};
+use crate::error::TemplateError;
+
+/// An SQS queue's visibility timeout must be at least this many times the function's timeout
+/// (AWS's guidance for Lambda event source mappings), so a message is not handed to a second
+/// consumer while the first is still working on it, retries included.
+pub const VISIBILITY_TIMEOUT_FACTOR: f64 = 6.0;
+
+/// One function's result: what was verified, or every mismatch found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionCheck {
+    pub function: String,
+    pub workload: String,
+    pub ok: Vec<String>,
+    pub mismatches: Vec<String>,
+}
+
+/// The parsed template and its parameters' defaults.
+pub struct Template {
+    path: PathBuf,
+    root: Value,
+}
+
+impl Template {
+    pub fn from_file(path: &Path) -> Result<Self, TemplateError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TemplateError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    pub fn from_str(text: &str, path: &Path) -> Result<Self, TemplateError> {
+        let root: Value = serde_norway::from_str(text).map_err(|e| TemplateError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if root.get("Resources").and_then(Value::as_mapping).is_none() {
+            return Err(TemplateError::Shape {
+                path: path.to_path_buf(),
+                what: "no Resources mapping".to_string(),
+            });
+        }
+        Ok(Template {
+            path: path.to_path_buf(),
+            root,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn resource(&self, id: &str) -> Option<&Value> {
+        self.root.get("Resources")?.get(id)
+    }
+
+    /// A property of a function, falling back to `Globals.Function`.
+    fn function_property<'a>(&'a self, function: &'a Value, name: &str) -> Option<&'a Value> {
+        function
+            .get("Properties")
+            .and_then(|p| p.get(name))
+            .or_else(|| self.root.get("Globals")?.get("Function")?.get(name))
+    }
+
+    /// A number, or a `!Ref` / `{Ref: ...}` to a parameter whose `Default` is a number.
+    fn number(&self, v: &Value) -> Option<f64> {
+        match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.parse().ok(),
+            _ => self.number(self.parameter_default(ref_target(v)?)?),
+        }
+    }
+
+    fn string<'a>(&'a self, v: &'a Value) -> Option<&'a str> {
+        match v {
+            Value::String(s) => Some(s),
+            _ => self.parameter_default(ref_target(v)?)?.as_str(),
+        }
+    }
+
+    fn parameter_default(&self, name: &str) -> Option<&Value> {
+        self.root.get("Parameters")?.get(name)?.get("Default")
+    }
+}
+
+/// The logical id a `!Ref X` or `{Ref: X}` points at.
+fn ref_target(v: &Value) -> Option<&str> {
+    match v {
+        Value::Tagged(t) if tag_is(&t.tag, "Ref") => t.value.as_str(),
+        Value::Mapping(m) if m.len() == 1 => m.get("Ref")?.as_str(),
+        _ => None,
+    }
+}
+
+/// The logical id a `!GetAtt X.Arn`, `!GetAtt [X, Arn]` or `{Fn::GetAtt: [X, Arn]}` points at.
+fn get_att_target(v: &Value) -> Option<String> {
+    let inner = match v {
+        Value::Tagged(t) if tag_is(&t.tag, "GetAtt") => &t.value,
+        Value::Mapping(m) if m.len() == 1 => m.get("Fn::GetAtt")?,
+        _ => return None,
+    };
+    match inner {
+        Value::String(s) => s.split('.').next().map(str::to_string),
+        Value::Sequence(seq) => seq.first()?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn tag_is(tag: &serde_norway::value::Tag, name: &str) -> bool {
+    tag.to_string().trim_start_matches('!') == name
+}
+
+/// Checks every declared function against the template.
+pub fn check_template(template: &Template, declarations: &[Declaration]) -> Vec<FunctionCheck> {
+    declarations
+        .iter()
+        .map(|d| check_function(template, d))
+        .collect()
+}
+
+fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
+    let mut c = FunctionCheck {
+        function: d.function.clone(),
+        workload: d.workload.clone(),
+        ok: Vec::new(),
+        mismatches: Vec::new(),
+    };
+    let Some(f) = t.resource(&d.function) else {
+        c.mismatches.push(format!(
+            "no resource {} in {}",
+            d.function,
+            t.path.display()
+        ));
+        return c;
+    };
+    if f.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+        c.mismatches
+            .push("is not an AWS::Serverless::Function".to_string());
+        return c;
+    }
+    let prop = |name: &str| t.function_property(f, name);
+
+    // Packaging: the binary is `bootstrap` on the OS-only runtime, built by cargo-lambda.
+    let runtime = prop("Runtime").and_then(|v| t.string(v));
+    let handler = prop("Handler").and_then(|v| t.string(v));
+    let build = f
+        .get("Metadata")
+        .and_then(|m| m.get("BuildMethod"))
+        .and_then(Value::as_str);
+    if runtime != Some("provided.al2023")
+        || handler != Some("bootstrap")
+        || build != Some("rust-cargolambda")
+    {
+        c.mismatches.push(format!(
+            "must run on Runtime provided.al2023 with Handler bootstrap and Metadata.BuildMethod rust-cargolambda, \
+             found {runtime:?}, {handler:?}, {build:?}"
+        ));
+    }
+
+    // Sizes agree with the declaration.
+    let memory = prop("MemorySize").and_then(|v| t.number(v));
+    let timeout = prop("Timeout").and_then(|v| t.number(v));
+    match memory {
+        Some(m) if m == f64::from(d.memory_mb) => {}
+        other => c.mismatches.push(format!(
+            "MemorySize is {other:?}, the declaration says memory_mb = {}",
+            d.memory_mb
+        )),
+    }
+    match timeout {
+        Some(s) if s == f64::from(d.timeout_s) => {}
+        other => c.mismatches.push(format!(
+            "Timeout is {other:?}, the declaration says timeout_s = {}",
+            d.timeout_s
+        )),
+    }
+
+    // Warmth: provisioned concurrency on a published alias, or none at all.
+    let alias = f.get("Properties").and_then(|p| p.get("AutoPublishAlias"));
+    let provisioned = f
+        .get("Properties")
+        .and_then(|p| p.get("ProvisionedConcurrencyConfig"))
+        .and_then(|p| p.get("ProvisionedConcurrentExecutions"));
+    if d.pinned_warm {
+        match (alias, provisioned.and_then(|v| t.number(v))) {
+            (Some(_), Some(n)) if n >= 1.0 => c.ok.push(format!("pinned warm ({n} provisioned on the published alias)")),
+            (None, _) => c.mismatches.push(
+                "is declared pinned_warm but has no AutoPublishAlias, so provisioned concurrency has no version to keep warm"
+                    .to_string(),
+            ),
+            (Some(_), n) => c.mismatches.push(format!(
+                "is declared pinned_warm but has no ProvisionedConcurrencyConfig with ProvisionedConcurrentExecutions >= 1 (found {n:?})"
+            )),
+        }
+    } else if provisioned.is_some() {
+        c.mismatches.push(
+            "is declared serverless (pinned_warm = false) but has ProvisionedConcurrencyConfig"
+                .to_string(),
+        );
+    } else {
+        c.ok.push("serverless on demand (no provisioned concurrency)".to_string());
+    }
+
+    // The trigger the declaration names.
+    let events: Vec<&Value> = f
+        .get("Properties")
+        .and_then(|p| p.get("Events"))
+        .and_then(Value::as_mapping)
+        .map(|m| m.values().collect())
+        .unwrap_or_default();
+    let of_type = |ty: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .copied()
+            .filter(|e| e.get("Type").and_then(Value::as_str) == Some(ty))
+            .collect()
+    };
+    match d.trigger {
+        Trigger::Http => {
+            let url = f
+                .get("Properties")
+                .and_then(|p| p.get("FunctionUrlConfig"))
+                .is_some();
+            if url || !of_type("HttpApi").is_empty() || !of_type("Api").is_empty() {
+                c.ok.push("http trigger".to_string());
+            } else {
+                c.mismatches
+                    .push("is declared trigger = \"http\" but has no FunctionUrlConfig and no HttpApi/Api event".to_string());
+            }
+        }
+        Trigger::S3 => {
+            if of_type("S3").is_empty() {
+                c.mismatches
+                    .push("is declared trigger = \"s3\" but has no S3 event".to_string());
+            } else {
+                c.ok.push("s3 trigger".to_string());
+            }
+        }
+        Trigger::Sqs => check_sqs(t, d, &of_type("SQS"), timeout, &mut c),
+    }
+    c
+}
+
+fn check_sqs(
+    t: &Template,
+    d: &Declaration,
+    events: &[&Value],
+    timeout: Option<f64>,
+    c: &mut FunctionCheck,
+) {
+    let Some(event) = events.first() else {
+        c.mismatches
+            .push("is declared trigger = \"sqs\" but has no SQS event".to_string());
+        return;
+    };
+    let props = event.get("Properties");
+    let reports_partial = props
+        .and_then(|p| p.get("FunctionResponseTypes"))
+        .and_then(Value::as_sequence)
+        .is_some_and(|s| {
+            s.iter()
+                .any(|v| v.as_str() == Some("ReportBatchItemFailures"))
+        });
+    if !reports_partial {
+        c.mismatches.push(
+            "SQS event lacks FunctionResponseTypes: [ReportBatchItemFailures], so one bad message would retry the whole batch"
+                .to_string(),
+        );
+    }
+    match props.and_then(|p| p.get("BatchSize")).and_then(|v| t.number(v)) {
+        Some(n) if n <= f64::from(d.max_batch) => {}
+        other => c.mismatches.push(format!(
+            "SQS event BatchSize is {other:?}, it must be set and at most the declared max_batch = {}",
+            d.max_batch
+        )),
+    }
+    let Some(queue_id) = props.and_then(|p| p.get("Queue")).and_then(get_att_target) else {
+        c.mismatches.push(
+            "SQS event Queue is not a !GetAtt <queue>.Arn of a queue in this template".to_string(),
+        );
+        return;
+    };
+    let Some(queue) = t
+        .resource(&queue_id)
+        .filter(|q| q.get("Type").and_then(Value::as_str) == Some("AWS::SQS::Queue"))
+    else {
+        c.mismatches.push(format!(
+            "SQS event Queue {queue_id} is not an AWS::SQS::Queue in this template"
+        ));
+        return;
+    };
+    let qprops = queue.get("Properties");
+    let redrive = qprops.and_then(|p| p.get("RedrivePolicy"));
+    let dlq = redrive.and_then(|r| r.get("deadLetterTargetArn"));
+    let max_receive = redrive
+        .and_then(|r| r.get("maxReceiveCount"))
+        .and_then(|v| t.number(v));
+    match (dlq, max_receive) {
+        (Some(_), Some(n)) if n >= 1.0 => c.ok.push(format!("queue {queue_id} has a DLQ after {n} receives")),
+        _ => c.mismatches.push(format!(
+            "queue {queue_id} has no dead-letter queue (RedrivePolicy with deadLetterTargetArn and maxReceiveCount >= 1), \
+             so a poison message would be retried until it expires"
+        )),
+    }
+    let visibility = qprops
+        .and_then(|p| p.get("VisibilityTimeout"))
+        .and_then(|v| t.number(v));
+    match (visibility, timeout) {
+        (Some(v), Some(to)) if v >= VISIBILITY_TIMEOUT_FACTOR * to => {
+            c.ok.push(format!("visibility timeout {v} s >= 6 x {to} s"));
+        }
+        (v, to) => c.mismatches.push(format!(
+            "queue {queue_id} VisibilityTimeout {v:?} s must be at least {VISIBILITY_TIMEOUT_FACTOR} x the function Timeout {to:?} s"
+        )),
+    }
+    if reports_partial {
+        c.ok.push("reports partial batch failures".to_string());
+    }
+}
+
+/// Environment variable names a set of Rust sources reads: every string literal that looks like
+/// one of ours (`COLDPATH_*`, `ORT_*`, or the workload's own prefix).
+pub fn env_names_in_sources(
+    dirs: &[PathBuf],
+    prefix: &str,
+) -> Result<BTreeSet<String>, TemplateError> {
+    let mut names = BTreeSet::new();
+    let mut pending: Vec<PathBuf> = dirs.to_vec();
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| TemplateError::Read {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| TemplateError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            for literal in text.split('"').skip(1).step_by(2) {
+                let looks_like_env = literal.len() > 4
+                    && literal
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                    && (literal.starts_with("COLDPATH_")
+                        || literal.starts_with("ORT_")
+                        || literal.starts_with(prefix));
+                if looks_like_env {
+                    names.insert(literal.to_string());
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Whether `name` is read: literally, or as `<PREFIX>_NAME|_SOURCE|_SHA256` of a model prefix
+/// the sources pass to `ModelSpec::from_env`.
+pub fn is_read(name: &str, read: &BTreeSet<String>) -> bool {
+    read.contains(name)
+        || ["_NAME", "_SOURCE", "_SHA256"]
+            .iter()
+            .any(|suffix| name.strip_suffix(suffix).is_some_and(|p| read.contains(p)))
+}
+
+/// `ENV NAME=value` / `ENV NAME value` names of a Dockerfile, continuation lines included.
+pub fn dockerfile_env_names(text: &str) -> BTreeSet<String> {
+    let joined = text.replace("\\\n", " ");
+    let mut names = BTreeSet::new();
+    for line in joined.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("ENV ") else {
+            continue;
+        };
+        for token in rest.split_whitespace() {
+            if let Some((name, _)) = token.split_once('=') {
+                names.insert(name.to_string());
+            }
+        }
+        if !rest.contains('=')
+            && let Some(name) = rest.split_whitespace().next()
+        {
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
+/// `Name:` entries of every `Environment` list in a CloudFormation template (Batch job
+/// definitions use a list of `{Name, Value}`).
+pub fn cloudformation_env_names(template: &Template) -> BTreeSet<String> {
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Mapping(m) => {
+                for (k, child) in m {
+                    if k.as_str() == Some("Environment")
+                        && let Some(seq) = child.as_sequence()
+                    {
+                        for item in seq {
+                            if let Some(name) = item.get("Name").and_then(Value::as_str) {
+                                out.insert(name.to_string());
+                            }
+                        }
+                    }
+                    walk(child, out);
+                }
+            }
+            Value::Sequence(s) => s.iter().for_each(|c| walk(c, out)),
+            Value::Tagged(t) => walk(&t.value, out),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&template.root, &mut out);
+    out
+}
+
+/// Names set by a Lambda function's `Environment.Variables` in the SAM template.
+pub fn function_env_names(template: &Template, function: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for source in [
+        template
+            .resource(function)
+            .and_then(|f| f.get("Properties")),
+        template.root.get("Globals").and_then(|g| g.get("Function")),
+    ] {
+        if let Some(vars) = source
+            .and_then(|p| p.get("Environment"))
+            .and_then(|e| e.get("Variables"))
+            .and_then(Value::as_mapping)
+        {
+            out.extend(vars.keys().filter_map(Value::as_str).map(str::to_string));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_long_form_refs_resolve_to_parameter_defaults() {
+        let t = Template::from_str(
+            "Parameters:\n  Mem: {Type: Number, Default: 1024}\nResources:\n  A:\n    Type: X\n    Properties:\n      M: !Ref Mem\n      N: {Ref: Mem}\n      Q: !GetAtt Queue.Arn\n      R: !GetAtt [Other, Arn]\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let props = t.resource("A").unwrap().get("Properties").unwrap();
+        assert_eq!(t.number(props.get("M").unwrap()), Some(1024.0));
+        assert_eq!(t.number(props.get("N").unwrap()), Some(1024.0));
+        assert_eq!(
+            get_att_target(props.get("Q").unwrap()).as_deref(),
+            Some("Queue")
+        );
+        assert_eq!(
+            get_att_target(props.get("R").unwrap()).as_deref(),
+            Some("Other")
+        );
+    }
+
+    #[test]
+    fn a_template_without_resources_is_a_shape_error() {
+        assert!(matches!(
+            Template::from_str("Parameters: {}\n", Path::new("t.yaml")),
+            Err(TemplateError::Shape { .. })
+        ));
+        assert!(matches!(
+            Template::from_str("Resources: [\n", Path::new("t.yaml")),
+            Err(TemplateError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn dockerfile_env_names_cover_both_forms_and_continuations() {
+        let names = dockerfile_env_names(
+            "FROM x\nENV A=1 \\\n    B=\"two words\"\nENV C 3\nRUN echo D=4\n",
+        );
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn model_prefixes_cover_their_source_and_digest_variables() {
+        let read: BTreeSet<String> = ["CAPTIONING_MODEL".to_string()].into();
+        assert!(is_read("CAPTIONING_MODEL_SOURCE", &read));
+        assert!(is_read("CAPTIONING_MODEL_SHA256", &read));
+        assert!(!is_read("CAPTIONING_MODEL_PATH", &read));
+    }
+}

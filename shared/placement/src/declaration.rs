@@ -1,0 +1,513 @@
+//! Workload declarations: what each function crate says about itself in
+//! `[package.metadata.coldpath]` of its own `Cargo.toml`.
+//!
+//! The declaration is the product's intent (a latency budget, whether a cold start lands on a
+//! path somebody waits on, where it should run); the measured figures live apart
+//! (`measurements`), so `plan` can flag a declaration the figures contradict. The files are read
+//! directly with the `toml` crate: no `cargo metadata`, no build.
+
+use std::fmt;
+use std::path::Path;
+
+use toml::{Table, Value};
+
+use crate::error::DeclarationError;
+
+/// The function crates whose declarations `plan` and `check` read, relative to the workspace
+/// root. A new function is added here and in `infra/template.yaml` together.
+pub const FUNCTION_MANIFESTS: [&str; 3] = [
+    "functions/embeddings/Cargo.toml",
+    "functions/faces/Cargo.toml",
+    "functions/captioning/Cargo.toml",
+];
+
+/// A serverless GPU container (image pull, CUDA context, session build) does not start in less
+/// than this; a GPU workload behind a synchronous trigger needs a budget at least this large
+/// or must be pinned warm. Ten seconds is the low end of what serverless GPU platforms quote
+/// for a cached image, so the rule errs towards allowing.
+pub const SERVERLESS_GPU_COLD_START_FLOOR_MS: u64 = 10_000;
+
+/// Where inference runs when the workload is not on Lambda's CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compute {
+    Cpu,
+    Gpu,
+}
+
+/// What starts an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A synchronous request (Function URL or HTTP API): the caller waits.
+    Http,
+    /// An S3 `ObjectCreated` notification: asynchronous, retried by Lambda.
+    S3,
+    /// An SQS event source mapping: batches, partial failures, a dead-letter queue.
+    Sqs,
+}
+
+impl fmt::Display for Compute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compute::Cpu => "cpu",
+            Compute::Gpu => "gpu",
+        })
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::Http => "http",
+            Trigger::S3 => "s3",
+            Trigger::Sqs => "sqs",
+        })
+    }
+}
+
+/// One workload's declaration, checked for internal consistency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declaration {
+    /// The package name (`coldpath-embeddings`), used in every message.
+    pub crate_name: String,
+    /// The short workload name (`embeddings`), the key in measurements and profiles.
+    pub workload: String,
+    /// The function's logical id in `infra/template.yaml`.
+    pub function: String,
+    /// The most a user may wait for one result, cold start included when it is on the path.
+    pub latency_budget_ms: u64,
+    /// Whether a cold start would be felt by somebody waiting.
+    pub cold_start_on_perceived_path: bool,
+    /// Whether the workload is kept initialised (provisioned concurrency or an always-on pod).
+    pub pinned_warm: bool,
+    pub compute: Compute,
+    pub trigger: Trigger,
+    /// Items per invocation in steady state (texts per request, photos per event, SQS batch).
+    pub max_batch: u32,
+    /// Items per inference batch in bulk mode; only workloads that can drain a backlog have it.
+    pub bulk_batch: Option<u32>,
+    /// Queue backlog (messages) above which bulk mode is chosen.
+    pub bulk_threshold: Option<u64>,
+    pub memory_mb: u32,
+    pub timeout_s: u32,
+}
+
+impl Declaration {
+    /// Reads the declaration from one crate's `Cargo.toml`.
+    pub fn from_manifest(path: &Path) -> Result<Self, DeclarationError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DeclarationError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::from_manifest_str(&text, path)
+    }
+
+    /// Parses a `Cargo.toml` text; `path` is only used in messages.
+    pub fn from_manifest_str(text: &str, path: &Path) -> Result<Self, DeclarationError> {
+        let doc: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| DeclarationError::Parse {
+                path: path.to_path_buf(),
+                reason: e.message().to_string(),
+            })?;
+        let crate_name = doc
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| DeclarationError::Parse {
+                path: path.to_path_buf(),
+                reason: "no [package] name".to_string(),
+            })?
+            .to_string();
+        let section = doc
+            .get("package")
+            .and_then(|p| p.get("metadata"))
+            .and_then(|m| m.get("coldpath"))
+            .and_then(Value::as_table)
+            .ok_or_else(|| DeclarationError::Missing {
+                crate_name: crate_name.clone(),
+                path: path.to_path_buf(),
+            })?;
+        let fields = Fields {
+            crate_name: &crate_name,
+            table: section,
+        };
+        let declaration = Declaration {
+            workload: fields.string("workload")?,
+            function: fields.string("function")?,
+            latency_budget_ms: fields.uint("latency_budget_ms")?,
+            cold_start_on_perceived_path: fields.boolean("cold_start_on_perceived_path")?,
+            pinned_warm: fields.boolean("pinned_warm")?,
+            compute: match fields.string("compute")?.as_str() {
+                "cpu" => Compute::Cpu,
+                "gpu" => Compute::Gpu,
+                other => {
+                    return Err(fields.invalid("compute", "must be \"cpu\" or \"gpu\"", other));
+                }
+            },
+            trigger: match fields.string("trigger")?.as_str() {
+                "http" => Trigger::Http,
+                "s3" => Trigger::S3,
+                "sqs" => Trigger::Sqs,
+                other => {
+                    return Err(fields.invalid(
+                        "trigger",
+                        "must be \"http\", \"s3\" or \"sqs\"",
+                        other,
+                    ));
+                }
+            },
+            max_batch: fields.u32("max_batch")?,
+            bulk_batch: fields.optional_u32("bulk_batch")?,
+            bulk_threshold: fields.optional_uint("bulk_threshold")?,
+            memory_mb: fields.u32("memory_mb")?,
+            timeout_s: fields.u32("timeout_s")?,
+            crate_name,
+        };
+        declaration.validate()?;
+        Ok(declaration)
+    }
+
+    /// Rejects declarations that cannot all be true at once, and values Lambda would refuse.
+    fn validate(&self) -> Result<(), DeclarationError> {
+        let contradiction = |field, reason: String| DeclarationError::Contradiction {
+            crate_name: self.crate_name.clone(),
+            field,
+            reason,
+        };
+        if self.cold_start_on_perceived_path && !self.pinned_warm {
+            return Err(contradiction(
+                "pinned_warm",
+                "false, but cold_start_on_perceived_path = true: a cold start somebody waits on \
+                 must be kept off the path by keeping the workload warm"
+                    .to_string(),
+            ));
+        }
+        if self.compute == Compute::Gpu
+            && self.trigger == Trigger::Http
+            && !self.pinned_warm
+            && self.latency_budget_ms < SERVERLESS_GPU_COLD_START_FLOOR_MS
+        {
+            return Err(contradiction(
+                "latency_budget_ms",
+                format!(
+                    "{} ms cannot cover a serverless GPU cold start (at least {} ms) behind an http \
+                     trigger; pin it warm or raise the budget",
+                    self.latency_budget_ms, SERVERLESS_GPU_COLD_START_FLOOR_MS
+                ),
+            ));
+        }
+        if u64::from(self.timeout_s) * 1000 < self.latency_budget_ms
+            && self.trigger == Trigger::Http
+        {
+            return Err(contradiction(
+                "timeout_s",
+                format!(
+                    "{} s is shorter than the latency budget of {} ms; the function would be cut \
+                     off before the budget runs out",
+                    self.timeout_s, self.latency_budget_ms
+                ),
+            ));
+        }
+        match (self.bulk_batch, self.bulk_threshold) {
+            (Some(bulk), _) if bulk < self.max_batch => {
+                return Err(contradiction(
+                    "bulk_batch",
+                    format!("{bulk} is smaller than max_batch = {}", self.max_batch),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(contradiction(
+                    "bulk_threshold",
+                    "missing while bulk_batch is set: bulk mode needs a backlog to start at"
+                        .to_string(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(contradiction(
+                    "bulk_batch",
+                    "missing while bulk_threshold is set".to_string(),
+                ));
+            }
+            _ => {}
+        }
+        let fields = Fields {
+            crate_name: &self.crate_name,
+            table: &Table::new(),
+        };
+        if !(128..=10_240).contains(&self.memory_mb) {
+            return Err(fields.invalid(
+                "memory_mb",
+                "must be between 128 and 10240 (Lambda's limits)",
+                &self.memory_mb.to_string(),
+            ));
+        }
+        if !(1..=900).contains(&self.timeout_s) {
+            return Err(fields.invalid(
+                "timeout_s",
+                "must be between 1 and 900 (Lambda's limits)",
+                &self.timeout_s.to_string(),
+            ));
+        }
+        if self.max_batch == 0 {
+            return Err(fields.invalid("max_batch", "must be at least 1", "0"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the declarations of every function crate under `root`.
+pub fn read_all(root: &Path) -> Result<Vec<Declaration>, DeclarationError> {
+    FUNCTION_MANIFESTS
+        .iter()
+        .map(|m| Declaration::from_manifest(&root.join(m)))
+        .collect()
+}
+
+/// Typed access to the fields of one `[package.metadata.coldpath]` table.
+struct Fields<'a> {
+    crate_name: &'a str,
+    table: &'a Table,
+}
+
+impl Fields<'_> {
+    fn get(&self, field: &'static str) -> Result<&Value, DeclarationError> {
+        self.table
+            .get(field)
+            .ok_or_else(|| DeclarationError::MissingField {
+                crate_name: self.crate_name.to_string(),
+                field,
+            })
+    }
+
+    fn invalid(&self, field: &'static str, expected: &str, found: &str) -> DeclarationError {
+        DeclarationError::Invalid {
+            crate_name: self.crate_name.to_string(),
+            field,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+
+    fn string(&self, field: &'static str) -> Result<String, DeclarationError> {
+        let v = self.get(field)?;
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.invalid(field, "must be a string", &v.to_string()))
+    }
+
+    fn boolean(&self, field: &'static str) -> Result<bool, DeclarationError> {
+        let v = self.get(field)?;
+        v.as_bool()
+            .ok_or_else(|| self.invalid(field, "must be true or false", &v.to_string()))
+    }
+
+    fn uint(&self, field: &'static str) -> Result<u64, DeclarationError> {
+        let v = self.get(field)?;
+        v.as_integer()
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| self.invalid(field, "must be a non-negative integer", &v.to_string()))
+    }
+
+    fn u32(&self, field: &'static str) -> Result<u32, DeclarationError> {
+        let v = self.get(field)?;
+        v.as_integer()
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| {
+                self.invalid(
+                    field,
+                    "must be a non-negative 32-bit integer",
+                    &v.to_string(),
+                )
+            })
+    }
+
+    fn optional_uint(&self, field: &'static str) -> Result<Option<u64>, DeclarationError> {
+        match self.table.contains_key(field) {
+            true => self.uint(field).map(Some),
+            false => Ok(None),
+        }
+    }
+
+    fn optional_u32(&self, field: &'static str) -> Result<Option<u32>, DeclarationError> {
+        match self.table.contains_key(field) {
+            true => self.u32(field).map(Some),
+            false => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMBEDDINGS: &str = r#"
+[package]
+name = "coldpath-embeddings"
+
+[package.metadata.coldpath]
+workload = "embeddings"
+function = "EmbeddingsFunction"
+latency_budget_ms = 50
+cold_start_on_perceived_path = true
+pinned_warm = true
+compute = "cpu"
+trigger = "http"
+max_batch = 32
+memory_mb = 1024
+timeout_s = 10
+"#;
+
+    fn parse(text: &str) -> Result<Declaration, DeclarationError> {
+        Declaration::from_manifest_str(text, Path::new("functions/x/Cargo.toml"))
+    }
+
+    #[test]
+    fn reads_a_complete_declaration() {
+        let d = parse(EMBEDDINGS).unwrap();
+        assert_eq!(d.crate_name, "coldpath-embeddings");
+        assert_eq!(d.function, "EmbeddingsFunction");
+        assert_eq!(d.latency_budget_ms, 50);
+        assert!(d.pinned_warm && d.cold_start_on_perceived_path);
+        assert_eq!((d.compute, d.trigger), (Compute::Cpu, Trigger::Http));
+        assert_eq!((d.bulk_batch, d.bulk_threshold), (None, None));
+    }
+
+    #[test]
+    fn missing_section_names_the_crate() {
+        let err = parse("[package]\nname = \"coldpath-faces\"\n").unwrap_err();
+        assert!(
+            matches!(&err, DeclarationError::Missing { crate_name, .. } if crate_name == "coldpath-faces")
+        );
+        assert!(
+            err.to_string().contains("[package.metadata.coldpath]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_field_names_crate_and_field() {
+        let text = EMBEDDINGS.replace("latency_budget_ms = 50\n", "");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            err,
+            DeclarationError::MissingField {
+                crate_name: "coldpath-embeddings".to_string(),
+                field: "latency_budget_ms"
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_invalid() {
+        let err =
+            parse(&EMBEDDINGS.replace("pinned_warm = true", "pinned_warm = \"yes\"")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Invalid {
+                    field: "pinned_warm",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err =
+            parse(&EMBEDDINGS.replace("trigger = \"http\"", "trigger = \"kafka\"")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Invalid {
+                    field: "trigger",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(&EMBEDDINGS.replace("latency_budget_ms = 50", "latency_budget_ms = -1"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Invalid {
+                    field: "latency_budget_ms",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(&EMBEDDINGS.replace("memory_mb = 1024", "memory_mb = 64")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Invalid {
+                    field: "memory_mb",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cold_start_on_path_without_pinning_is_a_contradiction() {
+        let err =
+            parse(&EMBEDDINGS.replace("pinned_warm = true", "pinned_warm = false")).unwrap_err();
+        assert!(
+            matches!(&err, DeclarationError::Contradiction { crate_name, field: "pinned_warm", .. } if crate_name == "coldpath-embeddings"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gpu_behind_http_without_budget_is_a_contradiction() {
+        let text = EMBEDDINGS
+            .replace("pinned_warm = true", "pinned_warm = false")
+            .replace(
+                "cold_start_on_perceived_path = true",
+                "cold_start_on_perceived_path = false",
+            )
+            .replace("compute = \"cpu\"", "compute = \"gpu\"");
+        let err = parse(&text).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Contradiction {
+                    field: "latency_budget_ms",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The same workload pinned warm is consistent: the cold start is paid before any request.
+        let pinned = text.replace("pinned_warm = false", "pinned_warm = true");
+        assert!(parse(&pinned).is_ok());
+    }
+
+    #[test]
+    fn bulk_fields_come_together_and_grow_the_batch() {
+        let with_bulk = |extra: &str| format!("{EMBEDDINGS}{extra}");
+        let err = parse(&with_bulk("bulk_batch = 64\n")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Contradiction {
+                    field: "bulk_threshold",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(&with_bulk("bulk_batch = 8\nbulk_threshold = 100\n")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Contradiction {
+                    field: "bulk_batch",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(parse(&with_bulk("bulk_batch = 64\nbulk_threshold = 100\n")).is_ok());
+    }
+}

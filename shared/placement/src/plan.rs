@@ -1,0 +1,716 @@
+//! The placement rule and the cost model behind `coldpath plan`.
+//!
+//! The rule: a workload goes serverless only if its cold start lands off the user's perceived
+//! path. A cold start on the perceived path, or a cold start plus one inference over the latency
+//! budget, keeps the workload pinned warm; a backlog over the declared threshold sends it to a
+//! bulk GPU with a larger batch; everything else runs on demand and scales to zero.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::declaration::{Compute, Declaration};
+use crate::error::InputError;
+use crate::measurements::{Measurement, Measurements};
+use crate::prices::Prices;
+use crate::profile::{BulkOption, Profile, Traffic};
+
+const SECONDS_PER_HOUR: f64 = 3600.0;
+
+/// Where a workload runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Kept initialised: provisioned concurrency on Lambda (CPU), an always-on pod (GPU).
+    PinnedWarm,
+    /// Started on demand, scaled to zero: Lambda (CPU) or a per-second GPU platform.
+    ServerlessOnDemand,
+    /// A large GPU with large batches, started for a backlog and stopped when it is drained.
+    BulkGpu,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::PinnedWarm => "pinned warm",
+            Placement::ServerlessOnDemand => "serverless on demand",
+            Placement::BulkGpu => "bulk GPU",
+        })
+    }
+}
+
+/// The decision for one workload, with its reason and its monthly cost under each option.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub workload: String,
+    pub function: String,
+    pub compute: String,
+    pub placement: Placement,
+    /// Inference batch size in this placement.
+    pub batch: u32,
+    /// One sentence saying why.
+    pub reason: String,
+    /// Declarations the measured figures contradict, and provisional figures relied on.
+    pub flags: Vec<String>,
+    pub cost_chosen_usd: f64,
+    pub cost_always_on_usd: f64,
+    pub cost_serverless_usd: f64,
+}
+
+/// A deployment from the profile, priced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioCost {
+    pub name: String,
+    pub monthly_usd: f64,
+}
+
+/// One way to drain a bulk arrival, priced.
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkCost {
+    pub name: String,
+    pub instance: String,
+    pub gpus: u32,
+    pub batch: u32,
+    pub wall_hours: f64,
+    pub gpu_hours: f64,
+    pub usd: f64,
+}
+
+/// The whole plan for one profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub profile: String,
+    pub decisions: Vec<Decision>,
+    pub total_chosen_usd: f64,
+    pub total_always_on_usd: f64,
+    pub total_serverless_usd: f64,
+    pub scenarios: Vec<ScenarioCost>,
+    pub bulk: Vec<BulkCost>,
+}
+
+/// Everything the plan reads.
+pub struct Inputs<'a> {
+    pub declarations: &'a [Declaration],
+    pub measurements: &'a Measurements,
+    pub prices: &'a Prices,
+    pub profile: &'a Profile,
+}
+
+/// Decides every workload and prices the options.
+pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
+    let profile = inputs.profile;
+    let bulk = match &profile.bulk {
+        Some(b) => {
+            let d = find_declaration(inputs, &b.workload)?;
+            let m = inputs.measurements.get(&b.workload)?;
+            b.options
+                .iter()
+                .map(|o| bulk_cost(inputs, d, m, o, b.items))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => Vec::new(),
+    };
+    let mut decisions = Vec::new();
+    for d in inputs.declarations {
+        let m = inputs.measurements.get(&d.workload)?;
+        let t = profile
+            .traffic
+            .get(&d.workload)
+            .ok_or_else(|| InputError::Invalid {
+                path: profile.path.clone(),
+                what: format!(
+                    "no [traffic.{}] for declared workload {}",
+                    d.workload, d.workload
+                ),
+            })?;
+        decisions.push(decide(inputs, d, m, t, &bulk)?);
+    }
+    let scenarios = profile
+        .scenarios
+        .iter()
+        .map(|s| {
+            let mut usd = 0.0;
+            for pod in &s.pods {
+                let i = inputs.prices.instance(&pod.instance, &profile.path)?;
+                usd += i.hourly_usd * f64::from(pod.count) * profile.hours_per_month;
+            }
+            for w in &s.serverless_gpu {
+                let d = find_declaration(inputs, w)?;
+                let m = inputs.measurements.get(w)?;
+                usd += serverless_gpu_cost(inputs, d, m, &profile.traffic[w], d.max_batch)?;
+            }
+            Ok(ScenarioCost {
+                name: s.name.clone(),
+                monthly_usd: usd,
+            })
+        })
+        .collect::<Result<Vec<_>, InputError>>()?;
+    Ok(Plan {
+        profile: profile.name.clone(),
+        total_chosen_usd: decisions.iter().map(|d| d.cost_chosen_usd).sum(),
+        total_always_on_usd: decisions.iter().map(|d| d.cost_always_on_usd).sum(),
+        total_serverless_usd: decisions.iter().map(|d| d.cost_serverless_usd).sum(),
+        decisions,
+        scenarios,
+        bulk,
+    })
+}
+
+fn find_declaration<'a>(
+    inputs: &'a Inputs<'_>,
+    workload: &str,
+) -> Result<&'a Declaration, InputError> {
+    inputs
+        .declarations
+        .iter()
+        .find(|d| d.workload == workload)
+        .ok_or_else(|| InputError::Invalid {
+            path: inputs.profile.path.clone(),
+            what: format!("workload {workload} has no declaration in any function crate"),
+        })
+}
+
+/// Cold start and one warm inference on the compute the workload declares, in ms.
+fn latency_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), InputError> {
+    match d.compute {
+        Compute::Cpu => Ok((m.cold_start_ms, m.inference_ms)),
+        Compute::Gpu => match (m.gpu_cold_start_ms, m.gpu_inference_ms) {
+            (Some(c), Some(i)) => Ok((c, i)),
+            _ => Err(InputError::Invalid {
+                path: m.source.clone().into(),
+                what: format!(
+                    "{} declares compute = \"gpu\" but its measurements have no gpu_cold_start_ms and gpu_inference_ms",
+                    d.workload
+                ),
+            }),
+        },
+    }
+}
+
+fn decide(
+    inputs: &Inputs<'_>,
+    d: &Declaration,
+    m: &Measurement,
+    t: &Traffic,
+    bulk: &[BulkCost],
+) -> Result<Decision, InputError> {
+    let (cold, warm) = latency_figures(d, m)?;
+    let budget = d.latency_budget_ms as f64;
+    let cold_path = cold + warm;
+    let over_budget = cold_path > budget;
+    let backlog_over = d.bulk_threshold.is_some_and(|th| t.backlog > th);
+    // In bulk mode the backlog goes to the cheapest option that batches at least as much as the
+    // declaration's bulk_batch.
+    let bulk_batch = d.bulk_batch.unwrap_or(d.max_batch);
+    let bulk_choice = bulk
+        .iter()
+        .filter(|b| b.batch >= bulk_batch)
+        .min_by(|a, b| a.usd.total_cmp(&b.usd));
+    let mut flags = Vec::new();
+
+    let (placement, reason) = if d.cold_start_on_perceived_path {
+        (
+            Placement::PinnedWarm,
+            format!(
+                "{}: pinned warm, because its cold start ({cold:.0} ms) would land on the perceived path \
+                 ({} trigger), so it is initialised before traffic and a warm request costs {warm:.1} ms \
+                 of its {budget:.0} ms budget.",
+                d.workload, d.trigger
+            ),
+        )
+    } else if over_budget {
+        (
+            Placement::PinnedWarm,
+            format!(
+                "{}: pinned warm, because cold start {cold:.0} ms + inference {warm:.1} ms = {cold_path:.0} ms \
+                 exceeds its {budget:.0} ms budget.",
+                d.workload
+            ),
+        )
+    } else if backlog_over {
+        let on = bulk_choice.map_or_else(String::new, |b| {
+            format!(" on {} x{} GPU", b.instance, b.gpus)
+        });
+        let batch = bulk_choice.map_or(bulk_batch, |b| b.batch);
+        (
+            Placement::BulkGpu,
+            format!(
+                "{}: bulk GPU{on} at batch {batch}, because a backlog of {} messages exceeds its bulk \
+                 threshold of {} and nobody waits on it ({cold_path:.0} ms cold path within a {budget:.0} ms budget).",
+                d.workload,
+                t.backlog,
+                d.bulk_threshold.unwrap_or_default()
+            ),
+        )
+    } else {
+        (
+            Placement::ServerlessOnDemand,
+            format!(
+                "{}: serverless on demand ({}), because its cold start is off the perceived path and cold start \
+                 {cold:.0} ms + inference {warm:.1} ms = {cold_path:.0} ms fits its {budget:.0} ms budget, so it \
+                 scales to zero between bursts.",
+                d.workload, d.compute
+            ),
+        )
+    };
+
+    if warm > budget {
+        flags.push(format!(
+            "{}: even warm, one inference ({warm:.1} ms) exceeds the {budget:.0} ms budget; no placement meets it",
+            d.crate_name
+        ));
+    }
+    let pinned = placement == Placement::PinnedWarm;
+    if d.pinned_warm != pinned {
+        flags.push(format!(
+            "{}: declares pinned_warm = {} but the measured figures decide {placement} (cold start {cold:.0} ms, \
+             inference {warm:.1} ms, budget {budget:.0} ms)",
+            d.crate_name, d.pinned_warm
+        ));
+    }
+    if m.provisional {
+        flags.push(format!(
+            "{}: relies on provisional figures from {}; replace them with the benchmark's",
+            d.crate_name, m.source
+        ));
+    }
+
+    let batch = match placement {
+        Placement::BulkGpu => bulk_choice.map_or(bulk_batch, |b| b.batch),
+        _ => d.max_batch,
+    };
+    let always_on = always_on_cost(inputs, d, m, t)?;
+    let serverless = serverless_cost(inputs, d, m, t)?;
+    let chosen = match placement {
+        Placement::PinnedWarm => always_on,
+        Placement::ServerlessOnDemand => serverless,
+        Placement::BulkGpu => {
+            // The backlog goes to the bulk option; the steady traffic stays on demand. Without a
+            // bulk option in the profile the backlog is priced on the serverless GPU at bulk_batch.
+            let steady = Traffic {
+                backlog: 0,
+                ..t.clone()
+            };
+            let backlog = match bulk_choice {
+                Some(b) => b.usd,
+                None => {
+                    let only_backlog = Traffic {
+                        requests_per_month: 0.0,
+                        cold_starts_per_month: 1.0,
+                        ..t.clone()
+                    };
+                    serverless_gpu_cost(inputs, d, m, &only_backlog, bulk_batch)?
+                }
+            };
+            serverless_cost(inputs, d, m, &steady)? + backlog
+        }
+    };
+    Ok(Decision {
+        workload: d.workload.clone(),
+        function: d.function.clone(),
+        compute: d.compute.to_string(),
+        placement,
+        batch,
+        reason,
+        flags,
+        cost_chosen_usd: chosen,
+        cost_always_on_usd: always_on,
+        cost_serverless_usd: serverless,
+    })
+}
+
+fn gb(d: &Declaration) -> f64 {
+    f64::from(d.memory_mb) / 1024.0
+}
+
+/// Items processed in the month, the backlog included.
+fn items(t: &Traffic) -> f64 {
+    t.requests_per_month * t.items_per_request + t.backlog as f64
+}
+
+/// Seconds of GPU time per item at `batch`, from the measured batch-1 time and the throughput
+/// ratio at that batch size.
+fn gpu_seconds_per_item(d: &Declaration, m: &Measurement, batch: u32) -> Result<f64, InputError> {
+    let (_, warm) = latency_figures(d, m)?;
+    let ratio = m.batch_ratio(batch).ok_or_else(|| InputError::Invalid {
+        path: m.source.clone().into(),
+        what: format!(
+            "{} has no measured batch_throughput at batch {batch}",
+            d.workload
+        ),
+    })?;
+    Ok(warm / 1000.0 / ratio)
+}
+
+/// Everything always on: provisioned concurrency for the whole month (CPU) or one instance per
+/// GPU workload for the whole month (more if the month's work does not fit in one).
+fn always_on_cost(
+    inputs: &Inputs<'_>,
+    d: &Declaration,
+    m: &Measurement,
+    t: &Traffic,
+) -> Result<f64, InputError> {
+    let p = inputs.prices;
+    let hours = inputs.profile.hours_per_month;
+    match d.compute {
+        Compute::Cpu => {
+            let seconds = hours * SECONDS_PER_HOUR;
+            let configured = f64::from(t.provisioned_concurrency)
+                * gb(d)
+                * seconds
+                * p.lambda.provisioned_gb_second_usd;
+            let duration =
+                t.requests_per_month * (m.inference_ms * t.items_per_request / 1000.0) * gb(d);
+            Ok(configured
+                + duration * p.lambda.provisioned_duration_gb_second_usd
+                + t.requests_per_month * p.lambda.request_usd)
+        }
+        Compute::Gpu => {
+            let instance = p.instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
+            let busy_hours = items(t) * gpu_seconds_per_item(d, m, d.max_batch)?
+                / SECONDS_PER_HOUR
+                / f64::from(instance.gpus);
+            let count = (busy_hours / hours).ceil().max(1.0);
+            Ok(count * instance.hourly_usd * hours)
+        }
+    }
+}
+
+/// Everything on demand: Lambda requests and GB-seconds, cold starts included (CPU), or
+/// per-second GPU time, container starts and idle exits included (GPU).
+fn serverless_cost(
+    inputs: &Inputs<'_>,
+    d: &Declaration,
+    m: &Measurement,
+    t: &Traffic,
+) -> Result<f64, InputError> {
+    let p = inputs.prices;
+    match d.compute {
+        Compute::Cpu => {
+            let busy = t.requests_per_month * m.inference_ms * t.items_per_request / 1000.0
+                + t.cold_starts_per_month * m.cold_start_ms / 1000.0;
+            Ok(busy * gb(d) * p.lambda.gb_second_usd + t.requests_per_month * p.lambda.request_usd)
+        }
+        Compute::Gpu => serverless_gpu_cost(inputs, d, m, t, d.max_batch),
+    }
+}
+
+fn serverless_gpu_cost(
+    inputs: &Inputs<'_>,
+    d: &Declaration,
+    m: &Measurement,
+    t: &Traffic,
+    batch: u32,
+) -> Result<f64, InputError> {
+    let (cold, _) = latency_figures(d, m)?;
+    let seconds = items(t) * gpu_seconds_per_item(d, m, batch)?
+        + t.cold_starts_per_month * (cold / 1000.0 + t.idle_exit_s);
+    Ok(seconds * inputs.prices.serverless_gpu.per_second_usd)
+}
+
+fn bulk_cost(
+    inputs: &Inputs<'_>,
+    d: &Declaration,
+    m: &Measurement,
+    o: &BulkOption,
+    n: u64,
+) -> Result<BulkCost, InputError> {
+    let instance = inputs.prices.instance(&o.instance, &inputs.profile.path)?;
+    let (cold, _) = latency_figures(d, m)?;
+    let wall_s =
+        n as f64 * gpu_seconds_per_item(d, m, o.batch)? / f64::from(instance.gpus) + cold / 1000.0;
+    let wall_hours = wall_s / SECONDS_PER_HOUR;
+    Ok(BulkCost {
+        name: o.name.clone(),
+        instance: o.instance.clone(),
+        gpus: instance.gpus,
+        batch: o.batch,
+        wall_hours,
+        gpu_hours: wall_hours * f64::from(instance.gpus),
+        usd: wall_hours * instance.hourly_usd,
+    })
+}
+
+/// The plan as text: one sentence per workload, flags, then the cost table.
+pub fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "profile: {}", plan.profile);
+    for d in &plan.decisions {
+        let _ = writeln!(
+            out,
+            "  {} ({}) -> {} [batch {}]",
+            d.workload, d.function, d.placement, d.batch
+        );
+        let _ = writeln!(out, "    {}", d.reason);
+        for f in &d.flags {
+            let _ = writeln!(out, "    FLAG {f}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "monthly cost (USD)        chosen   always-on  serverless"
+    );
+    for d in &plan.decisions {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>10.2} {:>11.2} {:>11.2}",
+            d.workload, d.cost_chosen_usd, d.cost_always_on_usd, d.cost_serverless_usd
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>10.2} {:>11.2} {:>11.2}",
+        "total", plan.total_chosen_usd, plan.total_always_on_usd, plan.total_serverless_usd
+    );
+    if !plan.scenarios.is_empty() {
+        let _ = writeln!(out, "deployments in the profile (USD/month)");
+        for s in &plan.scenarios {
+            let _ = writeln!(out, "  {:>10.2}  {}", s.monthly_usd, s.name);
+        }
+    }
+    if !plan.bulk.is_empty() {
+        let _ = writeln!(out, "bulk arrival options");
+        for b in &plan.bulk {
+            let _ = writeln!(
+                out,
+                "  {:>8.2} USD  {:>6.2} GPU-h  {:>6.2} h wall  {}",
+                b.usd, b.gpu_hours, b.wall_hours, b.name
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const PRICES: &str = r#"
+[[sources]]
+url = "https://example.test/prices"
+read_on = "2026-11-28"
+figures = "test figures"
+[lambda]
+region = "test"
+request_usd = 0.0000002
+gb_second_usd = 0.00001
+provisioned_gb_second_usd = 0.000004
+provisioned_duration_gb_second_usd = 0.000009
+[serverless_gpu]
+platform = "test"
+gpu = "test"
+per_second_usd = 0.001
+[instances.small]
+hourly_usd = 1.0
+gpus = 1
+gpu = "one"
+[instances.big]
+hourly_usd = 6.0
+gpus = 4
+gpu = "four"
+"#;
+
+    const MEASUREMENTS: &str = r#"
+[api]
+source = "test"
+machine = "test"
+cold_start_ms = 200.0
+inference_ms = 10.0
+[queue]
+source = "test"
+machine = "test"
+cold_start_ms = 1000.0
+inference_ms = 500.0
+gpu_cold_start_ms = 10000.0
+gpu_inference_ms = 100.0
+[queue.batch_throughput]
+8 = 4.0
+32 = 8.0
+"#;
+
+    fn declaration(workload: &str, body: &str) -> Declaration {
+        let text = format!(
+            "[package]\nname = \"coldpath-{workload}\"\n[package.metadata.coldpath]\nworkload = \"{workload}\"\nfunction = \"F\"\nmemory_mb = 1024\ntimeout_s = 60\n{body}"
+        );
+        Declaration::from_manifest_str(&text, Path::new("Cargo.toml")).unwrap()
+    }
+
+    fn api(budget: u64, on_path: bool, pinned: bool) -> Declaration {
+        declaration(
+            "api",
+            &format!(
+                "latency_budget_ms = {budget}\ncold_start_on_perceived_path = {on_path}\npinned_warm = {pinned}\ncompute = \"cpu\"\ntrigger = \"http\"\nmax_batch = 1\n"
+            ),
+        )
+    }
+
+    fn queue() -> Declaration {
+        declaration(
+            "queue",
+            "latency_budget_ms = 60000\ncold_start_on_perceived_path = false\npinned_warm = false\ncompute = \"gpu\"\ntrigger = \"sqs\"\nmax_batch = 8\nbulk_batch = 32\nbulk_threshold = 100\n",
+        )
+    }
+
+    fn run(declarations: &[Declaration], profile: &str) -> Result<Plan, InputError> {
+        let measurements = Measurements::from_toml_str(MEASUREMENTS, Path::new("m.toml")).unwrap();
+        let prices = Prices::from_str(PRICES, Path::new("p.toml")).unwrap();
+        let profile = Profile::from_str(profile, Path::new("profile.toml")).unwrap();
+        plan(&Inputs {
+            declarations,
+            measurements: &measurements,
+            prices: &prices,
+            profile: &profile,
+        })
+    }
+
+    const STEADY: &str = r#"
+name = "t"
+description = "t"
+always_on_instance = "small"
+[traffic.api]
+requests_per_month = 1000000
+cold_starts_per_month = 100
+[traffic.queue]
+requests_per_month = 10000
+cold_starts_per_month = 10
+idle_exit_s = 50
+"#;
+
+    #[test]
+    fn on_path_cold_start_pins_and_off_path_scales_to_zero() {
+        let p = run(&[api(50, true, true), queue()], STEADY).unwrap();
+        assert_eq!(p.decisions[0].placement, Placement::PinnedWarm);
+        assert!(
+            p.decisions[0].reason.contains("perceived path"),
+            "{}",
+            p.decisions[0].reason
+        );
+        assert_eq!(p.decisions[1].placement, Placement::ServerlessOnDemand);
+        assert!(
+            p.decisions.iter().all(|d| d.flags.is_empty()),
+            "{:?}",
+            p.decisions
+        );
+    }
+
+    #[test]
+    fn over_budget_pins_and_flags_a_serverless_declaration() {
+        // 200 ms cold + 10 ms warm > 150 ms budget, off the path, declared serverless.
+        let p = run(&[api(150, false, false), queue()], STEADY).unwrap();
+        let d = &p.decisions[0];
+        assert_eq!(d.placement, Placement::PinnedWarm);
+        assert!(
+            d.reason.contains("exceeds its 150 ms budget"),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.flags
+                .iter()
+                .any(|f| f.contains("declares pinned_warm = false")),
+            "{:?}",
+            d.flags
+        );
+        // Within budget and declared pinned: flagged the other way.
+        let p = run(&[api(1000, false, true), queue()], STEADY).unwrap();
+        assert_eq!(p.decisions[0].placement, Placement::ServerlessOnDemand);
+        assert!(
+            p.decisions[0]
+                .flags
+                .iter()
+                .any(|f| f.contains("declares pinned_warm = true"))
+        );
+    }
+
+    #[test]
+    fn a_budget_no_placement_meets_is_flagged() {
+        let p = run(&[api(5, true, true), queue()], STEADY).unwrap();
+        assert!(
+            p.decisions[0]
+                .flags
+                .iter()
+                .any(|f| f.contains("no placement meets it"))
+        );
+    }
+
+    #[test]
+    fn costs_follow_the_unit_prices() {
+        let p = run(&[api(50, true, true), queue()], STEADY).unwrap();
+        let (api, queue) = (&p.decisions[0], &p.decisions[1]);
+        // On demand: 1e6 × 10 ms + 100 cold starts × 200 ms = 10 020 GB-s at 1 GB.
+        let serverless = 10_020.0 * 0.00001 + 1e6 * 0.0000002;
+        assert!(
+            (api.cost_serverless_usd - serverless).abs() < 1e-9,
+            "{}",
+            api.cost_serverless_usd
+        );
+        // Provisioned: 1 × 1 GB × 730 h, plus 10 000 GB-s of duration, plus requests.
+        let pinned = 730.0 * 3600.0 * 0.000004 + 10_000.0 * 0.000009 + 1e6 * 0.0000002;
+        assert!(
+            (api.cost_always_on_usd - pinned).abs() < 1e-9,
+            "{}",
+            api.cost_always_on_usd
+        );
+        // GPU on demand at batch 8: 10 000 × 0.1 s / 4 + 10 starts × (10 s + 50 s idle).
+        let gpu = (10_000.0 * 0.1 / 4.0 + 10.0 * 60.0) * 0.001;
+        assert!(
+            (queue.cost_serverless_usd - gpu).abs() < 1e-9,
+            "{}",
+            queue.cost_serverless_usd
+        );
+        assert!((queue.cost_always_on_usd - 730.0).abs() < 1e-9);
+        assert!(
+            p.total_serverless_usd < p.total_chosen_usd
+                && p.total_chosen_usd < p.total_always_on_usd
+        );
+    }
+
+    #[test]
+    fn a_backlog_goes_to_the_cheapest_bulk_option_batching_enough() {
+        let profile = format!(
+            "{}backlog = 100000\n[bulk]\nworkload = \"queue\"\nitems = 100000\n\
+             [[bulk.options]]\nname = \"small\"\ninstance = \"small\"\nbatch = 8\n\
+             [[bulk.options]]\nname = \"big\"\ninstance = \"big\"\nbatch = 32\n",
+            STEADY
+        );
+        let p = run(&[api(50, true, true), queue()], &profile).unwrap();
+        let d = &p.decisions[1];
+        assert_eq!(d.placement, Placement::BulkGpu);
+        assert_eq!(d.batch, 32);
+        // big: 100 000 × 0.1 s / 8 / 4 GPUs + 10 s start = 322.5 s at $6/h; small: 2510 s at $1/h.
+        let big = &p.bulk[1];
+        assert!(
+            (big.wall_hours * 3600.0 - 322.5).abs() < 1e-6,
+            "{}",
+            big.wall_hours
+        );
+        assert!((big.gpu_hours - 4.0 * big.wall_hours).abs() < 1e-12);
+        assert!((big.usd - 322.5 / 3600.0 * 6.0).abs() < 1e-9);
+        assert!((p.bulk[0].usd - 2510.0 / 3600.0).abs() < 1e-9);
+        assert!(d.reason.contains("backlog of 100000"), "{}", d.reason);
+    }
+
+    #[test]
+    fn missing_figures_are_typed_errors() {
+        let unknown = declaration(
+            "other",
+            "latency_budget_ms = 50\ncold_start_on_perceived_path = true\npinned_warm = true\ncompute = \"cpu\"\ntrigger = \"http\"\nmax_batch = 1\n",
+        );
+        let err = run(&[unknown], STEADY).unwrap_err();
+        assert!(
+            matches!(&err, InputError::NoMeasurement { workload, .. } if workload == "other"),
+            "{err}"
+        );
+        // A batch size the benchmark never measured is not interpolated.
+        let mut q = queue();
+        q.max_batch = 16;
+        let err = run(&[api(50, true, true), q], STEADY).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no measured batch_throughput at batch 16"),
+            "{err}"
+        );
+    }
+}

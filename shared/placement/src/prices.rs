@@ -1,0 +1,129 @@
+//! Unit prices for the cost estimate, read from `infra/placement/prices.toml`, which cites the
+//! public price pages each figure was read from, and on which date, and marks the figures that
+//! could not be confirmed as assumptions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::InputError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    /// Where the figures come from; kept in the file for people, checked to be present here.
+    pub sources: Vec<Source>,
+    pub lambda: LambdaPrices,
+    pub serverless_gpu: ServerlessGpuPrice,
+    /// EC2 instances by type name (`g5.xlarge`), billed per second while running.
+    pub instances: BTreeMap<String, Instance>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub url: String,
+    pub read_on: String,
+    pub figures: String,
+}
+
+/// AWS Lambda, x86_64, first price tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaPrices {
+    pub region: String,
+    pub request_usd: f64,
+    pub gb_second_usd: f64,
+    /// Provisioned concurrency: per GB-second configured, whether used or not.
+    pub provisioned_gb_second_usd: f64,
+    /// Duration of invocations served by provisioned concurrency.
+    pub provisioned_duration_gb_second_usd: f64,
+    #[serde(default)]
+    pub assumption: Option<String>,
+}
+
+/// A serverless GPU platform billing per second of container time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerlessGpuPrice {
+    pub platform: String,
+    pub gpu: String,
+    pub per_second_usd: f64,
+    #[serde(default)]
+    pub assumption: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    pub hourly_usd: f64,
+    pub gpus: u32,
+    pub gpu: String,
+    #[serde(default)]
+    pub assumption: Option<String>,
+}
+
+impl Prices {
+    pub fn from_file(path: &Path) -> Result<Self, InputError> {
+        let text = std::fs::read_to_string(path).map_err(|e| InputError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parses a prices file; `path` is only used in messages.
+    pub fn from_str(text: &str, path: &Path) -> Result<Self, InputError> {
+        let prices: Prices = toml::from_str(text).map_err(|e| InputError::Parse {
+            path: path.to_path_buf(),
+            format: "TOML",
+            reason: e.message().to_string(),
+        })?;
+        let invalid = |what: String| InputError::Invalid {
+            path: path.to_path_buf(),
+            what,
+        };
+        if prices.sources.is_empty() {
+            return Err(invalid(
+                "no [[sources]]: every price must cite where it was read".to_string(),
+            ));
+        }
+        let l = &prices.lambda;
+        let mut all = vec![
+            ("lambda.request_usd", l.request_usd),
+            ("lambda.gb_second_usd", l.gb_second_usd),
+            (
+                "lambda.provisioned_gb_second_usd",
+                l.provisioned_gb_second_usd,
+            ),
+            (
+                "lambda.provisioned_duration_gb_second_usd",
+                l.provisioned_duration_gb_second_usd,
+            ),
+            (
+                "serverless_gpu.per_second_usd",
+                prices.serverless_gpu.per_second_usd,
+            ),
+        ];
+        for (name, i) in &prices.instances {
+            if i.gpus == 0 {
+                return Err(invalid(format!("instances.{name}.gpus must be at least 1")));
+            }
+            all.push(("instances.*.hourly_usd", i.hourly_usd));
+        }
+        if let Some((name, x)) = all.iter().find(|(_, x)| !(x.is_finite() && *x > 0.0)) {
+            return Err(invalid(format!(
+                "{name} must be a positive price, found {x}"
+            )));
+        }
+        Ok(prices)
+    }
+
+    pub fn instance(&self, name: &str, path: &Path) -> Result<&Instance, InputError> {
+        self.instances.get(name).ok_or_else(|| InputError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("instance type {name} has no price in the prices file"),
+        })
+    }
+}

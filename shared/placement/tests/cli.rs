@@ -1,0 +1,130 @@
+//! The `coldpath` binary as a user runs it: exit codes and where the output goes.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn coldpath(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coldpath"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("coldpath runs")
+}
+
+#[test]
+fn check_exits_zero_with_one_ok_line_per_function() {
+    let out = coldpath(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok: Vec<&str> = stdout.lines().filter(|l| l.starts_with("OK ")).collect();
+    assert_eq!(
+        ok.len(),
+        5,
+        "three functions and two worker files: {stdout}"
+    );
+}
+
+#[test]
+fn check_exits_one_naming_the_function_on_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
+    let broken = text.replace(
+        "            FunctionResponseTypes: [ReportBatchItemFailures]\n",
+        "",
+    );
+    assert_ne!(broken, text);
+    let path = dir.path().join("template.yaml");
+    std::fs::write(&path, broken).unwrap();
+    let out = coldpath(&["check", "--template", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("MISMATCH CaptioningFunction (captioning):"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn plan_prints_a_decision_per_workload_and_json_on_request() {
+    let out = coldpath(&[
+        "plan",
+        "--profile",
+        "infra/placement/profiles/founding.toml",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("embeddings (EmbeddingsFunction) -> pinned warm"),
+        "{stdout}"
+    );
+    let out = coldpath(&[
+        "plan",
+        "--profile",
+        "infra/placement/profiles/founding.toml",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    assert_eq!(v["decisions"][2]["placement"], "serverless_on_demand");
+}
+
+#[test]
+fn plan_takes_make_bench_json_over_the_committed_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("embeddings.json");
+    // A cold start of 2 s would still be pinned (on the path) but shows in the sentence.
+    std::fs::write(
+        &json,
+        r#"{"benchmark": "embeddings", "cold_start_in_process": {"total_ms": 2000.0}}"#,
+    )
+    .unwrap();
+    let out = coldpath(&[
+        "plan",
+        "--profile",
+        "infra/placement/profiles/founding.toml",
+        "--measurements",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("its cold start (2000 ms)"), "{stdout}");
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    for args in [
+        &[][..],
+        &["plan"][..],
+        &["deploy"][..],
+        &["check", "--bogus"][..],
+    ] {
+        let out = coldpath(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage:"),
+            "{args:?}"
+        );
+    }
+    let out = coldpath(&["plan", "--profile", "no/such/profile.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/profile.toml"));
+}
