@@ -71,3 +71,18 @@ fixtures: setup
 clean:
 	$(CARGO) clean
 	rm -rf .venv .cache
+
+# Placement (shared/placement, infra/): lint both CloudFormation templates, scan them with
+# checkov (skips are listed with reasons in infra/README.md), and check that infra/template.yaml
+# and the GPU worker's env agree with each function's [package.metadata.coldpath] declaration.
+.PHONY: check-infra package
+check-infra: setup
+	.venv/bin/cfn-lint infra/template.yaml infra/gpu/batch.yaml
+	.venv/bin/checkov --quiet --compact --skip-download --framework cloudformation \
+	  -f infra/template.yaml -f infra/gpu/batch.yaml
+	$(CARGO) run --quiet --locked -p coldpath-placement -- check
+
+# Lambda zips and the ONNX Runtime layer, with Lambda's size limits checked. Needs the optional
+# cargo-lambda (`.venv/bin/python -m pip install cargo-lambda==1.9.2`); exits 2 without it.
+package: setup
+	$(PYTHON) tools/package.py
