@@ -317,6 +317,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn other_exif_orientations_land_the_stored_top_left_where_expected() {
+        // (orientation, upright size, where the stored top-left red quadrant ends up).
+        let img = quadrants(32, 16);
+        let plain = jpeg_bytes(&img);
+        for (o, size, red_at) in [
+            (2, (32, 16), (30, 1)),  // mirrored left-right
+            (3, (32, 16), (30, 14)), // turned 180°
+            (8, (16, 32), (1, 30)),  // turned 90° counter-clockwise
+        ] {
+            let out = decode(&with_exif_orientation(&plain, o), &limits()).unwrap();
+            assert_eq!(out.orientation, o as u8);
+            assert_eq!((out.width(), out.height()), size, "orientation {o}");
+            let p = out.image.get_pixel(red_at.0, red_at.1);
+            assert!(close(p, [255, 0, 0]), "orientation {o}: {p:?}");
+        }
+    }
+
+    #[test]
     fn grey_and_rgba_become_rgb() {
         let grey = image::GrayImage::from_fn(4, 3, |x, y| image::Luma([(x * 60 + y) as u8]));
         let out = decode(&png_bytes(&DynamicImage::ImageLuma8(grey)), &limits()).unwrap();

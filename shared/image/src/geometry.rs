@@ -413,7 +413,10 @@ mod tests {
             let area = fixture(&format!("resize-area-{w}x{h}.png"));
             let (smooth, _) = diff(&resize(&src, w, h), &area);
             let (sampled, _) = diff(&resize_linear(&src, w, h), &area);
-            assert!(smooth < sampled, "{w}x{h}: antialiased {smooth} vs linear {sampled}");
+            assert!(
+                smooth < sampled,
+                "{w}x{h}: antialiased {smooth} vs linear {sampled}"
+            );
         }
     }
 

@@ -69,8 +69,17 @@ impl<F: ObjectFetcher> ImageLoader<F> {
     /// Decoding is CPU work, so it runs off the async executor: in place with `block_in_place`
     /// on a multi-threaded runtime (the Lambda runtime's), on the blocking pool otherwise.
     pub async fn load(&self, image: &ImageRef) -> Result<DecodedImage, ImageError> {
-        let bytes = self.load_bytes(image).await?;
         let limits = self.limits;
+        if let ImageRef::Base64(data) = image {
+            // Base64 decoding of a large payload is CPU work too: do it on the same blocking
+            // path (the copy costs far less than the decode it precedes).
+            let data = data.clone();
+            return run_blocking(move || {
+                decode_base64(&data, limits.max_bytes).and_then(|bytes| decode(&bytes, &limits))
+            })
+            .await?;
+        }
+        let bytes = self.load_bytes(image).await?;
         run_blocking(move || decode(&bytes, &limits)).await?
     }
 }
