@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::lambda_function_urls::LambdaFunctionUrlRequest;
+use aws_lambda_events::sqs::SqsEvent;
 use coldpath_embeddings::api::{Limits, parse_request};
 use coldpath_tests::repo_root;
 use serde::Serialize;
@@ -82,6 +83,29 @@ fn every_sample_event_parses_into_its_type_and_round_trips() {
             "events/embeddings/direct.json" => {
                 let req = parse_request(&value, "all-MiniLM-L6-v2", 384, &limits).unwrap();
                 assert_eq!(req.input.len(), 3);
+            }
+            "events/captioning/sqs-batch.json" => {
+                let event: SqsEvent = round_trip(path, &value);
+                assert_eq!(event.records.len(), 5, "{rel}");
+                let mut malformed = 0;
+                for r in &event.records {
+                    assert_eq!(r.event_source.as_deref(), Some("aws:sqs"), "{rel}");
+                    assert!(
+                        r.message_id.as_deref().is_some_and(|m| !m.is_empty()),
+                        "{rel}"
+                    );
+                    assert!(
+                        r.receipt_handle.is_some() && r.event_source_arn.is_some(),
+                        "{rel}"
+                    );
+                    let body = r.body.as_deref().unwrap_or_default();
+                    // SQS always sends md5OfBody, a hex MD5 digest of the body.
+                    assert_eq!(r.md5_of_body.as_deref().map(str::len), Some(32), "{rel}");
+                    if coldpath_captioning::message::parse(Some(body), 128).is_err() {
+                        malformed += 1;
+                    }
+                }
+                assert_eq!(malformed, 1, "{rel}: exactly one malformed record");
             }
             other => panic!("{other}: a sample event with no parse test; add it to this match"),
         }

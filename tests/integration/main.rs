@@ -1,6 +1,7 @@
 //! coldpath's cross-crate integration tests, one binary (see `coldpath_tests` for helpers).
 
 mod captioning;
+mod captioning_sqs;
 mod embeddings;
 mod events;
 mod faces;

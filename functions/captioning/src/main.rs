@@ -1,1 +1,112 @@
-fn main() {}
+//! `captioning`: the Lambda binary. Without arguments it serves the Lambda Runtime API (an SQS
+//! event source); `captioning invoke <EVENT_FILE>` runs one event locally and prints the batch
+//! response; `captioning worker` consumes `CAPTIONING_QUEUE_URL` until SIGTERM or idle.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use coldpath_aws::{ObjectStore, Queue, ResultSink};
+use coldpath_captioning::cli::{self, Command};
+use coldpath_captioning::{CaptioningConfig, ModelService, Worker, handle, init, worker};
+use coldpath_core::ProcessEnv;
+use coldpath_runtime::{HandlerError, Mode};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    coldpath_runtime::init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse_args(&args) {
+        Ok(c) => c,
+        Err(usage) => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    let invoke = matches!(command, Command::Function(Mode::Invoke(_)));
+    // The worker's queue is checked before the model loads, so a missing URL fails at once.
+    let run = match command {
+        Command::Function(mode) => Run::Function(mode),
+        Command::Worker => match Queue::from_env(&ProcessEnv, "CAPTIONING_QUEUE_URL").await {
+            Ok(queue) => Run::Worker(queue),
+            Err(e) => {
+                tracing::error!(error_type = "Config", "init failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let started = match start(invoke).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error_type = %e.error_type, "init failed: {}", e.message);
+            if invoke && let Err(write_err) = coldpath_runtime::print_json(&e.to_json()) {
+                tracing::error!("cannot write the error to stdout: {write_err}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match run {
+        Run::Function(mode) => {
+            coldpath_runtime::run("captioning", mode, Arc::new(started.service), handle).await
+        }
+        Run::Worker(queue) => run_worker(queue, started).await,
+    }
+}
+
+enum Run {
+    Function(Mode),
+    Worker(Queue),
+}
+
+struct Started {
+    config: CaptioningConfig,
+    service: ModelService<ObjectStore, ResultSink>,
+}
+
+/// Reads config and builds the shared resources once, before the first message. Local paths in
+/// messages are honoured only in `invoke` mode.
+async fn start(allow_local_paths: bool) -> Result<Started, HandlerError> {
+    let config =
+        CaptioningConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    let store = ObjectStore::from_env(&ProcessEnv)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    let sink = ResultSink::from_env(&ProcessEnv, "captioning")
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    tracing::info!(
+        model = %config.model.spec.name,
+        source = %config.model.spec.source,
+        ort_library = %config.ort_library.display(),
+        provider = %config.session.provider,
+        allow_cpu_fallback = config.session.allow_cpu_fallback,
+        object_store = store.kind(),
+        result_sink = sink.kind(),
+        max_batch = config.batch.max_batch,
+        max_new_tokens_cap = config.batch.max_new_tokens_cap,
+        "captioning config"
+    );
+    let (service, _record) = init(&config, store, sink, allow_local_paths)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    Ok(Started { config, service })
+}
+
+/// The worker: the queue from `CAPTIONING_QUEUE_URL`, stopped by SIGTERM/SIGINT or idleness.
+async fn run_worker(queue: Queue, started: Started) -> ExitCode {
+    let shutdown = match worker::stop_on_signals() {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(queue = queue.url(), "captioning worker");
+    let worker = Worker::new(queue, Arc::new(started.service), started.config.worker);
+    match worker.run(shutdown).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error_type = %coldpath_core::Classify::error_type(&e), "worker stopped: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

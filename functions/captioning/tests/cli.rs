@@ -1,0 +1,157 @@
+//! The `captioning` binary's local mode, as a user runs it: `captioning invoke <EVENT_FILE>` on
+//! the sample SQS event, and its usage errors.
+//!
+//! Needs the setup's library and model (`make test` exports their paths). Model: the tiny
+//! ViT-GPT2 from `tests/fixtures/captioning/gen_tiny_model.py`; photos: `events/data/photos/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_captioning"));
+    cmd.current_dir(repo())
+        .args(args)
+        .env("COLDPATH_INTRA_THREADS", "1")
+        .env("COLDPATH_OBJECT_STORE", "local:events/data")
+        .env(
+            "COLDPATH_RESULT_SINK",
+            format!("local:{}", results.display()),
+        )
+        .env_remove("AWS_LAMBDA_FUNCTION_NAME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run captioning")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "stdout must be exactly one JSON document: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The messageIds in the sample event whose body is not valid JSON.
+fn malformed_ids(event: &Path) -> Vec<String> {
+    let event: Value = serde_json::from_str(&std::fs::read_to_string(event).unwrap()).unwrap();
+    event["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| serde_json::from_str::<Value>(r["body"].as_str().unwrap()).is_err())
+        .map(|r| r["messageId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn invoke_prints_the_batch_response_and_writes_the_results() {
+    assert!(
+        std::env::var("ORT_DYLIB_PATH").is_ok(),
+        "run with `make test` so ORT_DYLIB_PATH is set"
+    );
+    let results = tempfile::tempdir().unwrap();
+    let out = run(
+        &["invoke", "events/captioning/sqs-batch.json"],
+        results.path(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    let failures = json["batchItemFailures"].as_array().unwrap();
+    let reported: Vec<&str> = failures
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
+    let malformed = malformed_ids(&repo().join("events/captioning/sqs-batch.json"));
+    assert_eq!(reported, malformed, "exactly the malformed record fails");
+    assert_eq!(json.as_object().unwrap().len(), 1, "{json}");
+
+    let mut written: Vec<String> = std::fs::read_dir(results.path().join("captioning"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        ["astronaut.json", "cat.json", "grey.json", "kafka.json"]
+    );
+    let kafka: Value = serde_json::from_str(
+        &std::fs::read_to_string(results.path().join("captioning/kafka.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kafka["id"], "kafka");
+    assert_eq!(kafka["message_id"], "5d3b1c0e-8f2a-4c1e-9b7a-1f0e2d3c4b5a");
+    assert!(kafka["caption"].as_str().is_some_and(|c| !c.is_empty()));
+    // Logs, including the cold-start record, go to stderr.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cold start"));
+}
+
+#[test]
+fn an_event_that_is_not_sqs_is_invalid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"id": "x", "image": {"s3": "s3://photos/kafka.jpg"}}"#,
+    )
+    .unwrap();
+    let out = run(&["invoke", bad.to_str().unwrap()], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "InvalidInput");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("expected an SQS event"),
+        "{json}"
+    );
+}
+
+#[test]
+fn bad_config_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &["invoke", "events/captioning/sqs-batch.json"],
+        dir.path(),
+        &[("CAPTIONING_MAX_BATCH", "lots")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "Config");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("CAPTIONING_MAX_BATCH"),
+        "{json}"
+    );
+}
+
+#[test]
+fn wrong_arguments_print_usage_with_every_mode_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["invoke"][..], &["worker", "now"], &["serve"]] {
+        let out = run(args, dir.path(), &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("usage: captioning [invoke <EVENT_FILE> | worker]"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
