@@ -79,6 +79,20 @@ impl WorkerSettings {
     }
 }
 
+/// The worker's results must leave its machine: a container's or serverless GPU runtime's disk
+/// goes with it, so the local default `COLDPATH_RESULT_SINK` has outside Lambda would lose every
+/// caption. The worker therefore needs the variable set (a `local:<dir>` is fine when it is
+/// meant, as in tests and on a machine with a persistent disk).
+pub fn require_result_sink(env: &impl EnvSource) -> Result<(), ConfigError> {
+    match config::get(env, coldpath_aws::RESULT_SINK_VAR) {
+        Some(_) => Ok(()),
+        None => Err(ConfigError::Missing {
+            name: coldpath_aws::RESULT_SINK_VAR.to_string(),
+            hint: "the worker's results must leave the machine: set s3://<bucket>/<prefix>, sqs:<queue-url> or local:<dir>".to_string(),
+        }),
+    }
+}
+
 fn secs(
     env: &impl EnvSource,
     name: &str,
@@ -204,6 +218,18 @@ mod tests {
         assert_eq!(c.worker.wait, Duration::ZERO);
         assert_eq!(c.batch.max_new_tokens_cap, 16);
         assert_eq!(c.batch.batch_delay, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_worker_needs_an_explicit_result_sink() {
+        let err = require_result_sink(&MapEnv::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("COLDPATH_RESULT_SINK: required"),
+            "{err}"
+        );
+        let env = MapEnv::new([("COLDPATH_RESULT_SINK", "s3://results/captions")]);
+        assert!(require_result_sink(&env).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use coldpath_aws::{ObjectStore, Queue, ResultSink};
 use coldpath_captioning::cli::{self, Command};
+use coldpath_captioning::config::require_result_sink;
 use coldpath_captioning::{CaptioningConfig, ModelService, Worker, handle, init, worker};
 use coldpath_core::ProcessEnv;
 use coldpath_runtime::{HandlerError, Mode};
@@ -23,16 +24,23 @@ async fn main() -> ExitCode {
         }
     };
     let invoke = matches!(command, Command::Function(Mode::Invoke(_)));
-    // The worker's queue is checked before the model loads, so a missing URL fails at once.
+    // The worker's queue and sink settings are checked before the model loads, so a missing
+    // one fails at once.
     let run = match command {
         Command::Function(mode) => Run::Function(mode),
-        Command::Worker => match Queue::from_env(&ProcessEnv, "CAPTIONING_QUEUE_URL").await {
-            Ok(queue) => Run::Worker(queue),
-            Err(e) => {
-                tracing::error!(error_type = "Config", "init failed: {e}");
-                return ExitCode::FAILURE;
+        Command::Worker => {
+            let queue = match Queue::from_env(&ProcessEnv, "CAPTIONING_QUEUE_URL").await {
+                Ok(queue) => require_result_sink(&ProcessEnv).map(|()| queue),
+                Err(e) => Err(e),
+            };
+            match queue {
+                Ok(queue) => Run::Worker(queue),
+                Err(e) => {
+                    tracing::error!(error_type = "Config", "init failed: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
     };
     let started = match start(invoke).await {
         Ok(s) => s,

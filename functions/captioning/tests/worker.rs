@@ -337,7 +337,7 @@ fn an_idle_worker_exits_zero_after_the_idle_time() {
 }
 
 #[test]
-fn a_worker_without_a_queue_url_fails_at_start() {
+fn a_worker_without_a_queue_url_or_result_sink_fails_at_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_captioning"))
         .current_dir(repo())
         .arg("worker")
