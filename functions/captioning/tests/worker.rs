@@ -308,6 +308,46 @@ fn sigterm_finishes_the_batch_in_flight_and_deletes_only_it() {
 }
 
 #[test]
+fn a_deep_backlog_switches_to_bulk_batches_and_back_with_a_log_each_way() {
+    let rt = runtime();
+    let (moto, client, url, ids) = queue_with(&rt, "captions-bulk", 8);
+    let results = tempfile::tempdir().unwrap();
+    let worker = WorkerProcess::start(
+        &url,
+        &moto,
+        results.path(),
+        &[
+            ("CAPTIONING_MAX_BATCH", "2"),
+            ("CAPTIONING_BULK_BATCH", "4"),
+            ("CAPTIONING_BULK_THRESHOLD", "4"),
+            ("CAPTIONING_IDLE_EXIT_SECS", "1"),
+        ],
+    );
+    let (status, logs) = worker.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0));
+    // Backlog 8 > 4: bulk on, a batch of 4; backlog 4 is above half the threshold: still bulk,
+    // another 4; backlog 0: bulk off.
+    let on = logs_with(&logs, "bulk mode on");
+    let off = logs_with(&logs, "bulk mode off");
+    assert_eq!((on.len(), off.len()), (1, 1), "one switch each way");
+    assert_eq!(
+        (&on[0]["backlog"], &on[0]["batch_size"], &on[0]["threshold"]),
+        (&json!(8), &json!(4), &json!(4))
+    );
+    assert_eq!(
+        (&off[0]["backlog"], &off[0]["batch_size"]),
+        (&json!(0), &json!(2))
+    );
+    let sizes: Vec<u64> = logs_with(&logs, "batch started")
+        .iter()
+        .map(|v| v["batch_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [4, 4]);
+    assert_eq!(result_ids(results.path()), ids);
+    assert_eq!(counts(&rt, &client, &url), (0, 0));
+}
+
+#[test]
 fn an_idle_worker_exits_zero_after_the_idle_time() {
     let rt = runtime();
     let (moto, client, url, _) = queue_with(&rt, "captions-idle", 0);
