@@ -199,11 +199,17 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
             let tokens: Vec<Option<usize>> = chunk.iter().map(|&d| tokens_of[d]).collect();
             for (d, caption) in self.caption_chunk(&decoded, chunk, &tokens).await {
                 match caption {
-                    Ok(c) => captions.insert(decoded_of[d], c).map(drop),
-                    Err(e) => failures.insert(decoded_of[d], e).map(drop),
-                };
+                    Ok(c) => {
+                        captions.insert(decoded_of[d], c);
+                    }
+                    Err(e) => {
+                        failures.insert(decoded_of[d], e);
+                    }
+                }
             }
         }
+        // The pixels are no longer needed; free them before the sink writes (a bulk batch of
+        // decoded photos is hundreds of megabytes).
         drop(decoded);
 
         let outcomes = self
