@@ -377,6 +377,26 @@ fn an_idle_worker_exits_zero_after_the_idle_time() {
 }
 
 #[test]
+fn a_queue_that_does_not_exist_stops_the_worker_with_exit_1() {
+    let moto = MotoServer::start();
+    let results = tempfile::tempdir().unwrap();
+    let url = format!("{}/123456789012/no-such-queue", moto.endpoint);
+    let worker = WorkerProcess::start(&url, &moto, results.path(), &[]);
+    let (status, logs) = worker.wait_exit(Duration::from_secs(60));
+    // Refused by SQS (not a transient failure): retrying cannot fix it, so the worker stops.
+    assert_eq!(status.code(), Some(1));
+    let stopped: Vec<&Value> = logs
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("worker stopped: queue receive failed"))
+        })
+        .collect();
+    assert_eq!(stopped.len(), 1, "{logs:?}");
+}
+
+#[test]
 fn a_worker_without_a_queue_url_or_result_sink_fails_at_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_captioning"))
         .current_dir(repo())
