@@ -107,6 +107,34 @@ fn every_sample_event_parses_into_its_type_and_round_trips() {
                 }
                 assert_eq!(malformed, 1, "{rel}: exactly one malformed record");
             }
+            "events/faces/direct.json" | "events/faces/direct-path.json" => {
+                let defaults =
+                    coldpath_faces::FacesConfig::from_env(&coldpath_core::MapEnv::default())
+                        .unwrap()
+                        .detect;
+                let req = coldpath_faces::request::parse_request(&value, &defaults)
+                    .unwrap_or_else(|e| panic!("{rel}: {e}"));
+                // The image it names must exist where local runs look for it.
+                let file = match &req.image {
+                    coldpath_image::ImageRef::S3 { bucket, key } => {
+                        repo_root().join("events/data").join(bucket).join(key)
+                    }
+                    coldpath_image::ImageRef::Path(p) => repo_root().join(p),
+                    other => panic!("{rel}: unexpected image reference {other:?}"),
+                };
+                assert!(file.is_file(), "{rel}: {} is missing", file.display());
+            }
+            "events/faces/s3-put.json" => {
+                let event: aws_lambda_events::s3::S3Event = round_trip(path, &value);
+                assert!(event.records.len() >= 3, "{rel}");
+                for r in &event.records {
+                    assert_eq!(r.event_source.as_deref(), Some("aws:s3"), "{rel}");
+                    assert_eq!(r.event_name.as_deref(), Some("ObjectCreated:Put"), "{rel}");
+                    let key = r.s3.object.key.as_deref().unwrap_or_default();
+                    coldpath_faces::request::decode_s3_key(key)
+                        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+                }
+            }
             other => panic!("{other}: a sample event with no parse test; add it to this match"),
         }
     }

@@ -93,3 +93,129 @@ pub fn embeddings_reference() -> EmbeddingsReference {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Settings for a faces pipeline on the setup's YuNet + SFace models, plus `extra` overrides.
+pub fn faces_env(extra: &[(&str, &str)]) -> MapEnv {
+    let mut env = MapEnv::new([
+        ("ORT_DYLIB_PATH", setup_var("ORT_DYLIB_PATH")),
+        ("FACES_DETECTOR_SOURCE", setup_var("FACES_DETECTOR_SOURCE")),
+        ("FACES_DETECTOR_SHA256", setup_var("FACES_DETECTOR_SHA256")),
+        (
+            "FACES_RECOGNIZER_SOURCE",
+            setup_var("FACES_RECOGNIZER_SOURCE"),
+        ),
+        (
+            "FACES_RECOGNIZER_SHA256",
+            setup_var("FACES_RECOGNIZER_SHA256"),
+        ),
+        // The references ran with one thread; match them so results compare like for like.
+        ("COLDPATH_INTRA_THREADS", "1".to_string()),
+    ]);
+    for (k, v) in extra {
+        env.0.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// Settings for the scrfd-arcface family on the synthetic insightface-shaped models that
+/// `tests/fixtures/faces/gen_insightface_models.py` wrote.
+pub fn insightface_env() -> MapEnv {
+    let dir = repo_root().join("tests/fixtures/faces/insightface");
+    let mut env = faces_env(&[]);
+    env.0.remove("FACES_DETECTOR_SHA256");
+    env.0.remove("FACES_RECOGNIZER_SHA256");
+    for (k, v) in [
+        ("FACES_MODEL_FAMILY", "scrfd-arcface".to_string()),
+        (
+            "FACES_DETECTOR_SOURCE",
+            dir.join("detection").display().to_string(),
+        ),
+        (
+            "FACES_RECOGNIZER_SOURCE",
+            dir.join("recognition").display().to_string(),
+        ),
+    ] {
+        env.0.insert(k.to_string(), v);
+    }
+    env
+}
+
+/// One face as the faces references write it: box `[x, y, w, h]`, score, five landmarks and a
+/// unit-length embedding, in the upright photo's pixels.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReferenceFace {
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub score: f32,
+    pub landmarks: [[f32; 2]; 5],
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OpenCvPhoto {
+    pub file: String,
+    pub width: u32,
+    pub height: u32,
+    /// OpenCV's API at the photo's native size.
+    pub faces: Vec<ReferenceFace>,
+    /// OpenCV on the photo letterboxed to 640 × 640 (the function's input recipe).
+    pub faces_letterbox640: Vec<ReferenceFace>,
+    /// The same input through onnxruntime, decoded per OPENCV_NOTES.md.
+    pub faces_letterbox640_ort: Vec<ReferenceFace>,
+    /// As `faces_letterbox640_ort`, but shrunk with `cv2.INTER_AREA` (antialiased).
+    pub faces_letterbox640_ort_area: Vec<ReferenceFace>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OpenCvPair {
+    pub a: [usize; 2],
+    pub b: [usize; 2],
+    pub cosine: f32,
+    pub same: bool,
+}
+
+/// `tests/fixtures/faces/opencv_reference.json`, written by `gen_opencv_reference.py`.
+#[derive(Debug, Deserialize)]
+pub struct OpenCvReference {
+    pub detector_sha256: String,
+    pub recognizer_sha256: String,
+    pub score_threshold: f32,
+    pub cosine_threshold: f32,
+    pub photos: Vec<OpenCvPhoto>,
+    pub pairs: Vec<OpenCvPair>,
+}
+
+pub fn opencv_reference() -> OpenCvReference {
+    read_json("tests/fixtures/faces/opencv_reference.json")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InsightFacePhoto {
+    pub file: String,
+    pub width: u32,
+    pub height: u32,
+    pub faces: Vec<ReferenceFace>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InsightFaceDetector {
+    pub score_threshold: f32,
+    pub nms_threshold: f32,
+}
+
+/// `tests/fixtures/faces/insightface/reference.json`, written by `gen_insightface_models.py`.
+#[derive(Debug, Deserialize)]
+pub struct InsightFaceReference {
+    pub detector: InsightFaceDetector,
+    pub photos: Vec<InsightFacePhoto>,
+}
+
+pub fn insightface_reference() -> InsightFaceReference {
+    read_json("tests/fixtures/faces/insightface/reference.json")
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(rel: &str) -> T {
+    let path = repo_root().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
-use coldpath_image::ImageLimits;
+use coldpath_image::{ImageLimits, Resample};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
 
 /// Files each model directory must hold.
@@ -91,6 +91,10 @@ pub struct FacesConfig {
     pub ort_library: PathBuf,
     pub session: SessionConfig,
     pub detect: DetectOptions,
+    /// How photos are resampled to the detector's 640 × 640 input: `antialias` (default:
+    /// bilinear widened when shrinking) or `linear` (OpenCV `INTER_LINEAR`, what the reference
+    /// scripts do; aliases when shrinking a large photo).
+    pub resample: Resample,
     pub image_limits: ImageLimits,
     /// Run one photo through both models at init so the first request does not pay ONNX
     /// Runtime's first-run cost.
@@ -152,6 +156,18 @@ impl FacesConfig {
                 max_faces: config::positive_or(env, "FACES_MAX_FACES", 100)?,
                 min_face_size: float_in(env, "FACES_MIN_FACE_SIZE", (0.0, 1e6), 0.0)?,
             },
+            resample: match config::get(env, "FACES_RESIZE").as_deref() {
+                None => Resample::Bilinear,
+                Some(r) if r.eq_ignore_ascii_case("antialias") => Resample::Bilinear,
+                Some(r) if r.eq_ignore_ascii_case("linear") => Resample::Linear,
+                Some(r) => {
+                    return Err(ConfigError::invalid(
+                        "FACES_RESIZE",
+                        "antialias or linear",
+                        r,
+                    ));
+                }
+            },
             image_limits: ImageLimits::from_env(env)?,
             warmup: config::bool_or(env, "FACES_WARMUP", true)?,
             cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
@@ -188,6 +204,7 @@ mod tests {
             }
         );
         assert!(c.warmup);
+        assert_eq!(c.resample, Resample::Bilinear);
         assert_eq!(c.cache_dir, PathBuf::from("/tmp/coldpath"));
         assert_eq!(c.image_limits, ImageLimits::default());
     }
@@ -200,6 +217,7 @@ mod tests {
             ("FACES_MAX_FACES", "7"),
             ("FACES_MIN_FACE_SIZE", "40"),
             ("FACES_NMS_IOU", "0.45"),
+            ("FACES_RESIZE", "Linear"),
         ]);
         let c = FacesConfig::from_env(&env).unwrap();
         assert_eq!(c.family, ModelFamily::ScrfdArcface);
@@ -209,6 +227,7 @@ mod tests {
         assert_eq!(c.detect.nms_iou, 0.45);
         assert_eq!(c.detect.max_faces, 7);
         assert_eq!(c.detect.min_face_size, 40.0);
+        assert_eq!(c.resample, Resample::Linear);
     }
 
     #[test]
@@ -221,6 +240,7 @@ mod tests {
             ("FACES_MAX_FACES", "0"),
             ("FACES_MIN_FACE_SIZE", "-3"),
             ("FACES_WARMUP", "maybe"),
+            ("FACES_RESIZE", "cubic"),
             ("FACES_DETECTOR_SHA256", "model.onnx=xyz"),
         ] {
             let err = FacesConfig::from_env(&MapEnv::new([(k, v)])).unwrap_err();

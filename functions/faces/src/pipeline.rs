@@ -1,7 +1,7 @@
 //! The face pipeline on one upright photo: letterbox → detect → five landmarks → align →
 //! recognise, over ONNX Runtime sessions built once at init.
 
-use coldpath_image::{ChannelOrder, RgbImage, to_nchw};
+use coldpath_image::{ChannelOrder, Resample, RgbImage, to_nchw};
 use ndarray::Array4;
 use ort::session::Session;
 use ort::value::{Tensor, ValueType};
@@ -76,21 +76,65 @@ pub trait AnalyzeFaces: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct Letterboxed {
     pub canvas: RgbImage,
-    /// Detector pixels per photo pixel.
+    /// Detector pixels per photo pixel: detections are divided by it to map back.
     pub scale: f32,
 }
 
-/// Scales `image` by `s = min(W / w, H / h)` to `(round(w s), round(h s))` with OpenCV's
-/// `INTER_LINEAR` sampling and pastes it at the top-left of a black `W` × `H` canvas, as
-/// OpenCV's reference (`tests/fixtures/faces/gen_opencv_reference.py`) and insightface's
-/// `SCRFD.detect` do. Top-left rather than centred (as `coldpath_image::letterbox` does) so that
-/// mapping back is a plain division, exactly as in both references.
-pub fn letterbox(image: &RgbImage, width: usize, height: usize) -> Letterboxed {
-    let (w, h) = (image.width() as f32, image.height() as f32);
-    let scale = (width as f32 / w).min(height as f32 / h);
-    let nw = ((w * scale).round() as u32).clamp(1, width as u32);
-    let nh = ((h * scale).round() as u32).clamp(1, height as u32);
-    let resized = coldpath_image::resize_linear(image, nw, nh);
+/// How each reference sizes the letterboxed photo; the rounding differs, and parity needs the
+/// same content size and the same scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterboxRule {
+    /// The OpenCV reference (`gen_opencv_reference.py`, OPENCV_NOTES.md §2):
+    /// `s = min(W / w, H / h)`, content `(round(w s), round(h s))`, map back by `/ s`.
+    Round,
+    /// insightface `SCRFD.detect`: with `r = h / w` against the input's `H / W`, the long side
+    /// fills the input and the other is `int()`-truncated; the scale is `new_h / h`.
+    InsightFace,
+}
+
+impl LetterboxRule {
+    /// Content size and scale for a `w` × `h` photo in a `width` × `height` input.
+    pub fn fit(self, w: u32, h: u32, width: usize, height: usize) -> (u32, u32, f32) {
+        let (wf, hf) = (f64::from(w), f64::from(h));
+        let (iw, ih) = (width as f64, height as f64);
+        let (nw, nh, scale) = match self {
+            LetterboxRule::Round => {
+                let s = (iw / wf).min(ih / hf);
+                ((wf * s).round(), (hf * s).round(), s)
+            }
+            LetterboxRule::InsightFace => {
+                let (nw, nh) = if hf / wf > ih / iw {
+                    ((ih / (hf / wf)).trunc(), ih)
+                } else {
+                    (iw, (iw * (hf / wf)).trunc())
+                };
+                (nw, nh, nh / hf)
+            }
+        };
+        (
+            (nw as u32).clamp(1, width as u32),
+            (nh as u32).clamp(1, height as u32),
+            scale as f32,
+        )
+    }
+}
+
+/// Scales `image` to fit a `width` × `height` input under `rule` and pastes it at the top-left
+/// of a black canvas. `Resample::Linear` is OpenCV's `INTER_LINEAR` (no antialiasing), what both
+/// references resize with; `Resample::Bilinear` widens the kernel when shrinking (antialiased). Top-left rather than centred (as `coldpath_image::letterbox`
+/// does) so that mapping back is a plain division, exactly as in both references.
+pub fn letterbox(
+    image: &RgbImage,
+    width: usize,
+    height: usize,
+    rule: LetterboxRule,
+    resample: Resample,
+) -> Letterboxed {
+    let (nw, nh, scale) = rule.fit(image.width(), image.height(), width, height);
+    let resized = match resample {
+        Resample::Bilinear => coldpath_image::resize(image, nw, nh),
+        Resample::Linear => coldpath_image::resize_linear(image, nw, nh),
+    };
     let mut canvas = RgbImage::new(width as u32, height as u32);
     image::imageops::replace(&mut canvas, &resized, 0, 0);
     Letterboxed { canvas, scale }
@@ -171,6 +215,8 @@ fn output_last_dim(session: &Session, name: &str) -> Option<usize> {
 /// A detector and a recogniser of one family.
 pub struct OnnxFaces {
     family: ModelFamily,
+    /// How photos are shrunk or grown to the detector input.
+    resample: Resample,
     detector: SessionPool,
     detector_name: String,
     detector_input: String,
@@ -298,6 +344,7 @@ impl OnnxFaces {
         let declared = recognizer.with(|s| output_last_dim(s, &recognizer_output));
         let mut faces = OnnxFaces {
             family,
+            resample: Resample::Bilinear,
             detector,
             detector_name: detector_name.to_string(),
             detector_input,
@@ -319,6 +366,12 @@ impl OnnxFaces {
             }
         };
         Ok(faces)
+    }
+
+    /// Sets how photos are resampled to the detector input (antialiased bilinear by default).
+    pub fn with_resample(mut self, resample: Resample) -> Self {
+        self.resample = resample;
+        self
     }
 
     pub fn family(&self) -> ModelFamily {
@@ -353,21 +406,44 @@ impl OnnxFaces {
                 height: image.height(),
             });
         }
-        let boxed = letterbox(image, self.det_width, self.det_height);
-        let dets = self.detect_letterboxed(&boxed.canvas, options)?;
-        Ok(dets
+        let rule = match self.family {
+            ModelFamily::YunetSface => LetterboxRule::Round,
+            ModelFamily::ScrfdArcface => LetterboxRule::InsightFace,
+        };
+        let boxed = letterbox(image, self.det_width, self.det_height, rule, self.resample);
+        let candidates = self.detect_letterboxed(&boxed.canvas, options.min_score)?;
+        // Each reference runs NMS where it is: OpenCV inside `detect`, on the detector's input
+        // (integer rects there); insightface after mapping back to the photo (its +1 pixel
+        // areas are photo pixels).
+        let kept = match self.family {
+            ModelFamily::YunetSface => {
+                nms(candidates, options.nms_iou, OverlapRule::OpenCvIntegerRects)
+                    .into_iter()
+                    .map(|d| d.unscaled(boxed.scale))
+                    .collect()
+            }
+            ModelFamily::ScrfdArcface => nms(
+                candidates
+                    .into_iter()
+                    .map(|d| d.unscaled(boxed.scale))
+                    .collect(),
+                options.nms_iou,
+                OverlapRule::InsightFacePlusOne,
+            ),
+        };
+        Ok(kept
             .into_iter()
-            .map(|d| d.unscaled(boxed.scale))
             .filter(|d| d.width.min(d.height) >= options.min_face_size)
             .take(options.max_faces)
             .collect())
     }
 
-    /// Runs the detector on an image already of its input size; detections stay in its pixels.
+    /// Runs the detector on an image already of its input size: every candidate scoring at
+    /// least `min_score`, before NMS, in the input's pixels.
     pub fn detect_letterboxed(
         &self,
         canvas: &RgbImage,
-        options: &DetectOptions,
+        min_score: f32,
     ) -> Result<Vec<Detection>, FaceError> {
         let (w, h) = (self.det_width, self.det_height);
         let infer = |reason: String| FaceError::Inference {
@@ -385,7 +461,7 @@ impl OnnxFaces {
             .nchw(&[canvas])
             .map_err(infer)?;
         let tensor = Tensor::from_array(data).map_err(|e| infer(e.to_string()))?;
-        let dets = self.detector.with(|session| {
+        self.detector.with(|session| {
             let outputs = session
                 .run(ort::inputs![self.detector_input.as_str() => tensor])
                 .map_err(|e| infer(e.to_string()))?;
@@ -417,19 +493,14 @@ impl OnnxFaces {
                 })
                 .collect();
             let decoded = match self.family {
-                ModelFamily::YunetSface => decode_yunet(&strides, w, h, options.min_score),
-                ModelFamily::ScrfdArcface => decode_scrfd(&strides, w, h, options.min_score),
+                ModelFamily::YunetSface => decode_yunet(&strides, w, h, min_score),
+                ModelFamily::ScrfdArcface => decode_scrfd(&strides, w, h, min_score),
             };
             decoded.map_err(|source| FaceError::Decode {
                 model: self.detector_name.clone(),
                 source,
             })
-        })?;
-        let rule = match self.family {
-            ModelFamily::YunetSface => OverlapRule::OpenCvIntegerRects,
-            ModelFamily::ScrfdArcface => OverlapRule::InsightFacePlusOne,
-        };
-        Ok(nms(dets, options.nms_iou, rule))
+        })
     }
 
     /// Unit-length embeddings of aligned 112 × 112 faces: one run for all of them when the
@@ -544,7 +615,7 @@ mod tests {
     #[test]
     fn letterbox_keeps_aspect_top_left_with_black_padding() {
         let img = RgbImage::from_pixel(400, 200, image::Rgb([200, 100, 50]));
-        let lb = letterbox(&img, 640, 640);
+        let lb = letterbox(&img, 640, 640, LetterboxRule::Round, Resample::Linear);
         assert_eq!(lb.scale, 1.6);
         assert_eq!(lb.canvas.dimensions(), (640, 640));
         assert_eq!(lb.canvas.get_pixel(639, 319).0, [200, 100, 50]);
@@ -560,6 +631,32 @@ mod tests {
         }
         .unscaled(lb.scale);
         assert_eq!((d.x, d.y, d.width), (200.0, 100.0, 10.0));
+    }
+
+    #[test]
+    fn letterbox_rules_round_like_their_references() {
+        // kafka.jpg, 450 x 655: OpenCV's reference rounds 450 * 640/655 = 439.69 to 440;
+        // insightface truncates to 439 and takes its scale from the height, 640 / 655.
+        assert_eq!(
+            LetterboxRule::Round.fit(450, 655, 640, 640),
+            (440, 640, (640.0f64 / 655.0) as f32)
+        );
+        assert_eq!(
+            LetterboxRule::InsightFace.fit(450, 655, 640, 640),
+            (439, 640, (640.0f64 / 655.0) as f32)
+        );
+        // cat.jpg, 451 x 300: insightface's width fills, height int(640 * 300/451) = 425, and
+        // the scale is 425 / 300, not 640 / 451.
+        assert_eq!(
+            LetterboxRule::InsightFace.fit(451, 300, 640, 640),
+            (640, 425, (425.0f64 / 300.0) as f32)
+        );
+        assert_eq!(LetterboxRule::Round.fit(451, 300, 640, 640).1, 426);
+        // group.jpg, 1600 x 1000: both give 640 x 400 at 0.4.
+        assert_eq!(
+            LetterboxRule::InsightFace.fit(1600, 1000, 640, 640),
+            (640, 400, 0.4)
+        );
     }
 
     #[test]

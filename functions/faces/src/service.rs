@@ -77,8 +77,19 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
         sink: ResultSink,
         defaults: DetectOptions,
     ) -> Self {
+        Self::with_shared(Arc::new(faces), loader, sink, defaults)
+    }
+
+    /// A service over models that are already shared (tests run several services, with
+    /// different loaders and sinks, over one set of sessions).
+    pub fn with_shared(
+        faces: Arc<A>,
+        loader: ImageLoader<F>,
+        sink: ResultSink,
+        defaults: DetectOptions,
+    ) -> Self {
         FacesService {
-            faces: Arc::new(faces),
+            faces,
             loader,
             sink,
             defaults,
@@ -319,13 +330,15 @@ pub async fn init_faces<F: ObjectFetcher>(
         &detector.spec.name,
         pool(rec_session)?,
         &recognizer.spec.name,
-    )?;
+    )?
+    .with_resample(config.resample);
     timer.add(Phase::SessionBuild, build_started.elapsed());
     if config.warmup {
         // A blank photo exercises the detector; one aligned crop exercises the recogniser.
         timer.time(Phase::Warmup, || {
             let (w, h) = faces.detector_size();
-            faces.detect(&RgbImage::new(w as u32, h as u32), &config.detect)?;
+            faces
+                .detect_letterboxed(&RgbImage::new(w as u32, h as u32), config.detect.min_score)?;
             let crop = RgbImage::new(crate::align::ALIGNED_SIZE, crate::align::ALIGNED_SIZE);
             faces.embed_aligned(&[&crop])
         })?;
@@ -347,4 +360,178 @@ pub async fn init<F: ObjectFetcher + Clone>(
         FacesService::new(faces, loader, sink, config.detect),
         record,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use coldpath_aws::SinkTarget;
+    use coldpath_image::ImageLimits;
+    use coldpath_models::FetchError;
+    use coldpath_runtime::Context;
+
+    use super::*;
+    use crate::detect::Detection;
+    use crate::pipeline::Face;
+
+    /// One face in every photo, whatever it shows.
+    struct OneFace;
+
+    impl AnalyzeFaces for OneFace {
+        fn analyze(&self, image: &RgbImage, _: &DetectOptions) -> Result<Vec<Face>, FaceError> {
+            Ok(vec![Face {
+                detection: Detection {
+                    x: 0.0,
+                    y: 0.0,
+                    width: image.width() as f32,
+                    height: image.height() as f32,
+                    score: 0.99,
+                    landmarks: [[1.0, 1.0]; 5],
+                },
+                embedding: vec![1.0, 0.0],
+            }])
+        }
+
+        fn model_names(&self) -> (&str, &str) {
+            ("det", "rec")
+        }
+    }
+
+    /// `photos/ok.jpg` is a small PNG, `photos/flaky.jpg` fails transiently, anything else is
+    /// missing.
+    struct Objects(Vec<u8>);
+
+    impl ObjectFetcher for Objects {
+        async fn fetch_to(&self, _: &str, _: &str, _: &Path) -> Result<u64, FetchError> {
+            Err(FetchError::Other("not used".into()))
+        }
+
+        async fn fetch_bytes(&self, _: &str, key: &str, _: u64) -> Result<Vec<u8>, FetchError> {
+            match key {
+                "ok.jpg" | "with space.jpg" => Ok(self.0.clone()),
+                "flaky.jpg" => Err(FetchError::Transient("connection reset".into())),
+                _ => Err(FetchError::NotFound),
+            }
+        }
+    }
+
+    fn service(sink: &Path) -> Arc<FacesService<OneFace, Objects>> {
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(RgbImage::new(6, 4))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let loader = ImageLoader::new(Objects(png), ImageLimits::default(), false);
+        let sink = ResultSink::new("faces", SinkTarget::Local(sink.to_path_buf())).unwrap();
+        let defaults = DetectOptions {
+            min_score: 0.9,
+            nms_iou: 0.3,
+            max_faces: 10,
+            min_face_size: 0.0,
+        };
+        Arc::new(FacesService::new(OneFace, loader, sink, defaults))
+    }
+
+    /// The sample S3 event with its records' keys replaced.
+    fn s3_event(keys: &[&str]) -> Value {
+        let mut event: Value =
+            serde_json::from_str(include_str!("../../../events/faces/s3-put.json")).unwrap();
+        let template = event["Records"][0].clone();
+        let records: Vec<Value> = keys
+            .iter()
+            .map(|k| {
+                let mut r = template.clone();
+                r["s3"]["object"]["key"] = json!(k);
+                r
+            })
+            .collect();
+        event["Records"] = json!(records);
+        event
+    }
+
+    async fn call(
+        service: &Arc<FacesService<OneFace, Objects>>,
+        payload: Value,
+    ) -> Result<Value, HandlerError> {
+        handle(
+            Arc::clone(service),
+            LambdaEvent::new(payload, Context::default()),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn bad_records_are_reported_and_the_invocation_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let out = call(
+            &service,
+            s3_event(&["ok.jpg", "gone.jpg", "with+space.jpg"]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["succeeded"], 2);
+        assert_eq!(out["failed"], 1);
+        assert_eq!(out["records"][1]["errorType"], "InvalidInput");
+        assert_eq!(out["records"][2]["key"], "with space.jpg");
+        let written = dir.path().join("faces/photos/with space.jpg.json");
+        let result: Value = serde_json::from_slice(&std::fs::read(written).unwrap()).unwrap();
+        assert_eq!(result["width"], 6);
+        assert_eq!(result["source"], "s3://photos/with space.jpg");
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_fails_the_invocation_so_lambda_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let err = call(&service, s3_event(&["ok.jpg", "flaky.jpg"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type, ErrorType::Retryable);
+        // The good record was still written; the retry will overwrite it under the same id.
+        assert!(dir.path().join("faces/photos/ok.jpg.json").is_file());
+    }
+
+    #[tokio::test]
+    async fn records_that_are_not_object_created_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let mut event = s3_event(&["ok.jpg"]);
+        event["Records"][0]["eventName"] = json!("ObjectRemoved:Delete");
+        let out = call(&service, event).await.unwrap();
+        assert_eq!(out["failed"], 1);
+        assert!(
+            out["records"][0]["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("ObjectCreated"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn direct_invokes_answer_the_photo_or_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let out = call(&service, json!({"image": {"s3": "s3://photos/ok.jpg"}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out["width"].as_u64(), out["height"].as_u64()),
+            (Some(6), Some(4))
+        );
+        assert_eq!(out["faces"][0]["embedding"], json!([1.0, 0.0]));
+        assert_eq!(
+            out["models"],
+            json!({"detector": "det", "recognizer": "rec"})
+        );
+        let err = call(&service, json!({"image": {"s3": "s3://photos/flaky.jpg"}}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type, ErrorType::Retryable);
+        let err = call(&service, json!({"image": {"path": "a.jpg"}}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type, ErrorType::InvalidInput);
+    }
 }

@@ -1,0 +1,156 @@
+//! The `faces` binary's local mode, as a user runs it: `faces invoke <EVENT_FILE>`.
+//!
+//! Needs the setup's library and models (`make test` exports their paths).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faces"));
+    cmd.current_dir(repo())
+        .args(args)
+        .env("COLDPATH_INTRA_THREADS", "1")
+        // Local runs: `s3://` reads events/data, and no result may leave the machine.
+        .env_remove("AWS_LAMBDA_FUNCTION_NAME")
+        .env_remove("COLDPATH_OBJECT_STORE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run faces")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "stdout must be exactly one JSON document: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn invoke_prints_only_the_response_json() {
+    assert!(
+        std::env::var("ORT_DYLIB_PATH").is_ok(),
+        "run with `make test` so ORT_DYLIB_PATH is set"
+    );
+    let out = invoke(&["invoke", "events/faces/direct.json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    let faces = json["faces"].as_array().unwrap();
+    assert!(faces.len() >= 3, "{json}");
+    assert_eq!(faces[0]["embedding"].as_array().unwrap().len(), 128);
+    assert_eq!(json["width"], 1600);
+    // Logs, including the cold-start record, go to stderr.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cold start"));
+}
+
+#[test]
+fn local_paths_work_in_invoke_mode() {
+    let out = invoke(&["invoke", "events/faces/direct-path.json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_json(&out)["faces"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn s3_event_writes_results_and_reports_bad_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("local:{}", dir.path().display());
+    let out = invoke(
+        &["invoke", "events/faces/s3-put.json"],
+        &[("COLDPATH_RESULT_SINK", &sink)],
+    );
+    // Bad records are reported, not raised: the invocation succeeds.
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    assert_eq!(json["succeeded"], 2, "{json}");
+    assert_eq!(json["failed"], 2, "{json}");
+    assert!(
+        dir.path()
+            .join("faces/photos/family photo.jpg.json")
+            .is_file()
+    );
+    assert!(dir.path().join("faces/photos/group.jpg.json").is_file());
+}
+
+#[test]
+fn invoke_reports_errors_in_lambda_shape_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"image": {"s3": "s3://photos/not-a-photo.txt"}}"#).unwrap();
+    let out = invoke(&["invoke", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "InvalidInput");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported image format"),
+        "{json}"
+    );
+}
+
+#[test]
+fn bad_config_and_missing_models_are_clear_start_up_errors() {
+    let out = invoke(
+        &["invoke", "events/faces/direct.json"],
+        &[("FACES_MIN_SCORE", "2")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "Config");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("FACES_MIN_SCORE"),
+        "{json}"
+    );
+    let out = invoke(
+        &["invoke", "events/faces/direct.json"],
+        &[
+            ("FACES_DETECTOR_SOURCE", "/nonexistent/yunet"),
+            ("FACES_DETECTOR_SHA256", ""),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["errorType"], "ModelLoad");
+    assert!(
+        json["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/yunet"),
+        "{json}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&["invoke"][..], &["serve", "x"][..]] {
+        let out = invoke(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("usage: faces"));
+    }
+}
