@@ -40,6 +40,7 @@ LAYER_FILES = {
     "ThirdPartyNotices.txt": ORT_DIR / "ThirdPartyNotices.txt",
 }
 LAMBDA_DIR = ROOT / "target" / "lambda"
+GLIBC_TARGET = "x86_64-unknown-linux-gnu.2.34"
 # Lambda's documented quotas, in bytes: deployment package (zipped, direct upload) and
 # function + layers unzipped.
 MAX_ZIPPED = 50 * 1024 * 1024
@@ -54,14 +55,20 @@ def cargo_lambda() -> list[str] | None:
     return None
 
 
-def build(command: list[str], functions: list[str]) -> None:
+def build(command: list[str], functions: list[str]) -> bool:
     # --disable-optimizations keeps the workspace's own release profile (panic = "unwind", so the
     # runtime reports a handler panic; strip = "debuginfo") instead of cargo-lambda's defaults.
-    args = command + ["build", "--release", "--x86-64", "--disable-optimizations"]
+    # The target pins glibc 2.34, Amazon Linux 2023's, so the binary never needs a newer symbol
+    # than provided.al2023 has (cargo-lambda links through zig to make that possible).
+    args = command + ["build", "--release", "--target", GLIBC_TARGET, "--disable-optimizations"]
     for f in functions:
         args += ["--bin", f]
+    # cargo-lambda finds zig as `python3 -m ziglang`; the ziglang wheel comes with cargo-lambda
+    # into the virtual environment, so that environment's python3 must come first on PATH.
+    env = dict(os.environ)
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     print("+ " + " ".join(args), file=sys.stderr)
-    subprocess.run(args, cwd=ROOT, check=True)
+    return subprocess.run(args, cwd=ROOT, env=env).returncode == 0
 
 
 def zip_files(zip_path: Path, files: dict[str, Path], executable: set[str]) -> None:
@@ -120,7 +127,9 @@ def main() -> int:
                 file=sys.stderr,
             )
             return 2
-        build(command, functions)
+        if not build(command, functions):
+            print("package: cargo lambda build failed (see above)", file=sys.stderr)
+            return 1
 
     layer_zip = layer()
     layer_unzipped = unzipped_size(layer_zip)
