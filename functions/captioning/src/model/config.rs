@@ -243,12 +243,18 @@ impl Generation {
     }
 }
 
-/// `size` in `preprocessor_config.json`: ViTImageProcessor writes `{"height", "width"}`.
+/// `size` in `preprocessor_config.json`: ViTImageProcessor writes `{"height", "width"}`; older
+/// ViTFeatureExtractor configs (nlpconnect/vit-gpt2-image-captioning's among them) a bare number
+/// for a square.
 #[derive(Debug, Clone, Deserialize)]
-pub(crate) struct SizeField {
-    pub height: Option<u32>,
-    pub width: Option<u32>,
-    pub shortest_edge: Option<u32>,
+#[serde(untagged)]
+pub(crate) enum SizeField {
+    Square(u32),
+    /// Missing fields (a `shortest_edge` config) are rejected when resolving.
+    Dims {
+        height: Option<u32>,
+        width: Option<u32>,
+    },
 }
 
 /// The fields of `preprocessor_config.json` (ViTImageProcessor) that preprocessing uses.

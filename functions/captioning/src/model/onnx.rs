@@ -324,3 +324,129 @@ impl StepModel for Run<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! On the generated tiny model (`tests/fixtures/captioning/gen_tiny_model.py`): 2 layers,
+    //! 2 heads of 16, vocabulary 65. Needs the ONNX Runtime library (`ORT_DYLIB_PATH`).
+
+    use super::*;
+    use crate::model::config::{
+        DECODER_FILE, DECODER_MERGED_FILE, DECODER_WITH_PAST_FILE, DEFAULT_MODEL_SOURCE,
+        ENCODER_FILE,
+    };
+    use coldpath_core::ProcessEnv;
+    use coldpath_models::{OrtRuntime, SessionConfig, Threads};
+    use ndarray::Array4;
+    use std::path::Path;
+
+    const START: u32 = 64;
+
+    fn sessions(merged: bool) -> Sessions {
+        let runtime = OrtRuntime::load(&OrtRuntime::library_from_env(&ProcessEnv))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = SessionConfig {
+            intra_threads: Threads::Fixed(1),
+            ..SessionConfig::default()
+        };
+        let dir = Path::new(DEFAULT_MODEL_SOURCE);
+        let build = |f: &str| runtime.build_session(f, &dir.join(f), &config).unwrap().0;
+        let pool = |f: &str| SessionPool::new(vec![build(f)]).unwrap();
+        let decoder = if merged {
+            DecoderSessions::Merged(pool(DECODER_MERGED_FILE))
+        } else {
+            DecoderSessions::Split {
+                decoder: pool(DECODER_FILE),
+                with_past: Some(pool(DECODER_WITH_PAST_FILE)),
+            }
+        };
+        Sessions::new(build(ENCODER_FILE), decoder).unwrap()
+    }
+
+    fn two_images() -> Array4<f32> {
+        let mut px = Array4::<f32>::zeros((2, 3, 32, 32));
+        px.index_axis_mut(Axis(0), 1).fill(0.5);
+        px
+    }
+
+    fn max_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn signature_is_read_from_the_graph() {
+        for merged in [true, false] {
+            let s = sessions(merged);
+            assert_eq!(
+                s.past_names,
+                [
+                    "past_key_values.0.key",
+                    "past_key_values.0.value",
+                    "past_key_values.1.key",
+                    "past_key_values.1.value"
+                ]
+            );
+            assert_eq!((s.heads, s.head_dim), (2, 16));
+            assert!(!s.cache_position);
+            assert!(s.has_cache());
+        }
+    }
+
+    #[test]
+    fn cache_grows_one_step_at_a_time_and_follows_row_selection() {
+        for merged in [true, false] {
+            let s = sessions(merged);
+            let states = s.encode(&two_images()).unwrap();
+            assert_eq!(states.shape(), &[2, 16, 32]);
+            let mut cached = Run::new(&s, states.clone(), true);
+            let mut plain = Run::new(&s, states, false);
+            let mut prefixes = vec![vec![START], vec![START]];
+            for step in 1..=3 {
+                let a = cached.next_logits(&prefixes).unwrap();
+                let b = plain.next_logits(&prefixes).unwrap();
+                assert_eq!(a.shape(), &[prefixes.len(), 65]);
+                // Same computation, different kernels shapes: agree to float rounding.
+                assert!(max_diff(&a, &b) < 1e-4, "step {step}: {}", max_diff(&a, &b));
+                let past = cached.past.as_ref().unwrap();
+                assert_eq!(past.len(), 4);
+                for p in past {
+                    assert_eq!(p.shape(), &[prefixes.len(), 2, step, 16], "merged={merged}");
+                }
+                assert!(plain.past.is_none());
+                for (r, p) in prefixes.iter_mut().enumerate() {
+                    p.push(r as u32 + 1);
+                }
+                if step == 2 {
+                    // Row 1 seeds two beams, row 0 one.
+                    let rows = [1, 1, 0];
+                    cached.keep_rows(&rows).unwrap();
+                    plain.keep_rows(&rows).unwrap();
+                    prefixes = rows.iter().map(|&r| prefixes[r].clone()).collect();
+                    assert_eq!(cached.past.as_ref().unwrap()[0].shape(), &[3, 2, 2, 16]);
+                    assert_eq!(cached.encoder_states.shape(), &[3, 16, 32]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_step_rows_are_errors_not_panics() {
+        let s = sessions(true);
+        let mut run = Run::new(&s, s.encode(&two_images()).unwrap(), true);
+        assert!(matches!(
+            run.keep_rows(&[2]),
+            Err(CaptionError::Inference(_))
+        ));
+        assert!(matches!(
+            run.next_logits(&[vec![START]]),
+            Err(CaptionError::Inference(_))
+        ));
+        assert!(matches!(
+            run.next_logits(&[vec![START], vec![START, 1]]),
+            Err(CaptionError::Inference(_))
+        ));
+    }
+}

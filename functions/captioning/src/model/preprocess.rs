@@ -12,7 +12,7 @@ use image::RgbImage;
 use ndarray::{Array4, s};
 
 use super::CaptionError;
-use super::config::{PREPROCESSOR_FILE, PreprocessorFile};
+use super::config::{PREPROCESSOR_FILE, PreprocessorFile, SizeField};
 
 /// Resolved preprocessing settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +34,12 @@ impl Preprocessor {
         let size = file
             .size
             .ok_or_else(|| bad("needs size {\"height\", \"width\"}".into()))?;
-        let (height, width) = match (size.height, size.width, size.shortest_edge) {
-            (Some(h), Some(w), _) if h > 0 && w > 0 => (h, w),
+        let (height, width) = match size {
+            SizeField::Square(n) if n > 0 => (n, n),
+            SizeField::Dims {
+                height: Some(h),
+                width: Some(w),
+            } if h > 0 && w > 0 => (h, w),
             _ => {
                 return Err(bad(
                     "size must give a positive height and width (shortest_edge resizing is not supported)".into(),
@@ -181,6 +185,17 @@ mod tests {
         assert_eq!(x.shape(), &[2, 3, 4, 4]);
         assert!(x.slice(s![.., 0, .., ..]).iter().all(|&v| v == 1.0));
         assert!(x.slice(s![.., 1, .., ..]).iter().all(|&v| v == -1.0));
+    }
+
+    #[test]
+    fn accepts_the_old_square_size_of_vit_feature_extractor() {
+        let file: PreprocessorFile = serde_json::from_str(
+            r#"{"do_normalize": true, "do_resize": true, "feature_extractor_type": "ViTFeatureExtractor",
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 224}"#,
+        )
+        .unwrap();
+        let p = Preprocessor::from_file(file).unwrap();
+        assert_eq!((p.height, p.width, p.resize), (224, 224, true));
     }
 
     #[test]
