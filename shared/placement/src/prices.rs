@@ -127,3 +127,47 @@ impl Prices {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../infra/placement/prices.toml"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_committed_prices_parse_and_cite_their_sources() {
+        let p = Prices::from_str(&committed(), Path::new("prices.toml")).unwrap();
+        assert!(p.sources.len() >= 3);
+        assert!(
+            p.sources
+                .iter()
+                .all(|s| s.url.starts_with("https://") && !s.read_on.is_empty())
+        );
+        assert_eq!(p.instance("g5.xlarge", Path::new("x")).unwrap().gpus, 1);
+        assert!(p.instance("p5.48xlarge", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn uncited_or_non_positive_prices_are_rejected() {
+        let text = committed();
+        let start = text.find("[[sources]]").unwrap();
+        let end = text.find("[lambda]").unwrap();
+        let uncited = format!("sources = []\n{}", &text[end..]);
+        let err = Prices::from_str(&uncited, Path::new("p.toml")).unwrap_err();
+        assert!(err.to_string().contains("every price must cite"), "{err}");
+        assert!(start < end);
+        let free = text.replace("gb_second_usd = 0.0000166667", "gb_second_usd = 0.0");
+        let err = Prices::from_str(&free, Path::new("p.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("lambda.gb_second_usd must be a positive price"),
+            "{err}"
+        );
+    }
+}

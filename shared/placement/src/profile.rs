@@ -173,3 +173,65 @@ impl Profile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "t"
+description = "t"
+always_on_instance = "g5.xlarge"
+[traffic.a]
+requests_per_month = 10
+[traffic.b]
+requests_per_month = 10
+"#;
+
+    #[test]
+    fn a_scenario_must_host_each_workload_exactly_once() {
+        let twice = format!(
+            "{BASE}[[scenarios]]\nname = \"s\"\npods = [{{ instance = \"x\", count = 1, hosts = [\"a\", \"b\"] }}]\nserverless_gpu = [\"a\"]\n"
+        );
+        let err = Profile::from_str(&twice, Path::new("p.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must host workload a exactly once"),
+            "{err}"
+        );
+        let missing = format!("{BASE}[[scenarios]]\nname = \"s\"\nserverless_gpu = [\"a\"]\n");
+        let err = Profile::from_str(&missing, Path::new("p.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("workload b exactly once") && msg.ends_with("found 0"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn negative_traffic_and_unknown_fields_are_rejected() {
+        let err = Profile::from_str(
+            &BASE.replace("= 10\n[traffic.b]", "= -1\n[traffic.b]"),
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("traffic.a.requests_per_month"),
+            "{err}"
+        );
+        let err =
+            Profile::from_str(&format!("{BASE}requets = 3\n"), Path::new("p.toml")).unwrap_err();
+        assert!(matches!(err, InputError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_profiles_parse() {
+        for name in ["founding.toml", "bulk.toml"] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../infra/placement/profiles")
+                .join(name);
+            let p = Profile::from_file(&path).unwrap();
+            assert_eq!(p.traffic.len(), 3, "{name}");
+        }
+    }
+}
