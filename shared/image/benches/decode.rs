@@ -6,7 +6,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use coldpath_image::{ChannelOrder, ImageLimits, RgbImage, decode, to_nchw};
+use coldpath_image::{ChannelOrder, ImageLimits, RgbImage, decode, orient, to_nchw};
+use image::DynamicImage;
+use image::metadata::Orientation;
 
 const ROUNDS: usize = 9;
 
@@ -54,6 +56,34 @@ fn main() {
             iters,
             || {
                 black_box(decode(black_box(&bytes), &limits).ok());
+            },
+        );
+    }
+    // EXIF orientation 6 (a portrait phone photo): `image`'s apply_orientation against the
+    // tiled `orient` that decode uses, same buffers, alternating in each round.
+    for (w, h, iters) in [(1600, 1000, 10), (4000, 3000, 2)] {
+        let src = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+        time(
+            &format!("orientation 6 {w}x{h}: image apply_orientation"),
+            iters,
+            || {
+                let mut d = DynamicImage::ImageRgb8(src.clone());
+                d.apply_orientation(Orientation::Rotate90);
+                black_box(d);
+            },
+        );
+        time(
+            &format!("orientation 6 {w}x{h}: coldpath orient"),
+            iters,
+            || {
+                black_box(orient(src.clone(), 6));
+            },
+        );
+        time(
+            &format!("clone only {w}x{h} (in both of the above)"),
+            iters,
+            || {
+                black_box(src.clone());
             },
         );
     }

@@ -32,6 +32,7 @@ mod error;
 mod geometry;
 mod limits;
 mod loader;
+mod orient;
 mod source;
 mod tensor;
 
@@ -43,6 +44,7 @@ pub use geometry::{
 };
 pub use limits::ImageLimits;
 pub use loader::ImageLoader;
+pub use orient::orient;
 pub use source::ImageRef;
 pub use tensor::{ChannelOrder, to_nchw};
 
