@@ -23,6 +23,16 @@
 //! # let _ = (input, box_in_photo); Ok(()) }
 //! ```
 //!
+//! Which resampling: [`resize`] is bilinear with antialiasing when shrinking (PIL's and `image`'s
+//! semantics: for PyTorch/PIL-trained models such as captioning encoders); [`resize_linear`] is
+//! OpenCV's `INTER_LINEAR` (for OpenCV references such as YuNet, whose recipe is
+//! [`letterbox_with`] `{ fill: black, anchor: TopLeft, resample: Linear }`). Both use
+//! fast_image_resize, chosen by measurement (`shared/image/BENCHMARKS.md`). [`orient`] is the
+//! EXIF turn [`decode`] applies, public for callers that hold raw pixels.
+//!
+//! Configuration: [`ImageLimits::from_env`] reads `COLDPATH_IMAGE_MAX_BYTES`,
+//! `COLDPATH_IMAGE_MAX_PIXELS` and `COLDPATH_IMAGE_MAX_SIDE` once at init.
+//!
 //! Every failure is an [`ImageError`] that implements [`coldpath_core::Classify`]: bad,
 //! oversized or undecodable input and missing objects are `InvalidInput`, transient fetch
 //! failures `Retryable`, a missing object store `Config`. Nothing here panics on input.
