@@ -39,6 +39,9 @@ struct Case {
     images: Vec<String>,
     num_beams: usize,
     max_new_tokens: usize,
+    /// Fields patched into generation_config.json for this case (stopping rule, length penalty).
+    #[serde(default)]
+    generation_overrides: serde_json::Map<String, serde_json::Value>,
     token_ids: Vec<Vec<u32>>,
     texts: Vec<String>,
 }
@@ -66,11 +69,16 @@ fn runtime() -> Arc<OrtRuntime> {
 }
 
 fn load(layout: &str, extra: &[(&str, &str)]) -> Result<CaptionModel, CaptionError> {
+    load_from(&tiny_model_dir(), layout, extra)
+}
+
+fn load_from(
+    dir: &std::path::Path,
+    layout: &str,
+    extra: &[(&str, &str)],
+) -> Result<CaptionModel, CaptionError> {
     let mut env = MapEnv::new([
-        (
-            "CAPTIONING_MODEL_SOURCE",
-            tiny_model_dir().display().to_string(),
-        ),
+        ("CAPTIONING_MODEL_SOURCE", dir.display().to_string()),
         ("CAPTIONING_DECODER_LAYOUT", layout.to_string()),
     ]);
     for (k, v) in extra {
@@ -82,7 +90,7 @@ fn load(layout: &str, extra: &[(&str, &str)]) -> Result<CaptionModel, CaptionErr
         intra_threads: Threads::Fixed(1),
         ..SessionConfig::default()
     };
-    CaptionModel::load(&config, &tiny_model_dir(), &runtime(), &session)
+    CaptionModel::load(&config, dir, &runtime(), &session)
 }
 
 fn model(layout: DecoderLayout) -> &'static CaptionModel {
@@ -142,7 +150,11 @@ fn token_ids_match_the_python_reference_in_every_layout_and_cache_mode() {
     );
     for layout in [DecoderLayout::Merged, DecoderLayout::Split] {
         let model = model(layout);
-        for case in &reference.cases {
+        for case in reference
+            .cases
+            .iter()
+            .filter(|c| c.generation_overrides.is_empty())
+        {
             let pixels = batch_pixels(&case.images);
             let limits = vec![Some(case.max_new_tokens); case.images.len()];
             for use_cache in [true, false] {
@@ -162,6 +174,48 @@ fn token_ids_match_the_python_reference_in_every_layout_and_cache_mode() {
                 );
                 assert_eq!(texts, case.texts, "{} {layout:?}", case.name);
             }
+        }
+    }
+}
+
+/// Beam search under early_stopping false and "never" and length penalties 2.0 and 0.5: the
+/// tiny model is copied with those fields patched into its generation_config.json, as the
+/// reference patched them.
+#[test]
+fn beam_stopping_rules_and_length_penalties_match_the_reference() {
+    let cases: Vec<&Case> = reference()
+        .cases
+        .iter()
+        .filter(|c| !c.generation_overrides.is_empty())
+        .collect();
+    assert!(cases.len() >= 4, "reference has the stopping-rule cases");
+    for case in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for entry in std::fs::read_dir(tiny_model_dir()).expect("model dir") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+        let gen_path = dir.path().join("generation_config.json");
+        let mut generation: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&gen_path).expect("read"))
+                .expect("generation_config.json");
+        generation.extend(case.generation_overrides.clone());
+        std::fs::write(&gen_path, serde_json::to_string(&generation).expect("json"))
+            .expect("write");
+        let model = load_from(dir.path(), "merged", &[]).unwrap_or_else(|e| panic!("{e}"));
+        let pixels = batch_pixels(&case.images);
+        let limits = vec![Some(case.max_new_tokens); case.images.len()];
+        for use_cache in [true, false] {
+            let options = DecodeOptions {
+                num_beams: case.num_beams,
+                use_cache,
+            };
+            assert_eq!(
+                ids_of(&model, &pixels, &limits, options),
+                case.token_ids,
+                "{} use_cache={use_cache}",
+                case.name
+            );
         }
     }
 }
