@@ -187,11 +187,18 @@ pub enum EarlyStopping {
 /// Generation settings resolved from the file and the environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
+    /// The first decoder token (`decoder_start_token_id`, else `bos_token_id`).
     pub decoder_start_token_id: u32,
+    /// Any of these ends a caption (`eos_token_id`, one id or a list).
     pub eos_token_ids: Vec<u32>,
+    /// `pad_token_id`, else the first EOS. Finished captions leave the batch instead of being
+    /// padded, so this is informational.
     pub pad_token_id: u32,
+    /// 1 = greedy; from `CAPTIONING_NUM_BEAMS`, else the file, else 1.
     pub num_beams: usize,
+    /// The default per-image token limit (see [`CaptionModelConfig::max_new_tokens`]).
     pub max_new_tokens: usize,
+    /// Beam hypotheses score `sum of log-probs / length ^ length_penalty` (default 1.0).
     pub length_penalty: f64,
     pub early_stopping: EarlyStopping,
 }
