@@ -52,7 +52,29 @@ fn tensor_dims(session: &Session, name: &str) -> Option<Vec<i64>> {
     }
 }
 
+/// Inputs this runner knows how to feed; a graph asking for anything else (a decoder attention
+/// mask, position ids) is refused at load rather than failing on the first caption.
+fn known_input(name: &str) -> bool {
+    matches!(
+        name,
+        "pixel_values"
+            | "input_ids"
+            | "encoder_hidden_states"
+            | "use_cache_branch"
+            | "cache_position"
+    ) || name.starts_with(PAST_PREFIX)
+}
+
 fn require_inputs(s: &Session, file: &str, needed: &[&str]) -> Result<(), CaptionError> {
+    if let Some(unknown) = s.inputs().iter().find(|i| !known_input(i.name())) {
+        return Err(CaptionError::bad_model(
+            file,
+            format!(
+                "the graph takes input {} that an optimum ViT-GPT2-style export does not have",
+                unknown.name()
+            ),
+        ));
+    }
     for name in needed {
         if !s.inputs().iter().any(|i| i.name() == *name) {
             return Err(CaptionError::bad_model(
@@ -429,6 +451,21 @@ mod tests {
                     assert_eq!(cached.encoder_states.shape(), &[3, 16, 32]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn inputs_outside_the_export_interface_are_refused() {
+        for ok in [
+            "input_ids",
+            "past_key_values.3.value",
+            "use_cache_branch",
+            "cache_position",
+        ] {
+            assert!(known_input(ok), "{ok}");
+        }
+        for unknown in ["attention_mask", "decoder_attention_mask", "position_ids"] {
+            assert!(!known_input(unknown), "{unknown}");
         }
     }
 
