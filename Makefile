@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 CARGO ?= cargo
-FUNCTIONS := embeddings
+FUNCTIONS := embeddings faces captioning
 # The environment the binaries need locally (ORT library, model paths), as `export` lines.
 ENV = eval "$$($(PYTHON) bootstrap.py env)"
 
@@ -18,6 +18,9 @@ help:
 	@echo "make bench      side-by-side benchmarks against the Python reference"
 	@echo "make invoke FUNCTION=embeddings EVENT=events/embeddings/direct.json"
 	@echo "make env        print the export lines the binaries need; eval \"\$$(make -s env)\""
+	@echo "make check-infra  cfn-lint, checkov and \`coldpath check\` on the templates"
+	@echo "make package    Lambda zips and the ONNX Runtime layer, with sizes (needs cargo-lambda)"
+	@echo "make fixtures   regenerate every committed fixture from its script"
 
 # Fetches and verifies ONNX Runtime, the models and the Python tools; a no-op when all is in place.
 setup:
@@ -64,9 +67,16 @@ bench: build
 	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/embeddings-cold-start-no-graph-cache.json \
 	    --rust "env -u COLDPATH_OPTIMIZED_MODEL_DIR $(COLD_RUST)" --python "$(COLD_PYTHON)"
 
-# Regenerates the committed reference vectors (needs setup).
+# Regenerates every committed fixture from its script (needs setup); each script is
+# deterministic, so a clean `git status` afterwards means the fixtures are what the scripts make.
 fixtures: setup
 	.venv/bin/python tests/fixtures/gen_embeddings_reference.py
+	.venv/bin/python tests/fixtures/faces/gen_photos.py
+	.venv/bin/python tests/fixtures/faces/gen_opencv_reference.py
+	.venv/bin/python tests/fixtures/faces/gen_insightface_models.py
+	.venv/bin/python tests/fixtures/captioning/gen_tiny_model.py
+	.venv/bin/python tests/fixtures/captioning/reference_decode.py
+	.venv/bin/python shared/image/fixtures/gen_resize_reference.py
 
 clean:
 	$(CARGO) clean
