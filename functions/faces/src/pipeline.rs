@@ -140,6 +140,23 @@ pub fn letterbox(
     Letterboxed { canvas, scale }
 }
 
+/// `FaceDetectorYN`'s `top_k`: `NMSBoxes` keeps at most this many candidates, best first.
+pub const OPENCV_TOP_K: usize = 5000;
+
+/// What `cv::dnn::NMSBoxes` does before suppressing, as `FaceDetectorYN` calls it: only when
+/// there is more than one candidate, it keeps scores strictly above the threshold (decoding kept
+/// `>=`), then at most `top_k` of them by score.
+fn opencv_nms_candidates(mut candidates: Vec<Detection>, min_score: f32) -> Vec<Detection> {
+    if candidates.len() > 1 {
+        candidates.retain(|d| d.score > min_score);
+        if candidates.len() > OPENCV_TOP_K {
+            candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+            candidates.truncate(OPENCV_TOP_K);
+        }
+    }
+    candidates
+}
+
 /// How a family feeds pixels to its models: `(pixel - mean) / std` per plane, in `order`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Normalization {
@@ -416,12 +433,14 @@ impl OnnxFaces {
         // (integer rects there); insightface after mapping back to the photo (its +1 pixel
         // areas are photo pixels).
         let kept = match self.family {
-            ModelFamily::YunetSface => {
-                nms(candidates, options.nms_iou, OverlapRule::OpenCvIntegerRects)
-                    .into_iter()
-                    .map(|d| d.unscaled(boxed.scale))
-                    .collect()
-            }
+            ModelFamily::YunetSface => nms(
+                opencv_nms_candidates(candidates, options.min_score),
+                options.nms_iou,
+                OverlapRule::OpenCvIntegerRects,
+            )
+            .into_iter()
+            .map(|d| d.unscaled(boxed.scale))
+            .collect(),
             ModelFamily::ScrfdArcface => nms(
                 candidates
                     .into_iter()
@@ -678,6 +697,23 @@ mod tests {
         assert!((arc[0] - (10.0 - 127.5) / 127.5).abs() < 1e-6);
         assert!((arc[4] - 1.0).abs() < 1e-6);
         assert_eq!(arc[6..], arc[..6]);
+    }
+
+    #[test]
+    fn opencv_drops_threshold_ties_only_among_several_candidates() {
+        let d = |score| Detection {
+            x: 0.0,
+            y: 0.0,
+            width: 1.0,
+            height: 1.0,
+            score,
+            landmarks: [[0.0; 2]; 5],
+        };
+        assert_eq!(opencv_nms_candidates(vec![d(0.9)], 0.9).len(), 1);
+        let kept = opencv_nms_candidates(vec![d(0.9), d(0.95)], 0.9);
+        assert_eq!(kept, vec![d(0.95)]);
+        let many = opencv_nms_candidates(vec![d(0.95); OPENCV_TOP_K + 3], 0.9);
+        assert_eq!(many.len(), OPENCV_TOP_K);
     }
 
     #[test]
