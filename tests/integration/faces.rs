@@ -805,3 +805,34 @@ async fn s3_event_through_moto_reads_photos_and_writes_results_to_s3() {
         assert_eq!(result["faces"].as_array().unwrap().len(), n, "{key}");
     }
 }
+
+#[test]
+fn min_face_size_is_in_original_pixels() {
+    // group.jpg's faces are about 210, 94 and 90 px wide in the photo but 84, 38 and 36 px in
+    // the ×0.4 letterbox: a 150 px floor keeps only the big one, so it is measured in the photo.
+    let (faces, options) = yunet();
+    let image = photo("events/data/photos/group.jpg");
+    let all = faces.detect(&image, &options).unwrap();
+    assert_eq!(all.len(), 3);
+    let big = faces
+        .detect(
+            &image,
+            &DetectOptions {
+                min_face_size: 150.0,
+                ..options
+            },
+        )
+        .unwrap();
+    assert_eq!(big.len(), 1);
+    assert!(big[0].width >= 150.0 && big[0].height >= 150.0, "{big:?}");
+    let none = faces
+        .detect(
+            &image,
+            &DetectOptions {
+                min_face_size: 400.0,
+                ..options
+            },
+        )
+        .unwrap();
+    assert!(none.is_empty());
+}
