@@ -149,7 +149,7 @@ impl FacesConfig {
             detector,
             recognizer,
             ort_library: OrtRuntime::library_from_env(env),
-            session: SessionConfig::from_env(env)?,
+            session: SessionConfig::from_env_with(env, &session_defaults())?,
             detect: DetectOptions {
                 min_score: float_in(env, "FACES_MIN_SCORE", (0.0, 1.0), score)?,
                 nms_iou: float_in(env, "FACES_NMS_IOU", (0.0, 1.0), nms)?,
@@ -174,6 +174,18 @@ impl FacesConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
         })
+    }
+}
+
+/// Faces' own session defaults, chosen by `benches/faces.rs` (see BENCHMARKS.md): the int8bq
+/// convolutions run faster dequantised once at load than through QDQ fusion, and the detector's
+/// and recogniser's thread pools must not spin against each other on Lambda's few vCPUs.
+/// `COLDPATH_QDQ_FUSION` / `COLDPATH_THREAD_SPINNING` still override them.
+fn session_defaults() -> SessionConfig {
+    SessionConfig {
+        qdq_fusion: false,
+        thread_spinning: false,
+        ..SessionConfig::default()
     }
 }
 

@@ -159,7 +159,7 @@ impl OrtRuntime {
     ) -> ort::Result<Session> {
         let cached = match (&config.optimized_model_dir, provider) {
             (Some(dir), Provider::Cpu) => {
-                optimized_model_path(dir, model, model_path, config.opt_level, &self.library)
+                optimized_model_path(dir, model, model_path, config, &self.library)
             }
             _ => None,
         };
@@ -230,7 +230,9 @@ impl OrtRuntime {
             .with_intra_threads(threads)?
             // One request runs at a time per session; a second pool would only contend for cores.
             .with_inter_threads(1)?
-            .with_parallel_execution(false)?)
+            .with_parallel_execution(false)?
+            .with_quant_qdq(config.qdq_fusion)?
+            .with_intra_op_spinning(config.thread_spinning)?)
     }
 }
 
@@ -273,7 +275,7 @@ fn optimized_model_path(
     dir: &Path,
     model: &str,
     model_path: &Path,
-    level: GraphOptLevel,
+    config: &SessionConfig,
     library: &Path,
 ) -> Option<PathBuf> {
     use sha2::{Digest, Sha256};
@@ -291,7 +293,9 @@ fn optimized_model_path(
     // The cache layout (graph plus a separate weights file); bump it when that changes.
     h.update("graph+external-weights/1");
     h.update(stamp(model_path)?);
-    h.update(format!("{level:?}"));
+    // Every option that changes the optimised graph: a graph cached under other options would
+    // load silently and undo them.
+    h.update(format!("{:?}/qdq={}", config.opt_level, config.qdq_fusion));
     h.update(stamp(library)?);
     let safe: String = model
         .chars()
@@ -311,15 +315,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn optimized_cache_name_follows_model_level_and_library() {
+    fn optimized_cache_name_follows_model_options_and_library() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model.onnx");
         let lib = dir.path().join("libonnxruntime.so");
         std::fs::write(&model, b"v1").unwrap();
         std::fs::write(&lib, b"lib").unwrap();
         let cache = dir.path().join("cache");
-        let a =
-            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::All, &lib).unwrap();
+        let all = SessionConfig::default();
+        let path =
+            |m: &Path, c: &SessionConfig| optimized_model_path(&cache, "all MiniLM", m, c, &lib);
+        let a = path(&model, &all).unwrap();
         assert!(a.starts_with(&cache));
         assert!(
             a.file_name()
@@ -327,27 +333,26 @@ mod tests {
                 .to_string_lossy()
                 .starts_with("all_MiniLM-")
         );
-        assert_eq!(
-            a,
-            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::All, &lib).unwrap()
-        );
-        let basic =
-            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::Basic, &lib).unwrap();
-        assert_ne!(a, basic);
+        assert_eq!(a, path(&model, &all).unwrap());
+        let basic = SessionConfig {
+            opt_level: GraphOptLevel::Basic,
+            ..SessionConfig::default()
+        };
+        assert_ne!(a, path(&model, &basic).unwrap());
+        // QDQ fusion changes the optimised graph, so it must change the cache entry.
+        let no_qdq = SessionConfig {
+            qdq_fusion: false,
+            ..SessionConfig::default()
+        };
+        assert_ne!(a, path(&model, &no_qdq).unwrap());
+        // Spinning is a run-time setting, not part of the graph.
+        let no_spin = SessionConfig {
+            thread_spinning: false,
+            ..SessionConfig::default()
+        };
+        assert_eq!(a, path(&model, &no_spin).unwrap());
         std::fs::write(&model, b"v2, a new deployment").unwrap();
-        assert_ne!(
-            a,
-            optimized_model_path(&cache, "all MiniLM", &model, GraphOptLevel::All, &lib).unwrap()
-        );
-        assert!(
-            optimized_model_path(
-                &cache,
-                "m",
-                &dir.path().join("missing"),
-                GraphOptLevel::All,
-                &lib
-            )
-            .is_none()
-        );
+        assert_ne!(a, path(&model, &all).unwrap());
+        assert!(path(&dir.path().join("missing"), &all).is_none());
     }
 }

@@ -98,6 +98,15 @@ pub struct SessionConfig {
     pub allow_cpu_fallback: bool,
     /// Where CPU sessions cache their optimised graph between cold starts; `None` turns it off.
     pub optimized_model_dir: Option<PathBuf>,
+    /// ONNX Runtime's QDQ fusion: int8 kernels for `QuantizeLinear`/`DequantizeLinear` patterns.
+    /// It pays off on int8 matrix work (the MiniLM embedder); where a quantised model's weights
+    /// are best dequantised once at load (the YuNet/SFace int8bq convolutions), turning it off
+    /// lets constant folding do that instead of dequantising on every run.
+    pub qdq_fusion: bool,
+    /// Whether intra-op threads spin while waiting for work. Spinning shaves latency off one
+    /// session's back-to-back ops; two sessions alternating on few cores (detector, recogniser)
+    /// spend the spin stealing each other's CPU.
+    pub thread_spinning: bool,
 }
 
 impl Default for SessionConfig {
@@ -108,6 +117,8 @@ impl Default for SessionConfig {
             provider: Provider::Cpu,
             allow_cpu_fallback: false,
             optimized_model_dir: None,
+            qdq_fusion: true,
+            thread_spinning: true,
         }
     }
 }
@@ -115,8 +126,18 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// Reads `COLDPATH_INTRA_THREADS` (`auto` or a count), `COLDPATH_GRAPH_OPT`
     /// (`disable|basic|extended|all`), `COLDPATH_PROVIDER` (`cpu|cuda|tensorrt`),
-    /// `COLDPATH_CUDA_DEVICE`, `COLDPATH_ALLOW_CPU_FALLBACK` and `COLDPATH_OPTIMIZED_MODEL_DIR`.
+    /// `COLDPATH_CUDA_DEVICE`, `COLDPATH_ALLOW_CPU_FALLBACK`, `COLDPATH_OPTIMIZED_MODEL_DIR`,
+    /// `COLDPATH_QDQ_FUSION` and `COLDPATH_THREAD_SPINNING`, with ONNX Runtime's defaults.
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        Self::from_env_with(env, &SessionConfig::default())
+    }
+
+    /// Like `from_env`, but an unset `COLDPATH_QDQ_FUSION` or `COLDPATH_THREAD_SPINNING` takes
+    /// the function's own default from `defaults` (what its benchmarks chose).
+    pub fn from_env_with(
+        env: &impl EnvSource,
+        defaults: &SessionConfig,
+    ) -> Result<Self, ConfigError> {
         let intra_threads = match config::get(env, "COLDPATH_INTRA_THREADS") {
             None => Threads::Auto,
             Some(v) if v.eq_ignore_ascii_case("auto") => Threads::Auto,
@@ -154,6 +175,12 @@ impl SessionConfig {
             allow_cpu_fallback: config::bool_or(env, "COLDPATH_ALLOW_CPU_FALLBACK", false)?,
             optimized_model_dir: config::get(env, "COLDPATH_OPTIMIZED_MODEL_DIR")
                 .map(PathBuf::from),
+            qdq_fusion: config::bool_or(env, "COLDPATH_QDQ_FUSION", defaults.qdq_fusion)?,
+            thread_spinning: config::bool_or(
+                env,
+                "COLDPATH_THREAD_SPINNING",
+                defaults.thread_spinning,
+            )?,
         })
     }
 }
@@ -245,12 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn function_defaults_apply_only_when_unset() {
+        let faces = SessionConfig {
+            qdq_fusion: false,
+            thread_spinning: false,
+            ..SessionConfig::default()
+        };
+        let c = SessionConfig::from_env_with(&MapEnv::default(), &faces).unwrap();
+        assert!(!c.qdq_fusion && !c.thread_spinning);
+        let env = MapEnv::new([
+            ("COLDPATH_QDQ_FUSION", "true"),
+            ("COLDPATH_THREAD_SPINNING", "1"),
+        ]);
+        let c = SessionConfig::from_env_with(&env, &faces).unwrap();
+        assert!(c.qdq_fusion && c.thread_spinning);
+    }
+
+    #[test]
     fn rejects_bad_options() {
         for (k, v) in [
             ("COLDPATH_INTRA_THREADS", "0"),
             ("COLDPATH_GRAPH_OPT", "max"),
             ("COLDPATH_PROVIDER", "tpu"),
             ("COLDPATH_CUDA_DEVICE", "x"),
+            ("COLDPATH_QDQ_FUSION", "maybe"),
         ] {
             let err = SessionConfig::from_env(&MapEnv::new([(k, v)])).unwrap_err();
             assert!(err.to_string().starts_with(k), "{err}");
