@@ -58,6 +58,8 @@ lint:
 BENCH_THREADS ?= 1
 COLD_RUST = env -u EMBEDDINGS_MODEL_SHA256 target/release/embeddings invoke events/embeddings/direct.json
 COLD_PYTHON = .venv/bin/python functions/embeddings/benches/python_cold.py
+COLD_FACES = target/release/faces invoke events/faces/direct.json
+COLD_OPENCV = .venv/bin/python functions/faces/benches/opencv_cold.py events/data/photos/group.jpg
 bench: build
 	@$(ENV); export BENCH_THREADS=$(BENCH_THREADS) COLDPATH_INTRA_THREADS=$(BENCH_THREADS); \
 	  $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings; \
@@ -66,6 +68,10 @@ bench: build
 	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON)"; \
 	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/embeddings-cold-start-no-graph-cache.json \
 	    --rust "env -u COLDPATH_OPTIMIZED_MODEL_DIR $(COLD_RUST)" --python "$(COLD_PYTHON)"
+	@$(ENV); $(CARGO) bench --locked -p coldpath-faces --bench faces; \
+	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/faces-cold-start.json \
+	    --rust "$(COLD_FACES)" --python "$(COLD_OPENCV)"
+	@$(ENV); $(CARGO) bench --locked -p coldpath-captioning --bench captioning
 
 # Regenerates every committed fixture from its script (needs setup); each script is
 # deterministic, so a clean `git status` afterwards means the fixtures are what the scripts make.
