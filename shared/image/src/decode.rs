@@ -96,6 +96,12 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageE
         format: format.as_str(),
         reason: e.to_string(),
     };
+    if format == Format::Jpeg && !jpeg_has_end(bytes) {
+        return Err(ImageError::Undecodable {
+            format: format.as_str(),
+            reason: "truncated: no end-of-image marker after the image data".to_string(),
+        });
+    }
 
     // Room for the decoded buffer at up to 8 bytes a pixel (16-bit RGBA) and as much again for
     // the decoder's working buffers (JPEG coefficients, PNG rows); the pixel check below is what
@@ -166,6 +172,33 @@ fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
             })
         }
     }
+}
+
+/// Whether a JPEG's image data is followed by its end-of-image marker (EOI, `FF D9`).
+///
+/// The JPEG decoder fills a scan that was cut off with grey and reports success, so a photo
+/// truncated in transit would be analysed as half a photo; we refuse it instead, as PIL does.
+/// Marker segments carry their length, so walking them from SOI to the first start-of-scan
+/// skips an EXIF thumbnail's own markers; inside entropy-coded data `FF` is always followed by
+/// `00` or a restart marker, so the first `FF D9` after that is the real end (bytes after it, which
+/// some cameras append, are allowed).
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        match bytes[i + 1] {
+            // Fill bytes before a marker.
+            0xFF => i += 1,
+            // Start of scan: the entropy-coded data follows.
+            0xDA => return bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+            // Markers without a length.
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => i += 2 + usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]])),
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -374,14 +407,30 @@ pub(crate) mod tests {
 
     #[test]
     fn truncated_jpeg_is_undecodable() {
-        let bytes = jpeg_bytes(&quadrants(64, 64));
-        for cut in [3, 20, bytes.len() / 2] {
+        let bytes = jpeg_bytes(&quadrants(256, 256));
+        // Inside the headers, inside the scan (the decoder alone would fill it with grey and
+        // succeed), and just the end marker missing.
+        for cut in [
+            3,
+            20,
+            bytes.len() / 2,
+            bytes.len() * 9 / 10,
+            bytes.len() - 2,
+        ] {
             let err = decode(&bytes[..cut], &limits()).unwrap_err();
             assert!(
                 matches!(err, ImageError::Undecodable { format: "jpeg", .. }),
                 "cut at {cut}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn bytes_after_the_jpeg_end_marker_are_allowed() {
+        let mut bytes = jpeg_bytes(&quadrants(64, 64));
+        bytes.extend_from_slice(b"trailer some cameras append");
+        let img = decode(&bytes, &limits()).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64));
     }
 
     #[test]
