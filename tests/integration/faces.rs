@@ -14,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
 use coldpath_aws::{ResultSink, S3Fetcher, SinkTarget};
+use coldpath_core::vector::cosine;
 use coldpath_core::{Classify, ErrorType, MapEnv};
-use coldpath_faces::pipeline::cosine;
 use coldpath_faces::{
     AnalyzeFaces, DetectOptions, Face, FacesConfig, FacesError, FacesService, OnnxFaces, handle,
 };

@@ -44,13 +44,7 @@ async fn main() -> ExitCode {
     };
     let started = match start(invoke).await {
         Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error_type = %e.error_type, "init failed: {}", e.message);
-            if invoke && let Err(write_err) = coldpath_runtime::print_json(&e.to_json()) {
-                tracing::error!("cannot write the error to stdout: {write_err}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return coldpath_runtime::init_failed(invoke, &e),
     };
     match run {
         Run::Function(mode) => {

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use coldpath_core::{Classify, ErrorType};
-use coldpath_models::SessionPool;
+use coldpath_models::{SessionPool, output_last_dim};
 use ndarray::{Array2, Ix3};
-use ort::value::{Tensor, ValueType};
+use ort::value::Tensor;
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::pooling::{Pooling, l2_normalize, pool};
@@ -157,16 +157,7 @@ impl OnnxEmbedder {
 
     /// The output's last dimension when the graph declares it (384 for all-MiniLM-L6-v2).
     fn declared_dimensions(&self) -> Option<usize> {
-        self.sessions.with(|s| {
-            let outlet = s.outputs().iter().find(|o| o.name() == self.output)?;
-            match outlet.dtype() {
-                ValueType::Tensor { shape, .. } => shape
-                    .last()
-                    .and_then(|&d| usize::try_from(d).ok())
-                    .filter(|&d| d > 0),
-                _ => None,
-            }
-        })
+        self.sessions.with(|s| output_last_dim(s, &self.output))
     }
 
     fn run_batch(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {

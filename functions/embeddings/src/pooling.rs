@@ -53,19 +53,7 @@ pub fn pool(
         .collect()
 }
 
-/// Scales `v` to unit L2 length; a zero vector stays zero (the 1e-12 clamp torch uses).
-pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
-}
-
-/// Cosine similarity of two vectors.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(1e-12)
-}
+pub use coldpath_core::vector::{cosine, l2_normalize};
 
 #[cfg(test)]
 mod tests {

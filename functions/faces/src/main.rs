@@ -22,15 +22,7 @@ async fn main() -> ExitCode {
     };
     let service = match start(matches!(mode, Mode::Invoke(_))).await {
         Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error_type = %e.error_type, "init failed: {}", e.message);
-            if matches!(mode, Mode::Invoke(_))
-                && let Err(write_err) = coldpath_runtime::print_json(&e.to_json())
-            {
-                tracing::error!("cannot write the error to stdout: {write_err}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return coldpath_runtime::init_failed(matches!(mode, Mode::Invoke(_)), &e),
     };
     coldpath_runtime::run("faces", mode, Arc::new(service), handle).await
 }

@@ -6,8 +6,9 @@ use ndarray::Array4;
 use ort::session::Session;
 use ort::value::{Tensor, ValueType};
 
+use coldpath_core::vector::l2_normalize;
 use coldpath_core::{Classify, ErrorType};
-use coldpath_models::SessionPool;
+use coldpath_models::{SessionPool, output_last_dim};
 
 use crate::align::{ALIGNED_SIZE, AlignError, align_face};
 use crate::config::{DetectOptions, ModelFamily};
@@ -214,17 +215,6 @@ fn input_shape(session: &Session) -> Option<Vec<Option<usize>>> {
                 .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
                 .collect(),
         ),
-        _ => None,
-    }
-}
-
-fn output_last_dim(session: &Session, name: &str) -> Option<usize> {
-    let outlet = session.outputs().iter().find(|o| o.name() == name)?;
-    match outlet.dtype() {
-        ValueType::Tensor { shape, .. } => shape
-            .last()
-            .and_then(|&d| usize::try_from(d).ok())
-            .filter(|&d| d > 0),
         _ => None,
     }
 }
@@ -613,20 +603,6 @@ impl AnalyzeFaces for OnnxFaces {
     }
 }
 
-/// Scales `v` to unit L2 length; a zero vector stays zero.
-pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
-}
-
-/// Cosine similarity of two vectors.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(1e-12)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,13 +690,5 @@ mod tests {
         assert_eq!(kept, vec![d(0.95)]);
         let many = opencv_nms_candidates(vec![d(0.95); OPENCV_TOP_K + 3], 0.9);
         assert_eq!(many.len(), OPENCV_TOP_K);
-    }
-
-    #[test]
-    fn cosine_and_normalisation() {
-        let mut v = vec![3.0, 4.0];
-        l2_normalize(&mut v);
-        assert_eq!(v, vec![0.6, 0.8]);
-        assert!((cosine(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-6);
     }
 }

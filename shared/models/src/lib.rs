@@ -22,7 +22,7 @@ mod store;
 pub use digest::{Sha256Digest, sha256_file};
 pub use fetch::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 pub use ort_env::{DEFAULT_ORT_DYLIB_PATH, ORT_DYLIB_VAR, OrtRuntime};
-pub use pool::SessionPool;
+pub use pool::{SessionPool, output_last_dim};
 pub use session::{GraphOptLevel, Provider, SessionConfig, Threads, select_provider};
 pub use spec::{ModelFile, ModelKind, ModelSource, ModelSpec};
 pub use store::{ModelStore, ResolvedModel};

@@ -2,6 +2,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ort::session::Session;
+use ort::value::ValueType;
 
 /// A few sessions of one model shared between callers.
 ///
@@ -63,5 +64,17 @@ impl SessionPool {
                 .unwrap_or_else(|p| p.into_inner()),
         };
         f(&mut guard)
+    }
+}
+/// The last dimension of output `name` when the graph declares it (an embedding width), or
+/// `None` when the output is missing, not a tensor, or its last dimension is dynamic.
+pub fn output_last_dim(session: &Session, name: &str) -> Option<usize> {
+    let outlet = session.outputs().iter().find(|o| o.name() == name)?;
+    match outlet.dtype() {
+        ValueType::Tensor { shape, .. } => shape
+            .last()
+            .and_then(|&d| usize::try_from(d).ok())
+            .filter(|&d| d > 0),
+        _ => None,
     }
 }

@@ -41,6 +41,17 @@ impl Mode {
     }
 }
 
+/// Reports a failed init the way the mode expects and gives the exit code: the error is logged
+/// (in Lambda, the runtime's init-error report comes from the process exiting), and in `invoke`
+/// mode it is also printed on stdout in the Lambda error shape, like a handler error.
+pub fn init_failed(invoke: bool, error: &HandlerError) -> ExitCode {
+    tracing::error!(error_type = %error.error_type, "init failed: {}", error.message);
+    if invoke && let Err(write_err) = print_json(&error.to_json()) {
+        tracing::error!("cannot write the error to stdout: {write_err}");
+    }
+    ExitCode::FAILURE
+}
+
 /// Runs the handler once on the event in `path`, as the Lambda service would, without AWS.
 pub async fn invoke_file<S, F, Fut>(
     path: &Path,

@@ -10,6 +10,6 @@ mod invoke;
 mod logging;
 
 pub use error::HandlerError;
-pub use invoke::{Mode, UsageError, invoke_file, print_json, run};
+pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run};
 pub use lambda_runtime::{Context, LambdaEvent};
 pub use logging::{LogFormat, init_tracing};
