@@ -45,6 +45,8 @@ demo: build
 	    target/release/$$f invoke "$$e" 2>/dev/null | $(PYTHON) tools/show_response.py; \
 	  done; \
 	done
+	@echo "== captions in the local result sink, .cache/results/captioning/ (the generated tiny model: its words are noise)" >&2
+	@for r in .cache/results/captioning/*.json; do $(PYTHON) tools/show_response.py < "$$r"; done
 
 test: setup
 	@$(ENV); $(CARGO) test --workspace --locked

@@ -12,14 +12,19 @@ SHOWN = 4  # leading vector components to show
 
 
 def shorten(value):
-    """Replaces every list of more than SHOWN numbers by its head and its length."""
+    """Replaces every list of more than SHOWN numbers by its head and its length, writes short
+    lists of numbers (landmark points) on one line, and rounds floats for reading."""
     if isinstance(value, dict):
         return {k: shorten(v) for k, v in value.items()}
     if isinstance(value, list):
-        if len(value) > SHOWN and all(isinstance(x, (int, float)) for x in value):
-            head = ", ".join(f"{x:.4f}" for x in value[:SHOWN])
-            return f"[{head}, ... {len(value)} values]"
+        if value and all(isinstance(x, (int, float)) for x in value):
+            head = ", ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in value[:SHOWN])
+            if len(value) > SHOWN:
+                return f"[{head}, ... {len(value)} values]"
+            return f"[{head}]"
         return [shorten(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 4)
     return value
 
 
