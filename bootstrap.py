@@ -185,7 +185,7 @@ DERIVED = (
             (YUNET_ORT / "model.onnx",
              "8e37c309b70b781183baf9c75305cf83fbc69383b809d9fe0576cde297f148e8"),
             (SFACE_ORT / "model.onnx",
-             "315cf7731828324997bbeff994c2788726ff1ab605939f30bd5f5dc24f1fab47"),
+             "487a139eb85ccd5ff30aef7d0add7f12d2bb7abb90c5f08a7f481b452a660e00"),
         ),
     ),
 )
