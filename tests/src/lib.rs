@@ -20,6 +20,18 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The response JSON a function binary printed in `invoke` mode, which must be the only thing on
+/// its stdout (logs go to stderr): one line, one JSON document.
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "stdout must be exactly one JSON document: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 /// A variable that `make test` exports from `bootstrap.py env`. Tests need the real library and
 /// model, so a missing one fails loudly with the fix instead of skipping.
 pub fn setup_var(name: &str) -> String {

@@ -4,18 +4,15 @@
 //! Needs the setup's library and model (`make test` exports their paths). Model: the tiny
 //! ViT-GPT2 from `tests/fixtures/captioning/gen_tiny_model.py`; photos: `events/data/photos/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use coldpath_tests::{repo_root, stdout_json};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_captioning"));
-    cmd.current_dir(repo())
+    cmd.current_dir(repo_root())
         .args(args)
         .env("COLDPATH_INTRA_THREADS", "1")
         .env("COLDPATH_OBJECT_STORE", "local:events/data")
@@ -28,16 +25,6 @@ fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run captioning")
-}
-
-fn stdout_json(out: &Output) -> Value {
-    let text = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "stdout must be exactly one JSON document: {text}"
-    );
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// The messageIds in the sample event whose body is not valid JSON.
@@ -75,7 +62,7 @@ fn invoke_prints_the_batch_response_and_writes_the_results() {
         .iter()
         .map(|f| f["itemIdentifier"].as_str().unwrap())
         .collect();
-    let malformed = malformed_ids(&repo().join("events/captioning/sqs-batch.json"));
+    let malformed = malformed_ids(&repo_root().join("events/captioning/sqs-batch.json"));
     assert_eq!(reported, malformed, "exactly the malformed record fails");
     assert_eq!(json.as_object().unwrap().len(), 1, "{json}");
 

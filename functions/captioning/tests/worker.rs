@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -18,11 +18,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::QueueAttributeName;
 use coldpath_aws::Queue;
 use coldpath_tests::moto::{MotoServer, create_queue};
+use coldpath_tests::repo_root;
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// A running worker whose stderr (JSON log lines) is read on a thread.
 struct WorkerProcess {
@@ -38,7 +35,7 @@ impl WorkerProcess {
             "run with `make test` so ORT_DYLIB_PATH and the model paths are set"
         );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_captioning"));
-        cmd.current_dir(repo())
+        cmd.current_dir(repo_root())
             .arg("worker")
             .env("CAPTIONING_QUEUE_URL", queue_url)
             .env("AWS_ENDPOINT_URL", &moto.endpoint)
@@ -399,7 +396,7 @@ fn a_queue_that_does_not_exist_stops_the_worker_with_exit_1() {
 #[test]
 fn a_worker_without_a_queue_url_or_result_sink_fails_at_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_captioning"))
-        .current_dir(repo())
+        .current_dir(repo_root())
         .arg("worker")
         .env_remove("CAPTIONING_QUEUE_URL")
         .env("COLDPATH_INTRA_THREADS", "1")

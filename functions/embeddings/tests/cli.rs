@@ -2,34 +2,19 @@
 //!
 //! Needs the setup's library and model (`make test` exports their paths).
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use coldpath_tests::{repo_root, stdout_json};
 
 fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_embeddings"));
-    cmd.current_dir(repo())
+    cmd.current_dir(repo_root())
         .args(args)
         .env("COLDPATH_INTRA_THREADS", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().expect("run embeddings")
-}
-
-fn stdout_json(out: &Output) -> Value {
-    let text = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "stdout must be exactly one JSON document: {text}"
-    );
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 #[test]
