@@ -2,6 +2,7 @@
 //! models, the committed reference fixtures, a process-wide embeddings service, and a local moto
 //! server for the S3 wire protocol.
 
+pub mod bench;
 pub mod moto;
 
 use std::path::PathBuf;

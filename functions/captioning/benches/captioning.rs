@@ -24,25 +24,12 @@ use std::time::Instant;
 use coldpath_captioning::model::{CaptionModel, CaptionModelConfig, DecodeOptions};
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_models::{OrtRuntime, SessionConfig};
+use coldpath_tests::bench::{machine, median};
 use ndarray::{Array4, Axis};
 use serde_json::{Value, json};
 
 const BATCHES: [usize; 3] = [1, 8, 32];
 const BEAMS: [usize; 2] = [1, 3];
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
 
 /// The committed test images, preprocessed, repeated to `n`.
 fn pixels(model: &CaptionModel, images_dir: &Path, n: usize) -> Array4<f32> {
@@ -61,19 +48,6 @@ fn pixels(model: &CaptionModel, images_dir: &Path, n: usize) -> Array4<f32> {
         .preprocessor()
         .pixel_values(&refs)
         .expect("preprocess")
-}
-
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_default();
-    json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())})
 }
 
 fn main() {

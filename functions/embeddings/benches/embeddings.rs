@@ -23,6 +23,7 @@ use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder, handle};
 use coldpath_models::{NoObjectStore, SessionPool};
 use coldpath_runtime::{Context, LambdaEvent};
+use coldpath_tests::bench::{machine, median};
 use ndarray::Array2;
 use ort::value::Tensor;
 use serde_json::{Value, json};
@@ -259,27 +260,12 @@ fn time_pipeline(
     })
 }
 
+/// Nearest-rank percentile; at p = 50 it is `median`'s sample.
 fn percentile(samples: &[f64], p: f64) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
     s[rank]
-}
-
-fn median(samples: &[f64]) -> f64 {
-    percentile(samples, 50.0)
-}
-
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())})
 }
 
 fn main() {

@@ -32,6 +32,7 @@ use coldpath_faces::{AnalyzeFaces, FacesConfig, FacesService, handle};
 use coldpath_image::{ImageLoader, decode};
 use coldpath_models::{LocalObjectDir, NoObjectStore};
 use coldpath_runtime::{Context, LambdaEvent};
+use coldpath_tests::bench::{machine, median};
 use serde_json::{Value, json};
 
 const PHOTOS: [&str; 4] = [
@@ -79,12 +80,6 @@ fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn median(samples: &[f64]) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
 /// The peak resident set of this process so far (`VmHWM`), in MiB.
 fn vm_hwm_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -96,18 +91,6 @@ fn vm_hwm_mib() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())})
 }
 
 /// One `opencv_ref.py` process: `repeats` timed rounds over every photo after one warm-up.

@@ -1,0 +1,39 @@
+//! What the functions' benchmarks share: the machine a figure was measured on, and the median
+//! they quote, so every BENCHMARKS.md means the same by both.
+
+use serde_json::{Value, json};
+
+/// The CPU model and the CPUs this process may use, recorded beside every figure.
+pub fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())})
+}
+
+/// The median of `samples`: the middle one, or the upper of the two middle ones for an even
+/// count (a measured sample, never an average of two); NaN when there are none.
+pub fn median(samples: &[f64]) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_takes_a_measured_sample() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(&[]).is_nan());
+        assert!(machine()["cpus"].as_u64().unwrap() >= 1);
+    }
+}
