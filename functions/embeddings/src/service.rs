@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use coldpath_core::cold_start::{ColdStartTimer, Phase};
 use coldpath_core::{Classify, ColdStartRecord, ErrorType};
-use coldpath_models::{ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool};
+use coldpath_models::{
+    ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool, run_blocking,
+};
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::Value;
 
@@ -23,7 +25,7 @@ pub enum EmbeddingsError {
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error("inference task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Classify for EmbeddingsError {
@@ -121,24 +123,6 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
             serde_json::json!({"statusCode": 500, "body": format!("{{\"error\":{{\"message\":\"{e}\"}}}}")})
         })
     }
-}
-
-/// Runs blocking inference without stalling the async executor.
-///
-/// On a multi-threaded runtime (the Lambda runtime's, and the worker's) `block_in_place` runs it
-/// right here after handing this worker's other tasks to another thread: no hop to a second
-/// thread and back, which on a small Lambda costs a noticeable share of a 4 ms query. A
-/// current-thread runtime (tests) cannot do that, so there it goes to the blocking pool.
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, EmbeddingsError> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return Ok(tokio::task::block_in_place(f));
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| EmbeddingsError::Task(e.to_string()))
 }
 
 fn log_failure(e: &EmbeddingsError) {

@@ -9,7 +9,9 @@ use coldpath_aws::{ResultSink, SinkError};
 use coldpath_core::cold_start::{ColdStartTimer, Phase};
 use coldpath_core::{Classify, ColdStartRecord, ErrorType};
 use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
-use coldpath_models::{ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool};
+use coldpath_models::{
+    ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool, run_blocking,
+};
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::{Value, json};
 
@@ -29,7 +31,7 @@ pub enum FacesError {
     #[error("writing the result: {0}")]
     Sink(#[from] SinkError),
     #[error("inference task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Classify for FacesError {
@@ -212,20 +214,6 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
         let location = self.sink.put(&format!("{bucket}/{key}"), &result).await?;
         Ok((key, faces, location))
     }
-}
-
-/// Runs blocking inference without stalling the async executor (see the embeddings function:
-/// in place on a multi-threaded runtime, on the blocking pool on a current-thread one).
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, FacesError> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return Ok(tokio::task::block_in_place(f));
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| FacesError::Task(e.to_string()))
 }
 
 fn log_failure(e: &FacesError) {

@@ -69,7 +69,7 @@ pub enum ImageError {
     Batch(String),
     /// The blocking decode task died (a panic inside the decoder, or the runtime shutting down).
     #[error("image decode task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Classify for ImageError {

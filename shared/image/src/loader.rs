@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use base64::Engine;
-use coldpath_models::ObjectFetcher;
+use coldpath_models::{ObjectFetcher, run_blocking};
 use tokio::io::AsyncReadExt;
 
 use crate::{DecodedImage, ImageError, ImageLimits, ImageRef, decode};
@@ -134,21 +134,6 @@ async fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, ImageError> {
         });
     }
     Ok(bytes)
-}
-
-/// Runs CPU-bound work without stalling the async executor, as `coldpath-embeddings` does for
-/// inference: `block_in_place` on a multi-threaded runtime (no hop to another thread), the
-/// blocking pool on a current-thread runtime (tests), where `block_in_place` is not allowed.
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ImageError> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return Ok(tokio::task::block_in_place(f));
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ImageError::Task(e.to_string()))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! This crate never talks to AWS itself: remote objects come through the [`ObjectFetcher`] trait,
 //! which `coldpath-aws` implements for S3.
 
+mod blocking;
 mod digest;
 mod fetch;
 mod ort_env;
@@ -19,6 +20,7 @@ mod session;
 mod spec;
 mod store;
 
+pub use blocking::run_blocking;
 pub use digest::{Sha256Digest, sha256_file};
 pub use fetch::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 pub use ort_env::{DEFAULT_ORT_DYLIB_PATH, ORT_DYLIB_VAR, OrtRuntime};
