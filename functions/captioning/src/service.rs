@@ -433,11 +433,10 @@ fn no_caption() -> MessageFailure {
 
 fn log_failure(message_id: &str, id: Option<&str>, e: &MessageFailure) {
     let error_type = e.error_type();
-    match error_type {
-        ErrorType::InvalidInput | ErrorType::RequestTooLarge => {
-            tracing::info!(message_id, id, error_type = %error_type, "message rejected: {e}")
-        }
-        _ => tracing::error!(message_id, id, error_type = %error_type, "message failed: {e}"),
+    if error_type.is_caller_error() {
+        tracing::info!(message_id, id, error_type = %error_type, "message rejected: {e}");
+    } else {
+        tracing::error!(message_id, id, error_type = %error_type, "message failed: {e}");
     }
 }
 

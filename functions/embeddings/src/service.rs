@@ -9,7 +9,7 @@ use coldpath_core::{Classify, ColdStartRecord, ErrorType};
 use coldpath_models::{
     ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool, run_blocking,
 };
-use coldpath_runtime::{HandlerError, LambdaEvent};
+use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::Value;
 
 use crate::api::{self, Limits, RequestError};
@@ -122,15 +122,6 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
             // does, answer 500 rather than dropping the request.
             serde_json::json!({"statusCode": 500, "body": format!("{{\"error\":{{\"message\":\"{e}\"}}}}")})
         })
-    }
-}
-
-fn log_failure(e: &EmbeddingsError) {
-    match e.error_type() {
-        ErrorType::InvalidInput | ErrorType::RequestTooLarge => {
-            tracing::info!(error_type = %e.error_type(), "rejected: {e}")
-        }
-        _ => tracing::error!(error_type = %e.error_type(), "failed: {e}"),
     }
 }
 

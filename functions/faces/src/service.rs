@@ -12,7 +12,7 @@ use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
 use coldpath_models::{
     ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool, run_blocking,
 };
-use coldpath_runtime::{HandlerError, LambdaEvent};
+use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::{Value, json};
 
 use crate::config::{DetectOptions, FacesConfig};
@@ -213,15 +213,6 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
         result["source"] = json!(image.describe());
         let location = self.sink.put(&format!("{bucket}/{key}"), &result).await?;
         Ok((key, faces, location))
-    }
-}
-
-fn log_failure(e: &FacesError) {
-    match e.error_type() {
-        ErrorType::InvalidInput | ErrorType::RequestTooLarge => {
-            tracing::info!(error_type = %e.error_type(), "rejected: {e}")
-        }
-        _ => tracing::error!(error_type = %e.error_type(), "failed: {e}"),
     }
 }
 

@@ -23,6 +23,12 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// Whether the caller has to fix the request (a rejection, logged at `info`) rather than
+    /// the deployment or us (a failure, logged at `error`).
+    pub fn is_caller_error(self) -> bool {
+        matches!(self, ErrorType::InvalidInput | ErrorType::RequestTooLarge)
+    }
+
     /// The wire name, used as the Lambda `errorType`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +81,8 @@ mod tests {
             assert_eq!(kind.as_str(), name);
             assert_eq!(kind.to_string(), name);
             assert_eq!(kind.http_status(), status);
+            // Exactly the 4xx classes are the caller's to fix.
+            assert_eq!(kind.is_caller_error(), status < 500);
         }
     }
 }

@@ -49,6 +49,17 @@ impl From<HandlerError> for Diagnostic {
     }
 }
 
+/// Logs a request's failure once, at the level its class deserves: a caller's bad request at
+/// `info` (it is not ours to page on), anything else at `error`.
+pub fn log_failure(e: &(impl Classify + fmt::Display)) {
+    let error_type = e.error_type();
+    if error_type.is_caller_error() {
+        tracing::info!(error_type = %error_type, "rejected: {e}");
+    } else {
+        tracing::error!(error_type = %error_type, "failed: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ mod error;
 mod invoke;
 mod logging;
 
-pub use error::HandlerError;
+pub use error::{HandlerError, log_failure};
 pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run};
 pub use lambda_runtime::{Context, LambdaEvent};
 pub use logging::{LogFormat, init_tracing};
