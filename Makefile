@@ -84,6 +84,7 @@ fixtures: setup
 	.venv/bin/python tests/fixtures/faces/gen_insightface_models.py
 	.venv/bin/python tests/fixtures/captioning/gen_tiny_model.py
 	.venv/bin/python tests/fixtures/captioning/reference_decode.py
+	.venv/bin/python tests/fixtures/captioning/gen_broken_models.py
 	.venv/bin/python shared/image/fixtures/gen_resize_reference.py
 
 clean:

@@ -17,7 +17,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use coldpath_aws::{Queue, ResultSink, SinkTarget};
 use coldpath_captioning::{CaptioningConfig, ExitReason, ModelService, Worker, handle, init};
 use coldpath_core::MapEnv;
-use coldpath_models::LocalObjectDir;
+use coldpath_io::LocalObjectDir;
 use coldpath_runtime::{Context, LambdaEvent};
 use coldpath_tests::moto::{MotoServer, create_queue, create_queue_with_dlq};
 use coldpath_tests::{repo_root, setup_var};

@@ -324,7 +324,7 @@ fn wrong_model_checksum_fails_init_with_model_load() {
             .unwrap()
             .block_on(coldpath_embeddings::init(
                 &config,
-                coldpath_models::NoObjectStore,
+                coldpath_io::NoObjectStore,
             ))
             .err()
     })

@@ -20,7 +20,7 @@ use coldpath_faces::{
     AnalyzeFaces, DetectOptions, Face, FacesConfig, FacesError, FacesService, OnnxFaces, handle,
 };
 use coldpath_image::{ImageLimits, ImageLoader, RgbImage};
-use coldpath_models::{LocalObjectDir, NoObjectStore, ObjectFetcher};
+use coldpath_io::{LocalObjectDir, NoObjectStore, ObjectFetcher};
 use coldpath_runtime::{Context, LambdaEvent};
 use coldpath_tests::moto::MotoServer;
 use coldpath_tests::{

@@ -6,7 +6,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use coldpath_aws::{ObjectStore, S3Fetcher};
 use coldpath_core::{Classify, ErrorType, MapEnv};
 use coldpath_image::{DecodedImage, Format, ImageError, ImageLimits, ImageLoader, ImageRef};
-use coldpath_models::{FetchError, ObjectFetcher};
+use coldpath_io::{FetchError, ObjectFetcher};
 use coldpath_tests::moto::MotoServer;
 use coldpath_tests::repo_root;
 

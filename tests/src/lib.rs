@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use coldpath_core::MapEnv;
 use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder};
-use coldpath_models::NoObjectStore;
+use coldpath_io::NoObjectStore;
 use serde::Deserialize;
 
 /// The repository root.

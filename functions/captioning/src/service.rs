@@ -12,12 +12,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coldpath_aws::{ResultSink, SinkError};
 use coldpath_core::cold_start::{ColdStartTimer, Phase};
 use coldpath_core::{Classify, ColdStartRecord, ErrorType};
 use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
-use coldpath_models::{ModelError, ModelStore, ObjectFetcher, OrtRuntime};
-use serde_json::{Value, json};
+use coldpath_io::{ObjectFetcher, TaskError, spawn_blocking};
+use coldpath_models::{ModelError, ModelStore, OrtRuntime};
+use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -26,6 +26,7 @@ use crate::message::{self, CaptionRequest, MessageError};
 use crate::model::{CaptionError, CaptionModel};
 
 pub use crate::model::Caption;
+pub use coldpath_io::ResultWriter;
 
 /// The captioning model, one blocking call per batch.
 pub trait Captioner: Send + Sync + 'static {
@@ -43,18 +44,6 @@ pub trait Captioner: Send + Sync + 'static {
 /// Fetches and decodes the image a message names.
 pub trait ImageSource: Send + Sync + 'static {
     fn load(&self, image: &ImageRef) -> impl Future<Output = Result<RgbImage, ImageError>> + Send;
-}
-
-/// Where results go: one JSON document per request id, overwritten on redelivery.
-pub trait ResultWriter: Send + Sync + 'static {
-    type Error: std::error::Error + Classify + Send + 'static;
-
-    /// Writes `result` under `id` and returns where it went (a path or URI, for logs).
-    fn put(
-        &self,
-        id: &str,
-        result: &Value,
-    ) -> impl Future<Output = Result<String, Self::Error>> + Send;
 }
 
 /// One message as delivered, in either mode.
@@ -82,8 +71,8 @@ pub enum MessageFailure {
         error_type: ErrorType,
         message: String,
     },
-    #[error("task failed: {0}")]
-    Task(String),
+    #[error(transparent)]
+    Task(#[from] TaskError),
 }
 
 impl Classify for MessageFailure {
@@ -253,7 +242,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         while let Some(joined) = tasks.join_next_with_id().await {
             let (id, result) = match joined {
                 Ok((id, r)) => (id, r.map_err(MessageFailure::from)),
-                Err(e) => (e.id(), Err(MessageFailure::Task(e.to_string()))),
+                Err(e) => (e.id(), Err(TaskError::from_join(e).into())),
             };
             if let Some(&i) = index_of.get(&id) {
                 out[i] = Some(result);
@@ -320,14 +309,13 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         let captioner = Arc::clone(&self.captioner);
         let decoded = Arc::clone(decoded);
         let expected = picks.len();
-        let captions = tokio::task::spawn_blocking(move || {
+        let captions = spawn_blocking(move || {
             let images: Vec<&RgbImage> = picks.iter().map(|&d| &decoded[d]).collect();
             captioner
                 .caption(&images, &tokens)
                 .map_err(|e| MessageFailure::model(&e))
         })
-        .await
-        .map_err(|e| MessageFailure::Task(e.to_string()))??;
+        .await??;
         if captions.len() != expected {
             return Err(MessageFailure::Model {
                 error_type: ErrorType::Internal,
@@ -370,9 +358,10 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
                     continue;
                 }
                 (None, None) => {
-                    results[i] = Some(Err(MessageFailure::Task(
-                        "no caption was produced for this message".to_string(),
-                    )));
+                    results[i] = Some(Err(MessageFailure::Model {
+                        error_type: ErrorType::Internal,
+                        message: "no caption was produced for this message".to_string(),
+                    }));
                     continue;
                 }
             };
@@ -397,7 +386,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         while let Some(joined) = tasks.join_next_with_id().await {
             let (id, result) = match joined {
                 Ok((id, r)) => (id, r),
-                Err(e) => (e.id(), Err(MessageFailure::Task(e.to_string()))),
+                Err(e) => (e.id(), Err(TaskError::from_join(e).into())),
             };
             if let Some(&i) = index_of.get(&id) {
                 results[i] = Some(result);
@@ -408,9 +397,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
             .zip(ids)
             .zip(results)
             .map(|((message, id), result)| {
-                let result = result.unwrap_or_else(|| {
-                    Err(MessageFailure::Task("the result task vanished".to_string()))
-                });
+                let result = result.unwrap_or(Err(TaskError::Cancelled.into()));
                 if let Err(e) = &result {
                     log_failure(&message.message_id, id.as_deref(), e);
                 }
@@ -443,14 +430,6 @@ fn log_failure(message_id: &str, id: Option<&str>, e: &MessageFailure) {
 impl<F: ObjectFetcher + 'static> ImageSource for ImageLoader<F> {
     async fn load(&self, image: &ImageRef) -> Result<RgbImage, ImageError> {
         ImageLoader::load(self, image).await.map(|d| d.image)
-    }
-}
-
-impl ResultWriter for ResultSink {
-    type Error = SinkError;
-
-    async fn put(&self, id: &str, result: &Value) -> Result<String, SinkError> {
-        ResultSink::put(self, id, result).await
     }
 }
 
@@ -531,7 +510,8 @@ pub(crate) mod testing {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use coldpath_models::FetchError;
+    use coldpath_io::FetchError;
+    use serde_json::Value;
 
     use super::*;
 

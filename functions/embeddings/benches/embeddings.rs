@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder, handle};
-use coldpath_models::{NoObjectStore, SessionPool};
+use coldpath_io::NoObjectStore;
+use coldpath_models::SessionPool;
 use coldpath_runtime::{Context, LambdaEvent};
 use coldpath_tests::bench::{machine, median};
 use ndarray::Array2;

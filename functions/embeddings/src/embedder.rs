@@ -193,7 +193,11 @@ impl OnnxEmbedder {
             let outputs = session
                 .run(inputs)
                 .map_err(|e| EmbedError::Inference(e.to_string()))?;
-            let hidden = outputs[self.output.as_str()]
+            let hidden = outputs
+                .get(self.output.as_str())
+                .ok_or_else(|| {
+                    EmbedError::Inference(format!("the model returned no output {}", self.output))
+                })?
                 .try_extract_array::<f32>()
                 .map_err(|e| EmbedError::Inference(e.to_string()))?
                 .into_dimensionality::<Ix3>()
@@ -203,7 +207,8 @@ impl OnnxEmbedder {
                         self.output
                     ))
                 })?;
-            let mut vectors = pool(self.config.pooling, hidden, mask.view());
+            let mut vectors =
+                pool(self.config.pooling, hidden, mask.view()).map_err(EmbedError::Inference)?;
             if self.config.normalize {
                 vectors.iter_mut().for_each(|v| l2_normalize(v));
             }
@@ -230,7 +235,9 @@ impl Embed for OnnxEmbedder {
         let mut vectors = vec![Vec::new(); texts.len()];
         for group in plan_batches(&lengths, self.config.max_batch_tokens) {
             let batch: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
-            for (i, v) in group.into_iter().zip(self.run_batch(&batch)?) {
+            let run = self.run_batch(&batch)?;
+            check_vectors(&run, group.len(), self.dimensions)?;
+            for (i, v) in group.into_iter().zip(run) {
                 vectors[i] = v;
             }
         }
@@ -243,6 +250,27 @@ impl Embed for OnnxEmbedder {
     fn dimensions(&self) -> usize {
         self.dimensions
     }
+}
+
+/// One vector per text, each of the model's width (`dimensions` 0 while it is being probed):
+/// a short or ragged answer is an error, never an empty vector in a 200 response.
+fn check_vectors(vectors: &[Vec<f32>], texts: usize, dimensions: usize) -> Result<(), EmbedError> {
+    if vectors.len() != texts {
+        return Err(EmbedError::Inference(format!(
+            "the model returned {} vectors for {texts} texts",
+            vectors.len()
+        )));
+    }
+    if let Some(v) = vectors
+        .iter()
+        .find(|v| v.is_empty() || (dimensions > 0 && v.len() != dimensions))
+    {
+        return Err(EmbedError::Inference(format!(
+            "the model returned a vector of length {} where {dimensions} was expected",
+            v.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Splits texts into ONNX runs of at most `max_batch_tokens` padded tokens.
@@ -283,6 +311,22 @@ mod tests {
         let mut all: Vec<usize> = groups.concat();
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3]);
+    }
+
+    /// Regression (issue 12): fewer rows than texts left empty vectors in the response.
+    #[test]
+    fn short_or_ragged_model_answers_are_errors() {
+        let v = |n: usize| vec![0.5f32; n];
+        assert!(check_vectors(&[v(4), v(4)], 2, 4).is_ok());
+        assert!(check_vectors(&[v(4)], 1, 0).is_ok());
+        let err = check_vectors(&[v(4)], 2, 4).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "running the model: the model returned 1 vectors for 2 texts"
+        );
+        assert!(check_vectors(&[v(4), v(3)], 2, 4).is_err());
+        assert!(check_vectors(&[v(0)], 1, 0).is_err());
+        assert_eq!(err.error_type(), ErrorType::Internal);
     }
 
     #[test]

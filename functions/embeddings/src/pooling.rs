@@ -23,13 +23,24 @@ impl std::str::FromStr for Pooling {
 }
 
 /// Pools `hidden` (batch × seq × dim) under `mask` (batch × seq) into one row per text.
+///
+/// The model's output is checked against the mask it was given rather than trusted: a graph
+/// that drops or adds positions or rows (a wrong export, a model swapped under the function)
+/// is an error naming both shapes, never an out-of-bounds panic or a silently shifted mean.
 pub fn pool(
     pooling: Pooling,
     hidden: ArrayView3<'_, f32>,
     mask: ArrayView2<'_, i64>,
-) -> Vec<Vec<f32>> {
-    let (batch, _, dim) = hidden.dim();
-    (0..batch)
+) -> Result<Vec<Vec<f32>>, String> {
+    let (batch, seq, dim) = hidden.dim();
+    if (batch, seq) != mask.dim() || dim == 0 {
+        return Err(format!(
+            "the model returned token states of shape [{batch}, {seq}, {dim}] for an input of shape [{}, {}]",
+            mask.nrows(),
+            mask.ncols()
+        ));
+    }
+    Ok((0..batch)
         .map(|b| match pooling {
             Pooling::Cls => hidden.slice(ndarray::s![b, 0, ..]).to_vec(),
             Pooling::Mean => {
@@ -50,7 +61,7 @@ pub fn pool(
                 sum
             }
         })
-        .collect()
+        .collect())
 }
 
 pub use coldpath_core::vector::{cosine, l2_normalize};
@@ -70,7 +81,7 @@ mod tests {
         )
         .unwrap();
         let mask = Array2::from_shape_vec((2, 3), vec![1, 1, 1, 1, 1, 0]).unwrap();
-        let out = pool(Pooling::Mean, hidden.view(), mask.view());
+        let out = pool(Pooling::Mean, hidden.view(), mask.view()).unwrap();
         assert_eq!(out, vec![vec![3., 4.], vec![20., 30.]]);
     }
 
@@ -79,7 +90,7 @@ mod tests {
         let hidden = Array3::from_elem((1, 2, 3), 5f32);
         let mask = Array2::zeros((1, 2));
         assert_eq!(
-            pool(Pooling::Mean, hidden.view(), mask.view()),
+            pool(Pooling::Mean, hidden.view(), mask.view()).unwrap(),
             vec![vec![0.; 3]]
         );
     }
@@ -89,9 +100,24 @@ mod tests {
         let hidden = Array3::from_shape_vec((1, 2, 2), vec![7., 8., 1., 1.]).unwrap();
         let mask = Array2::ones((1, 2));
         assert_eq!(
-            pool(Pooling::Cls, hidden.view(), mask.view()),
+            pool(Pooling::Cls, hidden.view(), mask.view()).unwrap(),
             vec![vec![7., 8.]]
         );
+    }
+
+    /// Regression (issue 12): a model whose sequence length differed from the mask's panicked
+    /// (shorter) or pooled the wrong positions (longer); fewer rows gave missing vectors.
+    #[test]
+    fn output_shapes_that_do_not_match_the_input_are_errors() {
+        let mask = Array2::<i64>::ones((2, 3));
+        for (b, s, d) in [(2, 2, 4), (2, 4, 4), (1, 3, 4), (3, 3, 4), (2, 3, 0)] {
+            let hidden = Array3::<f32>::zeros((b, s, d));
+            for pooling in [Pooling::Mean, Pooling::Cls] {
+                let err = pool(pooling, hidden.view(), mask.view()).unwrap_err();
+                assert!(err.contains(&format!("[{b}, {s}, {d}]")), "{err}");
+                assert!(err.contains("[2, 3]"), "{err}");
+            }
+        }
     }
 
     #[test]

@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use coldpath_core::cold_start::{ColdStartTimer, Phase};
 use coldpath_core::{Classify, ColdStartRecord, ErrorType};
-use coldpath_models::{
-    ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool, run_blocking,
-};
+use coldpath_io::{ObjectFetcher, run_blocking};
+use coldpath_models::{ModelError, ModelStore, OrtRuntime, SessionPool};
 use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::Value;
 
@@ -25,7 +24,7 @@ pub enum EmbeddingsError {
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error("inference task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Task(#[from] coldpath_io::TaskError),
 }
 
 impl Classify for EmbeddingsError {

@@ -30,7 +30,7 @@ use coldpath_aws::{ResultSink, SinkTarget};
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_faces::{AnalyzeFaces, FacesConfig, FacesService, handle};
 use coldpath_image::{ImageLoader, decode};
-use coldpath_models::{LocalObjectDir, NoObjectStore};
+use coldpath_io::{LocalObjectDir, NoObjectStore};
 use coldpath_runtime::{Context, LambdaEvent};
 use coldpath_tests::bench::{machine, median};
 use serde_json::{Value, json};

@@ -9,9 +9,8 @@ use coldpath_aws::{ResultSink, SinkError};
 use coldpath_core::cold_start::{ColdStartTimer, Phase};
 use coldpath_core::{Classify, ColdStartRecord, ErrorType};
 use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
-use coldpath_models::{
-    ModelError, ModelStore, ObjectFetcher, OrtRuntime, SessionPool, run_blocking,
-};
+use coldpath_io::{ObjectFetcher, catch_panic, run_blocking};
+use coldpath_models::{ModelError, ModelStore, OrtRuntime, SessionPool};
 use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::{Value, json};
 
@@ -31,7 +30,7 @@ pub enum FacesError {
     #[error("writing the result: {0}")]
     Sink(#[from] SinkError),
     #[error("inference task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Task(#[from] coldpath_io::TaskError),
 }
 
 impl Classify for FacesError {
@@ -153,7 +152,12 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
         for (index, record) in event.records.iter().enumerate() {
             let bucket = record.s3.bucket.name.clone().unwrap_or_default();
             let raw_key = record.s3.object.key.clone().unwrap_or_default();
-            match self.process_record(index, record).await {
+            // A panic anywhere in one record (a decoder or model bug on input nobody foresaw)
+            // fails that record only.
+            let outcome = catch_panic(self.process_record(index, record))
+                .await
+                .unwrap_or_else(|e| Err(e.into()));
+            match outcome {
                 Ok((key, faces, location)) => {
                     succeeded += 1;
                     records.push(json!({
@@ -347,18 +351,24 @@ mod tests {
 
     use coldpath_aws::SinkTarget;
     use coldpath_image::ImageLimits;
-    use coldpath_models::FetchError;
+    use coldpath_io::FetchError;
     use coldpath_runtime::Context;
 
     use super::*;
     use crate::detect::Detection;
     use crate::pipeline::Face;
 
-    /// One face in every photo, whatever it shows.
+    /// One face in every photo, whatever it shows; a 7-pixel-wide photo makes it panic, as a
+    /// decoder or runtime bug would.
     struct OneFace;
 
     impl AnalyzeFaces for OneFace {
         fn analyze(&self, image: &RgbImage, _: &DetectOptions) -> Result<Vec<Face>, FaceError> {
+            assert_ne!(
+                image.width(),
+                7,
+                "index out of bounds in a made-up decoder bug"
+            );
             Ok(vec![Face {
                 detection: Detection {
                     x: 0.0,
@@ -377,9 +387,9 @@ mod tests {
         }
     }
 
-    /// `photos/ok.jpg` is a small PNG, `photos/flaky.jpg` fails transiently, anything else is
-    /// missing.
-    struct Objects(Vec<u8>);
+    /// `photos/ok.jpg` is a small PNG, `photos/poison.jpg` a PNG that makes the model panic,
+    /// `photos/flaky.jpg` fails transiently, anything else is missing.
+    struct Objects(Vec<u8>, Vec<u8>);
 
     impl ObjectFetcher for Objects {
         async fn fetch_to(&self, _: &str, _: &str, _: &Path) -> Result<u64, FetchError> {
@@ -389,18 +399,23 @@ mod tests {
         async fn fetch_bytes(&self, _: &str, key: &str, _: u64) -> Result<Vec<u8>, FetchError> {
             match key {
                 "ok.jpg" | "with space.jpg" => Ok(self.0.clone()),
+                "poison.jpg" => Ok(self.1.clone()),
                 "flaky.jpg" => Err(FetchError::Transient("connection reset".into())),
                 _ => Err(FetchError::NotFound),
             }
         }
     }
 
-    fn service(sink: &Path) -> Arc<FacesService<OneFace, Objects>> {
+    fn png(width: u32, height: u32) -> Vec<u8> {
         let mut png = Vec::new();
-        image::DynamicImage::ImageRgb8(RgbImage::new(6, 4))
+        image::DynamicImage::ImageRgb8(RgbImage::new(width, height))
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
-        let loader = ImageLoader::new(Objects(png), ImageLimits::default(), false);
+        png
+    }
+
+    fn service(sink: &Path) -> Arc<FacesService<OneFace, Objects>> {
+        let loader = ImageLoader::new(Objects(png(6, 4), png(7, 4)), ImageLimits::default(), false);
         let sink = ResultSink::new("faces", SinkTarget::Local(sink.to_path_buf())).unwrap();
         let defaults = DetectOptions {
             min_score: 0.9,
@@ -457,6 +472,43 @@ mod tests {
         let result: Value = serde_json::from_slice(&std::fs::read(written).unwrap()).unwrap();
         assert_eq!(result["width"], 6);
         assert_eq!(result["source"], "s3://photos/with space.jpg");
+    }
+
+    /// Regression (issue 12): on the multi-threaded runtime Lambda runs, a panic in one record's
+    /// inference unwound through the handler and failed the whole event, good records included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_one_record_fails_only_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let out = call(
+            &service,
+            s3_event(&["ok.jpg", "poison.jpg", "with+space.jpg"]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (out["succeeded"].as_u64(), out["failed"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(out["records"][1]["errorType"], "Internal");
+        assert!(
+            out["records"][1]["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("made-up decoder bug"),
+            "{out}"
+        );
+        assert!(dir.path().join("faces/photos/ok.jpg.json").is_file());
+        assert!(
+            dir.path()
+                .join("faces/photos/with space.jpg.json")
+                .is_file()
+        );
+        // A direct invoke of the same photo is a typed error, not a crashed sandbox.
+        let err = call(&service, json!({"image": {"s3": "s3://photos/poison.jpg"}}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type, ErrorType::Internal);
     }
 
     #[tokio::test]

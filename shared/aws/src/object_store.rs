@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
-use coldpath_models::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
+use coldpath_io::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 
 use crate::S3Fetcher;
 

@@ -3,7 +3,7 @@ use std::path::Path;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
-use coldpath_models::{FetchError, ObjectFetcher};
+use coldpath_io::{FetchError, ObjectFetcher};
 use tokio::io::AsyncWriteExt;
 
 /// Reads objects from Amazon S3 (or an S3-compatible endpoint such as a local moto server).

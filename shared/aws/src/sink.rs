@@ -265,6 +265,14 @@ impl ResultSink {
     }
 }
 
+impl coldpath_io::ResultWriter for ResultSink {
+    type Error = SinkError;
+
+    async fn put(&self, id: &str, result: &serde_json::Value) -> Result<String, SinkError> {
+        ResultSink::put(self, id, result).await
+    }
+}
+
 impl fmt::Display for ResultSink {
     /// The destination as it would be written in `COLDPATH_RESULT_SINK`, for the start-up log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use coldpath_core::{Classify, ErrorType};
-use coldpath_models::FetchError;
+use coldpath_io::FetchError;
 
 /// Why an image could not be read, decoded or turned into a tensor.
 ///
@@ -69,7 +69,7 @@ pub enum ImageError {
     Batch(String),
     /// The blocking decode task died (a panic inside the decoder, or the runtime shutting down).
     #[error("image decode task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Task(#[from] coldpath_io::TaskError),
 }
 
 impl Classify for ImageError {

@@ -2,7 +2,7 @@
 //!
 //! A request names its image with an [`ImageRef`] (`{"s3": "s3://bucket/key"}`,
 //! `{"base64": "..."}` or, in local invoke mode only, `{"path": "..."}`). An [`ImageLoader`]
-//! built once at init turns it into bytes (S3 through any [`coldpath_models::ObjectFetcher`],
+//! built once at init turns it into bytes (S3 through any [`coldpath_io::ObjectFetcher`],
 //! bounded by [`ImageLimits::max_bytes`]) and then into a [`DecodedImage`]: upright (EXIF
 //! orientation applied) RGB8 pixels, decoded from JPEG, PNG or WebP with the size checked from
 //! the header before any pixel buffer is allocated. Models then take [`resize`]d or
@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), coldpath_image::ImageError> {
 //! use coldpath_image::{ChannelOrder, ImageLimits, ImageLoader, ImageRef, Rgb, letterbox, to_nchw};
-//! use coldpath_models::LocalObjectDir;
+//! use coldpath_io::LocalObjectDir;
 //!
 //! let loader = ImageLoader::new(LocalObjectDir::new("events/data"), ImageLimits::default(), true);
 //! let image: ImageRef = serde_json::from_str(r#"{"s3": "s3://photos/cat.jpg"}"#).unwrap();

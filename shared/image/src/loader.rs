@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use base64::Engine;
-use coldpath_models::{ObjectFetcher, run_blocking};
+use coldpath_io::{ObjectFetcher, run_blocking};
 use tokio::io::AsyncReadExt;
 
 use crate::{DecodedImage, ImageError, ImageLimits, ImageRef, decode};
@@ -50,7 +50,7 @@ impl<F: ObjectFetcher> ImageLoader<F> {
                 .fetch_bytes(bucket, key, max)
                 .await
                 .map_err(|source| match source {
-                    coldpath_models::FetchError::TooLarge { size, limit } => {
+                    coldpath_io::FetchError::TooLarge { size, limit } => {
                         ImageError::TooManyBytes { size, limit }
                     }
                     source => ImageError::Fetch {
@@ -141,7 +141,7 @@ mod tests {
     use super::*;
     use crate::decode::tests::{png_bytes, quadrants};
     use coldpath_core::{Classify, ErrorType};
-    use coldpath_models::{LocalObjectDir, NoObjectStore};
+    use coldpath_io::{LocalObjectDir, NoObjectStore};
     use image::DynamicImage;
 
     fn b64(bytes: &[u8]) -> String {

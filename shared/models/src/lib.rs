@@ -8,21 +8,17 @@
 //! graph optimisation level and execution provider that the function's placement asks for;
 //! [`SessionPool`] shares those sessions between callers without `unsafe`.
 //!
-//! This crate never talks to AWS itself: remote objects come through the [`ObjectFetcher`] trait,
-//! which `coldpath-aws` implements for S3.
+//! This crate never talks to AWS itself: remote objects come through `coldpath-io`'s
+//! [`ObjectFetcher`](coldpath_io::ObjectFetcher) trait, which `coldpath-aws` implements for S3.
 
-mod blocking;
 mod digest;
-mod fetch;
 mod ort_env;
 mod pool;
 mod session;
 mod spec;
 mod store;
 
-pub use blocking::run_blocking;
 pub use digest::{Sha256Digest, sha256_file};
-pub use fetch::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 pub use ort_env::{DEFAULT_ORT_DYLIB_PATH, ORT_DYLIB_VAR, OrtRuntime};
 pub use pool::{SessionPool, output_last_dim};
 pub use session::{GraphOptLevel, Provider, SessionConfig, Threads, select_provider};
@@ -30,6 +26,7 @@ pub use spec::{ModelFile, ModelKind, ModelSource, ModelSpec};
 pub use store::{ModelStore, ResolvedModel};
 
 use coldpath_core::{Classify, ErrorType};
+use coldpath_io::FetchError;
 use std::path::PathBuf;
 
 /// Everything that can go wrong between a spec and a ready session.

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::spec::s3_key;
-use crate::{ModelError, ModelSource, ModelSpec, ObjectFetcher, sha256_file};
+use coldpath_io::ObjectFetcher;
+
+use crate::{ModelError, ModelSource, ModelSpec, sha256_file};
 
 /// Turns model specs into verified local files.
 #[derive(Debug, Clone)]
@@ -208,7 +210,8 @@ fn cache_dir_name(spec: &ModelSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FetchError, LocalObjectDir, ModelFile, ModelKind, Sha256Digest};
+    use crate::{ModelFile, ModelKind, Sha256Digest};
+    use coldpath_io::{FetchError, LocalObjectDir};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn spec(source: ModelSource, files: &[(&str, Option<Sha256Digest>)]) -> ModelSpec {
@@ -253,7 +256,7 @@ mod tests {
     async fn local_bundle_is_checked_for_presence_and_digest() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("model.onnx"), b"weights").unwrap();
-        let store = ModelStore::new(dir.path().join("cache"), crate::NoObjectStore);
+        let store = ModelStore::new(dir.path().join("cache"), coldpath_io::NoObjectStore);
         let good = Sha256Digest::of_bytes(b"weights");
         let ok = spec(
             ModelSource::Local(dir.path().into()),

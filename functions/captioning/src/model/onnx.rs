@@ -86,6 +86,22 @@ fn require_inputs(s: &Session, file: &str, needed: &[&str]) -> Result<(), Captio
     Ok(())
 }
 
+/// Every decoder graph must give `logits`; checked at load so that a wrong graph is a
+/// `ModelLoad` error at init instead of a failure on the first caption.
+fn require_logits(s: &Session, file: &str) -> Result<(), CaptionError> {
+    if s.outputs().iter().any(|o| o.name() == "logits") {
+        return Ok(());
+    }
+    let found: Vec<&str> = s.outputs().iter().map(|o| o.name()).collect();
+    Err(CaptionError::bad_model(
+        file,
+        format!(
+            "the graph has no output logits (outputs: {})",
+            found.join(", ")
+        ),
+    ))
+}
+
 /// A cached decoder's past inputs (graph order), heads, head size, and whether it takes
 /// `cache_position`.
 fn cache_signature(
@@ -148,6 +164,7 @@ impl Sessions {
             DecoderSessions::Merged(pool) => {
                 let file = "decoder_model_merged.onnx";
                 pool.with(|s| require_inputs(s, file, &["use_cache_branch"]))?;
+                pool.with(|s| require_logits(s, file))?;
                 Some(pool.with(|s| cache_signature(s, file))?)
             }
             DecoderSessions::Split { decoder, with_past } => {
@@ -156,11 +173,14 @@ impl Sessions {
                         s,
                         "decoder_model.onnx",
                         &["input_ids", "encoder_hidden_states"],
-                    )
+                    )?;
+                    require_logits(s, "decoder_model.onnx")
                 })?;
                 match with_past {
                     Some(pool) => {
-                        Some(pool.with(|s| cache_signature(s, "decoder_with_past_model.onnx"))?)
+                        let file = "decoder_with_past_model.onnx";
+                        pool.with(|s| require_logits(s, file))?;
+                        Some(pool.with(|s| cache_signature(s, file))?)
                     }
                     None => None,
                 }
@@ -197,7 +217,11 @@ impl Sessions {
             let outputs = s
                 .run(ort::inputs!["pixel_values" => input])
                 .map_err(CaptionError::inference)?;
-            outputs["last_hidden_state"]
+            outputs
+                .get("last_hidden_state")
+                .ok_or_else(|| {
+                    CaptionError::inference("the encoder returned no last_hidden_state")
+                })?
                 .try_extract_array::<f32>()
                 .map_err(CaptionError::inference)?
                 .into_dimensionality::<Ix3>()
@@ -297,7 +321,9 @@ impl StepModel for Run<'_> {
         let keep_present = self.use_cache;
         let (logits, present) = pool.with(|session| {
             let outputs = session.run(inputs).map_err(CaptionError::inference)?;
-            let logits = outputs["logits"]
+            let logits = outputs
+                .get("logits")
+                .ok_or_else(|| CaptionError::inference("the decoder returned no logits"))?
                 .try_extract_array::<f32>()
                 .map_err(CaptionError::inference)?
                 .into_dimensionality::<Ix3>()
@@ -466,6 +492,35 @@ mod tests {
         }
         for unknown in ["attention_mask", "decoder_attention_mask", "position_ids"] {
             assert!(!known_input(unknown), "{unknown}");
+        }
+    }
+
+    /// Regression (issue 12): a decoder without `logits` loaded fine and then panicked on the
+    /// first step (`outputs["logits"]`). Graph from `gen_broken_models.py`.
+    #[test]
+    fn a_decoder_without_logits_is_refused_at_load() {
+        let runtime = OrtRuntime::load(&OrtRuntime::library_from_env(&ProcessEnv))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = SessionConfig {
+            intra_threads: Threads::Fixed(1),
+            ..SessionConfig::default()
+        };
+        let build = |path: &Path| runtime.build_session("t", path, &config).unwrap().0;
+        let broken = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/captioning/broken/decoder_no_logits.onnx");
+        let encoder = Path::new(DEFAULT_MODEL_SOURCE).join(ENCODER_FILE);
+        let decoder = DecoderSessions::Split {
+            decoder: SessionPool::new(vec![build(&broken)]).unwrap(),
+            with_past: None,
+        };
+        match Sessions::new(build(&encoder), decoder) {
+            Err(CaptionError::BadModel { file, reason }) => {
+                assert_eq!(file, "decoder_model.onnx");
+                assert!(reason.contains("no output logits"), "{reason}");
+                assert!(reason.contains("hidden_states"), "{reason}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a decoder without logits was accepted"),
         }
     }
 
