@@ -22,7 +22,8 @@ help:
 	@echo "make package    Lambda zips and the ONNX Runtime layer, with sizes (needs cargo-lambda)"
 	@echo "make fixtures   regenerate every committed fixture from its script"
 
-# Fetches and verifies ONNX Runtime, the models and the Python tools; a no-op when all is in place.
+# Fetches and verifies ONNX Runtime, the models and the Python tools the tests, demo, benchmarks
+# and fixtures use (not the template linters: setup-infra); a no-op when all is in place.
 setup:
 	@$(PYTHON) bootstrap.py check >/dev/null 2>&1 || $(PYTHON) bootstrap.py setup
 
@@ -89,15 +90,20 @@ fixtures: setup
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv .cache
+	rm -rf .venv .venv-infra .cache
 
 # Placement (shared/placement, infra/): lint both CloudFormation templates, scan them with
 # checkov (skips are listed with reasons in infra/README.md), and check that infra/template.yaml
 # and the GPU worker's env agree with each function's [package.metadata.coldpath] declaration.
-.PHONY: check-infra package
-check-infra: setup
-	.venv/bin/cfn-lint infra/template.yaml infra/gpu/batch.yaml
-	.venv/bin/checkov --quiet --compact --skip-download --framework cloudformation \
+# The linters have their own hash-locked venv, .venv-infra (requirements-infra.txt), installed
+# by the idempotent setup-infra; `make setup` and `make test` never fetch them.
+.PHONY: setup-infra check-infra package
+setup-infra:
+	@$(PYTHON) bootstrap.py setup-infra
+
+check-infra: setup-infra
+	.venv-infra/bin/cfn-lint infra/template.yaml infra/gpu/batch.yaml
+	.venv-infra/bin/checkov --quiet --compact --skip-download --framework cloudformation \
 	  -f infra/template.yaml -f infra/gpu/batch.yaml
 	$(CARGO) run --quiet --locked -p coldpath-placement -- check
 

