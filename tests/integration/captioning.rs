@@ -17,7 +17,7 @@ use coldpath_captioning::model::{
 };
 use coldpath_core::{Classify, ErrorType, MapEnv};
 use coldpath_models::{OrtRuntime, SessionConfig, Threads};
-use coldpath_tests::{repo_root, setup_var};
+use coldpath_test_support::{repo_root, setup_var};
 use ndarray::{Array3, Array4, Axis, stack};
 use serde::Deserialize;
 

@@ -11,7 +11,8 @@ use coldpath_embeddings::pooling::cosine;
 use coldpath_embeddings::{Embed, handle};
 use coldpath_models::sha256_file;
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_tests::{embeddings_reference, repo_root, service, setup_var};
+use coldpath_test_support::{repo_root, setup_var};
+use coldpath_tests::{embeddings_reference, service};
 use serde_json::{Value, json};
 
 const TOLERANCE: f32 = 0.9999;

@@ -6,7 +6,7 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::lambda_function_urls::LambdaFunctionUrlRequest;
 use aws_lambda_events::sqs::SqsEvent;
 use coldpath_embeddings::api::{Limits, parse_request};
-use coldpath_tests::repo_root;
+use coldpath_test_support::repo_root;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;

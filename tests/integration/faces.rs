@@ -22,9 +22,10 @@ use coldpath_faces::{
 use coldpath_image::{ImageLimits, ImageLoader, RgbImage};
 use coldpath_io::{LocalObjectDir, NoObjectStore, ObjectFetcher};
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_tests::moto::MotoServer;
+use coldpath_test_support::moto::MotoServer;
+use coldpath_test_support::repo_root;
 use coldpath_tests::{
-    ReferenceFace, faces_env, insightface_env, insightface_reference, opencv_reference, repo_root,
+    ReferenceFace, faces_env, insightface_env, insightface_reference, opencv_reference,
 };
 use serde_json::{Value, json};
 

@@ -7,8 +7,8 @@ use coldpath_aws::{ObjectStore, S3Fetcher};
 use coldpath_core::{Classify, ErrorType, MapEnv};
 use coldpath_image::{DecodedImage, Format, ImageError, ImageLimits, ImageLoader, ImageRef};
 use coldpath_io::{FetchError, ObjectFetcher};
-use coldpath_tests::moto::MotoServer;
-use coldpath_tests::repo_root;
+use coldpath_test_support::moto::MotoServer;
+use coldpath_test_support::repo_root;
 
 const BUCKET: &str = "coldpath-photos";
 

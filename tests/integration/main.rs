@@ -1,4 +1,5 @@
-//! coldpath's cross-crate integration tests, one binary (see `coldpath_tests` for helpers).
+//! coldpath's cross-crate integration tests, one binary (helpers in `coldpath_tests`, and in
+//! `coldpath_test_support` for those the function crates' own tests share).
 
 mod captioning;
 mod captioning_sqs;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use coldpath_placement::cli::{self, Outcome};
 use coldpath_placement::declaration::{self, FUNCTION_MANIFESTS};
 use coldpath_placement::{DeclarationError, Placement, Plan, plan};
-use coldpath_tests::repo_root;
+use coldpath_test_support::repo_root;
 
 fn check(template: &Path) -> Outcome {
     cli::run_check(&repo_root(), template).expect("check runs")

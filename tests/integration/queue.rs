@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use coldpath_aws::{Queue, QueueError};
 use coldpath_core::{Classify, ErrorType, MapEnv};
-use coldpath_tests::moto::{MotoServer, create_queue, create_queue_with_dlq};
+use coldpath_test_support::moto::{MotoServer, create_queue, create_queue_with_dlq};
 
 async fn queue(moto: &MotoServer, name: &str, visibility_secs: i32) -> Queue {
     let client = moto.sqs_client().await;

@@ -8,8 +8,9 @@ use coldpath_core::{Classify, ErrorType};
 use coldpath_embeddings::pooling::cosine;
 use coldpath_embeddings::{Embed, EmbeddingsConfig};
 use coldpath_models::{ModelError, ModelStore, sha256_file};
-use coldpath_tests::moto::MotoServer;
-use coldpath_tests::{embeddings_env, service, setup_var};
+use coldpath_test_support::moto::MotoServer;
+use coldpath_test_support::setup_var;
+use coldpath_tests::{embeddings_env, service};
 
 const BUCKET: &str = "coldpath-models";
 const PREFIX: &str = "all-minilm-l6-v2/v1";

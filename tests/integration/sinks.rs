@@ -4,7 +4,7 @@
 
 use coldpath_aws::{Queue, ResultSink, SinkError, SinkTarget};
 use coldpath_core::{Classify, ErrorType, MapEnv};
-use coldpath_tests::moto::{MotoServer, create_queue};
+use coldpath_test_support::moto::{MotoServer, create_queue};
 use serde_json::{Value, json};
 
 const BUCKET: &str = "coldpath-results";

@@ -1,48 +1,15 @@
-//! Helpers shared by coldpath's integration tests: where setup put the runtime library and the
-//! models, the committed reference fixtures, a process-wide embeddings service, and a local moto
-//! server for the S3 wire protocol.
+//! Helpers shared by coldpath's integration tests that need the function crates: settings for
+//! the setup's models, the committed reference fixtures and a process-wide embeddings service.
+//! Paths, setup variables and the moto server are in `coldpath-test-support`, which the function
+//! crates' own tests use too.
 
-pub mod bench;
-pub mod moto;
-
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use coldpath_core::MapEnv;
 use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder};
 use coldpath_io::NoObjectStore;
+use coldpath_test_support::{repo_root, setup_var};
 use serde::Deserialize;
-
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
-
-/// The response JSON a function binary printed in `invoke` mode, which must be the only thing on
-/// its stdout (logs go to stderr): one line, one JSON document.
-pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "stdout must be exactly one JSON document: {text}"
-    );
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-/// A variable that `make test` exports from `bootstrap.py env`. Tests need the real library and
-/// model, so a missing one fails loudly with the fix instead of skipping.
-pub fn setup_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: run the tests with `make test` (or `eval \"$(make -s env)\"` first)"
-        ),
-    }
-}
 
 /// Settings for an embeddings service on the setup's model, plus `extra` overrides.
 pub fn embeddings_env(extra: &[(&str, &str)]) -> MapEnv {

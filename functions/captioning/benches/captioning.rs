@@ -24,7 +24,7 @@ use std::time::Instant;
 use coldpath_captioning::model::{CaptionModel, CaptionModelConfig, DecodeOptions};
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_models::{OrtRuntime, SessionConfig};
-use coldpath_tests::bench::{machine, median};
+use coldpath_test_support::bench::{machine, median};
 use ndarray::{Array4, Axis};
 use serde_json::{Value, json};
 

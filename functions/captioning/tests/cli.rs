@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use coldpath_tests::{repo_root, stdout_json};
+use coldpath_test_support::{repo_root, stdout_json};
 use serde_json::Value;
 
 fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use coldpath_aws::Queue;
-use coldpath_tests::moto::{MotoServer, create_queue};
-use coldpath_tests::repo_root;
+use coldpath_test_support::moto::{MotoServer, create_queue};
+use coldpath_test_support::repo_root;
 use serde_json::{Value, json};
 
 /// A running worker whose stderr (JSON log lines) is read on a thread.

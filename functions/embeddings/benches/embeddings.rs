@@ -24,7 +24,7 @@ use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder, han
 use coldpath_io::NoObjectStore;
 use coldpath_models::SessionPool;
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_tests::bench::{machine, median};
+use coldpath_test_support::bench::{machine, median};
 use ndarray::Array2;
 use ort::value::Tensor;
 use serde_json::{Value, json};

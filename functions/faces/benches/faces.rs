@@ -32,7 +32,7 @@ use coldpath_faces::{AnalyzeFaces, FacesConfig, FacesService, handle};
 use coldpath_image::{ImageLoader, decode};
 use coldpath_io::{LocalObjectDir, NoObjectStore};
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_tests::bench::{machine, median};
+use coldpath_test_support::bench::{machine, median};
 use serde_json::{Value, json};
 
 const PHOTOS: [&str; 4] = [

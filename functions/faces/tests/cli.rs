@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use coldpath_tests::{repo_root, stdout_json};
+use coldpath_test_support::{repo_root, stdout_json};
 
 fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_faces"));

@@ -1,0 +1,53 @@
+//! Helpers for coldpath's tests and benchmarks that need no function crate, so every crate can
+//! dev-depend on them without a cycle: where the repository is, the setup's variables, a function
+//! binary's stdout, a local moto server for the S3 and SQS wire protocols ([`moto`]), and the
+//! machine and median every benchmark records ([`bench`]).
+
+pub mod bench;
+pub mod moto;
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    // This crate lives at `tests/support`.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The response JSON a function binary printed in `invoke` mode, which must be the only thing on
+/// its stdout (logs go to stderr): one line, one JSON document.
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "stdout must be exactly one JSON document: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A variable that `make test` exports from `bootstrap.py env`. Tests need the real library and
+/// model, so a missing one fails loudly with the fix instead of skipping.
+pub fn setup_var(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: run the tests with `make test` (or `eval \"$(make -s env)\"` first)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_root_is_the_workspace_root() {
+        assert!(repo_root().join("ARCHITECTURE.md").is_file());
+        assert!(repo_root().join("tests/support/Cargo.toml").is_file());
+    }
+}
