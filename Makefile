@@ -49,8 +49,9 @@ demo: build
 	@echo "== captions in the local result sink, .cache/results/captioning/ (the generated tiny model: its words are noise)" >&2
 	@for r in .cache/results/captioning/*.json; do $(PYTHON) tools/show_response.py < "$$r"; done
 
+# fault-injection: the worker's process tests pause a batch mid-flight (never in release builds).
 test: setup
-	@$(ENV); $(CARGO) test --workspace --locked
+	@$(ENV); $(CARGO) test --workspace --locked --features coldpath-captioning/fault-injection
 
 lint:
 	$(CARGO) fmt --all --check

@@ -31,6 +31,10 @@ pub struct CaptioningConfig {
     pub worker: WorkerSettings,
     /// Run one caption at init so the first batch does not pay ONNX Runtime's first-run cost.
     pub warmup: bool,
+    /// `CAPTIONING_FAULT_BATCH_DELAY_MS`: a pause before each model call, read only in builds
+    /// with the `fault-injection` feature (the process and chaos tests), never in a deployed one.
+    #[cfg(feature = "fault-injection")]
+    pub fault_delay: Duration,
 }
 
 /// How one batch of messages is processed, in either mode.
@@ -43,10 +47,6 @@ pub struct BatchSettings {
     pub max_new_tokens_cap: usize,
     /// Images fetched and decoded at once (`CAPTIONING_IMAGE_CONCURRENCY`).
     pub image_concurrency: usize,
-    /// A pause before each model call (`CAPTIONING_BATCH_DELAY_MS`, default 0). It exists for
-    /// fault drills and the worker's process tests, which need a batch to stay in flight long
-    /// enough to kill or stop the worker under it; leave it unset in production.
-    pub batch_delay: Duration,
 }
 
 /// The queue worker's settings (`captioning worker`).
@@ -64,7 +64,18 @@ pub struct WorkerSettings {
     /// half this period while the message's batch is in flight.
     pub visibility_timeout: Duration,
     /// Long-poll wait of the first receive of each batch (`CAPTIONING_WAIT_SECS`, 0..=20).
+    /// A receive in flight is never cancelled (its messages would stay hidden with nobody to
+    /// hand them back), so a stop can take this long before the worker sees it.
     pub wait: Duration,
+    /// Once a batch has its first message, how long to keep receiving to fill it
+    /// (`CAPTIONING_BATCH_FILL_MS`). SQS short polls sample a subset of its servers and may come
+    /// back empty while messages wait, so one empty poll does not end the batch.
+    pub fill_wait: Duration,
+    /// After SIGTERM, how long the batch in flight may still run (`CAPTIONING_STOP_DEADLINE_SECS`,
+    /// default 20, inside the 30 s most container platforms give before SIGKILL). At the deadline
+    /// every message without a written result is handed back (visibility 0) and the worker
+    /// exits 0.
+    pub stop_deadline: Duration,
 }
 
 impl WorkerSettings {
@@ -124,6 +135,21 @@ impl CaptioningConfig {
             300,
             0..=u64::from(u32::MAX),
         )?;
+        let wait = secs(
+            env,
+            "CAPTIONING_WAIT_SECS",
+            MAX_WAIT_SECS,
+            0..=MAX_WAIT_SECS,
+        )?;
+        let stop_deadline = secs(env, "CAPTIONING_STOP_DEADLINE_SECS", 20, 1..=3600)?;
+        if wait > stop_deadline {
+            // The receive in flight at SIGTERM runs to its end, so it must fit the deadline.
+            return Err(ConfigError::invalid(
+                "CAPTIONING_STOP_DEADLINE_SECS",
+                format!("at least CAPTIONING_WAIT_SECS ({wait})"),
+                stop_deadline.to_string(),
+            ));
+        }
         Ok(CaptioningConfig {
             model: CaptionModelConfig::from_env(env)?,
             ort_library: OrtRuntime::library_from_env(env),
@@ -136,12 +162,6 @@ impl CaptioningConfig {
                 max_batch,
                 max_new_tokens_cap: config::positive_or(env, "CAPTIONING_MAX_NEW_TOKENS_CAP", 128)?,
                 image_concurrency: config::positive_or(env, "CAPTIONING_IMAGE_CONCURRENCY", 8)?,
-                batch_delay: Duration::from_millis(config::parse_or(
-                    env,
-                    "CAPTIONING_BATCH_DELAY_MS",
-                    "milliseconds",
-                    0,
-                )?),
             },
             worker: WorkerSettings {
                 queue_url: config::get(env, "CAPTIONING_QUEUE_URL"),
@@ -159,14 +179,23 @@ impl CaptioningConfig {
                     300,
                     1..=MAX_VISIBILITY_SECS,
                 )?),
-                wait: Duration::from_secs(secs(
+                wait: Duration::from_secs(wait),
+                fill_wait: Duration::from_millis(config::parse_or(
                     env,
-                    "CAPTIONING_WAIT_SECS",
-                    MAX_WAIT_SECS,
-                    0..=MAX_WAIT_SECS,
+                    "CAPTIONING_BATCH_FILL_MS",
+                    "milliseconds",
+                    1000,
                 )?),
+                stop_deadline: Duration::from_secs(stop_deadline),
             },
             warmup: config::bool_or(env, "CAPTIONING_WARMUP", true)?,
+            #[cfg(feature = "fault-injection")]
+            fault_delay: Duration::from_millis(config::parse_or(
+                env,
+                "CAPTIONING_FAULT_BATCH_DELAY_MS",
+                "milliseconds",
+                0,
+            )?),
         })
     }
 }
@@ -181,7 +210,8 @@ mod tests {
         let c = CaptioningConfig::from_env(&MapEnv::default()).unwrap();
         assert_eq!(c.batch.max_batch, 8);
         assert_eq!(c.batch.max_new_tokens_cap, 128);
-        assert_eq!(c.batch.batch_delay, Duration::ZERO);
+        assert_eq!(c.worker.fill_wait, Duration::from_secs(1));
+        assert_eq!(c.worker.stop_deadline, Duration::from_secs(20));
         assert_eq!(c.worker.bulk_batch, 32);
         assert_eq!(c.worker.bulk_threshold, 256);
         assert_eq!(c.worker.idle_exit, Some(Duration::from_secs(300)));
@@ -204,7 +234,8 @@ mod tests {
             ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "2"),
             ("CAPTIONING_WAIT_SECS", "0"),
             ("CAPTIONING_MAX_NEW_TOKENS_CAP", "16"),
-            ("CAPTIONING_BATCH_DELAY_MS", "1500"),
+            ("CAPTIONING_BATCH_FILL_MS", "250"),
+            ("CAPTIONING_STOP_DEADLINE_SECS", "5"),
         ]);
         let c = CaptioningConfig::from_env(&env).unwrap();
         assert_eq!(
@@ -217,7 +248,17 @@ mod tests {
         assert_eq!(c.worker.visibility_timeout, Duration::from_secs(2));
         assert_eq!(c.worker.wait, Duration::ZERO);
         assert_eq!(c.batch.max_new_tokens_cap, 16);
-        assert_eq!(c.batch.batch_delay, Duration::from_millis(1500));
+        assert_eq!(c.worker.fill_wait, Duration::from_millis(250));
+        assert_eq!(c.worker.stop_deadline, Duration::from_secs(5));
+    }
+
+    /// Regression (issue 12): a test-only pause was a production setting; a deployed function
+    /// could be slowed by setting it. Now only `fault-injection` builds read the fault variable.
+    #[test]
+    fn the_old_delay_setting_is_not_read() {
+        let env = MapEnv::new([("CAPTIONING_BATCH_DELAY_MS", "60000")]);
+        let c = CaptioningConfig::from_env(&env).unwrap();
+        assert_eq!(c, CaptioningConfig::from_env(&MapEnv::default()).unwrap());
     }
 
     #[test]
@@ -241,7 +282,10 @@ mod tests {
             ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "0"),
             ("CAPTIONING_IDLE_EXIT_SECS", "-1"),
             ("CAPTIONING_BULK_THRESHOLD", "lots"),
-            ("CAPTIONING_BATCH_DELAY_MS", "1.5"),
+            ("CAPTIONING_BATCH_FILL_MS", "1.5"),
+            ("CAPTIONING_STOP_DEADLINE_SECS", "0"),
+            // The default 20 s long poll would not fit a 10 s stop deadline.
+            ("CAPTIONING_STOP_DEADLINE_SECS", "10"),
         ] {
             let err = CaptioningConfig::from_env(&MapEnv::new([(name, value)])).unwrap_err();
             assert!(err.to_string().starts_with(name), "{name}={value}: {err}");

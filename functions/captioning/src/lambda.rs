@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use coldpath_core::ErrorType;
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::Value;
 
-use crate::service::{Captioner, CaptioningService, ImageSource, Incoming, ResultWriter};
+use crate::service::{Captioner, CaptioningService, ImageSource, ResultWriter};
 
 /// Turns an SQS event into the messages to process.
 ///
@@ -19,7 +19,7 @@ use crate::service::{Captioner, CaptioningService, ImageSource, Incoming, Result
 /// report it as processed and Lambda would delete it unprocessed, and an empty `itemIdentifier`
 /// makes Lambda fail the batch anyway. So such an event fails the whole invocation with an error,
 /// which returns every message of the batch to the queue and loses nothing.
-pub fn incoming(payload: Value) -> Result<Vec<Incoming>, HandlerError> {
+pub fn messages(payload: Value) -> Result<Vec<SqsMessage>, HandlerError> {
     let event: SqsEvent = serde_json::from_value(payload).map_err(|e| {
         HandlerError::new(
             ErrorType::InvalidInput,
@@ -30,11 +30,8 @@ pub fn incoming(payload: Value) -> Result<Vec<Incoming>, HandlerError> {
         .records
         .into_iter()
         .enumerate()
-        .map(|(i, record)| match record.message_id {
-            Some(id) if !id.trim().is_empty() => Ok(Incoming {
-                message_id: id,
-                body: record.body,
-            }),
+        .map(|(i, record)| match &record.message_id {
+            Some(id) if !id.trim().is_empty() => Ok(record),
             _ => Err(HandlerError::new(
                 ErrorType::InvalidInput,
                 format!(
@@ -50,7 +47,7 @@ pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
     service: Arc<CaptioningService<C, I, W>>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
-    let messages = incoming(event.payload)?;
+    let messages = messages(event.payload)?;
     let outcomes = service
         .process(&messages, service.settings().max_batch)
         .await;

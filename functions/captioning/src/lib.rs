@@ -5,7 +5,8 @@
 //! with `ReportBatchItemFailures` ([`lambda`]): each invocation captions one SQS batch and reports
 //! only the messages that failed. `captioning worker` ([`worker`]) is a long-running consumer for
 //! a serverless GPU runtime or a container: it long-polls the queue, batches, keeps in-flight
-//! messages hidden with a heartbeat, deletes only what completed, drains on SIGTERM and exits
+//! messages hidden with a heartbeat, deletes only what completed, hands back what failed or
+//! cannot finish by its stop deadline after SIGTERM, and exits
 //! when the queue stays empty, so a scale-to-zero platform stops billing. Both share the batch
 //! pipeline in [`service`]: parse each message on its own, fetch and decode images concurrently,
 //! caption in model batches on the blocking pool, write one result per request id.
@@ -23,7 +24,7 @@ pub use config::{BatchSettings, CaptioningConfig, WorkerSettings};
 pub use lambda::handle;
 pub use message::{CaptionRequest, MessageError};
 pub use service::{
-    Caption, Captioner, CaptioningService, ImageSource, Incoming, InitError, MessageFailure,
-    ModelService, Outcome, ResultWriter, init,
+    Caption, Captioner, CaptioningService, ImageSource, InitError, MessageFailure, ModelService,
+    Outcome, Progress, QueueMessage, ResultWriter, init,
 };
 pub use worker::{ExitReason, WorkQueue, Worker, WorkerError, WorkerReport};

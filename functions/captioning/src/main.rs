@@ -104,11 +104,15 @@ async fn run_worker(queue: Queue, started: Started) -> ExitCode {
     };
     tracing::info!(queue = queue.url(), "captioning worker");
     let worker = Worker::new(queue, Arc::new(started.service), started.config.worker);
-    match worker.run(shutdown).await {
-        Ok(_) => ExitCode::SUCCESS,
+    let code = match worker.run(shutdown).await {
+        Ok(_) => 0,
         Err(e) => {
             tracing::error!(error_type = %coldpath_core::Classify::error_type(&e), "worker stopped: {e}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit here rather than return: dropping the runtime would wait for a model call that the
+    // stop deadline cut off (it keeps running on the blocking pool), and the platform's SIGKILL
+    // would come first. Every message is settled by now and logs go unbuffered to stderr.
+    std::process::exit(code)
 }

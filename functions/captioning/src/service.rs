@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use coldpath_core::cold_start::{ColdStartTimer, Phase};
@@ -46,12 +46,64 @@ pub trait ImageSource: Send + Sync + 'static {
     fn load(&self, image: &ImageRef) -> impl Future<Output = Result<RgbImage, ImageError>> + Send;
 }
 
-/// One message as delivered, in either mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incoming {
+/// One queue message as delivered, in either mode: the Lambda event's `SqsMessage` or the
+/// worker's `ReceivedMessage`, used as they are from receive to delete.
+pub trait QueueMessage: Send + Sync {
     /// The SQS message id (what a Lambda batch response reports).
-    pub message_id: String,
-    pub body: Option<String>,
+    fn message_id(&self) -> &str;
+    fn body(&self) -> Option<&str>;
+}
+
+impl QueueMessage for coldpath_aws::ReceivedMessage {
+    fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    fn body(&self) -> Option<&str> {
+        Some(&self.body)
+    }
+}
+
+impl QueueMessage for aws_lambda_events::event::sqs::SqsMessage {
+    /// `lambda::messages` refuses records without an id before they get here.
+    fn message_id(&self) -> &str {
+        self.message_id.as_deref().unwrap_or_default()
+    }
+
+    fn body(&self) -> Option<&str> {
+        self.body.as_deref()
+    }
+}
+
+/// Which messages of a batch have their result written, for a caller that may have to stop
+/// before the batch finishes: the worker deletes those at its stop deadline and hands the rest
+/// back to the queue.
+#[derive(Debug, Default)]
+pub struct Progress {
+    written: Mutex<Vec<bool>>,
+}
+
+impl Progress {
+    pub fn new(messages: usize) -> Self {
+        Progress {
+            written: Mutex::new(vec![false; messages]),
+        }
+    }
+
+    fn mark(&self, index: usize) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = written.get_mut(index) {
+            *w = true;
+        }
+    }
+
+    /// `written()[i]`: message `i`'s result is in the sink.
+    pub fn written(&self) -> Vec<bool> {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Why one message failed.
@@ -120,6 +172,11 @@ pub struct CaptioningService<C, I, W> {
     sink: Arc<W>,
     model_name: String,
     settings: BatchSettings,
+    /// A pause before each model call, so process tests can kill or stop a worker with a batch
+    /// in flight. Only in builds with the `fault-injection` feature (the tests' builds), so a
+    /// deployed function cannot be slowed by a setting.
+    #[cfg(feature = "fault-injection")]
+    fault_delay: std::time::Duration,
 }
 
 impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
@@ -136,7 +193,16 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
             sink: Arc::new(sink),
             model_name: model_name.into(),
             settings,
+            #[cfg(feature = "fault-injection")]
+            fault_delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// Pauses before each model call (`fault-injection` builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_fault_delay(mut self, delay: std::time::Duration) -> Self {
+        self.fault_delay = delay;
+        self
     }
 
     pub fn settings(&self) -> &BatchSettings {
@@ -153,12 +219,25 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
 
     /// Processes `batch`, captioning at most `model_batch` images per model call, and returns one
     /// outcome per message, in order.
-    pub async fn process(&self, batch: &[Incoming], model_batch: usize) -> Vec<Outcome> {
+    pub async fn process<M: QueueMessage>(&self, batch: &[M], model_batch: usize) -> Vec<Outcome> {
+        self.process_tracked(batch, model_batch, &Progress::new(batch.len()))
+            .await
+    }
+
+    /// [`CaptioningService::process`], marking in `progress` each message whose result is
+    /// written as soon as it is, so a caller that drops this future at a deadline knows which
+    /// messages are done.
+    pub async fn process_tracked<M: QueueMessage>(
+        &self,
+        batch: &[M],
+        model_batch: usize,
+        progress: &Progress,
+    ) -> Vec<Outcome> {
         let started = Instant::now();
         let cap = self.settings.max_new_tokens_cap;
         let requests: Vec<Result<CaptionRequest, MessageFailure>> = batch
             .iter()
-            .map(|m| message::parse(m.body.as_deref(), cap).map_err(MessageFailure::from))
+            .map(|m| message::parse(m.body(), cap).map_err(MessageFailure::from))
             .collect();
         let images = self.load_images(&requests).await;
 
@@ -202,7 +281,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         drop(decoded);
 
         let outcomes = self
-            .write_results(batch, requests, failures, captions)
+            .write_results(batch, requests, failures, captions, progress)
             .await;
         let failed = outcomes.iter().filter(|o| !o.is_ok()).count();
         tracing::info!(
@@ -259,8 +338,9 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         chunk: &[usize],
         tokens: &[Option<usize>],
     ) -> Vec<(usize, Result<Caption, MessageFailure>)> {
-        if !self.settings.batch_delay.is_zero() {
-            tokio::time::sleep(self.settings.batch_delay).await;
+        #[cfg(feature = "fault-injection")]
+        if !self.fault_delay.is_zero() {
+            tokio::time::sleep(self.fault_delay).await;
         }
         let started = Instant::now();
         match self
@@ -329,12 +409,13 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
     }
 
     /// Writes every caption to the sink concurrently and assembles the outcomes in order.
-    async fn write_results(
+    async fn write_results<M: QueueMessage>(
         &self,
-        batch: &[Incoming],
+        batch: &[M],
         requests: Vec<Result<CaptionRequest, MessageFailure>>,
         mut failures: HashMap<usize, MessageFailure>,
         mut captions: HashMap<usize, Caption>,
+        progress: &Progress,
     ) -> Vec<Outcome> {
         let mut results: Vec<Option<Result<String, MessageFailure>>> =
             batch.iter().map(|_| None).collect();
@@ -370,7 +451,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
                 "caption": caption.text,
                 "token_ids": caption.token_ids,
                 "model": self.model_name,
-                "message_id": message.message_id,
+                "message_id": message.message_id(),
             });
             let sink = Arc::clone(&self.sink);
             let handle = tasks.spawn(async move {
@@ -389,6 +470,9 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
                 Err(e) => (e.id(), Err(TaskError::from_join(e).into())),
             };
             if let Some(&i) = index_of.get(&id) {
+                if result.is_ok() {
+                    progress.mark(i);
+                }
                 results[i] = Some(result);
             }
         }
@@ -399,10 +483,10 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
             .map(|((message, id), result)| {
                 let result = result.unwrap_or(Err(TaskError::Cancelled.into()));
                 if let Err(e) = &result {
-                    log_failure(&message.message_id, id.as_deref(), e);
+                    log_failure(message.message_id(), id.as_deref(), e);
                 }
                 Outcome {
-                    message_id: message.message_id.clone(),
+                    message_id: message.message_id().to_string(),
                     id,
                     result,
                 }
@@ -497,6 +581,8 @@ pub async fn init<F: ObjectFetcher + Clone + 'static, W: ResultWriter>(
         resolved.spec.name.clone(),
         config.batch,
     );
+    #[cfg(feature = "fault-injection")]
+    let service = service.with_fault_delay(config.fault_delay);
     Ok((service, timer.finish()))
 }
 
@@ -510,6 +596,7 @@ pub(crate) mod testing {
     use std::sync::Mutex;
     use std::time::Duration;
 
+    pub use aws_lambda_events::event::sqs::SqsMessage;
     use coldpath_io::FetchError;
     use serde_json::Value;
 
@@ -525,10 +612,12 @@ pub(crate) mod testing {
         }
     }
 
-    /// Captions an image `WxH` as `"WxH"`; fails any call containing an image of `poison_width`.
+    /// Captions an image `WxH` as `"WxH"`; fails any call containing an image of `poison_width`;
+    /// takes `delay` per call, like a real model on a slow machine.
     #[derive(Default)]
     pub struct FakeCaptioner {
         pub poison_width: Option<u32>,
+        pub delay: Duration,
         /// The size of every model call, in order.
         pub calls: Mutex<Vec<usize>>,
     }
@@ -543,6 +632,7 @@ pub(crate) mod testing {
         ) -> Result<Vec<Caption>, FakeError> {
             self.calls.lock().unwrap().push(images.len());
             assert_eq!(images.len(), max_new_tokens.len());
+            std::thread::sleep(self.delay);
             if images.iter().any(|i| Some(i.width()) == self.poison_width) {
                 return Err(FakeError("the model cannot handle this image".into()));
             }
@@ -604,7 +694,6 @@ pub(crate) mod testing {
             max_batch,
             max_new_tokens_cap: 32,
             image_concurrency: 2,
-            batch_delay: Duration::ZERO,
         }
     }
 
@@ -628,11 +717,11 @@ pub(crate) mod testing {
         serde_json::json!({"id": id, "image": {"s3": format!("s3://b/{key}")}}).to_string()
     }
 
-    pub fn message(message_id: &str, body: Option<String>) -> Incoming {
-        Incoming {
-            message_id: message_id.to_string(),
-            body,
-        }
+    pub fn message(message_id: &str, body: Option<String>) -> SqsMessage {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(message_id.to_string());
+        m.body = body;
+        m
     }
 }
 
@@ -701,7 +790,7 @@ mod tests {
     #[tokio::test]
     async fn batches_respect_the_model_batch_size() {
         let service = service(3, None);
-        let batch: Vec<Incoming> = (0..7)
+        let batch: Vec<SqsMessage> = (0..7)
             .map(|i| message(&format!("m{i}"), Some(body(&format!("id{i}"), "4x4"))))
             .collect();
         let outcomes = service.process(&batch, 3).await;

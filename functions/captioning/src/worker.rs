@@ -1,44 +1,50 @@
 //! `captioning worker`: a long-running queue consumer for a serverless GPU runtime or container.
 //!
-//! The worker long-polls the queue, assembles a batch (receiving again until the batch is full or
-//! the queue has nothing more), captions it with the same pipeline as the Lambda handler, and
+//! The worker long-polls the queue, assembles a batch (receiving until the batch is full or a
+//! short fill time has passed), captions it with the same pipeline as the Lambda handler, and
 //! deletes only the messages whose result was written. While a batch is in flight a heartbeat
 //! extends the messages' visibility at half the visibility timeout, so a slow batch is not
 //! handed to a second consumer; if the worker dies, the heartbeat stops and the messages come
-//! back after the timeout. Failed messages are left alone: they come back after the timeout, and
-//! the queue's redrive policy moves a message that keeps failing to its dead-letter queue.
+//! back after the timeout.
 //!
-//! It stops on its own in two ways, both exit 0: on SIGTERM (stop receiving, finish the batch in
-//! flight, delete what completed) and after `idle_exit` with an empty queue, so a scale-to-zero
-//! platform stops billing. A deep backlog switches it to bulk mode (a larger batch).
+//! Ownership is explicit. A message whose visibility extension failed may already belong to
+//! another consumer, so this worker never deletes it (its result write is idempotent: keyed by
+//! the request id, a second write overwrites). Deletes and hand-backs wait for the heartbeat to
+//! stop, so no extension races them. A failed message is handed back at once (visibility 0), or
+//! after a short backoff when the failure is transient, and the queue's redrive policy moves a
+//! message that keeps failing to its dead-letter queue.
+//!
+//! It stops on its own in two ways, both exit 0. On SIGTERM it receives no more, lets the batch
+//! in flight run until the stop deadline, deletes what was written, hands every other message it
+//! holds back to the queue (visibility 0) and exits, so right after it exits no message it held
+//! is still hidden; a second signal exits at once. After `idle_exit` with an empty queue it exits
+//! so a scale-to-zero platform stops billing. A deep backlog switches it to bulk mode (a larger
+//! batch).
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coldpath_aws::{Queue, QueueError};
+use coldpath_aws::{Queue, QueueError, ReceivedMessage};
 use coldpath_core::{Classify, ErrorType};
 use tokio::sync::watch;
 
 use crate::config::WorkerSettings;
-use crate::service::{Captioner, CaptioningService, ImageSource, Incoming, ResultWriter};
+use crate::service::{Captioner, CaptioningService, ImageSource, Outcome, Progress, ResultWriter};
 
 /// SQS returns at most 10 messages per receive.
 pub const MAX_RECEIVE: usize = 10;
 /// SQS deletes and changes visibility of at most 10 messages per batch call.
 pub const MAX_BATCH_CALL: usize = 10;
+/// The longest hand-back delay for a transiently failed message; the first retry waits 1 s and
+/// each redelivery doubles it.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// Exit status after a second stop signal: 128 + SIGTERM, as a shell reports a killed process.
+pub const FORCED_EXIT_CODE: i32 = 143;
 
-/// A received message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    pub message_id: String,
-    pub receipt_handle: String,
-    pub body: Option<String>,
-    /// How many times the queue has handed this message out (1 on first delivery).
-    pub receive_count: u32,
-}
-
-/// The queue operations the worker needs.
+/// The queue operations the worker needs. Messages are the SDK adapter's [`ReceivedMessage`]
+/// from receive to delete.
 pub trait WorkQueue: Send + Sync + 'static {
     type Error: std::error::Error + Classify + Send + Sync + 'static;
 
@@ -49,7 +55,7 @@ pub trait WorkQueue: Send + Sync + 'static {
         max: usize,
         wait: Duration,
         visibility: Duration,
-    ) -> impl Future<Output = Result<Vec<Received>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<ReceivedMessage>, Self::Error>> + Send;
 
     /// Deletes the messages; returns the receipt handles the queue did not delete.
     fn delete(
@@ -57,34 +63,43 @@ pub trait WorkQueue: Send + Sync + 'static {
         receipt_handles: &[String],
     ) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
 
-    /// Hides the messages for another `visibility` from now.
-    fn extend_visibility(
+    /// Sets the messages' remaining invisibility to `visibility` from now: more extends the
+    /// time this worker has, zero hands them back. Returns the receipt handles whose change
+    /// failed (a stale handle: the message is deleted or owned by another receive).
+    fn set_visibility(
         &self,
         receipt_handles: &[String],
         visibility: Duration,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
 
     /// The approximate number of visible messages.
     fn backlog(&self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 }
 
 /// Why the worker stopped without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExitReason {
-    /// SIGTERM (or the caller's shutdown signal): the batch in flight was finished first.
+    /// SIGTERM (or the caller's shutdown signal): what was done was deleted, the rest handed back.
+    #[default]
     Shutdown,
     /// The queue stayed empty for the idle-exit time.
     Idle,
 }
 
 /// What one run of the worker did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerReport {
     pub exit: ExitReason,
     pub batches: u64,
     pub captioned: u64,
     pub failed: u64,
     pub deleted: u64,
+    /// Messages handed back to the queue: failed ones, and at a stop the unfinished ones.
+    pub released: u64,
+    /// Messages whose visibility extension failed, left alone for their new owner.
+    pub abandoned: u64,
+    /// Batches cut off by the stop deadline.
+    pub cut_off: u64,
 }
 
 /// A queue failure the worker cannot wait out (a missing queue, no permission).
@@ -113,6 +128,18 @@ pub fn next_bulk(bulk: bool, backlog: u64, threshold: u64) -> bool {
     }
 }
 
+/// How long a failed message stays hidden before it comes back: at once for failures that
+/// retrying soon cannot fix (bad input, a model error: the redrive policy counts them towards
+/// the dead-letter queue), a doubling backoff from 1 s for transient ones (throttling, a network
+/// failure), so a struggling dependency is not hammered.
+pub fn hand_back_delay(error_type: ErrorType, receive_count: u32) -> Duration {
+    if error_type != ErrorType::Retryable {
+        return Duration::ZERO;
+    }
+    let doublings = receive_count.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << doublings).min(MAX_RETRY_BACKOFF)
+}
+
 /// The worker: a queue, the captioning pipeline and the worker settings.
 pub struct Worker<Q, C, I, W> {
     queue: Arc<Q>,
@@ -124,6 +151,98 @@ pub struct Worker<Q, C, I, W> {
 async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|&stop| stop).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves `deadline` after `shutdown` turns true.
+async fn stop_deadline(mut shutdown: watch::Receiver<bool>, deadline: Duration) {
+    shutdown_requested(&mut shutdown).await;
+    tracing::info!(
+        deadline_s = deadline.as_secs_f64(),
+        "stop requested: the batch in flight has until the deadline"
+    );
+    tokio::time::sleep(deadline).await;
+}
+
+/// Extends the batch's visibility every half timeout until told to stop; a message whose
+/// extension fails goes into `lost` and is extended no more.
+async fn heartbeat<Q: WorkQueue>(
+    queue: Arc<Q>,
+    handles: Vec<String>,
+    visibility: Duration,
+    lost: Arc<Mutex<HashSet<String>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = (visibility / 2).max(Duration::from_millis(200));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            // An extension in flight is never cut: the caller waits for this task to end.
+            () = shutdown_requested(&mut stop) => return,
+        }
+        let live: Vec<String> = {
+            let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+            handles
+                .iter()
+                .filter(|h| !lost.contains(*h))
+                .cloned()
+                .collect()
+        };
+        if live.is_empty() {
+            return;
+        }
+        let failed = match queue.set_visibility(&live, visibility).await {
+            Ok(failed) => failed,
+            // Whether the call reached SQS is unknown: ownership of every message is in doubt.
+            Err(e) => {
+                tracing::warn!(messages = live.len(), "extending visibility failed: {e}");
+                live.clone()
+            }
+        };
+        if failed.is_empty() {
+            tracing::debug!(messages = live.len(), "visibility extended");
+        } else {
+            tracing::warn!(
+                messages = failed.len(),
+                "visibility extension failed; those messages may belong to another consumer now and will not be deleted by this worker"
+            );
+            lost.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(failed);
+        }
+    }
+}
+
+/// The heartbeat of one batch, stopped and awaited before anything is deleted or handed back.
+struct Heartbeat {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    lost: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Heartbeat {
+    fn start<Q: WorkQueue>(queue: &Arc<Q>, handles: Vec<String>, visibility: Duration) -> Self {
+        let lost = Arc::new(Mutex::new(HashSet::new()));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(heartbeat(
+            Arc::clone(queue),
+            handles,
+            visibility,
+            Arc::clone(&lost),
+            stop_rx,
+        ));
+        Heartbeat { stop, task, lost }
+    }
+
+    /// Stops the heartbeat, waits for an extension in flight, and returns the handles this
+    /// worker no longer owns.
+    async fn finish(self) -> HashSet<String> {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!("the heartbeat task failed: {e}");
+        }
+        std::mem::take(&mut *self.lost.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -147,13 +266,7 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<WorkerReport, WorkerError> {
         let max_batch = self.service.settings().max_batch;
-        let mut report = WorkerReport {
-            exit: ExitReason::Shutdown,
-            batches: 0,
-            captioned: 0,
-            failed: 0,
-            deleted: 0,
-        };
+        let mut report = WorkerReport::default();
         let mut bulk = false;
         let mut idle_since = Instant::now();
         let mut backoff = Duration::from_millis(500);
@@ -163,6 +276,8 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
             bulk_threshold = self.settings.bulk_threshold,
             visibility_timeout_s = self.settings.visibility_timeout.as_secs(),
             wait_s = self.settings.wait.as_secs(),
+            fill_ms = self.settings.fill_wait.as_millis() as u64,
+            stop_deadline_s = self.settings.stop_deadline.as_secs(),
             idle_exit_s = self.settings.idle_exit.map(|d| d.as_secs()),
             "worker started"
         );
@@ -176,13 +291,9 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
             } else {
                 max_batch
             };
-            let received = tokio::select! {
-                r = self.assemble(target) => r,
-                // Dropping a receive in progress loses nothing: any message it was about to
-                // return stays hidden for the visibility timeout, then comes back.
-                () = shutdown_requested(&mut shutdown) => break,
-            };
-            let received = match received {
+            // Never cancelled by a stop: a receive dropped mid-call may have hidden messages
+            // whose receipt handles nobody would ever see, so they could not be handed back.
+            let received = match self.assemble(target, &shutdown).await {
                 Ok(r) => {
                     backoff = Duration::from_millis(500);
                     r
@@ -198,6 +309,13 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
                 }
                 Err(e) => return Err(e),
             };
+            if *shutdown.borrow() {
+                // Received for a batch that will not run: hand them straight back.
+                let handles: Vec<String> =
+                    received.iter().map(|m| m.receipt_handle.clone()).collect();
+                report.released += self.hand_back(&handles, Duration::ZERO).await;
+                break;
+            }
             if received.is_empty() {
                 if let Some(idle) = self.settings.idle_exit
                     && idle_since.elapsed() >= idle
@@ -218,7 +336,8 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
                 }
                 continue;
             }
-            self.run_batch(received, target, bulk, &mut report).await;
+            self.run_batch(received, target, bulk, &shutdown, &mut report)
+                .await;
             idle_since = Instant::now();
         }
         tracing::info!(
@@ -227,6 +346,9 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
             captioned = report.captioned,
             failed = report.failed,
             deleted = report.deleted,
+            released = report.released,
+            abandoned = report.abandoned,
+            cut_off = report.cut_off,
             "worker stopped"
         );
         Ok(report)
@@ -267,13 +389,29 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         next
     }
 
-    /// Receives until `target` messages are in hand or the queue returns none. Only the first
-    /// receive long-polls: once a batch has started, waiting longer for stragglers would only
-    /// delay the messages already received.
-    async fn assemble(&self, target: usize) -> Result<Vec<Received>, WorkerError> {
+    /// Receives until `target` messages are in hand, the fill time has passed since the first
+    /// arrived, or a stop is requested. The first receive long-polls; later ones short-poll, and
+    /// an empty short poll is retried after a pause rather than ending the batch: SQS short
+    /// polls sample a subset of its servers and can come back empty with messages waiting.
+    async fn assemble(
+        &self,
+        target: usize,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Vec<ReceivedMessage>, WorkerError> {
         let vis = self.settings.visibility_timeout;
-        let mut batch = Vec::with_capacity(target);
+        let mut batch: Vec<ReceivedMessage> = Vec::with_capacity(target);
+        let mut filling_since: Option<Instant> = None;
         while batch.len() < target {
+            if *shutdown.borrow() {
+                break;
+            }
+            let fill_left = match filling_since {
+                None => None,
+                Some(t) => match self.settings.fill_wait.checked_sub(t.elapsed()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => break,
+                },
+            };
             let want = (target - batch.len()).min(MAX_RECEIVE);
             let wait = if batch.is_empty() {
                 self.settings.wait
@@ -281,8 +419,17 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
                 Duration::ZERO
             };
             match self.queue.receive(want, wait, vis).await {
-                Ok(got) if got.is_empty() => break,
-                Ok(got) => batch.extend(got),
+                Ok(got) if got.is_empty() => match fill_left {
+                    // The first receive's long poll ended empty: no batch this time.
+                    None => break,
+                    Some(left) => {
+                        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+                    }
+                },
+                Ok(got) => {
+                    batch.extend(got);
+                    filling_since.get_or_insert_with(Instant::now);
+                }
                 Err(e) if batch.is_empty() => return Err(queue_error("receive", &e)),
                 Err(e) => {
                     // Work on what is already received rather than let it time out.
@@ -294,12 +441,16 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         Ok(batch)
     }
 
-    /// Captions one batch with a visibility heartbeat, then deletes what completed.
+    /// Captions one batch with a visibility heartbeat until it finishes or the stop deadline
+    /// passes, then settles every message: written ones are deleted, failed ones handed back
+    /// (after a backoff when transient), unfinished ones handed back at once, and ones whose
+    /// ownership was lost left alone.
     async fn run_batch(
         &self,
-        received: Vec<Received>,
+        received: Vec<ReceivedMessage>,
         target: usize,
         bulk: bool,
+        shutdown: &watch::Receiver<bool>,
         report: &mut WorkerReport,
     ) {
         let handles: Vec<String> = received.iter().map(|m| m.receipt_handle.clone()).collect();
@@ -311,28 +462,82 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
             redelivered,
             "batch started"
         );
-        let heartbeat = tokio::spawn(heartbeat(
-            Arc::clone(&self.queue),
-            handles,
+        let heartbeat = Heartbeat::start(
+            &self.queue,
+            handles.clone(),
             self.settings.visibility_timeout,
-        ));
-        let incoming: Vec<Incoming> = received
-            .iter()
-            .map(|m| Incoming {
-                message_id: m.message_id.clone(),
-                body: m.body.clone(),
-            })
-            .collect();
-        let outcomes = self.service.process(&incoming, target).await;
-        heartbeat.abort();
-        let done: Vec<String> = outcomes
-            .iter()
-            .zip(&received)
-            .filter(|(o, _)| o.is_ok())
-            .map(|(_, m)| m.receipt_handle.clone())
-            .collect();
-        let failed = (received.len() - done.len()) as u64;
-        let deleted = match self.queue.delete(&done).await {
+        );
+        let progress = Progress::new(received.len());
+        let outcomes: Option<Vec<Outcome>> = tokio::select! {
+            outcomes = self.service.process_tracked(&received, target, &progress) => Some(outcomes),
+            // Dropping the batch future stops it between awaits; a model call already running
+            // on the blocking pool finishes in the background and its result is discarded.
+            () = stop_deadline(shutdown.clone(), self.settings.stop_deadline) => None,
+        };
+        let lost = heartbeat.finish().await;
+        let written = progress.written();
+
+        let mut delete = Vec::new();
+        let mut release_now = Vec::new();
+        let mut release_later: Vec<(String, Duration)> = Vec::new();
+        let mut failed = 0u64;
+        for (i, message) in received.iter().enumerate() {
+            let handle = &message.receipt_handle;
+            if lost.contains(handle) {
+                continue;
+            }
+            match outcomes.as_ref().map(|o| &o[i].result) {
+                Some(Ok(_)) => delete.push(handle.clone()),
+                Some(Err(e)) => {
+                    failed += 1;
+                    match hand_back_delay(e.error_type(), message.receive_count) {
+                        d if d.is_zero() => release_now.push(handle.clone()),
+                        d => release_later.push((handle.clone(), d)),
+                    }
+                }
+                None if written[i] => delete.push(handle.clone()),
+                None => release_now.push(handle.clone()),
+            }
+        }
+        let cut_off = outcomes.is_none();
+        if cut_off {
+            tracing::warn!(
+                batch_size = received.len(),
+                written = written.iter().filter(|&&w| w).count(),
+                "stop deadline reached with the batch in flight: deleting what was written, handing back the rest"
+            );
+        }
+        let deleted = self.delete(&delete).await;
+        let mut released = self.hand_back(&release_now, Duration::ZERO).await;
+        for (handle, delay) in &release_later {
+            released += self.hand_back(std::slice::from_ref(handle), *delay).await;
+        }
+        let abandoned = lost.len() as u64;
+        report.batches += 1;
+        report.captioned += delete.len() as u64;
+        report.failed += failed;
+        report.deleted += deleted;
+        report.released += released;
+        report.abandoned += abandoned;
+        report.cut_off += u64::from(cut_off);
+        tracing::info!(
+            batch_size = received.len(),
+            captioned = delete.len(),
+            failed,
+            deleted,
+            released,
+            abandoned,
+            cut_off,
+            "batch done"
+        );
+    }
+
+    /// Deletes messages whose results are written; returns how many went.
+    async fn delete(&self, handles: &[String]) -> u64 {
+        if handles.is_empty() {
+            return 0;
+        }
+        match self.queue.delete(handles).await {
             Ok(left) => {
                 if !left.is_empty() {
                     // Their results are written; a redelivery rewrites the same result.
@@ -341,40 +546,48 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
                         "some completed messages were not deleted"
                     );
                 }
-                (done.len() - left.len()) as u64
+                (handles.len() - left.len()) as u64
             }
             Err(e) => {
                 tracing::error!(
-                    completed = done.len(),
+                    completed = handles.len(),
                     "deleting completed messages failed: {e}"
                 );
                 0
             }
-        };
-        report.batches += 1;
-        report.captioned += done.len() as u64;
-        report.failed += failed;
-        report.deleted += deleted;
-        tracing::info!(
-            batch_size = received.len(),
-            captioned = done.len(),
-            failed,
-            deleted,
-            "batch done"
-        );
-    }
-}
-
-/// Extends the batch's visibility every half timeout until aborted.
-async fn heartbeat<Q: WorkQueue>(queue: Arc<Q>, handles: Vec<String>, visibility: Duration) {
-    let period = (visibility / 2).max(Duration::from_millis(200));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        ticks.tick().await;
-        match queue.extend_visibility(&handles, visibility).await {
-            Ok(()) => tracing::debug!(messages = handles.len(), "visibility extended"),
-            Err(e) => tracing::warn!(messages = handles.len(), "extending visibility failed: {e}"),
         }
+    }
+
+    /// Hands messages back to the queue, visible again after `delay`. A failed call is tried
+    /// twice more, since a message left hidden waits out the whole visibility timeout.
+    async fn hand_back(&self, handles: &[String], delay: Duration) -> u64 {
+        let mut pending: Vec<String> = handles.to_vec();
+        for attempt in 0..3 {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            pending = match self.queue.set_visibility(&pending, delay).await {
+                Ok(failed) => failed,
+                Err(e) => {
+                    tracing::warn!(
+                        messages = pending.len(),
+                        attempt,
+                        "handing back failed: {e}"
+                    );
+                    pending
+                }
+            };
+        }
+        if !pending.is_empty() {
+            tracing::error!(
+                messages = pending.len(),
+                "could not hand messages back; they return after their visibility timeout"
+            );
+        }
+        (handles.len() - pending.len()) as u64
     }
 }
 
@@ -387,8 +600,9 @@ fn queue_error<E: std::error::Error + Classify>(operation: &'static str, e: &E) 
 }
 
 /// A shutdown flag that turns true on SIGTERM (what container platforms and serverless GPU
-/// runtimes send before killing) or SIGINT (Ctrl-C in a terminal). Must be called inside a tokio
-/// runtime; registration errors are returned rather than leaving the worker unstoppable.
+/// runtimes send before killing) or SIGINT (Ctrl-C in a terminal); a second signal exits the
+/// process at once with [`FORCED_EXIT_CODE`]. Must be called inside a tokio runtime;
+/// registration errors are returned rather than leaving the worker unstoppable.
 pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -401,10 +615,19 @@ pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
         };
         tracing::info!(
             signal = name,
-            "stop requested: finishing the batch in flight"
+            "stop requested: receiving no more, handing back what cannot finish by the deadline"
         );
         // The receiver lives as long as the worker; if it is gone there is nothing to stop.
         let _ = tx.send(true);
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::warn!(
+            signal = name,
+            "second stop signal: exiting now; messages in flight return after their visibility timeout"
+        );
+        std::process::exit(FORCED_EXIT_CODE);
     });
     Ok(rx)
 }
@@ -422,46 +645,29 @@ impl WorkQueue for Queue {
         max: usize,
         wait: Duration,
         visibility: Duration,
-    ) -> Result<Vec<Received>, QueueError> {
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let max = i32::try_from(max.min(MAX_RECEIVE)).unwrap_or(1);
-        let got = Queue::receive(self, max, sqs_secs(wait), Some(sqs_secs(visibility))).await?;
-        Ok(got
-            .into_iter()
-            .map(|m| Received {
-                message_id: m.message_id,
-                receipt_handle: m.receipt_handle,
-                body: Some(m.body),
-                receive_count: m.receive_count,
-            })
-            .collect())
+        Queue::receive(self, max, sqs_secs(wait), Some(sqs_secs(visibility))).await
     }
 
     async fn delete(&self, receipt_handles: &[String]) -> Result<Vec<String>, QueueError> {
         let results = self.delete_batch(receipt_handles).await;
-        let mut left = Vec::new();
-        for (handle, result) in receipt_handles.iter().zip(results) {
-            if let Err(e) = result {
-                tracing::warn!("delete failed for one message: {e}");
-                left.push(handle.clone());
-            }
-        }
-        Ok(left)
+        Ok(failed_handles("delete", receipt_handles, results))
     }
 
-    async fn extend_visibility(
+    async fn set_visibility(
         &self,
         receipt_handles: &[String],
         visibility: Duration,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Vec<String>, QueueError> {
         let results = self
             .change_visibility_batch(receipt_handles, sqs_secs(visibility))
             .await;
-        // One stale handle (a message deleted meanwhile) must not hide the others' success;
-        // report the first failure for the log.
-        results
-            .into_iter()
-            .find_map(Result::err)
-            .map_or(Ok(()), Err)
+        Ok(failed_handles(
+            "change visibility",
+            receipt_handles,
+            results,
+        ))
     }
 
     async fn backlog(&self) -> Result<u64, QueueError> {
@@ -469,23 +675,49 @@ impl WorkQueue for Queue {
     }
 }
 
+/// The handles whose entry failed, each failure logged: one stale handle (a message deleted or
+/// received again meanwhile) must not hide the fate of the others.
+fn failed_handles(
+    action: &str,
+    handles: &[String],
+    results: Vec<Result<(), QueueError>>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (handle, result) in handles.iter().zip(results) {
+        if let Err(e) = result {
+            tracing::warn!("{action} failed for one message: {e}");
+            failed.push(handle.clone());
+        }
+    }
+    failed
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, VecDeque};
-    use std::sync::Mutex;
 
     use super::*;
-    use crate::service::testing::{FakeError, body, service, settings};
-    use crate::service::{CaptioningService, testing::*};
+    use crate::service::testing::{FakeCaptioner, FakeError, FakeImages, MemorySink, body};
+    use crate::service::testing::{FakeService, service, settings};
 
-    /// An in-memory queue: messages never come back once received (the visibility timeout is
-    /// the real queue's business, exercised against moto in the integration tests).
+    /// An in-memory queue. Messages received stay in flight until deleted or handed back with
+    /// visibility 0 (the visibility timeout running out is the real queue's business, exercised
+    /// against moto in the process tests); every visibility change is recorded.
     #[derive(Default)]
     struct FakeQueue {
-        visible: Mutex<VecDeque<(String, String)>>,
-        in_flight: Mutex<HashMap<String, String>>,
+        visible: Mutex<VecDeque<(String, String, u32)>>,
+        /// receipt handle -> (message id, body, receive count)
+        in_flight: Mutex<HashMap<String, (String, String, u32)>>,
         deleted: Mutex<Vec<String>>,
-        extended: Mutex<usize>,
+        /// (message id, visibility) of every change that succeeded
+        visibility: Mutex<Vec<(String, Duration)>>,
+        /// Message ids whose extensions (visibility > 0) fail, as for a stale receipt handle.
+        refuse_extend: Mutex<HashSet<String>>,
+        /// How many short polls (wait 0) still come back empty whatever is visible.
+        empty_short_polls: Mutex<usize>,
+        /// At most this many messages per receive (0: as many as asked), as SQS often returns
+        /// fewer than asked.
+        per_receive: Mutex<usize>,
         next: Mutex<usize>,
     }
 
@@ -493,9 +725,44 @@ mod tests {
         fn with(bodies: impl IntoIterator<Item = String>) -> Self {
             let q = FakeQueue::default();
             for (i, b) in bodies.into_iter().enumerate() {
-                q.visible.lock().unwrap().push_back((format!("m{i}"), b));
+                q.visible.lock().unwrap().push_back((format!("m{i}"), b, 0));
             }
             q
+        }
+
+        fn visible_ids(&self) -> Vec<String> {
+            let mut ids: Vec<String> = self
+                .visible
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|m| m.0.clone())
+                .collect();
+            ids.sort();
+            ids
+        }
+
+        fn in_flight_ids(&self) -> Vec<String> {
+            let mut ids: Vec<String> = self
+                .in_flight
+                .lock()
+                .unwrap()
+                .values()
+                .map(|m| m.0.clone())
+                .collect();
+            ids.sort();
+            ids
+        }
+
+        fn deleted_ids(&self) -> Vec<String> {
+            let mut ids = self.deleted.lock().unwrap().clone();
+            ids.sort();
+            ids
+        }
+
+        fn changes_of(&self, id: &str) -> Vec<Duration> {
+            let changes = self.visibility.lock().unwrap();
+            changes.iter().filter(|c| c.0 == id).map(|c| c.1).collect()
         }
     }
 
@@ -505,14 +772,25 @@ mod tests {
         async fn receive(
             &self,
             max: usize,
-            _wait: Duration,
+            wait: Duration,
             _visibility: Duration,
-        ) -> Result<Vec<Received>, FakeError> {
+        ) -> Result<Vec<ReceivedMessage>, FakeError> {
             assert!((1..=MAX_RECEIVE).contains(&max));
+            if wait.is_zero() {
+                let mut empty = self.empty_short_polls.lock().unwrap();
+                if *empty > 0 {
+                    *empty -= 1;
+                    return Ok(Vec::new());
+                }
+            }
+            let max = match *self.per_receive.lock().unwrap() {
+                0 => max,
+                n => max.min(n),
+            };
             let mut visible = self.visible.lock().unwrap();
             let mut out = Vec::new();
             while out.len() < max {
-                let Some((id, body)) = visible.pop_front() else {
+                let Some((id, body, count)) = visible.pop_front() else {
                     break;
                 };
                 let mut next = self.next.lock().unwrap();
@@ -521,12 +799,14 @@ mod tests {
                 self.in_flight
                     .lock()
                     .unwrap()
-                    .insert(handle.clone(), id.clone());
-                out.push(Received {
+                    .insert(handle.clone(), (id.clone(), body.clone(), count + 1));
+                out.push(ReceivedMessage {
                     message_id: id,
                     receipt_handle: handle,
-                    body: Some(body),
-                    receive_count: 1,
+                    body,
+                    receive_count: count + 1,
+                    sent_at_ms: None,
+                    attributes: HashMap::new(),
                 });
             }
             Ok(out)
@@ -534,15 +814,40 @@ mod tests {
 
         async fn delete(&self, handles: &[String]) -> Result<Vec<String>, FakeError> {
             for h in handles {
-                let id = self.in_flight.lock().unwrap().remove(h).unwrap();
+                let (id, _, _) = self
+                    .in_flight
+                    .lock()
+                    .unwrap()
+                    .remove(h)
+                    .expect("a live handle");
                 self.deleted.lock().unwrap().push(id);
             }
             Ok(Vec::new())
         }
 
-        async fn extend_visibility(&self, _: &[String], _: Duration) -> Result<(), FakeError> {
-            *self.extended.lock().unwrap() += 1;
-            Ok(())
+        async fn set_visibility(
+            &self,
+            handles: &[String],
+            visibility: Duration,
+        ) -> Result<Vec<String>, FakeError> {
+            let mut failed = Vec::new();
+            for h in handles {
+                let mut in_flight = self.in_flight.lock().unwrap();
+                let Some((id, _, _)) = in_flight.get(h).cloned() else {
+                    failed.push(h.clone());
+                    continue;
+                };
+                if !visibility.is_zero() && self.refuse_extend.lock().unwrap().contains(&id) {
+                    failed.push(h.clone());
+                    continue;
+                }
+                self.visibility.lock().unwrap().push((id, visibility));
+                if visibility.is_zero() {
+                    let (id, body, count) = in_flight.remove(h).unwrap();
+                    self.visible.lock().unwrap().push_back((id, body, count));
+                }
+            }
+            Ok(failed)
         }
 
         async fn backlog(&self) -> Result<u64, FakeError> {
@@ -558,6 +863,8 @@ mod tests {
             idle_exit: Some(Duration::ZERO),
             visibility_timeout: Duration::from_millis(400),
             wait: Duration::from_secs(1),
+            fill_wait: Duration::from_millis(300),
+            stop_deadline: Duration::from_secs(5),
         }
     }
 
@@ -569,6 +876,25 @@ mod tests {
         Worker::new(queue, Arc::new(service), settings)
     }
 
+    /// A service whose model takes `delay` per call.
+    fn slow_service(max_batch: usize, delay: Duration) -> FakeService {
+        let captioner = FakeCaptioner {
+            delay,
+            ..Default::default()
+        };
+        CaptioningService::new(
+            captioner,
+            FakeImages,
+            MemorySink::default(),
+            "fake",
+            settings(max_batch),
+        )
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("m{i}")).collect()
+    }
+
     #[test]
     fn bulk_mode_has_hysteresis() {
         assert!(!next_bulk(false, 10, 10));
@@ -577,43 +903,47 @@ mod tests {
         assert!(!next_bulk(true, 5, 10));
     }
 
+    #[test]
+    fn transient_failures_back_off_and_others_come_back_at_once() {
+        assert_eq!(hand_back_delay(ErrorType::InvalidInput, 1), Duration::ZERO);
+        assert_eq!(hand_back_delay(ErrorType::Internal, 5), Duration::ZERO);
+        assert_eq!(
+            hand_back_delay(ErrorType::Retryable, 1),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            hand_back_delay(ErrorType::Retryable, 3),
+            Duration::from_secs(4)
+        );
+        assert_eq!(hand_back_delay(ErrorType::Retryable, 40), MAX_RETRY_BACKOFF);
+    }
+
+    /// Regression (issue 12): failed messages were left hidden for the whole visibility
+    /// timeout, although the docs said they were handed back.
     #[tokio::test]
-    async fn drains_the_queue_and_deletes_only_what_completed() {
+    async fn deletes_what_completed_and_hands_failures_back_at_once() {
         let mut bodies: Vec<String> = (0..5).map(|i| body(&format!("id{i}"), "4x4")).collect();
         bodies.insert(2, body("poison", "missing.jpg"));
-        let w = worker(
-            FakeQueue::with(bodies),
-            service(2, None),
-            worker_settings(2, 100),
-        );
-        let (_tx, rx) = watch::channel(false);
-        let report = w.run(rx).await.unwrap();
-        assert_eq!(report.exit, ExitReason::Idle);
-        assert_eq!((report.captioned, report.failed, report.deleted), (5, 1, 5));
-        let mut deleted = w.queue.deleted.lock().unwrap().clone();
-        deleted.sort();
-        assert_eq!(deleted, ["m0", "m1", "m3", "m4", "m5"]);
-        // The poison message is neither deleted nor hidden forever: it is still in flight, for
-        // the queue to redeliver after its visibility timeout.
-        assert_eq!(
-            w.queue
-                .in_flight
-                .lock()
-                .unwrap()
-                .values()
-                .collect::<Vec<_>>(),
-            ["m2"]
-        );
-        assert_eq!(
-            w.service
-                .captioner()
-                .calls
-                .lock()
-                .unwrap()
-                .iter()
-                .sum::<usize>(),
-            5
-        );
+        let queue = FakeQueue::with(bodies);
+        let w = worker(queue, service(2, None), worker_settings(2, 100));
+        // Stop once the poison message has come back a few times, as a redrive policy would.
+        let (tx, rx) = watch::channel(false);
+        let stop = async {
+            while w.queue.changes_of("m2").len() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tx.send(true).unwrap();
+        };
+        let (report, ()) = tokio::join!(w.run(rx), stop);
+        let report = report.unwrap();
+        assert_eq!(report.exit, ExitReason::Shutdown);
+        assert_eq!(w.queue.deleted_ids(), ["m0", "m1", "m3", "m4", "m5"]);
+        // Handed back with visibility 0 each time, never deleted, and not hidden at the end.
+        assert!(w.queue.changes_of("m2").iter().all(|d| d.is_zero()));
+        assert_eq!(w.queue.visible_ids(), ["m2"]);
+        assert!(w.queue.in_flight_ids().is_empty());
+        assert_eq!(report.captioned, 5);
+        assert!(report.released >= 3);
     }
 
     #[tokio::test]
@@ -631,20 +961,30 @@ mod tests {
         assert_eq!(*w.service.captioner().calls.lock().unwrap(), [4, 4, 2]);
     }
 
+    /// Regression (issue 12): assembly stopped at the first empty short poll, so bulk batches
+    /// came out under-filled while messages were waiting.
     #[tokio::test]
-    async fn shutdown_finishes_the_batch_in_flight_and_receives_no_more() {
+    async fn batches_fill_across_empty_short_polls() {
+        let bodies = (0..8).map(|i| body(&format!("id{i}"), "4x4"));
+        let queue = FakeQueue::with(bodies);
+        *queue.empty_short_polls.lock().unwrap() = 3;
+        *queue.per_receive.lock().unwrap() = 3;
+        let w = worker(queue, service(8, None), worker_settings(8, 100));
+        // 3 from the long poll, three empty short polls, then 3 and 2.
+        let (_tx, rx) = watch::channel(false);
+        let report = w.run(rx).await.unwrap();
+        assert_eq!(report.deleted, 8);
+        assert_eq!(*w.service.captioner().calls.lock().unwrap(), [8]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_finishes_before_the_deadline_is_deleted() {
         let bodies = (0..6).map(|i| body(&format!("id{i}"), "4x4"));
-        let mut batch = settings(3);
-        // Long enough for the shutdown to arrive mid-batch and for heartbeats to run.
-        batch.batch_delay = Duration::from_millis(600);
-        let service = CaptioningService::new(
-            FakeCaptioner::default(),
-            FakeImages,
-            MemorySink::default(),
-            "fake",
-            batch,
+        let w = worker(
+            FakeQueue::with(bodies),
+            slow_service(3, Duration::from_millis(600)),
+            worker_settings(3, 100),
         );
-        let w = worker(FakeQueue::with(bodies), service, worker_settings(3, 100));
         let (tx, rx) = watch::channel(false);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -653,11 +993,89 @@ mod tests {
         let (report, ()) = tokio::join!(w.run(rx), stop);
         let report = report.unwrap();
         assert_eq!(report.exit, ExitReason::Shutdown);
-        assert_eq!((report.batches, report.deleted), (1, 3));
-        assert_eq!(w.queue.visible.lock().unwrap().len(), 3);
-        assert!(w.queue.in_flight.lock().unwrap().is_empty());
+        assert_eq!((report.batches, report.deleted, report.cut_off), (1, 3, 0));
+        assert_eq!(w.queue.visible_ids(), ["m3", "m4", "m5"]);
+        assert!(w.queue.in_flight_ids().is_empty());
         // 600 ms in flight with a 400 ms visibility timeout: extended at 200 and 400 ms.
-        assert!(*w.queue.extended.lock().unwrap() >= 2);
+        let extensions = w.queue.changes_of("m0");
+        assert!(extensions.len() >= 2, "{extensions:?}");
+        assert!(extensions.iter().all(|d| *d == Duration::from_millis(400)));
+    }
+
+    /// Regression (issue 12): after SIGTERM the batch in flight ran however long it took, and
+    /// its messages then waited out the visibility timeout after the platform's SIGKILL.
+    #[tokio::test]
+    async fn the_stop_deadline_hands_back_an_unfinished_batch_at_once() {
+        let bodies = (0..4).map(|i| body(&format!("id{i}"), "4x4"));
+        let mut settings = worker_settings(4, 100);
+        settings.stop_deadline = Duration::from_millis(200);
+        settings.visibility_timeout = Duration::from_secs(30);
+        let w = worker(
+            FakeQueue::with(bodies),
+            slow_service(4, Duration::from_secs(3)),
+            settings,
+        );
+        let (tx, rx) = watch::channel(false);
+        let started = Instant::now();
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(true).unwrap();
+        };
+        let (report, ()) = tokio::join!(w.run(rx), stop);
+        let report = report.unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        assert_eq!((report.cut_off, report.deleted, report.released), (1, 0, 4));
+        assert_eq!(w.queue.visible_ids(), ids(4));
+        assert!(w.queue.in_flight_ids().is_empty());
+        assert!(w.service.captioner().calls.lock().unwrap().len() <= 1);
+    }
+
+    /// Regression (issue 12): a failed extension only logged, and the batch went on to delete
+    /// messages another consumer might own by then.
+    #[tokio::test]
+    async fn a_message_whose_extension_failed_is_not_deleted() {
+        let bodies = (0..3).map(|i| body(&format!("id{i}"), "4x4"));
+        let queue = FakeQueue::with(bodies);
+        queue.refuse_extend.lock().unwrap().insert("m1".to_string());
+        let w = worker(
+            queue,
+            slow_service(3, Duration::from_millis(500)),
+            worker_settings(3, 100),
+        );
+        let (_tx, rx) = watch::channel(false);
+        let report = w.run(rx).await.unwrap();
+        assert_eq!(w.queue.deleted_ids(), ["m0", "m2"]);
+        // Still in flight for whoever owns it now; its result was written all the same.
+        assert_eq!(w.queue.in_flight_ids(), ["m1"]);
+        assert_eq!(report.abandoned, 1);
+        assert!(w.service.captioner().calls.lock().unwrap().len() == 1);
+        // The heartbeat stopped extending it after the failure.
+        assert!(w.queue.changes_of("m1").is_empty());
+        assert!(w.queue.changes_of("m0").len() >= 2);
+    }
+
+    /// Regression (issue 12): messages received for a batch that never ran were dropped with
+    /// the receive, hidden until their visibility timeout.
+    #[tokio::test]
+    async fn messages_received_while_stopping_are_handed_back() {
+        let bodies = (0..2).map(|i| body(&format!("id{i}"), "4x4"));
+        let queue = FakeQueue::with(bodies);
+        // The batch wants 8: it keeps filling (empty short polls) until the stop arrives.
+        *queue.empty_short_polls.lock().unwrap() = usize::MAX;
+        let mut settings = worker_settings(8, 100);
+        settings.fill_wait = Duration::from_secs(10);
+        let w = worker(queue, service(8, None), settings);
+        let (tx, rx) = watch::channel(false);
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            tx.send(true).unwrap();
+        };
+        let (report, ()) = tokio::join!(w.run(rx), stop);
+        let report = report.unwrap();
+        assert_eq!((report.batches, report.released), (0, 2));
+        assert_eq!(w.queue.visible_ids(), ids(2));
+        assert!(w.queue.in_flight_ids().is_empty());
     }
 
     #[tokio::test]
@@ -669,7 +1087,10 @@ mod tests {
         );
         let (_tx, rx) = watch::channel(true);
         let report = w.run(rx).await.unwrap();
-        assert_eq!((report.exit, report.batches), (ExitReason::Shutdown, 0));
+        assert_eq!(
+            (report.exit, report.batches),
+            (ExitReason::Shutdown, 0)
+        );
         assert_eq!(w.queue.visible.lock().unwrap().len(), 1);
     }
 }

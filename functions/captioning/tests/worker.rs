@@ -6,7 +6,8 @@
 //! crate's own tests its binaries' paths (`CARGO_BIN_EXE_captioning`), always freshly built.
 //! Model: the tiny ViT-GPT2 from `tests/fixtures/captioning/gen_tiny_model.py`; photos:
 //! `events/data/photos/`. A batch of the tiny model takes well under a second, so the tests that
-//! need a batch in flight set `CAPTIONING_BATCH_DELAY_MS` (a pause before each model call).
+//! need a batch in flight set `CAPTIONING_FAULT_BATCH_DELAY_MS` (a pause before each model call,
+//! read only by builds with the `fault-injection` feature, which `make test` turns on).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -221,7 +222,7 @@ fn a_worker_killed_mid_batch_loses_nothing() {
         results.path(),
         &[
             ("CAPTIONING_MAX_BATCH", "4"),
-            ("CAPTIONING_BATCH_DELAY_MS", "60000"),
+            ("CAPTIONING_FAULT_BATCH_DELAY_MS", "60000"),
             ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "2"),
             ("CAPTIONING_IDLE_EXIT_SECS", "60"),
         ],
@@ -282,7 +283,7 @@ fn sigterm_finishes_the_batch_in_flight_and_deletes_only_it() {
         results.path(),
         &[
             ("CAPTIONING_MAX_BATCH", "3"),
-            ("CAPTIONING_BATCH_DELAY_MS", "1500"),
+            ("CAPTIONING_FAULT_BATCH_DELAY_MS", "1500"),
             ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "30"),
             ("CAPTIONING_IDLE_EXIT_SECS", "60"),
         ],
@@ -302,6 +303,106 @@ fn sigterm_finishes_the_batch_in_flight_and_deletes_only_it() {
     assert_eq!(result_ids(results.path()).len(), 3);
     // The batch in flight was deleted; the other three were never received.
     assert_eq!(counts(&rt, &client, &url), (3, 0));
+}
+
+/// Regression (issue 12): after SIGTERM the batch in flight ran to completion however long it
+/// took; the platform's SIGKILL then left its messages hidden for the visibility timeout.
+#[test]
+fn sigterm_hands_back_a_batch_that_cannot_finish_by_the_deadline() {
+    let rt = runtime();
+    let (moto, client, url, ids) = queue_with(&rt, "captions-deadline", 4);
+    let results = tempfile::tempdir().unwrap();
+    let mut worker = WorkerProcess::start(
+        &url,
+        &moto,
+        results.path(),
+        &[
+            ("CAPTIONING_MAX_BATCH", "4"),
+            ("CAPTIONING_FAULT_BATCH_DELAY_MS", "60000"),
+            ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "300"),
+            ("CAPTIONING_STOP_DEADLINE_SECS", "2"),
+            ("CAPTIONING_IDLE_EXIT_SECS", "60"),
+        ],
+    );
+    let started = worker.wait_for_log("batch started", Duration::from_secs(60));
+    assert_eq!(started["batch_size"], 4, "{started}");
+    let term_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let (status, logs) = worker.wait_exit(Duration::from_secs(30));
+    let took = term_at.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a stop at the deadline is a clean exit"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "2 s deadline, exited after {took:?}"
+    );
+    // Right after the exit nothing is hidden: all four are back in the queue, none deleted.
+    assert_eq!(counts(&rt, &client, &url), (4, 0));
+    let done = logs_with(&logs, "batch done");
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (&done[0]["released"], &done[0]["cut_off"]),
+        (&json!(4), &json!(true))
+    );
+    assert!(result_ids(results.path()).is_empty());
+
+    // A fresh worker captions all four at once: no visibility timeout to wait out.
+    let second = WorkerProcess::start(
+        &url,
+        &moto,
+        results.path(),
+        &[
+            ("CAPTIONING_MAX_BATCH", "4"),
+            ("CAPTIONING_IDLE_EXIT_SECS", "2"),
+        ],
+    );
+    let (status, _) = second.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    assert_eq!(result_ids(results.path()), ids);
+    assert_eq!(counts(&rt, &client, &url), (0, 0));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let rt = runtime();
+    let (moto, _client, url, _) = queue_with(&rt, "captions-twice", 2);
+    let results = tempfile::tempdir().unwrap();
+    let mut worker = WorkerProcess::start(
+        &url,
+        &moto,
+        results.path(),
+        &[
+            ("CAPTIONING_FAULT_BATCH_DELAY_MS", "60000"),
+            ("CAPTIONING_STOP_DEADLINE_SECS", "60"),
+        ],
+    );
+    worker.wait_for_log("batch started", Duration::from_secs(60));
+    let pid = worker.child.id().to_string();
+    let term = || {
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    term();
+    worker.wait_for_log(
+        "stop requested: the batch in flight has until the deadline",
+        Duration::from_secs(10),
+    );
+    let second_at = Instant::now();
+    term();
+    let (status, _) = worker.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(143), "{status}");
+    assert!(
+        second_at.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        second_at.elapsed()
+    );
 }
 
 #[test]

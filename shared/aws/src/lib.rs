@@ -14,9 +14,11 @@
 mod object_store;
 mod queue;
 mod s3;
+mod sdk;
 mod sink;
 
 pub use object_store::ObjectStore;
 pub use queue::{Queue, QueueError, ReceivedMessage};
 pub use s3::S3Fetcher;
+pub use sdk::shared_config;
 pub use sink::{RESULT_SINK_VAR, ResultSink, SinkError, SinkTarget, validate_id};

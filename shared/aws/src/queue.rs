@@ -19,7 +19,7 @@ use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::{Classify, ErrorType};
 use sha2::{Digest, Sha256};
 
-use crate::sink::{sdk_is_transient, sdk_message};
+use crate::sdk::{sdk_is_transient, sdk_message};
 
 /// SQS limits that the API enforces; checked here so a bad argument is a typed error, not a 400.
 pub const MAX_RECEIVE: i32 = 10;
@@ -168,8 +168,10 @@ impl Queue {
     /// server). Unset or not a queue URL is a `ConfigError` naming the variable.
     pub async fn from_env(env: &impl EnvSource, var: &str) -> Result<Queue, ConfigError> {
         let url = queue_url_from_env(env, var)?;
-        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Ok(Queue::new(Client::new(&shared), url))
+        Ok(Queue::new(
+            Client::new(crate::sdk::shared_config().await),
+            url,
+        ))
     }
 
     /// [`Queue::from_env`] with an AWS configuration the caller already loaded.

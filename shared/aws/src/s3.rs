@@ -21,8 +21,7 @@ impl S3Fetcher {
     /// overrides such as `AWS_ENDPOINT_URL_S3`). `force_path_style` is for S3-compatible servers
     /// that do not serve virtual-hosted bucket names.
     pub async fn from_env(force_path_style: bool) -> Self {
-        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let conf = aws_sdk_s3::config::Builder::from(&shared)
+        let conf = aws_sdk_s3::config::Builder::from(crate::sdk::shared_config().await)
             .force_path_style(force_path_style)
             .build();
         S3Fetcher::new(Client::from_conf(conf))

@@ -11,13 +11,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::{Classify, ErrorType};
 use sha2::{Digest, Sha256};
 
 use crate::queue::{is_fifo, is_queue_url};
+use crate::sdk::{sdk_is_transient, sdk_message};
 
 /// The setting that picks the sink.
 pub const RESULT_SINK_VAR: &str = "COLDPATH_RESULT_SINK";
@@ -171,11 +172,9 @@ impl ResultSink {
         let setting = read_setting(env, function)?;
         let sdk = match setting {
             Setting::Local(_) => None,
-            Setting::S3 { .. } | Setting::Sqs(_) => {
-                Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
-            }
+            Setting::S3 { .. } | Setting::Sqs(_) => Some(crate::sdk::shared_config().await),
         };
-        build(env, function, setting, sdk.as_ref())
+        build(env, function, setting, sdk)
     }
 
     /// [`ResultSink::from_env`] with an AWS configuration the caller already loaded (a function
@@ -424,47 +423,6 @@ fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-/// Error codes AWS services use for throttling, which some (SQS among them) send with a 400.
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "SlowDown",
-    "KmsThrottled",
-    "RequestTimeout",
-    "RequestTimeoutException",
-];
-
-/// Whether an SDK failure is worth retrying later: throttling, a 5xx, a timeout, or a request
-/// that never got a well-formed answer. The SDK has already retried a few times by then, so this
-/// decides whether the caller's message goes back to its queue or is reported as broken.
-pub(crate) fn sdk_is_transient<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
-    match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            status == 429
-                || status >= 500
-                || service
-                    .err()
-                    .code()
-                    .is_some_and(|code| THROTTLING_CODES.contains(&code))
-        }
-        _ => false,
-    }
-}
-
-/// The SDK's own message is terse ("service error"); `DisplayErrorContext` adds the sources.
-pub(crate) fn sdk_message<E: std::error::Error + 'static>(err: &SdkError<E>) -> String {
-    DisplayErrorContext(err).to_string()
 }
 
 fn sdk_error<E>(action: String, err: SdkError<E>) -> SinkError
