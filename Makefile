@@ -93,7 +93,7 @@ clean:
 	$(CARGO) clean
 	rm -rf .venv .venv-infra .cache
 
-# Placement (shared/placement, infra/): lint both CloudFormation templates, scan them with
+# Placement (infra/placement, infra/): lint both CloudFormation templates, scan them with
 # checkov (skips are listed with reasons in infra/README.md), and check that infra/template.yaml
 # and the GPU worker's env agree with each function's [package.metadata.coldpath] declaration.
 # The linters have their own hash-locked venv, .venv-infra (requirements-infra.txt), installed

@@ -228,7 +228,7 @@ requests_per_month = 10
     fn the_shipped_profiles_parse() {
         for name in ["founding.toml", "bulk.toml"] {
             let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../infra/placement/profiles")
+                .join("profiles")
                 .join(name);
             let p = Profile::from_file(&path).unwrap();
             assert_eq!(p.traffic.len(), 3, "{name}");
