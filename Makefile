@@ -68,12 +68,12 @@ bench: build
 	@$(ENV); export BENCH_THREADS=$(BENCH_THREADS) COLDPATH_INTRA_THREADS=$(BENCH_THREADS); \
 	  $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings; \
 	  $(COLD_RUST) >/dev/null 2>&1; \
-	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/embeddings-cold-start.json \
+	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start.json \
 	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON)"; \
-	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/embeddings-cold-start-no-graph-cache.json \
+	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start-no-graph-cache.json \
 	    --rust "env -u COLDPATH_OPTIMIZED_MODEL_DIR $(COLD_RUST)" --python "$(COLD_PYTHON)"
 	@$(ENV); $(CARGO) bench --locked -p coldpath-faces --bench faces; \
-	  .venv/bin/python functions/embeddings/benches/cold_start.py --json target/bench/faces-cold-start.json \
+	  .venv/bin/python tools/cold_start.py --json target/bench/faces-cold-start.json \
 	    --rust "$(COLD_FACES)" --python "$(COLD_OPENCV)"
 	@$(ENV); $(CARGO) bench --locked -p coldpath-captioning --bench captioning
 

@@ -10,9 +10,9 @@ load YuNet and SFace (FACES_DETECTOR_SOURCE / FACES_RECOGNIZER_SOURCE, as `boots
 sets them), read and decode the photo (EXIF applied), detect, align and embed every face, print
 the response the Rust function gives (faces/src/request.rs `response`: width, height, faces with
 box {x, y, width, height}, score, five landmarks, L2-normalised embedding, and the model names),
-exit. The embeddings bench's cold_start.py times it against the Rust binary:
+exit. tools/cold_start.py times it against the Rust binary:
 
-    python3 functions/embeddings/benches/cold_start.py \
+    python3 tools/cold_start.py \
         --rust "target/release/faces invoke events/faces/direct-path.json" \
         --python ".venv/bin/python functions/faces/benches/opencv_cold.py events/data/photos/group.jpg"
 

@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
 """Cold start of two commands, side by side: wall time and peak memory per process.
 
-    python3 functions/embeddings/benches/cold_start.py \
+Every function's cold-start benchmark (`make bench`) uses it: a Rust function binary (A)
+against its Python reference (B), e.g.
+
+    python3 tools/cold_start.py \
         --rust "target/release/embeddings invoke events/embeddings/direct.json" \
         --python ".venv/bin/python functions/embeddings/benches/python_cold.py" \
         [-k 10] [--json target/bench/embeddings-cold-start.json]
+
+    python3 tools/cold_start.py \
+        --rust "target/release/faces invoke events/faces/direct.json" \
+        --python ".venv/bin/python functions/faces/benches/opencv_cold.py events/data/photos/group.jpg" \
+        --json target/bench/faces-cold-start.json
 
 Each command line is split with shlex and started without a shell (so no
 shell start-up is timed; set environment variables in this script's own
@@ -33,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_JSON = Path("target/bench/embeddings-cold-start.json")
+DEFAULT_JSON = Path("target/bench/cold-start.json")
 WARMUP_RUNS = 1
 
 
