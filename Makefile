@@ -53,9 +53,16 @@ demo: build
 test: setup
 	@$(ENV); $(CARGO) test --workspace --locked --features coldpath-captioning/fault-injection
 
+# The full chaos soak: 1000 messages, workers killed and stopped at random (make test runs 120).
+SOAK_MESSAGES ?= 1000
+.PHONY: soak
+soak: setup
+	@$(ENV); COLDPATH_SOAK_MESSAGES=$(SOAK_MESSAGES) $(CARGO) test --locked -p coldpath-captioning \
+	  --features fault-injection --test soak -- --nocapture
+
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked --features coldpath-captioning/fault-injection -- -D warnings
 
 # Cold starts compare equal work: one thread each, and no checksum pass over the local bundle
 # (the Python equivalent does none); once with the optimised-graph cache warm, once without it.

@@ -11,6 +11,7 @@ use coldpath_captioning::config::require_result_sink;
 use coldpath_captioning::{CaptioningConfig, ModelService, Worker, handle, init, worker};
 use coldpath_core::ProcessEnv;
 use coldpath_runtime::{HandlerError, Mode};
+use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,12 +30,21 @@ async fn main() -> ExitCode {
     let run = match command {
         Command::Function(mode) => Run::Function(mode),
         Command::Worker => {
+            // Listen for SIGTERM before the model loads: a platform may stop a worker during
+            // its cold start, and that is a clean exit too (it holds no message yet).
+            let shutdown = match worker::stop_on_signals() {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let queue = match Queue::from_env(&ProcessEnv, "CAPTIONING_QUEUE_URL").await {
                 Ok(queue) => require_result_sink(&ProcessEnv).map(|()| queue),
                 Err(e) => Err(e),
             };
             match queue {
-                Ok(queue) => Run::Worker(queue),
+                Ok(queue) => Run::Worker(queue, shutdown),
                 Err(e) => {
                     tracing::error!(error_type = "Config", "init failed: {e}");
                     return ExitCode::FAILURE;
@@ -50,13 +60,13 @@ async fn main() -> ExitCode {
         Run::Function(mode) => {
             coldpath_runtime::run("captioning", mode, Arc::new(started.service), handle).await
         }
-        Run::Worker(queue) => run_worker(queue, started).await,
+        Run::Worker(queue, shutdown) => run_worker(queue, shutdown, started).await,
     }
 }
 
 enum Run {
     Function(Mode),
-    Worker(Queue),
+    Worker(Queue, watch::Receiver<bool>),
 }
 
 struct Started {
@@ -94,14 +104,7 @@ async fn start(allow_local_paths: bool) -> Result<Started, HandlerError> {
 }
 
 /// The worker: the queue from `CAPTIONING_QUEUE_URL`, stopped by SIGTERM/SIGINT or idleness.
-async fn run_worker(queue: Queue, started: Started) -> ExitCode {
-    let shutdown = match worker::stop_on_signals() {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+async fn run_worker(queue: Queue, shutdown: watch::Receiver<bool>, started: Started) -> ExitCode {
     tracing::info!(queue = queue.url(), "captioning worker");
     let worker = Worker::new(queue, Arc::new(started.service), started.config.worker);
     let code = match worker.run(shutdown).await {
