@@ -1087,10 +1087,7 @@ mod tests {
         );
         let (_tx, rx) = watch::channel(true);
         let report = w.run(rx).await.unwrap();
-        assert_eq!(
-            (report.exit, report.batches),
-            (ExitReason::Shutdown, 0)
-        );
+        assert_eq!((report.exit, report.batches), (ExitReason::Shutdown, 0));
         assert_eq!(w.queue.visible.lock().unwrap().len(), 1);
     }
 }
