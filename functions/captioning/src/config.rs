@@ -47,6 +47,16 @@ pub struct BatchSettings {
     pub max_new_tokens_cap: usize,
     /// Images fetched and decoded at once (`CAPTIONING_IMAGE_CONCURRENCY`).
     pub image_concurrency: usize,
+    /// Megapixels that may be decoded at once (`CAPTIONING_DECODE_BUDGET_MPX`, default 64). A
+    /// decode waits until its photo's megapixels fit; a photo becomes its model input right after
+    /// decoding, so a batch's memory is this budget plus the model's, whatever the batch size
+    /// or the photos' resolution. Decoding costs up to about 14 bytes a pixel at its peak (the
+    /// RGB buffer, the decoder's own, the EXIF rotation), so 64 Mpx is about 900 MB; lower it
+    /// on a small Lambda. A photo larger than the budget still decodes, alone.
+    pub decode_budget_mpx: u32,
+    /// The Lambda handler starts no new chunk with less than this left before the invocation's
+    /// deadline (`CAPTIONING_DEADLINE_MARGIN_MS`, default 2000): room to write the response.
+    pub deadline_margin: Duration,
 }
 
 /// The queue worker's settings (`captioning worker`).
@@ -162,6 +172,18 @@ impl CaptioningConfig {
                 max_batch,
                 max_new_tokens_cap: config::positive_or(env, "CAPTIONING_MAX_NEW_TOKENS_CAP", 128)?,
                 image_concurrency: config::positive_or(env, "CAPTIONING_IMAGE_CONCURRENCY", 8)?,
+                decode_budget_mpx: u32::try_from(config::positive_or(
+                    env,
+                    "CAPTIONING_DECODE_BUDGET_MPX",
+                    64,
+                )?)
+                .unwrap_or(u32::MAX),
+                deadline_margin: Duration::from_millis(config::parse_or(
+                    env,
+                    "CAPTIONING_DEADLINE_MARGIN_MS",
+                    "milliseconds",
+                    2000,
+                )?),
             },
             worker: WorkerSettings {
                 queue_url: config::get(env, "CAPTIONING_QUEUE_URL"),

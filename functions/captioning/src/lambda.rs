@@ -3,15 +3,22 @@
 //! The response lists only the messages that failed (`itemIdentifier` = SQS `messageId`); Lambda
 //! deletes the rest from the queue and makes the failed ones visible again, so a poison message
 //! is retried on its own until the queue's redrive policy moves it to the dead-letter queue.
+//!
+//! The handler respects the invocation's deadline: it captions the batch in chunks of the model
+//! batch size and starts another chunk only while the remaining time fits one (the longest chunk
+//! so far, with a quarter to spare, and never less than the safety margin). Messages it did not
+//! start are reported as failures, so only they return to the queue: a timed-out invocation
+//! would have returned the whole batch, the finished messages included.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use coldpath_core::ErrorType;
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::Value;
 
-use crate::service::{Captioner, CaptioningService, ImageSource, ResultWriter};
+use crate::service::{Captioner, CaptioningService, ImageSource, QueueMessage, ResultWriter};
 
 /// Turns an SQS event into the messages to process.
 ///
@@ -42,18 +49,63 @@ pub fn messages(payload: Value) -> Result<Vec<SqsMessage>, HandlerError> {
         .collect()
 }
 
-/// The Lambda handler: captions every record and reports the failed ones.
+/// The time left before the invocation's deadline; `None` without one (local `invoke`).
+fn time_left(context: &coldpath_runtime::Context) -> Option<Duration> {
+    if context.deadline == 0 {
+        return None;
+    }
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(context.deadline);
+    Some(
+        deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Whether a chunk may start with `left` remaining, given the longest chunk so far.
+pub fn chunk_fits(left: Duration, longest: Option<Duration>, margin: Duration) -> bool {
+    let needed = longest.map_or(margin, |l| (l + l / 4).max(margin));
+    left >= needed
+}
+
+/// The Lambda handler: captions the records chunk by chunk while the deadline allows and reports
+/// the failed and the unstarted ones.
 pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
     service: Arc<CaptioningService<C, I, W>>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
     let messages = messages(event.payload)?;
-    let outcomes = service
-        .process(&messages, service.settings().max_batch)
-        .await;
+    let settings = *service.settings();
+    let chunk_size = settings.max_batch.max(1);
+    let started = Instant::now();
+    let mut longest: Option<Duration> = None;
     let mut response = SqsBatchResponse::default();
-    for outcome in outcomes.into_iter().filter(|o| !o.is_ok()) {
-        response.add_failure(outcome.message_id);
+    let mut next = 0;
+    while next < messages.len() {
+        if let Some(left) = time_left(&event.context)
+            && !chunk_fits(left, longest, settings.deadline_margin)
+        {
+            tracing::warn!(
+                skipped = messages.len() - next,
+                left_ms = left.as_millis() as u64,
+                longest_chunk_ms = longest.map(|l| l.as_millis() as u64),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "too little time left for another chunk: reporting the rest for redelivery"
+            );
+            for m in &messages[next..] {
+                response.add_failure(m.message_id().to_string());
+            }
+            break;
+        }
+        let chunk = &messages[next..(next + chunk_size).min(messages.len())];
+        let chunk_started = Instant::now();
+        let outcomes = service.process(chunk, chunk_size).await;
+        let took = chunk_started.elapsed();
+        longest = Some(longest.map_or(took, |l| l.max(took)));
+        for outcome in outcomes.into_iter().filter(|o| !o.is_ok()) {
+            response.add_failure(outcome.message_id);
+        }
+        next += chunk.len();
     }
     serde_json::to_value(&response).map_err(|e| {
         // Serialising a list of strings cannot fail; if it ever does, failing the invocation
@@ -68,7 +120,9 @@ pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::testing::{body, service};
+    use crate::service::testing::{
+        FakeCaptioner, FakeImages, FakeService, MemorySink, body, service, settings,
+    };
     use coldpath_runtime::Context;
     use serde_json::json;
 
@@ -142,6 +196,102 @@ mod tests {
             // Nothing was processed: the whole batch goes back to the queue.
             assert!(service.captioner().calls.lock().unwrap().is_empty());
         }
+    }
+
+    #[test]
+    fn a_chunk_starts_only_while_the_time_left_fits_one() {
+        let ms = Duration::from_millis;
+        assert!(chunk_fits(ms(2000), None, ms(1000)));
+        assert!(!chunk_fits(ms(999), None, ms(1000)));
+        // The longest chunk took 2 s: another needs 2.5 s.
+        assert!(chunk_fits(ms(2500), Some(ms(2000)), ms(1000)));
+        assert!(!chunk_fits(ms(2400), Some(ms(2000)), ms(1000)));
+        // A fast chunk never lowers the need below the margin.
+        assert!(!chunk_fits(ms(900), Some(ms(10)), ms(1000)));
+    }
+
+    fn deadline_in(d: Duration) -> Context {
+        let mut context = Context::default();
+        let at = SystemTime::now() + d;
+        context.deadline = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        context
+    }
+
+    fn slow(max_batch: usize, delay: Duration) -> FakeService {
+        let mut batch = settings(max_batch);
+        batch.deadline_margin = Duration::from_millis(100);
+        CaptioningService::new(
+            FakeCaptioner {
+                delay,
+                ..Default::default()
+            },
+            FakeImages::default(),
+            MemorySink::default(),
+            "fake",
+            batch,
+        )
+    }
+
+    /// Regression (issue 11): the handler captioned the whole batch whatever the time left; a
+    /// timeout then returned every message, finished ones included, to the queue.
+    #[tokio::test]
+    async fn unstarted_chunks_are_reported_for_redelivery_at_the_deadline() {
+        let service = Arc::new(slow(2, Duration::from_millis(600)));
+        let records: Vec<Value> = (0..6)
+            .map(|i| record(Some(&format!("m{i}")), &body(&format!("id{i}"), "4x4")))
+            .collect();
+        let event = json!({ "Records": records });
+        let context = deadline_in(Duration::from_millis(1000));
+        let out = handle(Arc::clone(&service), LambdaEvent::new(event, context))
+            .await
+            .unwrap();
+        // The first chunk (600 ms) leaves at most 400 ms, less than the 750 ms another needs.
+        let failed: Vec<&str> = out["batchItemFailures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap())
+            .collect();
+        assert_eq!(failed, ["m2", "m3", "m4", "m5"]);
+        assert_eq!(*service.captioner().calls.lock().unwrap(), [2]);
+        let written: Vec<String> = service
+            .sink()
+            .results
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(written, ["id0", "id1"]);
+    }
+
+    #[tokio::test]
+    async fn no_time_left_starts_nothing_and_no_deadline_runs_everything() {
+        let records: Vec<Value> = (0..3)
+            .map(|i| record(Some(&format!("m{i}")), &body(&format!("id{i}"), "4x4")))
+            .collect();
+        let event = json!({ "Records": records });
+        let service = Arc::new(slow(2, Duration::ZERO));
+        let out = handle(
+            Arc::clone(&service),
+            LambdaEvent::new(event.clone(), deadline_in(Duration::from_millis(50))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["batchItemFailures"].as_array().unwrap().len(), 3);
+        assert!(service.captioner().calls.lock().unwrap().is_empty());
+        // Local invoke has no deadline (0): everything runs.
+        let out = handle(
+            Arc::clone(&service),
+            LambdaEvent::new(event, Context::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, json!({"batchItemFailures": []}));
+        assert_eq!(*service.captioner().calls.lock().unwrap(), [2, 1]);
     }
 
     #[tokio::test]

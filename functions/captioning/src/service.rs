@@ -28,22 +28,42 @@ use crate::model::{CaptionError, CaptionModel};
 pub use crate::model::Caption;
 pub use coldpath_io::ResultWriter;
 
-/// The captioning model, one blocking call per batch.
+/// The captioning model: one blocking call per image to prepare it, one per batch to caption.
 pub trait Captioner: Send + Sync + 'static {
     type Error: std::error::Error + Classify + Send + 'static;
+    /// One image as the model takes it (for the real model its `[3, H, W]` pixel tensor, 0.6 MB
+    /// at 224 × 224). Made as soon as the photo is decoded, so a batch holds these rather than
+    /// full-resolution photos.
+    type Prepared: Send + Sync + 'static;
 
-    /// Captions `images`; `max_new_tokens[i]` overrides the default length for image `i`.
-    /// Returns one caption per image, in order.
+    /// Turns one decoded photo into the model's input. Blocking.
+    fn prepare(&self, image: &RgbImage) -> Result<Self::Prepared, Self::Error>;
+
+    /// Captions `inputs`; `max_new_tokens[i]` overrides the default length for input `i`.
+    /// Returns one caption per input, in order. Blocking.
     fn caption(
         &self,
-        images: &[&RgbImage],
+        inputs: &[&Self::Prepared],
         max_new_tokens: &[Option<usize>],
     ) -> Result<Vec<Caption>, Self::Error>;
 }
 
-/// Fetches and decodes the image a message names.
+/// Fetches and decodes the image a message names, in three steps so the pipeline can budget
+/// decode memory between reading the header and allocating the pixels.
 pub trait ImageSource: Send + Sync + 'static {
-    fn load(&self, image: &ImageRef) -> impl Future<Output = Result<RgbImage, ImageError>> + Send;
+    /// The encoded bytes, within the byte limit.
+    fn fetch(&self, image: &ImageRef) -> impl Future<Output = Result<Vec<u8>, ImageError>> + Send;
+    /// Width and height from the header alone.
+    fn dimensions(&self, bytes: &[u8]) -> Result<(u32, u32), ImageError>;
+    /// The upright RGB pixels, within the pixel limits. Blocking.
+    fn decode(&self, bytes: &[u8]) -> Result<RgbImage, ImageError>;
+}
+
+/// Decode-budget permits an image of `width` × `height` takes: one per started megapixel, at
+/// most the whole budget, so an image larger than the budget still runs, alone.
+pub fn decode_permits(width: u32, height: u32, budget_mpx: u32) -> u32 {
+    let mpx = (u64::from(width) * u64::from(height)).div_ceil(1_000_000);
+    mpx.clamp(1, u64::from(budget_mpx.max(1))) as u32
 }
 
 /// One queue message as delivered, in either mode: the Lambda event's `SqsMessage` or the
@@ -217,6 +237,10 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         &self.captioner
     }
 
+    pub fn sink(&self) -> &W {
+        &self.sink
+    }
+
     /// Processes `batch`, captioning at most `model_batch` images per model call, and returns one
     /// outcome per message, in order.
     pub async fn process<M: QueueMessage>(&self, batch: &[M], model_batch: usize) -> Vec<Outcome> {
@@ -239,12 +263,12 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
             .iter()
             .map(|m| message::parse(m.body(), cap).map_err(MessageFailure::from))
             .collect();
-        let images = self.load_images(&requests).await;
+        let images = self.prepare_images(&requests).await;
 
-        // Move decoded images into one shared vector so the blocking model call can borrow them
-        // without copying, and a failed batch can retry its items one by one.
+        // Move prepared inputs into one shared vector so the blocking model call can borrow
+        // them without copying, and a failed batch can retry its items one by one.
         let mut failures: HashMap<usize, MessageFailure> = HashMap::new();
-        let mut decoded: Vec<RgbImage> = Vec::new();
+        let mut decoded: Vec<C::Prepared> = Vec::new();
         let mut decoded_of: Vec<usize> = Vec::new();
         let mut tokens_of: Vec<Option<usize>> = Vec::new();
         for (i, image) in images.into_iter().enumerate() {
@@ -276,8 +300,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
                 }
             }
         }
-        // The pixels are no longer needed; free them before the sink writes (a bulk batch of
-        // decoded photos is hundreds of megabytes).
+        // The inputs are no longer needed; free them before the sink writes.
         drop(decoded);
 
         let outcomes = self
@@ -295,32 +318,54 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         outcomes
     }
 
-    /// Fetches and decodes the images of the parsed requests, at most `image_concurrency` at once.
-    /// Returns `None` for messages that did not parse.
-    async fn load_images(
+    /// Fetches, decodes and prepares the images of the parsed requests. Returns `None` for
+    /// messages that did not parse.
+    ///
+    /// Memory is bounded by the settings, not by the batch: at most `image_concurrency` images
+    /// are fetched and decoded at once, a decode waits until its megapixels fit the decode budget
+    /// (`decode_budget_mpx`, read from the header before any pixel exists), and each photo
+    /// becomes its model input right after decoding, on the same blocking thread, so its
+    /// full-resolution pixels are freed before the next photo takes their place.
+    async fn prepare_images(
         &self,
         requests: &[Result<CaptionRequest, MessageFailure>],
-    ) -> Vec<Option<Result<RgbImage, MessageFailure>>> {
-        let mut out: Vec<Option<Result<RgbImage, MessageFailure>>> =
+    ) -> Vec<Option<Result<C::Prepared, MessageFailure>>> {
+        let mut out: Vec<Option<Result<C::Prepared, MessageFailure>>> =
             requests.iter().map(|_| None).collect();
         let permits = Arc::new(Semaphore::new(self.settings.image_concurrency));
+        let budget_mpx = self.settings.decode_budget_mpx.max(1);
+        let budget = Arc::new(Semaphore::new(budget_mpx as usize));
         let mut tasks = JoinSet::new();
         let mut index_of = HashMap::new();
         for (i, request) in requests.iter().enumerate() {
             let Ok(request) = request else { continue };
             let images = Arc::clone(&self.images);
+            let captioner = Arc::clone(&self.captioner);
             let permits = Arc::clone(&permits);
+            let budget = Arc::clone(&budget);
             let image_ref = request.image.clone();
             let handle = tasks.spawn(async move {
-                // The semaphore is never closed, so acquiring only waits for a free slot.
-                let _permit = permits.acquire_owned().await;
-                images.load(&image_ref).await
+                // Neither semaphore is ever closed, so acquiring only waits for room.
+                let _slot = permits.acquire_owned().await;
+                let bytes = images.fetch(&image_ref).await?;
+                let (width, height) = images.dimensions(&bytes)?;
+                let _room = budget
+                    .acquire_many_owned(decode_permits(width, height, budget_mpx))
+                    .await;
+                spawn_blocking(move || {
+                    let image = images.decode(&bytes)?;
+                    drop(bytes);
+                    captioner
+                        .prepare(&image)
+                        .map_err(|e| MessageFailure::model(&e))
+                })
+                .await?
             });
             index_of.insert(handle.id(), i);
         }
         while let Some(joined) = tasks.join_next_with_id().await {
             let (id, result) = match joined {
-                Ok((id, r)) => (id, r.map_err(MessageFailure::from)),
+                Ok((id, r)) => (id, r),
                 Err(e) => (e.id(), Err(TaskError::from_join(e).into())),
             };
             if let Some(&i) = index_of.get(&id) {
@@ -334,7 +379,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
     /// each image alone so that one image the model cannot handle fails only its own message.
     async fn caption_chunk(
         &self,
-        decoded: &Arc<Vec<RgbImage>>,
+        decoded: &Arc<Vec<C::Prepared>>,
         chunk: &[usize],
         tokens: &[Option<usize>],
     ) -> Vec<(usize, Result<Caption, MessageFailure>)> {
@@ -382,7 +427,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
     /// worker's heartbeat and signal tasks while the model runs.
     async fn run_model(
         &self,
-        decoded: &Arc<Vec<RgbImage>>,
+        decoded: &Arc<Vec<C::Prepared>>,
         picks: Vec<usize>,
         tokens: Vec<Option<usize>>,
     ) -> Result<Vec<Caption>, MessageFailure> {
@@ -390,9 +435,9 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         let decoded = Arc::clone(decoded);
         let expected = picks.len();
         let captions = spawn_blocking(move || {
-            let images: Vec<&RgbImage> = picks.iter().map(|&d| &decoded[d]).collect();
+            let inputs: Vec<&C::Prepared> = picks.iter().map(|&d| &decoded[d]).collect();
             captioner
-                .caption(&images, &tokens)
+                .caption(&inputs, &tokens)
                 .map_err(|e| MessageFailure::model(&e))
         })
         .await??;
@@ -512,20 +557,33 @@ fn log_failure(message_id: &str, id: Option<&str>, e: &MessageFailure) {
 }
 
 impl<F: ObjectFetcher + 'static> ImageSource for ImageLoader<F> {
-    async fn load(&self, image: &ImageRef) -> Result<RgbImage, ImageError> {
-        ImageLoader::load(self, image).await.map(|d| d.image)
+    async fn fetch(&self, image: &ImageRef) -> Result<Vec<u8>, ImageError> {
+        self.load_bytes(image).await
+    }
+
+    fn dimensions(&self, bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+        coldpath_image::dimensions(bytes)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<RgbImage, ImageError> {
+        coldpath_image::decode(bytes, self.limits()).map(|d| d.image)
     }
 }
 
 impl Captioner for CaptionModel {
     type Error = CaptionError;
+    type Prepared = ndarray::Array3<f32>;
+
+    fn prepare(&self, image: &RgbImage) -> Result<ndarray::Array3<f32>, CaptionError> {
+        CaptionModel::prepare(self, image)
+    }
 
     fn caption(
         &self,
-        images: &[&RgbImage],
+        inputs: &[&ndarray::Array3<f32>],
         max_new_tokens: &[Option<usize>],
     ) -> Result<Vec<Caption>, CaptionError> {
-        CaptionModel::caption(self, images, max_new_tokens)
+        CaptionModel::caption_prepared(self, inputs, max_new_tokens)
     }
 }
 
@@ -594,6 +652,7 @@ pub(crate) mod testing {
 
     use std::collections::BTreeMap;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
     pub use aws_lambda_events::event::sqs::SqsMessage;
@@ -612,59 +671,101 @@ pub(crate) mod testing {
         }
     }
 
+    /// Decoded pixels alive between [`FakeImages::decode`] and [`FakeCaptioner::prepare`], and
+    /// the most there ever were at once.
+    #[derive(Default)]
+    pub struct LivePixels {
+        pub live: AtomicU64,
+        pub peak: AtomicU64,
+    }
+
     /// Captions an image `WxH` as `"WxH"`; fails any call containing an image of `poison_width`;
     /// takes `delay` per call, like a real model on a slow machine.
     #[derive(Default)]
     pub struct FakeCaptioner {
         pub poison_width: Option<u32>,
         pub delay: Duration,
+        pub pixels: Option<Arc<LivePixels>>,
         /// The size of every model call, in order.
         pub calls: Mutex<Vec<usize>>,
     }
 
     impl Captioner for FakeCaptioner {
         type Error = FakeError;
+        /// The photo's width and height: all the fake model looks at.
+        type Prepared = (u32, u32);
+
+        fn prepare(&self, image: &RgbImage) -> Result<(u32, u32), FakeError> {
+            if let Some(p) = &self.pixels {
+                let n = u64::from(image.width()) * u64::from(image.height());
+                p.live.fetch_sub(n, Ordering::SeqCst);
+            }
+            Ok(image.dimensions())
+        }
 
         fn caption(
             &self,
-            images: &[&RgbImage],
+            images: &[&(u32, u32)],
             max_new_tokens: &[Option<usize>],
         ) -> Result<Vec<Caption>, FakeError> {
             self.calls.lock().unwrap().push(images.len());
             assert_eq!(images.len(), max_new_tokens.len());
             std::thread::sleep(self.delay);
-            if images.iter().any(|i| Some(i.width()) == self.poison_width) {
+            if images.iter().any(|i| Some(i.0) == self.poison_width) {
                 return Err(FakeError("the model cannot handle this image".into()));
             }
             Ok(images
                 .iter()
                 .zip(max_new_tokens)
                 .map(|(i, n)| Caption {
-                    text: format!("{}x{}", i.width(), i.height()),
-                    token_ids: vec![i.width(), n.unwrap_or(0) as u32],
+                    text: format!("{}x{}", i.0, i.1),
+                    token_ids: vec![i.0, n.unwrap_or(0) as u32],
                 })
                 .collect())
         }
     }
 
     /// `s3://b/<W>x<H>` is a blank image of that size; any other key is missing.
-    pub struct FakeImages;
+    #[derive(Default)]
+    pub struct FakeImages {
+        pub pixels: Option<Arc<LivePixels>>,
+    }
+
+    fn size_of(bytes: &[u8]) -> Option<(u32, u32)> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (w, h) = text.split_once('x')?;
+        Some((w.parse().ok()?, h.parse().ok()?))
+    }
 
     impl ImageSource for FakeImages {
-        async fn load(&self, image: &ImageRef) -> Result<RgbImage, ImageError> {
+        async fn fetch(&self, image: &ImageRef) -> Result<Vec<u8>, ImageError> {
             let ImageRef::S3 { key, .. } = image else {
                 return Err(ImageError::Empty);
             };
-            let size = key
-                .split_once('x')
-                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
-            match size {
-                Some((w, h)) => Ok(RgbImage::new(w, h)),
+            match size_of(key.as_bytes()) {
+                Some(_) => Ok(key.as_bytes().to_vec()),
                 None => Err(ImageError::Fetch {
                     uri: image.describe(),
                     source: FetchError::NotFound,
                 }),
             }
+        }
+
+        fn dimensions(&self, bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+            size_of(bytes).ok_or(ImageError::Empty)
+        }
+
+        fn decode(&self, bytes: &[u8]) -> Result<RgbImage, ImageError> {
+            let (w, h) = self.dimensions(bytes)?;
+            let image = RgbImage::new(w, h);
+            if let Some(p) = &self.pixels {
+                let n = u64::from(w) * u64::from(h);
+                let now = p.live.fetch_add(n, Ordering::SeqCst) + n;
+                p.peak.fetch_max(now, Ordering::SeqCst);
+                // Decoding takes a while, so concurrent decodes overlap as real ones do.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(image)
         }
     }
 
@@ -694,6 +795,8 @@ pub(crate) mod testing {
             max_batch,
             max_new_tokens_cap: 32,
             image_concurrency: 2,
+            decode_budget_mpx: 64,
+            deadline_margin: Duration::from_secs(2),
         }
     }
 
@@ -706,7 +809,7 @@ pub(crate) mod testing {
         };
         CaptioningService::new(
             captioner,
-            FakeImages,
+            FakeImages::default(),
             MemorySink::default(),
             "fake",
             settings(max_batch),
@@ -727,8 +830,61 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::testing::*;
     use super::*;
+
+    #[test]
+    fn decode_permits_count_started_megapixels_within_the_budget() {
+        assert_eq!(decode_permits(1, 1, 64), 1);
+        assert_eq!(decode_permits(1000, 1000, 64), 1);
+        assert_eq!(decode_permits(1000, 1001, 64), 2);
+        assert_eq!(decode_permits(4000, 3000, 64), 12);
+        // Larger than the whole budget: it takes all of it and runs alone.
+        assert_eq!(decode_permits(10_000, 10_000, 64), 64);
+        assert_eq!(decode_permits(10, 10, 0), 1);
+    }
+
+    /// Regression (issue 11): a batch kept every decoded full-resolution photo until the whole
+    /// batch was captioned (eight 12-megapixel photos: 96 Mpx, 288 MB of RGB at once). Now each
+    /// photo becomes its model input right after decoding, and decodes wait for room in the
+    /// decode budget, so the pixels alive at once are bounded by the budget, not the batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decoded_pixels_alive_at_once_stay_within_the_decode_budget() {
+        let pixels = Arc::new(LivePixels::default());
+        let captioner = FakeCaptioner {
+            pixels: Some(Arc::clone(&pixels)),
+            ..Default::default()
+        };
+        let images = FakeImages {
+            pixels: Some(Arc::clone(&pixels)),
+        };
+        let mut batch_settings = settings(8);
+        batch_settings.image_concurrency = 8;
+        batch_settings.decode_budget_mpx = 30;
+        let service = CaptioningService::new(
+            captioner,
+            images,
+            MemorySink::default(),
+            "fake",
+            batch_settings,
+        );
+        let batch: Vec<SqsMessage> = (0..8)
+            .map(|i| message(&format!("m{i}"), Some(body(&format!("id{i}"), "4000x3000"))))
+            .collect();
+        let outcomes = service.process(&batch, 8).await;
+        assert!(outcomes.iter().all(Outcome::is_ok));
+        assert_eq!(*service.captioner().calls.lock().unwrap(), [8]);
+        let peak = pixels.peak.load(Ordering::SeqCst);
+        // Two 12 Mpx photos fit a 30 Mpx budget, three do not.
+        assert!(
+            peak <= 30_000_000,
+            "peak {peak} decoded pixels alive at once"
+        );
+        assert!(peak >= 12_000_000, "peak {peak}");
+        assert_eq!(pixels.live.load(Ordering::SeqCst), 0);
+    }
 
     #[tokio::test]
     async fn every_message_gets_its_own_outcome_and_only_good_ones_a_result() {

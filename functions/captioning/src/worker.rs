@@ -884,7 +884,7 @@ mod tests {
         };
         CaptioningService::new(
             captioner,
-            FakeImages,
+            FakeImages::default(),
             MemorySink::default(),
             "fake",
             settings(max_batch),

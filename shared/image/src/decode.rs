@@ -153,6 +153,27 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageE
     })
 }
 
+/// The stored width and height of an encoded image, read from its header only: no pixel buffer
+/// is allocated, so a caller can budget the memory a decode will take before running it. The
+/// sizes are as stored (before the EXIF orientation, which may swap them); the pixel count is
+/// the same either way.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = sniff(bytes)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
+    // The header read needs no more than a small allocation; refuse anything bigger.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(64 << 20);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(|e| ImageError::Undecodable {
+        format: format.as_str(),
+        reason: e.to_string(),
+    })?;
+    Ok(decoder.dimensions())
+}
+
 /// The format from the magic bytes, or a description of what was found instead.
 fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
     match image::guess_format(bytes) {
@@ -445,6 +466,21 @@ pub(crate) mod tests {
             matches!(err, ImageError::TooManyBytes { limit: 10, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn dimensions_come_from_the_header_alone() {
+        let bytes = png_bytes(&DynamicImage::ImageRgb8(quadrants(8, 6)));
+        assert_eq!(dimensions(&bytes).unwrap(), (8, 6));
+        assert_eq!(dimensions(&jpeg_bytes(&quadrants(10, 4))).unwrap(), (10, 4));
+        // A header claiming 100000 x 100000 is read, not allocated: budgeting happens before.
+        let bomb = patch_png_size(&bytes, 100_000, 100_000);
+        assert_eq!(dimensions(&bomb).unwrap(), (100_000, 100_000));
+        assert!(matches!(dimensions(b""), Err(ImageError::Empty)));
+        assert!(matches!(
+            dimensions(b"hello, world"),
+            Err(ImageError::UnsupportedFormat { .. })
+        ));
     }
 
     #[test]

@@ -46,7 +46,7 @@ mod orient;
 mod source;
 mod tensor;
 
-pub use decode::{DecodedImage, Format, decode};
+pub use decode::{DecodedImage, Format, decode, dimensions};
 pub use error::ImageError;
 pub use geometry::{
     Anchor, Letterbox, LetterboxOptions, Resample, clamp_box, letterbox, letterbox_with, resize,

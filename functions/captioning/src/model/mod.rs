@@ -21,7 +21,7 @@ use std::path::Path;
 
 use coldpath_models::{OrtRuntime, Provider, SessionConfig, SessionPool};
 use image::RgbImage;
-use ndarray::{Array4, ArrayView4};
+use ndarray::{Array3, Array4, ArrayView4};
 use tokenizers::Tokenizer;
 
 pub use config::{
@@ -182,6 +182,38 @@ impl CaptionModel {
         max_new_tokens: &[Option<usize>],
     ) -> Result<Vec<Caption>, CaptionError> {
         let pixels = self.preprocessor.pixel_values(images)?;
+        self.caption_pixels_with(pixels.view(), max_new_tokens, &self.options)
+    }
+
+    /// One image's `pixel_values` row `[3, height, width]`: resized and normalised as the
+    /// preprocessor says, the same values [`CaptionModel::caption`] would compute for it in any
+    /// batch. Lets a caller free the decoded photo right away. Blocking.
+    pub fn prepare(&self, image: &RgbImage) -> Result<Array3<f32>, CaptionError> {
+        let pixels = self.preprocessor.pixel_values(&[image])?;
+        Ok(pixels.index_axis_move(ndarray::Axis(0), 0))
+    }
+
+    /// Captions images prepared by [`CaptionModel::prepare`], stacked into one batch, with the
+    /// configured decoding. Blocking.
+    pub fn caption_prepared(
+        &self,
+        inputs: &[&Array3<f32>],
+        max_new_tokens: &[Option<usize>],
+    ) -> Result<Vec<Caption>, CaptionError> {
+        let (h, w) = (
+            self.preprocessor.height as usize,
+            self.preprocessor.width as usize,
+        );
+        let mut pixels = Array4::<f32>::zeros((inputs.len(), 3, h, w));
+        for (i, input) in inputs.iter().enumerate() {
+            if input.shape() != [3, h, w] {
+                return Err(CaptionError::InvalidInput(format!(
+                    "input {i} must be [3, {h}, {w}], found {:?}",
+                    input.shape()
+                )));
+            }
+            pixels.index_axis_mut(ndarray::Axis(0), i).assign(input);
+        }
         self.caption_pixels_with(pixels.view(), max_new_tokens, &self.options)
     }
 
