@@ -1,7 +1,9 @@
 //! The face pipeline on one upright photo: letterbox → detect → five landmarks → align →
 //! recognise, over ONNX Runtime sessions built once at init.
 
-use coldpath_image::{ChannelOrder, Resample, RgbImage, to_nchw};
+use coldpath_image::{
+    Anchor, ChannelOrder, Fit, LetterboxOptions, Resample, RgbImage, letterbox_with, to_nchw,
+};
 use ndarray::Array4;
 use ort::session::Session;
 use ort::value::{Tensor, ValueType};
@@ -71,74 +73,6 @@ pub trait AnalyzeFaces: Send + Sync {
     fn analyze(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<Face>, FaceError>;
     /// The detector's and the recogniser's names, reported with every result.
     fn model_names(&self) -> (&str, &str);
-}
-
-/// A photo scaled to fit the detector input, top-left, zero padding elsewhere.
-#[derive(Debug, Clone)]
-pub struct Letterboxed {
-    pub canvas: RgbImage,
-    /// Detector pixels per photo pixel: detections are divided by it to map back.
-    pub scale: f32,
-}
-
-/// How each reference sizes the letterboxed photo; the rounding differs, and parity needs the
-/// same content size and the same scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LetterboxRule {
-    /// The OpenCV reference (`gen_opencv_reference.py`, OPENCV_NOTES.md §2):
-    /// `s = min(W / w, H / h)`, content `(round(w s), round(h s))`, map back by `/ s`.
-    Round,
-    /// insightface `SCRFD.detect`: with `r = h / w` against the input's `H / W`, the long side
-    /// fills the input and the other is `int()`-truncated; the scale is `new_h / h`.
-    InsightFace,
-}
-
-impl LetterboxRule {
-    /// Content size and scale for a `w` × `h` photo in a `width` × `height` input.
-    pub fn fit(self, w: u32, h: u32, width: usize, height: usize) -> (u32, u32, f32) {
-        let (wf, hf) = (f64::from(w), f64::from(h));
-        let (iw, ih) = (width as f64, height as f64);
-        let (nw, nh, scale) = match self {
-            LetterboxRule::Round => {
-                let s = (iw / wf).min(ih / hf);
-                ((wf * s).round(), (hf * s).round(), s)
-            }
-            LetterboxRule::InsightFace => {
-                let (nw, nh) = if hf / wf > ih / iw {
-                    ((ih / (hf / wf)).trunc(), ih)
-                } else {
-                    (iw, (iw * (hf / wf)).trunc())
-                };
-                (nw, nh, nh / hf)
-            }
-        };
-        (
-            (nw as u32).clamp(1, width as u32),
-            (nh as u32).clamp(1, height as u32),
-            scale as f32,
-        )
-    }
-}
-
-/// Scales `image` to fit a `width` × `height` input under `rule` and pastes it at the top-left
-/// of a black canvas. `Resample::Linear` is OpenCV's `INTER_LINEAR` (no antialiasing), what both
-/// references resize with; `Resample::Bilinear` widens the kernel when shrinking (antialiased). Top-left rather than centred (as `coldpath_image::letterbox`
-/// does) so that mapping back is a plain division, exactly as in both references.
-pub fn letterbox(
-    image: &RgbImage,
-    width: usize,
-    height: usize,
-    rule: LetterboxRule,
-    resample: Resample,
-) -> Letterboxed {
-    let (nw, nh, scale) = rule.fit(image.width(), image.height(), width, height);
-    let resized = match resample {
-        Resample::Bilinear => coldpath_image::resize(image, nw, nh),
-        Resample::Linear => coldpath_image::resize_linear(image, nw, nh),
-    };
-    let mut canvas = RgbImage::new(width as u32, height as u32);
-    image::imageops::replace(&mut canvas, &resized, 0, 0);
-    Letterboxed { canvas, scale }
 }
 
 /// `FaceDetectorYN`'s `top_k`: `NMSBoxes` keeps at most this many candidates, best first.
@@ -413,12 +347,24 @@ impl OnnxFaces {
                 height: image.height(),
             });
         }
-        let rule = match self.family {
-            ModelFamily::YunetSface => LetterboxRule::Round,
-            ModelFamily::ScrfdArcface => LetterboxRule::InsightFace,
+        // Top-left with black padding, sized by each reference's own rounding, so mapping back is
+        // a plain division by the scale, exactly as in both references.
+        let letterbox = LetterboxOptions {
+            anchor: Anchor::TopLeft,
+            resample: self.resample,
+            fit: match self.family {
+                ModelFamily::YunetSface => Fit::Round,
+                ModelFamily::ScrfdArcface => Fit::InsightFace,
+            },
+            ..LetterboxOptions::default()
         };
-        let boxed = letterbox(image, self.det_width, self.det_height, rule, self.resample);
-        let candidates = self.detect_letterboxed(&boxed.canvas, options.min_score)?;
+        let (canvas, boxed) = letterbox_with(
+            image,
+            self.det_width as u32,
+            self.det_height as u32,
+            &letterbox,
+        );
+        let candidates = self.detect_letterboxed(&canvas, options.min_score)?;
         // Each reference runs NMS where it is: OpenCV inside `detect`, on the detector's input
         // (integer rects there); insightface after mapping back to the photo (its +1 pixel
         // areas are photo pixels).
@@ -608,14 +554,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn letterbox_keeps_aspect_top_left_with_black_padding() {
+    fn detections_on_the_letterbox_map_back_by_its_scale() {
+        // A 400 x 200 photo letterboxed top-left into 640 x 640 (scale 1.6): a detection at
+        // letterbox (320, 160) is at photo (200, 100).
         let img = RgbImage::from_pixel(400, 200, image::Rgb([200, 100, 50]));
-        let lb = letterbox(&img, 640, 640, LetterboxRule::Round, Resample::Linear);
-        assert_eq!(lb.scale, 1.6);
-        assert_eq!(lb.canvas.dimensions(), (640, 640));
-        assert_eq!(lb.canvas.get_pixel(639, 319).0, [200, 100, 50]);
-        assert_eq!(lb.canvas.get_pixel(0, 320).0, [0, 0, 0]);
-        // A detection at letterbox (320, 160) is at photo (200, 100).
+        let options = LetterboxOptions {
+            anchor: Anchor::TopLeft,
+            resample: Resample::Linear,
+            ..LetterboxOptions::default()
+        };
+        let (_, lb) = letterbox_with(&img, 640, 640, &options);
         let d = Detection {
             x: 320.0,
             y: 160.0,
@@ -626,32 +574,6 @@ mod tests {
         }
         .unscaled(lb.scale);
         assert_eq!((d.x, d.y, d.width), (200.0, 100.0, 10.0));
-    }
-
-    #[test]
-    fn letterbox_rules_round_like_their_references() {
-        // kafka.jpg, 450 x 655: OpenCV's reference rounds 450 * 640/655 = 439.69 to 440;
-        // insightface truncates to 439 and takes its scale from the height, 640 / 655.
-        assert_eq!(
-            LetterboxRule::Round.fit(450, 655, 640, 640),
-            (440, 640, (640.0f64 / 655.0) as f32)
-        );
-        assert_eq!(
-            LetterboxRule::InsightFace.fit(450, 655, 640, 640),
-            (439, 640, (640.0f64 / 655.0) as f32)
-        );
-        // cat.jpg, 451 x 300: insightface's width fills, height int(640 * 300/451) = 425, and
-        // the scale is 425 / 300, not 640 / 451.
-        assert_eq!(
-            LetterboxRule::InsightFace.fit(451, 300, 640, 640),
-            (640, 425, (425.0f64 / 300.0) as f32)
-        );
-        assert_eq!(LetterboxRule::Round.fit(451, 300, 640, 640).1, 426);
-        // group.jpg, 1600 x 1000: both give 640 x 400 at 0.4.
-        assert_eq!(
-            LetterboxRule::InsightFace.fit(1600, 1000, 640, 640),
-            (640, 400, 0.4)
-        );
     }
 
     #[test]

@@ -69,6 +69,8 @@ fn resize_with(src: &RgbImage, width: u32, height: u32, alg: fr::ResizeAlg) -> R
 ///
 /// The source was scaled by `scale` (the same on both axes, up to rounding of the content size)
 /// to `content_w`×`content_h` and placed at (`pad_x`, `pad_y`) in a `dst_w`×`dst_h` canvas.
+/// A reference that maps its outputs back by dividing by its scale (top-left anchor) is matched
+/// with `/ scale`; [`Letterbox::to_original`] uses the exact per-axis factors instead.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub scale: f32,
@@ -97,16 +99,44 @@ impl Letterbox {
         dst_h: u32,
         anchor: Anchor,
     ) -> Letterbox {
-        let scale = if src_w == 0 || src_h == 0 {
-            0.0
+        Letterbox::with_fit(src_w, src_h, dst_w, dst_h, anchor, Fit::Round)
+    }
+
+    /// As [`Letterbox::with_anchor`], with the content size and scale computed by `fit`.
+    pub fn with_fit(
+        src_w: u32,
+        src_h: u32,
+        dst_w: u32,
+        dst_h: u32,
+        anchor: Anchor,
+        fit: Fit,
+    ) -> Letterbox {
+        let (sw, sh) = (f64::from(src_w), f64::from(src_h));
+        let (dw, dh) = (f64::from(dst_w), f64::from(dst_h));
+        // Content size before clamping, and the scale the rule reports.
+        let (nw, nh, scale) = if src_w == 0 || src_h == 0 {
+            (0.0, 0.0, 0.0)
         } else {
-            (f64::from(dst_w) / f64::from(src_w)).min(f64::from(dst_h) / f64::from(src_h))
+            match fit {
+                Fit::Round => {
+                    let s = (dw / sw).min(dh / sh);
+                    ((sw * s).round(), (sh * s).round(), s)
+                }
+                Fit::InsightFace => {
+                    // The expressions of insightface's `SCRFD.detect`, in its order, so the
+                    // truncation lands on the same pixel.
+                    let (nw, nh) = if sh / sw > dh / dw {
+                        ((dh / (sh / sw)).trunc(), dh)
+                    } else {
+                        (dw, (dw * (sh / sw)).trunc())
+                    };
+                    (nw, nh, nh / sh)
+                }
+            }
         };
-        // round(src * scale) as OpenCV-style letterboxes do, at least one pixel when there is room.
-        let fit =
-            |src: u32, dst: u32| ((f64::from(src) * scale).round() as u32).clamp(1.min(dst), dst);
-        let content_w = fit(src_w, dst_w);
-        let content_h = fit(src_h, dst_h);
+        // At least one pixel of content when there is room.
+        let content_w = (nw as u32).clamp(1.min(dst_w), dst_w);
+        let content_h = (nh as u32).clamp(1.min(dst_h), dst_h);
         let (pad_x, pad_y) = match anchor {
             Anchor::Center => ((dst_w - content_w) / 2, (dst_h - content_h) / 2),
             Anchor::TopLeft => (0, 0),
@@ -182,6 +212,20 @@ pub fn clamp_box(b: [f32; 4], width: u32, height: u32) -> [f32; 4] {
     ]
 }
 
+/// How a letterbox sizes the content and the scale it reports. References differ in the
+/// rounding, and parity with one needs the same content size and the same scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fit {
+    /// `s = min(W / w, H / h)`, content `(round(w s), round(h s))`: OpenCV-style letterboxes,
+    /// among them the OpenCV YuNet reference (`tests/fixtures/faces/OPENCV_NOTES.md` §2).
+    #[default]
+    Round,
+    /// insightface `SCRFD.detect`: with `r = h / w` against the canvas's `H / W`, the long side
+    /// fills the canvas and the other is truncated (`int()`); the scale is `content_h / h`, which
+    /// for a wide photo is not `W / w`.
+    InsightFace,
+}
+
 /// Where [`letterbox_with`] puts the resized content in the canvas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Anchor {
@@ -203,13 +247,14 @@ pub enum Resample {
 }
 
 /// How [`letterbox_with`] builds its canvas. The default is black padding, centred,
-/// antialiased bilinear.
+/// antialiased bilinear, rounded content size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LetterboxOptions {
     /// Colour of the padding.
     pub fill: Rgb<u8>,
     pub anchor: Anchor,
     pub resample: Resample,
+    pub fit: Fit,
 }
 
 impl Default for LetterboxOptions {
@@ -218,6 +263,7 @@ impl Default for LetterboxOptions {
             fill: Rgb([0, 0, 0]),
             anchor: Anchor::default(),
             resample: Resample::default(),
+            fit: Fit::default(),
         }
     }
 }
@@ -236,16 +282,23 @@ pub fn letterbox(src: &RgbImage, dst_w: u32, dst_h: u32, fill: Rgb<u8>) -> (RgbI
     )
 }
 
-/// [`letterbox`] with the anchor and resampling chosen. The OpenCV YuNet reference recipe
+/// [`letterbox`] with the anchor, resampling and fit chosen. The OpenCV YuNet reference recipe
 /// (tests/fixtures/faces/OPENCV_NOTES.md) is `fill: Rgb([0, 0, 0]), anchor: TopLeft,
-/// resample: Linear`.
+/// resample: Linear, fit: Round`; insightface's SCRFD is the same with `fit: InsightFace`.
 pub fn letterbox_with(
     src: &RgbImage,
     dst_w: u32,
     dst_h: u32,
     options: &LetterboxOptions,
 ) -> (RgbImage, Letterbox) {
-    let lb = Letterbox::with_anchor(src.width(), src.height(), dst_w, dst_h, options.anchor);
+    let lb = Letterbox::with_fit(
+        src.width(),
+        src.height(),
+        dst_w,
+        dst_h,
+        options.anchor,
+        options.fit,
+    );
     let mut canvas = RgbImage::from_pixel(dst_w, dst_h, options.fill);
     if lb.content_w > 0 && lb.content_h > 0 && src.width() > 0 && src.height() > 0 {
         let content = match options.resample {
@@ -318,6 +371,7 @@ mod tests {
             fill: Rgb([0, 0, 0]),
             anchor: Anchor::TopLeft,
             resample: Resample::Linear,
+            fit: Fit::Round,
         };
         let (canvas, lb) = letterbox_with(&src, 64, 64, &options);
         assert_eq!(
@@ -331,6 +385,53 @@ mod tests {
             (x - 50.0).abs() < 1e-4 && (y - 100.0).abs() < 1e-4,
             "({x}, {y})"
         );
+    }
+
+    #[test]
+    fn fits_round_like_their_references() {
+        let fit = |fit: Fit, w, h| {
+            let lb = Letterbox::with_fit(w, h, 640, 640, Anchor::TopLeft, fit);
+            (lb.content_w, lb.content_h, lb.scale)
+        };
+        // kafka.jpg, 450 x 655: OpenCV's reference rounds 450 * 640/655 = 439.69 to 440;
+        // insightface truncates to 439 and takes its scale from the height, 640 / 655.
+        assert_eq!(
+            fit(Fit::Round, 450, 655),
+            (440, 640, (640.0f64 / 655.0) as f32)
+        );
+        assert_eq!(
+            fit(Fit::InsightFace, 450, 655),
+            (439, 640, (640.0f64 / 655.0) as f32)
+        );
+        // cat.jpg, 451 x 300: insightface's width fills, height int(640 * 300/451) = 425, and
+        // the scale is 425 / 300, not 640 / 451.
+        assert_eq!(
+            fit(Fit::InsightFace, 451, 300),
+            (640, 425, (425.0f64 / 300.0) as f32)
+        );
+        assert_eq!(fit(Fit::Round, 451, 300).1, 426);
+        // group.jpg, 1600 x 1000: both give 640 x 400 at 0.4.
+        assert_eq!(fit(Fit::InsightFace, 1600, 1000), (640, 400, 0.4));
+        assert_eq!(fit(Fit::Round, 1600, 1000), (640, 400, 0.4));
+        // An empty source still gets a pixel of content and no NaN, under either rule.
+        assert_eq!(fit(Fit::InsightFace, 0, 7), (1, 1, 0.0));
+    }
+
+    #[test]
+    fn top_left_letterbox_maps_back_by_dividing_by_the_scale() {
+        // The faces recipe: a 400 x 200 photo in 640 x 640 at 1.6, top-left, black padding.
+        let img = RgbImage::from_pixel(400, 200, Rgb([200, 100, 50]));
+        let options = LetterboxOptions {
+            anchor: Anchor::TopLeft,
+            resample: Resample::Linear,
+            ..LetterboxOptions::default()
+        };
+        let (canvas, lb) = letterbox_with(&img, 640, 640, &options);
+        assert_eq!(lb.scale, 1.6);
+        assert_eq!(canvas.dimensions(), (640, 640));
+        assert_eq!(canvas.get_pixel(639, 319).0, [200, 100, 50]);
+        assert_eq!(canvas.get_pixel(0, 320).0, [0, 0, 0]);
+        assert_eq!(lb.to_original(320.0, 160.0), (320.0 / 1.6, 160.0 / 1.6));
     }
 
     #[test]

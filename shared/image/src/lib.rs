@@ -26,9 +26,10 @@
 //! Which resampling: [`resize`] is bilinear with antialiasing when shrinking (PIL's and `image`'s
 //! semantics: for PyTorch/PIL-trained models such as captioning encoders); [`resize_linear`] is
 //! OpenCV's `INTER_LINEAR` (for OpenCV references such as YuNet, whose recipe is
-//! [`letterbox_with`] `{ fill: black, anchor: TopLeft, resample: Linear }`). Both use
-//! fast_image_resize, chosen by measurement (`shared/image/BENCHMARKS.md`). [`orient`] is the
-//! EXIF turn [`decode`] applies, public for callers that hold raw pixels.
+//! [`letterbox_with`] `{ fill: black, anchor: TopLeft, resample: Linear, fit: Round }`;
+//! insightface's SCRFD takes [`Fit::InsightFace`]). Both use fast_image_resize, chosen by
+//! measurement (`shared/image/BENCHMARKS.md`). [`orient`] is the EXIF turn [`decode`] applies,
+//! public for callers that hold raw pixels.
 //!
 //! Configuration: [`ImageLimits::from_env`] reads `COLDPATH_IMAGE_MAX_BYTES`,
 //! `COLDPATH_IMAGE_MAX_PIXELS` and `COLDPATH_IMAGE_MAX_SIDE` once at init.
@@ -49,8 +50,8 @@ mod tensor;
 pub use decode::{DecodedImage, Format, decode, dimensions};
 pub use error::ImageError;
 pub use geometry::{
-    Anchor, Letterbox, LetterboxOptions, Resample, clamp_box, letterbox, letterbox_with, resize,
-    resize_linear,
+    Anchor, Fit, Letterbox, LetterboxOptions, Resample, clamp_box, letterbox, letterbox_with,
+    resize, resize_linear,
 };
 pub use limits::ImageLimits;
 pub use loader::ImageLoader;
