@@ -23,6 +23,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,17 @@ pub const MAX_BATCH_CALL: usize = 10;
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 /// Exit status after a second stop signal: 128 + SIGTERM, as a shell reports a killed process.
 pub const FORCED_EXIT_CODE: i32 = 143;
+
+/// Where this process's worker is: [`COLD`] until its loop starts, then [`RUNNING`]; a stop
+/// signal during the cold start moves it to [`STOPPED_COLD`] and exits at once. Before its loop
+/// a worker holds no message, and the cold start (model load, warm-up: seconds for a real model,
+/// and synchronous, so no await point would see the signal) need not finish. One atomic decides
+/// the race: either the loop starts or the early exit wins, never both. Process-wide because
+/// signals are.
+static PHASE: AtomicU8 = AtomicU8::new(COLD);
+const COLD: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPED_COLD: u8 = 2;
 
 /// The queue operations the worker needs. Messages are the SDK adapter's [`ReceivedMessage`]
 /// from receive to delete.
@@ -267,6 +279,13 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
     ) -> Result<WorkerReport, WorkerError> {
         let max_batch = self.service.settings().max_batch;
         let mut report = WorkerReport::default();
+        if PHASE
+            .compare_exchange(COLD, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err_and(|phase| phase == STOPPED_COLD)
+        {
+            // The signal task is exiting the process: receive nothing.
+            return Ok(report);
+        }
         let mut bulk = false;
         let mut idle_since = Instant::now();
         let mut backoff = Duration::from_millis(500);
@@ -613,6 +632,16 @@ pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        if PHASE
+            .compare_exchange(COLD, STOPPED_COLD, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            tracing::info!(
+                signal = name,
+                "stop requested during the cold start: no message was received, exiting"
+            );
+            std::process::exit(0);
+        }
         tracing::info!(
             signal = name,
             "stop requested: receiving no more, handing back what cannot finish by the deadline"
