@@ -75,10 +75,13 @@ bench: build
 	@$(ENV); export BENCH_THREADS=$(BENCH_THREADS) COLDPATH_INTRA_THREADS=$(BENCH_THREADS); \
 	  $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings; \
 	  $(COLD_RUST) >/dev/null 2>&1; \
-	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start.json \
-	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON)"; \
 	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start-no-graph-cache.json \
-	    --rust "env -u COLDPATH_OPTIMIZED_MODEL_DIR $(COLD_RUST)" --python "$(COLD_PYTHON)"
+	    --rust "env -u COLDPATH_OPTIMIZED_MODEL_DIR $(COLD_RUST)" --python "$(COLD_PYTHON)"; \
+	  $(COLD_PYTHON) --graph-cache target/bench/python-graph-cache >/dev/null 2>&1; \
+	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start-best-cache.json \
+	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON) --graph-cache target/bench/python-graph-cache"; \
+	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start.json \
+	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON)"
 	@$(ENV); $(CARGO) bench --locked -p coldpath-faces --bench faces; \
 	  .venv/bin/python tools/cold_start.py --json target/bench/faces-cold-start.json \
 	    --rust "$(COLD_FACES)" --python "$(COLD_OPENCV)"

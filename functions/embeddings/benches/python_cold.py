@@ -2,7 +2,7 @@
 """Python cold start equivalent of `embeddings invoke events/embeddings/direct.json`.
 
     .venv/bin/python functions/embeddings/benches/python_cold.py \
-        [--event events/embeddings/direct.json] [--model-dir DIR] [--threads N]
+        [--event events/embeddings/direct.json] [--model-dir DIR] [--threads N] [--graph-cache DIR]
 
 One process does what a cold function instance does for its first request:
 import the libraries, load the tokenizer and the ONNX session, embed the
@@ -11,6 +11,12 @@ tools/cold_start.py times it against the Rust binary on the same event. The mode
 directory defaults to EMBEDDINGS_MODEL_SOURCE (as set by `bootstrap.py env`),
 threads to COLDPATH_INTRA_THREADS and the truncation length to
 EMBEDDINGS_MAX_TOKENS, as the function reads them.
+
+--graph-cache DIR gives Python the same cache the function has with
+COLDPATH_OPTIMIZED_MODEL_DIR: the first run saves ONNX Runtime's optimised graph
+there with its weights in a separate file; later runs load that graph with
+optimisation off. That is Python's best cache, for the "each side's best cache"
+cold-start comparison.
 """
 
 import argparse
@@ -21,6 +27,7 @@ from pathlib import Path
 
 # Imported here, not lazily: loading numpy/onnxruntime/tokenizers is part of
 # the cold start being measured. python_ref sits next to this file.
+import onnxruntime as ort
 from python_ref import embed, load_session, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -39,6 +46,27 @@ def threads_from_env():
     """
     value = os.environ.get("COLDPATH_INTRA_THREADS", "auto")
     return len(os.sched_getaffinity(0)) if value.lower() == "auto" else int(value)
+
+
+def load_cached_session(model, cache_dir, threads):
+    """The session from cache_dir's optimised graph, saving it there first if missing."""
+    cached = cache_dir / "model.opt.onnx"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if cached.exists():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(cached), options, providers=["CPUExecutionProvider"])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(cached)
+    # Weights beside the graph, as the function stores them, so a later load can map them.
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", "model.opt.weights")
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def event_texts(path):
@@ -71,11 +99,16 @@ def main():
         "--threads", type=int, default=None,
         help="intra-op threads (default: COLDPATH_INTRA_THREADS, else all usable CPUs)",
     )
+    parser.add_argument("--graph-cache", type=Path, default=None,
+                        help="save/load ONNX Runtime's optimised graph in this directory")
     args = parser.parse_args()
     threads = threads_from_env() if args.threads is None else args.threads
     max_tokens = int(os.environ.get("EMBEDDINGS_MAX_TOKENS", DEFAULT_MAX_TOKENS))
     tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", max_tokens)
-    session = load_session(args.model_dir / "model.onnx", threads)
+    if args.graph_cache is None:
+        session = load_session(args.model_dir / "model.onnx", threads)
+    else:
+        session = load_cached_session(args.model_dir / "model.onnx", args.graph_cache, threads)
     embeddings, token_counts = embed(tokenizer, session, event_texts(args.event))
     json.dump(response(embeddings.tolist(), token_counts), sys.stdout)
     sys.stdout.write("\n")
