@@ -193,9 +193,9 @@ DERIVED = (
         args=("--out-dir", CACHE / "models"),
         outputs=(
             (YUNET_ORT / "model.onnx",
-             "8e37c309b70b781183baf9c75305cf83fbc69383b809d9fe0576cde297f148e8"),
+             "97ed612a5c4ae00d34942dadfd0ae419e4bcb2d7d9b7bf8f341ff986ec094c23"),
             (SFACE_ORT / "model.onnx",
-             "487a139eb85ccd5ff30aef7d0add7f12d2bb7abb90c5f08a7f481b452a660e00"),
+             "0fa5d7e007c83ecf5f550d387e2395c7b4f0a44f713e9f64dcc6ce19216e56f8"),
         ),
     ),
 )
