@@ -1,16 +1,16 @@
 //! Face detection post-processing: turning raw detector outputs into scored boxes with five
-//! landmarks, non-maximum suppression, and mapping back from the detector's input to the photo.
+//! landmarks, and mapping back from the detector's input to the photo. Non-maximum suppression
+//! is in [`crate::nms`].
 //!
 //! Two detector families are decoded here, each exactly as its reference implementation does it,
 //! so that results can be compared with the reference face for face:
 //!
 //! - YuNet (OpenCV `FaceDetectorYN`, `modules/objdetect/src/face_detect.cpp`): one anchor per
 //!   cell at strides 8/16/32; `score = sqrt(clamp(cls) * clamp(obj))`; centre and landmark
-//!   offsets in units of the stride, width and height as `exp(d) * stride`; NMS on boxes
-//!   truncated to integers (`cv::dnn::NMSBoxes` over `Rect2i`).
+//!   offsets in units of the stride, width and height as `exp(d) * stride`.
 //! - SCRFD (insightface `model_zoo/scrfd.py`, which Immich uses): usually two anchors per cell;
 //!   distances to the box sides and landmark offsets in units of the stride
-//!   (`distance2bbox` / `distance2kps`); NMS with insightface's `+1` pixel areas.
+//!   (`distance2bbox` / `distance2kps`).
 
 /// One detected face, in the coordinates of the image it was detected on.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,77 +45,6 @@ impl Detection {
             landmarks,
         }
     }
-}
-
-/// How box overlap is measured during NMS; each reference does it its own way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverlapRule {
-    /// `cv::dnn::NMSBoxes` on `Rect2i`: boxes truncated to integers, areas `w * h`.
-    OpenCvIntegerRects,
-    /// insightface `nms`: corner boxes with areas `(x2 - x1 + 1) * (y2 - y1 + 1)`.
-    InsightFacePlusOne,
-}
-
-impl OverlapRule {
-    fn iou(self, a: &Detection, b: &Detection) -> f32 {
-        match self {
-            OverlapRule::OpenCvIntegerRects => {
-                // `Rect2i(int(x), int(y), int(w), int(h))`: `int()` truncates toward zero.
-                let r = |d: &Detection| {
-                    let (x, y, w, h) = (
-                        d.x.trunc() as i64,
-                        d.y.trunc() as i64,
-                        d.width.trunc() as i64,
-                        d.height.trunc() as i64,
-                    );
-                    (x, y, w, h)
-                };
-                let (ax, ay, aw, ah) = r(a);
-                let (bx, by, bw, bh) = r(b);
-                let area_a = (aw * ah) as f64;
-                let area_b = (bw * bh) as f64;
-                if area_a + area_b <= 0.0 {
-                    // OpenCV's jaccardDistance calls two empty boxes identical.
-                    return 1.0;
-                }
-                let ix = ax.max(bx);
-                let iy = ay.max(by);
-                let iw = (ax + aw).min(bx + bw) - ix;
-                let ih = (ay + ah).min(by + bh) - iy;
-                let inter = if iw <= 0 || ih <= 0 {
-                    0.0
-                } else {
-                    (iw * ih) as f64
-                };
-                (inter / (area_a + area_b - inter)) as f32
-            }
-            OverlapRule::InsightFacePlusOne => {
-                let (ax2, ay2) = (a.x + a.width, a.y + a.height);
-                let (bx2, by2) = (b.x + b.width, b.y + b.height);
-                let area_a = (a.width + 1.0) * (a.height + 1.0);
-                let area_b = (b.width + 1.0) * (b.height + 1.0);
-                let w = (ax2.min(bx2) - a.x.max(b.x) + 1.0).max(0.0);
-                let h = (ay2.min(by2) - a.y.max(b.y) + 1.0).max(0.0);
-                let inter = w * h;
-                inter / (area_a + area_b - inter)
-            }
-        }
-    }
-}
-
-/// Greedy non-maximum suppression: highest score first, a detection is dropped when its overlap
-/// with one already kept is above `iou_threshold`. Returns the kept detections, best first.
-///
-/// The sort is stable, so equal scores keep their decode order, as OpenCV's `stable_sort` does.
-pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32, rule: OverlapRule) -> Vec<Detection> {
-    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Detection> = Vec::with_capacity(dets.len().min(64));
-    for d in dets {
-        if kept.iter().all(|k| rule.iou(&d, k) <= iou_threshold) {
-            kept.push(d);
-        }
-    }
-    kept
 }
 
 /// The outputs of one detector stride, flattened row-major (cell by cell, anchors of a cell
@@ -397,42 +326,6 @@ mod tests {
             kps: &[0.0; 30],
         }];
         assert!(decode_scrfd(&bad, 16, 8, 0.5).is_err());
-    }
-
-    #[test]
-    fn nms_keeps_best_of_overlapping_boxes() {
-        let dets = vec![
-            det(0.0, 0.0, 10.0, 10.0, 0.8),
-            det(1.0, 1.0, 10.0, 10.0, 0.9),
-            det(50.0, 50.0, 10.0, 10.0, 0.7),
-            // Overlaps the best one by IoU 25/175 ≈ 0.14: kept at threshold 0.3.
-            det(6.0, 6.0, 10.0, 10.0, 0.6),
-        ];
-        let kept = nms(dets.clone(), 0.3, OverlapRule::OpenCvIntegerRects);
-        let scores: Vec<f32> = kept.iter().map(|d| d.score).collect();
-        assert_eq!(scores, vec![0.9, 0.7, 0.6]);
-        let kept = nms(dets, 0.1, OverlapRule::InsightFacePlusOne);
-        let scores: Vec<f32> = kept.iter().map(|d| d.score).collect();
-        assert_eq!(scores, vec![0.9, 0.7]);
-    }
-
-    #[test]
-    fn overlap_rules_follow_their_references() {
-        let a = det(0.9, 0.9, 10.9, 10.9, 1.0);
-        let b = det(5.0, 0.0, 10.0, 10.0, 1.0);
-        // OpenCV truncates a to (0, 0, 10, 10): intersection 5 × 10 = 50, union 150.
-        assert!(close(
-            OverlapRule::OpenCvIntegerRects.iou(&a, &b),
-            50.0 / 150.0
-        ));
-        // insightface on (0,0,10,10) and (5,0,15,10): areas 121 each, intersection 6 × 11.
-        let c = det(0.0, 0.0, 10.0, 10.0, 1.0);
-        assert!(close(
-            OverlapRule::InsightFacePlusOne.iou(&c, &b),
-            66.0 / (242.0 - 66.0)
-        ));
-        let empty = det(0.0, 0.0, 0.0, 0.0, 1.0);
-        assert_eq!(OverlapRule::OpenCvIntegerRects.iou(&empty, &empty), 1.0);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod align;
 pub mod config;
 pub mod detect;
+pub mod nms;
 pub mod pipeline;
 pub mod request;
 pub mod service;

@@ -14,9 +14,8 @@ use coldpath_models::{SessionPool, output_last_dim};
 
 use crate::align::{ALIGNED_SIZE, AlignError, align_face};
 use crate::config::{DetectOptions, ModelFamily};
-use crate::detect::{
-    DecodeError, Detection, OverlapRule, StrideOutputs, decode_scrfd, decode_yunet, nms,
-};
+use crate::detect::{DecodeError, Detection, StrideOutputs, decode_scrfd, decode_yunet};
+use crate::nms;
 
 /// The strides both detector families predict at.
 pub const STRIDES: [usize; 3] = [8, 16, 32];
@@ -73,23 +72,6 @@ pub trait AnalyzeFaces: Send + Sync {
     fn analyze(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<Face>, FaceError>;
     /// The detector's and the recogniser's names, reported with every result.
     fn model_names(&self) -> (&str, &str);
-}
-
-/// `FaceDetectorYN`'s `top_k`: `NMSBoxes` keeps at most this many candidates, best first.
-pub const OPENCV_TOP_K: usize = 5000;
-
-/// What `cv::dnn::NMSBoxes` does before suppressing, as `FaceDetectorYN` calls it: only when
-/// there is more than one candidate, it keeps scores strictly above the threshold (decoding kept
-/// `>=`), then at most `top_k` of them by score.
-fn opencv_nms_candidates(mut candidates: Vec<Detection>, min_score: f32) -> Vec<Detection> {
-    if candidates.len() > 1 {
-        candidates.retain(|d| d.score > min_score);
-        if candidates.len() > OPENCV_TOP_K {
-            candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
-            candidates.truncate(OPENCV_TOP_K);
-        }
-    }
-    candidates
 }
 
 /// How a family feeds pixels to its models: `(pixel - mean) / std` per plane, in `order`.
@@ -365,27 +347,7 @@ impl OnnxFaces {
             &letterbox,
         );
         let candidates = self.detect_letterboxed(&canvas, options.min_score)?;
-        // Each reference runs NMS where it is: OpenCV inside `detect`, on the detector's input
-        // (integer rects there); insightface after mapping back to the photo (its +1 pixel
-        // areas are photo pixels).
-        let kept = match self.family {
-            ModelFamily::YunetSface => nms(
-                opencv_nms_candidates(candidates, options.min_score),
-                options.nms_iou,
-                OverlapRule::OpenCvIntegerRects,
-            )
-            .into_iter()
-            .map(|d| d.unscaled(boxed.scale))
-            .collect(),
-            ModelFamily::ScrfdArcface => nms(
-                candidates
-                    .into_iter()
-                    .map(|d| d.unscaled(boxed.scale))
-                    .collect(),
-                options.nms_iou,
-                OverlapRule::InsightFacePlusOne,
-            ),
-        };
+        let kept = nms::suppress(self.family, candidates, options, boxed.scale);
         Ok(kept
             .into_iter()
             .filter(|d| d.width.min(d.height) >= options.min_face_size)
@@ -595,22 +557,5 @@ mod tests {
         assert!((arc[0] - (10.0 - 127.5) / 127.5).abs() < 1e-6);
         assert!((arc[4] - 1.0).abs() < 1e-6);
         assert_eq!(arc[6..], arc[..6]);
-    }
-
-    #[test]
-    fn opencv_drops_threshold_ties_only_among_several_candidates() {
-        let d = |score| Detection {
-            x: 0.0,
-            y: 0.0,
-            width: 1.0,
-            height: 1.0,
-            score,
-            landmarks: [[0.0; 2]; 5],
-        };
-        assert_eq!(opencv_nms_candidates(vec![d(0.9)], 0.9).len(), 1);
-        let kept = opencv_nms_candidates(vec![d(0.9), d(0.95)], 0.9);
-        assert_eq!(kept, vec![d(0.95)]);
-        let many = opencv_nms_candidates(vec![d(0.95); OPENCV_TOP_K + 3], 0.9);
-        assert_eq!(many.len(), OPENCV_TOP_K);
     }
 }
