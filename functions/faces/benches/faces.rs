@@ -20,6 +20,9 @@
 //! in child processes) after the first thread count, and `opencv_ref.py`'s own peak RSS.
 //! Results go to stdout and `target/bench/faces.json`.
 //!
+//! Photos: the four sample photos, or `BENCH_PHOTOS` (comma-separated paths from the repository
+//! root; e.g. the group photos in `tests/fixtures/faces/group/` for the cost curve).
+//!
 //! Run: `eval "$(python3 bootstrap.py env)" && cargo bench -p coldpath-faces --bench faces`.
 
 use std::process::Command;
@@ -35,12 +38,21 @@ use coldpath_runtime::{Context, LambdaEvent};
 use coldpath_test_support::bench::{machine, median};
 use serde_json::{Value, json};
 
-const PHOTOS: [&str; 4] = [
+const DEFAULT_PHOTOS: [&str; 4] = [
     "events/data/photos/kafka.jpg",
     "events/data/photos/astronaut.jpg",
     "events/data/photos/group.jpg",
     "events/data/photos/cat.jpg",
 ];
+
+/// `BENCH_PHOTOS` or the sample photos.
+fn photos() -> &'static [String] {
+    static PHOTOS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    PHOTOS.get_or_init(|| match config::get(&ProcessEnv, "BENCH_PHOTOS") {
+        Some(list) => list.split(',').map(|p| p.trim().to_string()).collect(),
+        None => DEFAULT_PHOTOS.iter().map(|p| p.to_string()).collect(),
+    })
+}
 
 struct Settings {
     rounds: usize,
@@ -104,7 +116,7 @@ fn opencv(threads: usize, repeats: usize, mode: &str) -> (Vec<Vec<f64>>, Value) 
             "/benches/opencv_ref.py"
         ))
         .arg("--photos")
-        .args(PHOTOS)
+        .args(photos())
         .args(["--threads", &threads.to_string()])
         .args(["--rounds", &repeats.to_string(), "--warmup", "1"])
         .args(["--mode", mode])
@@ -116,10 +128,10 @@ fn opencv(threads: usize, repeats: usize, mode: &str) -> (Vec<Vec<f64>>, Value) 
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("opencv_ref.py JSON");
-    let times = PHOTOS
+    let times = photos()
         .iter()
         .map(|p| {
-            v["per_photo_ms"][p]
+            v["per_photo_ms"][p.as_str()]
                 .as_array()
                 .expect("per_photo_ms")
                 .iter()
@@ -132,7 +144,7 @@ fn opencv(threads: usize, repeats: usize, mode: &str) -> (Vec<Vec<f64>>, Value) 
 
 fn main() {
     let s = settings();
-    let bytes: Vec<Vec<u8>> = PHOTOS
+    let bytes: Vec<Vec<u8>> = photos()
         .iter()
         .map(|p| std::fs::read(repo().join(p)).expect("photo"))
         .collect();
@@ -141,7 +153,7 @@ fn main() {
         "faces benchmark: {} rounds x {} repeats, photos {:?}, machine {}",
         s.rounds,
         s.repeats,
-        PHOTOS,
+        photos(),
         machine()
     );
     let mut hwm_first = None;
@@ -161,16 +173,12 @@ fn main() {
         let sink_dir = tempfile::tempdir().unwrap();
         let service = Arc::new(FacesService::with_shared(
             Arc::clone(&faces),
-            ImageLoader::new(
-                LocalObjectDir::new(repo().join("events/data")),
-                config.image_limits,
-                false,
-            ),
+            ImageLoader::new(LocalObjectDir::new(repo()), config.image_limits, false),
             ResultSink::new("faces", SinkTarget::Local(sink_dir.path().to_path_buf())).unwrap(),
             config.detect,
         ));
 
-        let n = PHOTOS.len();
+        let n = photos().len();
         let (mut f, mut h, mut cv, mut lb) = (
             vec![vec![]; n],
             vec![vec![]; n],
@@ -194,8 +202,9 @@ fn main() {
                 }
             }
             for rep in 0..=s.repeats {
-                for (i, p) in PHOTOS.iter().enumerate() {
-                    let uri = format!("s3://{}", p.trim_start_matches("events/data/"));
+                for (i, p) in photos().iter().enumerate() {
+                    // Bucket = the path's first folder, under the repository root.
+                    let uri = format!("s3://{p}");
                     let payload = json!({"image": {"s3": uri}});
                     let t = Instant::now();
                     rt.block_on(handle(
@@ -243,10 +252,10 @@ fn main() {
             "f/opencv",
             "f/lb640"
         );
-        for (i, p) in PHOTOS.iter().enumerate() {
+        for (i, p) in photos().iter().enumerate() {
             let (mf, mh, mc, ml) = (median(&f[i]), median(&h[i]), median(&cv[i]), median(&lb[i]));
-            let cv_faces = &cv_reports[0]["faces"][p];
-            let lb_faces = &cv_reports[1]["faces"][p];
+            let cv_faces = &cv_reports[0]["faces"][p.as_str()];
+            let lb_faces = &cv_reports[1]["faces"][p.as_str()];
             println!(
                 "{:<34} {:>6} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>10.2}ms {:>8.3}x {:>8.3}x",
                 p,

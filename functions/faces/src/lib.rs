@@ -21,7 +21,7 @@ pub mod pipeline;
 pub mod request;
 pub mod service;
 
-pub use config::{DetectOptions, FacesConfig, ModelFamily};
+pub use config::{DetectOptions, DetectorInput, FacesConfig, ModelFamily};
 pub use detect::Detection;
 pub use pipeline::{AnalyzeFaces, Face, FaceError, OnnxFaces};
 pub use service::{FacesError, FacesService, InitError, handle, init, init_faces};

@@ -13,7 +13,7 @@ use coldpath_core::{Classify, ErrorType};
 use coldpath_models::{SessionPool, output_last_dim};
 
 use crate::align::{ALIGNED_SIZE, AlignError, align_face};
-use crate::config::{DetectOptions, ModelFamily};
+use crate::config::{DetectOptions, DetectorInput, ModelFamily};
 use crate::detect::{DecodeError, Detection, StrideOutputs, decode_scrfd, decode_yunet};
 use crate::nms;
 
@@ -21,6 +21,18 @@ use crate::nms;
 pub const STRIDES: [usize; 3] = [8, 16, 32];
 /// The detector input side used when the model leaves it dynamic (insightface's `det_size`).
 pub const DEFAULT_DETECTOR_SIZE: usize = 640;
+
+/// `image` at the top-left of a black `width` × `height` canvas (at least its size).
+fn pad_to(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let mut canvas = RgbImage::new(width, height);
+    let row = image.width() as usize * 3;
+    let stride = width as usize * 3;
+    let dst: &mut [u8] = &mut canvas;
+    for (y, src) in image.as_raw().chunks_exact(row.max(1)).enumerate() {
+        dst[y * stride..y * stride + row].copy_from_slice(src);
+    }
+    canvas
+}
 
 /// One face in the photo's upright pixel coordinates, with its unit-length embedding.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +160,9 @@ pub struct OnnxFaces {
     detector_outputs: Vec<[Option<String>; 4]>,
     det_width: usize,
     det_height: usize,
+    /// Whether the detector takes any input size (its H and W are not fixed in the file).
+    det_dynamic: bool,
+    input: DetectorInput,
     recognizer: SessionPool,
     recognizer_name: String,
     recognizer_input: String,
@@ -192,6 +207,7 @@ impl OnnxFaces {
                 "input {detector_input} is not N x 3 x H x W: {shape:?}"
             )));
         }
+        let det_dynamic = shape[2].is_none() && shape[3].is_none();
         let det_height = shape[2].unwrap_or(DEFAULT_DETECTOR_SIZE);
         let det_width = shape[3].unwrap_or(DEFAULT_DETECTOR_SIZE);
         if det_width % 32 != 0 || det_height % 32 != 0 {
@@ -256,8 +272,9 @@ impl OnnxFaces {
                 "input {recognizer_input} is not N x 3 x 112 x 112: {rshape:?}"
             )));
         }
-        // SFace's batch dimension is fixed at 1, so its faces run one by one; ArcFace exports
-        // leave it dynamic, so all faces of a photo run as one batch.
+        // A recogniser whose batch dimension is dynamic (ArcFace exports, and SFace as the setup
+        // repair leaves it) embeds all faces of a photo in one run; one fixed at 1 (SFace as
+        // shipped) runs them one by one.
         let batched = rshape[0] != Some(1);
         let recognizer_output = recognizer
             .output_names()
@@ -274,6 +291,8 @@ impl OnnxFaces {
             detector_outputs,
             det_width,
             det_height,
+            det_dynamic,
+            input: DetectorInput::Letterbox,
             recognizer,
             recognizer_name: recognizer_name.to_string(),
             recognizer_input,
@@ -295,6 +314,46 @@ impl OnnxFaces {
     pub fn with_resample(mut self, resample: Resample) -> Self {
         self.resample = resample;
         self
+    }
+
+    /// Sets what the detector runs on (the letterbox until set; `init` sets the configured one).
+    pub fn with_detector_input(mut self, input: DetectorInput) -> Self {
+        self.input = input;
+        self
+    }
+
+    /// The cap on the detector input's long side when YuNet runs at the photo's own size, or
+    /// `None` when every photo is letterboxed into the detector's fixed input.
+    pub fn native_max_side(&self) -> Option<u32> {
+        match self.input {
+            DetectorInput::Native { max_side }
+                if self.det_dynamic && self.family == ModelFamily::YunetSface =>
+            {
+                Some(max_side)
+            }
+            _ => None,
+        }
+    }
+
+    /// The detector's input for a `width` × `height` photo: (content width, content height,
+    /// canvas width, canvas height). At native size the content is the photo (shrunk so its long
+    /// side is at most the cap, aspect kept, sides rounded) and the canvas that rounded up to a
+    /// multiple of 32, as OpenCV's `FaceDetectorYN` pads; otherwise the fixed letterbox canvas.
+    pub fn detector_input_size(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
+        let (dw, dh) = (self.det_width as u32, self.det_height as u32);
+        let Some(cap) = self.native_max_side() else {
+            return (dw, dh, dw, dh);
+        };
+        let long = width.max(height).max(1);
+        let (cw, ch) = if long <= cap {
+            (width, height)
+        } else {
+            let s = f64::from(cap) / f64::from(long);
+            let side = |v: u32| ((f64::from(v) * s).round() as u32).clamp(1, cap);
+            (side(width), side(height))
+        };
+        let pad = |v: u32| v.max(1).div_ceil(32) * 32;
+        (cw, ch, pad(cw), pad(ch))
     }
 
     pub fn family(&self) -> ModelFamily {
@@ -340,14 +399,23 @@ impl OnnxFaces {
             },
             ..LetterboxOptions::default()
         };
-        let (canvas, boxed) = letterbox_with(
-            image,
-            self.det_width as u32,
-            self.det_height as u32,
-            &letterbox,
-        );
+        let (cw, ch, pw, ph) = self.detector_input_size(image.width(), image.height());
+        let (canvas, scale) = if self.native_max_side().is_none() {
+            let (canvas, boxed) = letterbox_with(image, pw, ph, &letterbox);
+            (canvas, boxed.scale)
+        } else {
+            // The photo (or its shrunk copy: the shared letterbox with the canvas exactly the
+            // content's size) at the top-left of a zero canvas rounded up to a multiple of 32.
+            let shrunk = (cw, ch) != image.dimensions();
+            let content = shrunk.then(|| letterbox_with(image, cw, ch, &letterbox));
+            let (pixels, scale) = match &content {
+                Some((c, boxed)) => (c, boxed.scale),
+                None => (image, 1.0),
+            };
+            (pad_to(pixels, pw, ph), scale)
+        };
         let candidates = self.detect_letterboxed(&canvas, options.min_score)?;
-        let kept = nms::suppress(self.family, candidates, options, boxed.scale);
+        let kept = nms::suppress(self.family, candidates, options, scale);
         Ok(kept
             .into_iter()
             .filter(|d| d.width.min(d.height) >= options.min_face_size)
@@ -362,16 +430,27 @@ impl OnnxFaces {
         canvas: &RgbImage,
         min_score: f32,
     ) -> Result<Vec<Detection>, FaceError> {
-        let (w, h) = (self.det_width, self.det_height);
         let infer = |reason: String| FaceError::Inference {
             model: self.detector_name.clone(),
             reason,
         };
-        if canvas.dimensions() != (w as u32, h as u32) {
+        // A dynamic detector takes any multiple of the largest stride; a fixed one its size.
+        let (w, h) = (canvas.width() as usize, canvas.height() as usize);
+        let fits = if self.det_dynamic {
+            w > 0 && h > 0 && w % 32 == 0 && h % 32 == 0
+        } else {
+            (w, h) == (self.det_width, self.det_height)
+        };
+        if !fits {
             return Err(infer(format!(
-                "expected a {w}x{h} input, found {}x{}",
-                canvas.width(),
-                canvas.height()
+                "expected a {}x{} input{}, found {w}x{h}",
+                self.det_width,
+                self.det_height,
+                if self.det_dynamic {
+                    " or another multiple of 32"
+                } else {
+                    ""
+                }
             )));
         }
         let data = detector_normalization(self.family)

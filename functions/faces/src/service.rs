@@ -314,7 +314,8 @@ pub async fn init_faces<F: ObjectFetcher>(
         pool(rec_session)?,
         &recognizer.spec.name,
     )?
-    .with_resample(config.resample);
+    .with_resample(config.resample)
+    .with_detector_input(config.detector_input);
     timer.add(Phase::SessionBuild, build_started.elapsed());
     if config.warmup {
         // A blank photo exercises the detector; one aligned crop exercises the recogniser.
