@@ -21,6 +21,7 @@ help:
 	@echo "make check-infra  cfn-lint, checkov and \`coldpath check\` on the templates"
 	@echo "make package    Lambda zips and the ONNX Runtime layer, with sizes (needs cargo-lambda)"
 	@echo "make fixtures   regenerate every committed fixture from its script"
+	@echo "make fuzz       run every cargo-fuzz target 10 minutes (fuzz-smoke: 20 s each; fuzz/README.md)"
 
 # Fetches and verifies ONNX Runtime, the models and the Python tools the tests, demo, benchmarks
 # and fixtures use (not the template linters: setup-infra); a no-op when all is in place.
@@ -122,3 +123,36 @@ check-infra: setup-infra
 # cargo-lambda (`.venv/bin/python -m pip install cargo-lambda==1.9.2`); exits 2 without it.
 package: setup
 	$(PYTHON) tools/package.py
+
+# Fuzzing (fuzz/, a cargo-fuzz project outside the workspace; see fuzz/README.md). The stable
+# toolchain runs cargo-fuzz with RUSTC_BOOTSTRAP=1; the pinned cargo-fuzz is installed into
+# .cache/cargo-fuzz on first use. `make fuzz` runs each target FUZZ_SECONDS (600) one after the
+# other; `make fuzz-smoke` runs each FUZZ_SMOKE_SECONDS (20) from its committed corpus (CI).
+# New inputs go to fuzz/target/corpus/<target>, never into the committed fuzz/corpus/<target>.
+.PHONY: fuzz fuzz-smoke fuzz-build
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS := image_decode embeddings_request faces_request captioning_message tokenizer
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_RSS_MB ?= 2048
+FUZZ_ENV = export PATH="$(CURDIR)/.cache/cargo-fuzz/bin:$$PATH" RUSTC_BOOTSTRAP=1
+fuzz_run = $(FUZZ_ENV); for t in $(FUZZ_TARGETS); do \
+	  case $$t in image_decode) d=image;; tokenizer) d=tokenizer;; *) d=json;; esac; \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  echo "== fuzz $$t ($(1) s)" >&2; \
+	  nice -n 19 cargo fuzz run --fuzz-dir fuzz $$t \
+	    $(CURDIR)/fuzz/target/corpus/$$t $(CURDIR)/fuzz/corpus/$$t -- \
+	    -dict=$(CURDIR)/fuzz/dict/$$d.dict -max_total_time=$(1) -timeout=10 \
+	    -rss_limit_mb=$(FUZZ_RSS_MB) -print_final_stats=1; \
+	done
+
+fuzz-build: setup
+	@test -x .cache/cargo-fuzz/bin/cargo-fuzz || \
+	  $(CARGO) install --locked --root .cache/cargo-fuzz cargo-fuzz@$(CARGO_FUZZ_VERSION)
+	@$(FUZZ_ENV); nice -n 19 cargo fuzz build --fuzz-dir fuzz
+
+fuzz: fuzz-build
+	@$(call fuzz_run,$(FUZZ_SECONDS))
+
+fuzz-smoke: fuzz-build
+	@$(call fuzz_run,$(FUZZ_SMOKE_SECONDS))
