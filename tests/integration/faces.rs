@@ -296,8 +296,10 @@ fn yunet_sface_matches_opencv_on_the_same_640_letterbox_tightly() {
     assert!(spread(&g.faces_letterbox640_ort, &e.faces_letterbox640_ort) > 3.0);
 }
 
-/// OpenCV's API run at each photo's NATIVE size, which is what an OpenCV user gets. YuNet's
-/// ONNX input is fixed at 640 × 640, so the pipeline letterboxes every photo (group.jpg shrinks
+/// OpenCV's API run at each photo's NATIVE size, which is what an OpenCV user gets, against the
+/// 640 × 640 letterbox (`FACES_DETECTOR_INPUT=letterbox`, the only recipe while YuNet's ONNX
+/// input was fixed; the default now detects at native size, tested below). The letterbox shrinks
+/// or grows every photo (group.jpg shrinks
 /// ×0.4, its faces to 36–80 px; kafka.jpg ×0.98; astronaut.jpg grows ×1.25), and YuNet's
 /// answer moves with its input size, for OpenCV too. Measured against native: same faces
 /// everywhere, box IoU ≥ 0.857 (holds the ≥ 0.85 target), scores within 0.011, but landmarks

@@ -1,5 +1,6 @@
-//! The face pipeline on one upright photo: letterbox → detect → five landmarks → align →
-//! recognise, over ONNX Runtime sessions built once at init.
+//! The face pipeline on one upright photo: detector input (YuNet at the photo's own size padded
+//! to 32, or a letterbox) → detect → five landmarks → align → recognise, over ONNX Runtime
+//! sessions built once at init.
 
 use coldpath_image::{
     Anchor, ChannelOrder, Fit, LetterboxOptions, Resample, RgbImage, letterbox_with, to_nchw,
