@@ -116,6 +116,7 @@ async fn run_worker(queue: Queue, shutdown: watch::Receiver<bool>, started: Star
     };
     // Exit here rather than return: dropping the runtime would wait for a model call that the
     // stop deadline cut off (it keeps running on the blocking pool), and the platform's SIGKILL
-    // would come first. Every message is settled by now and logs go unbuffered to stderr.
-    std::process::exit(code)
+    // would come first; and skip the C++ destructors, which would pull ONNX Runtime out from
+    // under that call (see `worker::exit_now`). Every message is settled by now.
+    worker::exit_now(code)
 }

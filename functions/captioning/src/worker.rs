@@ -44,6 +44,18 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 /// Exit status after a second stop signal: 128 + SIGTERM, as a shell reports a killed process.
 pub const FORCED_EXIT_CODE: i32 = 143;
 
+/// Ends the process now with `code`, without running `atexit` handlers or C++ static destructors.
+///
+/// `std::process::exit` runs them, and ONNX Runtime's destructors then tear down its
+/// environment while a session may still be in use on another thread: a model call the stop
+/// deadline cut off, or a session being built when a stop arrives during the cold start. The
+/// soak caught that as a SIGSEGV on SIGTERM. Nothing needs flushing: logs go unbuffered to
+/// stderr, stdout is unused, and every message was settled before this is called.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions; it ends the process without returning.
+    unsafe { libc::_exit(code) }
+}
+
 /// Where this process's worker is: [`COLD`] until its loop starts, then [`RUNNING`]; a stop
 /// signal during the cold start moves it to [`STOPPED_COLD`] and exits at once. Before its loop
 /// a worker holds no message, and the cold start (model load, warm-up: seconds for a real model,
@@ -640,7 +652,7 @@ pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
                 signal = name,
                 "stop requested during the cold start: no message was received, exiting"
             );
-            std::process::exit(0);
+            exit_now(0);
         }
         tracing::info!(
             signal = name,
@@ -656,7 +668,7 @@ pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
             signal = name,
             "second stop signal: exiting now; messages in flight return after their visibility timeout"
         );
-        std::process::exit(FORCED_EXIT_CODE);
+        exit_now(FORCED_EXIT_CODE);
     });
     Ok(rx)
 }
