@@ -13,13 +13,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use coldpath_aws::{Queue, ResultSink, SinkTarget};
 use coldpath_captioning::{CaptioningConfig, ExitReason, ModelService, Worker, handle, init};
 use coldpath_core::MapEnv;
 use coldpath_io::LocalObjectDir;
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_test_support::moto::{MotoServer, create_queue, create_queue_with_dlq};
+use coldpath_test_support::moto::{
+    MotoServer, create_queue, create_queue_with_dlq, queue_counts as counts,
+};
 use coldpath_test_support::{repo_root, setup_var};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -81,22 +82,6 @@ fn body(id: &str, photo: &str) -> String {
 }
 
 /// (visible, in flight) message counts.
-async fn counts(client: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap();
-    let attrs = out.attributes().unwrap();
-    let get = |name| attrs.get(&name).unwrap().parse().unwrap();
-    (
-        get(QueueAttributeName::ApproximateNumberOfMessages),
-        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_batch_reports_only_the_poison_messages() {

@@ -17,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use coldpath_aws::Queue;
-use coldpath_test_support::moto::{MotoServer, create_queue_with_dlq};
-use coldpath_test_support::repo_root;
+use coldpath_test_support::moto::{MotoServer, create_queue_with_dlq, queue_counts as counts};
+use coldpath_test_support::{repo_root, sigterm};
 use serde_json::{Value, json};
 
 /// Small xorshift generator: the chaos schedule is reproducible from its seed.
@@ -107,32 +106,6 @@ fn wait(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-}
-
-/// (visible, in flight) message counts of a queue.
-async fn counts(client: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap();
-    let attrs = out.attributes().unwrap();
-    let get = |name| attrs.get(&name).unwrap().parse().unwrap();
-    (
-        get(QueueAttributeName::ApproximateNumberOfMessages),
-        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-    )
 }
 
 /// Result files by request id; a file that does not parse or names another id is a failure.
@@ -241,7 +214,7 @@ fn workers_killed_and_stopped_at_random_lose_and_duplicate_nothing() {
             kills += 1;
         } else {
             let at = Instant::now();
-            sigterm(&running[w]);
+            sigterm(running[w].id());
             // 2 s stop deadline + 1 s long poll + hand-back calls.
             match wait(&mut running[w], Duration::from_secs(10)) {
                 Some(status) => assert_eq!(status.code(), Some(0), "SIGTERM exit: {status}"),
@@ -257,7 +230,7 @@ fn workers_killed_and_stopped_at_random_lose_and_duplicate_nothing() {
     }
     let wall = begun.elapsed();
     for child in &running {
-        sigterm(child);
+        sigterm(child.id());
     }
     for child in &mut running {
         let status = wait(child, Duration::from_secs(10)).expect("exit after SIGTERM");

@@ -16,10 +16,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use coldpath_aws::Queue;
-use coldpath_test_support::moto::{MotoServer, create_queue};
-use coldpath_test_support::repo_root;
+use coldpath_test_support::moto::{MotoServer, create_queue, queue_counts};
+use coldpath_test_support::{repo_root, sigterm};
 use serde_json::{Value, json};
 
 /// A running worker whose stderr (JSON log lines) is read on a thread.
@@ -184,22 +183,7 @@ fn queue_with(
 
 /// (visible, in flight) message counts.
 fn counts(rt: &tokio::runtime::Runtime, client: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
-    rt.block_on(async {
-        let out = client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .unwrap();
-        let attrs = out.attributes().unwrap();
-        let get = |name| attrs.get(&name).unwrap().parse().unwrap();
-        (
-            get(QueueAttributeName::ApproximateNumberOfMessages),
-            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        )
-    })
+    rt.block_on(queue_counts(client, url))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -290,11 +274,7 @@ fn sigterm_finishes_the_batch_in_flight_and_deletes_only_it() {
     );
     let started = worker.wait_for_log("batch started", Duration::from_secs(60));
     assert_eq!(started["batch_size"], 3, "{started}");
-    let status = Command::new("kill")
-        .args(["-TERM", &worker.child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    sigterm(worker.child.id());
     let (status, logs) = worker.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
     let done = logs_with(&logs, "batch done");
@@ -327,11 +307,7 @@ fn sigterm_hands_back_a_batch_that_cannot_finish_by_the_deadline() {
     let started = worker.wait_for_log("batch started", Duration::from_secs(60));
     assert_eq!(started["batch_size"], 4, "{started}");
     let term_at = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &worker.child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    sigterm(worker.child.id());
     let (status, logs) = worker.wait_exit(Duration::from_secs(30));
     let took = term_at.elapsed();
     assert_eq!(
@@ -384,18 +360,14 @@ fn a_second_signal_exits_at_once() {
         ],
     );
     worker.wait_for_log("batch started", Duration::from_secs(60));
-    let pid = worker.child.id().to_string();
-    let term = || {
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-    };
-    term();
+    let pid = worker.child.id();
+    sigterm(pid);
     worker.wait_for_log(
         "stop requested: the batch in flight has until the deadline",
         Duration::from_secs(10),
     );
     let second_at = Instant::now();
-    term();
+    sigterm(pid);
     let (status, _) = worker.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(143), "{status}");
     assert!(

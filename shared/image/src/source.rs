@@ -68,6 +68,12 @@ fn strip_data_url(data: &str) -> Result<&str, ImageError> {
         return Ok(data);
     };
     match rest.split_once(',') {
+        // A second prefix (a client that wrapped an already wrapped URL) would otherwise be
+        // taken as base64 and fail later as bad characters; say what it is instead, and keep
+        // the parsed reference the same when it is serialised and parsed again.
+        Some((_, payload)) if payload.starts_with("data:") => Err(ImageError::InvalidRef(
+            "the base64 payload has a second data: prefix".to_string(),
+        )),
         Some((meta, payload)) if meta.starts_with("image/") && meta.ends_with(";base64") => {
             Ok(payload)
         }
@@ -145,6 +151,18 @@ mod tests {
 
     fn parse(json: &str) -> Result<ImageRef, String> {
         serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    /// Found by reading the fuzz target's round-trip property (issue 12): a payload with two
+    /// data: prefixes parsed to a reference that serialised and parsed to a different one.
+    #[test]
+    fn a_doubled_data_url_prefix_is_refused() {
+        let doubled = "data:image/png;base64,data:image/png;base64,AAAA";
+        let err = ImageRef::base64(doubled).unwrap_err();
+        assert!(err.to_string().contains("second data: prefix"), "{err}");
+        let once = ImageRef::base64("data:image/png;base64,AAAA").unwrap();
+        let json = serde_json::to_value(&once).unwrap();
+        assert_eq!(serde_json::from_value::<ImageRef>(json).unwrap(), once);
     }
 
     #[test]

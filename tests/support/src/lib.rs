@@ -51,3 +51,12 @@ mod tests {
         assert!(repo_root().join("tests/support/Cargo.toml").is_file());
     }
 }
+
+/// Sends SIGTERM to process `pid`, as a container platform does before stopping it.
+pub fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill -TERM");
+    assert!(status.success(), "kill -TERM {pid}: {status}");
+}

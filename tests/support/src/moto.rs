@@ -124,6 +124,31 @@ pub async fn create_queue(
         .to_string()
 }
 
+/// A queue's (visible, in flight) message counts: SQS's `ApproximateNumberOfMessages` and
+/// `ApproximateNumberOfMessagesNotVisible`, exact on moto.
+pub async fn queue_counts(client: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("reading the counts of {url}: {e:?}"));
+    let attrs = out.attributes().expect("queue attributes");
+    let get = |name| {
+        attrs
+            .get(&name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no count {name:?} for {url}"))
+    };
+    (
+        get(QueueAttributeName::ApproximateNumberOfMessages),
+        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
 /// A work queue and the dead-letter queue SQS moves its messages to once they have been
 /// received `max_receive_count` times without being deleted.
 #[derive(Debug, Clone)]
