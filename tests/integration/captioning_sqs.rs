@@ -182,7 +182,10 @@ async fn batched_and_single_captions_agree() {
 async fn worker_drains_the_queue_and_deletes_exactly_what_it_wrote() {
     let moto = MotoServer::start();
     let client = moto.sqs_client().await;
-    let url = create_queue(&client, "captions-drain", 30).await;
+    // Failed messages are handed back at once, so a poison message comes straight back; the
+    // redrive policy (as the template sets one) moves it to the DLQ after its second receive.
+    let queues = create_queue_with_dlq(&client, "captions-drain", 2, 30).await;
+    let url = queues.url.clone();
     let queue = Queue::new(client.clone(), &url);
     let photos = [
         "kafka.jpg",
@@ -198,7 +201,7 @@ async fn worker_drains_the_queue_and_deletes_exactly_what_it_wrote() {
             .await
             .unwrap();
     }
-    // A message whose photo does not exist: it fails, so it must not be deleted.
+    // A message whose photo does not exist: it fails, so it must not be deleted, only handed back.
     queue
         .send(&body("ghost", "no-such-photo.jpg"))
         .await
@@ -217,7 +220,9 @@ async fn worker_drains_the_queue_and_deletes_exactly_what_it_wrote() {
     let report = worker.run(shutdown).await.unwrap();
 
     assert_eq!(report.exit, ExitReason::Idle);
-    assert_eq!((report.captioned, report.failed, report.deleted), (6, 1, 6));
+    // The ghost failed on both of its receives and was handed back each time.
+    assert_eq!((report.captioned, report.failed, report.deleted), (6, 2, 6));
+    assert_eq!(report.released, 2);
     let written = results(dir.path());
     assert_eq!(
         ids(&written),
@@ -225,9 +230,10 @@ async fn worker_drains_the_queue_and_deletes_exactly_what_it_wrote() {
             "photo-0", "photo-1", "photo-2", "photo-3", "photo-4", "photo-5"
         ]
     );
-    // Six deleted; the failed one is still in flight (hidden for its 30 s visibility timeout),
-    // left for SQS to redeliver.
-    assert_eq!(counts(&client, &url).await, (0, 1));
+    // Six deleted; nothing is left hidden (no 30 s visibility timeout to wait out): the failed
+    // one is in the dead-letter queue.
+    assert_eq!(counts(&client, &url).await, (0, 0));
+    assert_eq!(counts(&client, &queues.dlq_url).await, (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
