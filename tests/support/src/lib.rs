@@ -41,6 +41,15 @@ pub fn setup_var(name: &str) -> String {
     }
 }
 
+/// Sends SIGTERM to process `pid`, as a container platform does before stopping it.
+pub fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill -TERM");
+    assert!(status.success(), "kill -TERM {pid}: {status}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,13 +59,4 @@ mod tests {
         assert!(repo_root().join("ARCHITECTURE.md").is_file());
         assert!(repo_root().join("tests/support/Cargo.toml").is_file());
     }
-}
-
-/// Sends SIGTERM to process `pid`, as a container platform does before stopping it.
-pub fn sigterm(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill -TERM");
-    assert!(status.success(), "kill -TERM {pid}: {status}");
 }
