@@ -156,3 +156,23 @@ fuzz: fuzz-build
 
 fuzz-smoke: fuzz-build
 	@$(call fuzz_run,$(FUZZ_SMOKE_SECONDS))
+
+# Captioning fixtures from the real exporter (tests/fixtures/captioning/gen_optimum_fixtures.py):
+# random ViT + GPT-2 models exported by optimum, with transformers' generate() as the reference.
+# torch, transformers and optimum live in their own hash-locked venv, .venv-fixtures
+# (requirements-fixtures.txt), installed by setup-fixtures; `make setup` and `make test` never
+# fetch them. `make bench-captioning-real` builds the real-size ViT-GPT2 (random weights, ~1.1 GB)
+# into .cache/models/ once and measures it (functions/captioning/BENCHMARKS.md).
+CAPTIONING_REAL ?= .cache/models/vit-gpt2-random
+.PHONY: setup-fixtures fixtures-captioning bench-captioning-real
+setup-fixtures:
+	@$(PYTHON) bootstrap.py setup-fixtures
+
+fixtures-captioning: setup setup-fixtures
+	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py
+
+$(CAPTIONING_REAL)/encoder_model.onnx: | setup-fixtures
+	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py --real-size $(CAPTIONING_REAL)
+
+bench-captioning-real: setup $(CAPTIONING_REAL)/encoder_model.onnx
+	@$(ENV); nice -n 10 .venv-fixtures/bin/python functions/captioning/benches/real_size.py --model $(CAPTIONING_REAL)

@@ -5,6 +5,8 @@
     python3 bootstrap.py check        exit 0 only if everything is already in place
     python3 bootstrap.py env          print `export NAME=value` lines for the shell
     python3 bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for `make check-infra`
+    python3 bootstrap.py setup-fixtures  create .venv-fixtures (torch, transformers, optimum's
+                                      exporter) for `make fixtures-captioning`
 
 `setup` fetches only what the build, tests, demo, benchmarks and fixture scripts
 need; the template linters live in their own venv with their own lock, so
@@ -53,6 +55,10 @@ VENV_STAMP = VENV / ".coldpath-requirements.sha256"
 # the two locks independent (checkov pins boto3 and others exactly).
 INFRA_VENV = REPO / ".venv-infra"
 INFRA_REQUIREMENTS = REPO / "requirements-infra.txt"
+# The captioning fixture toolchain (torch, transformers, optimum's ONNX exporter: gigabytes, and
+# no test needs it) likewise, installed only by `make fixtures-captioning` and the real-size bench.
+FIXTURES_VENV = REPO / ".venv-fixtures"
+FIXTURES_REQUIREMENTS = REPO / "requirements-fixtures.txt"
 # Both requirements files are hash-locked for this interpreter (see tools/lock_python.py).
 VENV_PYTHON_VERSION = (3, 11)
 
@@ -465,6 +471,12 @@ def setup_infra():
     log("setup-infra complete")
 
 
+def setup_fixtures():
+    """The captioning fixture toolchain's venv; skipped when it is current."""
+    setup_venv(FIXTURES_VENV, FIXTURES_REQUIREMENTS)
+    log("setup-fixtures complete")
+
+
 def check():
     """Exit status 0 only if setup would have nothing to do."""
     missing = [a.name for a in ARTIFACTS if not members_in_place(a)]
@@ -485,7 +497,8 @@ def print_env():
 
 
 def main(argv):
-    actions = {"setup": setup, "check": check, "env": print_env, "setup-infra": setup_infra}
+    actions = {"setup": setup, "check": check, "env": print_env, "setup-infra": setup_infra,
+               "setup-fixtures": setup_fixtures}
     action = argv[1] if len(argv) > 1 else "setup"
     if len(argv) > 2 or action not in actions:
         sys.exit(f"usage: {argv[0]} [{'|'.join(actions)}]")

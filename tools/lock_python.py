@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Regenerate the hash-locked requirements files from their .in files.
 
-    python3 tools/lock_python.py [--upgrade]             both locks (below)
+    python3 tools/lock_python.py [--upgrade]             every lock (below)
     python3 tools/lock_python.py --in X.in --out X.txt   one lock
 
-The two locks: requirements.in -> requirements.txt (what `make setup` installs
-into .venv: the tests, demo, benchmarks and fixture scripts) and
+The three locks: requirements.in -> requirements.txt (what `make setup` installs
+into .venv: the tests, demo, benchmarks and fixture scripts),
 requirements-infra.in -> requirements-infra.txt (the template linters, which
-`make check-infra` installs into .venv-infra). Each is resolved on its own, for
+`make check-infra` installs into .venv-infra) and requirements-fixtures.in ->
+requirements-fixtures.txt (torch, transformers and optimum's exporter for the
+captioning fixtures and real-size benchmark, which `make fixtures-captioning`
+installs into .venv-fixtures). Each is resolved on its own, for
 a venv of its own, so neither constrains the other.
 
 How: install the .in file into a throwaway venv (so pip's own resolver
@@ -43,6 +46,7 @@ SDIST_SUFFIXES = (".tar.gz", ".zip")
 LOCKS = (
     (REPO / "requirements.in", REPO / "requirements.txt"),
     (REPO / "requirements-infra.in", REPO / "requirements-infra.txt"),
+    (REPO / "requirements-fixtures.in", REPO / "requirements-fixtures.txt"),
 )
 # The project name at the start of a requirement or pin line.
 NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")

@@ -264,14 +264,36 @@ pub(crate) fn beam_search(
                         .map(|(t, &lp)| (lp + score, b, t as u32)),
                 );
             }
-            // torch.topk on the flattened scores: descending, lower flat index first on ties.
-            cand.sort_by(|x, y| {
+            // torch.topk on the flattened scores: descending, lower flat index first on ties. A
+            // total order, so selecting the first n_candidates before sorting only them gives the
+            // same candidates as a full sort (which costs a GPT-2 vocabulary × beams every step).
+            let order = |x: &(f64, usize, u32), y: &(f64, usize, u32)| {
                 y.0.total_cmp(&x.0)
                     .then((x.1 * vocab + x.2 as usize).cmp(&(y.1 * vocab + y.2 as usize)))
-            });
-            cand.truncate(n_candidates);
+            };
+            if n_candidates < cand.len() {
+                cand.select_nth_unstable_by(n_candidates - 1, order);
+                cand.truncate(n_candidates);
+            }
+            cand.sort_by(order);
             let generated = state.beams[0].0.len();
             let limit = limits[state.image];
+            if generated + 1 >= limit {
+                // The token limit: transformers' beam search (the rewrite in 4.50+ that
+                // `_update_finished_beams` implements) finishes every one of the first num_beams
+                // candidates at once, EOS or not, and keeps the best num_beams of them and the
+                // earlier hypotheses. The older `BeamSearchScorer` first added the EOS candidates,
+                // and when they filled the hypotheses (early_stopping true) never compared the
+                // running beams, which could score higher (pinned by
+                // `the_limit_step_weighs_eos_and_running_candidates_together`).
+                for &(score, beam, token) in cand.iter().take(nb) {
+                    let mut tokens = state.beams[beam].0.clone();
+                    tokens.push(token);
+                    state.hyps.add(tokens, score, generated + 1, settings);
+                }
+                results[state.image] = Some(std::mem::take(&mut state.hyps).best());
+                continue;
+            }
             let mut next: Vec<(Vec<u32>, f64, usize)> = Vec::with_capacity(nb);
             for (rank, &(score, beam, token)) in cand.iter().enumerate() {
                 if special.is_eos(token) {
@@ -297,18 +319,14 @@ pub(crate) fn beam_search(
                     next.len()
                 )));
             }
-            let best = cand.first().map_or(f64::NEG_INFINITY, |c| c.0);
-            let done = state.hyps.is_done(best, generated + 1, limit, settings);
+            // transformers' `_check_early_stop_heuristic` bounds what a running beam can still
+            // reach from the best running beam's score, not from the best candidate's (an EOS
+            // candidate's score has already been spent on a hypothesis).
+            let best_running = next[0].1;
+            let done = state
+                .hyps
+                .is_done(best_running, generated + 1, limit, settings);
             if done {
-                results[state.image] = Some(std::mem::take(&mut state.hyps).best());
-                continue;
-            }
-            if generated + 1 >= limit {
-                // Out of room: the running beams are hypotheses too (`BeamSearchScorer.finalize`).
-                for (tokens, score, _) in next {
-                    let len = tokens.len();
-                    state.hyps.add(tokens, score, len, settings);
-                }
                 results[state.image] = Some(std::mem::take(&mut state.hyps).best());
                 continue;
             }
@@ -503,6 +521,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, vec![vec![1, 2], vec![1]]);
+    }
+
+    /// Regression (found by the transformers parity fixtures, `limit3-beam3`): at the token
+    /// limit an EOS candidate filled the hypotheses (early_stopping true) and the search stopped
+    /// without weighing the running beam beside it, which scores higher; transformers finishes
+    /// the first num_beams candidates of the last step together and keeps the best.
+    #[test]
+    fn the_limit_step_weighs_eos_and_running_candidates_together() {
+        let logits = vec![
+            // From START: 1 first, EOS second (a one-token hypothesis), 2 third.
+            vec![-9.0, 2.0, 0.0, 1.5],
+            // From 1: 1 just ahead of EOS.
+            vec![-9.0, 5.0, 0.0, 4.9],
+            vec![-9.0, 0.0, 0.0, 0.0],
+            vec![-9.0, 0.0, 0.0, 0.0],
+        ];
+        let mut m = Table {
+            logits,
+            rows: 1,
+            kept: vec![],
+            steps: 0,
+        };
+        let out = beam_search(&mut m, &special(), &settings(2, EarlyStopping::True), &[2]).unwrap();
+        // [1, 1] scores (-0.555 - 0.648) / 2 = -0.60, beating [1, EOS] (-0.65) and [EOS] (-1.06).
+        assert_eq!(out, vec![vec![1, 1]]);
     }
 
     #[test]
