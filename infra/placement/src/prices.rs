@@ -133,8 +133,7 @@ mod tests {
     use super::*;
 
     fn committed() -> String {
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prices.toml"))
-        .unwrap()
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prices.toml")).unwrap()
     }
 
     #[test]
