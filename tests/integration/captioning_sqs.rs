@@ -18,9 +18,7 @@ use coldpath_captioning::{CaptioningConfig, ExitReason, ModelService, Worker, ha
 use coldpath_core::MapEnv;
 use coldpath_io::LocalObjectDir;
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_test_support::moto::{
-    MotoServer, create_queue, create_queue_with_dlq, queue_counts as counts,
-};
+use coldpath_test_support::moto::{MotoServer, create_queue_with_dlq, queue_counts as counts};
 use coldpath_test_support::{repo_root, setup_var};
 use serde_json::{Value, json};
 use tokio::sync::watch;
