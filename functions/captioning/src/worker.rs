@@ -772,39 +772,27 @@ mod tests {
         }
 
         fn visible_ids(&self) -> Vec<String> {
-            let mut ids: Vec<String> = self
-                .visible
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|m| m.0.clone())
-                .collect();
-            ids.sort();
-            ids
+            sorted(self.visible.lock().unwrap().iter().map(|m| m.0.clone()))
         }
 
         fn in_flight_ids(&self) -> Vec<String> {
-            let mut ids: Vec<String> = self
-                .in_flight
-                .lock()
-                .unwrap()
-                .values()
-                .map(|m| m.0.clone())
-                .collect();
-            ids.sort();
-            ids
+            sorted(self.in_flight.lock().unwrap().values().map(|m| m.0.clone()))
         }
 
         fn deleted_ids(&self) -> Vec<String> {
-            let mut ids = self.deleted.lock().unwrap().clone();
-            ids.sort();
-            ids
+            sorted(self.deleted.lock().unwrap().iter().cloned())
         }
 
         fn changes_of(&self, id: &str) -> Vec<Duration> {
             let changes = self.visibility.lock().unwrap();
             changes.iter().filter(|c| c.0 == id).map(|c| c.1).collect()
         }
+    }
+
+    fn sorted(ids: impl Iterator<Item = String>) -> Vec<String> {
+        let mut ids: Vec<String> = ids.collect();
+        ids.sort();
+        ids
     }
 
     impl WorkQueue for FakeQueue {

@@ -14,12 +14,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use coldpath_aws::Queue;
 use coldpath_test_support::moto::{MotoServer, create_queue_with_dlq, queue_counts as counts};
-use coldpath_test_support::{repo_root, sigterm};
+use coldpath_test_support::sigterm;
+
+mod common;
+use common::worker_command;
 use serde_json::{Value, json};
 
 /// Small xorshift generator: the chaos schedule is reproducible from its seed.
@@ -60,34 +63,14 @@ impl Soak {
     fn spawn(&mut self) -> Child {
         self.started += 1;
         let log = File::create(self.logs.join(format!("worker-{}.log", self.started))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_captioning"))
-            .current_dir(repo_root())
-            .arg("worker")
-            .env("CAPTIONING_QUEUE_URL", &self.queue_url)
-            .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_LAMBDA_FUNCTION_NAME")
-            .env("COLDPATH_OBJECT_STORE", "local:events/data")
-            .env(
-                "COLDPATH_RESULT_SINK",
-                format!("local:{}", self.results.display()),
-            )
-            .env("COLDPATH_LOG_FORMAT", "json")
-            .env("COLDPATH_INTRA_THREADS", "1")
+        worker_command(&self.queue_url, &self.moto.endpoint, &self.results)
             .env("CAPTIONING_MAX_BATCH", "4")
             .env("CAPTIONING_BULK_BATCH", "4")
-            .env("CAPTIONING_WAIT_SECS", "1")
             .env("CAPTIONING_BATCH_FILL_MS", "200")
             .env("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "3")
             .env("CAPTIONING_STOP_DEADLINE_SECS", "2")
             .env("CAPTIONING_IDLE_EXIT_SECS", "0")
             .env("CAPTIONING_FAULT_BATCH_DELAY_MS", "150")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start captioning worker")
@@ -133,10 +116,6 @@ fn workers_killed_and_stopped_at_random_lose_and_duplicate_nothing() {
     let workers = setting("COLDPATH_SOAK_WORKERS", 3).max(1) as usize;
     let seed = setting("COLDPATH_SOAK_SEED", 20261201).max(1);
     let timeout = Duration::from_secs(setting("COLDPATH_SOAK_TIMEOUT_SECS", 600));
-    assert!(
-        std::env::var("ORT_DYLIB_PATH").is_ok(),
-        "run with `make test` so ORT_DYLIB_PATH and the model paths are set"
-    );
     let mut rng = Rng(seed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use coldpath_aws::Queue;
 use coldpath_test_support::moto::{MotoServer, create_queue, queue_counts};
 use coldpath_test_support::{repo_root, sigterm};
+
+mod common;
+use common::worker_command;
 use serde_json::{Value, json};
 
 /// A running worker whose stderr (JSON log lines) is read on a thread.
@@ -30,32 +33,8 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     fn start(queue_url: &str, moto: &MotoServer, results: &Path, env: &[(&str, &str)]) -> Self {
-        assert!(
-            std::env::var("ORT_DYLIB_PATH").is_ok(),
-            "run with `make test` so ORT_DYLIB_PATH and the model paths are set"
-        );
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_captioning"));
-        cmd.current_dir(repo_root())
-            .arg("worker")
-            .env("CAPTIONING_QUEUE_URL", queue_url)
-            .env("AWS_ENDPOINT_URL", &moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_LAMBDA_FUNCTION_NAME")
-            .env("COLDPATH_OBJECT_STORE", "local:events/data")
-            .env(
-                "COLDPATH_RESULT_SINK",
-                format!("local:{}", results.display()),
-            )
-            .env("COLDPATH_LOG_FORMAT", "json")
-            .env("COLDPATH_INTRA_THREADS", "1")
-            .env("CAPTIONING_WAIT_SECS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = worker_command(queue_url, &moto.endpoint, results);
+        cmd.stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -201,10 +201,11 @@ pub fn decode_scrfd(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn det(x: f32, y: f32, w: f32, h: f32, score: f32) -> Detection {
+    /// A detection without landmarks, for tests here and in `nms`.
+    pub(crate) fn det(x: f32, y: f32, w: f32, h: f32, score: f32) -> Detection {
         Detection {
             x,
             y,
@@ -215,7 +216,7 @@ mod tests {
         }
     }
 
-    fn close(a: f32, b: f32) -> bool {
+    pub(crate) fn close(a: f32, b: f32) -> bool {
         (a - b).abs() < 1e-4
     }
 

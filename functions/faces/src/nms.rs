@@ -129,21 +129,7 @@ fn opencv_candidates(mut candidates: Vec<Detection>, min_score: f32) -> Vec<Dete
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn det(x: f32, y: f32, w: f32, h: f32, score: f32) -> Detection {
-        Detection {
-            x,
-            y,
-            width: w,
-            height: h,
-            score,
-            landmarks: [[0.0; 2]; 5],
-        }
-    }
-
-    fn close(a: f32, b: f32) -> bool {
-        (a - b).abs() < 1e-4
-    }
+    use crate::detect::tests::{close, det};
 
     #[test]
     fn nms_keeps_best_of_overlapping_boxes() {
