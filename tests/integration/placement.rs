@@ -261,6 +261,17 @@ fn founding_profile_pins_search_and_faces_and_scales_captioning_to_zero() {
         "{before:?} {after:?}"
     );
     assert!(p.total_chosen_usd < after.monthly_usd);
+    // The trickle of captions: on measured CPU figures Lambda costs less per caption than GPU
+    // containers started for bursts, and the serverless GPU overtakes it at a few hundred
+    // thousand captions a month.
+    let u = &p.unit_costs[0];
+    assert_eq!(u.workload, "captioning");
+    assert_eq!(u.cheapest(), "Lambda CPU", "{u:?}");
+    let crossover = u.serverless_gpu_crossover_items.unwrap();
+    assert!(
+        crossover > u.items_per_month && crossover < 10.0 * u.items_per_month,
+        "{u:?}"
+    );
 }
 
 #[test]
@@ -289,6 +300,13 @@ fn bulk_profile_sends_the_backlog_to_a_large_gpu_with_large_batches() {
         large.wall_hours * 4.0 < small.wall_hours,
         "{small:?} {large:?}"
     );
+    // A million captions: the bulk GPU costs a small fraction of Lambda's CPUs.
+    let u = &p.unit_costs[0];
+    assert!(
+        large.usd * 10.0 < 1e6 * u.lambda_item_usd,
+        "{large:?} {u:?}"
+    );
+    assert_ne!(u.cheapest(), "Lambda CPU", "{u:?}");
 }
 
 /// docs/placement.md shows both plans verbatim; regenerate them with

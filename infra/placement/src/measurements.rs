@@ -1,7 +1,7 @@
 //! Measured figures per workload: cold start, inference time, memory, batch throughput.
 //!
 //! The committed `infra/placement/measurements.toml` carries the figures from each function's
-//! `BENCHMARKS.md` (and says which, and whether a figure is still provisional). The JSON files
+//! `BENCHMARKS.md` (and says which, and which figures are still estimates). The JSON files
 //! `make bench` writes under `target/bench/` can be laid over it with `--measurements`, so a
 //! fresh benchmark run feeds the plan without editing the committed file.
 
@@ -20,9 +20,11 @@ pub struct Measurement {
     pub source: String,
     /// The machine they were measured on.
     pub machine: String,
-    /// True while a figure is an estimate waiting for its benchmark.
+    /// The fields that are still estimates waiting for their benchmark (`gpu_inference_ms`,
+    /// `batch_throughput`, ...). A bench JSON file that supplies a field takes it off this list;
+    /// the plan flags every decision that uses a field on it.
     #[serde(default)]
-    pub provisional: bool,
+    pub estimated: Vec<String>,
     /// Process start to first response on Lambda's CPUs.
     pub cold_start_ms: f64,
     /// One item (a query, a photo, an image), warm, on CPU.
@@ -44,7 +46,30 @@ pub struct Measurement {
     pub notes: Option<String>,
 }
 
+/// The fields of [`Measurement`] that hold figures, the names `estimated` may list.
+pub const FIGURES: [&str; 6] = [
+    "cold_start_ms",
+    "inference_ms",
+    "peak_rss_mib",
+    "gpu_cold_start_ms",
+    "gpu_inference_ms",
+    "batch_throughput",
+];
+
 impl Measurement {
+    /// The figures among `fields` that are still estimates, in the order given.
+    pub fn estimated_among<'f>(&self, fields: &[&'f str]) -> Vec<&'f str> {
+        fields
+            .iter()
+            .copied()
+            .filter(|f| self.estimated.iter().any(|e| e == f))
+            .collect()
+    }
+
+    fn measured(&mut self, field: &str) {
+        self.estimated.retain(|e| e != field);
+    }
+
     /// The throughput ratio at `batch`, which must have been measured: interpolating a batch
     /// curve would invent figures.
     pub fn batch_ratio(&self, batch: u32) -> Option<f64> {
@@ -100,7 +125,8 @@ impl Measurements {
     /// Takes the figures a `make bench` JSON file carries and replaces those fields only.
     ///
     /// Two shapes exist: the in-process benchmark (`"benchmark": "<workload>"`, with
-    /// `query_latency_ms.function.p50` and `cold_start_in_process.total_ms`) and the
+    /// `query_latency_ms.function.p50`, `cold_start_in_process.total_ms` and, from the captioning
+    /// real-size benchmark, `peak_rss_mib`) and the
     /// whole-process cold-start comparison (`commands.rust.wall_s_summary.median`,
     /// `peak_rss_kib_summary.median`), named `<workload>-cold-start*.json`.
     fn overlay_bench_json(&mut self, path: &Path) -> Result<(), InputError> {
@@ -133,6 +159,7 @@ impl Measurements {
             .and_then(|x| x.as_f64())
         {
             m.inference_ms = p50;
+            m.measured("inference_ms");
             taken += 1;
         }
         if let Some(total) = v
@@ -140,6 +167,7 @@ impl Measurements {
             .and_then(|x| x.as_f64())
         {
             m.cold_start_ms = total;
+            m.measured("cold_start_ms");
             taken += 1;
         }
         if let Some(wall) = v
@@ -147,6 +175,7 @@ impl Measurements {
             .and_then(|x| x.as_f64())
         {
             m.cold_start_ms = wall * 1000.0;
+            m.measured("cold_start_ms");
             taken += 1;
         }
         if let Some(kib) = v
@@ -154,6 +183,12 @@ impl Measurements {
             .and_then(|x| x.as_f64())
         {
             m.peak_rss_mib = Some(kib / 1024.0);
+            m.measured("peak_rss_mib");
+            taken += 1;
+        }
+        if let Some(mib) = v.get("peak_rss_mib").and_then(|x| x.as_f64()) {
+            m.peak_rss_mib = Some(mib);
+            m.measured("peak_rss_mib");
             taken += 1;
         }
         if taken == 0 {
@@ -206,6 +241,15 @@ fn validate(path: &Path, workload: &str, m: &Measurement) -> Result<(), InputErr
                 ),
             });
         }
+    }
+    if let Some(bad) = m.estimated.iter().find(|e| !FIGURES.contains(&e.as_str())) {
+        return Err(InputError::Invalid {
+            path: path.to_path_buf(),
+            what: format!(
+                "{workload}.estimated names {bad:?}, which is not a figure (one of {})",
+                FIGURES.join(", ")
+            ),
+        });
     }
     for (batch, ratio) in &m.batch_throughput {
         if batch.parse::<u32>().map_or(true, |b| b == 0) || !(ratio.is_finite() && *ratio > 0.0) {
@@ -274,6 +318,47 @@ peak_rss_mib = 90.5
         ));
         std::fs::write(&json, r#"{"benchmark": "embeddings"}"#).unwrap();
         assert!(matches!(m.overlay(&json), Err(InputError::Invalid { .. })));
+    }
+
+    #[test]
+    fn bench_json_takes_the_figures_it_measures_off_the_estimated_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("m.toml");
+        std::fs::write(
+            &base,
+            BASE.replace(
+                "peak_rss_mib = 90.5",
+                "peak_rss_mib = 90.5\nestimated = [\"inference_ms\", \"cold_start_ms\", \"peak_rss_mib\", \"gpu_inference_ms\"]",
+            ),
+        )
+        .unwrap();
+        let mut m = Measurements::from_toml_file(&base).unwrap();
+        let json = dir.path().join("real.json");
+        std::fs::write(
+            &json,
+            r#"{"benchmark": "embeddings", "query_latency_ms": {"function": {"p50": 700.0}}, "peak_rss_mib": 2000.0}"#,
+        )
+        .unwrap();
+        m.overlay(&json).unwrap();
+        let e = m.get("embeddings").unwrap();
+        assert!((e.inference_ms - 700.0).abs() < 1e-9);
+        assert_eq!(e.peak_rss_mib, Some(2000.0));
+        assert_eq!(e.estimated, ["cold_start_ms", "gpu_inference_ms"]);
+        assert_eq!(
+            e.estimated_among(&["gpu_inference_ms", "inference_ms"]),
+            ["gpu_inference_ms"]
+        );
+    }
+
+    #[test]
+    fn an_estimated_list_naming_no_figure_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("m.toml");
+        std::fs::write(&base, format!("{BASE}estimated = [\"latency\"]\n")).unwrap();
+        assert!(matches!(
+            Measurements::from_toml_file(&base),
+            Err(InputError::Invalid { what, .. }) if what.contains("latency")
+        ));
     }
 
     #[test]

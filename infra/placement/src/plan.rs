@@ -50,7 +50,7 @@ pub struct Decision {
     pub batch: u32,
     /// One sentence saying why.
     pub reason: String,
-    /// Declarations the measured figures contradict, and provisional figures relied on.
+    /// Declarations the measured figures contradict, and estimated figures relied on.
     pub flags: Vec<String>,
     pub cost_chosen_usd: f64,
     pub cost_always_on_usd: f64,
@@ -76,6 +76,49 @@ pub struct BulkCost {
     pub usd: f64,
 }
 
+/// What one item costs on Lambda's CPUs, on a serverless GPU and on an always-on GPU, for a
+/// workload measured on both (captioning), and the monthly volumes where the cheapest changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitCosts {
+    pub workload: String,
+    /// Items in the profile's month, the backlog included.
+    pub items_per_month: f64,
+    /// One item on a warm Lambda (CPU, declared memory, measured CPU time) with its request fee.
+    pub lambda_item_usd: f64,
+    /// One Lambda cold start (the CPU cold start billed at the declared memory).
+    pub lambda_cold_start_usd: f64,
+    /// One item on a running GPU at the declared batch size (per-second GPU price).
+    pub gpu_item_usd: f64,
+    /// One serverless GPU container start: GPU cold start plus the idle exit, billed.
+    pub gpu_start_usd: f64,
+    /// One caption alone on a GPU started from zero: start, idle exit and one batch-1 item.
+    pub gpu_from_zero_usd: f64,
+    /// The month's cost per item on each: Lambda on demand, serverless GPU, always-on GPU.
+    pub lambda_per_item_usd: f64,
+    pub serverless_gpu_per_item_usd: f64,
+    pub always_on_gpu_per_item_usd: f64,
+    /// Monthly items above which the serverless GPU costs less than Lambda (at the profile's
+    /// starts per month); `None` when Lambda stays cheaper at any volume.
+    pub serverless_gpu_crossover_items: Option<f64>,
+    /// Monthly items above which one always-on GPU costs less than Lambda.
+    pub always_on_gpu_crossover_items: Option<f64>,
+}
+
+impl UnitCosts {
+    /// The compute with the lowest cost per item over the profile's month.
+    pub fn cheapest(&self) -> &'static str {
+        let options = [
+            ("Lambda CPU", self.lambda_per_item_usd),
+            ("serverless GPU", self.serverless_gpu_per_item_usd),
+            ("always-on GPU", self.always_on_gpu_per_item_usd),
+        ];
+        options
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("", |o| o.0)
+    }
+}
+
 /// The whole plan for one profile.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -86,6 +129,7 @@ pub struct Plan {
     pub total_serverless_usd: f64,
     pub scenarios: Vec<ScenarioCost>,
     pub bulk: Vec<BulkCost>,
+    pub unit_costs: Vec<UnitCosts>,
 }
 
 /// Everything the plan reads.
@@ -145,8 +189,16 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
             })
         })
         .collect::<Result<Vec<_>, InputError>>()?;
+    let mut unit_costs = Vec::new();
+    for d in inputs.declarations {
+        let m = inputs.measurements.get(&d.workload)?;
+        if d.compute == Compute::Gpu {
+            unit_costs.push(unit_costs_for(inputs, d, m, &profile.traffic[&d.workload])?);
+        }
+    }
     Ok(Plan {
         profile: profile.name.clone(),
+        unit_costs,
         total_chosen_usd: decisions.iter().map(|d| d.cost_chosen_usd).sum(),
         total_always_on_usd: decisions.iter().map(|d| d.cost_always_on_usd).sum(),
         total_serverless_usd: decisions.iter().map(|d| d.cost_serverless_usd).sum(),
@@ -268,10 +320,19 @@ fn decide(
             d.crate_name, d.pinned_warm
         ));
     }
-    if m.provisional {
+    // Only the figures this decision and its prices use: a GPU workload's CPU figures may be
+    // measured while its GPU figures still wait for a GPU.
+    let used: &[&str] = match d.compute {
+        Compute::Cpu => &["cold_start_ms", "inference_ms"],
+        Compute::Gpu => &["gpu_cold_start_ms", "gpu_inference_ms", "batch_throughput"],
+    };
+    let estimated = m.estimated_among(used);
+    if !estimated.is_empty() {
         flags.push(format!(
-            "{}: relies on provisional figures from {}; replace them with the benchmark's",
-            d.crate_name, m.source
+            "{}: relies on estimated figures ({}) from {}; replace them with the benchmark's",
+            d.crate_name,
+            estimated.join(", "),
+            m.source
         ));
     }
 
@@ -408,6 +469,51 @@ fn serverless_gpu_cost(
     Ok(seconds * inputs.prices.serverless_gpu.per_second_usd)
 }
 
+fn unit_costs_for(
+    inputs: &Inputs<'_>,
+    d: &Declaration,
+    m: &Measurement,
+    t: &Traffic,
+) -> Result<UnitCosts, InputError> {
+    let p = inputs.prices;
+    let gpu_second = p.serverless_gpu.per_second_usd;
+    let (gpu_cold, gpu_warm) = latency_figures(d, m)?;
+    let n = items(t);
+    let lambda_item_usd = m.inference_ms / 1000.0 * gb(d) * p.lambda.gb_second_usd
+        + p.lambda.request_usd / t.items_per_request;
+    let lambda_cold_start_usd = m.cold_start_ms / 1000.0 * gb(d) * p.lambda.gb_second_usd;
+    let gpu_item_usd = gpu_seconds_per_item(d, m, d.max_batch)? * gpu_second;
+    let gpu_start_usd = (gpu_cold / 1000.0 + t.idle_exit_s) * gpu_second;
+    let lambda_fixed = t.cold_starts_per_month * lambda_cold_start_usd;
+    let gpu_fixed = t.cold_starts_per_month * gpu_start_usd;
+    let lambda_month = n * lambda_item_usd + lambda_fixed;
+    let always_on = {
+        let instance = p.instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
+        instance.hourly_usd * inputs.profile.hours_per_month
+    };
+    let per_item = |usd: f64| if n > 0.0 { usd / n } else { f64::NAN };
+    // Both costs are linear in the month's items: fixed starts plus a price per item. The
+    // crossover is where the lines meet, when the GPU's price per item is the lower one.
+    let crossover = |fixed: f64, item: f64| {
+        (lambda_item_usd > item)
+            .then(|| ((fixed - lambda_fixed) / (lambda_item_usd - item)).max(0.0))
+    };
+    Ok(UnitCosts {
+        workload: d.workload.clone(),
+        items_per_month: n,
+        lambda_item_usd,
+        lambda_cold_start_usd,
+        gpu_item_usd,
+        gpu_start_usd,
+        gpu_from_zero_usd: gpu_start_usd + gpu_warm / 1000.0 * gpu_second,
+        lambda_per_item_usd: per_item(lambda_month),
+        serverless_gpu_per_item_usd: per_item(serverless_gpu_cost(inputs, d, m, t, d.max_batch)?),
+        always_on_gpu_per_item_usd: per_item(always_on_cost(inputs, d, m, t)?),
+        serverless_gpu_crossover_items: crossover(gpu_fixed, gpu_item_usd),
+        always_on_gpu_crossover_items: crossover(always_on, 0.0),
+    })
+}
+
 fn bulk_cost(
     inputs: &Inputs<'_>,
     d: &Declaration,
@@ -467,6 +573,50 @@ pub fn render(plan: &Plan) -> String {
         for s in &plan.scenarios {
             let _ = writeln!(out, "  {:>10.2}  {}", s.monthly_usd, s.name);
         }
+    }
+    for u in &plan.unit_costs {
+        // Per thousand items: one item's cost is a fraction of a cent.
+        let k = |usd: f64| usd * 1000.0;
+        let _ = writeln!(
+            out,
+            "{} cost per 1000 items (USD), {:.0} items this month: warm | per 1000 starts | this month",
+            u.workload, u.items_per_month
+        );
+        let _ = writeln!(
+            out,
+            "  Lambda CPU      {:>9.4} {:>9.4} {:>9.4}",
+            k(u.lambda_item_usd),
+            k(u.lambda_cold_start_usd),
+            k(u.lambda_per_item_usd)
+        );
+        let _ = writeln!(
+            out,
+            "  serverless GPU  {:>9.4} {:>9.4} {:>9.4}   (one item alone on a GPU started from zero: {:.4})",
+            k(u.gpu_item_usd),
+            k(u.gpu_start_usd),
+            k(u.serverless_gpu_per_item_usd),
+            u.gpu_from_zero_usd
+        );
+        let _ = writeln!(
+            out,
+            "  always-on GPU   {:>9} {:>9} {:>9.4}",
+            "-",
+            "-",
+            k(u.always_on_gpu_per_item_usd)
+        );
+        let crossover = |x: Option<f64>| {
+            x.map_or_else(
+                || "never (Lambda costs less per item)".to_string(),
+                |n| format!("above {n:.0} items a month"),
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  cheapest this month: {}; cheaper than Lambda CPU: serverless GPU {}; always-on GPU {}",
+            u.cheapest(),
+            crossover(u.serverless_gpu_crossover_items),
+            crossover(u.always_on_gpu_crossover_items)
+        );
     }
     if !plan.bulk.is_empty() {
         let _ = writeln!(out, "bulk arrival options");
@@ -664,6 +814,61 @@ idle_exit_s = 50
         assert!(
             p.total_serverless_usd < p.total_chosen_usd
                 && p.total_chosen_usd < p.total_always_on_usd
+        );
+    }
+
+    #[test]
+    fn one_item_is_priced_on_each_compute_with_the_crossovers() {
+        let p = run(&[api(50, true, true), queue()], STEADY).unwrap();
+        assert_eq!(p.unit_costs.len(), 1, "only the GPU workload is compared");
+        let u = &p.unit_costs[0];
+        // Lambda: 0.5 s at 1 GB plus a request; a cold start is 1 s at 1 GB.
+        let lambda_item = 0.5 * 0.00001 + 0.0000002;
+        assert!((u.lambda_item_usd - lambda_item).abs() < 1e-15);
+        assert!((u.lambda_cold_start_usd - 0.00001).abs() < 1e-15);
+        // GPU: 0.1 s / 4 at batch 8; a start is 10 s + 50 s idle; alone from zero adds 0.1 s.
+        assert!((u.gpu_item_usd - 0.000025).abs() < 1e-15);
+        assert!((u.gpu_start_usd - 0.06).abs() < 1e-12);
+        assert!((u.gpu_from_zero_usd - 0.0601).abs() < 1e-12);
+        assert!((u.lambda_per_item_usd - (lambda_item + 10.0 * 0.00001 / 10_000.0)).abs() < 1e-15);
+        // The GPU's price per item is higher here, so the serverless GPU never wins; the
+        // always-on GPU ($730) wins once Lambda's items cost more than it.
+        assert_eq!(u.serverless_gpu_crossover_items, None);
+        let n = (730.0 - 10.0 * 0.00001) / lambda_item;
+        let got = u.always_on_gpu_crossover_items.unwrap();
+        assert!((got - n).abs() / n < 1e-12, "{got}");
+        assert_eq!(u.cheapest(), "Lambda CPU");
+        assert!(render(&p).contains("queue cost per 1000 items"));
+    }
+
+    #[test]
+    fn an_estimated_gpu_figure_flags_only_the_decisions_that_use_it() {
+        let estimated = MEASUREMENTS.replace(
+            "gpu_inference_ms = 100.0",
+            "gpu_inference_ms = 100.0\nestimated = [\"gpu_inference_ms\", \"peak_rss_mib\"]",
+        );
+        let measurements = Measurements::from_toml_str(&estimated, Path::new("m.toml")).unwrap();
+        let prices = Prices::from_str(PRICES, Path::new("p.toml")).unwrap();
+        let profile = Profile::from_str(STEADY, Path::new("profile.toml")).unwrap();
+        let declarations = [api(50, true, true), queue()];
+        let p = plan(&Inputs {
+            declarations: &declarations,
+            measurements: &measurements,
+            prices: &prices,
+            profile: &profile,
+        })
+        .unwrap();
+        assert!(
+            p.decisions[0].flags.is_empty(),
+            "{:?}",
+            p.decisions[0].flags
+        );
+        let flags = &p.decisions[1].flags;
+        assert_eq!(flags.len(), 1, "{flags:?}");
+        assert!(
+            flags[0].contains("estimated figures (gpu_inference_ms)"),
+            "{}",
+            flags[0]
         );
     }
 
