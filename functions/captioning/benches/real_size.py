@@ -16,9 +16,11 @@ Each Rust measurement is a fresh process (`cargo run --release --example real_si
 batch size and cache mode, so load time and first caption are cold-process figures and the peak
 resident memory belongs to that batch size. The peer is `ORTModelForVision2Seq` (merged decoder,
 same export, same onnxruntime release, same threads) in its own process too. Greedy search;
-medians over `--rounds` calls. Also: file sizes fp32, and int8 after onnxruntime's dynamic
-quantisation (`quantize_dynamic`, the real-size model timed as well when --int8), with how far the
-int8 tiny model's captions stay from transformers' on the committed reference.
+medians over `--rounds` calls. Also: one decoder step timed with the encoder's 197 states and
+with 1 (`--step-split` alone), which shows what cross-attention costs per step; file sizes fp32,
+and int8 after onnxruntime's dynamic quantisation (`quantize_dynamic`, the real-size model timed
+as well when --int8), with how far the int8 tiny model's captions stay from transformers' on the
+committed reference.
 
 Writes target/bench/captioning-real.json (read by `coldpath plan --measurements`).
 """
@@ -196,6 +198,46 @@ def prepared_cold_start(model_dir, work, name, rounds, threads):
             "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs)}
 
 
+def step_split(model_dir, threads, batch=8, past=10, rounds=7):
+    """One cached step of the merged decoder with the encoder's full states and with a single
+    state, everything else equal: the difference is what the step spends on cross-attention over
+    the encoder states (GPT-2 re-projects them to keys and values at every step)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    s = ort.InferenceSession(str(Path(model_dir) / "decoder_model_merged.onnx"), so,
+                             providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in s.get_inputs()}
+    heads = inputs["past_key_values.0.key"].shape[1]
+    head_dim = inputs["past_key_values.0.key"].shape[3]
+    hidden = inputs["encoder_hidden_states"].shape[2]
+    full = json.loads((Path(model_dir) / "config.json").read_text())["encoder"]
+    tokens = (full["image_size"] // full["patch_size"]) ** 2 + 1
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": np.ones((batch, 1), np.int64), "use_cache_branch": np.array([True])}
+    for name in inputs:
+        if name.startswith("past_key_values"):
+            feeds[name] = rng.random((batch, heads, past, head_dim), np.float32)
+    if "cache_position" in inputs:
+        feeds["cache_position"] = np.array([past], np.int64)
+    out = {"batch": batch, "past_length": past, "threads": threads}
+    for n in (tokens, 1):
+        f = dict(feeds, encoder_hidden_states=rng.random((batch, n, hidden), np.float32))
+        s.run(None, f)
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            s.run(None, f)
+            times.append(time.perf_counter() - t)
+        out[f"step_ms_encoder_states_{n}"] = 1000 * statistics.median(times)
+    out["cross_attention_share"] = 1 - out["step_ms_encoder_states_1"] / out[
+        f"step_ms_encoder_states_{tokens}"]
+    return out
+
+
 def summarise(r):
     med = statistics.median(r["per_round_s"])
     return dict(r, median_s=med, images_per_s=r["batch"] / med,
@@ -212,6 +254,8 @@ def main():
     ap.add_argument("--peer-batches", default="1,8")
     ap.add_argument("--no-cache-batches", default="1,8,32")
     ap.add_argument("--int8", action="store_true", help="also time the int8 real-size model")
+    ap.add_argument("--step-split", action="store_true",
+                    help="only time one decoder step with and without the encoder states' length")
     ap.add_argument("--out", type=Path, default=OUT)
     # Internal: one peer measurement in this process.
     ap.add_argument("--peer", type=Path)
@@ -221,6 +265,10 @@ def main():
     if args.peer:
         print(json.dumps(peer(args.peer, args.batch, bool(args.cache), args.rounds, args.threads,
                               args.max_new_tokens)))
+        return
+
+    if args.step_split:
+        print(json.dumps(step_split(args.model, args.threads), indent=1))
         return
 
     work = REPO / ".cache" / "bench-captioning-real"
@@ -260,6 +308,8 @@ def main():
         print(f"optimum batch {batch}: {r['ms_per_image']:.0f} ms/image, load {r['load_s']:.2f} s, "
               f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
         save()
+    result["decoder_step_split"] = step_split(args.model, args.threads)
+    save()
     result["int8_tiny_agreement"] = int8_agreement(work)
     save()
     q = quantize(args.model, work / "int8")
