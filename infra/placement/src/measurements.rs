@@ -285,19 +285,25 @@ inference_ms = 3.51
 peak_rss_mib = 90.5
 "#;
 
+    /// `base` as the committed TOML with the bench JSON `json` (named `name`) laid over it.
+    fn overlaid(base: &str, name: &str, json: &str) -> Measurements {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("m.toml");
+        std::fs::write(&toml, base).unwrap();
+        let mut m = Measurements::from_toml_file(&toml).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, json).unwrap();
+        m.overlay(&path).unwrap();
+        m
+    }
+
     #[test]
     fn bench_json_replaces_only_the_figures_it_carries() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("m.toml");
-        std::fs::write(&base, BASE).unwrap();
-        let mut m = Measurements::from_toml_file(&base).unwrap();
-        let json = dir.path().join("embeddings-cold-start.json");
-        std::fs::write(
-            &json,
+        let m = overlaid(
+            BASE,
+            "embeddings-cold-start.json",
             r#"{"commands": {"rust": {"wall_s_summary": {"median": 0.12}, "peak_rss_kib_summary": {"median": 102400}}}}"#,
-        )
-        .unwrap();
-        m.overlay(&json).unwrap();
+        );
         let e = m.get("embeddings").unwrap();
         assert!((e.cold_start_ms - 120.0).abs() < 1e-9);
         assert!((e.peak_rss_mib.unwrap() - 100.0).abs() < 1e-9);
@@ -322,24 +328,15 @@ peak_rss_mib = 90.5
 
     #[test]
     fn bench_json_takes_the_figures_it_measures_off_the_estimated_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("m.toml");
-        std::fs::write(
+        let base = BASE.replace(
+            "peak_rss_mib = 90.5",
+            "peak_rss_mib = 90.5\nestimated = [\"inference_ms\", \"cold_start_ms\", \"peak_rss_mib\", \"gpu_inference_ms\"]",
+        );
+        let m = overlaid(
             &base,
-            BASE.replace(
-                "peak_rss_mib = 90.5",
-                "peak_rss_mib = 90.5\nestimated = [\"inference_ms\", \"cold_start_ms\", \"peak_rss_mib\", \"gpu_inference_ms\"]",
-            ),
-        )
-        .unwrap();
-        let mut m = Measurements::from_toml_file(&base).unwrap();
-        let json = dir.path().join("real.json");
-        std::fs::write(
-            &json,
+            "real.json",
             r#"{"benchmark": "embeddings", "query_latency_ms": {"function": {"p50": 700.0}}, "peak_rss_mib": 2000.0}"#,
-        )
-        .unwrap();
-        m.overlay(&json).unwrap();
+        );
         let e = m.get("embeddings").unwrap();
         assert!((e.inference_ms - 700.0).abs() < 1e-9);
         assert_eq!(e.peak_rss_mib, Some(2000.0));
