@@ -10,6 +10,8 @@
 //! venv: this test needs no torch). The generator also checked that optimum's onnxruntime model
 //! gives the same ids and that each greedy step wins by a clear logit margin, so ids may be
 //! compared EXACTLY although the reference ran in torch and this runs in ONNX Runtime.
+//! `optimum-vit-gpt2-tiny-hoisted/` is the merged export after `tools/hoist_cross_attention.py`
+//! (`gen_hoisted_fixtures.py`), held to the same references.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -169,6 +171,15 @@ fn assert_parity(model: &str, dir: &str, layout: &str, cache_modes: &[bool]) {
 #[test]
 fn optimum_merged_decoder_matches_transformers_generate() {
     assert_parity(TINY, TINY, "merged", &[true, false]);
+}
+
+/// The merged decoder after `tools/hoist_cross_attention.py` (cross-attention keys and values
+/// computed once per batch by `decoder_cross_model.onnx`; fixture from
+/// `gen_hoisted_fixtures.py`): the same token ids as transformers in every case, greedy and beam,
+/// the mixed batch with per-image stopping included, with and without the cache.
+#[test]
+fn optimum_hoisted_merged_decoder_matches_transformers_generate() {
+    assert_parity(TINY, &format!("{TINY}-hoisted"), "merged", &[true, false]);
 }
 
 #[test]

@@ -24,6 +24,9 @@ pub const ENCODER_FILE: &str = "encoder_model.onnx";
 pub const DECODER_FILE: &str = "decoder_model.onnx";
 pub const DECODER_WITH_PAST_FILE: &str = "decoder_with_past_model.onnx";
 pub const DECODER_MERGED_FILE: &str = "decoder_model_merged.onnx";
+/// Optional, merged layout only: the step-invariant cross-attention work that
+/// `tools/hoist_cross_attention.py` moved out of the merged decoder, run once per batch.
+pub const DECODER_CROSS_FILE: &str = "decoder_cross_model.onnx";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 pub const GENERATION_FILE: &str = "generation_config.json";

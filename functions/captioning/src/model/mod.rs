@@ -4,9 +4,11 @@
 //! image-to-text-with-past` writes it: `encoder_model.onnx`, the decoder either merged
 //! (`decoder_model_merged.onnx`, with its `use_cache_branch` input) or split
 //! (`decoder_model.onnx` + `decoder_with_past_model.onnx`), `tokenizer.json`,
-//! `preprocessor_config.json` and `generation_config.json`. [`CaptionModel::caption`] turns a batch
-//! of images into captions: preprocess, encode once, then greedy or beam search with the KV cache,
-//! each image stopping on its own EOS or token limit, and detokenise without special tokens.
+//! `preprocessor_config.json` and `generation_config.json`; next to a merged decoder, optionally
+//! `decoder_cross_model.onnx` from `tools/hoist_cross_attention.py`. [`CaptionModel::caption`]
+//! turns a batch of images into captions: preprocess, encode once, then greedy or beam search with
+//! the KV cache, each image stopping on its own EOS or token limit, and detokenise without special
+//! tokens.
 //!
 //! Everything here is blocking CPU/GPU work; async callers run it on a blocking thread.
 //! See `functions/captioning/MODEL.md` for the graph interface and where it was checked.
@@ -32,8 +34,8 @@ pub use error::CaptionError;
 pub use preprocess::Preprocessor;
 
 use config::{
-    DECODER_FILE, DECODER_MERGED_FILE, DECODER_WITH_PAST_FILE, ENCODER_FILE, GENERATION_FILE,
-    PREPROCESSOR_FILE, TOKENIZER_FILE, read_json,
+    DECODER_CROSS_FILE, DECODER_FILE, DECODER_MERGED_FILE, DECODER_WITH_PAST_FILE, ENCODER_FILE,
+    GENERATION_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE, read_json,
 };
 use onnx::{DecoderSessions, Run, Sessions};
 use search::{BeamSettings, Special};
@@ -106,8 +108,14 @@ impl CaptionModel {
             SessionPool::new(vec![s]).ok_or_else(|| CaptionError::bad_model(file, "no session"))
         };
         let (encoder, provider) = build(ENCODER_FILE)?;
+        let mut cross = None;
         let decoder = match config.layout {
             DecoderLayout::Merged => {
+                // A decoder rewritten by tools/hoist_cross_attention.py comes with its cross
+                // graph; `Sessions::new` checks that the two belong together.
+                if dir.join(DECODER_CROSS_FILE).is_file() {
+                    cross = Some(build(DECODER_CROSS_FILE)?.0);
+                }
                 DecoderSessions::Merged(pool(build(DECODER_MERGED_FILE)?.0, DECODER_MERGED_FILE)?)
             }
             DecoderLayout::Split => {
@@ -125,7 +133,8 @@ impl CaptionModel {
                 DecoderSessions::Split { decoder, with_past }
             }
         };
-        let sessions = Sessions::new(encoder, decoder)?;
+        let hoisted = cross.is_some();
+        let sessions = Sessions::new(encoder, decoder, cross)?;
         let tokenizer = Tokenizer::from_file(dir.join(TOKENIZER_FILE))
             .map_err(|e| CaptionError::bad_model(TOKENIZER_FILE, e))?;
         let preprocessor = Preprocessor::from_file(read_json(dir, PREPROCESSOR_FILE)?)?;
@@ -141,6 +150,7 @@ impl CaptionModel {
             num_beams = options.num_beams,
             max_new_tokens = generation.max_new_tokens,
             use_cache = options.use_cache,
+            hoisted,
             "captioning model loaded"
         );
         Ok(CaptionModel {
