@@ -18,20 +18,8 @@ use std::time::Instant;
 use coldpath_captioning::model::{CaptionModel, CaptionModelConfig, DecodeOptions};
 use coldpath_core::{ProcessEnv, config};
 use coldpath_models::{OrtRuntime, SessionConfig};
+use coldpath_test_support::bench::peak_rss_mib;
 use serde_json::json;
-
-/// Peak resident set of this process in MiB, from /proc/self/status.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() {
     let env = ProcessEnv;

@@ -35,7 +35,7 @@ use coldpath_faces::{AnalyzeFaces, FacesConfig, FacesService, handle};
 use coldpath_image::{ImageLoader, decode};
 use coldpath_io::{LocalObjectDir, NoObjectStore};
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_test_support::bench::{machine, median};
+use coldpath_test_support::bench::{machine, median, peak_rss_mib};
 use serde_json::{Value, json};
 
 const DEFAULT_PHOTOS: [&str; 4] = [
@@ -90,19 +90,6 @@ fn settings() -> Settings {
 
 fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The peak resident set of this process so far (`VmHWM`), in MiB.
-fn vm_hwm_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// One `opencv_ref.py` process: `repeats` timed rounds over every photo after one warm-up.
@@ -233,7 +220,7 @@ fn main() {
             }
         }
         if hwm_first.is_none() {
-            hwm_first = Some(vm_hwm_mib());
+            hwm_first = Some(peak_rss_mib());
         }
         let mut rows = Vec::new();
         println!(

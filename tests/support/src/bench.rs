@@ -1,5 +1,5 @@
-//! What the functions' benchmarks share: the machine a figure was measured on, and the median
-//! they quote, so every BENCHMARKS.md means the same by both.
+//! What the functions' benchmarks share: the machine a figure was measured on, the median they
+//! quote and the peak memory they report, so every BENCHMARKS.md means the same by each.
 
 use serde_json::{Value, json};
 
@@ -15,6 +15,20 @@ pub fn machine() -> Value {
         })
         .unwrap_or_default();
     json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())})
+}
+
+/// The peak resident set of this process so far (`VmHWM` in /proc/self/status), in MiB; NaN
+/// where the kernel does not report it.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The median of `samples`: the middle one, or the upper of the two middle ones for an even
@@ -35,5 +49,6 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
         assert!(median(&[]).is_nan());
         assert!(machine()["cpus"].as_u64().unwrap() >= 1);
+        assert!(peak_rss_mib() > 0.0, "this process has touched memory");
     }
 }
