@@ -98,6 +98,7 @@ fixtures: setup
 	.venv/bin/python tests/fixtures/captioning/gen_tiny_model.py
 	.venv/bin/python tests/fixtures/captioning/reference_decode.py
 	.venv/bin/python tests/fixtures/captioning/gen_broken_models.py
+	.venv/bin/python tests/fixtures/captioning/gen_hoisted_fixtures.py
 	.venv/bin/python shared/image/fixtures/gen_resize_reference.py
 
 clean:
@@ -162,7 +163,8 @@ fuzz-smoke: fuzz-build
 # torch, transformers and optimum live in their own hash-locked venv, .venv-fixtures
 # (requirements-fixtures.txt), installed by setup-fixtures; `make setup` and `make test` never
 # fetch them. `make bench-captioning-real` builds the real-size ViT-GPT2 (random weights, ~1.1 GB)
-# into .cache/models/ once and measures it (functions/captioning/BENCHMARKS.md).
+# into .cache/models/ once, rewrites a copy with tools/hoist_cross_attention.py (the model to
+# deploy) and measures both (functions/captioning/BENCHMARKS.md).
 CAPTIONING_REAL ?= .cache/models/vit-gpt2-random
 .PHONY: setup-fixtures fixtures-captioning bench-captioning-real
 setup-fixtures:
@@ -175,4 +177,5 @@ $(CAPTIONING_REAL)/encoder_model.onnx: | setup-fixtures
 	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py --real-size $(CAPTIONING_REAL)
 
 bench-captioning-real: setup $(CAPTIONING_REAL)/encoder_model.onnx
-	@$(ENV); nice -n 10 .venv-fixtures/bin/python functions/captioning/benches/real_size.py --model $(CAPTIONING_REAL)
+	@$(ENV); nice -n 10 .venv-fixtures/bin/python functions/captioning/benches/real_size.py \
+	  --model $(CAPTIONING_REAL) --hoisted $(CAPTIONING_REAL)-hoisted

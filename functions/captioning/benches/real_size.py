@@ -254,6 +254,9 @@ def main():
     ap.add_argument("--peer-batches", default="1,8")
     ap.add_argument("--no-cache-batches", default="1,8,32")
     ap.add_argument("--int8", action="store_true", help="also time the int8 real-size model")
+    ap.add_argument("--hoisted", type=Path,
+                    help="the model rewritten by tools/hoist_cross_attention.py (made from --model "
+                         "if missing): timed at the same batch sizes with the cache")
     ap.add_argument("--step-split", action="store_true",
                     help="only time one decoder step with and without the encoder states' length")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -296,8 +299,26 @@ def main():
               f"load {r['load_s']:.2f} s, first {r['first_caption_s']:.2f} s, "
               f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
         save()
+    if args.hoisted:
+        if not (args.hoisted / "decoder_cross_model.onnx").is_file():
+            subprocess.run([str(REPO / ".venv/bin/python"), str(REPO / "tools/hoist_cross_attention.py"),
+                            str(args.model), str(args.hoisted)], check=True)
+        result["sizes_mib"]["hoisted"] = size_mib(args.hoisted)
+        hf = forced_copy(args.hoisted, work / "hoisted-forced", args.max_new_tokens)
+        for batch in map(int, args.batches.split(",")):
+            rounds = args.rounds if batch < 32 else max(1, args.rounds - 1)
+            r = summarise(run_rust(hf, batch, True, rounds, args.threads))
+            assert r["tokens_per_round"] == batch * args.max_new_tokens, r
+            result.setdefault("rust_hoisted", []).append(r)
+            print(f"rust hoisted batch {batch}: {r['ms_per_image']:.0f} ms/image, "
+                  f"load {r['load_s']:.2f} s, first {r['first_caption_s']:.2f} s, "
+                  f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+            save()
     result["cold_start_prepared"] = [
         prepared_cold_start(forced, work, "fp32", args.rounds, args.threads)]
+    if args.hoisted:
+        result["cold_start_prepared"].append(
+            prepared_cold_start(hf, work, "hoisted", args.rounds, args.threads))
     print(f"rust prepared cold start: {result['cold_start_prepared'][0]['median_total_s']:.2f} s",
           file=sys.stderr)
     save()
@@ -327,15 +348,19 @@ def main():
             prepared_cold_start(qf, work, "int8", args.rounds, args.threads))
         save()
     # The fields `coldpath plan --measurements` reads.
-    b1 = next(r for r in result["rust"] if r["batch"] == 1 and r["use_cache"])
-    b8 = next(r for r in result["rust"] if r["batch"] == 8 and r["use_cache"])
     # The plan's CPU figures: one image at the function's batch size (8, CAPTIONING_MAX_BATCH),
-    # and a cold start from a session build (no prepared graph: what a fresh sandbox pays today).
+    # and a cold start from a session build (no prepared graph: what a fresh sandbox pays today),
+    # of the hoisted model when it was measured (what packaging ships), else of the export.
+    rows = result.get("rust_hoisted") or result["rust"]
+    b1 = next(r for r in rows if r["batch"] == 1 and r["use_cache"])
+    b8 = next(r for r in rows if r["batch"] == 8 and r["use_cache"])
+    result["plan_figures_from"] = "rust_hoisted" if result.get("rust_hoisted") else "rust"
     result["query_latency_ms"] = {"function": {"p50": b8["ms_per_image"]}}
     result["cold_start_in_process"] = {"total_ms": 1000 * (b1["load_s"] + b1["first_caption_s"])}
     result["peak_rss_mib"] = b8["peak_rss_mib"]
     save()
-    print(json.dumps({k: v for k, v in result.items() if k not in ("rust", "peer")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items()
+                      if k not in ("rust", "peer", "rust_hoisted", "rust_int8")}, indent=1))
 
 
 if __name__ == "__main__":

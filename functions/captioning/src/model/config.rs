@@ -56,13 +56,19 @@ pub struct CaptionModelConfig {
     /// `CAPTIONING_USE_CACHE` (default true): decode with the KV cache. Without it every step
     /// re-runs the decoder over the whole prefix; kept for benchmarks and parity checks.
     pub use_cache: bool,
+    /// Whether the model has the cross graph `tools/hoist_cross_attention.py` writes
+    /// (`decoder_cross_model.onnx`), so it is fetched and pinned with the other files:
+    /// `CAPTIONING_CROSS_GRAPH`, by default true when a local directory has the file. A remote
+    /// source cannot be looked into before the fetch, so a hoisted model on S3 needs it set.
+    pub cross_graph: bool,
 }
 
 impl CaptionModelConfig {
     /// Reads `CAPTIONING_MODEL_SOURCE` / `_SHA256` / `_NAME`, `CAPTIONING_DECODER_LAYOUT`
     /// (`merged`, `split` or `auto`, the default: merged when a local directory has
     /// `decoder_model_merged.onnx` or the source is remote, split otherwise),
-    /// `CAPTIONING_NUM_BEAMS`, `CAPTIONING_MAX_NEW_TOKENS` and `CAPTIONING_USE_CACHE`.
+    /// `CAPTIONING_NUM_BEAMS`, `CAPTIONING_MAX_NEW_TOKENS`, `CAPTIONING_USE_CACHE` and
+    /// `CAPTIONING_CROSS_GRAPH`.
     pub fn from_env(env: &impl EnvSource) -> Result<CaptionModelConfig, ConfigError> {
         let source_var = format!("{MODEL_PREFIX}_SOURCE");
         let raw_source =
@@ -93,7 +99,17 @@ impl CaptionModelConfig {
         let use_cache = config::bool_or(env, "CAPTIONING_USE_CACHE", true)?;
         let num_beams = optional_positive(env, "CAPTIONING_NUM_BEAMS")?;
         let max_new_tokens = optional_positive(env, "CAPTIONING_MAX_NEW_TOKENS")?;
-        let files = model_files(layout, use_cache);
+        let local_cross =
+            matches!(&source, ModelSource::Local(dir) if dir.join(DECODER_CROSS_FILE).is_file());
+        let cross_graph = config::bool_or(env, "CAPTIONING_CROSS_GRAPH", local_cross)?;
+        if cross_graph && layout == DecoderLayout::Split {
+            return Err(ConfigError::invalid(
+                "CAPTIONING_CROSS_GRAPH",
+                "false with CAPTIONING_DECODER_LAYOUT=split (the cross graph serves the merged decoder)",
+                "true",
+            ));
+        }
+        let files = model_files(layout, use_cache, cross_graph);
         let spec = ModelSpec::from_env(
             env,
             MODEL_PREFIX,
@@ -108,15 +124,22 @@ impl CaptionModelConfig {
             num_beams,
             max_new_tokens,
             use_cache,
+            cross_graph,
         })
     }
 }
 
-/// The files a layout needs. A split export without the cache needs no with-past decoder.
-pub fn model_files(layout: DecoderLayout, use_cache: bool) -> Vec<&'static str> {
+/// The files a layout needs. A split export without the cache needs no with-past decoder; a
+/// hoisted merged decoder needs its cross graph.
+pub fn model_files(layout: DecoderLayout, use_cache: bool, cross_graph: bool) -> Vec<&'static str> {
     let mut files = vec![ENCODER_FILE];
     match layout {
-        DecoderLayout::Merged => files.push(DECODER_MERGED_FILE),
+        DecoderLayout::Merged => {
+            files.push(DECODER_MERGED_FILE);
+            if cross_graph {
+                files.push(DECODER_CROSS_FILE);
+            }
+        }
         DecoderLayout::Split => {
             files.push(DECODER_FILE);
             if use_cache {
@@ -342,6 +365,38 @@ mod tests {
         assert_eq!(c.max_new_tokens, Some(7));
         assert!(c.spec.file(DECODER_FILE).is_some());
         assert!(c.spec.file(DECODER_WITH_PAST_FILE).is_none());
+    }
+
+    #[test]
+    fn the_cross_graph_is_fetched_when_present_locally_or_asked_for() {
+        let hoisted = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/captioning/optimum-vit-gpt2-tiny-hoisted");
+        let env = MapEnv::new([("CAPTIONING_MODEL_SOURCE", hoisted.display().to_string())]);
+        let c = CaptionModelConfig::from_env(&env).unwrap();
+        assert!(c.cross_graph);
+        assert!(c.spec.file(DECODER_CROSS_FILE).is_some());
+        // The plain tiny model has none; a remote source has it only when asked for.
+        let env = MapEnv::new([("CAPTIONING_MODEL_SOURCE", tiny_dir())]);
+        let c = CaptionModelConfig::from_env(&env).unwrap();
+        assert!(!c.cross_graph && c.spec.file(DECODER_CROSS_FILE).is_none());
+        let env = MapEnv::new([
+            (
+                "CAPTIONING_MODEL_SOURCE",
+                "s3://bucket/vit-gpt2".to_string(),
+            ),
+            ("CAPTIONING_CROSS_GRAPH", "true".into()),
+        ]);
+        let c = CaptionModelConfig::from_env(&env).unwrap();
+        assert!(c.spec.file(DECODER_CROSS_FILE).is_some());
+        let env = MapEnv::new([
+            (
+                "CAPTIONING_MODEL_SOURCE",
+                "s3://bucket/vit-gpt2".to_string(),
+            ),
+            ("CAPTIONING_CROSS_GRAPH", "true".into()),
+            ("CAPTIONING_DECODER_LAYOUT", "split".into()),
+        ]);
+        assert!(CaptionModelConfig::from_env(&env).is_err());
     }
 
     #[test]
