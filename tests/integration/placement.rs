@@ -269,7 +269,7 @@ fn founding_profile_pins_search_and_faces_and_scales_captioning_to_zero() {
     assert_eq!(u.cheapest(), "Lambda CPU", "{u:?}");
     let crossover = u.serverless_gpu_crossover_items.unwrap();
     assert!(
-        crossover > u.items_per_month && crossover < 10.0 * u.items_per_month,
+        crossover > u.items_per_month && crossover < 20.0 * u.items_per_month,
         "{u:?}"
     );
 }
@@ -302,10 +302,7 @@ fn bulk_profile_sends_the_backlog_to_a_large_gpu_with_large_batches() {
     );
     // A million captions: the bulk GPU costs a small fraction of Lambda's CPUs.
     let u = &p.unit_costs[0];
-    assert!(
-        large.usd * 10.0 < 1e6 * u.lambda_item_usd,
-        "{large:?} {u:?}"
-    );
+    assert!(large.usd * 5.0 < 1e6 * u.lambda_item_usd, "{large:?} {u:?}");
     assert_ne!(u.cheapest(), "Lambda CPU", "{u:?}");
 }
 
