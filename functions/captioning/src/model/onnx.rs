@@ -625,14 +625,9 @@ mod tests {
     const START: u32 = 64;
 
     fn sessions(merged: bool) -> Sessions {
-        let runtime = OrtRuntime::load(&OrtRuntime::library_from_env(&ProcessEnv))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let config = SessionConfig {
-            intra_threads: Threads::Fixed(1),
-            ..SessionConfig::default()
-        };
         let dir = Path::new(DEFAULT_MODEL_SOURCE);
-        let build = |f: &str| runtime.build_session(f, &dir.join(f), &config).unwrap().0;
+        let one_thread = one_thread_sessions();
+        let build = |f: &str| one_thread(&dir.join(f));
         let pool = |f: &str| SessionPool::new(vec![build(f)]).unwrap();
         let decoder = if merged {
             DecoderSessions::Merged(pool(DECODER_MERGED_FILE))
@@ -729,17 +724,22 @@ mod tests {
         }
     }
 
-    /// Regression (issue 12): a decoder without `logits` loaded fine and then panicked on the
-    /// first step (`outputs["logits"]`). Graph from `gen_broken_models.py`.
-    #[test]
-    fn a_decoder_without_logits_is_refused_at_load() {
+    /// Builds one-thread sessions from ONNX files (the library from `ORT_DYLIB_PATH`).
+    fn one_thread_sessions() -> impl Fn(&Path) -> Session {
         let runtime = OrtRuntime::load(&OrtRuntime::library_from_env(&ProcessEnv))
             .unwrap_or_else(|e| panic!("{e}"));
         let config = SessionConfig {
             intra_threads: Threads::Fixed(1),
             ..SessionConfig::default()
         };
-        let build = |path: &Path| runtime.build_session("t", path, &config).unwrap().0;
+        move |path: &Path| runtime.build_session("t", path, &config).unwrap().0
+    }
+
+    /// Regression (issue 12): a decoder without `logits` loaded fine and then panicked on the
+    /// first step (`outputs["logits"]`). Graph from `gen_broken_models.py`.
+    #[test]
+    fn a_decoder_without_logits_is_refused_at_load() {
+        let build = one_thread_sessions();
         let broken = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures/captioning/broken/decoder_no_logits.onnx");
         let encoder = Path::new(DEFAULT_MODEL_SOURCE).join(ENCODER_FILE);
@@ -766,13 +766,7 @@ mod tests {
 
     /// The optimum export's merged decoder in `dir`, with `cross` as its cross graph.
     fn optimum_sessions(dir: &str, cross: Option<&str>) -> Result<Sessions, CaptionError> {
-        let runtime = OrtRuntime::load(&OrtRuntime::library_from_env(&ProcessEnv))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let config = SessionConfig {
-            intra_threads: Threads::Fixed(1),
-            ..SessionConfig::default()
-        };
-        let build = |path: &Path| runtime.build_session("t", path, &config).unwrap().0;
+        let build = one_thread_sessions();
         let dir = fixture(dir);
         let decoder = SessionPool::new(vec![build(&dir.join(DECODER_MERGED_FILE))]).unwrap();
         Sessions::new(
