@@ -10,27 +10,23 @@
 //! compared with a stated tolerance.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use coldpath_captioning::model::{
     CaptionError, CaptionModel, CaptionModelConfig, DecodeOptions, DecoderLayout,
 };
 use coldpath_core::{Classify, ErrorType, MapEnv};
-use coldpath_models::{OrtRuntime, SessionConfig, Threads};
-use coldpath_test_support::{repo_root, setup_var};
-use ndarray::{Array3, Array4, Axis, stack};
+use coldpath_models::SessionConfig;
+use coldpath_test_support::repo_root;
+use ndarray::{Array3, Array4, Axis};
 use serde::Deserialize;
+
+use crate::captioning_common::{RefImage, batch, load_model, runtime, with_generation};
 
 #[derive(Debug, Deserialize)]
 struct Reference {
     images: std::collections::BTreeMap<String, RefImage>,
     cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RefImage {
-    path: String,
-    pixel_values: Vec<Vec<Vec<f32>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,37 +56,8 @@ fn tiny_model_dir() -> PathBuf {
     repo_root().join("tests/fixtures/captioning/tiny-vit-gpt2")
 }
 
-fn runtime() -> Arc<OrtRuntime> {
-    static RT: OnceLock<Arc<OrtRuntime>> = OnceLock::new();
-    Arc::clone(RT.get_or_init(|| {
-        OrtRuntime::load(std::path::Path::new(&setup_var("ORT_DYLIB_PATH")))
-            .unwrap_or_else(|e| panic!("onnx runtime: {e}"))
-    }))
-}
-
 fn load(layout: &str, extra: &[(&str, &str)]) -> Result<CaptionModel, CaptionError> {
-    load_from(&tiny_model_dir(), layout, extra)
-}
-
-fn load_from(
-    dir: &std::path::Path,
-    layout: &str,
-    extra: &[(&str, &str)],
-) -> Result<CaptionModel, CaptionError> {
-    let mut env = MapEnv::new([
-        ("CAPTIONING_MODEL_SOURCE", dir.display().to_string()),
-        ("CAPTIONING_DECODER_LAYOUT", layout.to_string()),
-    ]);
-    for (k, v) in extra {
-        env.0.insert(k.to_string(), v.to_string());
-    }
-    let config = CaptionModelConfig::from_env(&env).expect("captioning config");
-    let session = SessionConfig {
-        // The reference ran with one intra-op thread; match it so logits agree bitwise.
-        intra_threads: Threads::Fixed(1),
-        ..SessionConfig::default()
-    };
-    CaptionModel::load(&config, dir, &runtime(), &session)
+    load_model(&tiny_model_dir(), layout, extra)
 }
 
 fn model(layout: DecoderLayout) -> &'static CaptionModel {
@@ -104,26 +71,11 @@ fn model(layout: DecoderLayout) -> &'static CaptionModel {
 }
 
 fn ref_pixels(name: &str) -> Array3<f32> {
-    let img = &reference().images[name];
-    let (c, h, w) = (
-        img.pixel_values.len(),
-        img.pixel_values[0].len(),
-        img.pixel_values[0][0].len(),
-    );
-    let flat: Vec<f32> = img
-        .pixel_values
-        .iter()
-        .flatten()
-        .flatten()
-        .copied()
-        .collect();
-    Array3::from_shape_vec((c, h, w), flat).expect("pixel_values shape")
+    reference().images[name].pixels()
 }
 
 fn batch_pixels(names: &[String]) -> Array4<f32> {
-    let planes: Vec<Array3<f32>> = names.iter().map(|n| ref_pixels(n)).collect();
-    let views: Vec<_> = planes.iter().map(|p| p.view()).collect();
-    stack(Axis(0), &views).expect("stack")
+    batch(&reference().images, names)
 }
 
 fn ids_of(
@@ -190,19 +142,8 @@ fn beam_stopping_rules_and_length_penalties_match_the_reference() {
         .collect();
     assert!(cases.len() >= 4, "reference has the stopping-rule cases");
     for case in cases {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for entry in std::fs::read_dir(tiny_model_dir()).expect("model dir") {
-            let path = entry.expect("entry").path();
-            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
-        }
-        let gen_path = dir.path().join("generation_config.json");
-        let mut generation: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(&gen_path).expect("read"))
-                .expect("generation_config.json");
-        generation.extend(case.generation_overrides.clone());
-        std::fs::write(&gen_path, serde_json::to_string(&generation).expect("json"))
-            .expect("write");
-        let model = load_from(dir.path(), "merged", &[]).unwrap_or_else(|e| panic!("{e}"));
+        let dir = with_generation(&tiny_model_dir(), &case.generation_overrides);
+        let model = load_model(dir.path(), "merged", &[]).unwrap_or_else(|e| panic!("{e}"));
         let pixels = batch_pixels(&case.images);
         let limits = vec![Some(case.max_new_tokens); case.images.len()];
         for use_cache in [true, false] {

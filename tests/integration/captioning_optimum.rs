@@ -15,26 +15,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use coldpath_captioning::model::{CaptionModel, CaptionModelConfig, DecodeOptions};
-use coldpath_core::MapEnv;
-use coldpath_models::{OrtRuntime, SessionConfig, Threads};
-use coldpath_test_support::{repo_root, setup_var};
-use ndarray::{Array3, Array4, Axis, stack};
+use coldpath_captioning::model::{CaptionModel, DecodeOptions};
+use coldpath_test_support::repo_root;
 use serde::Deserialize;
+
+use crate::captioning_common::{RefImage, batch, load_model, with_generation};
 
 #[derive(Debug, Deserialize)]
 struct Reference {
     eos_token_id: u32,
     images: BTreeMap<String, RefImage>,
     cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RefImage {
-    path: String,
-    pixel_values: Vec<Vec<Vec<f32>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,65 +67,15 @@ fn reference(model: &str) -> &'static Reference {
     &refs[model]
 }
 
-fn runtime() -> Arc<OrtRuntime> {
-    static RT: OnceLock<Arc<OrtRuntime>> = OnceLock::new();
-    Arc::clone(RT.get_or_init(|| {
-        OrtRuntime::load(Path::new(&setup_var("ORT_DYLIB_PATH")))
-            .unwrap_or_else(|e| panic!("onnx runtime: {e}"))
-    }))
-}
-
 /// Loads `dir` (a copy with `overrides` patched into generation_config.json when there are any).
 fn load(
     dir: &Path,
     layout: &str,
     overrides: &serde_json::Map<String, serde_json::Value>,
 ) -> CaptionModel {
-    let copy = tempfile::tempdir().expect("tempdir");
-    let dir = if overrides.is_empty() {
-        dir.to_path_buf()
-    } else {
-        for entry in std::fs::read_dir(dir).expect("model dir") {
-            let path = entry.expect("entry").path();
-            if path.is_file() {
-                std::fs::copy(&path, copy.path().join(path.file_name().expect("name")))
-                    .expect("copy");
-            }
-        }
-        let gen_path = copy.path().join("generation_config.json");
-        let mut generation: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(&gen_path).expect("read"))
-                .expect("generation_config.json");
-        generation.extend(overrides.clone());
-        std::fs::write(&gen_path, serde_json::to_string(&generation).expect("json"))
-            .expect("write");
-        copy.path().to_path_buf()
-    };
-    let env = MapEnv::new([
-        ("CAPTIONING_MODEL_SOURCE", dir.display().to_string()),
-        ("CAPTIONING_DECODER_LAYOUT", layout.to_string()),
-    ]);
-    let config = CaptionModelConfig::from_env(&env).expect("captioning config");
-    let session = SessionConfig {
-        intra_threads: Threads::Fixed(1),
-        ..SessionConfig::default()
-    };
-    CaptionModel::load(&config, &dir, &runtime(), &session)
-        .unwrap_or_else(|e| panic!("load {}: {e}", dir.display()))
-}
-
-fn pixels_of(reference: &Reference, names: &[String]) -> Array4<f32> {
-    let planes: Vec<Array3<f32>> = names
-        .iter()
-        .map(|n| {
-            let p = &reference.images[n].pixel_values;
-            let (c, h, w) = (p.len(), p[0].len(), p[0][0].len());
-            let flat: Vec<f32> = p.iter().flatten().flatten().copied().collect();
-            Array3::from_shape_vec((c, h, w), flat).expect("pixel_values shape")
-        })
-        .collect();
-    let views: Vec<_> = planes.iter().map(|p| p.view()).collect();
-    stack(Axis(0), &views).expect("stack")
+    let copy = (!overrides.is_empty()).then(|| with_generation(dir, overrides));
+    let dir = copy.as_ref().map_or(dir, |c| c.path());
+    load_model(dir, layout, &[]).unwrap_or_else(|e| panic!("load {}: {e}", dir.display()))
 }
 
 /// Every case of `model`'s reference, decoded from `dir` in `layout` in each cache mode: token
@@ -144,7 +87,7 @@ fn assert_parity(model: &str, dir: &str, layout: &str, cache_modes: &[bool]) {
     let mut checked = 0;
     for case in &reference.cases {
         let captioner = load(&dir, layout, &case.generation_overrides);
-        let pixels = pixels_of(reference, &case.images);
+        let pixels = batch(&reference.images, &case.images);
         let limits = vec![Some(case.max_new_tokens); case.images.len()];
         for &use_cache in cache_modes {
             let options = DecodeOptions {
@@ -243,7 +186,7 @@ fn preprocessing_matches_the_exporters_image_processor() {
             .preprocessor()
             .pixel_values(&[&rgb])
             .expect("preprocess");
-        let theirs = pixels_of(reference, std::slice::from_ref(name));
+        let theirs = batch(&reference.images, std::slice::from_ref(name));
         assert_eq!(ours.shape(), theirs.shape(), "{name}");
         let max = ours
             .iter()

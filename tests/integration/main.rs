@@ -2,6 +2,7 @@
 //! `coldpath_test_support` for those the function crates' own tests share).
 
 mod captioning;
+mod captioning_common;
 mod captioning_optimum;
 mod captioning_sqs;
 mod embeddings;
