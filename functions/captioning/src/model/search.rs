@@ -356,6 +356,18 @@ mod tests {
         steps: usize,
     }
 
+    impl Table {
+        /// A model over `logits` for `rows` sequences, before any step.
+        fn new(logits: Vec<Vec<f32>>, rows: usize) -> Self {
+            Table {
+                logits,
+                rows,
+                kept: vec![],
+                steps: 0,
+            }
+        }
+    }
+
     impl StepModel for Table {
         fn next_logits(&mut self, prefixes: &[Vec<u32>]) -> Result<Array2<f32>, CaptionError> {
             assert_eq!(prefixes.len(), self.rows, "rows out of sync with keep_rows");
@@ -400,12 +412,7 @@ mod tests {
 
     #[test]
     fn greedy_stops_at_eos_or_limit_and_drops_finished_rows() {
-        let mut m = Table {
-            logits: chain(),
-            rows: 3,
-            kept: vec![],
-            steps: 0,
-        };
+        let mut m = Table::new(chain(), 3);
         let out = greedy(&mut m, &special(), &[10, 2, 1]).unwrap();
         assert_eq!(out, vec![vec![1, 2, EOS], vec![1, 2], vec![1]]);
         // After step 1 image 2 leaves; after step 2 image 1 leaves.
@@ -415,12 +422,7 @@ mod tests {
 
     #[test]
     fn greedy_with_zero_limit_runs_nothing() {
-        let mut m = Table {
-            logits: chain(),
-            rows: 1,
-            kept: vec![],
-            steps: 0,
-        };
+        let mut m = Table::new(chain(), 1);
         assert_eq!(
             greedy(&mut m, &special(), &[0]).unwrap(),
             vec![Vec::<u32>::new()]
@@ -473,12 +475,7 @@ mod tests {
 
     #[test]
     fn beam_search_follows_the_most_likely_path_and_reorders_rows() {
-        let mut m = Table {
-            logits: chain(),
-            rows: 1,
-            kept: vec![],
-            steps: 0,
-        };
+        let mut m = Table::new(chain(), 1);
         let out =
             beam_search(&mut m, &special(), &settings(2, EarlyStopping::True), &[10]).unwrap();
         assert_eq!(out, vec![vec![1, 2, EOS]]);
@@ -495,24 +492,14 @@ mod tests {
             vec![-9.0, 0.0, 0.0, 0.0],
             vec![-9.0, 0.0, 0.0, 0.0],
         ];
-        let mut m = Table {
-            logits,
-            rows: 1,
-            kept: vec![],
-            steps: 0,
-        };
+        let mut m = Table::new(logits, 1);
         let out = beam_search(&mut m, &special(), &settings(2, EarlyStopping::True), &[5]).unwrap();
         assert_eq!(out, vec![vec![1, EOS]]);
     }
 
     #[test]
     fn beam_search_at_the_limit_returns_the_best_running_beam() {
-        let mut m = Table {
-            logits: chain(),
-            rows: 2,
-            kept: vec![],
-            steps: 0,
-        };
+        let mut m = Table::new(chain(), 2);
         let out = beam_search(
             &mut m,
             &special(),
@@ -537,12 +524,7 @@ mod tests {
             vec![-9.0, 0.0, 0.0, 0.0],
             vec![-9.0, 0.0, 0.0, 0.0],
         ];
-        let mut m = Table {
-            logits,
-            rows: 1,
-            kept: vec![],
-            steps: 0,
-        };
+        let mut m = Table::new(logits, 1);
         let out = beam_search(&mut m, &special(), &settings(2, EarlyStopping::True), &[2]).unwrap();
         // [1, 1] scores (-0.555 - 0.648) / 2 = -0.60, beating [1, EOS] (-0.65) and [EOS] (-1.06).
         assert_eq!(out, vec![vec![1, 1]]);
