@@ -104,6 +104,14 @@ fn photo(rel: &str) -> RgbImage {
         .image
 }
 
+/// A reference fixture's photo, decoded as the function decodes it (EXIF applied), at the size
+/// the reference recorded.
+fn reference_photo(rel: &str, size: (u32, u32)) -> RgbImage {
+    let image = photo(rel);
+    assert_eq!((image.width(), image.height()), size, "{rel}");
+    image
+}
+
 fn bbox(f: &Face) -> [f32; 4] {
     let d = &f.detection;
     [d.x, d.y, d.width, d.height]
@@ -227,13 +235,7 @@ fn yunet_sface_matches_opencv_on_the_same_640_letterbox_tightly() {
     let reference = opencv_reference();
     assert_eq!(options.min_score, reference.score_threshold);
     for p in &reference.photos {
-        let image = photo(&p.file);
-        assert_eq!(
-            (image.width(), image.height()),
-            (p.width, p.height),
-            "{}",
-            p.file
-        );
+        let image = reference_photo(&p.file, (p.width, p.height));
         let ours = deployed.analyze(&image, &options).unwrap();
         assert_agrees(
             &format!("{} (antialiased vs INTER_AREA, ort)", p.file),
@@ -937,13 +939,7 @@ fn group_photos_match_opencv_at_native_size_at_the_defaults() {
     let (mut min_iou, mut max_lm, mut min_cos) = (f32::MAX, 0.0f32, f32::MAX);
     let (mut same, mut different) = (0, 0);
     for p in &reference.photos {
-        let image = photo(&p.file);
-        assert_eq!(
-            (image.width(), image.height()),
-            (p.width, p.height),
-            "{}",
-            p.file
-        );
+        let image = reference_photo(&p.file, (p.width, p.height));
         let ours = faces.analyze(&image, &options).unwrap();
         let refs: Vec<&ReferenceFace> = p
             .faces
