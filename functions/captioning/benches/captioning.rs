@@ -24,7 +24,7 @@ use std::time::Instant;
 use coldpath_captioning::model::{CaptionModel, CaptionModelConfig, DecodeOptions};
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_models::{OrtRuntime, SessionConfig};
-use coldpath_test_support::bench::{machine, median};
+use coldpath_test_support::bench::{files_with_extension, machine, median};
 use ndarray::{Array4, Axis};
 use serde_json::{Value, json};
 
@@ -33,13 +33,7 @@ const BEAMS: [usize; 2] = [1, 3];
 
 /// The committed test images, preprocessed, repeated to `n`.
 fn pixels(model: &CaptionModel, images_dir: &Path, n: usize) -> Array4<f32> {
-    let mut names: Vec<_> = std::fs::read_dir(images_dir)
-        .expect("images dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    names.sort();
-    let images: Vec<image::RgbImage> = names
+    let images: Vec<image::RgbImage> = files_with_extension(images_dir, "png")
         .iter()
         .map(|p| image::open(p).expect("image").to_rgb8())
         .collect();

@@ -18,7 +18,7 @@ use std::time::Instant;
 use coldpath_captioning::model::{CaptionModel, CaptionModelConfig, DecodeOptions};
 use coldpath_core::{ProcessEnv, config};
 use coldpath_models::{OrtRuntime, SessionConfig};
-use coldpath_test_support::bench::peak_rss_mib;
+use coldpath_test_support::bench::{files_with_extension, peak_rss_mib};
 use serde_json::json;
 
 fn main() {
@@ -36,16 +36,11 @@ fn main() {
     let model = CaptionModel::load(&config, &dir, &runtime, &session).expect("load");
     let load_s = started.elapsed().as_secs_f64();
 
-    let mut paths: Vec<_> = std::fs::read_dir(repo.join("tests/fixtures/captioning/images"))
-        .expect("images dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    paths.sort();
-    let images: Vec<image::RgbImage> = paths
-        .iter()
-        .map(|p| image::open(p).expect("image").to_rgb8())
-        .collect();
+    let images: Vec<image::RgbImage> =
+        files_with_extension(&repo.join("tests/fixtures/captioning/images"), "png")
+            .iter()
+            .map(|p| image::open(p).expect("image").to_rgb8())
+            .collect();
     let options = DecodeOptions {
         num_beams: 1,
         use_cache: config.use_cache,

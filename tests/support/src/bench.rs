@@ -31,6 +31,18 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The files in `dir` whose extension is `ext`, sorted by path: the inputs a benchmark repeats in
+/// a fixed order.
+pub fn files_with_extension(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    paths.sort();
+    paths
+}
+
 /// The median of `samples`: the middle one, or the upper of the two middle ones for an even
 /// count (a measured sample, never an average of two); NaN when there are none.
 pub fn median(samples: &[f64]) -> f64 {
@@ -50,5 +62,12 @@ mod tests {
         assert!(median(&[]).is_nan());
         assert!(machine()["cpus"].as_u64().unwrap() >= 1);
         assert!(peak_rss_mib() > 0.0, "this process has touched memory");
+        let dir = crate::repo_root().join("tests/support/src");
+        let rs = files_with_extension(&dir, "rs");
+        assert!(
+            rs.ends_with(&[dir.join("lib.rs"), dir.join("moto.rs")]),
+            "{rs:?}"
+        );
+        assert_eq!(rs[0], dir.join("bench.rs"));
     }
 }
