@@ -155,6 +155,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
         None => Vec::new(),
     };
     let mut decisions = Vec::new();
+    let mut unit_costs = Vec::new();
     for d in inputs.declarations {
         let m = inputs.measurements.get(&d.workload)?;
         let t = profile
@@ -167,7 +168,11 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
                     d.workload, d.workload
                 ),
             })?;
-        decisions.push(decide(inputs, d, m, t, &bulk)?);
+        let decision = decide(inputs, d, m, t, &bulk)?;
+        if d.compute == Compute::Gpu {
+            unit_costs.push(unit_costs_for(inputs, d, m, t, &decision)?);
+        }
+        decisions.push(decision);
     }
     let scenarios = profile
         .scenarios
@@ -189,13 +194,6 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
             })
         })
         .collect::<Result<Vec<_>, InputError>>()?;
-    let mut unit_costs = Vec::new();
-    for d in inputs.declarations {
-        let m = inputs.measurements.get(&d.workload)?;
-        if d.compute == Compute::Gpu {
-            unit_costs.push(unit_costs_for(inputs, d, m, &profile.traffic[&d.workload])?);
-        }
-    }
     Ok(Plan {
         profile: profile.name.clone(),
         unit_costs,
@@ -469,11 +467,14 @@ fn serverless_gpu_cost(
     Ok(seconds * inputs.prices.serverless_gpu.per_second_usd)
 }
 
+/// One item's cost on each compute for a GPU workload; the month's serverless and always-on
+/// totals are the decision's own.
 fn unit_costs_for(
     inputs: &Inputs<'_>,
     d: &Declaration,
     m: &Measurement,
     t: &Traffic,
+    decision: &Decision,
 ) -> Result<UnitCosts, InputError> {
     let p = inputs.prices;
     let gpu_second = p.serverless_gpu.per_second_usd;
@@ -507,8 +508,8 @@ fn unit_costs_for(
         gpu_start_usd,
         gpu_from_zero_usd: gpu_start_usd + gpu_warm / 1000.0 * gpu_second,
         lambda_per_item_usd: per_item(lambda_month),
-        serverless_gpu_per_item_usd: per_item(serverless_gpu_cost(inputs, d, m, t, d.max_batch)?),
-        always_on_gpu_per_item_usd: per_item(always_on_cost(inputs, d, m, t)?),
+        serverless_gpu_per_item_usd: per_item(decision.cost_serverless_usd),
+        always_on_gpu_per_item_usd: per_item(decision.cost_always_on_usd),
         serverless_gpu_crossover_items: crossover(gpu_fixed, gpu_item_usd),
         always_on_gpu_crossover_items: crossover(always_on, 0.0),
     })
