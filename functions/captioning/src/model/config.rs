@@ -56,11 +56,6 @@ pub struct CaptionModelConfig {
     /// `CAPTIONING_USE_CACHE` (default true): decode with the KV cache. Without it every step
     /// re-runs the decoder over the whole prefix; kept for benchmarks and parity checks.
     pub use_cache: bool,
-    /// Whether the model has the cross graph `tools/hoist_cross_attention.py` writes
-    /// (`decoder_cross_model.onnx`), so it is fetched and pinned with the other files:
-    /// `CAPTIONING_CROSS_GRAPH`, by default true when a local directory has the file. A remote
-    /// source cannot be looked into before the fetch, so a hoisted model on S3 needs it set.
-    pub cross_graph: bool,
 }
 
 impl CaptionModelConfig {
@@ -101,6 +96,9 @@ impl CaptionModelConfig {
         let max_new_tokens = optional_positive(env, "CAPTIONING_MAX_NEW_TOKENS")?;
         let local_cross =
             matches!(&source, ModelSource::Local(dir) if dir.join(DECODER_CROSS_FILE).is_file());
+        // `CAPTIONING_CROSS_GRAPH`: the model has the cross graph `tools/hoist_cross_attention.py`
+        // writes, so it is fetched and pinned with the other files. A remote source cannot be
+        // looked into before the fetch, so a hoisted model on S3 needs it set.
         let cross_graph = config::bool_or(env, "CAPTIONING_CROSS_GRAPH", local_cross)?;
         if cross_graph && layout == DecoderLayout::Split {
             return Err(ConfigError::invalid(
@@ -124,7 +122,6 @@ impl CaptionModelConfig {
             num_beams,
             max_new_tokens,
             use_cache,
-            cross_graph,
         })
     }
 }
@@ -373,12 +370,11 @@ mod tests {
             .join("../../tests/fixtures/captioning/optimum-vit-gpt2-tiny-hoisted");
         let env = MapEnv::new([("CAPTIONING_MODEL_SOURCE", hoisted.display().to_string())]);
         let c = CaptionModelConfig::from_env(&env).unwrap();
-        assert!(c.cross_graph);
         assert!(c.spec.file(DECODER_CROSS_FILE).is_some());
         // The plain tiny model has none; a remote source has it only when asked for.
         let env = MapEnv::new([("CAPTIONING_MODEL_SOURCE", tiny_dir())]);
         let c = CaptionModelConfig::from_env(&env).unwrap();
-        assert!(!c.cross_graph && c.spec.file(DECODER_CROSS_FILE).is_none());
+        assert!(c.spec.file(DECODER_CROSS_FILE).is_none());
         let env = MapEnv::new([
             (
                 "CAPTIONING_MODEL_SOURCE",
