@@ -119,8 +119,8 @@ fn check_fails_when_a_serverless_function_gets_provisioned_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let t = broken_template(
         dir.path(),
-        "      ReservedConcurrentExecutions: 10\n",
-        "      ReservedConcurrentExecutions: 10\n      AutoPublishAlias: live\n      ProvisionedConcurrencyConfig:\n        ProvisionedConcurrentExecutions: 1\n",
+        "      Timeout: !Ref CaptioningTimeout\n",
+        "      Timeout: !Ref CaptioningTimeout\n      AutoPublishAlias: live\n      ProvisionedConcurrencyConfig:\n        ProvisionedConcurrentExecutions: 1\n",
     );
     let out = check(&t);
     let m = mismatches(&out);
@@ -215,6 +215,162 @@ fn check_fails_when_memory_disagrees_with_the_declaration() {
         m.len() == 1
             && m[0].contains("MemorySize is Some(2048.0)")
             && m[0].contains("memory_mb = 3008"),
+        "{m:?}"
+    );
+}
+
+/// One mismatch, naming `function` and containing every one of `needles`.
+fn assert_one_mismatch(out: &Outcome, function: &str, needles: &[&str]) {
+    let m = mismatches(out);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        m.len() == 1 && m[0].starts_with(&format!("MISMATCH {function}")),
+        "{m:?}"
+    );
+    for needle in needles {
+        assert!(m[0].contains(needle), "{needle:?} not in {m:?}");
+    }
+}
+
+#[test]
+fn check_fails_when_a_required_variable_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "          COLDPATH_RESULT_SINK: !Sub \"s3://${ResultsBucket}/captions\"\n",
+        "",
+    );
+    assert_one_mismatch(
+        &check(&t),
+        "CaptioningFunction",
+        &["COLDPATH_RESULT_SINK", "required_env"],
+    );
+}
+
+#[test]
+fn check_fails_when_an_environment_value_drifts_from_the_declaration() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "          CAPTIONING_MAX_BATCH: !Ref CaptioningBatchSize\n",
+        "          CAPTIONING_MAX_BATCH: \"16\"\n",
+    );
+    assert_one_mismatch(
+        &check(&t),
+        "CaptioningFunction",
+        &["CAPTIONING_MAX_BATCH is Some(16.0)", "declaration says 8"],
+    );
+}
+
+#[test]
+fn check_fails_when_tmp_cannot_hold_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(dir.path(), "    Default: 3072\n", "    Default: 1024\n");
+    assert_one_mismatch(
+        &check(&t),
+        "CaptioningFunction",
+        &["EphemeralStorage is 1024 MB", "2332 MB", "model_mb 1060"],
+    );
+}
+
+#[test]
+fn check_fails_on_reserved_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "      Timeout: !Ref CaptioningTimeout\n",
+        "      Timeout: !Ref CaptioningTimeout\n      ReservedConcurrentExecutions: 10\n",
+    );
+    assert_one_mismatch(
+        &check(&t),
+        "CaptioningFunction",
+        &["ReservedConcurrentExecutions", "new account"],
+    );
+}
+
+#[test]
+fn check_fails_when_the_deployed_code_is_not_the_packaged_zip() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "      CodeUri: ../target/lambda/faces.zip\n",
+        "      CodeUri: ../functions/faces\n",
+    );
+    assert_one_mismatch(
+        &check(&t),
+        "FacesFunction",
+        &["target/lambda/faces.zip", "../functions/faces"],
+    );
+}
+
+/// A copy of the repository's `infra/` and declarations with `batch.yaml` edited, so the
+/// worker checks run on the broken copy.
+fn root_with_broken_batch(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let root = repo_root();
+    let text = std::fs::read_to_string(root.join("infra/gpu/batch.yaml")).unwrap();
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "the edit must hit exactly one place: {from}"
+    );
+    // The declarations and the sources the variable check reads.
+    copy_tree(&root.join("functions"), &dir.join("functions"));
+    copy_tree(&root.join("shared"), &dir.join("shared"));
+    std::fs::create_dir_all(dir.join("infra/gpu")).unwrap();
+    std::fs::copy(
+        root.join("infra/gpu/Dockerfile"),
+        dir.join("infra/gpu/Dockerfile"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("infra/gpu/batch.yaml"), text.replace(from, to)).unwrap();
+    dir.to_path_buf()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name != "target" {
+                copy_tree(&path, &to.join(name));
+            }
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml") {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
+fn check_batch(from: &str, to: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let root = root_with_broken_batch(dir.path(), from, to);
+    let out = cli::run_check(&root, &repo_root().join("infra/template.yaml")).expect("check runs");
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    mismatches(&out).into_iter().map(str::to_string).collect()
+}
+
+#[test]
+fn check_fails_when_the_bulk_worker_batches_unlike_the_declaration() {
+    let m = check_batch(
+        "    Default: 32\n    Description: CAPTIONING_BULK_BATCH",
+        "    Default: 64\n    Description: CAPTIONING_BULK_BATCH",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains("BulkJobDefinition")
+            && m[0].contains("CAPTIONING_BULK_BATCH is Some(64.0), the declaration says 32"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_a_worker_asks_for_less_memory_than_declared() {
+    let m = check_batch(
+        "          - {Type: MEMORY, Value: \"44000\"}\n",
+        "          - {Type: MEMORY, Value: \"4000\"}\n",
+    );
+    assert!(
+        m.len() == 1 && m[0].contains("MEMORY is Some(4000.0) MiB") && m[0].contains("6144"),
         "{m:?}"
     );
 }

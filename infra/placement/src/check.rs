@@ -153,22 +153,38 @@ fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
     }
     let prop = |name: &str| t.function_property(f, name);
 
-    // Packaging: the binary is `bootstrap` on the OS-only runtime, built by cargo-lambda.
+    // Packaging: the binary is `bootstrap` on the OS-only runtime, deployed from the zip that
+    // `make package` built and size-checked (a second build by `sam build` would deploy
+    // something else).
     let runtime = prop("Runtime").and_then(|v| t.string(v));
     let handler = prop("Handler").and_then(|v| t.string(v));
-    let build = f
-        .get("Metadata")
-        .and_then(|m| m.get("BuildMethod"))
-        .and_then(Value::as_str);
+    let code = f
+        .get("Properties")
+        .and_then(|p| p.get("CodeUri"))
+        .and_then(|v| t.string(v));
+    let zip = format!("target/lambda/{}.zip", d.workload);
     if runtime != Some("provided.al2023")
         || handler != Some("bootstrap")
-        || build != Some("rust-cargolambda")
+        || !code.is_some_and(|c| c.ends_with(&zip))
     {
         c.mismatches.push(format!(
-            "must run on Runtime provided.al2023 with Handler bootstrap and Metadata.BuildMethod rust-cargolambda, \
-             found {runtime:?}, {handler:?}, {build:?}"
+            "must run on Runtime provided.al2023 with Handler bootstrap from CodeUri .../{zip} (the packaged zip), \
+             found {runtime:?}, {handler:?}, {code:?}"
         ));
     }
+
+    // Reserved concurrency subtracts from the account's unreserved pool, which must stay at 100
+    // or more: on a new account (quota 10 to 1000) a stack that reserves any fails to deploy.
+    if let Some(n) = prop("ReservedConcurrentExecutions") {
+        c.mismatches.push(format!(
+            "sets ReservedConcurrentExecutions ({:?}): a new account's concurrency quota may not allow it; \
+             cap SQS consumers with ScalingConfig.MaximumConcurrency and keep warm with provisioned concurrency",
+            t.number(n)
+        ));
+    }
+
+    check_env(t, d, f, &mut c);
+    check_storage(t, d, f, &mut c);
 
     // Sizes agree with the declaration.
     let memory = prop("MemorySize").and_then(|v| t.number(v));
@@ -329,6 +345,198 @@ fn check_sqs(
     if reports_partial {
         c.ok.push("reports partial batch failures".to_string());
     }
+}
+
+/// Variables whose value the declaration fixes: a template that sets one to something else
+/// deploys a function that behaves unlike its declaration (and unlike what the plan priced).
+pub fn declared_env_values(d: &Declaration) -> Vec<(String, u64)> {
+    let prefix = d.workload.to_uppercase();
+    let mut out = vec![(format!("{prefix}_MAX_BATCH"), u64::from(d.max_batch))];
+    if d.workload == "embeddings" {
+        out.push(("EMBEDDINGS_MAX_INPUTS".to_string(), u64::from(d.max_batch)));
+    }
+    if let Some(b) = d.bulk_batch {
+        out.push((format!("{prefix}_BULK_BATCH"), u64::from(b)));
+    }
+    if let Some(n) = d.bulk_threshold {
+        out.push((format!("{prefix}_BULK_THRESHOLD"), n));
+    }
+    out
+}
+
+/// A function's `Environment.Variables` (its own over `Globals.Function`'s).
+fn function_env<'a>(t: &'a Template, f: &'a Value) -> Vec<(&'a str, &'a Value)> {
+    let mut out: Vec<(&str, &Value)> = Vec::new();
+    for source in [
+        t.root.get("Globals").and_then(|g| g.get("Function")),
+        f.get("Properties"),
+    ] {
+        if let Some(vars) = source
+            .and_then(|p| p.get("Environment"))
+            .and_then(|e| e.get("Variables"))
+            .and_then(Value::as_mapping)
+        {
+            for (k, v) in vars {
+                if let Some(k) = k.as_str() {
+                    out.retain(|(name, _)| *name != k);
+                    out.push((k, v));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check_env(t: &Template, d: &Declaration, f: &Value, c: &mut FunctionCheck) {
+    let env = function_env(t, f);
+    let missing: Vec<&str> = d
+        .required_env
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !env.iter().any(|(n, _)| n == name))
+        .collect();
+    if missing.is_empty() {
+        if !d.required_env.is_empty() {
+            c.ok.push(format!(
+                "sets the {} required variables",
+                d.required_env.len()
+            ));
+        }
+    } else {
+        c.mismatches.push(format!(
+            "does not set {}, which the declaration lists in required_env: the function would fail at init",
+            missing.join(", ")
+        ));
+    }
+    for (name, want) in declared_env_values(d) {
+        let Some((_, v)) = env.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        match t.number(v) {
+            Some(x) if x == want as f64 => {}
+            found => c
+                .mismatches
+                .push(format!("{name} is {found:?}, the declaration says {want}")),
+        }
+    }
+}
+
+/// `/tmp` holds what the sandbox fetches (a model from S3) and what it writes (the optimised
+/// graphs, when the cache is under `/tmp`); Lambda gives 512 MB unless `EphemeralStorage` says
+/// more. 10% headroom covers the temporary file of an atomic rename and the logs.
+fn check_storage(t: &Template, d: &Declaration, f: &Value, c: &mut FunctionCheck) {
+    let env = function_env(t, f);
+    let value = |name: &str| {
+        env.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| t.string(v).unwrap_or("<computed>"))
+    };
+    let prefix = d.workload.to_uppercase();
+    let fetched = env.iter().any(|(n, v)| {
+        n.starts_with(&prefix)
+            && n.ends_with("_SOURCE")
+            && !t
+                .string(v)
+                .is_some_and(|s| s.starts_with("/var/task/") || s.starts_with("/opt/"))
+    });
+    let cache_in_tmp = value("COLDPATH_OPTIMIZED_MODEL_DIR").is_some_and(|s| s.starts_with("/tmp"));
+    let model = if fetched { d.model_mb.unwrap_or(0) } else { 0 };
+    let graphs = if cache_in_tmp {
+        d.optimized_graph_mb.unwrap_or(0)
+    } else {
+        0
+    };
+    let need = (f64::from(model + graphs) * 1.1).ceil();
+    let have = f
+        .get("Properties")
+        .and_then(|p| p.get("EphemeralStorage"))
+        .and_then(|e| e.get("Size"))
+        .and_then(|v| t.number(v))
+        .unwrap_or(512.0);
+    if fetched && d.model_mb.is_none() {
+        c.mismatches.push(
+            "fetches its model into /tmp but the declaration has no model_mb to size the storage by"
+                .to_string(),
+        );
+    } else if have >= need {
+        if need > 0.0 {
+            c.ok.push(format!(
+                "/tmp {have} MB holds {need} MB of model and graphs"
+            ));
+        }
+    } else {
+        c.mismatches.push(format!(
+            "EphemeralStorage is {have} MB, but /tmp must hold {need} MB: model_mb {model} fetched, \
+             optimized_graph_mb {graphs} cached, plus 10%"
+        ));
+    }
+}
+
+/// Each AWS Batch job definition in `batch` runs the captioning worker as declared: the batch
+/// sizes and bulk threshold it sets equal the declaration's, it takes one GPU (the worker drives
+/// one device), and it asks for at least `worker_memory_mb` of host memory. Returns one line per
+/// problem.
+pub fn check_batch_jobs(batch: &Template, d: &Declaration) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(resources) = batch.root.get("Resources").and_then(Value::as_mapping) else {
+        return problems;
+    };
+    let wanted = declared_env_values(d);
+    for (id, r) in resources {
+        if r.get("Type").and_then(Value::as_str) != Some("AWS::Batch::JobDefinition") {
+            continue;
+        }
+        let id = id.as_str().unwrap_or("?");
+        let container = r
+            .get("Properties")
+            .and_then(|p| p.get("ContainerProperties"));
+        let env = container
+            .and_then(|c| c.get("Environment"))
+            .and_then(Value::as_sequence)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (name, want) in &wanted {
+            let found = env
+                .iter()
+                .find(|e| e.get("Name").and_then(Value::as_str) == Some(name))
+                .and_then(|e| e.get("Value"));
+            match found.map(|v| batch.number(v)) {
+                Some(Some(x)) if x == *want as f64 => {}
+                Some(x) => problems.push(format!(
+                    "{id}: {name} is {x:?}, the declaration says {want}"
+                )),
+                None => problems.push(format!(
+                    "{id}: does not set {name} (the declaration says {want})"
+                )),
+            }
+        }
+        let requirement = |ty: &str| {
+            container
+                .and_then(|c| c.get("ResourceRequirements"))
+                .and_then(Value::as_sequence)
+                .and_then(|s| {
+                    s.iter()
+                        .find(|q| q.get("Type").and_then(Value::as_str) == Some(ty))
+                })
+                .and_then(|q| q.get("Value"))
+                .and_then(|v| batch.number(v))
+        };
+        if requirement("GPU") != Some(1.0) {
+            problems.push(format!(
+                "{id}: ResourceRequirements GPU is {:?}; a worker drives one GPU, so it must be 1",
+                requirement("GPU")
+            ));
+        }
+        if let Some(need) = d.worker_memory_mb {
+            match requirement("MEMORY") {
+                Some(m) if m >= f64::from(need) => {}
+                m => problems.push(format!(
+                    "{id}: ResourceRequirements MEMORY is {m:?} MiB, under the declared worker_memory_mb = {need}"
+                )),
+            }
+        }
+    }
+    problems
 }
 
 /// Environment variable names a set of Rust sources reads: every string literal that looks like

@@ -207,7 +207,8 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
             }
         }
     }
-    let gpu = check_gpu_worker(root, &shared)?;
+    let captioning = declarations.iter().find(|d| d.workload == "captioning");
+    let gpu = check_gpu_worker(root, &shared, captioning)?;
     failed |= gpu.iter().any(|l| l.starts_with("MISMATCH"));
     lines.extend(gpu);
     let text = lines.join("\n") + "\n";
@@ -228,7 +229,11 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
 
 /// The GPU worker image and its Batch job definitions set the variables the worker needs, and
 /// only variables it reads.
-fn check_gpu_worker(root: &Path, shared: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+fn check_gpu_worker(
+    root: &Path,
+    shared: &[PathBuf],
+    declaration: Option<&declaration::Declaration>,
+) -> anyhow::Result<Vec<String>> {
     let mut dirs = vec![root.join("functions/captioning/src")];
     dirs.extend(shared.iter().cloned());
     let read = check::env_names_in_sources(&dirs, "CAPTIONING_")?;
@@ -276,5 +281,19 @@ fn check_gpu_worker(root: &Path, shared: &[PathBuf]) -> anyhow::Result<Vec<Strin
     };
     report("infra/gpu/Dockerfile", &in_image, true);
     report("infra/gpu/batch.yaml", &in_jobs, false);
+    if let Some(d) = declaration {
+        let problems = check::check_batch_jobs(&batch, d);
+        if problems.is_empty() {
+            lines.push(
+                "OK captioning worker (infra/gpu/batch.yaml jobs): batch sizes, threshold, one GPU and memory as declared"
+                    .to_string(),
+            );
+        }
+        lines.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("MISMATCH captioning worker (infra/gpu/batch.yaml jobs): {p}")),
+        );
+    }
     Ok(lines)
 }

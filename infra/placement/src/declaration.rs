@@ -89,6 +89,18 @@ pub struct Declaration {
     pub bulk_threshold: Option<u64>,
     pub memory_mb: u32,
     pub timeout_s: u32,
+    /// Variables the deployed function cannot start without (`required_env`); `coldpath check`
+    /// fails a template that leaves one out, since the function would only find out at init.
+    pub required_env: Vec<String>,
+    /// Size of the model bundle on disk (`model_mb`), for the storage a sandbox needs when it
+    /// fetches the model into `/tmp`.
+    pub model_mb: Option<u32>,
+    /// Size of the optimised graphs ONNX Runtime writes to the cache (`optimized_graph_mb`);
+    /// an int8 model dequantised at optimisation grows (all-MiniLM: 23 MB to 90 MB).
+    pub optimized_graph_mb: Option<u32>,
+    /// Host memory one GPU worker needs at `bulk_batch` (`worker_memory_mb`), which the Batch
+    /// job definitions must request.
+    pub worker_memory_mb: Option<u32>,
 }
 
 impl Declaration {
@@ -161,6 +173,10 @@ impl Declaration {
             bulk_threshold: fields.optional_uint("bulk_threshold")?,
             memory_mb: fields.u32("memory_mb")?,
             timeout_s: fields.u32("timeout_s")?,
+            required_env: fields.optional_strings("required_env")?,
+            model_mb: fields.optional_u32("model_mb")?,
+            optimized_graph_mb: fields.optional_u32("optimized_graph_mb")?,
+            worker_memory_mb: fields.optional_u32("worker_memory_mb")?,
             crate_name,
         };
         declaration.validate()?;
@@ -334,6 +350,23 @@ impl Fields<'_> {
             false => Ok(None),
         }
     }
+
+    /// A list of strings, empty when the field is absent.
+    fn optional_strings(&self, field: &'static str) -> Result<Vec<String>, DeclarationError> {
+        let Some(v) = self.table.get(field) else {
+            return Ok(Vec::new());
+        };
+        let expected = "must be a list of strings";
+        v.as_array()
+            .ok_or_else(|| self.invalid(field, expected, &v.to_string()))?
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| self.invalid(field, expected, &item.to_string()))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +403,28 @@ timeout_s = 10
         assert!(d.pinned_warm && d.cold_start_on_perceived_path);
         assert_eq!((d.compute, d.trigger), (Compute::Cpu, Trigger::Http));
         assert_eq!((d.bulk_batch, d.bulk_threshold), (None, None));
+        assert!(d.required_env.is_empty() && d.model_mb.is_none());
+    }
+
+    #[test]
+    fn reads_required_env_and_sizes() {
+        let text = format!(
+            "{EMBEDDINGS}required_env = [\"EMBEDDINGS_MODEL_SOURCE\"]\nmodel_mb = 23\noptimized_graph_mb = 90\n"
+        );
+        let d = parse(&text).unwrap();
+        assert_eq!(d.required_env, ["EMBEDDINGS_MODEL_SOURCE"]);
+        assert_eq!((d.model_mb, d.optimized_graph_mb), (Some(23), Some(90)));
+        let bad = parse(&format!("{EMBEDDINGS}required_env = [\"A\", 1]\n")).unwrap_err();
+        assert!(
+            matches!(
+                &bad,
+                DeclarationError::Invalid {
+                    field: "required_env",
+                    ..
+                }
+            ),
+            "{bad}"
+        );
     }
 
     #[test]
