@@ -275,3 +275,90 @@ async fn a_message_that_always_fails_lands_in_the_dlq_and_nothing_else_does() {
     let bodies: Vec<&str> = dead.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(bodies, [poison.as_str()]);
 }
+
+/// Photo uploads reach the caption queue as S3 events: EventBridge `Object Created` events (the
+/// template's rule) or S3 notifications sent to the queue directly. Each photo's result is named
+/// `<bucket>/<key>` (the id faces gives it), S3's test event is deleted without a result, and
+/// nothing lands in the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_upload_events_are_captioned_under_the_photo_key() {
+    let moto = MotoServer::start();
+    let client = moto.sqs_client().await;
+    let queues = create_queue_with_dlq(&client, "captions-uploads", 2, 30).await;
+    let queue = Queue::new(client.clone(), &queues.url);
+    // The sample event's bodies, as EventBridge's SQS target sends them.
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("events/captioning/sqs-eventbridge-s3.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    for record in sample["Records"].as_array().unwrap() {
+        queue.send(record["body"].as_str().unwrap()).await.unwrap();
+    }
+    let notification = json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2026-11-28T03:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "captions-on-upload",
+               "bucket": {"name": "photos", "arn": "arn:aws:s3:::photos"},
+               "object": {"key": "kafka.jpg", "size": 30000, "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                          "sequencer": "0055AED6DCD90281E5"}}
+    }]});
+    queue.send(&notification.to_string()).await.unwrap();
+    let test_event = json!({"Service": "Amazon S3", "Event": "s3:TestEvent",
+        "Time": "2026-11-28T03:00:00.000Z", "Bucket": "photos",
+        "RequestId": "5582815E1AEA5ADF", "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR"});
+    queue.send(&test_event.to_string()).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&[
+        ("CAPTIONING_MAX_BATCH", "4"),
+        ("CAPTIONING_WAIT_SECS", "1"),
+        ("CAPTIONING_IDLE_EXIT_SECS", "1"),
+        ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "30"),
+    ]);
+    let worker_service = Arc::new(service(&config, dir.path()).await);
+    let worker = Worker::new(queue, worker_service, config.worker.clone());
+    let (_stop, shutdown) = watch::channel(false);
+    let report = worker.run(shutdown).await.unwrap();
+    assert_eq!((report.deleted, report.failed), (4, 0), "{report:?}");
+    assert_eq!(counts(&client, &queues.url).await, (0, 0));
+    assert_eq!(counts(&client, &queues.dlq_url).await, (0, 0));
+
+    let under = dir.path().join("captioning/photos");
+    let mut files: Vec<String> = std::fs::read_dir(&under)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["cat.jpg.json", "family photo.jpg.json", "kafka.jpg.json"]
+    );
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(under.join("family photo.jpg.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["id"], "photos/family photo.jpg");
+    assert!(
+        doc["caption"].as_str().is_some_and(|c| !c.is_empty()),
+        "{doc}"
+    );
+
+    // The Lambda handler on the sample event itself writes the same results.
+    let lambda_dir = tempfile::tempdir().unwrap();
+    let lambda = Arc::new(service(&config, lambda_dir.path()).await);
+    let out = handle(lambda, LambdaEvent::new(sample, Context::default()))
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"batchItemFailures": []}));
+    let again: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            lambda_dir
+                .path()
+                .join("captioning/photos/family photo.jpg.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(again["token_ids"], doc["token_ids"]);
+}

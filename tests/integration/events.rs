@@ -107,6 +107,33 @@ fn every_sample_event_parses_into_its_type_and_round_trips() {
                 }
                 assert_eq!(malformed, 1, "{rel}: exactly one malformed record");
             }
+            "events/captioning/sqs-eventbridge-s3.json" => {
+                // Photo uploads routed to the caption queue by an EventBridge rule: each SQS
+                // body is S3's `Object Created` event, naming a photo that exists locally.
+                let event: SqsEvent = round_trip(path, &value);
+                assert!(!event.records.is_empty(), "{rel}");
+                for r in &event.records {
+                    assert_eq!(r.event_source.as_deref(), Some("aws:sqs"), "{rel}");
+                    let body = r.body.as_deref().unwrap_or_default();
+                    assert_eq!(r.md5_of_body.as_deref().map(str::len), Some(32), "{rel}");
+                    let message = coldpath_captioning::message::parse(Some(body), 128)
+                        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+                    assert_eq!(
+                        message.kind,
+                        coldpath_captioning::message::BodyKind::EventBridge,
+                        "{rel}"
+                    );
+                    for request in message.requests {
+                        let request = request.unwrap_or_else(|e| panic!("{rel}: {e}"));
+                        let coldpath_image::ImageRef::S3 { bucket, key } = &request.image else {
+                            panic!("{rel}: {:?}", request.image);
+                        };
+                        assert_eq!(request.id, format!("{bucket}/{key}"), "{rel}");
+                        let file = repo_root().join("events/data").join(bucket).join(key);
+                        assert!(file.is_file(), "{rel}: {} is missing", file.display());
+                    }
+                }
+            }
             "events/faces/direct.json" | "events/faces/direct-path.json" => {
                 let defaults =
                     coldpath_faces::FacesConfig::from_env(&coldpath_core::MapEnv::default())

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{BatchSettings, CaptioningConfig};
-use crate::message::{self, CaptionRequest, MessageError};
+use crate::message::{self, BodyKind, CaptionRequest, MessageError};
 use crate::model::{CaptionError, CaptionModel};
 
 pub use crate::model::Caption;
@@ -173,10 +173,13 @@ impl MessageFailure {
 #[derive(Debug)]
 pub struct Outcome {
     pub message_id: String,
-    /// The request id from the body, when the body parsed.
-    pub id: Option<String>,
-    /// Where the result was written, or why there is none.
-    pub result: Result<String, MessageFailure>,
+    /// The ids of the requests the body carried and that parsed (one for a request or an
+    /// EventBridge event, one per good record of an S3 notification, none for a test event).
+    pub ids: Vec<String>,
+    /// Where each result was written, or why the message failed: it succeeds only when every
+    /// request it carries has its result written (an S3 test event carries none and succeeds).
+    /// Of several failures, a transient one is reported, since retrying the message can fix it.
+    pub result: Result<Vec<String>, MessageFailure>,
 }
 
 impl Outcome {
@@ -258,11 +261,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         progress: &Progress,
     ) -> Vec<Outcome> {
         let started = Instant::now();
-        let cap = self.settings.max_new_tokens_cap;
-        let requests: Vec<Result<CaptionRequest, MessageFailure>> = batch
-            .iter()
-            .map(|m| message::parse(m.body(), cap).map_err(MessageFailure::from))
-            .collect();
+        let (requests, message_of) = self.requests(batch);
         let images = self.prepare_images(&requests).await;
 
         // Move prepared inputs into one shared vector so the blocking model call can borrow
@@ -304,12 +303,13 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         drop(decoded);
 
         let outcomes = self
-            .write_results(batch, requests, failures, captions, progress)
+            .write_results(batch, &message_of, requests, failures, captions, progress)
             .await;
         let failed = outcomes.iter().filter(|o| !o.is_ok()).count();
         tracing::info!(
             model = %self.model_name,
             batch_size = batch.len(),
+            requests = message_of.len(),
             captioned = batch.len() - failed,
             failed,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -318,8 +318,43 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         outcomes
     }
 
+    /// Parses every body on its own and lists the caption requests of the batch, each with the
+    /// index of its message: `(requests, message_of)`. The rest of the pipeline works per request,
+    /// so a message with several photos (an S3 notification with several records) batches like
+    /// several messages. A body that does not parse becomes one failed request of its message; an
+    /// S3 test event becomes none.
+    fn requests<M: QueueMessage>(
+        &self,
+        batch: &[M],
+    ) -> (Vec<Result<CaptionRequest, MessageFailure>>, Vec<usize>) {
+        let cap = self.settings.max_new_tokens_cap;
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut message_of = Vec::with_capacity(batch.len());
+        for (i, m) in batch.iter().enumerate() {
+            match message::parse(m.body(), cap) {
+                Ok(parsed) => {
+                    if parsed.kind == BodyKind::S3TestEvent {
+                        tracing::info!(
+                            message_id = m.message_id(),
+                            "S3 test event: acknowledged, nothing to caption"
+                        );
+                    }
+                    for request in parsed.requests {
+                        requests.push(request.map_err(MessageFailure::from));
+                        message_of.push(i);
+                    }
+                }
+                Err(e) => {
+                    requests.push(Err(e.into()));
+                    message_of.push(i);
+                }
+            }
+        }
+        (requests, message_of)
+    }
+
     /// Fetches, decodes and prepares the images of the parsed requests. Returns `None` for
-    /// messages that did not parse.
+    /// requests that did not parse.
     ///
     /// Memory is bounded by the settings, not by the batch: at most `image_concurrency` images
     /// are fetched and decoded at once, a decode waits until its megapixels fit the decode budget
@@ -453,40 +488,44 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         Ok(captions)
     }
 
-    /// Writes every caption to the sink concurrently and assembles the outcomes in order.
+    /// Writes every caption to the sink concurrently and assembles one outcome per message, in
+    /// order. A message is marked in `progress` once the results of all its requests are written
+    /// (at once when it carries none).
     async fn write_results<M: QueueMessage>(
         &self,
         batch: &[M],
+        message_of: &[usize],
         requests: Vec<Result<CaptionRequest, MessageFailure>>,
         mut failures: HashMap<usize, MessageFailure>,
         mut captions: HashMap<usize, Caption>,
         progress: &Progress,
     ) -> Vec<Outcome> {
+        // Per request: its id when it parsed, and where its result went or why there is none.
         let mut results: Vec<Option<Result<String, MessageFailure>>> =
-            batch.iter().map(|_| None).collect();
-        let mut ids: Vec<Option<String>> = Vec::with_capacity(batch.len());
+            requests.iter().map(|_| None).collect();
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(requests.len());
         let mut tasks = JoinSet::new();
         let mut index_of = HashMap::new();
-        for (i, (message, request)) in batch.iter().zip(requests).enumerate() {
+        for (r, request) in requests.into_iter().enumerate() {
             let request = match request {
-                Ok(r) => r,
+                Ok(request) => request,
                 Err(e) => {
                     ids.push(None);
-                    results[i] = Some(Err(e));
+                    results[r] = Some(Err(e));
                     continue;
                 }
             };
             ids.push(Some(request.id.clone()));
-            let caption = match (captions.remove(&i), failures.remove(&i)) {
+            let caption = match (captions.remove(&r), failures.remove(&r)) {
                 (Some(c), None) => c,
                 (_, Some(e)) => {
-                    results[i] = Some(Err(e));
+                    results[r] = Some(Err(e));
                     continue;
                 }
                 (None, None) => {
-                    results[i] = Some(Err(MessageFailure::Model {
+                    results[r] = Some(Err(MessageFailure::Model {
                         error_type: ErrorType::Internal,
-                        message: "no caption was produced for this message".to_string(),
+                        message: "no caption was produced for this request".to_string(),
                     }));
                     continue;
                 }
@@ -496,7 +535,7 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
                 "caption": caption.text,
                 "token_ids": caption.token_ids,
                 "model": self.model_name,
-                "message_id": message.message_id(),
+                "message_id": batch[message_of[r]].message_id(),
             });
             let sink = Arc::clone(&self.sink);
             let handle = tasks.spawn(async move {
@@ -507,36 +546,74 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
                         message: e.to_string(),
                     })
             });
-            index_of.insert(handle.id(), i);
+            index_of.insert(handle.id(), r);
+        }
+        // A message is written once all its requests are: count what each still waits for.
+        let mut waiting = vec![0usize; batch.len()];
+        for &m in message_of {
+            waiting[m] += 1;
+        }
+        for (r, result) in results.iter().enumerate() {
+            if result.is_some() {
+                // Failed before its write: the message can never be complete.
+                waiting[message_of[r]] = usize::MAX;
+            }
+        }
+        for (m, &w) in waiting.iter().enumerate() {
+            if w == 0 {
+                progress.mark(m);
+            }
         }
         while let Some(joined) = tasks.join_next_with_id().await {
             let (id, result) = match joined {
                 Ok((id, r)) => (id, r),
                 Err(e) => (e.id(), Err(TaskError::from_join(e).into())),
             };
-            if let Some(&i) = index_of.get(&id) {
-                if result.is_ok() {
-                    progress.mark(i);
+            if let Some(&r) = index_of.get(&id) {
+                let m = message_of[r];
+                match &result {
+                    Ok(_) if waiting[m] != usize::MAX => {
+                        waiting[m] -= 1;
+                        if waiting[m] == 0 {
+                            progress.mark(m);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => waiting[m] = usize::MAX,
                 }
-                results[i] = Some(result);
+                results[r] = Some(result);
             }
         }
-        batch
+        let mut outcomes: Vec<Outcome> = batch
             .iter()
-            .zip(ids)
-            .zip(results)
-            .map(|((message, id), result)| {
-                let result = result.unwrap_or(Err(TaskError::Cancelled.into()));
-                if let Err(e) = &result {
-                    log_failure(message.message_id(), id.as_deref(), e);
-                }
-                Outcome {
-                    message_id: message.message_id().to_string(),
-                    id,
-                    result,
-                }
+            .map(|message| Outcome {
+                message_id: message.message_id().to_string(),
+                ids: Vec::new(),
+                result: Ok(Vec::new()),
             })
-            .collect()
+            .collect();
+        for ((&m, id), result) in message_of.iter().zip(ids).zip(results) {
+            let result = result.unwrap_or(Err(TaskError::Cancelled.into()));
+            let outcome = &mut outcomes[m];
+            if let Err(e) = &result {
+                log_failure(&outcome.message_id, id.as_deref(), e);
+            }
+            outcome.ids.extend(id);
+            match (&mut outcome.result, result) {
+                (Ok(locations), Ok(location)) => locations.push(location),
+                (Ok(_), Err(e)) => outcome.result = Err(e),
+                // Report a transient failure over a permanent one: the message is retried as a
+                // whole, and retrying is what can fix the transient one.
+                (Err(first), Err(e))
+                    if e.error_type() == ErrorType::Retryable
+                        && first.error_type() != ErrorType::Retryable =>
+                {
+                    outcome.result = Err(e);
+                }
+                (Err(_), _) => {}
+            }
+        }
+        outcomes
     }
 }
 
@@ -666,8 +743,13 @@ pub(crate) mod testing {
     pub struct FakeError(pub String);
 
     impl Classify for FakeError {
+        /// A "throttled" failure is transient; every other one is ours.
         fn error_type(&self) -> ErrorType {
-            ErrorType::Internal
+            if self.0.contains("throttled") {
+                ErrorType::Retryable
+            } else {
+                ErrorType::Internal
+            }
         }
     }
 
@@ -725,14 +807,16 @@ pub(crate) mod testing {
         }
     }
 
-    /// `s3://b/<W>x<H>` is a blank image of that size; any other key is missing.
+    /// `s3://b/<W>x<H>` (optionally followed by `/...`) is a blank image of that size; any other
+    /// key is missing.
     #[derive(Default)]
     pub struct FakeImages {
         pub pixels: Option<Arc<LivePixels>>,
     }
 
     fn size_of(bytes: &[u8]) -> Option<(u32, u32)> {
-        let text = std::str::from_utf8(bytes).ok()?;
+        // `WxH/anything` is a `WxH` image too, so a test can give it a distinct id.
+        let text = std::str::from_utf8(bytes).ok()?.split('/').next()?;
         let (w, h) = text.split_once('x')?;
         Some((w.parse().ok()?, h.parse().ok()?))
     }
@@ -769,7 +853,7 @@ pub(crate) mod testing {
         }
     }
 
-    /// Keeps results in memory; refuses the id `sink-fails`.
+    /// Keeps results in memory; refuses the id `sink-fails`, and throttles ids ending in `busy`.
     #[derive(Default)]
     pub struct MemorySink {
         pub results: Mutex<BTreeMap<String, Value>>,
@@ -781,6 +865,9 @@ pub(crate) mod testing {
         async fn put(&self, id: &str, result: &Value) -> Result<String, FakeError> {
             if id == "sink-fails" {
                 return Err(FakeError("the bucket refused the write".into()));
+            }
+            if id.ends_with("busy") {
+                return Err(FakeError("the bucket throttled the write".into()));
             }
             self.results
                 .lock()
@@ -917,18 +1004,18 @@ mod tests {
                 ("m7", ErrorType::Internal),
             ]
         );
-        let ids: Vec<Option<&str>> = outcomes.iter().map(|o| o.id.as_deref()).collect();
+        let ids: Vec<&[String]> = outcomes.iter().map(|o| o.ids.as_slice()).collect();
         assert_eq!(
             ids,
             [
-                Some("a"),
-                None,
-                Some("b"),
-                Some("c"),
-                Some("d"),
-                None,
-                Some("sink-fails"),
-                Some("e")
+                &["a".to_string()][..],
+                &[],
+                &["b".to_string()],
+                &["c".to_string()],
+                &["d".to_string()],
+                &[],
+                &["sink-fails".to_string()],
+                &["e".to_string()],
             ]
         );
         let results = service.sink.results.lock().unwrap();
@@ -941,6 +1028,114 @@ mod tests {
         // Five decoded images (a, c, d, sink-fails, e) in model batches of two; the first batch
         // holds the poison image, fails, and is retried one image at a time.
         assert_eq!(*service.captioner.calls.lock().unwrap(), [2, 1, 1, 2, 1]);
+    }
+
+    fn s3_notification(keys: &[&str]) -> String {
+        let records: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|key| {
+                json!({
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": "photos"}, "object": {"key": key, "size": 16}}
+                })
+            })
+            .collect();
+        json!({ "Records": records }).to_string()
+    }
+
+    fn eventbridge(key: &str) -> String {
+        json!({
+            "version": "0",
+            "id": "17793124-05d4-b198-2fde-7ededc63b103",
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "account": "111122223333",
+            "time": "2026-11-28T03:00:00Z",
+            "region": "us-east-1",
+            "resources": ["arn:aws:s3:::photos"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": "photos"},
+                "object": {"key": key, "size": 16, "etag": "b1946ac92492d2347c6235b4d2611184"},
+                "reason": "PutObject"
+            }
+        })
+        .to_string()
+    }
+
+    /// A message with several photos succeeds only when every photo's result is written; a
+    /// test event succeeds with none; photos from S3 are named `<bucket>/<key>`.
+    #[tokio::test]
+    async fn a_message_is_done_only_when_all_its_photos_are_written() {
+        let service = service(2, None);
+        let test_event = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-11-28T03:00:00.000Z","Bucket":"photos","RequestId":"5582815E1AEA5ADF","HostId":"8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR"}"#;
+        let batch = vec![
+            message("m1", Some(s3_notification(&["4x4", "6x2", "3x5"]))),
+            message("m2", Some(s3_notification(&["5x5", "missing.jpg"]))),
+            message("m3", Some(test_event.to_string())),
+            message("m4", Some(eventbridge("8x8"))),
+            message("m5", Some(body("plain", "2x2"))),
+        ];
+        let progress = Progress::new(batch.len());
+        let outcomes = service.process_tracked(&batch, 2, &progress).await;
+        assert_eq!(progress.written(), [true, false, true, true, true]);
+        let ok: Vec<bool> = outcomes.iter().map(Outcome::is_ok).collect();
+        assert_eq!(ok, [true, false, true, true, true]);
+        assert_eq!(
+            outcomes[0].result.as_ref().unwrap(),
+            &[
+                "memory:photos/4x4",
+                "memory:photos/6x2",
+                "memory:photos/3x5"
+            ]
+        );
+        assert_eq!(outcomes[1].ids, ["photos/5x5", "photos/missing.jpg"]);
+        assert_eq!(
+            outcomes[1].result.as_ref().unwrap_err().error_type(),
+            ErrorType::InvalidInput
+        );
+        assert!(outcomes[2].ids.is_empty());
+        assert_eq!(outcomes[3].ids, ["photos/8x8"]);
+        let results = service.sink.results.lock().unwrap();
+        // The good photo of the failed message is written too: its redelivery rewrites it.
+        assert_eq!(
+            results.keys().collect::<Vec<_>>(),
+            [
+                "photos/3x5",
+                "photos/4x4",
+                "photos/5x5",
+                "photos/6x2",
+                "photos/8x8",
+                "plain"
+            ]
+        );
+        assert_eq!(results["photos/6x2"]["message_id"], "m1");
+        assert_eq!(results["photos/6x2"]["caption"], "6x2");
+        // Six photos decoded, in model batches of two across message boundaries.
+        assert_eq!(*service.captioner.calls.lock().unwrap(), [2, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_the_one_a_message_reports() {
+        let service = service(4, None);
+        let batch = vec![
+            message("m1", Some(s3_notification(&["missing.jpg", "2x2/busy"]))),
+            message("m2", Some(s3_notification(&["missing.jpg", "2x2"]))),
+        ];
+        let outcomes = service.process(&batch, 4).await;
+        // The missing photo fails for good, the throttled write may succeed on a retry: the
+        // worker's backoff for transient failures applies to the message.
+        assert_eq!(
+            outcomes[0].result.as_ref().unwrap_err().error_type(),
+            ErrorType::Retryable
+        );
+        assert_eq!(
+            outcomes[1].result.as_ref().unwrap_err().error_type(),
+            ErrorType::InvalidInput
+        );
+        assert_eq!(outcomes[0].ids, ["photos/missing.jpg", "photos/2x2/busy"]);
     }
 
     #[tokio::test]

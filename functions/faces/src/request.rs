@@ -104,18 +104,10 @@ pub fn is_s3_event(payload: &Value) -> bool {
     payload.get("Records").is_some_and(Value::is_array)
 }
 
-/// Decodes an object key from an S3 event notification.
-///
-/// S3 writes keys in notifications URL-encoded the way HTML forms are: a space becomes `+` and
-/// other reserved bytes `%XX`. So `+` is turned back into a space first, then percent-escapes are
-/// decoded (a literal `+` in a key arrives as `%2B` and survives). The bytes must be UTF-8, as
-/// every S3 key is.
+/// Decodes an object key from an S3 event notification (`+` is a space, then `%XX` escapes), with
+/// the reason as text. The rule is shared with captioning: [`coldpath_aws::decode_event_key`].
 pub fn decode_s3_key(raw: &str) -> Result<String, String> {
-    let spaced = raw.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|k| k.into_owned())
-        .map_err(|e| format!("object key {raw:?} is not URL-encoded UTF-8: {e}"))
+    coldpath_aws::decode_event_key(raw).map_err(|e| e.to_string())
 }
 
 /// An `f32` as the JSON number with the fewest digits that reads back as the same `f32`

@@ -208,6 +208,8 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
             .filter(|k| !k.is_empty())
             .ok_or_else(|| bad("no object key".to_string()))?;
         let key = request::decode_s3_key(raw_key).map_err(bad)?;
+        // Named before the photo is analysed, so a key that cannot name a result costs nothing.
+        let id = coldpath_aws::photo_result_id(&bucket, &key)?;
         let image = ImageRef::S3 {
             bucket: bucket.clone(),
             key: key.clone(),
@@ -215,7 +217,7 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
         let mut result = self.analyze_ref(&image, &self.defaults).await?;
         let faces = result["faces"].as_array().map_or(0, Vec::len);
         result["source"] = json!(image.describe());
-        let location = self.sink.put(&format!("{bucket}/{key}"), &result).await?;
+        let location = self.sink.put(&id, &result).await?;
         Ok((key, faces, location))
     }
 }

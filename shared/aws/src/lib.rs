@@ -6,6 +6,8 @@
 //! - Results: `ResultSink` writes one JSON result per id to a local directory, an S3 prefix or an
 //!   SQS queue (`COLDPATH_RESULT_SINK`), so a redelivered message overwrites instead of
 //!   duplicating (faces, captioning).
+//! - Keys: `decode_event_key` reads the URL-encoded key of an S3 event, and `photo_result_id`
+//!   names a photo's result `<bucket>/<key>` for faces and captioning alike.
 //! - Queues: `Queue` is the typed SQS surface the captioning worker needs (receive, batch delete,
 //!   visibility, backlog).
 //!
@@ -14,11 +16,13 @@
 mod object_store;
 mod queue;
 mod s3;
+mod s3_key;
 mod sdk;
 mod sink;
 
 pub use object_store::ObjectStore;
 pub use queue::{Queue, QueueError, ReceivedMessage};
 pub use s3::S3Fetcher;
+pub use s3_key::{KeyError, decode_event_key, photo_result_id};
 pub use sdk::shared_config;
 pub use sink::{RESULT_SINK_VAR, ResultSink, SinkError, SinkTarget, validate_id};

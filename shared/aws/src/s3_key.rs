@@ -1,0 +1,84 @@
+//! Object keys as S3 events carry them, and the result id a photo's key maps to.
+//!
+//! Faces (S3 notifications) and captioning (S3 notifications or EventBridge events through SQS)
+//! both receive photos by their S3 key and both name a photo's result by it. One rule for both
+//! puts the two results of one photo at parallel places in the sink,
+//! `faces/<bucket>/<key>.json` and `captioning/<bucket>/<key>.json`, so a consumer that knows the
+//! photo finds both without a lookup table.
+
+use crate::sink::{SinkError, validate_id};
+
+/// Why a key in an event cannot be read.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("object key {raw:?} is not URL-encoded UTF-8: {reason}")]
+pub struct KeyError {
+    pub raw: String,
+    pub reason: String,
+}
+
+/// Decodes an object key from an S3 event notification or an S3 event delivered by EventBridge.
+///
+/// S3 writes keys in both URL-encoded the way HTML forms are: a space becomes `+` and other
+/// reserved bytes `%XX` (AWS's own parsers decode the EventBridge `detail.object.key` with
+/// `unquote_plus` too, as they do the notification's `s3.object.key`). So `+` is turned back into
+/// a space first, then percent-escapes are decoded (a literal `+` in a key arrives as `%2B` and
+/// survives). The bytes must be UTF-8, as every S3 key is.
+pub fn decode_event_key(raw: &str) -> Result<String, KeyError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|e| KeyError {
+            raw: raw.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// The result id of the photo at `s3://<bucket>/<key>` (the decoded key): `<bucket>/<key>`.
+///
+/// Deterministic, so a redelivered event overwrites its own result. Checked with the sink's
+/// [`validate_id`], so it can name a file and an S3 object without escaping: a key with an
+/// empty, `.` or `..` segment, a control character or a segment over 250 bytes is refused here,
+/// before any work is spent on the photo. Such keys are legal in S3 but cannot name a result
+/// safely, and no escaping is applied that a consumer would have to reverse. The id always holds
+/// a `/`, so it can never equal a caller-chosen captioning id (those have none).
+pub fn photo_result_id(bucket: &str, key: &str) -> Result<String, SinkError> {
+    let id = format!("{bucket}/{key}");
+    validate_id(&id)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_form_decoded() {
+        assert_eq!(
+            decode_event_key("family+photo.jpg").unwrap(),
+            "family photo.jpg"
+        );
+        assert_eq!(
+            decode_event_key("a%2Bb/%C3%A9t%C3%A9+2024.jpg").unwrap(),
+            "a+b/été 2024.jpg"
+        );
+        assert_eq!(decode_event_key("plain/key.jpg").unwrap(), "plain/key.jpg");
+        let err = decode_event_key("bad%FF.jpg").unwrap_err();
+        assert_eq!(err.raw, "bad%FF.jpg");
+        assert!(err.to_string().contains("not URL-encoded UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_photo_is_named_by_bucket_and_key() {
+        assert_eq!(
+            photo_result_id("photos", "2026/family photo.jpg").unwrap(),
+            "photos/2026/family photo.jpg"
+        );
+        for key in ["", "a//b.jpg", "../etc/passwd", "a/./b", "dir/", "a\nb"] {
+            let err = photo_result_id("photos", key).unwrap_err();
+            assert!(matches!(err, SinkError::InvalidId { .. }), "{key:?}: {err}");
+        }
+        assert!(photo_result_id("photos", &"x".repeat(251)).is_err());
+        assert!(photo_result_id("photos", &"x".repeat(250)).is_ok());
+    }
+}
