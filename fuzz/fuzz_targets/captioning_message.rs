@@ -1,16 +1,20 @@
 //! The captioning function's queue input: SQS events (`lambda::messages`, which turns the
-//! Lambda event into its records) and each message body (`message::parse`, which parses an
-//! `ImageRef` and checks the id that names the result object).
+//! Lambda event into its records) and each message body (`message::parse`: the documented
+//! request, an S3 `Object Created` event from EventBridge, an S3 notification or S3's test event).
 //!
-//! Invariants checked: nothing panics; a refused body is `InvalidInput`, or `RequestTooLarge`
-//! for a `max_new_tokens` over the cap; an accepted body has a safe id (no path separators, no
-//! leading dot, at most 200 bytes), `max_new_tokens` from 1 to the cap, and an `ImageRef` that
-//! round-trips through JSON; every message of an accepted SQS event has a non-blank id. The raw
-//! input is also tried as a message body on its own.
+//! Invariants checked: nothing panics; a refused body or record is `InvalidInput`, or
+//! `RequestTooLarge` for a `max_new_tokens` over the cap; an accepted request has a safe id: a
+//! caller's id is 1–200 bytes of `A-Za-z0-9._-` with no leading dot, and a photo from S3 is named
+//! `<bucket>/<key>` after its `s3` image, with no empty, `.` or `..` segment; `max_new_tokens`
+//! from 1 to the cap; an `ImageRef` that round-trips through JSON; a body with one photo carries
+//! exactly one request, a test event none; every message of an accepted SQS event has a non-blank
+//! id. The raw input is also tried as a message body on its own.
 #![no_main]
 
 use coldpath_captioning::lambda::messages;
-use coldpath_captioning::message::{MAX_ID_LEN, MessageError, is_safe_id, parse};
+use coldpath_captioning::message::{
+    BodyKind, CaptionRequest, MAX_ID_LEN, MessageError, is_safe_id, parse,
+};
 use coldpath_core::{Classify, ErrorType};
 use coldpath_image::ImageRef;
 use libfuzzer_sys::fuzz_target;
@@ -18,27 +22,60 @@ use serde_json::Value;
 
 const CAP: usize = 128;
 
+fn check_request(kind: BodyKind, request: &CaptionRequest) {
+    if kind == BodyKind::Request {
+        assert!(is_safe_id(&request.id));
+        assert!(!request.id.is_empty() && request.id.len() <= MAX_ID_LEN);
+        assert!(!request.id.starts_with('.') && !request.id.contains(['/', '\\']));
+    } else {
+        let ImageRef::S3 { bucket, key } = &request.image else {
+            panic!("a photo from S3 with image {:?}", request.image);
+        };
+        assert_eq!(request.id, format!("{bucket}/{key}"));
+        assert!(!request.id.starts_with('/'));
+        assert!(request.id.split('/').all(|s| !matches!(s, "" | "." | "..")));
+        assert!(!request.id.chars().any(char::is_control));
+        assert_eq!(request.max_new_tokens, None);
+    }
+    if let Some(n) = request.max_new_tokens {
+        assert!((1..=CAP).contains(&n), "max_new_tokens {n}");
+    }
+    let json = serde_json::to_value(&request.image).expect("ImageRef serialises");
+    let back: ImageRef = serde_json::from_value(json).expect("ImageRef reads back");
+    assert_eq!(back, request.image);
+}
+
+fn check_error(e: &MessageError) {
+    let expected = match e {
+        MessageError::MaxNewTokens { .. } => ErrorType::RequestTooLarge,
+        _ => ErrorType::InvalidInput,
+    };
+    assert_eq!(e.error_type(), expected, "{e}");
+    assert!(!e.to_string().is_empty());
+}
+
 fn check_body(body: Option<&str>) {
     match parse(body, CAP) {
-        Ok(request) => {
-            assert!(is_safe_id(&request.id));
-            assert!(!request.id.is_empty() && request.id.len() <= MAX_ID_LEN);
-            assert!(!request.id.starts_with('.') && !request.id.contains(['/', '\\']));
-            if let Some(n) = request.max_new_tokens {
-                assert!((1..=CAP).contains(&n), "max_new_tokens {n}");
+        Ok(message) => {
+            match message.kind {
+                BodyKind::S3TestEvent => assert!(message.requests.is_empty()),
+                BodyKind::Request | BodyKind::EventBridge => {
+                    assert_eq!(message.requests.len(), 1);
+                }
+                BodyKind::S3Notification => assert!(!message.requests.is_empty()),
             }
-            let json = serde_json::to_value(&request.image).expect("ImageRef serialises");
-            let back: ImageRef = serde_json::from_value(json).expect("ImageRef reads back");
-            assert_eq!(back, request.image);
+            for request in &message.requests {
+                match request {
+                    Ok(request) => check_request(message.kind, request),
+                    Err(e) => {
+                        assert_eq!(message.kind, BodyKind::S3Notification, "{e}");
+                        assert!(matches!(e, MessageError::S3Record { .. }), "{e}");
+                        check_error(e);
+                    }
+                }
+            }
         }
-        Err(e) => {
-            let expected = match e {
-                MessageError::MaxNewTokens { .. } => ErrorType::RequestTooLarge,
-                _ => ErrorType::InvalidInput,
-            };
-            assert_eq!(e.error_type(), expected, "{e}");
-            assert!(!e.to_string().is_empty());
-        }
+        Err(e) => check_error(&e),
     }
 }
 
