@@ -1,12 +1,13 @@
 //! The faces function on the real YuNet + SFace models against OpenCV's own face API, the
-//! scrfd-arcface family against insightface's reference decode, bad inputs, and S3 events
+//! scrfd-arcface family against insightface's own code, bad inputs, and S3 events
 //! (a local object directory, and moto's S3 wire protocol with an S3 result sink).
 //!
 //! References: `tests/fixtures/faces/opencv_reference.json` (written by
 //! `tests/fixtures/faces/gen_opencv_reference.py`: cv2.FaceDetectorYN / cv2.FaceRecognizerSF,
 //! plus the same input through onnxruntime decoded per `OPENCV_NOTES.md`) and
 //! `tests/fixtures/faces/insightface/reference.json` (written with its synthetic models by
-//! `tests/fixtures/faces/gen_insightface_models.py`).
+//! `tests/fixtures/faces/gen_insightface_models.py`: insightface 0.7.3's own `SCRFD.detect`,
+//! `face_align.norm_crop` and `ArcFaceONNX.get`, from its pinned sdist, run with onnxruntime).
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -453,6 +454,9 @@ fn sface_and_arcface_batch_equals_single() {
     }
 }
 
+/// The scrfd-arcface family against insightface's own code (SCRFD.detect, norm_crop,
+/// ArcFaceONNX.get from the pinned insightface 0.7.3 sdist) on the same synthetic models, so a
+/// misreading of insightface shared by our decode and a port of it cannot pass both sides.
 #[test]
 fn scrfd_arcface_matches_the_insightface_reference() {
     let (faces, options) = scrfd();
@@ -465,8 +469,8 @@ fn scrfd_arcface_matches_the_insightface_reference() {
     // must be found and agree within `tol`, and every face we find above it must be in the
     // reference; faces within the margin on either side are not counted against us.
     const MARGIN: f32 = 0.01;
-    // Measured over 120 faces: IoU ≥ 0.9978, landmarks ≤ 0.27 px, score ≤ 0.005, cosine
-    // ≥ 0.9998.
+    // Measured over 120 faces against insightface's own output: IoU ≥ 0.9978, landmarks
+    // ≤ 0.27 px, score ≤ 0.005, cosine ≥ 0.9998.
     let tol = Tolerance {
         min_iou: 0.99,
         landmark_px: 1.0,
