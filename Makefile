@@ -94,6 +94,9 @@ fixtures: setup
 	.venv/bin/python tests/fixtures/gen_embeddings_reference.py
 	.venv/bin/python tests/fixtures/faces/gen_photos.py
 	.venv/bin/python tests/fixtures/faces/gen_opencv_reference.py
+	.venv/bin/python tests/fixtures/faces/gen_group_photos.py
+	.venv/bin/python tests/fixtures/faces/gen_real_group_photos.py
+	.venv/bin/python tests/fixtures/faces/gen_group_reference.py
 	.venv/bin/python tests/fixtures/faces/gen_insightface_models.py
 	.venv/bin/python tests/fixtures/captioning/gen_tiny_model.py
 	.venv/bin/python tests/fixtures/captioning/reference_decode.py
