@@ -2,12 +2,14 @@
 //!
 //! Every function binary is the same four steps: init tracing, read config, build shared resources
 //! once, run. This crate owns the parts that do not depend on the workload: structured logging to
-//! stderr, the choice between the Lambda runtime loop and local `invoke <EVENT_FILE>` mode, and the
-//! mapping from a classified library error to the Lambda diagnostic (`errorType` / `errorMessage`).
+//! stderr, the choice between the Lambda runtime loop and local `invoke <EVENT_FILE>` mode, the
+//! mapping from a classified library error to the Lambda diagnostic (`errorType` / `errorMessage`),
+//! and the metric lines (CloudWatch embedded metric format, [`metrics`]).
 
 mod error;
 mod invoke;
 mod logging;
+pub mod metrics;
 
 pub use error::{HandlerError, log_failure};
 pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run};
