@@ -19,7 +19,8 @@ help:
 	@echo "make invoke FUNCTION=embeddings EVENT=events/embeddings/direct.json"
 	@echo "make env        print the export lines the binaries need; eval \"\$$(make -s env)\""
 	@echo "make check-infra  cfn-lint, checkov and \`coldpath check\` on the templates"
-	@echo "make package    Lambda zips and the ONNX Runtime layer, with sizes (needs cargo-lambda)"
+	@echo "make package    Lambda zips (models, prepared graphs) and the ONNX Runtime layer, size-checked"
+	@echo "make deploy CAPTIONING_MODEL=<dir>  validate, package, sam deploy, publish the captioning model"
 	@echo "make fixtures   regenerate every committed fixture from its script"
 	@echo "make fuzz       run every cargo-fuzz target 10 minutes (fuzz-smoke: 20 s each; fuzz/README.md)"
 
@@ -113,7 +114,7 @@ clean:
 # and the GPU worker's env agree with each function's [package.metadata.coldpath] declaration.
 # The linters have their own hash-locked venv, .venv-infra (requirements-infra.txt), installed
 # by the idempotent setup-infra; `make setup` and `make test` never fetch them.
-.PHONY: setup-infra check-infra package
+.PHONY: setup-infra check-infra package setup-deploy deploy
 setup-infra:
 	@$(PYTHON) bootstrap.py setup-infra
 
@@ -127,6 +128,17 @@ check-infra: setup-infra
 # cargo-lambda (`.venv/bin/python -m pip install cargo-lambda==1.9.2`); exits 2 without it.
 package: setup
 	$(PYTHON) tools/package.py
+
+# The deploy toolchain (SAM CLI, cargo-lambda) in its own hash-locked venv, .venv-deploy
+# (requirements-deploy.txt). `make deploy CAPTIONING_MODEL=<hoisted bundle>` validates, packages,
+# deploys with infra/samconfig.toml and publishes the captioning bundle (tools/deploy.py; the
+# README's Deployment section). Needs AWS credentials; DEPLOY_FLAGS=--dry-run prints the steps.
+setup-deploy:
+	@$(PYTHON) bootstrap.py setup-deploy
+
+CAPTIONING_MODEL ?= $(CAPTIONING_REAL)-hoisted
+deploy: setup setup-deploy
+	.venv-deploy/bin/python tools/deploy.py --captioning-model $(CAPTIONING_MODEL) $(DEPLOY_FLAGS)
 
 # Fuzzing (fuzz/, a cargo-fuzz project outside the workspace; see fuzz/README.md). The stable
 # toolchain runs cargo-fuzz with RUSTC_BOOTSTRAP=1; the pinned cargo-fuzz is installed into

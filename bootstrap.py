@@ -7,6 +7,8 @@
     python3 bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for `make check-infra`
     python3 bootstrap.py setup-fixtures  create .venv-fixtures (torch, transformers, optimum's
                                       exporter) for `make fixtures-captioning`
+    python3 bootstrap.py setup-deploy  create .venv-deploy (SAM CLI, cargo-lambda) for
+                                      `make package` and `make deploy`
 
 `setup` fetches only what the build, tests, demo, benchmarks and fixture scripts
 need; the template linters live in their own venv with their own lock, so
@@ -65,6 +67,10 @@ INFRA_REQUIREMENTS = REPO / "requirements-infra.txt"
 # no test needs it) likewise, installed only by `make fixtures-captioning` and the real-size bench.
 FIXTURES_VENV = REPO / ".venv-fixtures"
 FIXTURES_REQUIREMENTS = REPO / "requirements-fixtures.txt"
+# The deploy toolchain (the SAM CLI and cargo-lambda), installed only by `make package`,
+# `make deploy` and `make rehearse`.
+DEPLOY_VENV = REPO / ".venv-deploy"
+DEPLOY_REQUIREMENTS = REPO / "requirements-deploy.txt"
 # Both requirements files are hash-locked for this interpreter (see tools/lock_python.py).
 VENV_PYTHON_VERSION = (3, 11)
 
@@ -524,6 +530,12 @@ def setup_infra():
     log("setup-infra complete")
 
 
+def setup_deploy():
+    """The deploy toolchain's venv; skipped when it is current."""
+    setup_venv(DEPLOY_VENV, DEPLOY_REQUIREMENTS)
+    log("setup-deploy complete")
+
+
 def setup_fixtures():
     """The captioning fixture toolchain's venv; skipped when it is current."""
     setup_venv(FIXTURES_VENV, FIXTURES_REQUIREMENTS)
@@ -551,7 +563,7 @@ def print_env():
 
 def main(argv):
     actions = {"setup": setup, "check": check, "env": print_env, "setup-infra": setup_infra,
-               "setup-fixtures": setup_fixtures}
+               "setup-fixtures": setup_fixtures, "setup-deploy": setup_deploy}
     action = argv[1] if len(argv) > 1 else "setup"
     if len(argv) > 2 or action not in actions:
         sys.exit(f"usage: {argv[0]} [{'|'.join(actions)}]")

@@ -4,13 +4,15 @@
     python3 tools/lock_python.py [--upgrade]             every lock (below)
     python3 tools/lock_python.py --in X.in --out X.txt   one lock
 
-The three locks: requirements.in -> requirements.txt (what `make setup` installs
+The four locks: requirements.in -> requirements.txt (what `make setup` installs
 into .venv: the tests, demo, benchmarks and fixture scripts),
 requirements-infra.in -> requirements-infra.txt (the template linters, which
 `make check-infra` installs into .venv-infra) and requirements-fixtures.in ->
 requirements-fixtures.txt (torch, transformers and optimum's exporter for the
 captioning fixtures and real-size benchmark, which `make fixtures-captioning`
-installs into .venv-fixtures). Each is resolved on its own, for
+installs into .venv-fixtures), and requirements-deploy.in -> requirements-deploy.txt
+(the SAM CLI and cargo-lambda, which `make deploy` and `make package` install into
+.venv-deploy). Each is resolved on its own, for
 a venv of its own, so neither constrains the other.
 
 How: install the .in file into a throwaway venv (so pip's own resolver
@@ -47,6 +49,7 @@ LOCKS = (
     (REPO / "requirements.in", REPO / "requirements.txt"),
     (REPO / "requirements-infra.in", REPO / "requirements-infra.txt"),
     (REPO / "requirements-fixtures.in", REPO / "requirements-fixtures.txt"),
+    (REPO / "requirements-deploy.in", REPO / "requirements-deploy.txt"),
 )
 # The project name at the start of a requirement or pin line.
 NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
