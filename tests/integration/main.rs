@@ -10,6 +10,7 @@ mod events;
 mod faces;
 mod image_input;
 mod placement;
+mod prepared_graphs;
 mod queue;
 mod s3_models;
 mod sinks;

@@ -1,7 +1,9 @@
 //! `captioning`: the Lambda binary. Without arguments it serves the Lambda Runtime API (an SQS
 //! event source); `captioning invoke <EVENT_FILE>` runs one event locally and prints the batch
-//! response; `captioning worker` consumes `CAPTIONING_QUEUE_URL` until SIGTERM or idle.
+//! response; `captioning worker` consumes `CAPTIONING_QUEUE_URL` until SIGTERM or idle;
+//! `captioning prepare <OUT_DIR>` writes the optimised graphs for the model's deployment.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -25,6 +27,10 @@ async fn main() -> ExitCode {
         }
     };
     let invoke = matches!(command, Command::Function(Mode::Invoke(_)));
+    let prepare = match &command {
+        Command::Function(mode) => mode.prepare_dir().map(Path::to_path_buf),
+        Command::Worker => None,
+    };
     // The worker's queue and sink settings are checked before the model loads, so a missing
     // one fails at once.
     let run = match command {
@@ -52,7 +58,7 @@ async fn main() -> ExitCode {
             }
         }
     };
-    let started = match start(invoke).await {
+    let started = match start(invoke, prepare.as_deref()).await {
         Ok(s) => s,
         Err(e) => return coldpath_runtime::init_failed(invoke, &e),
     };
@@ -75,10 +81,14 @@ struct Started {
 }
 
 /// Reads config and builds the shared resources once, before the first message. Local paths in
-/// messages are honoured only in `invoke` mode.
-async fn start(allow_local_paths: bool) -> Result<Started, HandlerError> {
-    let config =
+/// messages are honoured only in `invoke` mode. In `prepare` mode the sessions write their
+/// graphs to `prepare`.
+async fn start(allow_local_paths: bool, prepare: Option<&Path>) -> Result<Started, HandlerError> {
+    let mut config =
         CaptioningConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    if let Some(dir) = prepare {
+        config.session = config.session.preparing_into(dir);
+    }
     let store = ObjectStore::from_env(&ProcessEnv)
         .await
         .map_err(|e| HandlerError::from_error(&e))?;

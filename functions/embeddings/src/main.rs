@@ -1,6 +1,8 @@
 //! `embeddings`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
-//! `embeddings invoke <EVENT_FILE>` runs one event locally and prints the response JSON.
+//! `embeddings invoke <EVENT_FILE>` runs one event locally and prints the response JSON;
+//! `embeddings prepare <OUT_DIR>` writes the optimised graphs to ship in the package.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let service = match start().await {
+    let service = match start(mode.prepare_dir()).await {
         Ok(s) => s,
         Err(e) => return coldpath_runtime::init_failed(matches!(mode, Mode::Invoke(_)), &e),
     };
@@ -27,10 +29,16 @@ async fn main() -> ExitCode {
 }
 
 /// Reads config and builds the shared resources once, before the first request.
-async fn start()
--> Result<coldpath_embeddings::EmbeddingsService<coldpath_embeddings::OnnxEmbedder>, HandlerError> {
-    let config =
+/// In `prepare` mode the sessions write their graphs to `prepare`.
+async fn start(
+    prepare: Option<&Path>,
+) -> Result<coldpath_embeddings::EmbeddingsService<coldpath_embeddings::OnnxEmbedder>, HandlerError>
+{
+    let mut config =
         EmbeddingsConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    if let Some(dir) = prepare {
+        config.session = config.session.preparing_into(dir);
+    }
     tracing::info!(
         model = %config.model.name,
         source = %config.model.source,

@@ -1,6 +1,8 @@
 //! `faces`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
-//! `faces invoke <EVENT_FILE>` runs one event locally and prints the response JSON.
+//! `faces invoke <EVENT_FILE>` runs one event locally and prints the response JSON;
+//! `faces prepare <OUT_DIR>` writes the optimised graphs to ship in the package.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let service = match start(matches!(mode, Mode::Invoke(_))).await {
+    let service = match start(matches!(mode, Mode::Invoke(_)), mode.prepare_dir()).await {
         Ok(s) => s,
         Err(e) => return coldpath_runtime::init_failed(matches!(mode, Mode::Invoke(_)), &e),
     };
@@ -28,9 +30,17 @@ async fn main() -> ExitCode {
 }
 
 /// Reads config and builds the shared resources once, before the first request. Local image
-/// paths are allowed only in local invoke mode.
-async fn start(local: bool) -> Result<FacesService<OnnxFaces, ObjectStore>, HandlerError> {
-    let config = FacesConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+/// paths are allowed only in local invoke mode. In `prepare` mode the sessions write their graphs
+/// to `prepare`.
+async fn start(
+    local: bool,
+    prepare: Option<&Path>,
+) -> Result<FacesService<OnnxFaces, ObjectStore>, HandlerError> {
+    let mut config =
+        FacesConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    if let Some(dir) = prepare {
+        config.session = config.session.preparing_into(dir);
+    }
     let store = ObjectStore::from_env(&ProcessEnv)
         .await
         .map_err(|e| HandlerError::from_error(&e))?;

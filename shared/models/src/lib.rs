@@ -18,7 +18,7 @@ mod session;
 mod spec;
 mod store;
 
-pub use digest::{Sha256Digest, sha256_file};
+pub use digest::{Sha256Digest, file_digest, sha256_file};
 pub use ort_env::{DEFAULT_ORT_DYLIB_PATH, ORT_DYLIB_VAR, OrtRuntime};
 pub use pool::{SessionPool, output_last_dim};
 pub use session::{GraphOptLevel, Provider, SessionConfig, Threads, select_provider};

@@ -8,11 +8,12 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 
-use crate::ModelError;
+use crate::digest::file_digest;
 use crate::session::{
     GraphOptLevel, Provider, SessionConfig, is_provider_compiled_in, register_provider,
     select_provider,
 };
+use crate::{ModelError, Sha256Digest};
 
 /// The variable that names the ONNX Runtime shared library.
 pub const ORT_DYLIB_VAR: &str = "ORT_DYLIB_PATH";
@@ -23,12 +24,16 @@ pub const DEFAULT_ORT_DYLIB_PATH: &str = "/opt/lib/libonnxruntime.so";
 pub struct OrtRuntime {
     env: Environment,
     pub library: PathBuf,
+    /// ONNX Runtime's build string, e.g. `ORT Build Info: git-branch=rel-1.31.1,
+    /// git-commit-id=…, build type=Release, …`: part of every optimised graph's key.
+    build_info: String,
 }
 
 impl std::fmt::Debug for OrtRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrtRuntime")
             .field("library", &self.library)
+            .field("build_info", &self.build_info)
             .finish()
     }
 }
@@ -82,14 +87,17 @@ impl OrtRuntime {
             .with_name("coldpath")
             .build()
             .map_err(|e| e.to_string())?;
+        let build_info = ort::info().to_string();
         tracing::info!(
             library = %library.display(),
+            build = %build_info,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "onnx runtime loaded"
         );
         Ok(OrtRuntime {
             env,
             library: library.to_path_buf(),
+            build_info,
         })
     }
 
@@ -145,10 +153,13 @@ impl OrtRuntime {
         Ok((session, used))
     }
 
-    /// Builds on one provider. On the CPU, with `optimized_model_dir` set, the graph ONNX Runtime
-    /// optimised on the first build is saved there and later builds load it with optimisation
-    /// off: graph optimisation is most of session build time, so this shortens the next cold start
-    /// on the same machine (a warm `/tmp` in the same sandbox, or a local run).
+    /// Builds on one provider. On the CPU, graph optimisation is most of session build time, so a
+    /// graph ONNX Runtime already optimised is loaded instead of the model when one is found,
+    /// first in the read-only `prepared_model_dir` (shipped in the artefact, portable form), then
+    /// in the writable `optimized_model_dir` (saved by an earlier build on this machine, local
+    /// form); a miss in both builds from the model and saves its graph in the writable cache.
+    /// `prepare <OUT_DIR>` (`prepare_into`) builds from the model, writes the portable graph there
+    /// and loads it back, so packaging checks the very file it ships.
     fn build_on(
         &self,
         model: &str,
@@ -157,47 +168,127 @@ impl OrtRuntime {
         threads: usize,
         provider: Provider,
     ) -> ort::Result<Session> {
-        let cached = match (&config.optimized_model_dir, provider) {
-            (Some(dir), Provider::Cpu) => {
-                optimized_model_path(dir, model, model_path, config, &self.library)
+        let wanted = provider == Provider::Cpu
+            && config.opt_level != GraphOptLevel::Disable
+            && (config.prepare_into.is_some()
+                || config.prepared_model_dir.is_some()
+                || config.optimized_model_dir.is_some());
+        let key = if wanted {
+            match GraphKey::new(model, model_path, config, self.build_info()) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    // The model itself will fail to load with a clearer error if it is missing.
+                    tracing::warn!(model, path = %model_path.display(), error = %e, "cannot key the optimized graph; building without it");
+                    None
+                }
             }
-            _ => None,
+        } else {
+            None
         };
-        if let Some(cached) = cached.as_deref().filter(|c| c.is_file()) {
-            let plain = SessionConfig {
-                opt_level: GraphOptLevel::Disable,
-                ..config.clone()
-            };
-            match self
-                .builder(&plain, threads)
-                .and_then(|mut b| b.commit_from_file(cached))
+        let Some(key) = key else {
+            return register_provider(self.builder(config, threads)?, provider)?
+                .commit_from_file(model_path);
+        };
+
+        if let Some(out_dir) = &config.prepare_into {
+            let graph = out_dir.join(key.file_name(GraphForm::Portable));
+            // A second session of the same model in this process (a pool of several) finds the
+            // graph the first one wrote; writing it again would rewrite the weights file that
+            // session maps.
+            if graph.is_file()
+                && let Ok(session) = self.load_graph(config, threads, &graph, GraphForm::Portable)
             {
+                return Ok(session);
+            }
+            let session = self.save_graph(model, model_path, config, threads, &graph)?;
+            // Load what was written, exactly as a cold start will: a graph that does not load
+            // fails packaging instead of shipping. The session built from the model goes.
+            drop(session);
+            let session = self.load_graph(config, threads, &graph, GraphForm::Portable)?;
+            tracing::info!(model, path = %graph.display(), "optimized graph prepared");
+            return Ok(session);
+        }
+
+        if let Some(dir) = &config.prepared_model_dir {
+            let graph = dir.join(key.file_name(GraphForm::Portable));
+            if graph.is_file() {
+                match self.load_graph(config, threads, &graph, GraphForm::Portable) {
+                    Ok(session) => {
+                        tracing::info!(model, path = %graph.display(), "prepared graph loaded");
+                        return Ok(session);
+                    }
+                    // The directory is read-only (the deployment package): nothing to repair
+                    // there; the writable cache or the model still give a correct session.
+                    Err(e) => {
+                        tracing::warn!(model, path = %graph.display(), error = %e, "prepared graph unusable; ignoring it")
+                    }
+                }
+            } else {
+                tracing::info!(model, path = %graph.display(), "no prepared graph for this model, runtime and options");
+            }
+        }
+
+        let Some(dir) = &config.optimized_model_dir else {
+            return register_provider(self.builder(config, threads)?, provider)?
+                .commit_from_file(model_path);
+        };
+        let cached = dir.join(key.file_name(GraphForm::Local));
+        if cached.is_file() {
+            match self.load_graph(config, threads, &cached, GraphForm::Local) {
                 Ok(session) => {
                     tracing::info!(model, path = %cached.display(), "optimized model cache hit");
                     return Ok(session);
                 }
                 Err(e) => {
                     tracing::warn!(model, path = %cached.display(), error = %e, "optimized model cache unusable; rebuilding it");
-                    remove_cached(cached, None);
+                    remove_cached(&cached, None);
                 }
             }
         }
-        let mut builder = register_provider(self.builder(config, threads)?, provider)?;
-        let Some(cached) = cached else {
-            return builder.commit_from_file(model_path);
+        self.save_graph(model, model_path, config, threads, &cached)
+    }
+
+    /// Builds a CPU session from the model and saves its optimised graph as `graph`: the portable
+    /// form (`prepare_into`) at most at the Extended level, the local form at the configured one.
+    ///
+    /// ONNX Runtime writes the optimised graph while it builds the session. The weights go to a
+    /// separate file, which ONNX Runtime memory-maps when it loads the graph again: that load is
+    /// about three times faster and needs no second in-memory copy of the weights. The graph is
+    /// written under a temporary name and renamed into place, so a half-written file is never
+    /// loaded; the weights file is named per writer (see `data_file_name`), so a file a live
+    /// session maps is never rewritten. A graph that cannot be saved in the writable cache is
+    /// only a warning (the session is good); in `prepare` mode it is an error.
+    fn save_graph(
+        &self,
+        model: &str,
+        model_path: &Path,
+        config: &SessionConfig,
+        threads: usize,
+        graph: &Path,
+    ) -> ort::Result<Session> {
+        let preparing = config.prepare_into.is_some();
+        let form = if preparing {
+            GraphForm::Portable
+        } else {
+            GraphForm::Local
         };
-        // ONNX Runtime writes the optimised graph while it builds the session. The weights go to
-        // a separate file, which ONNX Runtime memory-maps when it loads the graph again: that
-        // load is about three times faster and needs no second in-memory copy of the weights.
-        // The graph is written under a temporary name and renamed into place, so a half-written
-        // file is never loaded; the weights file is named per writer, so two processes caching
-        // at once never write the same file.
-        let partial = cached.with_extension(format!("partial-{}", std::process::id()));
-        let data = data_file_name(&cached);
-        if let Some(dir) = cached.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        let saving = SessionConfig {
+            opt_level: form.saved_level(config.opt_level),
+            ..config.clone()
+        };
+        let partial = graph.with_extension(format!("partial-{}", std::process::id()));
+        let data = data_file_name(graph, !preparing);
+        if let Some(dir) = graph.parent()
+            && let Err(e) = std::fs::create_dir_all(dir)
+            && preparing
+        {
+            return Err(ort::Error::new(format!(
+                "cannot create {}: {e}",
+                dir.display()
+            )));
         }
-        builder = builder
+        let session = self
+            .builder(&saving, threads)?
             .with_optimized_model_path(&partial)?
             .with_config_entry(
                 "session.optimized_model_external_initializers_file_name",
@@ -206,22 +297,49 @@ impl OrtRuntime {
             .with_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes",
                 "1024",
-            )?;
-        let session = builder.commit_from_file(model_path)?;
-        match std::fs::rename(&partial, &cached) {
+            )?
+            .commit_from_file(model_path)?;
+        match std::fs::rename(&partial, graph) {
             Ok(()) => {
-                remove_cached(&cached, Some(&data));
-                tracing::info!(model, path = %cached.display(), "optimized model cached");
+                remove_cached(graph, Some(&data));
+                tracing::info!(model, path = %graph.display(), level = ?saving.opt_level, "optimized graph saved");
             }
             Err(e) => {
-                tracing::warn!(model, error = %e, "could not cache the optimized model");
                 let _ = std::fs::remove_file(&partial);
-                if let Some(dir) = cached.parent() {
+                if let Some(dir) = graph.parent() {
                     let _ = std::fs::remove_file(dir.join(&data));
                 }
+                if preparing {
+                    return Err(ort::Error::new(format!(
+                        "cannot write {}: {e}",
+                        graph.display()
+                    )));
+                }
+                tracing::warn!(model, error = %e, "could not cache the optimized model");
             }
         }
         Ok(session)
+    }
+
+    /// Loads a saved graph with the optimisation its form still needs (see `GraphForm`).
+    fn load_graph(
+        &self,
+        config: &SessionConfig,
+        threads: usize,
+        graph: &Path,
+        form: GraphForm,
+    ) -> ort::Result<Session> {
+        let loading = SessionConfig {
+            opt_level: form.load_level(config.opt_level),
+            ..config.clone()
+        };
+        self.builder(&loading, threads)?.commit_from_file(graph)
+    }
+
+    /// The loaded library's build string (version, git commit, build flags): a graph optimised by
+    /// one ONNX Runtime build is only trusted by the same build.
+    fn build_info(&self) -> &str {
+        &self.build_info
     }
 
     fn builder(&self, config: &SessionConfig, threads: usize) -> ort::Result<SessionBuilder> {
@@ -236,14 +354,21 @@ impl OrtRuntime {
     }
 }
 
-/// A new name for the weights file of the cached graph `cached`. Unique per process and per
-/// build, because a weights file may be memory-mapped by a live session: it is never rewritten in
-/// place, only replaced by a new file and unlinked.
-fn data_file_name(cached: &Path) -> String {
+/// The name of the weights file for the graph `graph`. In the writable cache it is new for every
+/// process and build, because a weights file may be memory-mapped by a live session (of this or
+/// another process): it is never rewritten in place, only replaced by a new file and unlinked. A
+/// prepared directory has one writer, the packaging step, which writes each graph once (a second
+/// session of the model loads the first one's), so there the name is fixed: `<graph stem>.data`,
+/// the same from one packaging to the next.
+fn data_file_name(graph: &Path, per_process: bool) -> String {
     static BUILDS: AtomicU64 = AtomicU64::new(0);
-    let stem = cached.file_stem().unwrap_or_default().to_string_lossy();
-    let build = BUILDS.fetch_add(1, Ordering::Relaxed);
-    format!("{stem}.{}-{build}.data", std::process::id())
+    let stem = graph.file_stem().unwrap_or_default().to_string_lossy();
+    if per_process {
+        let build = BUILDS.fetch_add(1, Ordering::Relaxed);
+        format!("{stem}.{}-{build}.data", std::process::id())
+    } else {
+        format!("{stem}.data")
+    }
 }
 
 /// Removes the weights files that belong to the cached graph `cached`, except `keep`; without
@@ -268,91 +393,223 @@ fn remove_cached(cached: &Path, keep: Option<&str>) {
     }
 }
 
-/// Where the optimised graph of `model_path` is cached. The name changes with everything that
-/// shapes the optimised graph: the model file (size and modification time, which a new
-/// deployment changes), the optimisation level and the ONNX Runtime library.
-fn optimized_model_path(
-    dir: &Path,
-    model: &str,
-    model_path: &Path,
-    config: &SessionConfig,
-    library: &Path,
-) -> Option<PathBuf> {
-    use sha2::{Digest, Sha256};
-    let stamp = |p: &Path| -> Option<String> {
-        let m = std::fs::metadata(p).ok()?;
-        let mtime = m
-            .modified()
-            .ok()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
-        Some(format!("{}:{}:{mtime}", p.display(), m.len()))
-    };
-    let mut h = Sha256::new();
-    // The cache layout (graph plus a separate weights file); bump it when that changes.
-    h.update("graph+external-weights/1");
-    h.update(stamp(model_path)?);
-    // Every option that changes the optimised graph: a graph cached under other options would
-    // load silently and undo them.
-    h.update(format!("{:?}/qdq={}", config.opt_level, config.qdq_fusion));
-    h.update(stamp(library)?);
-    let safe: String = model
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
+/// The two forms an optimised graph is saved in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GraphForm {
+    /// Prepared at packaging time on another machine, to run on whatever x86_64 CPU Lambda gives.
+    /// ONNX Runtime's layout optimisations (the All level, e.g. NCHWc with the CPU's block size)
+    /// may tie a saved graph to the CPU it was saved on: "When layout optimizations are enabled,
+    /// the offline mode can only be used on compatible hardware" (onnxruntime.ai, Graph
+    /// Optimizations, Online/Offline Mode). So this form is saved at most at the Extended level
+    /// (fusions into CPU-provider kernels that pick their instructions at run time) and, when All
+    /// is configured, loaded with All, so the layout pass runs on the machine that uses it.
+    Portable,
+    /// Saved by a cold start in its own writable cache, for later cold starts on the same
+    /// machine: saved at the configured level and loaded with optimisation off.
+    Local,
+}
+
+impl GraphForm {
+    fn saved_level(self, configured: GraphOptLevel) -> GraphOptLevel {
+        match self {
+            GraphForm::Portable => configured.min(GraphOptLevel::Extended),
+            GraphForm::Local => configured,
+        }
+    }
+
+    fn load_level(self, configured: GraphOptLevel) -> GraphOptLevel {
+        if configured > self.saved_level(configured) {
+            configured
+        } else {
+            GraphOptLevel::Disable
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            GraphForm::Portable => "portable",
+            GraphForm::Local => "local",
+        }
+    }
+}
+
+/// What an optimised graph depends on, hashed into its file name: the model's content (sha256,
+/// so a model fetched from S3 or copied into a package finds the graph prepared for it, and a
+/// changed model never loads an old graph), the ONNX Runtime build, and the options that change
+/// the graph. Thread counts and spinning are run-time settings, not part of the graph.
+#[derive(Debug, Clone)]
+struct GraphKey {
+    name: String,
+    model_sha256: Sha256Digest,
+    build_info: String,
+    opt_level: GraphOptLevel,
+    qdq_fusion: bool,
+}
+
+/// The layout of saved graphs (a graph file plus a separate weights file, named by `GraphKey`);
+/// bump it when that changes, so old files are never read under the new rules.
+const GRAPH_LAYOUT: &str = "coldpath-graph/2 graph+external-weights";
+
+impl GraphKey {
+    /// The key for `model_path`, whose digest the store noted when it verified the file, or which
+    /// is hashed now (once per process) when the spec pins none.
+    fn new(
+        model: &str,
+        model_path: &Path,
+        config: &SessionConfig,
+        build_info: &str,
+    ) -> std::io::Result<GraphKey> {
+        Ok(GraphKey {
+            name: model.to_string(),
+            model_sha256: file_digest(model_path)?,
+            build_info: build_info.to_string(),
+            opt_level: config.opt_level,
+            qdq_fusion: config.qdq_fusion,
         })
-        .collect();
-    Some(dir.join(format!("{safe}-{}.onnx", hex::encode(&h.finalize()[..8]))))
+    }
+
+    /// `<model>-<16 hex digits>.onnx`, the model name kept readable for whoever lists the
+    /// directory.
+    fn file_name(&self, form: GraphForm) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            GRAPH_LAYOUT,
+            form.tag(),
+            &self.model_sha256.to_string(),
+            &self.build_info,
+            &format!(
+                "{:?}/qdq={}",
+                form.saved_level(self.opt_level),
+                self.qdq_fusion
+            ),
+        ] {
+            // Length-prefixed, so no two different lists of parts hash the same bytes.
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let safe: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{safe}-{}.onnx", hex::encode(&h.finalize()[..8]))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key(model: &Path, config: &SessionConfig, build: &str) -> GraphKey {
+        GraphKey::new("all MiniLM", model, config, build).unwrap()
+    }
+
     #[test]
-    fn optimized_cache_name_follows_model_options_and_library() {
+    fn graph_name_follows_model_content_runtime_build_and_graph_options() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model.onnx");
-        let lib = dir.path().join("libonnxruntime.so");
         std::fs::write(&model, b"v1").unwrap();
-        std::fs::write(&lib, b"lib").unwrap();
-        let cache = dir.path().join("cache");
         let all = SessionConfig::default();
-        let path =
-            |m: &Path, c: &SessionConfig| optimized_model_path(&cache, "all MiniLM", m, c, &lib);
-        let a = path(&model, &all).unwrap();
-        assert!(a.starts_with(&cache));
-        assert!(
-            a.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("all_MiniLM-")
-        );
-        assert_eq!(a, path(&model, &all).unwrap());
+        let name = |c: &SessionConfig, b: &str| key(&model, c, b).file_name(GraphForm::Local);
+        let a = name(&all, "rel-1.31.1");
+        assert!(a.starts_with("all_MiniLM-") && a.ends_with(".onnx"), "{a}");
+        assert_eq!(a, name(&all, "rel-1.31.1"));
+        assert_ne!(a, name(&all, "rel-1.32.0"), "another ONNX Runtime build");
         let basic = SessionConfig {
             opt_level: GraphOptLevel::Basic,
             ..SessionConfig::default()
         };
-        assert_ne!(a, path(&model, &basic).unwrap());
-        // QDQ fusion changes the optimised graph, so it must change the cache entry.
+        assert_ne!(a, name(&basic, "rel-1.31.1"));
+        // QDQ fusion changes the optimised graph, so it must change the name.
         let no_qdq = SessionConfig {
             qdq_fusion: false,
             ..SessionConfig::default()
         };
-        assert_ne!(a, path(&model, &no_qdq).unwrap());
-        // Spinning is a run-time setting, not part of the graph.
-        let no_spin = SessionConfig {
+        assert_ne!(a, name(&no_qdq, "rel-1.31.1"));
+        // Threads, spinning and where the caches are do not change the graph.
+        let runtime_only = SessionConfig {
             thread_spinning: false,
+            intra_threads: crate::Threads::Fixed(3),
+            optimized_model_dir: Some("/elsewhere".into()),
+            prepared_model_dir: Some("/var/task/graphs".into()),
             ..SessionConfig::default()
         };
-        assert_eq!(a, path(&model, &no_spin).unwrap());
-        std::fs::write(&model, b"v2, a new deployment").unwrap();
-        assert_ne!(a, path(&model, &all).unwrap());
-        assert!(path(&dir.path().join("missing"), &all).is_none());
+        assert_eq!(a, name(&runtime_only, "rel-1.31.1"));
+        // The two forms never share a file.
+        assert_ne!(
+            a,
+            key(&model, &all, "rel-1.31.1").file_name(GraphForm::Portable)
+        );
+        assert!(GraphKey::new("m", &dir.path().join("missing"), &all, "b").is_err());
+    }
+
+    #[test]
+    fn graph_name_follows_content_not_path_or_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = SessionConfig::default();
+        let here = dir.path().join("a/model.onnx");
+        let there = dir.path().join("b/model.onnx");
+        for p in [&here, &there] {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"the same bytes").unwrap();
+        }
+        let name = |p: &Path| key(p, &all, "b").file_name(GraphForm::Portable);
+        // A model copied elsewhere (into a package, or fetched from S3) finds the same graph,
+        // whatever its path and modification time.
+        assert_eq!(name(&here), name(&there));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&there, b"the same bytes").unwrap();
+        assert_eq!(name(&here), name(&there));
+        // A model with other bytes never does.
+        std::fs::write(&there, b"other bytes, a new model").unwrap();
+        assert_ne!(name(&here), name(&there));
+    }
+
+    #[test]
+    fn portable_graphs_leave_the_layout_pass_to_the_machine_that_runs_them() {
+        use GraphOptLevel::*;
+        // Saved at most at Extended; All is applied when it loads.
+        assert_eq!(GraphForm::Portable.saved_level(All), Extended);
+        assert_eq!(GraphForm::Portable.load_level(All), All);
+        for level in [Basic, Extended] {
+            assert_eq!(GraphForm::Portable.saved_level(level), level);
+            assert_eq!(GraphForm::Portable.load_level(level), Disable);
+        }
+        // The local form runs where it was saved: everything is done once.
+        assert_eq!(GraphForm::Local.saved_level(All), All);
+        assert_eq!(GraphForm::Local.load_level(All), Disable);
+        // All and Extended share the portable graph: it is the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.onnx");
+        std::fs::write(&model, b"m").unwrap();
+        let ext = SessionConfig {
+            opt_level: Extended,
+            ..SessionConfig::default()
+        };
+        let all = SessionConfig::default();
+        assert_eq!(
+            key(&model, &all, "b").file_name(GraphForm::Portable),
+            key(&model, &ext, "b").file_name(GraphForm::Portable)
+        );
+    }
+
+    #[test]
+    fn weights_file_names_never_repeat_a_live_file() {
+        let graph = Path::new("/c/m-0123.onnx");
+        let a = data_file_name(graph, true);
+        let b = data_file_name(graph, true);
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(&format!("m-0123.{}-", std::process::id())),
+            "{a}"
+        );
+        assert_eq!(data_file_name(graph, false), "m-0123.data");
     }
 }

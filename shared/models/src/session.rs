@@ -27,8 +27,8 @@ impl Threads {
     }
 }
 
-/// ONNX Runtime's graph optimisation level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// ONNX Runtime's graph optimisation level, in order: each level includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum GraphOptLevel {
     Disable,
     Basic,
@@ -98,6 +98,13 @@ pub struct SessionConfig {
     pub allow_cpu_fallback: bool,
     /// Where CPU sessions cache their optimised graph between cold starts; `None` turns it off.
     pub optimized_model_dir: Option<PathBuf>,
+    /// A read-only directory of graphs prepared at packaging time (`prepare <OUT_DIR>`), looked
+    /// up before `optimized_model_dir`: in a fresh Lambda sandbox `/tmp` is empty, so only a graph
+    /// shipped in the artefact spares the first cold start ONNX Runtime's graph optimisation.
+    pub prepared_model_dir: Option<PathBuf>,
+    /// Set by `prepare <OUT_DIR>` only, never from the environment: every CPU session is built
+    /// from the original model, and its portable graph is written here and loaded back.
+    pub prepare_into: Option<PathBuf>,
     /// ONNX Runtime's QDQ fusion: int8 kernels for `QuantizeLinear`/`DequantizeLinear` patterns.
     /// It pays off on int8 matrix work (the MiniLM embedder); where a quantised model's weights
     /// are best dequantised once at load (the YuNet/SFace int8bq convolutions), turning it off
@@ -117,6 +124,8 @@ impl Default for SessionConfig {
             provider: Provider::Cpu,
             allow_cpu_fallback: false,
             optimized_model_dir: None,
+            prepared_model_dir: None,
+            prepare_into: None,
             qdq_fusion: true,
             thread_spinning: true,
         }
@@ -127,7 +136,8 @@ impl SessionConfig {
     /// Reads `COLDPATH_INTRA_THREADS` (`auto` or a count), `COLDPATH_GRAPH_OPT`
     /// (`disable|basic|extended|all`), `COLDPATH_PROVIDER` (`cpu|cuda|tensorrt`),
     /// `COLDPATH_CUDA_DEVICE`, `COLDPATH_ALLOW_CPU_FALLBACK`, `COLDPATH_OPTIMIZED_MODEL_DIR`,
-    /// `COLDPATH_QDQ_FUSION` and `COLDPATH_THREAD_SPINNING`, with ONNX Runtime's defaults.
+    /// `COLDPATH_PREPARED_MODEL_DIR`, `COLDPATH_QDQ_FUSION` and `COLDPATH_THREAD_SPINNING`, with
+    /// ONNX Runtime's defaults.
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         Self::from_env_with(env, &SessionConfig::default())
     }
@@ -175,6 +185,8 @@ impl SessionConfig {
             allow_cpu_fallback: config::bool_or(env, "COLDPATH_ALLOW_CPU_FALLBACK", false)?,
             optimized_model_dir: config::get(env, "COLDPATH_OPTIMIZED_MODEL_DIR")
                 .map(PathBuf::from),
+            prepared_model_dir: config::get(env, "COLDPATH_PREPARED_MODEL_DIR").map(PathBuf::from),
+            prepare_into: None,
             qdq_fusion: config::bool_or(env, "COLDPATH_QDQ_FUSION", defaults.qdq_fusion)?,
             thread_spinning: config::bool_or(
                 env,
@@ -182,6 +194,17 @@ impl SessionConfig {
                 defaults.thread_spinning,
             )?,
         })
+    }
+}
+
+impl SessionConfig {
+    /// The same options for `prepare <OUT_DIR>`: sessions are built from the original models and
+    /// their portable graphs written to `out_dir`.
+    pub fn preparing_into(self, out_dir: impl Into<PathBuf>) -> SessionConfig {
+        SessionConfig {
+            prepare_into: Some(out_dir.into()),
+            ..self
+        }
     }
 }
 
@@ -263,8 +286,19 @@ mod tests {
             ("COLDPATH_PROVIDER", "TensorRT"),
             ("COLDPATH_CUDA_DEVICE", "1"),
             ("COLDPATH_ALLOW_CPU_FALLBACK", "true"),
+            ("COLDPATH_OPTIMIZED_MODEL_DIR", "/tmp/coldpath/graphs"),
+            ("COLDPATH_PREPARED_MODEL_DIR", "/var/task/graphs"),
         ]);
         let c = SessionConfig::from_env(&env).unwrap();
+        assert_eq!(
+            c.optimized_model_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/coldpath/graphs"))
+        );
+        assert_eq!(
+            c.prepared_model_dir.as_deref(),
+            Some(std::path::Path::new("/var/task/graphs"))
+        );
+        assert_eq!(c.prepare_into, None, "never read from the environment");
         assert_eq!(c.intra_threads, Threads::Fixed(3));
         assert_eq!(c.opt_level, GraphOptLevel::Basic);
         assert_eq!(c.provider, Provider::TensorRt { device_id: 1 });

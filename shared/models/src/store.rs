@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 use crate::spec::s3_key;
 use coldpath_io::ObjectFetcher;
 
+use crate::digest::note_digest;
 use crate::{ModelError, ModelSource, ModelSpec, sha256_file};
 
 /// Turns model specs into verified local files.
@@ -94,6 +95,8 @@ impl<F: ObjectFetcher> ModelStore<F> {
             let target = dir.join(&f.name);
             if target.is_file() {
                 tracing::debug!(model = %spec.name, file = %f.name, "model cache hit");
+                // A file appears here only by a rename after its digest matched.
+                note_digest(&target, expected);
                 continue;
             }
             let io = |path: &Path| {
@@ -143,6 +146,7 @@ impl<F: ObjectFetcher> ModelStore<F> {
             tokio::fs::rename(&tmp, &target)
                 .await
                 .map_err(io(&target))?;
+            note_digest(&target, expected);
             tracing::info!(model = %spec.name, file = %f.name, bytes, %uri, "model file fetched");
             fetched += bytes;
         }
@@ -175,6 +179,7 @@ fn verify_local(spec: &ModelSpec, dir: &Path) -> Result<(), ModelError> {
                     found,
                 });
             }
+            note_digest(&path, found);
         }
     }
     Ok(())

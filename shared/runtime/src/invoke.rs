@@ -16,16 +16,30 @@ pub enum Mode {
     Lambda,
     /// `invoke <EVENT_FILE>`: run the handler once in-process on a sample event.
     Invoke(PathBuf),
+    /// `prepare <OUT_DIR>`: the packaging step. Init runs as in Lambda, with the same
+    /// environment, except that each session is built from its original model and its optimised
+    /// graph is written to `OUT_DIR` (and loaded back); the binary then lists what it wrote and
+    /// exits. The function must pass `OUT_DIR` on to its session options (coldpath-models'
+    /// `SessionConfig::preparing_into`): this crate knows nothing about models.
+    Prepare(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("usage: {program} [invoke <EVENT_FILE>]\n{problem}")]
+#[error("usage: {program} [invoke <EVENT_FILE> | prepare <OUT_DIR>]\n{problem}")]
 pub struct UsageError {
     program: String,
     problem: String,
 }
 
 impl Mode {
+    /// The output directory in `prepare <OUT_DIR>` mode, for the function's session options.
+    pub fn prepare_dir(&self) -> Option<&Path> {
+        match self {
+            Mode::Prepare(dir) => Some(dir),
+            _ => None,
+        }
+    }
+
     /// Parses the arguments after the program name.
     pub fn from_args(program: &str, args: &[String]) -> Result<Mode, UsageError> {
         let usage = |problem: &str| UsageError {
@@ -36,6 +50,8 @@ impl Mode {
             [] => Ok(Mode::Lambda),
             [cmd, file] if cmd == "invoke" => Ok(Mode::Invoke(PathBuf::from(file))),
             [cmd] if cmd == "invoke" => Err(usage("invoke needs an event file")),
+            [cmd, dir] if cmd == "prepare" => Ok(Mode::Prepare(PathBuf::from(dir))),
+            [cmd] if cmd == "prepare" => Err(usage("prepare needs an output directory")),
             _ => Err(usage(&format!("unexpected arguments: {}", args.join(" ")))),
         }
     }
@@ -91,6 +107,14 @@ where
     Fut: Future<Output = Result<Value, HandlerError>> + Send,
 {
     match mode {
+        // Init already prepared the graphs (and warmed up the sessions loaded from them).
+        Mode::Prepare(dir) => match prepared_listing(&dir).and_then(|v| print_json(&v)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(function, dir = %dir.display(), "cannot list the prepared graphs: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Mode::Invoke(path) => match invoke_file(&path, state, handler).await {
             Ok(response) => match print_json(&response) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +149,19 @@ where
     }
 }
 
+/// `{"prepared_dir": …, "files": [names, sorted]}`: what `prepare <OUT_DIR>` leaves there.
+fn prepared_listing(dir: &Path) -> std::io::Result<Value> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            files.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    files.sort();
+    Ok(serde_json::json!({"prepared_dir": dir.display().to_string(), "files": files}))
+}
+
 /// Writes one JSON document and a newline to stdout. A closed pipe (`| head`) comes back as an
 /// error for the caller to report, instead of the panic `println!` would raise.
 pub fn print_json(value: &Value) -> std::io::Result<()> {
@@ -152,6 +189,19 @@ mod tests {
         let err = Mode::from_args("f", &args(&["invoke"])).unwrap_err();
         assert!(err.to_string().contains("invoke needs an event file"));
         assert!(Mode::from_args("f", &args(&["serve", "x"])).is_err());
+        let prepare = Mode::from_args("f", &args(&["prepare", "out"])).unwrap();
+        assert_eq!(prepare, Mode::Prepare("out".into()));
+        assert_eq!(prepare.prepare_dir(), Some(Path::new("out")));
+        assert_eq!(Mode::Lambda.prepare_dir(), None);
+        let err = Mode::from_args("f", &args(&["prepare"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("prepare needs an output directory")
+        );
+        assert!(
+            err.to_string()
+                .starts_with("usage: f [invoke <EVENT_FILE> | prepare <OUT_DIR>]")
+        );
     }
 
     async fn echo(_: Arc<()>, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
@@ -159,6 +209,25 @@ mod tests {
             return Err(HandlerError::new(ErrorType::InvalidInput, "asked to fail"));
         }
         Ok(serde_json::json!({"echo": event.payload, "id": event.context.request_id}))
+    }
+
+    #[tokio::test]
+    async fn prepare_mode_lists_what_init_wrote_and_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m-01.onnx"), b"g").unwrap();
+        std::fs::write(dir.path().join("m-01.0.data"), b"w").unwrap();
+        let listing = prepared_listing(dir.path()).unwrap();
+        assert_eq!(
+            listing["files"],
+            serde_json::json!(["m-01.0.data", "m-01.onnx"])
+        );
+        let code = run("f", Mode::Prepare(dir.path().into()), Arc::new(()), echo).await;
+        assert_eq!(code, ExitCode::SUCCESS);
+        let missing = Mode::Prepare(dir.path().join("nope"));
+        assert_eq!(
+            run("f", missing, Arc::new(()), echo).await,
+            ExitCode::FAILURE
+        );
     }
 
     #[tokio::test]
