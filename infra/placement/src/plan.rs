@@ -169,8 +169,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
                 ),
             })?;
         let decision = decide(inputs, d, m, t, &bulk)?;
-        if d.compute == Compute::Gpu {
-            unit_costs.push(unit_costs_for(inputs, d, m, t, &decision)?);
+        if has_gpu_figures(m) {
+            unit_costs.push(unit_costs_for(inputs, d, m, t)?);
         }
         decisions.push(decision);
     }
@@ -237,6 +237,26 @@ fn latency_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), Input
     }
 }
 
+/// Cold start and one warm batch-1 inference on a GPU, in ms, whatever compute the workload's
+/// trickle runs on: a CPU workload may still drain its backlogs on a GPU pool.
+fn gpu_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), InputError> {
+    match (m.gpu_cold_start_ms, m.gpu_inference_ms) {
+        (Some(c), Some(i)) => Ok((c, i)),
+        _ => Err(InputError::Invalid {
+            path: m.source.clone().into(),
+            what: format!(
+                "{} is priced on a GPU but its measurements have no gpu_cold_start_ms and gpu_inference_ms",
+                d.workload
+            ),
+        }),
+    }
+}
+
+/// Whether the measurements can price the workload on a GPU.
+fn has_gpu_figures(m: &Measurement) -> bool {
+    m.gpu_cold_start_ms.is_some() && m.gpu_inference_ms.is_some()
+}
+
 fn decide(
     inputs: &Inputs<'_>,
     d: &Declaration,
@@ -249,13 +269,17 @@ fn decide(
     let cold_path = cold + warm;
     let over_budget = cold_path > budget;
     let backlog_over = d.bulk_threshold.is_some_and(|th| t.backlog > th);
-    // In bulk mode the backlog goes to the cheapest option that batches at least as much as the
-    // declaration's bulk_batch.
+    // In bulk mode the backlog goes to the cheapest option at the declaration's bulk_batch, which
+    // is what the bulk workers are deployed with (coldpath check holds them to it); larger
+    // batches are only priced beside it. Without such an option, the cheapest that batches more.
     let bulk_batch = d.bulk_batch.unwrap_or(d.max_batch);
-    let bulk_choice = bulk
-        .iter()
-        .filter(|b| b.batch >= bulk_batch)
-        .min_by(|a, b| a.usd.total_cmp(&b.usd));
+    let cheapest = |keep: &dyn Fn(&BulkCost) -> bool| {
+        bulk.iter()
+            .filter(|b| keep(b))
+            .min_by(|a, b| a.usd.total_cmp(&b.usd))
+    };
+    let bulk_choice =
+        cheapest(&|b| b.batch == bulk_batch).or_else(|| cheapest(&|b| b.batch >= bulk_batch));
     let mut flags = Vec::new();
 
     let (placement, reason) = if d.cold_start_on_perceived_path {
@@ -320,11 +344,14 @@ fn decide(
     }
     // Only the figures this decision and its prices use: a GPU workload's CPU figures may be
     // measured while its GPU figures still wait for a GPU.
-    let used: &[&str] = match d.compute {
-        Compute::Cpu => &["cold_start_ms", "inference_ms"],
-        Compute::Gpu => &["gpu_cold_start_ms", "gpu_inference_ms", "batch_throughput"],
+    let mut used: Vec<&str> = match d.compute {
+        Compute::Cpu => vec!["cold_start_ms", "inference_ms"],
+        Compute::Gpu => vec!["gpu_cold_start_ms", "gpu_inference_ms", "batch_throughput"],
     };
-    let estimated = m.estimated_among(used);
+    if placement == Placement::BulkGpu && d.compute == Compute::Cpu {
+        used.extend(["gpu_inference_ms", "gpu_pool_start_ms", "batch_throughput"]);
+    }
+    let estimated = m.estimated_among(&used);
     if !estimated.is_empty() {
         flags.push(format!(
             "{}: relies on estimated figures ({}) from {}; replace them with the benchmark's",
@@ -390,7 +417,7 @@ fn items(t: &Traffic) -> f64 {
 /// Seconds of GPU time per item at `batch`, from the measured batch-1 time and the throughput
 /// ratio at that batch size.
 fn gpu_seconds_per_item(d: &Declaration, m: &Measurement, batch: u32) -> Result<f64, InputError> {
-    let (_, warm) = latency_figures(d, m)?;
+    let (_, warm) = gpu_figures(d, m)?;
     let ratio = m.batch_ratio(batch).ok_or_else(|| InputError::Invalid {
         path: m.source.clone().into(),
         what: format!(
@@ -424,15 +451,26 @@ fn always_on_cost(
                 + duration * p.lambda.provisioned_duration_gb_second_usd
                 + t.requests_per_month * p.lambda.request_usd)
         }
-        Compute::Gpu => {
-            let instance = p.instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
-            let busy_hours = items(t) * gpu_seconds_per_item(d, m, d.max_batch)?
-                / SECONDS_PER_HOUR
-                / f64::from(instance.gpus);
-            let count = (busy_hours / hours).ceil().max(1.0);
-            Ok(count * instance.hourly_usd * hours)
-        }
+        Compute::Gpu => always_on_gpu_cost(inputs, d, m, t),
     }
+}
+
+/// One always-on GPU instance for the month (more if the month's work does not fit in one).
+fn always_on_gpu_cost(
+    inputs: &Inputs<'_>,
+    d: &Declaration,
+    m: &Measurement,
+    t: &Traffic,
+) -> Result<f64, InputError> {
+    let hours = inputs.profile.hours_per_month;
+    let instance = inputs
+        .prices
+        .instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
+    let busy_hours = items(t) * gpu_seconds_per_item(d, m, d.max_batch)?
+        / SECONDS_PER_HOUR
+        / f64::from(instance.gpus);
+    let count = (busy_hours / hours).ceil().max(1.0);
+    Ok(count * instance.hourly_usd * hours)
 }
 
 /// Everything on demand: Lambda requests and GB-seconds, cold starts included (CPU), or
@@ -461,24 +499,22 @@ fn serverless_gpu_cost(
     t: &Traffic,
     batch: u32,
 ) -> Result<f64, InputError> {
-    let (cold, _) = latency_figures(d, m)?;
+    let (cold, _) = gpu_figures(d, m)?;
     let seconds = items(t) * gpu_seconds_per_item(d, m, batch)?
         + t.cold_starts_per_month * (cold / 1000.0 + t.idle_exit_s);
     Ok(seconds * inputs.prices.serverless_gpu.per_second_usd)
 }
 
-/// One item's cost on each compute for a GPU workload; the month's serverless and always-on
-/// totals are the decision's own.
+/// One item's cost on each compute for a workload measured on both CPU and GPU.
 fn unit_costs_for(
     inputs: &Inputs<'_>,
     d: &Declaration,
     m: &Measurement,
     t: &Traffic,
-    decision: &Decision,
 ) -> Result<UnitCosts, InputError> {
     let p = inputs.prices;
     let gpu_second = p.serverless_gpu.per_second_usd;
-    let (gpu_cold, gpu_warm) = latency_figures(d, m)?;
+    let (gpu_cold, gpu_warm) = gpu_figures(d, m)?;
     let n = items(t);
     let lambda_item_usd = m.inference_ms / 1000.0 * gb(d) * p.lambda.gb_second_usd
         + p.lambda.request_usd / t.items_per_request;
@@ -508,8 +544,8 @@ fn unit_costs_for(
         gpu_start_usd,
         gpu_from_zero_usd: gpu_start_usd + gpu_warm / 1000.0 * gpu_second,
         lambda_per_item_usd: per_item(lambda_month),
-        serverless_gpu_per_item_usd: per_item(decision.cost_serverless_usd),
-        always_on_gpu_per_item_usd: per_item(decision.cost_always_on_usd),
+        serverless_gpu_per_item_usd: per_item(serverless_gpu_cost(inputs, d, m, t, d.max_batch)?),
+        always_on_gpu_per_item_usd: per_item(always_on_gpu_cost(inputs, d, m, t)?),
         serverless_gpu_crossover_items: crossover(gpu_fixed, gpu_item_usd),
         always_on_gpu_crossover_items: crossover(always_on, 0.0),
     })
@@ -523,9 +559,18 @@ fn bulk_cost(
     n: u64,
 ) -> Result<BulkCost, InputError> {
     let instance = inputs.prices.instance(&o.instance, &inputs.profile.path)?;
-    let (cold, _) = latency_figures(d, m)?;
-    let wall_s =
-        n as f64 * gpu_seconds_per_item(d, m, o.batch)? / f64::from(instance.gpus) + cold / 1000.0;
+    // The instance is billed from its launch: the pool's start from zero (launch, image pull,
+    // model, sessions) before the first item, and the workers' idle exit after the last.
+    let (gpu_cold, _) = gpu_figures(d, m)?;
+    let start_s = m.gpu_pool_start_ms.unwrap_or(gpu_cold) / 1000.0;
+    let idle_s = inputs
+        .profile
+        .traffic
+        .get(&d.workload)
+        .map_or(0.0, |t| t.idle_exit_s);
+    let wall_s = n as f64 * gpu_seconds_per_item(d, m, o.batch)? / f64::from(instance.gpus)
+        + start_s
+        + idle_s;
     let wall_hours = wall_s / SECONDS_PER_HOUR;
     Ok(BulkCost {
         name: o.name.clone(),
@@ -705,7 +750,15 @@ gpu_inference_ms = 100.0
     }
 
     fn run(declarations: &[Declaration], profile: &str) -> Result<Plan, InputError> {
-        let measurements = Measurements::from_toml_str(MEASUREMENTS, Path::new("m.toml")).unwrap();
+        run_with(declarations, profile, MEASUREMENTS)
+    }
+
+    fn run_with(
+        declarations: &[Declaration],
+        profile: &str,
+        measurements: &str,
+    ) -> Result<Plan, InputError> {
+        let measurements = Measurements::from_toml_str(measurements, Path::new("m.toml")).unwrap();
         let prices = Prices::from_str(PRICES, Path::new("p.toml")).unwrap();
         let profile = Profile::from_str(profile, Path::new("profile.toml")).unwrap();
         plan(&Inputs {
@@ -885,17 +938,40 @@ idle_exit_s = 50
         let d = &p.decisions[1];
         assert_eq!(d.placement, Placement::BulkGpu);
         assert_eq!(d.batch, 32);
-        // big: 100 000 × 0.1 s / 8 / 4 GPUs + 10 s start = 322.5 s at $6/h; small: 2510 s at $1/h.
+        // big: 100 000 × 0.1 s / 8 / 4 GPUs + 10 s start (no pool figure: the GPU cold start) +
+        // 50 s idle exit = 372.5 s at $6/h; small: 2500 + 10 + 50 = 2560 s at $1/h.
         let big = &p.bulk[1];
         assert!(
-            (big.wall_hours * 3600.0 - 322.5).abs() < 1e-6,
+            (big.wall_hours * 3600.0 - 372.5).abs() < 1e-6,
             "{}",
             big.wall_hours
         );
         assert!((big.gpu_hours - 4.0 * big.wall_hours).abs() < 1e-12);
-        assert!((big.usd - 322.5 / 3600.0 * 6.0).abs() < 1e-9);
-        assert!((p.bulk[0].usd - 2510.0 / 3600.0).abs() < 1e-9);
+        assert!((big.usd - 372.5 / 3600.0 * 6.0).abs() < 1e-9);
+        assert!((p.bulk[0].usd - 2560.0 / 3600.0).abs() < 1e-9);
         assert!(d.reason.contains("backlog of 100000"), "{}", d.reason);
+    }
+
+    #[test]
+    fn the_backlog_is_priced_at_the_declared_bulk_batch_from_the_pools_start() {
+        // A batch-64 option would be cheaper, but the workers are deployed at bulk_batch 32.
+        let profile = format!(
+            "{}backlog = 100000\n[bulk]\nworkload = \"queue\"\nitems = 100000\n\
+             [[bulk.options]]\nname = \"big\"\ninstance = \"big\"\nbatch = 32\n\
+             [[bulk.options]]\nname = \"bigger batches\"\ninstance = \"big\"\nbatch = 64\n",
+            STEADY
+        );
+        let measured = MEASUREMENTS
+            .replace(
+                "gpu_cold_start_ms = 10000.0",
+                "gpu_cold_start_ms = 10000.0\ngpu_pool_start_ms = 300000.0",
+            )
+            .replace("32 = 8.0", "32 = 8.0\n64 = 20.0");
+        let p = run_with(&[api(50, true, true), queue()], &profile, &measured).unwrap();
+        assert!(p.bulk[1].usd < p.bulk[0].usd);
+        assert_eq!(p.decisions[1].batch, 32);
+        // 100 000 × 0.1 s / 8 / 4 GPUs + 300 s pool start + 50 s idle exit.
+        assert!((p.bulk[0].wall_hours * 3600.0 - 662.5).abs() < 1e-6);
     }
 
     #[test]
