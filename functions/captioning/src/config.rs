@@ -10,6 +10,7 @@ use std::time::Duration;
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_image::ImageLimits;
 use coldpath_models::{OrtRuntime, SessionConfig};
+use coldpath_runtime::metrics::MetricsMode;
 
 use crate::model::CaptionModelConfig;
 
@@ -31,6 +32,8 @@ pub struct CaptioningConfig {
     pub worker: WorkerSettings,
     /// Run one caption at init so the first batch does not pay ONNX Runtime's first-run cost.
     pub warmup: bool,
+    /// `COLDPATH_METRICS`: whether metric lines (CloudWatch EMF, on stderr) are written.
+    pub metrics: MetricsMode,
     /// `CAPTIONING_FAULT_BATCH_DELAY_MS`: a pause before each model call, read only in builds
     /// with the `fault-injection` feature (the process and chaos tests), never in a deployed one.
     #[cfg(feature = "fault-injection")]
@@ -211,6 +214,7 @@ impl CaptioningConfig {
                 stop_deadline: Duration::from_secs(stop_deadline),
             },
             warmup: config::bool_or(env, "CAPTIONING_WARMUP", true)?,
+            metrics: MetricsMode::from_env(env)?,
             #[cfg(feature = "fault-injection")]
             fault_delay: Duration::from_millis(config::parse_or(
                 env,

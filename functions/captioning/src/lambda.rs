@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use coldpath_core::ErrorType;
+use coldpath_core::{Classify, ErrorType};
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::Value;
 
@@ -69,12 +69,16 @@ pub fn chunk_fits(left: Duration, longest: Option<Duration>, margin: Duration) -
 }
 
 /// The Lambda handler: captions the records chunk by chunk while the deadline allows and reports
-/// the failed and the unstarted ones.
+/// the failed and the unstarted ones. Each invocation writes one metric line when metrics are on:
+/// its latency, its messages, and its failed messages by error type (the unstarted ones are not
+/// errors: they return to the queue untouched).
 pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
     service: Arc<CaptioningService<C, I, W>>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
-    let messages = messages(event.payload)?;
+    let mut invocation = service.metrics().invocation();
+    let messages = messages(event.payload).inspect_err(|e| invocation.error(e.error_type))?;
+    invocation.set_batch_size(messages.len());
     let settings = *service.settings();
     let chunk_size = settings.max_batch.max(1);
     let started = Instant::now();
@@ -102,8 +106,11 @@ pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
         let outcomes = service.process(chunk, chunk_size).await;
         let took = chunk_started.elapsed();
         longest = Some(longest.map_or(took, |l| l.max(took)));
-        for outcome in outcomes.into_iter().filter(|o| !o.is_ok()) {
-            response.add_failure(outcome.message_id);
+        for outcome in outcomes {
+            if let Err(e) = &outcome.result {
+                invocation.error(e.error_type());
+                response.add_failure(outcome.message_id);
+            }
         }
         next += chunk.len();
     }
@@ -207,6 +214,32 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(written, ["photos/4x4"]);
+    }
+
+    #[tokio::test]
+    async fn each_invocation_writes_one_metric_line_with_its_errors_by_type() {
+        let (metrics, lines) = coldpath_runtime::metrics::Metrics::in_memory("captioning");
+        let service = Arc::new(service(8, None).with_metrics(metrics));
+        let event = json!({"Records": [
+            record(Some("m1"), &body("a", "4x4")),
+            record(Some("m2"), "{\"id\": \"b\"}"),
+            record(Some("m3"), &body("c", "missing.jpg")),
+        ]});
+        handle(service, LambdaEvent::new(event, Context::default()))
+            .await
+            .unwrap();
+        let docs = lines.documents();
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert_eq!(docs[0]["Function"], "captioning");
+        assert_eq!(docs[0]["BatchSize"], 3.0);
+        assert_eq!(docs[0]["Errors"], 2.0);
+        assert!(docs[0]["Latency"].is_number());
+        assert_eq!(docs[1]["ErrorType"], "InvalidInput");
+        assert_eq!(docs[1]["Errors"], 2.0);
+        assert_eq!(
+            docs[1]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Function", "ErrorType"]])
+        );
     }
 
     #[tokio::test]

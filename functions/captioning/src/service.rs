@@ -17,6 +17,7 @@ use coldpath_core::{Classify, ColdStartRecord, ErrorType};
 use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
 use coldpath_io::{ObjectFetcher, TaskError, spawn_blocking};
 use coldpath_models::{ModelError, ModelStore, OrtRuntime};
+use coldpath_runtime::metrics::Metrics;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -195,6 +196,7 @@ pub struct CaptioningService<C, I, W> {
     sink: Arc<W>,
     model_name: String,
     settings: BatchSettings,
+    metrics: Metrics,
     /// A pause before each model call, so process tests can kill or stop a worker with a batch
     /// in flight. Only in builds with the `fault-injection` feature (the tests' builds), so a
     /// deployed function cannot be slowed by a setting.
@@ -216,9 +218,21 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
             sink: Arc::new(sink),
             model_name: model_name.into(),
             settings,
+            metrics: Metrics::default(),
             #[cfg(feature = "fault-injection")]
             fault_delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// Writes metric lines through `metrics`: one per Lambda invocation, and one per worker batch
+    /// (as `captioning-worker`). None without.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Pauses before each model call (`fault-injection` builds only).
@@ -709,16 +723,20 @@ pub async fn init<F: ObjectFetcher + Clone + 'static, W: ResultWriter>(
         timer.time(Phase::Warmup, || model.caption(&[&image], &[Some(2)]))?;
     }
     let images = ImageLoader::new(fetcher, config.images, allow_local_paths);
+    let metrics = Metrics::new("captioning", config.metrics);
     let service = CaptioningService::new(
         model,
         images,
         sink,
         resolved.spec.name.clone(),
         config.batch,
-    );
+    )
+    .with_metrics(metrics.clone());
     #[cfg(feature = "fault-injection")]
     let service = service.with_fault_delay(config.fault_delay);
-    Ok((service, timer.finish()))
+    let record = timer.finish();
+    metrics.cold_start(&record);
+    Ok((service, record))
 }
 
 #[cfg(test)]

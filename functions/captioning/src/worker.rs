@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use coldpath_aws::{Queue, QueueError, ReceivedMessage};
 use coldpath_core::{Classify, ErrorType};
+use coldpath_runtime::metrics::Metrics;
 use tokio::sync::watch;
 
 use crate::config::WorkerSettings;
@@ -41,6 +42,8 @@ pub const MAX_BATCH_CALL: usize = 10;
 /// The longest hand-back delay for a transiently failed message; the first retry waits 1 s and
 /// each redelivery doubles it.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// The `Function` dimension of the worker's metrics.
+pub const METRICS_FUNCTION: &str = "captioning-worker";
 /// Exit status after a second stop signal: 128 + SIGTERM, as a shell reports a killed process.
 pub const FORCED_EXIT_CODE: i32 = 143;
 
@@ -169,6 +172,9 @@ pub struct Worker<Q, C, I, W> {
     queue: Arc<Q>,
     service: Arc<CaptioningService<C, I, W>>,
     settings: WorkerSettings,
+    /// The service's metric output, reporting as `captioning-worker`: a GPU worker's batches
+    /// are not the Lambda function's invocations, and mixing them would blur both.
+    metrics: Metrics,
 }
 
 /// Waits until `shutdown` turns true; never returns if its sender is gone without doing so.
@@ -276,10 +282,12 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         service: Arc<CaptioningService<C, I, W>>,
         settings: WorkerSettings,
     ) -> Self {
+        let metrics = service.metrics().for_function(METRICS_FUNCTION);
         Worker {
             queue: Arc::new(queue),
             service,
             settings,
+            metrics,
         }
     }
 
@@ -484,6 +492,9 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         shutdown: &watch::Receiver<bool>,
         report: &mut WorkerReport,
     ) {
+        // One metric line per batch, written when this function returns (after the settling).
+        let mut invocation = self.metrics.invocation();
+        invocation.set_batch_size(received.len());
         let handles: Vec<String> = received.iter().map(|m| m.receipt_handle.clone()).collect();
         let redelivered = received.iter().filter(|m| m.receive_count > 1).count();
         tracing::info!(
@@ -521,6 +532,7 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
                 Some(Ok(_)) => delete.push(handle.clone()),
                 Some(Err(e)) => {
                     failed += 1;
+                    invocation.error(e.error_type());
                     match hand_back_delay(e.error_type(), message.receive_count) {
                         d if d.is_zero() => release_now.push(handle.clone()),
                         d => release_later.push((handle.clone(), d)),
@@ -973,6 +985,32 @@ mod tests {
         assert!(w.queue.in_flight_ids().is_empty());
         assert_eq!(report.captioned, 5);
         assert!(report.released >= 3);
+    }
+
+    #[tokio::test]
+    async fn each_batch_writes_one_metric_line_as_the_worker() {
+        let (metrics, lines) = coldpath_runtime::metrics::Metrics::in_memory("captioning");
+        let bodies = vec![body("a", "4x4"), body("b", "missing.jpg"), body("c", "2x2")];
+        let w = worker(
+            FakeQueue::with(bodies),
+            service(4, None).with_metrics(metrics),
+            worker_settings(4, 100),
+        );
+        let (tx, rx) = watch::channel(false);
+        let stop = async {
+            while w.queue.deleted_ids().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tx.send(true).unwrap();
+        };
+        let (report, ()) = tokio::join!(w.run(rx), stop);
+        report.unwrap();
+        let docs = lines.documents();
+        let first = &docs[0];
+        assert_eq!(first["Function"], METRICS_FUNCTION);
+        assert_eq!(first["BatchSize"], 3.0);
+        assert_eq!(first["Errors"], 1.0);
+        assert_eq!(docs[1]["ErrorType"], "InvalidInput");
     }
 
     #[tokio::test]

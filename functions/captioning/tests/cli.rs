@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use coldpath_test_support::{repo_root, stdout_json};
+use coldpath_test_support::{emf_documents, repo_root, stdout_json};
 use serde_json::Value;
 
 fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
@@ -140,5 +140,51 @@ fn wrong_arguments_print_usage_with_every_mode_and_exit_2() {
             stderr.contains("usage: captioning [invoke <EVENT_FILE> | worker]"),
             "{args:?}: {stderr}"
         );
+    }
+}
+
+/// With metrics on (`COLDPATH_METRICS=emf`, the default inside Lambda), the EMF lines go to
+/// stderr beside the logs and stdout still holds only the response; S3 uploads routed by
+/// EventBridge are captioned under `<bucket>/<key>`.
+#[test]
+fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
+    let results = tempfile::tempdir().unwrap();
+    let out = run(
+        &["invoke", "events/captioning/sqs-eventbridge-s3.json"],
+        results.path(),
+        &[("COLDPATH_METRICS", "emf"), ("COLDPATH_LOG_FORMAT", "json")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({"batchItemFailures": []})
+    );
+    let docs = emf_documents(&out);
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|d| {
+            d["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["ColdStart", "Latency"], "{docs:?}");
+    for doc in &docs {
+        assert_eq!(doc["Function"], "captioning");
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "coldpath");
+    }
+    assert!(docs[0]["ColdStart"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert_eq!(docs[1]["BatchSize"], 2.0);
+    assert_eq!(docs[1]["Errors"], 0.0);
+    for photo in ["family photo.jpg", "cat.jpg"] {
+        let file = results
+            .path()
+            .join("captioning/photos")
+            .join(format!("{photo}.json"));
+        assert!(file.is_file(), "{} is missing", file.display());
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
+use coldpath_runtime::metrics::MetricsMode;
 
 use crate::api::Limits;
 use crate::embedder::PipelineConfig;
@@ -26,6 +27,8 @@ pub struct EmbeddingsConfig {
     pub limits: Limits,
     /// Run one inference at init so the first request does not pay ORT's first-run cost.
     pub warmup: bool,
+    /// `COLDPATH_METRICS`: whether metric lines (CloudWatch EMF, on stderr) are written.
+    pub metrics: MetricsMode,
     /// Where remote (`s3://`) models are cached; Lambda only allows writes under /tmp.
     pub cache_dir: PathBuf,
 }
@@ -67,6 +70,7 @@ impl EmbeddingsConfig {
                 )?,
             },
             warmup: config::bool_or(env, "EMBEDDINGS_WARMUP", true)?,
+            metrics: MetricsMode::from_env(env)?,
             cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),

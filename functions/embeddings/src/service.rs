@@ -8,6 +8,7 @@ use coldpath_core::cold_start::{ColdStartTimer, Phase};
 use coldpath_core::{Classify, ColdStartRecord, ErrorType};
 use coldpath_io::{ObjectFetcher, run_blocking};
 use coldpath_models::{ModelError, ModelStore, OrtRuntime, SessionPool};
+use coldpath_runtime::metrics::{Invocation, Metrics};
 use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::Value;
 
@@ -60,6 +61,7 @@ pub struct EmbeddingsService<E> {
     embedder: Arc<E>,
     model_name: String,
     limits: Limits,
+    metrics: Metrics,
 }
 
 impl<E: Embed + 'static> EmbeddingsService<E> {
@@ -68,21 +70,34 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
             embedder: Arc::new(embedder),
             model_name: model_name.into(),
             limits,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Writes a metric line per invocation through `metrics` (none without).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn embedder(&self) -> &E {
         &self.embedder
     }
 
-    /// Embeds one request body (the direct-invoke payload, or a decoded HTTP body).
-    pub async fn embed_json(&self, body: &Value) -> Result<Value, EmbeddingsError> {
+    /// Embeds one request body (the direct-invoke payload, or a decoded HTTP body), counting its
+    /// inputs as the invocation's batch size.
+    pub async fn embed_json(
+        &self,
+        body: &Value,
+        invocation: &mut Invocation<'_>,
+    ) -> Result<Value, EmbeddingsError> {
         let request = api::parse_request(
             body,
             &self.model_name,
             self.embedder.dimensions(),
             &self.limits,
         )?;
+        invocation.set_batch_size(request.input.len());
         let started = Instant::now();
         let embedder = Arc::clone(&self.embedder);
         let texts = request.input;
@@ -105,13 +120,20 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
     }
 
     /// Serves an HTTP event; every outcome, failures included, is an HTTP response.
-    pub async fn handle_http(&self, payload: Value) -> Value {
+    pub async fn handle_http(&self, payload: Value, invocation: &mut Invocation<'_>) -> Value {
         let response = match http::route(payload, self.limits.max_request_bytes) {
-            Routed::Reply(r) => *r,
-            Routed::Body(body) => match self.embed_json(&body).await {
+            Routed::Reply(r) => {
+                // Refused before the body was read (route, method, size, encoding).
+                if let Some(error_type) = refusal_type(r.status_code) {
+                    invocation.error(error_type);
+                }
+                *r
+            }
+            Routed::Body(body) => match self.embed_json(&body, invocation).await {
                 Ok(v) => http::reply(200, &v),
                 Err(e) => {
                     log_failure(&e);
+                    invocation.error(e.error_type());
                     http::error(e.error_type(), &e.to_string())
                 }
             },
@@ -126,17 +148,35 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
 
 /// The Lambda handler: HTTP events get HTTP responses, direct invokes get the JSON body or a
 /// classified error.
+///
+/// Each invocation writes one metric line (latency, inputs, errors by type) when metrics are on.
 pub async fn handle<E: Embed + 'static>(
     service: Arc<EmbeddingsService<E>>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
+    let mut invocation = service.metrics.invocation();
     if http::is_http_event(&event.payload) {
-        return Ok(service.handle_http(event.payload).await);
+        return Ok(service.handle_http(event.payload, &mut invocation).await);
     }
-    service.embed_json(&event.payload).await.map_err(|e| {
-        log_failure(&e);
-        HandlerError::from_error(&e)
-    })
+    service
+        .embed_json(&event.payload, &mut invocation)
+        .await
+        .map_err(|e| {
+            log_failure(&e);
+            invocation.error(e.error_type());
+            HandlerError::from_error(&e)
+        })
+}
+
+/// The error class of an HTTP status the router answered with, for the metrics; `None` for a
+/// success.
+fn refusal_type(status: i64) -> Option<ErrorType> {
+    match status {
+        413 => Some(ErrorType::RequestTooLarge),
+        400..=499 => Some(ErrorType::InvalidInput),
+        500.. => Some(ErrorType::Internal),
+        _ => None,
+    }
 }
 
 /// Builds the real service: loads ONNX Runtime, resolves the model, builds sessions, warms up,
@@ -182,6 +222,10 @@ pub async fn init<F: ObjectFetcher>(
         let text = "warm-up: a photo of a dog running on the beach at sunset".to_string();
         timer.time(Phase::Warmup, || embedder.embed(&[text]))?;
     }
-    let service = EmbeddingsService::new(embedder, model.spec.name.clone(), config.limits);
-    Ok((service, timer.finish()))
+    let metrics = Metrics::new("embeddings", config.metrics);
+    let service = EmbeddingsService::new(embedder, model.spec.name.clone(), config.limits)
+        .with_metrics(metrics.clone());
+    let record = timer.finish();
+    metrics.cold_start(&record);
+    Ok((service, record))
 }

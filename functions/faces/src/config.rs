@@ -7,6 +7,7 @@ use std::str::FromStr;
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_image::{ImageLimits, Resample};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
+use coldpath_runtime::metrics::MetricsMode;
 
 /// Files each model directory must hold.
 pub const MODEL_FILES: [&str; 1] = ["model.onnx"];
@@ -124,6 +125,8 @@ pub struct FacesConfig {
     /// Run one photo through both models at init so the first request does not pay ONNX
     /// Runtime's first-run cost.
     pub warmup: bool,
+    /// `COLDPATH_METRICS`: whether metric lines (CloudWatch EMF, on stderr) are written.
+    pub metrics: MetricsMode,
     /// Where remote (`s3://`) models are cached; Lambda only allows writes under /tmp.
     pub cache_dir: PathBuf,
 }
@@ -230,6 +233,7 @@ impl FacesConfig {
             },
             image_limits: ImageLimits::from_env(env)?,
             warmup: config::bool_or(env, "FACES_WARMUP", true)?,
+            metrics: MetricsMode::from_env(env)?,
             cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),

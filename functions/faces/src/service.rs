@@ -11,6 +11,7 @@ use coldpath_core::{Classify, ColdStartRecord, ErrorType};
 use coldpath_image::{ImageError, ImageLoader, ImageRef, RgbImage};
 use coldpath_io::{ObjectFetcher, catch_panic, run_blocking};
 use coldpath_models::{ModelError, ModelStore, OrtRuntime, SessionPool};
+use coldpath_runtime::metrics::{Invocation, Metrics};
 use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::{Value, json};
 
@@ -69,6 +70,7 @@ pub struct FacesService<A, F> {
     loader: ImageLoader<F>,
     sink: ResultSink,
     defaults: DetectOptions,
+    metrics: Metrics,
 }
 
 impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
@@ -94,7 +96,14 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
             loader,
             sink,
             defaults,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Writes a metric line per invocation through `metrics` (none without).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn faces(&self) -> &A {
@@ -144,9 +153,15 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
 
     /// An S3 event: each record's photo is analysed and its result written to the sink under
     /// `<bucket>/<key>`. A record that fails is reported in the summary; the others still run.
-    pub async fn handle_s3(&self, payload: Value) -> Result<Value, FacesError> {
+    /// The records are the invocation's batch size, and each failed one counts as an error.
+    pub async fn handle_s3(
+        &self,
+        payload: Value,
+        invocation: &mut Invocation<'_>,
+    ) -> Result<Value, FacesError> {
         let event: S3Event = serde_json::from_value(payload)
             .map_err(|e| RequestError::Invalid(format!("not an S3 event notification: {e}")))?;
+        invocation.set_batch_size(event.records.len());
         let mut records = Vec::with_capacity(event.records.len());
         let (mut succeeded, mut failed) = (0usize, 0usize);
         for (index, record) in event.records.iter().enumerate() {
@@ -168,6 +183,7 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
                 Err(e) => {
                     failed += 1;
                     log_failure(&e);
+                    invocation.error(e.error_type());
                     let key = request::decode_s3_key(&raw_key).unwrap_or(raw_key);
                     records.push(json!({
                         "bucket": bucket, "key": key, "status": "error",
@@ -232,16 +248,23 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesService<A, F> {
 /// network failure reaching S3 or the sink) does the invocation fail, so that Lambda's async
 /// retries run the event again; results are keyed by `<bucket>/<key>`, so the repeat overwrites
 /// rather than duplicates what the good records wrote.
+///
+/// Each invocation writes one metric line when metrics are on: its latency, its records (1 for a
+/// direct invoke) and its failed records by error type.
 pub async fn handle<A: AnalyzeFaces + 'static, F: ObjectFetcher>(
     service: Arc<FacesService<A, F>>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
     let payload = event.payload;
+    let mut invocation = service.metrics.invocation();
     if request::is_s3_event(&payload) {
         let summary = service
-            .handle_s3(payload)
+            .handle_s3(payload, &mut invocation)
             .await
-            .map_err(|e| HandlerError::from_error(&e))?;
+            .map_err(|e| {
+                invocation.error(e.error_type());
+                HandlerError::from_error(&e)
+            })?;
         let retryable = summary["records"].as_array().is_some_and(|records| {
             records
                 .iter()
@@ -255,8 +278,10 @@ pub async fn handle<A: AnalyzeFaces + 'static, F: ObjectFetcher>(
         }
         return Ok(summary);
     }
+    invocation.set_batch_size(1);
     service.handle_direct(&payload).await.map_err(|e| {
         log_failure(&e);
+        invocation.error(e.error_type());
         HandlerError::from_error(&e)
     })
 }
@@ -341,9 +366,11 @@ pub async fn init<F: ObjectFetcher + Clone>(
     allow_local_paths: bool,
 ) -> Result<(FacesService<OnnxFaces, F>, ColdStartRecord), InitError> {
     let (faces, record) = init_faces(config, fetcher.clone()).await?;
+    let metrics = Metrics::new("faces", config.metrics);
+    metrics.cold_start(&record);
     let loader = ImageLoader::new(fetcher, config.image_limits, allow_local_paths);
     Ok((
-        FacesService::new(faces, loader, sink, config.detect),
+        FacesService::new(faces, loader, sink, config.detect).with_metrics(metrics),
         record,
     ))
 }
@@ -475,6 +502,39 @@ mod tests {
         let result: Value = serde_json::from_slice(&std::fs::read(written).unwrap()).unwrap();
         assert_eq!(result["width"], 6);
         assert_eq!(result["source"], "s3://photos/with space.jpg");
+    }
+
+    #[tokio::test]
+    async fn each_invocation_writes_one_metric_line_with_failed_records_by_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let (metrics, lines) = coldpath_runtime::metrics::Metrics::in_memory("faces");
+        let service = Arc::new(
+            Arc::into_inner(service(dir.path()))
+                .unwrap()
+                .with_metrics(metrics),
+        );
+        call(
+            &service,
+            s3_event(&["ok.jpg", "gone.jpg", "with+space.jpg"]),
+        )
+        .await
+        .unwrap();
+        let docs = lines.documents();
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert_eq!(docs[0]["Function"], "faces");
+        assert_eq!(docs[0]["BatchSize"], 3.0);
+        assert_eq!(docs[0]["Errors"], 1.0);
+        assert_eq!(docs[1]["ErrorType"], "InvalidInput");
+        // A direct invoke is a batch of one.
+        call(&service, json!({"image": {"s3": "s3://photos/ok.jpg"}}))
+            .await
+            .unwrap();
+        let docs = lines.documents();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(
+            (docs[2]["BatchSize"].as_f64(), docs[2]["Errors"].as_f64()),
+            (Some(1.0), Some(0.0))
+        );
     }
 
     /// Regression (issue 12): on the multi-threaded runtime Lambda runs, a panic in one record's

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use coldpath_test_support::{repo_root, stdout_json};
+use coldpath_test_support::{emf_documents, repo_root, stdout_json};
 
 fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_faces"));
@@ -138,4 +138,38 @@ fn usage_errors_exit_2() {
         assert!(out.stdout.is_empty());
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage: faces"));
     }
+}
+
+/// With metrics on (`COLDPATH_METRICS=emf`, the default inside Lambda), the EMF lines go to
+/// stderr beside the logs, and stdout still holds only the response JSON.
+#[test]
+fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
+    let out = invoke(
+        &["invoke", "events/faces/direct.json"],
+        &[("COLDPATH_METRICS", "emf"), ("COLDPATH_LOG_FORMAT", "json")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    assert!(json["faces"].is_array(), "{json}");
+    let docs = emf_documents(&out);
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    for doc in &docs {
+        assert_eq!(doc["Function"], "faces");
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "coldpath");
+    }
+    assert!(docs[0]["ColdStart"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert!(docs[1]["Latency"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert_eq!(docs[1]["BatchSize"], 1.0);
+    assert_eq!(docs[1]["Errors"], 0.0);
+    // Off, as it is by default outside Lambda: no metric line at all.
+    let quiet = invoke(
+        &["invoke", "events/faces/direct.json"],
+        &[("COLDPATH_METRICS", "off")],
+    );
+    assert!(quiet.status.success());
+    assert!(emf_documents(&quiet).is_empty());
 }

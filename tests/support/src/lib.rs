@@ -1,7 +1,7 @@
 //! Helpers for coldpath's tests and benchmarks that need no function crate, so every crate can
 //! dev-depend on them without a cycle: where the repository is, the setup's variables, a function
-//! binary's stdout, a local moto server for the S3 and SQS wire protocols ([`moto`]), and the
-//! machine and median every benchmark records ([`bench`]).
+//! binary's stdout and its metric lines, a local moto server for the S3 and SQS wire protocols
+//! ([`moto`]), and the machine and median every benchmark records ([`bench`]).
 
 pub mod bench;
 pub mod moto;
@@ -28,6 +28,16 @@ pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
         "stdout must be exactly one JSON document: {text}"
     );
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The CloudWatch embedded-metric-format documents a function binary wrote on stderr: every line
+/// that is a JSON object with an `_aws` member (log lines, text or JSON, have none).
+pub fn emf_documents(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|doc| doc.get("_aws").is_some())
+        .collect()
 }
 
 /// A variable that `make test` exports from `bootstrap.py env`. Tests need the real library and
