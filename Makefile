@@ -73,6 +73,12 @@ COLD_RUST = env -u EMBEDDINGS_MODEL_SHA256 target/release/embeddings invoke even
 COLD_PYTHON = .venv/bin/python functions/embeddings/benches/python_cold.py
 COLD_FACES = target/release/faces invoke events/faces/direct.json
 COLD_OPENCV = .venv/bin/python functions/faces/benches/opencv_cold.py events/data/photos/group.jpg
+# A fresh Lambda sandbox, as `make package` ships it: the graphs `<binary> prepare` wrote (the
+# package's graphs/, read-only) and a writable cache emptied before every run (/tmp), against
+# the Python reference from the same empty state.
+SANDBOX = target/bench/sandbox
+SANDBOX_TMP = target/bench/sandbox-tmp
+sandbox = env COLDPATH_PREPARED_MODEL_DIR=$(SANDBOX)/$(1) COLDPATH_OPTIMIZED_MODEL_DIR=$(SANDBOX_TMP)/graphs
 bench: build
 	@$(ENV); export BENCH_THREADS=$(BENCH_THREADS) COLDPATH_INTRA_THREADS=$(BENCH_THREADS); \
 	  $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings; \
@@ -83,10 +89,16 @@ bench: build
 	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start-best-cache.json \
 	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON) --graph-cache target/bench/python-graph-cache"; \
 	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start.json \
-	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON)"
+	    --rust "$(COLD_RUST)" --python "$(COLD_PYTHON)"; \
+	  rm -rf $(SANDBOX)/embeddings; env -u COLDPATH_OPTIMIZED_MODEL_DIR target/release/embeddings prepare $(SANDBOX)/embeddings >/dev/null; \
+	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start-fresh-sandbox.json \
+	    --fresh-dir $(SANDBOX_TMP) --rust "$(call sandbox,embeddings) $(COLD_RUST)" --python "$(COLD_PYTHON)"
 	@$(ENV); $(CARGO) bench --locked -p coldpath-faces --bench faces; \
 	  .venv/bin/python tools/cold_start.py --json target/bench/faces-cold-start.json \
-	    --rust "$(COLD_FACES)" --python "$(COLD_OPENCV)"
+	    --rust "$(COLD_FACES)" --python "$(COLD_OPENCV)"; \
+	  rm -rf $(SANDBOX)/faces; target/release/faces prepare $(SANDBOX)/faces >/dev/null; \
+	  .venv/bin/python tools/cold_start.py --json target/bench/faces-cold-start-fresh-sandbox.json \
+	    --fresh-dir $(SANDBOX_TMP) --rust "$(call sandbox,faces) $(COLD_FACES)" --python "$(COLD_OPENCV)"
 	@$(ENV); $(CARGO) bench --locked -p coldpath-captioning --bench captioning
 
 # Regenerates every committed fixture from its script (needs setup); each script is

@@ -23,6 +23,18 @@ both alike. For each run: wall time from spawn to reap (perf_counter), and the
 child's peak RSS from os.wait4's ru_maxrss (KiB on Linux). Standard library
 only. Exit status 1 if any run exited non-zero.
 
+--fresh-dir DIR (repeatable) starts every run, warm-up included, with DIR
+removed and created again empty: point a command's writable cache there (e.g.
+`env COLDPATH_OPTIMIZED_MODEL_DIR=DIR ...`) to time the cold start of a fresh
+Lambda sandbox, whose /tmp is always empty, rather than a later cold start that
+finds what an earlier one cached. `make bench` runs the packaged layout that way:
+
+    python3 tools/cold_start.py --fresh-dir target/bench/sandbox-tmp \
+        --rust "env COLDPATH_PREPARED_MODEL_DIR=target/bench/sandbox/embeddings/graphs \
+                COLDPATH_OPTIMIZED_MODEL_DIR=target/bench/sandbox-tmp/graphs \
+                target/release/embeddings invoke events/embeddings/direct.json" \
+        --python ".venv/bin/python functions/embeddings/benches/python_cold.py"
+
 Linux records, at exec, the high-water RSS of the memory image being replaced,
 which for a child spawned here is this driver's. So a child's peak RSS reads
 as at least the driver's own (about 15 MiB); it is exact above that, and the
@@ -36,6 +48,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -56,8 +69,16 @@ def run_once(argv):
     return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss
 
 
-def measure(commands, runs):
-    """Warm each command up, then run them alternately `runs` times.
+def empty(dirs):
+    """Removes each directory and creates it again, empty (a fresh sandbox's /tmp)."""
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+
+
+def measure(commands, runs, fresh_dirs=()):
+    """Warm each command up, then run them alternately `runs` times, each run after emptying
+    `fresh_dirs`.
 
     Returns ({label: {"wall_s": [...], "peak_rss_kib": [...]}}, number of failed runs).
     """
@@ -66,6 +87,7 @@ def measure(commands, runs):
     schedule = [(label, False) for _ in range(WARMUP_RUNS) for label in commands]
     schedule += [(label, True) for _ in range(runs) for label in commands]
     for label, timed in schedule:
+        empty(fresh_dirs)
         code, wall, rss = run_once(commands[label])
         if code != 0:
             failures += 1
@@ -111,7 +133,7 @@ def machine():
     }
 
 
-def report(commands, results, runs):
+def report(commands, results, runs, fresh_dirs=()):
     """The JSON report: machine, commands, raw samples, summaries and A/B ratios."""
     a, b = (results[label] for label in commands)
     return {
@@ -119,6 +141,7 @@ def report(commands, results, runs):
         "machine": machine(),
         "runs": runs,
         "warmup": WARMUP_RUNS,
+        "fresh_dirs": [str(d) for d in fresh_dirs],
         "commands": {
             label: {
                 "argv": commands[label],
@@ -156,16 +179,18 @@ def main():
     parser.add_argument("--python", required=True, help="command B")
     parser.add_argument("-k", "--runs", type=int, default=10, help="timed runs of each")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--fresh-dir", type=Path, action="append", default=[],
+                        help="emptied before every run (a fresh sandbox's writable cache)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
     commands = {"rust": shlex.split(args.rust), "python": shlex.split(args.python)}
     try:
-        results, failures = measure(commands, args.runs)
+        results, failures = measure(commands, args.runs, args.fresh_dir)
     except OSError as err:
         sys.exit(f"cold_start: cannot start a command: {err}")
-    data = report(commands, results, args.runs)
+    data = report(commands, results, args.runs, args.fresh_dir)
     print_table(data)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=2) + "\n")
