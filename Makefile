@@ -152,6 +152,16 @@ CAPTIONING_MODEL ?= $(CAPTIONING_REAL)-hoisted
 deploy: setup setup-deploy
 	.venv-deploy/bin/python tools/deploy.py --captioning-model $(CAPTIONING_MODEL) $(DEPLOY_FLAGS)
 
+# A user's first day, offline (tools/rehearse.py; infra/README.md "Rehearsal"): `sam validate
+# --lint` and `sam build`, then each packaged zip run as Lambda lays it out (/var/task, /opt, an
+# empty /tmp, the template's env, MemorySize) in a private mount namespace, under a Runtime API
+# emulator, against moto's S3 and SQS: a Function URL request, a photo upload to faces and to
+# the caption queue, a poison message to the DLQ. Needs root (mount namespace, cgroup).
+# REHEARSE_FLAGS=--skip-sam skips the SAM CLI; --keep keeps target/rehearse/sandboxes.
+.PHONY: rehearse
+rehearse: setup setup-deploy package
+	.venv-deploy/bin/python tools/rehearse.py $(REHEARSE_FLAGS)
+
 # Fuzzing (fuzz/, a cargo-fuzz project outside the workspace; see fuzz/README.md). The stable
 # toolchain runs cargo-fuzz with RUSTC_BOOTSTRAP=1; the pinned cargo-fuzz is installed into
 # .cache/cargo-fuzz on first use. `make fuzz` runs each target FUZZ_SECONDS (600) one after the

@@ -1,0 +1,1218 @@
+#!/usr/bin/env python3
+"""The rehearsal (`make rehearse`): a user's first day with coldpath, offline.
+
+    sudo-less as root: .venv-deploy/bin/python tools/rehearse.py [--skip-sam] [--keep]
+
+1. The real SAM CLI checks the template: `sam validate --lint`, then `sam build` into
+   target/rehearse/sam-build (offline: the template's CodeUri and ContentUri are the zips
+   `make package` built, so SAM copies them and compiles nothing).
+2. infra/template.yaml is read with its CloudFormation short-form tags and resolved the way
+   CloudFormation would, with every parameter at its default (CaptioningModelSha256 is computed
+   from the bundle, as `make deploy` does): each function's environment (Globals merged),
+   MemorySize, Timeout, EphemeralStorage, CodeUri, layers and triggers; the queues' RedrivePolicy,
+   the S3 notification's and the EventBridge rule's filters. Drift in the template changes the
+   rehearsal.
+3. moto (S3 + SQS, `.venv/bin/python -m moto.server` on 127.0.0.1) gets the stack's buckets and
+   queues under the names CloudFormation would give them; the captioning bundle is published with
+   tools/deploy.py's `publish_bundle` (the documented publish step); a real photo
+   (events/data/photos/group.jpg) is uploaded under PhotoPrefix.
+4. Each function runs as Lambda lays it out, one sandbox after the other: the zip unpacked on
+   /var/task (read-only), the layer on /opt (read-only), an empty tmpfs of EphemeralStorage on
+   /tmp, all bind-mounted inside a private mount namespace (`unshare --mount`) so the host's
+   /var, /opt and /tmp are untouched; memory limited to MemorySize and CPU to Lambda's share
+   (MemorySize / 1769 vCPU) with a cgroup; the template's environment plus what Lambda itself
+   sets (AWS_LAMBDA_*, LAMBDA_TASK_ROOT, credentials, region). `/var/task/bootstrap` talks to a
+   Runtime API emulator (below) on 127.0.0.1.
+5. The first day: an embeddings Function URL request (a real HTTP POST, turned into the Function
+   URL payload v2 event); the photo upload's S3 notification to faces -> its result in the
+   results bucket; the same upload's EventBridge "Object Created" event as a caption message
+   -> the caption in the results bucket, through an SQS event source mapping played honestly
+   (receive up to BatchSize, the real SQS record shape, delete only what the response does not
+   list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
+6. Prints each function's cold start from an empty /tmp (the function's own `cold start` record
+   and the emulator's spawn-to-ready time), its peak RSS, and each result. Exit 0 when every
+   step passed, 1 when any failed, 2 when a prerequisite is missing.
+
+The Runtime API emulator is this file's own (RuntimeApi), implementing the documented protocol:
+GET /2018-06-01/runtime/invocation/next with Lambda-Runtime-Aws-Request-Id, -Deadline-Ms (epoch
+milliseconds, now + the template's Timeout), -Invoked-Function-Arn and -Trace-Id; POST
+.../{id}/response, .../{id}/error and /runtime/init/error. cargo-lambda's `lambda watch
+--only-lambda-apis` (1.9.2) was tried: it works offline but sends `Lambda-Runtime-Deadline-Ms:
+600000` (a duration, not an epoch time) and the ARN "function-arn", so a function that honours
+its deadline, as captioning does, sees its time as spent and captions nothing.
+
+Rehearsal-only differences from AWS, each printed: the caption queue's VisibilityTimeout is
+REHEARSAL_VISIBILITY seconds instead of the template's (so the poison message reaches the DLQ in
+seconds); AWS_ENDPOINT_URL points the SDK at moto and COLDPATH_S3_FORCE_PATH_STYLE=true (bucket
+host names under 127.0.0.1 do not resolve); Function URL IAM auth is not verified; the S3
+notification and EventBridge delivery are made by this script from the real upload.
+
+Needs root (mount namespace and cgroup) and runs with .venv-deploy's Python (boto3, PyYAML from
+the SAM CLI's dependencies); moto runs from .venv (`make setup`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.server
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+TEMPLATE = ROOT / "infra" / "template.yaml"
+WORK = ROOT / "target" / "rehearse"
+MOTO_PYTHON = ROOT / ".venv" / "bin" / "python"
+# The SAM CLI from the venv running this script (.venv-deploy under `make rehearse`).
+DEPLOY_BIN = Path(sys.executable).parent
+CAPTIONING_FIXTURE = ROOT / "tests" / "fixtures" / "captioning" / "optimum-vit-gpt2-tiny-hoisted"
+PHOTO = ROOT / "events" / "data" / "photos" / "group.jpg"
+PHOTO_FACES = 3  # events/data/photos/README.md: three faces, two people
+
+STACK = "coldpath-rehearsal"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's account
+# A caption message becomes visible again this many seconds after a failed receive (the template
+# says 720 s = 6 x Timeout; the rehearsal cannot wait three times that for the DLQ).
+REHEARSAL_VISIBILITY = 2
+# Lambda gives one full vCPU at 1,769 MB and CPU in proportion to memory.
+MB_PER_VCPU = 1769
+# How long a sandbox may take from spawn to its first /next on this machine (Lambda's own init
+# limit is 10 s for on-demand sandboxes; a slow shared CI machine gets more, and the time is
+# printed either way).
+INIT_LIMIT_S = 120
+
+
+class RehearsalError(Exception):
+    """A step failed; the message says which and what was found."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The template: YAML with CloudFormation's short-form tags, resolved like CloudFormation would.
+
+
+def load_template(path: Path) -> dict:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct(tag: str):
+        name = "Ref" if tag == "Ref" else f"Fn::{tag}"
+
+        def make(loader, node):
+            if isinstance(node, yaml.ScalarNode):
+                value = loader.construct_scalar(node)
+                if tag == "GetAtt":
+                    value = value.split(".", 1)
+            elif isinstance(node, yaml.SequenceNode):
+                value = loader.construct_sequence(node, deep=True)
+            else:
+                value = loader.construct_mapping(node, deep=True)
+            return {name: value}
+
+        return make
+
+    for tag in ("Ref", "Sub", "GetAtt", "If", "Equals", "Not", "And", "Or", "Select", "Split",
+                "Join", "FindInMap", "Base64", "GetAZs", "ImportValue", "Condition"):
+        Loader.add_constructor(f"!{tag}", construct(tag))
+    with path.open() as f:
+        return yaml.load(f, Loader=Loader)
+
+
+@dataclass
+class Stack:
+    """The template resolved against the names this rehearsal gives its resources."""
+
+    template: dict
+    parameters: dict[str, str]
+    stack_id: str
+    base: Path  # the directory CodeUri and ContentUri are relative to
+    physical: dict[str, str] = field(default_factory=dict)  # logical id -> Ref value
+    attributes: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def pseudo(self, name: str) -> str:
+        return {
+            "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::StackId": self.stack_id,
+            "AWS::StackName": STACK, "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com",
+            "AWS::NoValue": None,
+        }[name]
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.template.get("Conditions", {})[name]))
+
+    def ref(self, name: str):
+        if name.startswith("AWS::"):
+            return self.pseudo(name)
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.physical:
+            return self.physical[name]
+        raise RehearsalError(f"template: !Ref {name} names nothing this rehearsal created")
+
+    def get_att(self, resource: str, attribute: str) -> str:
+        try:
+            return self.attributes[(resource, attribute)]
+        except KeyError:
+            raise RehearsalError(f"template: !GetAtt {resource}.{attribute} is not modelled") from None
+
+    def sub(self, text: str, variables: dict) -> str:
+        def replace(m: re.Match) -> str:
+            expr = m.group(1)
+            if expr.startswith("!"):
+                return "${" + expr[1:] + "}"
+            if expr in variables:
+                return str(self.resolve(variables[expr]))
+            if "." in expr and not expr.startswith("AWS::"):
+                return str(self.get_att(*expr.split(".", 1)))
+            return str(self.ref(expr))
+
+        return re.sub(r"\$\{([^}]+)\}", replace, text)
+
+    def resolve(self, node):
+        if isinstance(node, list):
+            return [self.resolve(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (key, arg), = node.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::GetAtt":
+                return self.get_att(*(arg if isinstance(arg, list) else arg.split(".", 1)))
+            if key == "Fn::Sub":
+                if isinstance(arg, list):
+                    return self.sub(arg[0], arg[1])
+                return self.sub(arg, {})
+            if key == "Fn::If":
+                return self.resolve(arg[1] if self.condition(arg[0]) else arg[2])
+            if key == "Fn::Equals":
+                a, b = self.resolve(arg)
+                return str(a) == str(b)
+            if key == "Fn::Not":
+                return not self.resolve(arg[0])
+            if key == "Fn::And":
+                return all(self.resolve(a) for a in arg)
+            if key == "Fn::Or":
+                return any(self.resolve(a) for a in arg)
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::Select":
+                index, items = self.resolve(arg)
+                return items[int(index)]
+            if key == "Fn::Split":
+                sep, text = self.resolve(arg)
+                return text.split(sep)
+            if key == "Fn::Join":
+                sep, items = self.resolve(arg)
+                return sep.join(str(i) for i in items)
+            if key.startswith("Fn::"):
+                raise RehearsalError(f"template: {key} is not modelled by the rehearsal")
+        return {k: self.resolve(v) for k, v in node.items()}
+
+    @property
+    def resources(self) -> dict:
+        return self.template["Resources"]
+
+    def of_type(self, kind: str) -> list[str]:
+        return [name for name, r in self.resources.items() if r["Type"] == kind]
+
+    def created(self, logical: str) -> bool:
+        cond = self.resources[logical].get("Condition")
+        return cond is None or self.condition(cond)
+
+
+def parameter_defaults(template: dict) -> dict[str, str]:
+    return {name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()}
+
+
+@dataclass
+class FunctionSpec:
+    logical: str
+    name: str  # the function's physical name
+    arn: str  # the ARN its triggers invoke (the alias's when AutoPublishAlias is set)
+    code: Path
+    layers: list[Path]
+    memory_mb: int
+    timeout_s: int
+    storage_mb: int
+    env: dict[str, str]
+    events: dict
+    url: bool
+
+
+def function_specs(stack: Stack) -> dict[str, FunctionSpec]:
+    glob = stack.template.get("Globals", {}).get("Function", {})
+    specs = {}
+    for logical in stack.of_type("AWS::Serverless::Function"):
+        props = stack.resources[logical]["Properties"]
+        merged = {**glob, **props}
+        env = dict(stack.resolve(glob.get("Environment", {}).get("Variables", {})))
+        env.update(stack.resolve(props.get("Environment", {}).get("Variables", {})))
+        layers = []
+        for layer in merged.get("Layers", []):
+            target = layer.get("Ref") if isinstance(layer, dict) else None
+            if target not in stack.resources:
+                raise RehearsalError(f"{logical}: layer {layer} is not a layer of this template")
+            layers.append((stack.base / stack.resources[target]["Properties"]["ContentUri"]).resolve())
+        runtime = merged.get("Runtime")
+        if runtime != "provided.al2023" or merged.get("Handler") != "bootstrap":
+            raise RehearsalError(f"{logical}: Runtime {runtime}, Handler {merged.get('Handler')}: "
+                                 "the rehearsal runs provided.al2023's /var/task/bootstrap only")
+        arch = merged.get("Architectures", ["x86_64"])
+        if arch != ["x86_64"] or platform.machine() != "x86_64":
+            raise RehearsalError(f"{logical}: Architectures {arch} on a {platform.machine()} machine")
+        name = stack.physical[logical]
+        alias = props.get("AutoPublishAlias")
+        arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}" + (f":{alias}" if alias else "")
+        specs[logical] = FunctionSpec(
+            logical=logical, name=name, arn=arn,
+            code=(stack.base / props["CodeUri"]).resolve(), layers=layers,
+            memory_mb=int(stack.resolve(merged.get("MemorySize", 128))),
+            timeout_s=int(stack.resolve(merged.get("Timeout", 3))),
+            storage_mb=int(stack.resolve(merged.get("EphemeralStorage", {}).get("Size", 512))),
+            env={k: str(v) for k, v in env.items()},
+            events=stack.resolve(props.get("Events", {})),
+            url="FunctionUrlConfig" in props,
+        )
+    return specs
+
+
+def suffix(logical: str) -> str:
+    """CloudFormation's random suffix, made deterministic per logical id."""
+    return hashlib.sha256(logical.encode()).hexdigest()[:12].upper()
+
+
+# ---------------------------------------------------------------------------------------------
+# moto: the stack's S3 buckets and SQS queues.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(logs: Path) -> tuple[subprocess.Popen, str]:
+    if not MOTO_PYTHON.exists():
+        raise RehearsalError(f"{MOTO_PYTHON} is missing: run `make setup`")
+    port = free_port()
+    out = (logs / "moto.log").open("w")
+    proc = subprocess.Popen([str(MOTO_PYTHON), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RehearsalError(f"moto did not start (see {logs / 'moto.log'})") from None
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def aws_clients(endpoint: str):
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.Session(aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal",
+                            region_name=REGION)
+    s3 = session.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+    sqs = session.client("sqs", endpoint_url=endpoint)
+    return s3, sqs
+
+
+def create_stack(stack: Stack, s3, sqs) -> list[str]:
+    """Creates the template's buckets and queues in moto and records their names and attributes;
+    names the functions and the layer. Returns the rehearsal's departures from the template."""
+    notes = []
+    for logical in stack.of_type("AWS::S3::Bucket"):
+        if not stack.created(logical):
+            continue
+        props = stack.resources[logical].get("Properties", {})
+        # Resolved after the pseudo parameters exist; a computed BucketName is honoured.
+        name = stack.resolve(props["BucketName"]) if "BucketName" in props else \
+            f"{STACK}-{logical.lower()}-{suffix(logical).lower()}"
+        s3.create_bucket(Bucket=name)
+        stack.physical[logical] = name
+        stack.attributes[(logical, "Arn")] = f"arn:aws:s3:::{name}"
+        stack.attributes[(logical, "DomainName")] = f"{name}.s3.amazonaws.com"
+    queues = stack.of_type("AWS::SQS::Queue")
+    # Dead-letter queues first: a RedrivePolicy names its DLQ's ARN.
+    queues.sort(key=lambda q: "RedrivePolicy" in stack.resources[q].get("Properties", {}))
+    for logical in queues:
+        props = stack.resources[logical].get("Properties", {})
+        name = f"{STACK}-{logical}-{suffix(logical)}"
+        attributes = {}
+        if "VisibilityTimeout" in props:
+            visibility = int(stack.resolve(props["VisibilityTimeout"]))
+            attributes["VisibilityTimeout"] = str(REHEARSAL_VISIBILITY)
+            notes.append(f"{logical}: VisibilityTimeout {REHEARSAL_VISIBILITY} s instead of the "
+                         f"template's {visibility} s")
+        if "MessageRetentionPeriod" in props:
+            attributes["MessageRetentionPeriod"] = str(stack.resolve(props["MessageRetentionPeriod"]))
+        if "RedrivePolicy" in props:
+            redrive = stack.resolve(props["RedrivePolicy"])
+            attributes["RedrivePolicy"] = json.dumps({
+                "deadLetterTargetArn": redrive["deadLetterTargetArn"],
+                "maxReceiveCount": int(redrive["maxReceiveCount"]),
+            })
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        stack.physical[logical] = url
+        stack.attributes[(logical, "Arn")] = arn
+        stack.attributes[(logical, "QueueName")] = name
+        stack.attributes[(logical, "QueueUrl")] = url
+    for logical in stack.of_type("AWS::Serverless::Function"):
+        name = f"{STACK}-{logical}-{suffix(logical)}"
+        stack.physical[logical] = name
+        stack.attributes[(logical, "Arn")] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+    for logical in stack.of_type("AWS::Serverless::LayerVersion"):
+        stack.physical[logical] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{logical}:1"
+    for logical in stack.of_type("AWS::Events::Rule"):
+        stack.attributes[(logical, "Arn")] = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{STACK}-{logical}"
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# The Lambda Runtime API, one per sandbox, and the Function URL in front of it.
+
+
+class Invocation:
+    def __init__(self, payload: bytes, deadline_ms: int):
+        self.id = str(uuid.uuid4())
+        self.payload = payload
+        self.deadline_ms = deadline_ms
+        self.done = threading.Event()
+        self.ok = False
+        self.body = b""
+        self.error_type = ""
+
+
+class RuntimeApi:
+    """The documented Lambda Runtime API for one sandbox, plus its Function URL front."""
+
+    def __init__(self, spec: FunctionSpec):
+        self.spec = spec
+        self.pending: queue.Queue[Invocation] = queue.Queue()
+        self.inflight: dict[str, Invocation] = {}
+        self.ready = threading.Event()
+        self.ready_at: float | None = None
+        self.init_error: bytes | None = None
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # the function's own log is the one worth reading
+                pass
+
+            def body(self) -> bytes:
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n) if n else b""
+
+            def reply(self, status: int, body: bytes = b"", headers: dict | None = None):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/2018-06-01/runtime/invocation/next":
+                    if api.ready_at is None:
+                        api.ready_at = time.monotonic()
+                        api.ready.set()
+                    inv = api.pending.get()
+                    api.inflight[inv.id] = inv
+                    self.reply(200, inv.payload, {
+                        "Content-Type": "application/json",
+                        "Lambda-Runtime-Aws-Request-Id": inv.id,
+                        "Lambda-Runtime-Deadline-Ms": str(inv.deadline_ms),
+                        "Lambda-Runtime-Invoked-Function-Arn": api.spec.arn,
+                        "Lambda-Runtime-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Sampled=0",
+                    })
+                else:
+                    self.reply(404)
+
+            def do_POST(self):
+                body = self.body()
+                m = re.fullmatch(r"/2018-06-01/runtime/invocation/([^/]+)/(response|error)", self.path)
+                if m:
+                    inv = api.inflight.pop(m.group(1), None)
+                    if inv is None:
+                        return self.reply(400, b'{"errorType":"InvalidRequestID"}')
+                    inv.ok = m.group(2) == "response"
+                    inv.body = body
+                    inv.error_type = self.headers.get("Lambda-Runtime-Function-Error-Type", "")
+                    inv.done.set()
+                    return self.reply(202, b'{"status":"OK"}')
+                if self.path == "/2018-06-01/runtime/init/error":
+                    api.init_error = body
+                    api.ready.set()
+                    return self.reply(202, b'{"status":"OK"}')
+                if api.spec.url:
+                    return self.function_url(body)
+                self.reply(404)
+
+            def function_url(self, body: bytes):
+                """A Function URL request: the payload v2 event in, the response shape out."""
+                url_id = hashlib.sha256(api.spec.name.encode()).hexdigest()[:32]
+                domain = f"{url_id}.lambda-url.{REGION}.on.aws"
+                path, _, query = self.path.partition("?")
+                now = time.time()
+                text = body.decode("utf-8", "surrogateescape")
+                binary = not self.headers.get("Content-Type", "").startswith(("application/json", "text/"))
+                event = {
+                    "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
+                    "headers": {k.lower(): v for k, v in self.headers.items()} | {"host": domain},
+                    "requestContext": {
+                        "accountId": ACCOUNT, "apiId": url_id,
+                        "authorizer": {"iam": {"accessKey": "AKIAREHEARSAL", "accountId": ACCOUNT,
+                                               "callerId": "AIDAREHEARSAL", "cognitoIdentity": None,
+                                               "principalOrgId": None,
+                                               "userArn": f"arn:aws:iam::{ACCOUNT}:user/rehearsal",
+                                               "userId": "AIDAREHEARSAL"}},
+                        "domainName": domain, "domainPrefix": url_id,
+                        "http": {"method": self.command, "path": path, "protocol": "HTTP/1.1",
+                                 "sourceIp": self.client_address[0],
+                                 "userAgent": self.headers.get("User-Agent", "")},
+                        "requestId": str(uuid.uuid4()), "routeKey": "$default", "stage": "$default",
+                        "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+                        "timeEpoch": int(now * 1000),
+                    },
+                    "body": base64.b64encode(body).decode() if binary else text,
+                    "isBase64Encoded": binary,
+                }
+                inv = api.invoke(json.dumps(event).encode())
+                if not inv.ok:
+                    return self.reply(502, b'{"message":"Internal Server Error"}')
+                out = json.loads(inv.body or b"null")
+                if isinstance(out, dict) and "statusCode" in out:
+                    payload = out.get("body") or ""
+                    data = base64.b64decode(payload) if out.get("isBase64Encoded") else payload.encode()
+                    return self.reply(int(out["statusCode"]), data, out.get("headers") or {})
+                self.reply(200, json.dumps(out).encode(), {"Content-Type": "application/json"})
+
+            do_PUT = do_DELETE = do_PATCH = do_POST
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def invoke(self, payload: bytes, timeout_s: float | None = None) -> Invocation:
+        """Queues one invocation and waits for its answer for the function's Timeout."""
+        timeout_s = timeout_s or self.spec.timeout_s
+        inv = Invocation(payload, int((time.time() + timeout_s) * 1000))
+        self.pending.put(inv)
+        if not inv.done.wait(timeout_s + 1):
+            inv.ok, inv.error_type = False, "Sandbox.Timedout"
+            inv.body = json.dumps({"errorType": "Sandbox.Timedout",
+                                   "errorMessage": f"no answer within Timeout {timeout_s} s"}).encode()
+        return inv
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The sandbox: /var/task, /opt and /tmp in a private mount namespace, a memory/CPU cgroup.
+
+SANDBOX_SCRIPT = r"""
+set -eu
+task="$1"; opt="$2"; tmp_mb="$3"; cgroup_procs="$4"
+# Everything below happens in this process's own mount namespace; nothing propagates back.
+mount --make-rprivate /
+# /var/task may not exist on the host: a small tmpfs over /var (in here only) holds its mount
+# point, as Lambda's /var holds little besides task/ and runtime/.
+mount -t tmpfs -o size=1m,mode=0755 coldpath-var /var
+mkdir /var/task /var/runtime
+mount --bind "$task" /var/task
+mount -o remount,bind,ro /var/task
+mount --bind "$opt" /opt
+mount -o remount,bind,ro /opt
+mount -t tmpfs -o "size=${tmp_mb}m,mode=1777" coldpath-tmp /tmp
+for procs in $cgroup_procs; do echo $$ > "$procs"; done
+cd /var/task
+exec /var/task/bootstrap
+"""
+
+
+class Cgroup:
+    """A memory (and CPU) limit for one sandbox: cgroup v2 when this process is in one,
+    otherwise v1's memory and cpu hierarchies."""
+
+    def __init__(self, name: str, memory_mb: int):
+        self.dirs: list[Path] = []
+        self.procs = ""
+        self.peak_file: Path | None = None
+        self.description = "none (no writable cgroup)"
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        own = {}
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else ["unified"]:
+                own[c] = path
+        memory = memory_mb * 1024 * 1024
+        quota = int(100_000 * memory_mb / MB_PER_VCPU)
+        try:
+            if v2.exists():
+                d = Path("/sys/fs/cgroup") / own["unified"].lstrip("/") / name
+                d.mkdir(exist_ok=True)
+                self.dirs.append(d)
+                (d / "memory.max").write_text(str(memory))
+                (d / "memory.swap.max").write_text("0")
+                try:
+                    (d / "cpu.max").write_text(f"{quota} 100000")
+                    cpu = f", cpu.max {quota}/100000"
+                except OSError:
+                    cpu = ""
+                self.procs = str(d / "cgroup.procs")
+                self.peak_file = d / "memory.peak"
+                self.description = f"cgroup v2 memory.max {memory_mb} MiB, no swap{cpu}"
+            elif Path("/sys/fs/cgroup/memory").is_dir():
+                d = Path("/sys/fs/cgroup/memory") / own.get("memory", "/").lstrip("/") / name
+                d.mkdir(exist_ok=True)
+                self.dirs.append(d)
+                (d / "memory.limit_in_bytes").write_text(str(memory))
+                try:
+                    (d / "memory.memsw.limit_in_bytes").write_text(str(memory))
+                    swap = ", no swap"
+                except OSError:
+                    swap = ""
+                self.peak_file = d / "memory.max_usage_in_bytes"
+                procs = [str(d / "cgroup.procs")]
+                cpu = ""
+                cpu_root = Path("/sys/fs/cgroup/cpu")
+                if cpu_root.is_dir():
+                    c = cpu_root / own.get("cpu", "/").lstrip("/") / name
+                    c.mkdir(exist_ok=True)
+                    self.dirs.append(c)
+                    (c / "cpu.cfs_period_us").write_text("100000")
+                    (c / "cpu.cfs_quota_us").write_text(str(quota))
+                    procs.append(str(c / "cgroup.procs"))
+                    cpu = f", cpu quota {quota / 100_000:.2f} vCPU"
+                # The sandbox script writes its pid to each hierarchy in turn.
+                self.procs = " ".join(procs)
+                self.description = f"cgroup v1 memory.limit_in_bytes {memory_mb} MiB{swap}{cpu}"
+        except OSError as err:
+            self.close()
+            self.description = f"none ({err})"
+            self.procs = ""
+
+    def peak_mb(self) -> float | None:
+        try:
+            return int(self.peak_file.read_text()) / 1024 / 1024 if self.peak_file else None
+        except OSError:
+            return None
+
+    def close(self):
+        for d in reversed(self.dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        self.dirs = []
+
+
+def unzip(zip_path: Path, dest: Path) -> None:
+    """Unpacks like Lambda does: files with their modes from the zip."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    with zipfile.ZipFile(zip_path) as z:
+        for info in z.infolist():
+            out = z.extract(info, dest)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(out, mode)
+
+
+@dataclass
+class Sandbox:
+    spec: FunctionSpec
+    api: RuntimeApi
+    proc: subprocess.Popen
+    cgroup: Cgroup
+    log_path: Path
+    started: float
+    peak_rss_mb: float | None = None
+    cgroup_peak_mb: float | None = None
+    tmp_used: str = ""
+
+    def wait_ready(self) -> float:
+        """Seconds from spawn to the runtime's first /next; raises on an init failure."""
+        deadline = time.monotonic() + INIT_LIMIT_S
+        while not self.api.ready.wait(0.2):
+            if self.proc.poll() is not None:
+                raise RehearsalError(f"{self.spec.logical}: bootstrap exited {self.proc.returncode} "
+                                     f"during init:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RehearsalError(f"{self.spec.logical}: no /next within {INIT_LIMIT_S} s:\n{self.tail()}")
+        if self.api.init_error is not None:
+            raise RehearsalError(f"{self.spec.logical}: init error {self.api.init_error.decode()}\n{self.tail()}")
+        return self.api.ready_at - self.started
+
+    def cold_start(self) -> dict | None:
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("message") == "cold start":
+                return rec
+        return None
+
+    def tail(self, n: int = 15) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join("    " + line for line in lines[-n:])
+
+    def stop(self) -> None:
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
+            self.peak_rss_mb = int(hwm.group(1)) / 1024 if hwm else None
+        except OSError:
+            pass
+        try:
+            # The sandbox's /tmp, seen through its own mount namespace.
+            self.tmp_used = subprocess.run(
+                ["nsenter", "-t", str(self.proc.pid), "-m", "du", "-sh", "/tmp"],
+                capture_output=True, text=True, timeout=10).stdout.split("\t")[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+        self.cgroup_peak_mb = self.cgroup.peak_mb()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.api.close()
+        self.cgroup.close()
+
+
+def lambda_env(spec: FunctionSpec, api: RuntimeApi, endpoint: str) -> dict[str, str]:
+    """What Lambda gives a provided.al2023 sandbox, then the template's variables, then the two
+    the rehearsal needs to reach moto."""
+    env = {
+        "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+        "AWS_LAMBDA_FUNCTION_VERSION": "1" if spec.arn.count(":") == 7 else "$LATEST",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[1]") + uuid.uuid4().hex,
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api.port}",
+        "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": "rehearsal",
+        "AWS_SESSION_TOKEN": "rehearsal",
+        "LAMBDA_TASK_ROOT": "/var/task", "LAMBDA_RUNTIME_DIR": "/var/runtime", "_HANDLER": "bootstrap",
+        "LANG": "en_US.UTF-8", "TZ": ":UTC",
+        "PATH": "/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+        "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
+    }
+    env.update(spec.env)
+    env["AWS_ENDPOINT_URL"] = endpoint
+    env["COLDPATH_S3_FORCE_PATH_STYLE"] = "true"
+    return env
+
+
+def start_sandbox(spec: FunctionSpec, endpoint: str, logs: Path, layer_dir: Path) -> Sandbox:
+    task = WORK / "sandboxes" / spec.logical / "task"
+    unzip(spec.code, task)
+    api = RuntimeApi(spec)
+    cgroup = Cgroup(f"{STACK}-{spec.logical}", spec.memory_mb)
+    log_path = logs / f"{spec.logical}.log"
+    cmd = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", SANDBOX_SCRIPT,
+           "sandbox", str(task), str(layer_dir), str(spec.storage_mb), cgroup.procs]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=lambda_env(spec, api, endpoint), stdin=subprocess.DEVNULL,
+                            stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    return Sandbox(spec, api, proc, cgroup, log_path, started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Events, built from the real upload.
+
+
+def head(s3, bucket: str, key: str) -> dict:
+    return s3.head_object(Bucket=bucket, Key=key)
+
+
+def s3_notification(bucket: str, key: str, meta: dict) -> dict:
+    now = time.gmtime()
+    return {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+        "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", now), "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "AWS:AIDAREHEARSAL"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "x-amz-id-2": "rehearsal"},
+        "s3": {
+            "s3SchemaVersion": "1.0", "configurationId": "PhotoUploaded",
+            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "AREHEARSAL"},
+                       "arn": f"arn:aws:s3:::{bucket}"},
+            # S3 notifications carry the key URL-encoded, spaces as '+'.
+            "object": {"key": urllib.parse.quote_plus(key, safe="/"), "size": meta["ContentLength"],
+                       "eTag": meta["ETag"].strip('"'), "sequencer": f"{int(time.time() * 1e6):X}"},
+        },
+    }]}
+
+
+def eventbridge_object_created(bucket: str, key: str, meta: dict) -> dict:
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
+        "account": ACCOUNT, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": REGION, "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {
+            "version": "0", "bucket": {"name": bucket},
+            "object": {"key": key, "size": meta["ContentLength"], "etag": meta["ETag"].strip('"'),
+                       "sequencer": f"{int(time.time() * 1e6):X}"},
+            "request-id": uuid.uuid4().hex[:16].upper(), "requester": ACCOUNT,
+            "source-ip-address": "127.0.0.1", "reason": "PutObject",
+        },
+    }
+
+
+def pattern_matches(pattern, value) -> bool:
+    """EventBridge's matching for the subset the template uses: nested objects, lists of exact
+    values, and {"prefix": ...}."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(
+            k in value and pattern_matches(v, value[k]) for k, v in pattern.items())
+    if isinstance(pattern, list):
+        for p in pattern:
+            if isinstance(p, dict) and "prefix" in p:
+                if isinstance(value, str) and value.startswith(p["prefix"]):
+                    return True
+            elif p == value:
+                return True
+        return False
+    raise RehearsalError(f"EventBridge pattern element {pattern!r} is not modelled")
+
+
+def s3_filter_matches(props: dict, key: str) -> bool:
+    for rule in props.get("Filter", {}).get("S3Key", {}).get("Rules", []):
+        name, value = rule["Name"].lower(), rule["Value"]
+        if name == "prefix" and not key.startswith(value):
+            return False
+        if name == "suffix" and not key.endswith(value):
+            return False
+    events = props.get("Events")
+    events = events if isinstance(events, list) else [events]
+    return any(e in ("s3:ObjectCreated:*", "s3:ObjectCreated:Put") for e in events)
+
+
+def sqs_event(messages: list[dict], queue_arn: str) -> dict:
+    return {"Records": [{
+        "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+        "attributes": {k: v for k, v in m.get("Attributes", {}).items()
+                       if k in ("ApproximateReceiveCount", "SentTimestamp", "SenderId",
+                                "ApproximateFirstReceiveTimestamp", "MessageGroupId",
+                                "MessageDeduplicationId", "SequenceNumber",
+                                "AWSTraceHeader")},
+        "messageAttributes": {
+            k: {"stringValue": v.get("StringValue"), "binaryValue": v.get("BinaryValue"),
+                "stringListValues": [], "binaryListValues": [], "dataType": v["DataType"]}
+            for k, v in m.get("MessageAttributes", {}).items()},
+        "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs", "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    } for m in messages]}
+
+
+def find_key(node, key: str):
+    """The first value under `key` anywhere in a JSON document (results may be wrapped)."""
+    if isinstance(node, dict):
+        if key in node:
+            return node[key]
+        node = list(node.values())
+    if isinstance(node, list):
+        for item in node:
+            found = find_key(item, key)
+            if found is not None:
+                return found
+    return None
+
+
+def list_results(s3, bucket: str, prefix: str) -> list[str]:
+    out = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for o in out.get("Contents", [])]
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps.
+
+
+class Report:
+    def __init__(self):
+        self.steps: list[tuple[str, bool, str]] = []
+        self.cold: list[dict] = []
+
+    def step(self, name: str, ok: bool, detail: str) -> bool:
+        self.steps.append((name, ok, detail))
+        log(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
+        return ok
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(ok for _, ok, _ in self.steps)
+
+
+def sam_lines(out: subprocess.CompletedProcess) -> list[str]:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def summary(lines: list[str], wanted: str) -> str:
+    return next((line for line in lines if wanted in line), lines[-1] if lines else "")
+
+
+def run_sam(report: Report) -> Path | None:
+    """`sam validate --lint` and `sam build`; returns the built template (what `sam deploy`
+    would deploy), or None when the build failed."""
+    sam = DEPLOY_BIN / "sam"
+    if not sam.exists():
+        raise RehearsalError(f"{sam} is missing: run `make setup-deploy`")
+    env = dict(os.environ, SAM_CLI_TELEMETRY="0", AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION,
+               AWS_ACCESS_KEY_ID="rehearsal", AWS_SECRET_ACCESS_KEY="rehearsal")
+    env["PATH"] = f"{DEPLOY_BIN}{os.pathsep}{env.get('PATH', '')}"
+    t = time.monotonic()
+    out = subprocess.run([str(sam), "validate", "--lint", "--template-file", str(TEMPLATE)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    text = sam_lines(out)
+    report.step("sam validate --lint", out.returncode == 0,
+                f"{summary(text, 'valid')} ({time.monotonic() - t:.1f} s)"
+                + ("" if out.returncode == 0 else "\n" + "\n".join(text[-20:])))
+    build_dir = WORK / "sam-build"
+    t = time.monotonic()
+    out = subprocess.run([str(sam), "build", "--template-file", str(TEMPLATE), "--build-dir",
+                          str(build_dir), "--beta-features"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT / "infra")
+    text = sam_lines(out)
+    report.step("sam build", out.returncode == 0,
+                f"{summary(text, 'Build Succeeded')} into {build_dir.relative_to(ROOT)} "
+                f"({time.monotonic() - t:.1f} s)"
+                + ("" if out.returncode == 0 else "\n" + "\n".join(text[-20:])))
+    built = build_dir / "template.yaml"
+    return built if out.returncode == 0 and built.is_file() else None
+
+
+def rehearse(args) -> int:
+    report = Report()
+    if os.geteuid() != 0:
+        raise RehearsalError("needs root: a private mount namespace (unshare --mount) and a cgroup")
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        raise RehearsalError("unshare/nsenter (util-linux) are missing")
+    host_had_var_task = Path("/var/task").exists()
+    # Every AWS client here (and tools/deploy.py's) talks to moto with throwaway credentials;
+    # a profile or real keys in the caller's environment must never reach it.
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+    os.environ.update(AWS_ACCESS_KEY_ID="rehearsal", AWS_SECRET_ACCESS_KEY="rehearsal",
+                      AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION)
+    t_all = time.monotonic()
+    logs = WORK / "logs"
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    logs.mkdir(parents=True)
+
+    # 1. The SAM CLI. The rehearsal then reads the template `sam build` wrote (its CodeUri and
+    # ContentUri name what `sam deploy` would upload), or infra/template.yaml without it.
+    template_path = TEMPLATE
+    if not args.skip_sam:
+        template_path = run_sam(report) or TEMPLATE
+    log(f"template: {template_path}")
+
+    # 2. The template, resolved.
+    import deploy  # tools/deploy.py: the documented digests and publish step
+
+    template = load_template(template_path)
+    params = parameter_defaults(template)
+    digests = deploy.bundle_digests(CAPTIONING_FIXTURE)
+    params["CaptioningModelSha256"] = deploy.sha256_param(digests)
+    stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/{uuid.uuid4()}"
+    stack = Stack(template, params, stack_id, template_path.parent)
+
+    moto, endpoint = start_moto(logs)
+    sandboxes: list[Sandbox] = []
+    try:
+        s3, sqs = aws_clients(endpoint)
+        for note in create_stack(stack, s3, sqs):
+            log(f"note: {note}")
+        specs = function_specs(stack)
+        for spec in specs.values():
+            for path in [spec.code, *spec.layers]:
+                if not path.is_file():
+                    raise RehearsalError(f"{spec.logical}: {path} is missing: run `make package`")
+        model_bucket = stack.resolve(template["Outputs"]["ModelBucketName"]["Value"])
+        model_prefix = params["CaptioningModelPrefix"]
+        deploy.publish_bundle(CAPTIONING_FIXTURE, digests, model_bucket, model_prefix, REGION,
+                              endpoint_url=endpoint)
+        report.step("publish captioning bundle", True,
+                    f"{len(digests)} files to s3://{model_bucket}/{model_prefix}/ (tools/deploy.py publish_bundle)")
+
+        photo_bucket = stack.physical["PhotoBucket"]
+        results_bucket = stack.physical["ResultsBucket"]
+        photo_key = params["PhotoPrefix"] + PHOTO.name
+        s3.put_object(Bucket=photo_bucket, Key=photo_key, Body=PHOTO.read_bytes())
+        meta = head(s3, photo_bucket, photo_key)
+        log(f"uploaded s3://{photo_bucket}/{photo_key} ({meta['ContentLength']} bytes)")
+
+        # One layer directory serves every sandbox (all three name the same layer).
+        layer_zips = {tuple(s.layers) for s in specs.values()}
+        layer_dirs = {}
+        for layers in layer_zips:
+            d = WORK / "sandboxes" / ("opt-" + hashlib.sha256(repr(layers).encode()).hexdigest()[:8])
+            d.mkdir(parents=True)
+            for z in layers:  # later layers overwrite earlier ones, as Lambda merges them
+                with zipfile.ZipFile(z) as zf:
+                    zf.extractall(d)
+            layer_dirs[layers] = d
+
+        def boot(logical: str) -> Sandbox:
+            spec = specs[logical]
+            box = start_sandbox(spec, endpoint, logs, layer_dirs[tuple(spec.layers)])
+            sandboxes.append(box)
+            init_s = box.wait_ready()
+            rec = box.cold_start() or {}
+            report.cold.append({"function": logical, "memory_mb": spec.memory_mb,
+                                "limit": box.cgroup.description, "ready_ms": init_s * 1000,
+                                "record": rec})
+            phases = ", ".join(f"{k[:-3]} {rec[k]:.0f}" for k in
+                               ("library_load_ms", "model_fetch_ms", "session_build_ms", "warmup_ms")
+                               if isinstance(rec.get(k), (int, float)))
+            report.step(f"{logical} cold start", bool(rec),
+                        f"spawn to ready {init_s * 1000:.0f} ms; cold start record total "
+                        f"{rec.get('total_ms', float('nan')):.0f} ms ({phases}); {box.cgroup.description}")
+            return box
+
+        def finish(box: Sandbox):
+            box.stop()
+            cold = next(c for c in report.cold if c["function"] == box.spec.logical)
+            cold["peak_rss_mb"] = box.peak_rss_mb
+            cold["cgroup_peak_mb"] = box.cgroup_peak_mb
+            cold["tmp_used"] = box.tmp_used
+            log(f"{box.spec.logical}: peak RSS {box.peak_rss_mb or float('nan'):.1f} MiB, cgroup peak "
+                f"{cold['cgroup_peak_mb'] or float('nan'):.1f} MiB of {box.spec.memory_mb}, /tmp used {box.tmp_used}")
+
+        # 3. embeddings: a Function URL request.
+        box = boot("EmbeddingsFunction")
+        try:
+            body = json.dumps({"model": "all-MiniLM-L6-v2",
+                               "input": ["beach at sunset", "a cat asleep on a sofa"]}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{box.api.port}/v1/embeddings", body,
+                                         {"Content-Type": "application/json"}, method="POST")
+            t = time.monotonic()
+            try:
+                with urllib.request.urlopen(req, timeout=box.spec.timeout_s + 5) as resp:
+                    status, data = resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                status, data = err.code, err.read().decode(errors="replace")
+            ms = (time.monotonic() - t) * 1000
+            ok = status == 200 and isinstance(data, dict) and len(data.get("data", [])) == 2
+            detail = f"HTTP {status} in {ms:.0f} ms"
+            if ok:
+                vecs = [d["embedding"] for d in data["data"]]
+                norms = [sum(x * x for x in v) ** 0.5 for v in vecs]
+                cos = sum(a * b for a, b in zip(*vecs)) / (norms[0] * norms[1])
+                ok = all(len(v) == 384 for v in vecs) and all(abs(n - 1) < 1e-3 for n in norms)
+                detail += (f", {len(vecs)} vectors of {len(vecs[0])} dims, norms "
+                           f"{', '.join(f'{n:.4f}' for n in norms)}, cosine {cos:.3f}, "
+                           f"usage {data.get('usage')}")
+            else:
+                detail += f": {str(data)[:500]}\n{box.tail()}"
+            report.step("embeddings Function URL POST /v1/embeddings", ok, detail)
+        finally:
+            finish(box)
+
+        # 4. faces: the upload's S3 notification.
+        faces_spec = specs["FacesFunction"]
+        s3_events = [e["Properties"] for e in faces_spec.events.values() if e["Type"] == "S3"]
+        routed = [p for p in s3_events if p["Bucket"] == photo_bucket and s3_filter_matches(p, photo_key)]
+        report.step("S3 notification routes the upload to faces", bool(routed),
+                    f"{len(routed)} of {len(s3_events)} S3 events match s3://{photo_bucket}/{photo_key}")
+        box = boot("FacesFunction")
+        try:
+            t = time.monotonic()
+            inv = box.api.invoke(json.dumps(s3_notification(photo_bucket, photo_key, meta)).encode())
+            ms = (time.monotonic() - t) * 1000
+            sink = faces_spec.env["COLDPATH_RESULT_SINK"]
+            prefix = urllib.parse.urlparse(sink).path.lstrip("/")
+            keys = list_results(s3, results_bucket, prefix + "/")
+            detail = f"invoke {'ok' if inv.ok else 'FAILED ' + inv.error_type} in {ms:.0f} ms"
+            ok = inv.ok and bool(keys)
+            if ok:
+                result = json.loads(s3.get_object(Bucket=results_bucket, Key=keys[0])["Body"].read())
+                faces = find_key(result, "faces") or []
+                ok = len(faces) == PHOTO_FACES
+                scores = ", ".join(f"{f.get('score', 0):.2f}" for f in faces)
+                detail += (f"; s3://{results_bucket}/{keys[0]}: {len(faces)} faces (expected "
+                           f"{PHOTO_FACES}), scores {scores}")
+            else:
+                detail += f"; results under {sink}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
+            report.step("faces: photo upload -> result in the results bucket", ok, detail)
+        finally:
+            finish(box)
+
+        # 5. captioning: the upload's EventBridge event as a caption message, and a poison one.
+        cap_spec = specs["CaptioningFunction"]
+        sqs_events = [e["Properties"] for e in cap_spec.events.values() if e["Type"] == "SQS"]
+        if len(sqs_events) != 1:
+            raise RehearsalError(f"CaptioningFunction: {len(sqs_events)} SQS events, expected 1")
+        mapping = sqs_events[0]
+        queue_arn = mapping["Queue"]
+        queue_logical = next(q for q in stack.of_type("AWS::SQS::Queue")
+                             if stack.attributes[(q, "Arn")] == queue_arn)
+        queue_url = stack.physical[queue_logical]
+        redrive = stack.resolve(stack.resources[queue_logical]["Properties"]["RedrivePolicy"])
+        max_receive = int(redrive["maxReceiveCount"])
+        dlq_logical = next(q for q in stack.of_type("AWS::SQS::Queue")
+                           if stack.attributes[(q, "Arn")] == redrive["deadLetterTargetArn"])
+        dlq_url = stack.physical[dlq_logical]
+        batch_size = int(mapping.get("BatchSize", 10))
+        partial = "ReportBatchItemFailures" in mapping.get("FunctionResponseTypes", [])
+
+        bridge = eventbridge_object_created(photo_bucket, photo_key, meta)
+        rules = [r for r in stack.of_type("AWS::Events::Rule")
+                 if any(t["Arn"] == queue_arn for t in stack.resolve(stack.resources[r]["Properties"]["Targets"]))]
+        matched = [r for r in rules
+                   if pattern_matches(stack.resolve(stack.resources[r]["Properties"]["EventPattern"]), bridge)]
+        report.step("EventBridge rule routes the upload to the caption queue", bool(matched),
+                    f"{', '.join(matched) or 'no rule'} matches the Object Created event")
+        good_id = sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(bridge))["MessageId"]
+        poison_body = '{"id": "poison", "image": '  # truncated JSON: fails on every receive
+        poison_id = sqs.send_message(QueueUrl=queue_url, MessageBody=poison_body)["MessageId"]
+        log(f"sent caption message {good_id} and poison message {poison_id} to {queue_logical}")
+
+        box = boot("CaptioningFunction")
+        try:
+            receives: dict[str, int] = {}
+            invocations = []
+            captioned = False
+            poisoned = False
+            deadline = time.monotonic() + 60 + max_receive * (REHEARSAL_VISIBILITY + cap_spec.timeout_s)
+            cap_prefix = urllib.parse.urlparse(cap_spec.env["COLDPATH_RESULT_SINK"]).path.lstrip("/") + "/"
+            while time.monotonic() < deadline and not (captioned and poisoned):
+                got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=batch_size,
+                                          WaitTimeSeconds=1, AttributeNames=["All"],
+                                          MessageAttributeNames=["All"]).get("Messages", [])
+                if got:
+                    for m in got:
+                        receives[m["MessageId"]] = int(m["Attributes"]["ApproximateReceiveCount"])
+                    t = time.monotonic()
+                    inv = box.api.invoke(json.dumps(sqs_event(got, queue_arn)).encode())
+                    ms = (time.monotonic() - t) * 1000
+                    failed = set()
+                    if not inv.ok:
+                        failed = {m["MessageId"] for m in got}  # a failed invocation deletes nothing
+                    elif partial:
+                        answer = json.loads(inv.body or b"{}") or {}
+                        failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
+                    for m in got:
+                        if m["MessageId"] not in failed:
+                            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+                    invocations.append(f"{len(got)} record(s), {len(failed)} failed, {ms:.0f} ms"
+                                       + ("" if inv.ok else f" ({inv.error_type})"))
+                    log(f"captioning invoke: {invocations[-1]}")
+                captioned = captioned or bool(list_results(s3, results_bucket, cap_prefix))
+                dlq = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=0,
+                                          WaitTimeSeconds=0).get("Messages", [])
+                poisoned = any(m["MessageId"] == poison_id for m in dlq)
+            keys = list_results(s3, results_bucket, cap_prefix)
+            detail = f"{len(invocations)} invocations ({'; '.join(invocations)})"
+            if keys:
+                result = json.loads(s3.get_object(Bucket=results_bucket, Key=keys[0])["Body"].read())
+                caption = find_key(result, "caption") or result
+                detail += f"; s3://{results_bucket}/{keys[0]}: {json.dumps(caption)[:200]}"
+            ok = len(keys) == 1 and good_id not in {m["MessageId"] for m in dlq}
+            report.step("captioning: caption message -> caption in the results bucket", ok,
+                        detail + ("" if ok else f"\n{box.tail()}"))
+            report.step(f"captioning: poison message -> {dlq_logical} after maxReceiveCount {max_receive}",
+                        poisoned and receives.get(poison_id) == max_receive,
+                        f"received {receives.get(poison_id, 0)} times, then moved to the DLQ: "
+                        f"{'yes' if poisoned else 'no'}")
+            visible = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+            left = int(visible["ApproximateNumberOfMessages"]) + int(visible["ApproximateNumberOfMessagesNotVisible"])
+            report.step("caption queue drained", left == 0, f"{left} messages left")
+        finally:
+            finish(box)
+    finally:
+        for box in sandboxes:
+            if box.proc.poll() is None:
+                box.stop()
+        moto.terminate()
+        moto.wait()
+    report.step("host untouched", Path("/var/task").exists() == host_had_var_task,
+                "/var/task " + ("still absent" if not host_had_var_task else "as it was") + " on the host")
+
+    total = time.monotonic() - t_all
+    print_summary(report, total)
+    if not args.keep:
+        shutil.rmtree(WORK / "sandboxes", ignore_errors=True)
+    return 0 if report.ok else 1
+
+
+def print_summary(report: Report, total_s: float) -> None:
+    print(f"\n== cold starts from an empty /tmp ({platform.node()}, {os.cpu_count()} CPUs)")
+    print(f"{'function':<20} {'memory':>7} {'spawn->ready':>13} {'record total':>13} "
+          f"{'peak RSS':>10} {'cgroup peak':>12} {'/tmp':>6}")
+    for c in report.cold:
+        rec = c["record"]
+        rss = c.get("peak_rss_mb")
+        cg = c.get("cgroup_peak_mb")
+        print(f"{c['function']:<20} {c['memory_mb']:>5} MB {c['ready_ms']:>10.0f} ms "
+              f"{rec.get('total_ms', float('nan')):>10.0f} ms "
+              f"{(rss if rss is not None else float('nan')):>6.1f} MiB {(cg if cg is not None else float('nan')):>8.1f} MiB "
+              f"{c.get('tmp_used', ''):>6}")
+    print("\n== steps")
+    for name, ok, detail in report.steps:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail.splitlines()[0] if detail else ''}")
+    verdict = "rehearsal passed" if report.ok else "rehearsal FAILED"
+    print(f"\n{verdict} in {total_s:.0f} s (logs: {(WORK / 'logs').relative_to(ROOT)})")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-sam", action="store_true", help="skip sam validate and sam build")
+    parser.add_argument("--keep", action="store_true", help="keep the unpacked sandboxes")
+    args = parser.parse_args(argv)
+    try:
+        return rehearse(args)
+    except RehearsalError as err:
+        log(f"rehearse: {err}")
+        return 1
+    except ImportError as err:
+        log(f"rehearse: {err}: run with .venv-deploy/bin/python (make setup-deploy)")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
