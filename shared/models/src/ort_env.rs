@@ -24,8 +24,9 @@ pub const DEFAULT_ORT_DYLIB_PATH: &str = "/opt/lib/libonnxruntime.so";
 pub struct OrtRuntime {
     env: Environment,
     pub library: PathBuf,
-    /// ONNX Runtime's build string, e.g. `ORT Build Info: git-branch=rel-1.31.1,
-    /// git-commit-id=…, build type=Release, …`: part of every optimised graph's key.
+    /// ONNX Runtime's build string (`GetBuildInfoString`), e.g. `ORT Build Info: git-branch=HEAD,
+    /// git-commit-id=6af1a93, fp8-kv-cache=1, build type=Release` for the 1.31.1 release: the
+    /// commit pins the version and the rest the build, so it is part of every graph's key.
     build_info: String,
 }
 
