@@ -22,9 +22,10 @@
 //! | [`COLD_START`] | Milliseconds | `Function` | once per process, from the cold-start record |
 //!
 //! Whether lines are written is [`MetricsMode`], read once from `COLDPATH_METRICS` (`emf` or
-//! `off`) into each function's config: `emf` by default inside Lambda, `off` elsewhere (a
-//! terminal or a test has no use for them; a worker container whose logs reach CloudWatch sets
-//! `COLDPATH_METRICS=emf`).
+//! `off`) into each function's config: `emf` by default inside Lambda and inside an AWS Batch job
+//! (the captioning worker's pool, whose default `awslogs` driver sends the container's output to
+//! CloudWatch Logs), `off` elsewhere (a terminal or a test has no use for them; any other
+//! container whose logs reach CloudWatch sets `COLDPATH_METRICS=emf`).
 //!
 //! The document follows the EMF specification (CloudWatch user guide, "Specification: Embedded
 //! metric format"): `_aws.Timestamp` in milliseconds since the epoch, `_aws.CloudWatchMetrics` an
@@ -169,10 +170,14 @@ pub enum MetricsMode {
 
 impl MetricsMode {
     /// `COLDPATH_METRICS` (`emf` or `off`); unset, `emf` inside Lambda (told by
-    /// `AWS_LAMBDA_FUNCTION_NAME`) and `off` elsewhere.
+    /// `AWS_LAMBDA_FUNCTION_NAME`) or an AWS Batch job (`AWS_BATCH_JOB_ID`), whose output reaches
+    /// CloudWatch Logs, and `off` elsewhere.
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let on_aws = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_BATCH_JOB_ID"]
+            .iter()
+            .any(|name| config::get(env, name).is_some());
         match config::get(env, METRICS_VAR) {
-            None if config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some() => Ok(MetricsMode::Emf),
+            None if on_aws => Ok(MetricsMode::Emf),
             None => Ok(MetricsMode::Off),
             Some(raw) => match raw.to_ascii_lowercase().as_str() {
                 "emf" => Ok(MetricsMode::Emf),
@@ -602,6 +607,10 @@ mod tests {
                 ("COLDPATH_METRICS", "off")
             ]),
             Ok(MetricsMode::Off)
+        );
+        assert_eq!(
+            mode(&[("AWS_BATCH_JOB_ID", "3f2c0d6e-1b2a-4c5d-9e8f-0a1b2c3d4e5f")]),
+            Ok(MetricsMode::Emf)
         );
         assert_eq!(mode(&[("COLDPATH_METRICS", " EMF ")]), Ok(MetricsMode::Emf));
         let err = mode(&[("COLDPATH_METRICS", "prometheus")]).unwrap_err();
