@@ -137,7 +137,10 @@ pub fn parse(body: Option<&str>, max_new_tokens_cap: usize) -> Result<Message, M
     if fields.contains_key("Records") {
         return parse_s3_notification(value);
     }
-    if fields.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+    // Both members, as S3 sends them: a body that only resembles a test event is not dropped.
+    if fields.get("Service").and_then(Value::as_str) == Some("Amazon S3")
+        && fields.get("Event").and_then(Value::as_str) == Some("s3:TestEvent")
+    {
         return Ok(Message {
             kind: BodyKind::S3TestEvent,
             requests: Vec::new(),
@@ -582,6 +585,9 @@ mod tests {
                 requests: Vec::new()
             }
         );
+        // Without S3's `Service`, it is an unknown body and fails like one.
+        let err = parse(Some(r#"{"Event": "s3:TestEvent"}"#), 32).unwrap_err();
+        assert!(matches!(err, MessageError::Json(_)), "{err}");
     }
 
     #[test]
