@@ -229,3 +229,19 @@ pub async fn init<F: ObjectFetcher>(
     metrics.cold_start(&record);
     Ok((service, record))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_refusals_count_as_errors_of_their_class() {
+        assert_eq!(refusal_type(200), None);
+        assert_eq!(refusal_type(204), None);
+        assert_eq!(refusal_type(400), Some(ErrorType::InvalidInput));
+        assert_eq!(refusal_type(404), Some(ErrorType::InvalidInput));
+        assert_eq!(refusal_type(405), Some(ErrorType::InvalidInput));
+        assert_eq!(refusal_type(413), Some(ErrorType::RequestTooLarge));
+        assert_eq!(refusal_type(500), Some(ErrorType::Internal));
+    }
+}
