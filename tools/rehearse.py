@@ -667,6 +667,7 @@ class Sandbox:
     peak_rss_mb: float | None = None
     cgroup_peak_mb: float | None = None
     tmp_used: str = ""
+    tmp_files: list[str] = field(default_factory=list)
 
     def wait_ready(self) -> float:
         """Seconds from spawn to the runtime's first /next; raises on an init failure."""
@@ -707,6 +708,9 @@ class Sandbox:
             self.tmp_used = subprocess.run(
                 ["nsenter", "-t", str(self.proc.pid), "-m", "du", "-sh", "/tmp"],
                 capture_output=True, text=True, timeout=10).stdout.split("\t")[0]
+            self.tmp_files = subprocess.run(
+                ["nsenter", "-t", str(self.proc.pid), "-m", "find", "/tmp", "-type", "f"],
+                capture_output=True, text=True, timeout=10).stdout.split()
         except (OSError, subprocess.SubprocessError):
             pass
         self.cgroup_peak_mb = self.cgroup.peak_mb()
@@ -875,6 +879,11 @@ class Report:
     def __init__(self):
         self.steps: list[tuple[str, bool, str]] = []
         self.cold: list[dict] = []
+        self.notes: list[str] = [
+            "AWS_ENDPOINT_URL=<moto> and COLDPATH_S3_FORCE_PATH_STYLE=true added to every function's env",
+            "Function URL IAM (SigV4) auth is not verified; S3 notification and EventBridge delivery "
+            "are made by this script from the real upload",
+        ]
 
     def step(self, name: str, ok: bool, detail: str) -> bool:
         self.steps.append((name, ok, detail))
@@ -925,8 +934,7 @@ def run_sam(report: Report) -> Path | None:
     return built if out.returncode == 0 and built.is_file() else None
 
 
-def rehearse(args) -> int:
-    report = Report()
+def rehearse(args, report: Report) -> int:
     if os.geteuid() != 0:
         raise RehearsalError("needs root: a private mount namespace (unshare --mount) and a cgroup")
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
@@ -938,7 +946,6 @@ def rehearse(args) -> int:
         os.environ.pop(name, None)
     os.environ.update(AWS_ACCESS_KEY_ID="rehearsal", AWS_SECRET_ACCESS_KEY="rehearsal",
                       AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION)
-    t_all = time.monotonic()
     logs = WORK / "logs"
     if WORK.exists():
         shutil.rmtree(WORK)
@@ -967,6 +974,7 @@ def rehearse(args) -> int:
         s3, sqs = aws_clients(endpoint)
         for note in create_stack(stack, s3, sqs):
             log(f"note: {note}")
+            report.notes.append(note)
         specs = function_specs(stack)
         for spec in specs.values():
             for path in [spec.code, *spec.layers]:
@@ -1020,6 +1028,14 @@ def rehearse(args) -> int:
             cold["peak_rss_mb"] = box.peak_rss_mb
             cold["cgroup_peak_mb"] = box.cgroup_peak_mb
             cold["tmp_used"] = box.tmp_used
+            cache = box.spec.env.get("COLDPATH_OPTIMIZED_MODEL_DIR")
+            if "COLDPATH_PREPARED_MODEL_DIR" in box.spec.env and cache:
+                # A packaged function finds every graph in /var/task: nothing optimised into its
+                # /tmp cache. (ONNX Runtime 1.31 itself writes a 51-byte /tmp/.ses.)
+                optimised = [f for f in box.tmp_files if f.startswith(cache.rstrip("/") + "/")]
+                report.step(f"{box.spec.logical} loads its prepared graphs", not optimised,
+                            f"graphs optimised into {cache}: {optimised or 'none'}; "
+                            f"/tmp holds {box.tmp_files or 'nothing'}")
             log(f"{box.spec.logical}: peak RSS {box.peak_rss_mb or float('nan'):.1f} MiB, cgroup peak "
                 f"{cold['cgroup_peak_mb'] or float('nan'):.1f} MiB of {box.spec.memory_mb}, /tmp used {box.tmp_used}")
 
@@ -1173,11 +1189,8 @@ def rehearse(args) -> int:
     report.step("host untouched", Path("/var/task").exists() == host_had_var_task,
                 "/var/task " + ("still absent" if not host_had_var_task else "as it was") + " on the host")
 
-    total = time.monotonic() - t_all
-    print_summary(report, total)
     if not args.keep:
         shutil.rmtree(WORK / "sandboxes", ignore_errors=True)
-    return 0 if report.ok else 1
 
 
 def print_summary(report: Report, total_s: float) -> None:
@@ -1192,6 +1205,9 @@ def print_summary(report: Report, total_s: float) -> None:
               f"{rec.get('total_ms', float('nan')):>10.0f} ms "
               f"{(rss if rss is not None else float('nan')):>6.1f} MiB {(cg if cg is not None else float('nan')):>8.1f} MiB "
               f"{c.get('tmp_used', ''):>6}")
+    print("\n== rehearsal-only differences from AWS")
+    for note in report.notes:
+        print(f"- {note}")
     print("\n== steps")
     for name, ok, detail in report.steps:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail.splitlines()[0] if detail else ''}")
@@ -1204,14 +1220,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-sam", action="store_true", help="skip sam validate and sam build")
     parser.add_argument("--keep", action="store_true", help="keep the unpacked sandboxes")
     args = parser.parse_args(argv)
+    report = Report()
+    started = time.monotonic()
     try:
-        return rehearse(args)
+        rehearse(args, report)
     except RehearsalError as err:
-        log(f"rehearse: {err}")
-        return 1
+        report.step("rehearsal stopped", False, str(err))
     except ImportError as err:
         log(f"rehearse: {err}: run with .venv-deploy/bin/python (make setup-deploy)")
         return 2
+    print_summary(report, time.monotonic() - started)
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
