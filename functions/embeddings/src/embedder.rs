@@ -217,9 +217,13 @@ impl OnnxEmbedder {
     }
 }
 
-impl Embed for OnnxEmbedder {
-    fn embed(&self, texts: &[String]) -> Result<Embedded, EmbedError> {
-        let encodings = texts
+impl OnnxEmbedder {
+    /// The first half of [`Embed::embed`]: each text tokenized with the pipeline's truncation
+    /// (its `len()` is the tokens it uses). A server that batches requests tokenizes each one on
+    /// arrival, to weigh it against a token budget, and runs many requests' encodings together
+    /// with [`OnnxEmbedder::embed_encodings`].
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Encoding>, EmbedError> {
+        texts
             .iter()
             .enumerate()
             .map(|(index, t)| {
@@ -230,9 +234,15 @@ impl Embed for OnnxEmbedder {
                         reason: e.to_string(),
                     })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// The second half of [`Embed::embed`]: vectors for encodings from
+    /// [`OnnxEmbedder::tokenize`], in order, in ONNX runs of at most the pipeline's padded-token
+    /// budget.
+    pub fn embed_encodings(&self, encodings: &[Encoding]) -> Result<Embedded, EmbedError> {
         let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        let mut vectors = vec![Vec::new(); texts.len()];
+        let mut vectors = vec![Vec::new(); encodings.len()];
         for group in plan_batches(&lengths, self.config.max_batch_tokens) {
             let batch: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
             let run = self.run_batch(&batch)?;
@@ -245,6 +255,12 @@ impl Embed for OnnxEmbedder {
             vectors,
             token_counts: lengths,
         })
+    }
+}
+
+impl Embed for OnnxEmbedder {
+    fn embed(&self, texts: &[String]) -> Result<Embedded, EmbedError> {
+        self.embed_encodings(&self.tokenize(texts)?)
     }
 
     fn dimensions(&self) -> usize {

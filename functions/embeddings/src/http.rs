@@ -83,26 +83,34 @@ pub fn route(payload: Value, max_body_bytes: usize) -> Routed {
     } else {
         raw.into_bytes()
     };
+    match parse_body(&bytes, max_body_bytes) {
+        Ok(v) => Routed::Body(v),
+        Err((kind, message)) => answer(error(kind, &message)),
+    }
+}
+
+/// Checks a decoded request body's size and parses its JSON: the class and message of the
+/// refusal otherwise. Shared with `coldpath-serve`, so both front doors refuse alike.
+pub fn parse_body(bytes: &[u8], max_body_bytes: usize) -> Result<Value, (ErrorType, String)> {
     if bytes.len() > max_body_bytes {
         let msg = format!(
             "request too large: {} bytes, at most {max_body_bytes}",
             bytes.len()
         );
-        return answer(error(ErrorType::RequestTooLarge, &msg));
+        return Err((ErrorType::RequestTooLarge, msg));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return answer(error(
+        return Err((
             ErrorType::InvalidInput,
-            "request body is empty; send a JSON object with 'input'",
+            "request body is empty; send a JSON object with 'input'".to_string(),
         ));
     }
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Routed::Body(v),
-        Err(e) => answer(error(
+    serde_json::from_slice(bytes).map_err(|e| {
+        (
             ErrorType::InvalidInput,
-            &format!("request body is not valid JSON: {e}"),
-        )),
-    }
+            format!("request body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// The request path without an API Gateway stage prefix (`/prod/v1/embeddings` on a named stage).
@@ -144,14 +152,16 @@ pub fn reply(status: u16, body: &Value) -> ApiGatewayV2httpResponse {
 
 /// An error reply in the OpenAI error shape, with the status that belongs to its class.
 pub fn error(kind: ErrorType, message: &str) -> ApiGatewayV2httpResponse {
+    reply(kind.http_status(), &error_body(kind, message))
+}
+
+/// The OpenAI error body for an error of class `kind`.
+pub fn error_body(kind: ErrorType, message: &str) -> Value {
     let error_type = match kind {
         ErrorType::InvalidInput | ErrorType::RequestTooLarge => "invalid_request_error",
         _ => "server_error",
     };
-    reply(
-        kind.http_status(),
-        &json!({"error": {"message": message, "type": error_type, "code": kind.as_str()}}),
-    )
+    json!({"error": {"message": message, "type": error_type, "code": kind.as_str()}})
 }
 
 #[cfg(test)]
