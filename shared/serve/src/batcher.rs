@@ -1,0 +1,492 @@
+//! Dynamic batching: one bounded queue and one batching task per model.
+//!
+//! Callers [`Batcher::submit`] one request's prepared work. Whenever the model is free, the
+//! batching task takes what is queued, in arrival order, up to a maximum of items and a weight
+//! budget (tokens, as text-embeddings-inference does), runs it once on the blocking pool, and
+//! answers each caller on its own `oneshot`. A full queue is refused at once ([`BatchError::
+//! QueueFull`], 429); a request not answered by its deadline gets [`BatchError::Deadline`]
+//! (503); a caller that went away (its client disconnected, or its deadline passed) is dropped
+//! before it is batched, so it costs nothing further.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coldpath_io::{TaskError, spawn_blocking};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::BatchPolicy;
+use crate::metrics::ModelMetrics;
+
+/// A model the batcher can feed: many requests' inputs in, one output per input, in order.
+pub trait BatchModel: Send + Sync + 'static {
+    /// One request's prepared work (tokenized texts, a decoded photo).
+    type Input: Send + 'static;
+    type Output: Send + 'static;
+    type Error: Send + 'static;
+
+    /// The request's items (texts, photos), counted against the policy's `max_items`.
+    fn items(input: &Self::Input) -> usize;
+    /// The request's weight (tokens), counted against the policy's `max_weight`.
+    fn weight(input: &Self::Input) -> usize;
+    /// Runs a batch on a blocking thread: exactly one result per input, in order.
+    fn run(&self, inputs: Vec<Self::Input>) -> Vec<Result<Self::Output, Self::Error>>;
+}
+
+/// Why a batched request got no output.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError<E> {
+    #[error("the {model} queue is full ({capacity} requests waiting); retry later")]
+    QueueFull {
+        model: &'static str,
+        capacity: usize,
+    },
+    #[error(
+        "the {model} request was not answered within its deadline of {deadline:?}; retry later"
+    )]
+    Deadline {
+        model: &'static str,
+        deadline: Duration,
+    },
+    #[error("the {model} model is shutting down")]
+    Closed { model: &'static str },
+    #[error("the {model} batch failed: {source}")]
+    Task {
+        model: &'static str,
+        #[source]
+        source: TaskError,
+    },
+    /// The model's own error for this request.
+    #[error(transparent)]
+    Model(E),
+}
+
+type Reply<M> = Result<<M as BatchModel>::Output, BatchError<<M as BatchModel>::Error>>;
+
+struct Entry<M: BatchModel> {
+    input: M::Input,
+    items: usize,
+    weight: usize,
+    admitted: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Reply<M>>,
+}
+
+/// The submitting side of one model's queue; cheap to share behind an `Arc`.
+pub struct Batcher<M: BatchModel> {
+    name: &'static str,
+    tx: mpsc::Sender<Entry<M>>,
+    policy: BatchPolicy,
+    metrics: ModelMetrics,
+}
+
+impl<M: BatchModel> Batcher<M> {
+    /// Starts the batching task for `model`. The task ends when every [`Batcher`] handle is
+    /// dropped and the queue is empty, so dropping the server's state drains it.
+    pub fn spawn(
+        name: &'static str,
+        model: Arc<M>,
+        policy: BatchPolicy,
+        metrics: ModelMetrics,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(policy.queue);
+        let task = tokio::spawn(batch_loop(name, model, rx, policy, metrics.clone()));
+        (
+            Batcher {
+                name,
+                tx,
+                policy,
+                metrics,
+            },
+            task,
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Requests waiting in the queue (not those in the batch running now).
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Queues `input` and waits for its output, at most until the policy's deadline. Dropping
+    /// the returned future (the client went away) withdraws the request if it is still queued.
+    pub async fn submit(&self, input: M::Input) -> Reply<M> {
+        let admitted = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        let entry = Entry {
+            items: M::items(&input),
+            weight: M::weight(&input),
+            input,
+            admitted,
+            deadline: admitted + self.policy.deadline,
+            reply,
+        };
+        match self.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.rejected("queue_full");
+                return Err(BatchError::QueueFull {
+                    model: self.name,
+                    capacity: self.policy.queue,
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(BatchError::Closed { model: self.name });
+            }
+        }
+        let reply = match tokio::time::timeout(self.policy.deadline, rx).await {
+            Ok(Ok(reply)) => reply,
+            // The batching task ended without answering: only when the runtime shuts down.
+            Ok(Err(_)) => Err(BatchError::Closed { model: self.name }),
+            Err(_) => Err(BatchError::Deadline {
+                model: self.name,
+                deadline: self.policy.deadline,
+            }),
+        };
+        if matches!(reply, Err(BatchError::Deadline { .. })) {
+            self.metrics.rejected("deadline");
+        }
+        reply
+    }
+}
+
+/// The entry if it is still worth running: its caller is waiting and has time left. An expired
+/// one is answered [`BatchError::Deadline`] here (its caller's timer may not have fired yet).
+fn live<M: BatchModel>(
+    entry: Entry<M>,
+    now: Instant,
+    name: &'static str,
+    policy: &BatchPolicy,
+    metrics: &ModelMetrics,
+) -> Option<Entry<M>> {
+    if now >= entry.deadline {
+        let _ = entry.reply.send(Err(BatchError::Deadline {
+            model: name,
+            deadline: policy.deadline,
+        }));
+        return None;
+    }
+    if entry.reply.is_closed() {
+        // Gone before its deadline: the client disconnected.
+        metrics.rejected("cancelled");
+        return None;
+    }
+    Some(entry)
+}
+
+async fn batch_loop<M: BatchModel>(
+    name: &'static str,
+    model: Arc<M>,
+    mut rx: mpsc::Receiver<Entry<M>>,
+    policy: BatchPolicy,
+    metrics: ModelMetrics,
+) {
+    // An entry taken from the queue that did not fit the batch before it: it opens the next.
+    let mut held: Option<Entry<M>> = None;
+    loop {
+        let first = match held.take() {
+            Some(e) => e,
+            None => match rx.recv().await {
+                Some(e) => e,
+                None => break,
+            },
+        };
+        let now = Instant::now();
+        let Some(first) = live(first, now, name, &policy, &metrics) else {
+            continue;
+        };
+        let (mut items, mut weight) = (first.items, first.weight);
+        let mut batch = vec![first];
+        while items < policy.max_items {
+            let Ok(next) = rx.try_recv() else { break };
+            let Some(next) = live(next, now, name, &policy, &metrics) else {
+                continue;
+            };
+            let over_weight = policy
+                .max_weight
+                .is_some_and(|max| weight + next.weight > max);
+            if items + next.items > policy.max_items || over_weight {
+                held = Some(next);
+                break;
+            }
+            items += next.items;
+            weight += next.weight;
+            batch.push(next);
+        }
+        for e in &batch {
+            metrics.queue_wait(now.duration_since(e.admitted));
+        }
+        metrics.batch(batch.len(), items);
+        let (inputs, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|e| (e.input, e.reply)).unzip();
+        let started = Instant::now();
+        let model = Arc::clone(&model);
+        let outcome = spawn_blocking(move || model.run(inputs)).await;
+        tracing::debug!(
+            model = name,
+            batch_size = replies.len(),
+            items,
+            weight,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch"
+        );
+        match outcome {
+            Ok(results) if results.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that gave up meanwhile is simply not answered.
+                    let _ = reply.send(result.map_err(BatchError::Model));
+                }
+            }
+            Ok(results) => {
+                let source = TaskError::Panicked(format!(
+                    "the model answered {} results for {} requests",
+                    results.len(),
+                    replies.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(BatchError::Task {
+                        model: name,
+                        source: source.clone(),
+                    }));
+                }
+            }
+            Err(source) => {
+                tracing::error!(model = name, error = %source, "batch failed");
+                for reply in replies {
+                    let _ = reply.send(Err(BatchError::Task {
+                        model: name,
+                        source: source.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// Doubles numbers; records each batch; a batch waits while the gate is shut, so tests
+    /// decide when the model is busy. 13 is a per-request error and 666 panics.
+    struct Doubler {
+        batches: Mutex<Vec<Vec<u32>>>,
+        open: AtomicBool,
+        /// Batches that reached the model (and wait at the gate while it is closed).
+        entered: AtomicUsize,
+    }
+
+    impl BatchModel for Doubler {
+        type Input = u32;
+        type Output = u32;
+        type Error = String;
+        fn items(_: &u32) -> usize {
+            1
+        }
+        fn weight(x: &u32) -> usize {
+            *x as usize
+        }
+        fn run(&self, inputs: Vec<u32>) -> Vec<Result<u32, String>> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            while !self.open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(!inputs.contains(&666), "the model blew up");
+            self.batches.lock().unwrap().push(inputs.clone());
+            inputs
+                .into_iter()
+                .map(|x| {
+                    if x == 13 {
+                        Err("unlucky".into())
+                    } else {
+                        Ok(2 * x)
+                    }
+                })
+                .collect()
+        }
+    }
+
+    struct Fixture {
+        b: Arc<Batcher<Doubler>>,
+        model: Arc<Doubler>,
+        metrics: Metrics,
+    }
+
+    impl Fixture {
+        fn new(policy: BatchPolicy) -> Self {
+            let model = Arc::new(Doubler {
+                batches: Mutex::new(Vec::new()),
+                open: AtomicBool::new(true),
+                entered: AtomicUsize::new(0),
+            });
+            let metrics = Metrics::new();
+            let (b, _task) = Batcher::spawn(
+                "doubler",
+                Arc::clone(&model),
+                policy,
+                metrics.model("doubler"),
+            );
+            Fixture {
+                b: Arc::new(b),
+                model,
+                metrics,
+            }
+        }
+
+        fn shut(&self) {
+            self.model.open.store(false, Ordering::SeqCst);
+        }
+
+        fn open(&self) {
+            self.model.open.store(true, Ordering::SeqCst);
+        }
+    }
+
+    const POLICY: BatchPolicy = BatchPolicy {
+        queue: 64,
+        max_items: 4,
+        max_weight: Some(100),
+        deadline: Duration::from_secs(10),
+    };
+
+    async fn wait_for(mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("condition not reached");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_what_queued_while_busy_within_items_and_weight() {
+        let f = Fixture::new(POLICY);
+        let (b, model) = (&f.b, &f.model);
+        f.shut();
+        // The first request runs alone and holds the model at the gate.
+        let first = tokio::spawn({
+            let b = Arc::clone(b);
+            async move { b.submit(1).await }
+        });
+        wait_for(|| model.entered.load(Ordering::SeqCst) == 1).await;
+        let mut rest = Vec::new();
+        for x in [2, 3, 4, 5, 6, 90, 7, 13] {
+            let queued = Arc::clone(b);
+            rest.push(tokio::spawn(async move { queued.submit(x).await }));
+            // Keep arrival order deterministic.
+            wait_for(|| b.depth() == rest.len()).await;
+        }
+        f.open();
+        assert_eq!(first.await.unwrap().unwrap(), 2);
+        let mut got = Vec::new();
+        for r in rest {
+            got.push(r.await.unwrap());
+        }
+        assert_eq!(got[0].as_ref().unwrap(), &4);
+        assert!(matches!(&got[7], Err(BatchError::Model(m)) if m == "unlucky"));
+        // 4 items at most; 90 would push 5+6's batch past 100 tokens, so it opens the next.
+        assert_eq!(
+            *model.batches.lock().unwrap(),
+            vec![vec![1], vec![2, 3, 4, 5], vec![6, 90], vec![7, 13]]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_is_refused_and_late_requests_expire_unrun() {
+        let policy = BatchPolicy {
+            queue: 2,
+            deadline: Duration::from_millis(100),
+            ..POLICY
+        };
+        let f = Fixture::new(policy);
+        let (b, model, metrics) = (&f.b, &f.model, &f.metrics);
+        f.shut();
+        let busy = tokio::spawn({
+            let b = Arc::clone(b);
+            async move { b.submit(1).await }
+        });
+        wait_for(|| model.entered.load(Ordering::SeqCst) == 1).await;
+        let queued: Vec<_> = [2, 3]
+            .into_iter()
+            .map(|x| {
+                let b = Arc::clone(b);
+                tokio::spawn(async move { b.submit(x).await })
+            })
+            .collect();
+        wait_for(|| b.depth() == 2).await;
+        assert!(matches!(
+            b.submit(4).await,
+            Err(BatchError::QueueFull { capacity: 2, .. })
+        ));
+        // Everyone's deadline passes while the model is held.
+        for q in queued {
+            assert!(matches!(q.await.unwrap(), Err(BatchError::Deadline { .. })));
+        }
+        assert!(matches!(
+            busy.await.unwrap(),
+            Err(BatchError::Deadline { .. })
+        ));
+        f.open();
+        // Expired entries hold their queue slots until the batcher passes over them.
+        wait_for(|| b.depth() == 0).await;
+        // The expired ones never ran: only the first batch did, then a fresh request runs.
+        assert_eq!(b.submit(5).await.unwrap(), 10);
+        assert_eq!(*model.batches.lock().unwrap(), vec![vec![1], vec![5]]);
+        let text = metrics.encode(&[]);
+        assert!(
+            text.contains(
+                r#"coldpath_serve_rejected_total{model="doubler",reason="queue_full"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"coldpath_serve_rejected_total{model="doubler",reason="deadline"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_withdrawn_request_costs_nothing() {
+        let f = Fixture::new(POLICY);
+        let (b, model) = (&f.b, &f.model);
+        f.shut();
+        let busy = tokio::spawn({
+            let b = Arc::clone(b);
+            async move { b.submit(1).await }
+        });
+        wait_for(|| model.entered.load(Ordering::SeqCst) == 1).await;
+        let gone = tokio::spawn({
+            let b = Arc::clone(b);
+            async move { b.submit(2).await }
+        });
+        wait_for(|| b.depth() == 1).await;
+        // The client disconnects: its handler future is dropped.
+        gone.abort();
+        let _ = gone.await;
+        let stays = tokio::spawn({
+            let b = Arc::clone(b);
+            async move { b.submit(3).await }
+        });
+        wait_for(|| b.depth() == 2).await;
+        f.open();
+        assert_eq!(busy.await.unwrap().unwrap(), 2);
+        assert_eq!(stays.await.unwrap().unwrap(), 6);
+        assert_eq!(*model.batches.lock().unwrap(), vec![vec![1], vec![3]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_batch_fails_its_own_callers_only() {
+        let f = Fixture::new(POLICY);
+        let b = &f.b;
+        assert!(matches!(b.submit(666).await, Err(BatchError::Task { .. })));
+        assert_eq!(b.submit(21).await.unwrap(), 42);
+    }
+}

@@ -1,0 +1,182 @@
+//! The server's configuration, read once from the environment at start: which workloads it
+//! hosts, where it listens, each model's queue and batching policy, and the drain deadline. Each
+//! hosted engine reads its own settings exactly as its Lambda function does
+//! ([`EmbeddingsConfig::from_env`], [`FacesConfig::from_env`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_embeddings::EmbeddingsConfig;
+use coldpath_faces::FacesConfig;
+
+/// The port SageMaker and most container platforms expect when `PORT` is unset.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// How one model's requests queue and batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    /// Requests that may wait for the model; one more is refused with 429.
+    pub queue: usize,
+    /// Most items (texts, photos) in one batch. A request larger than this still runs, alone.
+    pub max_items: usize,
+    /// Most weight (tokens for embeddings) in one batch; `None` for no budget. A request heavier
+    /// than the budget still runs, alone.
+    pub max_weight: Option<usize>,
+    /// How long a request may take from admission to answer before it gets 503; a request still
+    /// queued then is dropped without running.
+    pub deadline: Duration,
+}
+
+/// Everything `coldpath-serve` reads from the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    /// `COLDPATH_SERVE_HOST` (default 0.0.0.0, every interface, as a container needs).
+    pub host: IpAddr,
+    /// `PORT` (default 8080); 0 lets the OS choose (tests).
+    pub port: u16,
+    /// `EMBEDDINGS_*` settings when embeddings is hosted.
+    pub embeddings: Option<EmbeddingsConfig>,
+    pub embeddings_batch: BatchPolicy,
+    /// `FACES_*` settings when faces is hosted.
+    pub faces: Option<FacesConfig>,
+    pub faces_batch: BatchPolicy,
+    /// `COLDPATH_SERVE_DRAIN_MS`: after SIGTERM, how long in-flight and queued requests get to
+    /// finish before the process exits anyway.
+    pub drain: Duration,
+    /// `COLDPATH_SERVE_RETRY_AFTER_S`: the `Retry-After` a refused request is given.
+    pub retry_after_s: u64,
+    /// `COLDPATH_SERVE_ALLOW_LOCAL_PATHS`: whether faces accepts `{"path"}` images (local
+    /// runs only; never on a network-facing deployment).
+    pub allow_local_paths: bool,
+}
+
+impl ServeConfig {
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let raw = config::get(env, "COLDPATH_SERVE_WORKLOADS")
+            .unwrap_or_else(|| "embeddings,faces".to_string());
+        let (mut embeddings, mut faces) = (false, false);
+        for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "embeddings" => embeddings = true,
+                "faces" => faces = true,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "COLDPATH_SERVE_WORKLOADS",
+                        "a comma-separated list of embeddings, faces",
+                        raw.as_str(),
+                    ));
+                }
+            }
+        }
+        if !embeddings && !faces {
+            return Err(ConfigError::invalid(
+                "COLDPATH_SERVE_WORKLOADS",
+                "at least one of embeddings, faces",
+                raw.as_str(),
+            ));
+        }
+        let host = config::parse_or(
+            env,
+            "COLDPATH_SERVE_HOST",
+            "an IP address",
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        )?;
+        let port = config::parse_or(env, "PORT", "a port number", DEFAULT_PORT)?;
+        let ms = |name: &str, default: usize| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(
+                config::positive_or(env, name, default)? as u64,
+            ))
+        };
+        Ok(ServeConfig {
+            host,
+            port,
+            embeddings: embeddings
+                .then(|| EmbeddingsConfig::from_env(env))
+                .transpose()?,
+            embeddings_batch: BatchPolicy {
+                queue: config::positive_or(env, "COLDPATH_SERVE_EMBEDDINGS_QUEUE", 512)?,
+                max_items: config::positive_or(env, "COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH", 256)?,
+                max_weight: Some(config::positive_or(
+                    env,
+                    "COLDPATH_SERVE_EMBEDDINGS_BATCH_TOKENS",
+                    16_384,
+                )?),
+                deadline: ms("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", 5_000)?,
+            },
+            faces: faces.then(|| FacesConfig::from_env(env)).transpose()?,
+            faces_batch: BatchPolicy {
+                // Queued photos are decoded: at most this many full-size RGB buffers wait.
+                queue: config::positive_or(env, "COLDPATH_SERVE_FACES_QUEUE", 16)?,
+                max_items: config::positive_or(env, "COLDPATH_SERVE_FACES_MAX_BATCH", 4)?,
+                max_weight: None,
+                deadline: ms("COLDPATH_SERVE_FACES_DEADLINE_MS", 30_000)?,
+            },
+            drain: ms("COLDPATH_SERVE_DRAIN_MS", 25_000)?,
+            retry_after_s: config::positive_or(env, "COLDPATH_SERVE_RETRY_AFTER_S", 1)? as u64,
+            allow_local_paths: config::bool_or(env, "COLDPATH_SERVE_ALLOW_LOCAL_PATHS", false)?,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The hosted workloads' names, for logs and errors.
+    pub fn workloads(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.embeddings.is_some() {
+            names.push("embeddings");
+        }
+        if self.faces.is_some() {
+            names.push("faces");
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coldpath_core::MapEnv;
+
+    #[test]
+    fn defaults_host_both_on_8080() {
+        let c = ServeConfig::from_env(&MapEnv::default()).unwrap();
+        assert_eq!(c.addr(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.workloads(), ["embeddings", "faces"]);
+        assert_eq!(c.embeddings_batch.queue, 512);
+        assert_eq!(c.embeddings_batch.max_weight, Some(16_384));
+        assert_eq!(c.faces_batch.max_weight, None);
+        assert_eq!(c.drain, Duration::from_secs(25));
+        assert!(!c.allow_local_paths);
+    }
+
+    #[test]
+    fn overrides_and_errors_name_the_variable() {
+        let c = ServeConfig::from_env(&MapEnv::new([
+            ("COLDPATH_SERVE_WORKLOADS", " faces "),
+            ("PORT", "9000"),
+            ("COLDPATH_SERVE_HOST", "127.0.0.1"),
+            ("COLDPATH_SERVE_FACES_QUEUE", "2"),
+            ("COLDPATH_SERVE_FACES_DEADLINE_MS", "50"),
+        ]))
+        .unwrap();
+        assert_eq!(c.workloads(), ["faces"]);
+        assert!(c.embeddings.is_none());
+        assert_eq!(c.addr(), "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.faces_batch.queue, 2);
+        assert_eq!(c.faces_batch.deadline, Duration::from_millis(50));
+        for (k, v) in [
+            ("COLDPATH_SERVE_WORKLOADS", "embeddings,captions"),
+            ("COLDPATH_SERVE_WORKLOADS", ","),
+            ("PORT", "http"),
+            ("PORT", "70000"),
+            ("COLDPATH_SERVE_EMBEDDINGS_QUEUE", "0"),
+            ("COLDPATH_SERVE_HOST", "localhost:1"),
+        ] {
+            let err = ServeConfig::from_env(&MapEnv::new([(k, v)])).unwrap_err();
+            assert!(err.to_string().starts_with(k), "{k}={v}: {err}");
+        }
+    }
+}

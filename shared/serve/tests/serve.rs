@@ -1,0 +1,955 @@
+//! `coldpath-serve` on the setup's real models (all-MiniLM-L6-v2 int8, YuNet + SFace int8bq),
+//! over real TCP: correctness under concurrent load, refusals mixed into a load, the 429 and
+//! 503 paths, readiness, metrics, the drain on shutdown, the binary's SIGTERM, and a soak
+//! (`COLDPATH_SERVE_SOAK_SECONDS`, 5 s in `make test`, 300 s in `make soak-serve`).
+//!
+//! Tolerance for vectors under load: cosine ≥ 0.99999 against the same text sent alone. A text
+//! batched with others runs padded to the batch's longest text (masked, so the model's answer is
+//! the same in exact arithmetic); only float summation order in ONNX Runtime's kernels differs
+//! with the padded shape. That is 1e-5 in cosine at most, ten times tighter than the embeddings
+//! function's batch-equals-single test, and far below any difference a search would notice.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use coldpath_aws::ObjectStore;
+use coldpath_core::MapEnv;
+use coldpath_io::LocalObjectDir;
+use coldpath_serve::{AppState, Metrics, ServeConfig, load, serve};
+use coldpath_test_support::{repo_root, setup_var, sigterm};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOLERANCE: f32 = 0.99999;
+
+// ---------------------------------------------------------------------------------------------
+// A server on its own runtime thread, and a minimal HTTP/1.1 client.
+
+fn env(extra: &[(&str, &str)]) -> MapEnv {
+    let mut env = MapEnv::new([
+        ("ORT_DYLIB_PATH", setup_var("ORT_DYLIB_PATH")),
+        (
+            "EMBEDDINGS_MODEL_SOURCE",
+            setup_var("EMBEDDINGS_MODEL_SOURCE"),
+        ),
+        (
+            "EMBEDDINGS_MODEL_SHA256",
+            setup_var("EMBEDDINGS_MODEL_SHA256"),
+        ),
+        ("FACES_DETECTOR_SOURCE", setup_var("FACES_DETECTOR_SOURCE")),
+        ("FACES_DETECTOR_SHA256", setup_var("FACES_DETECTOR_SHA256")),
+        (
+            "FACES_RECOGNIZER_SOURCE",
+            setup_var("FACES_RECOGNIZER_SOURCE"),
+        ),
+        (
+            "FACES_RECOGNIZER_SHA256",
+            setup_var("FACES_RECOGNIZER_SHA256"),
+        ),
+        // The machine running the tests is small and shared: one intra-op thread per session.
+        ("COLDPATH_INTRA_THREADS", "1".to_string()),
+        // The machine is small and shared, and tests run side by side: no deadline is hit
+        // unless a test sets one.
+        (
+            "COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS",
+            "300000".to_string(),
+        ),
+        ("COLDPATH_SERVE_FACES_DEADLINE_MS", "300000".to_string()),
+        ("COLDPATH_SERVE_HOST", "127.0.0.1".to_string()),
+        ("PORT", "0".to_string()),
+    ]);
+    for (k, v) in extra {
+        env.0.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<bool>>>,
+}
+
+impl TestServer {
+    /// Loads the workloads and serves on 127.0.0.1 on a port the OS picks.
+    fn start(extra: &[(&str, &str)]) -> TestServer {
+        let config = ServeConfig::from_env(&env(extra)).expect("serve config");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::bind(config.addr()).await.expect("bind");
+                let addr = listener.local_addr().expect("address");
+                let metrics = Metrics::new();
+                let store =
+                    ObjectStore::Local(LocalObjectDir::new(repo_root().join("events/data")));
+                let hosted = load(&config, store, &metrics)
+                    .await
+                    .unwrap_or_else(|e| panic!("loading the workloads: {e}"));
+                let state = AppState::new(config, metrics);
+                state.set_ready(hosted);
+                ready_tx
+                    .send((addr, Arc::clone(&state)))
+                    .expect("report address");
+                serve(listener, state, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        });
+        let (addr, state) = ready_rx.recv().expect("the server thread started");
+        TestServer {
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Triggers the shutdown (as SIGTERM does) and waits: whether every request finished.
+    fn shutdown(mut self) -> bool {
+        let _ = self.stop.take().expect("running").send(());
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("server thread").expect("serve")
+    }
+}
+
+/// One server with both workloads and the default policies for the whole test binary.
+fn shared() -> SocketAddr {
+    static SERVER: OnceLock<SocketAddr> = OnceLock::new();
+    *SERVER.get_or_init(|| {
+        let server = TestServer::start(&[]);
+        let addr = server.addr;
+        // Never shut down: it lives as long as the test binary.
+        std::mem::forget(server);
+        addr
+    })
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read response");
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size");
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16)
+            .expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
+    request(addr, "POST", path, body.to_string().as_bytes()).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, b"").await
+}
+
+fn vectors(response: &Value) -> Vec<Vec<f32>> {
+    response["data"]
+        .as_array()
+        .expect("data array")
+        .iter()
+        .map(|d| {
+            d["embedding"]
+                .as_array()
+                .expect("float embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("number") as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+fn reference() -> Value {
+    let path = repo_root().join("tests/fixtures/embeddings/reference.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("reference"))
+        .expect("reference JSON")
+}
+
+/// The reference texts: short queries, paraphrases, and one longer than the model's 256 tokens.
+fn reference_texts() -> Vec<String> {
+    serde_json::from_value(reference()["texts"].clone()).expect("texts")
+}
+
+/// The reference texts of at most 30 tokens. Bulk requests use these: one text of 256 tokens
+/// pads its whole batch to 256, which on one shared vCPU turns a 16-text request into seconds.
+fn short_texts() -> Vec<String> {
+    let r = reference();
+    let counts: Vec<usize> = serde_json::from_value(r["token_counts"].clone()).expect("counts");
+    reference_texts()
+        .into_iter()
+        .zip(counts)
+        .filter(|&(_, n)| n <= 30)
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// Each reference text's vector from a request of its own, sent one at a time.
+async fn single_vectors(addr: SocketAddr, texts: &[String]) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for t in texts {
+        let r = post(addr, "/v1/embeddings", &json!({"input": t})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        out.push(vectors(&r.json()).remove(0));
+    }
+    out
+}
+
+/// The value of the metric line that starts with `prefix` (labels included).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn photo_base64(name: &str) -> String {
+    let bytes = std::fs::read(repo_root().join("events/data/photos").join(name)).expect("photo");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vectors_under_concurrent_load_equal_single_request_vectors() {
+    let addr = shared();
+    let texts = reference_texts();
+    let single = single_vectors(addr, &texts).await;
+    let before = get(addr, "/metrics").await.text();
+    let batches_before = metric(
+        &before,
+        r#"coldpath_serve_batch_requests_count{model="embeddings"}"#,
+    )
+    .unwrap_or(0.0);
+
+    // 48 concurrent requests: one text, or a window of 2 to 5 texts, so each batch mixes
+    // callers and lengths (the 256-token text pads its batch-mates).
+    let n = texts.len();
+    let jobs: Vec<Vec<usize>> = (0..48)
+        .map(|k| (0..1 + k % 5).map(|j| (k + j) % n).collect())
+        .collect();
+    let mut tasks = Vec::new();
+    for job in jobs.clone() {
+        let input: Vec<&String> = job.iter().map(|&i| &texts[i]).collect();
+        let body = json!({"input": input});
+        tasks.push(tokio::spawn(async move {
+            post(addr, "/v1/embeddings", &body).await
+        }));
+    }
+    let mut worst = 1.0f32;
+    for (job, task) in jobs.iter().zip(tasks) {
+        let r = task.await.expect("request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = vectors(&r.json());
+        assert_eq!(got.len(), job.len());
+        for (v, &i) in got.iter().zip(job) {
+            let c = cosine(v, &single[i]);
+            worst = worst.min(c);
+            assert!(c >= TOLERANCE, "text {i}: cosine {c} under load vs alone");
+        }
+    }
+    eprintln!("worst cosine under load vs alone: {worst}");
+    // The load was batched: fewer batch runs than requests.
+    let after = get(addr, "/metrics").await.text();
+    let batches = metric(
+        &after,
+        r#"coldpath_serve_batch_requests_count{model="embeddings"}"#,
+    )
+    .expect("batch histogram")
+        - batches_before;
+    assert!(
+        batches < 48.0,
+        "{batches} batches for 48 concurrent requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_mixed_into_a_load_get_their_errors_and_disturb_nothing() {
+    let addr = shared();
+    let texts = reference_texts();
+    let single = single_vectors(addr, &texts[..4]).await;
+    let too_many: Vec<&str> = vec!["x"; 257];
+    let bad: Vec<(Vec<u8>, u16, &str)> = vec![
+        (
+            json!({"input": ""}).to_string().into_bytes(),
+            400,
+            "InvalidInput",
+        ),
+        (
+            json!({"input": []}).to_string().into_bytes(),
+            400,
+            "InvalidInput",
+        ),
+        (
+            json!({"input": [1]}).to_string().into_bytes(),
+            400,
+            "InvalidInput",
+        ),
+        (
+            json!({"text": "hi"}).to_string().into_bytes(),
+            400,
+            "InvalidInput",
+        ),
+        (
+            json!({"input": too_many}).to_string().into_bytes(),
+            400,
+            "InvalidInput",
+        ),
+        (
+            json!({"input": "a", "model": "gpt"})
+                .to_string()
+                .into_bytes(),
+            400,
+            "InvalidInput",
+        ),
+        (b"{oops".to_vec(), 400, "InvalidInput"),
+        (b"   ".to_vec(), 400, "InvalidInput"),
+        (vec![b'x'; (1 << 20) + 1], 413, "RequestTooLarge"),
+    ];
+    let mut tasks = Vec::new();
+    for round in 0..3 {
+        for (i, text) in texts[..4].iter().enumerate() {
+            let body = json!({"input": text}).to_string().into_bytes();
+            tasks.push((
+                Some(i),
+                200,
+                "",
+                tokio::spawn(async move { request(addr, "POST", "/v1/embeddings", &body).await }),
+            ));
+        }
+        for (body, status, code) in &bad {
+            let body = body.clone();
+            let _ = round;
+            tasks.push((
+                None,
+                *status,
+                *code,
+                tokio::spawn(async move { request(addr, "POST", "/v1/embeddings", &body).await }),
+            ));
+        }
+    }
+    for (good, status, code, task) in tasks {
+        let r = task.await.expect("request task");
+        assert_eq!(r.status, status, "{}", r.text());
+        let v = r.json();
+        match good {
+            Some(i) => {
+                let c = cosine(&vectors(&v)[0], &single[i]);
+                assert!(c >= TOLERANCE, "text {i}: cosine {c}");
+            }
+            None => {
+                assert_eq!(v["error"]["code"], code, "{v}");
+                assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+                assert!(
+                    v["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty())
+                );
+            }
+        }
+    }
+    // Routing refusals keep the JSON error shape.
+    let r = get(addr, "/v1/embeddings").await;
+    assert_eq!(r.status, 405);
+    let r = post(addr, "/v2/embeddings", &json!({"input": "x"})).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "InvalidInput");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_queue_answers_429_with_retry_after_and_the_rest_succeed() {
+    // One request may wait; each runs alone (32 texts > a batch of 1), so 24 at once overflow.
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_EMBEDDINGS_QUEUE", "1"),
+        ("COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH", "1"),
+        ("COLDPATH_SERVE_RETRY_AFTER_S", "2"),
+    ]);
+    let addr = server.addr;
+    let texts = short_texts();
+    let input: Vec<&String> = texts.iter().cycle().take(32).collect();
+    let body = json!({"input": input});
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let r = t.await.expect("request task");
+        match r.status {
+            200 => {
+                ok += 1;
+                assert_eq!(vectors(&r.json()).len(), 32);
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("2"));
+                let v = r.json();
+                assert_eq!(v["error"]["code"], "Retryable", "{v}");
+                assert!(
+                    v["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("queue is full")
+                );
+            }
+            other => panic!("status {other}: {}", r.text()),
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "{ok} answered, {refused} refused");
+    let m = get(addr, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"coldpath_serve_rejected_total{model="embeddings",reason="queue_full"}"#
+        ),
+        Some(f64::from(refused))
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"coldpath_serve_requests_total{route="/v1/embeddings",status="429"}"#
+        ),
+        Some(f64::from(refused))
+    );
+    assert!(server.shutdown());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_its_deadline_a_request_answers_503_and_the_server_carries_on() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", "1"),
+    ]);
+    let addr = server.addr;
+    let texts = short_texts();
+    let input: Vec<&String> = texts.iter().cycle().take(8).collect();
+    let r = post(addr, "/v1/embeddings", &json!({"input": input})).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "Retryable");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("deadline"),
+        "{v}"
+    );
+    assert_eq!(get(addr, "/health").await.status, 200);
+    let m = get(addr, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"coldpath_serve_rejected_total{model="embeddings",reason="deadline"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(server.shutdown());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_ready_ping_and_metrics() {
+    let addr = shared();
+    let r = get(addr, "/health").await;
+    assert_eq!((r.status, r.json()), (200, json!({"status": "alive"})));
+    for path in ["/ready", "/ping"] {
+        let r = get(addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.json(),
+            json!({"status": "ready", "workloads": ["embeddings", "faces"]})
+        );
+    }
+    let r = post(addr, "/v1/embeddings", &json!({"input": "metrics please"})).await;
+    assert_eq!(r.status, 200);
+    let r = get(addr, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers["content-type"].starts_with("application/openmetrics-text"),
+        "{:?}",
+        r.headers
+    );
+    let text = r.text();
+    for prefix in [
+        r#"coldpath_serve_requests_total{route="/v1/embeddings",status="200"}"#,
+        r#"coldpath_serve_requests_total{route="/health",status="200"}"#,
+        r#"coldpath_serve_request_duration_seconds_bucket{le="0.001",route="/v1/embeddings"}"#,
+        r#"coldpath_serve_queue_depth{model="embeddings"}"#,
+        r#"coldpath_serve_queue_depth{model="faces"}"#,
+        r#"coldpath_serve_batch_requests_count{model="embeddings"}"#,
+        r#"coldpath_serve_batch_items_sum{model="embeddings"}"#,
+        r#"coldpath_serve_queue_wait_seconds_count{model="embeddings"}"#,
+    ] {
+        assert!(metric(&text, prefix).is_some(), "no {prefix} in\n{text}");
+    }
+    assert!(text.trim_end().ends_with("# EOF"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_loaded() {
+    // No models: a state that never becomes ready.
+    let config = ServeConfig::from_env(&MapEnv::new([("COLDPATH_SERVE_WORKLOADS", "embeddings")]))
+        .expect("config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let state = AppState::new(config, Metrics::new());
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    assert_eq!(get(addr, "/health").await.status, 200);
+    let r = get(addr, "/ready").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "loading");
+    assert_eq!(get(addr, "/ping").await.status, 503);
+    let r = post(addr, "/v1/embeddings", &json!({"input": "early"})).await;
+    assert_eq!(r.status, 503);
+    assert!(r.headers.contains_key("retry-after"));
+    let _ = stop.send(());
+    assert!(server.await.expect("server task").expect("serve"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faces_answer_alike_alone_and_under_load_and_invocations_dispatch_by_content() {
+    let addr = shared();
+    let photos = ["group.jpg", "family photo.jpg", "astronaut.jpg", "cat.jpg"];
+    let mut alone = Vec::new();
+    for p in photos {
+        let r = post(
+            addr,
+            "/v1/faces",
+            &json!({"image": {"base64": photo_base64(p)}}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{p}: {}", r.text());
+        alone.push(r.json());
+    }
+    assert!(
+        alone[0]["faces"].as_array().is_some_and(|f| f.len() > 1),
+        "{}",
+        alone[0]
+    );
+    // Every photo twice at once, through /v1/faces and SageMaker's /invocations, beside
+    // embeddings requests: the pipeline is deterministic, so the answers are identical.
+    let mut tasks = Vec::new();
+    for round in 0..2 {
+        for (i, p) in photos.iter().enumerate() {
+            let body = json!({"image": {"base64": photo_base64(p)}});
+            let path = if round == 0 {
+                "/v1/faces"
+            } else {
+                "/invocations"
+            };
+            tasks.push((
+                i,
+                tokio::spawn(async move { post(addr, path, &body).await }),
+            ));
+        }
+    }
+    let embed = tokio::spawn(async move {
+        post(
+            addr,
+            "/invocations",
+            &json!({"input": ["a dog on a beach", "a cat"]}),
+        )
+        .await
+    });
+    for (i, t) in tasks {
+        let r = t.await.expect("request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json(), alone[i], "{}", photos[i]);
+    }
+    let r = embed.await.expect("request task");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(vectors(&r.json()).len(), 2);
+
+    // The faces request's refusals, and an ambiguous invocation.
+    let refusals = [
+        ("/v1/faces", json!({"image": {"path": "/etc/passwd"}}), 400),
+        (
+            "/v1/faces",
+            json!({"image": {"base64": "bm90IGFuIGltYWdl"}}),
+            400,
+        ),
+        (
+            "/v1/faces",
+            json!({"image": {"s3": "s3://photos/missing.jpg"}}),
+            400,
+        ),
+        (
+            "/v1/faces",
+            json!({"image": {"s3": "s3://photos/cat.jpg"}, "max_faces": 0}),
+            400,
+        ),
+        (
+            "/invocations",
+            json!({"input": "a", "image": {"s3": "s3://photos/cat.jpg"}}),
+            400,
+        ),
+        ("/invocations", json!({"prompt": "a"}), 400),
+    ];
+    for (path, body, status) in refusals {
+        let r = post(addr, path, &body).await;
+        assert_eq!(r.status, status, "{path} {body}: {}", r.text());
+        assert!(r.json()["error"]["message"].is_string());
+    }
+    let r = post(
+        addr,
+        "/v1/faces",
+        &json!({"image": {"s3": "s3://photos/cat.jpg"}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), alone[3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_finishes_queued_requests_then_stops() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH", "1"),
+    ]);
+    let addr = server.addr;
+    let texts = short_texts();
+    let input: Vec<&String> = texts.iter().cycle().take(16).collect();
+    let body = json!({"input": input});
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await })
+        })
+        .collect();
+    // Wait until one runs and the other eleven are queued behind it, then shut down.
+    let started = Instant::now();
+    while server.state.queue_depths() != [("embeddings", 11)] {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the requests never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t0 = Instant::now();
+    let finished = tokio::task::spawn_blocking(move || server.shutdown())
+        .await
+        .expect("shutdown");
+    eprintln!("shutdown took {:?}: finished {finished}", t0.elapsed());
+    for t in tasks {
+        let r = t.await.expect("request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(finished, "the drain finished");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_deadline_bounds_the_shutdown() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH", "1"),
+        ("COLDPATH_SERVE_DRAIN_MS", "50"),
+    ]);
+    let addr = server.addr;
+    let texts = short_texts();
+    let input: Vec<&String> = texts.iter().cycle().take(64).collect();
+    let body = json!({"input": input});
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let finished = tokio::task::spawn_blocking(move || server.shutdown())
+        .await
+        .expect("shutdown");
+    assert!(!finished, "eight 64-text requests cannot finish in 50 ms");
+    // Bounded by the drain time plus the one batch already running (the blocking pool waits
+    // for it when the runtime goes); without the deadline, all eight would be run.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    for t in tasks {
+        // Those abandoned see their connection close; none hangs.
+        let _ = t.await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary, as a container platform runs it.
+
+struct Process {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+/// Starts `coldpath-serve` on a free port and waits until it logs that it is ready.
+fn spawn_binary(workloads: &str) -> Process {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coldpath-serve"));
+    for (k, v) in &env(&[("COLDPATH_SERVE_WORKLOADS", workloads)]).0 {
+        cmd.env(k, v);
+    }
+    cmd.env("COLDPATH_LOG_FORMAT", "json")
+        .env(
+            "COLDPATH_OBJECT_STORE",
+            format!("local:{}", repo_root().join("events/data").display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start coldpath-serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut addr = None;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Some(a) = v["address"]
+                .as_str()
+                .and_then(|a| a.strip_prefix("http://"))
+            {
+                addr = a.parse::<SocketAddr>().ok();
+            }
+            if v["message"] == "coldpath-serve ready" {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("coldpath-serve became ready")
+        .expect("coldpath-serve logged its address");
+    Process { child, addr }
+}
+
+impl Drop for Process {
+    /// A test that failed before its SIGTERM leaves no server behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Resident set size of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("rss");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_serves_then_exits_0_on_sigterm_after_finishing_its_requests() {
+    let p = spawn_binary("embeddings");
+    let addr = p.addr;
+    let r = post(addr, "/v1/embeddings", &json!({"input": "hello"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let texts = short_texts();
+    let input: Vec<&String> = texts.iter().cycle().take(32).collect();
+    let body = json!({"input": input});
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sigterm(p.child.id());
+    for t in tasks {
+        assert_eq!(t.await.expect("request task").status, 200);
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let mut p = p;
+        p.child.wait()
+    })
+    .await
+    .expect("wait task")
+    .expect("wait");
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Mixed load for `COLDPATH_SERVE_SOAK_SECONDS` (5 by default; `make soak-serve` runs 300)
+/// against the binary hosting both workloads: every answer is the expected one, and resident
+/// memory in the second half stays within the larger of 10% and 32 MiB of the first half's peak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_keeps_answers_right_and_memory_flat() {
+    let seconds: u64 = std::env::var("COLDPATH_SERVE_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let p = spawn_binary("embeddings,faces");
+    let addr = p.addr;
+    let pid = p.child.id();
+    let texts = Arc::new(reference_texts());
+    let short = Arc::new(short_texts());
+    let photo = Arc::new(photo_base64("family photo.jpg"));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..8usize)
+        .map(|w| {
+            let texts = Arc::clone(&texts);
+            let short = Arc::clone(&short);
+            let photo = Arc::clone(&photo);
+            tokio::spawn(async move {
+                let mut answered = 0u64;
+                let mut k = w;
+                while Instant::now() < until {
+                    k += 8;
+                    let (path, body, want) = match k % 10 {
+                        0 => ("/v1/faces", json!({"image": {"base64": *photo}}), 200),
+                        1 => ("/v1/embeddings", json!({"input": []}), 400),
+                        2..=4 => {
+                            let input: Vec<&String> =
+                                short.iter().cycle().skip(k).take(32).collect();
+                            ("/v1/embeddings", json!({"input": input}), 200)
+                        }
+                        _ => (
+                            "/v1/embeddings",
+                            json!({"input": texts[k % texts.len()]}),
+                            200,
+                        ),
+                    };
+                    let r = post(addr, path, &body).await;
+                    assert_eq!(r.status, want, "{path}: {}", r.text());
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        samples.push(rss_bytes(pid));
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await.expect("soak worker");
+    }
+    // The session arenas grow to the largest batch shape the load makes, then stay: the peak
+    // of the first half is the plateau, and the second half must not climb past it.
+    let half = samples.len() / 2;
+    let baseline = samples[..half.max(1)].iter().copied().max().unwrap_or(0);
+    let peak = samples[half..].iter().copied().max().unwrap_or(baseline);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "soak: {seconds} s, {total} requests, RSS peak {:.1} MiB in the first half, {:.1} MiB in the second",
+        mib(baseline),
+        mib(peak)
+    );
+    assert!(
+        peak <= baseline + (baseline / 10).max(32 << 20),
+        "resident memory grew from {:.1} MiB to {:.1} MiB",
+        mib(baseline),
+        mib(peak)
+    );
+    sigterm(pid);
+    let status = tokio::task::spawn_blocking(move || {
+        let mut p = p;
+        p.child.wait()
+    })
+    .await
+    .expect("wait task")
+    .expect("wait");
+    assert!(status.success(), "exit status {status}");
+}
