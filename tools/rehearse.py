@@ -5,7 +5,8 @@
 
 1. The real SAM CLI checks the template: `sam validate --lint`, then `sam build` into
    target/rehearse/sam-build (offline: the template's CodeUri and ContentUri are the zips
-   `make package` built, so SAM copies them and compiles nothing).
+   `make package` built, so SAM compiles nothing). The rest reads the template `sam build`
+   wrote: its paths name what `sam deploy` would upload.
 2. infra/template.yaml is read with its CloudFormation short-form tags and resolved the way
    CloudFormation would, with every parameter at its default (CaptioningModelSha256 is computed
    from the bundle, as `make deploy` does): each function's environment (Globals merged),
@@ -29,8 +30,10 @@
    -> the caption in the results bucket, through an SQS event source mapping played honestly
    (receive up to BatchSize, the real SQS record shape, delete only what the response does not
    list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
+   Also checked: embeddings and faces load the graphs prepared in their zips (nothing optimised
+   into /tmp), the caption queue ends empty, the host's /var/task is as it was.
 6. Prints each function's cold start from an empty /tmp (the function's own `cold start` record
-   and the emulator's spawn-to-ready time), its peak RSS, and each result. Exit 0 when every
+   and the emulator's spawn-to-ready time), its peak RSS (VmHWM), and each result. Exit 0 when every
    step passed, 1 when any failed, 2 when a prerequisite is missing.
 
 The Runtime API emulator is this file's own (RuntimeApi), implementing the documented protocol:
