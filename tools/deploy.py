@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The SAM CLI sends usage telemetry unless told not to; deploying should talk to AWS only.
+os.environ.setdefault("SAM_CLI_TELEMETRY", "0")
 VENV_BIN = ROOT / ".venv-deploy" / "bin"
 TEMPLATE = ROOT / "infra" / "template.yaml"
 SAMCONFIG = ROOT / "infra" / "samconfig.toml"
