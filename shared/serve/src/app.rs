@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -96,6 +96,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(ready))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
+        // Each route enforces its own body limit (`read_json`), with the workload's own refusal.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
         .with_state(state)
 }

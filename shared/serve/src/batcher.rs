@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coldpath_io::{TaskError, spawn_blocking};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::BatchPolicy;
@@ -76,8 +76,25 @@ struct Entry<M: BatchModel> {
 pub struct Batcher<M: BatchModel> {
     name: &'static str,
     tx: mpsc::Sender<Entry<M>>,
+    /// Requests admitted and not yet answered: those queued, those in the batch running, and
+    /// those still being prepared (tokenized, decoded), which would otherwise be unbounded.
+    admission: Semaphore,
     policy: BatchPolicy,
     metrics: ModelMetrics,
+}
+
+/// A request's place, taken before its preparation (tokenizing, decoding a photo) and held
+/// until it is answered, so the work and memory in flight stay bounded.
+pub struct Admission<'a, M: BatchModel> {
+    batcher: &'a Batcher<M>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl<M: BatchModel> Admission<'_, M> {
+    /// Queues the prepared `input` and waits for its output (see [`Batcher::submit`]).
+    pub async fn submit(self, input: M::Input) -> Reply<M> {
+        self.batcher.enqueue(input).await
+    }
 }
 
 impl<M: BatchModel> Batcher<M> {
@@ -95,6 +112,7 @@ impl<M: BatchModel> Batcher<M> {
             Batcher {
                 name,
                 tx,
+                admission: Semaphore::new(policy.queue + policy.max_items),
                 policy,
                 metrics,
             },
@@ -111,9 +129,35 @@ impl<M: BatchModel> Batcher<M> {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Queues `input` and waits for its output, at most until the policy's deadline. Dropping
-    /// the returned future (the client went away) withdraws the request if it is still queued.
+    /// Takes a place for a request about to be prepared: refused ([`BatchError::QueueFull`])
+    /// when the queue and a running batch's worth of requests are already admitted.
+    pub fn admit(&self) -> Result<Admission<'_, M>, BatchError<M::Error>> {
+        match self.admission.try_acquire() {
+            Ok(permit) => Ok(Admission {
+                batcher: self,
+                _permit: permit,
+            }),
+            Err(TryAcquireError::NoPermits) => Err(self.full()),
+            Err(TryAcquireError::Closed) => Err(BatchError::Closed { model: self.name }),
+        }
+    }
+
+    fn full(&self) -> BatchError<M::Error> {
+        self.metrics.rejected("queue_full");
+        BatchError::QueueFull {
+            model: self.name,
+            capacity: self.policy.queue,
+        }
+    }
+
+    /// Admits and queues `input` and waits for its output, at most until the policy's deadline.
+    /// Dropping the returned future (the client went away) withdraws the request if it is still
+    /// queued.
     pub async fn submit(&self, input: M::Input) -> Reply<M> {
+        self.admit()?.submit(input).await
+    }
+
+    async fn enqueue(&self, input: M::Input) -> Reply<M> {
         let admitted = Instant::now();
         let (reply, rx) = oneshot::channel();
         let entry = Entry {
@@ -126,13 +170,7 @@ impl<M: BatchModel> Batcher<M> {
         };
         match self.tx.try_send(entry) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.rejected("queue_full");
-                return Err(BatchError::QueueFull {
-                    model: self.name,
-                    capacity: self.policy.queue,
-                });
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(self.full()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return Err(BatchError::Closed { model: self.name });
             }
@@ -480,6 +518,23 @@ mod tests {
         assert_eq!(busy.await.unwrap().unwrap(), 2);
         assert_eq!(stays.await.unwrap().unwrap(), 6);
         assert_eq!(*model.batches.lock().unwrap(), vec![vec![1], vec![3]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_bounds_the_requests_still_being_prepared() {
+        // One may wait and one batch of one may run: two places in all.
+        let policy = BatchPolicy {
+            queue: 1,
+            max_items: 1,
+            ..POLICY
+        };
+        let f = Fixture::new(policy);
+        let first = f.b.admit().expect("a place");
+        let second = f.b.admit().expect("a place");
+        assert!(matches!(f.b.admit(), Err(BatchError::QueueFull { .. })));
+        drop(first);
+        assert_eq!(f.b.admit().expect("a place").submit(4).await.unwrap(), 8);
+        assert_eq!(second.submit(5).await.unwrap(), 10);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

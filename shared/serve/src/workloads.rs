@@ -107,6 +107,14 @@ impl EmbeddingsWorkload {
         self.limits.max_request_bytes
     }
 
+    fn refused(&self, e: BatchError<EmbedError>) -> RequestError {
+        batch_error(
+            e,
+            |e| EmbeddingsError::Embed(e).into(),
+            |t| EmbeddingsError::Task(t).into(),
+        )
+    }
+
     /// Answers one OpenAI embeddings request body.
     pub async fn handle(&self, body: &Value) -> Result<Value, RequestError> {
         let embedder = self.model.embedder();
@@ -117,19 +125,17 @@ impl EmbeddingsWorkload {
             &self.limits,
         )
         .map_err(EmbeddingsError::from)?;
+        let admission = self.batcher.admit().map_err(|e| self.refused(e))?;
         let model = Arc::clone(&self.model);
         let texts = request.input;
         let encodings = run_blocking(move || model.embedder().tokenize(&texts))
             .await
             .map_err(EmbeddingsError::from)?
             .map_err(EmbeddingsError::from)?;
-        let embedded = self.batcher.submit(encodings).await.map_err(|e| {
-            batch_error(
-                e,
-                |e| EmbeddingsError::Embed(e).into(),
-                |t| EmbeddingsError::Task(t).into(),
-            )
-        })?;
+        let embedded = admission
+            .submit(encodings)
+            .await
+            .map_err(|e| self.refused(e))?;
         Ok(api::response(
             &self.model_name,
             request.encoding_format,
@@ -203,23 +209,17 @@ impl FacesWorkload {
     pub async fn handle(&self, body: &Value) -> Result<Value, RequestError> {
         let request =
             faces_request::parse_request(body, &self.defaults).map_err(FacesError::from)?;
+        let admission = self.batcher.admit().map_err(refused)?;
         let decoded = self
             .loader
             .load(&request.image)
             .await
             .map_err(FacesError::from)?;
         let (width, height) = (decoded.width(), decoded.height());
-        let found = self
-            .batcher
+        let found = admission
             .submit((decoded.image, request.options))
             .await
-            .map_err(|e| {
-                batch_error(
-                    e,
-                    |e| FacesError::Face(e).into(),
-                    |t| FacesError::Task(t).into(),
-                )
-            })?;
+            .map_err(refused)?;
         Ok(faces_request::response(
             width,
             height,
@@ -227,6 +227,14 @@ impl FacesWorkload {
             self.model.faces.model_names(),
         ))
     }
+}
+
+fn refused(e: BatchError<FaceError>) -> RequestError {
+    batch_error(
+        e,
+        |e| FacesError::Face(e).into(),
+        |t| FacesError::Task(t).into(),
+    )
 }
 
 /// A batcher's refusal as the request's error: its own model error, 429, or 503.
