@@ -137,9 +137,9 @@ check-infra: setup-infra
 	  -f infra/template.yaml -f infra/gpu/batch.yaml
 	$(CARGO) run --quiet --locked -p coldpath-placement -- check
 
-# Lambda zips and the ONNX Runtime layer, with Lambda's size limits checked. Needs the optional
-# cargo-lambda (`.venv/bin/python -m pip install cargo-lambda==1.9.2`); exits 2 without it.
-package: setup
+# Lambda zips (embeddings and faces with their models and prepared graphs) and the ONNX Runtime
+# layer, with Lambda's size limits checked; cargo-lambda comes from .venv-deploy (setup-deploy).
+package: setup setup-deploy
 	$(PYTHON) tools/package.py
 
 # The deploy toolchain (SAM CLI, cargo-lambda) in its own hash-locked venv, .venv-deploy

@@ -33,8 +33,9 @@ target/lambda/layers/onnxruntime/ (infra/template.yaml's ContentUri), and prints
 Exit status: 0 all within limits, 1 a limit exceeded or a check failed, 2 cargo-lambda, the
 library or a model missing.
 
-cargo-lambda is an optional tool, not part of the project's requirements:
-    .venv/bin/python -m pip install cargo-lambda==1.9.2
+cargo-lambda (with zig, as the ziglang wheel) is in the deploy toolchain's venv, .venv-deploy,
+which `make setup-deploy` installs from the hash-locked requirements-deploy.txt; `make package`
+runs that first.
 
 Usage: python3 tools/package.py [--skip-build] [--function NAME ...]
 """
@@ -97,8 +98,12 @@ MAX_UNZIPPED = 250 * 1024 * 1024
 
 
 def cargo_lambda() -> list[str] | None:
-    """The cargo-lambda command: on PATH, or in the project's virtual environment."""
-    for candidate in (shutil.which("cargo-lambda"), ROOT / ".venv" / "bin" / "cargo-lambda"):
+    """The cargo-lambda command: from the deploy venv (make setup-deploy), else on PATH."""
+    for candidate in (
+        ROOT / ".venv-deploy" / "bin" / "cargo-lambda",
+        shutil.which("cargo-lambda"),
+        ROOT / ".venv" / "bin" / "cargo-lambda",
+    ):
         if candidate and Path(candidate).exists():
             return [str(candidate), "lambda"]
     return None
@@ -113,9 +118,9 @@ def build(command: list[str], functions: list[str]) -> bool:
     for f in functions:
         args += ["--bin", f]
     # cargo-lambda finds zig as `python3 -m ziglang`; the ziglang wheel comes with cargo-lambda
-    # into the virtual environment, so that environment's python3 must come first on PATH.
+    # into its virtual environment, so that environment's python3 must come first on PATH.
     env = dict(os.environ)
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{Path(command[0]).parent}{os.pathsep}{env.get('PATH', '')}"
     print("+ " + " ".join(args), file=sys.stderr)
     return subprocess.run(args, cwd=ROOT, env=env).returncode == 0
 
