@@ -42,10 +42,31 @@ pub fn decode_event_key(raw: &str) -> Result<String, KeyError> {
 /// before any work is spent on the photo. Such keys are legal in S3 but cannot name a result
 /// safely, and no escaping is applied that a consumer would have to reverse. The id always holds
 /// a `/`, so it can never equal a caller-chosen captioning id (those have none).
+///
+/// The bucket must be a valid S3 bucket name (3 to 63 of `a-z 0-9 . -`, starting and ending with
+/// a letter or digit): the id and `s3://<bucket>/<key>` split at the first `/`, so a "bucket"
+/// holding one would name another bucket's photo.
 pub fn photo_result_id(bucket: &str, key: &str) -> Result<String, SinkError> {
+    if !is_bucket_name(bucket) {
+        return Err(SinkError::InvalidId {
+            id: format!("{bucket}/{key}"),
+            reason: "the bucket is not an S3 bucket name (3 to 63 of a-z 0-9 . -, starting and ending with a letter or digit)",
+        });
+    }
     let id = format!("{bucket}/{key}");
     validate_id(&id)?;
     Ok(id)
+}
+
+/// S3's rules for a bucket name (general purpose buckets), the part that keeps a name one path
+/// segment and unambiguous.
+fn is_bucket_name(name: &str) -> bool {
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes.first().copied().is_some_and(edge)
+        && bytes.last().copied().is_some_and(edge)
+        && bytes.iter().all(|&b| edge(b) || b == b'.' || b == b'-')
 }
 
 #[cfg(test)]
@@ -77,6 +98,30 @@ mod tests {
         for key in ["", "a//b.jpg", "../etc/passwd", "a/./b", "dir/", "a\nb"] {
             let err = photo_result_id("photos", key).unwrap_err();
             assert!(matches!(err, SinkError::InvalidId { .. }), "{key:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bucket_that_is_not_a_bucket_name_is_refused() {
+        // Found by the captioning_message fuzz target: "photo/s" + "a.jpg" and "photo" +
+        // "s/a.jpg" would be the same photo.
+        for bucket in [
+            "photo/s",
+            "Photos",
+            "ab",
+            "-photos",
+            "photos-",
+            "ph_otos",
+            &"a".repeat(64),
+        ] {
+            let err = photo_result_id(bucket, "a.jpg").unwrap_err();
+            assert!(
+                matches!(err, SinkError::InvalidId { .. }),
+                "{bucket:?}: {err}"
+            );
+        }
+        for bucket in ["abc", "photos-123", "my.photos", &"a".repeat(63)] {
+            assert!(photo_result_id(bucket, "a.jpg").is_ok(), "{bucket:?}");
         }
         assert!(photo_result_id("photos", &"x".repeat(251)).is_err());
         assert!(photo_result_id("photos", &"x".repeat(250)).is_ok());
