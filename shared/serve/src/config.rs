@@ -16,7 +16,8 @@ pub const DEFAULT_PORT: u16 = 8080;
 /// How one model's requests queue and batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
-    /// Requests that may wait for the model; one more is refused with 429.
+    /// Requests that may wait for the model. Admission also covers one batch's worth
+    /// (`max_items` requests) being prepared or run; past both, a request is refused with 429.
     pub queue: usize,
     /// Most items (texts, photos) in one batch. A request larger than this still runs, alone.
     pub max_items: usize,
