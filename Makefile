@@ -18,6 +18,7 @@ help:
 	@echo "make bench      side-by-side benchmarks against the Python reference"
 	@echo "make invoke FUNCTION=embeddings EVENT=events/embeddings/direct.json"
 	@echo "make env        print the export lines the binaries need; eval \"\$$(make -s env)\""
+	@echo "make serve      the always-on server (embeddings + faces) on http://127.0.0.1:8080 (SERVE_PORT)"
 	@echo "make check-infra  cfn-lint, checkov and \`coldpath check\` on the templates"
 	@echo "make package    Lambda zips (models, prepared graphs) and the ONNX Runtime layer, size-checked"
 	@echo "make deploy CAPTIONING_MODEL=<dir>  validate, package, sam deploy, publish the captioning model"
@@ -62,6 +63,23 @@ SOAK_MESSAGES ?= 1000
 soak: setup
 	@$(ENV); COLDPATH_SOAK_MESSAGES=$(SOAK_MESSAGES) $(CARGO) test --locked -p coldpath-captioning \
 	  --features fault-injection --test soak -- --nocapture
+
+# The always-on server (shared/serve; README "The always-on server"): both workloads on the
+# setup's models, on 127.0.0.1:$(SERVE_PORT). Ctrl-C or SIGTERM drains it and exits 0.
+SERVE_PORT ?= 8080
+.PHONY: serve soak-serve
+serve: setup
+	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
+	@echo "coldpath-serve: http://127.0.0.1:$(SERVE_PORT) (POST /v1/embeddings, /v1/faces; GET /ready, /metrics); Ctrl-C stops it" >&2
+	@$(ENV); COLDPATH_SERVE_HOST=$${COLDPATH_SERVE_HOST:-127.0.0.1} PORT=$(SERVE_PORT) \
+	  exec target/release/coldpath-serve
+
+# The server's soak: mixed load on both workloads for SERVE_SOAK_SECONDS, answers checked and
+# resident memory held flat (make test runs it for 5 s).
+SERVE_SOAK_SECONDS ?= 300
+soak-serve: setup
+	@$(ENV); COLDPATH_SERVE_SOAK_SECONDS=$(SERVE_SOAK_SECONDS) $(CARGO) test --locked -p coldpath-serve \
+	  --test serve soak -- --nocapture
 
 lint:
 	$(CARGO) fmt --all --check
