@@ -75,7 +75,7 @@ serve: setup
 	  exec target/release/coldpath-serve
 
 # The server's soak: mixed load on both workloads for SERVE_SOAK_SECONDS, answers checked and
-# resident memory held flat (make test runs it for 5 s).
+# resident memory held flat (make test runs it for 5 s, checking the answers only).
 SERVE_SOAK_SECONDS ?= 300
 soak-serve: setup
 	@$(ENV); COLDPATH_SERVE_SOAK_SECONDS=$(SERVE_SOAK_SECONDS) $(CARGO) test --locked -p coldpath-serve \
