@@ -869,6 +869,14 @@ def find_key(node, key: str):
     return None
 
 
+def result_key(sink: str, function: str, bucket: str, key: str) -> str:
+    """Where the sink writes the result of the photo s3://bucket/key: <prefix>/<function>/<bucket>/<key>.json
+    (shared/aws's sink and photo_result_id), so the rehearsal checks the exact place the
+    template's IAM statements allow."""
+    prefix = urllib.parse.urlparse(sink).path.strip("/")
+    return "/".join(p for p in (prefix, function, bucket, key) if p) + ".json"
+
+
 def list_results(s3, bucket: str, prefix: str) -> list[str]:
     out = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
     return [o["Key"] for o in out.get("Contents", [])]
@@ -1083,9 +1091,8 @@ def rehearse(args, report: Report) -> int:
             t = time.monotonic()
             inv = box.api.invoke(json.dumps(s3_notification(photo_bucket, photo_key, meta)).encode())
             ms = (time.monotonic() - t) * 1000
-            sink = faces_spec.env["COLDPATH_RESULT_SINK"]
-            prefix = urllib.parse.urlparse(sink).path.lstrip("/")
-            keys = list_results(s3, results_bucket, prefix + "/")
+            expected = result_key(faces_spec.env["COLDPATH_RESULT_SINK"], "faces", photo_bucket, photo_key)
+            keys = [k for k in list_results(s3, results_bucket, expected) if k == expected]
             detail = f"invoke {'ok' if inv.ok else 'FAILED ' + inv.error_type} in {ms:.0f} ms"
             ok = inv.ok and bool(keys)
             if ok:
@@ -1138,7 +1145,7 @@ def rehearse(args, report: Report) -> int:
             captioned = False
             poisoned = False
             deadline = time.monotonic() + 60 + max_receive * (REHEARSAL_VISIBILITY + cap_spec.timeout_s)
-            cap_prefix = urllib.parse.urlparse(cap_spec.env["COLDPATH_RESULT_SINK"]).path.lstrip("/") + "/"
+            cap_prefix = result_key(cap_spec.env["COLDPATH_RESULT_SINK"], "captioning", photo_bucket, photo_key)
             while time.monotonic() < deadline and not (captioned and poisoned):
                 got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=batch_size,
                                           WaitTimeSeconds=1, AttributeNames=["All"],

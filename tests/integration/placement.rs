@@ -237,7 +237,7 @@ fn check_fails_when_a_required_variable_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let t = broken_template(
         dir.path(),
-        "          COLDPATH_RESULT_SINK: !Sub \"s3://${ResultsBucket}/captions\"\n",
+        "          # The sink adds the function's name: results land at captioning/<id>.json.\n          COLDPATH_RESULT_SINK: !Sub \"s3://${ResultsBucket}\"\n",
         "",
     );
     assert_one_mismatch(
