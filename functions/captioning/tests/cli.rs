@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use coldpath_test_support::{emf_documents, repo_root, stdout_json};
+use coldpath_test_support::{assert_invocation_metrics, emf_documents, repo_root, stdout_json};
 use serde_json::Value;
 
 fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
@@ -173,13 +173,7 @@ fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
         })
         .collect();
     assert_eq!(names, ["ColdStart", "Latency"], "{docs:?}");
-    for doc in &docs {
-        assert_eq!(doc["Function"], "captioning");
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "coldpath");
-    }
-    assert!(docs[0]["ColdStart"].as_f64().is_some_and(|ms| ms > 0.0));
-    assert_eq!(docs[1]["BatchSize"], 2.0);
-    assert_eq!(docs[1]["Errors"], 0.0);
+    assert_invocation_metrics(&out, "captioning", 2.0);
     for photo in ["family photo.jpg", "cat.jpg"] {
         let file = results
             .path()

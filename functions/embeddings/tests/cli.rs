@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use coldpath_test_support::{emf_documents, repo_root, stdout_json};
+use coldpath_test_support::{assert_invocation_metrics, emf_documents, repo_root, stdout_json};
 
 fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_embeddings"));
@@ -132,16 +132,7 @@ fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
     );
     let json = stdout_json(&out);
     assert_eq!(json["data"].as_array().unwrap().len(), 3);
-    let docs = emf_documents(&out);
-    assert_eq!(docs.len(), 2, "{docs:?}");
-    for doc in &docs {
-        assert_eq!(doc["Function"], "embeddings");
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "coldpath");
-    }
-    assert!(docs[0]["ColdStart"].as_f64().is_some_and(|ms| ms > 0.0));
-    assert!(docs[1]["Latency"].as_f64().is_some_and(|ms| ms > 0.0));
-    assert_eq!(docs[1]["BatchSize"], 3.0);
-    assert_eq!(docs[1]["Errors"], 0.0);
+    assert_invocation_metrics(&out, "embeddings", 3.0);
     // Off, as it is by default outside Lambda: no metric line at all.
     let quiet = invoke(
         &["invoke", "events/embeddings/direct.json"],

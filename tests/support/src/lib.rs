@@ -40,6 +40,30 @@ pub fn emf_documents(out: &std::process::Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Checks the metric lines of one local invocation that succeeded: exactly a `ColdStart` line and
+/// then one invocation line (`Latency`, `BatchSize` = `batch`, `Errors` = 0), both for `function`
+/// in the `coldpath` namespace.
+pub fn assert_invocation_metrics(out: &std::process::Output, function: &str, batch: f64) {
+    let docs = emf_documents(out);
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    for doc in &docs {
+        assert_eq!(doc["Function"], function, "{doc}");
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "coldpath");
+    }
+    assert!(
+        docs[0]["ColdStart"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{}",
+        docs[0]
+    );
+    assert!(
+        docs[1]["Latency"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{}",
+        docs[1]
+    );
+    assert_eq!(docs[1]["BatchSize"], batch, "{}", docs[1]);
+    assert_eq!(docs[1]["Errors"], 0.0, "{}", docs[1]);
+}
+
 /// A variable that `make test` exports from `bootstrap.py env`. Tests need the real library and
 /// model, so a missing one fails loudly with the fix instead of skipping.
 pub fn setup_var(name: &str) -> String {
