@@ -271,6 +271,28 @@ fn short_texts() -> Vec<String> {
         .collect()
 }
 
+/// An embeddings request body of `n` short texts.
+fn short_batch(n: usize) -> Value {
+    let texts = short_texts();
+    let input: Vec<&String> = texts.iter().cycle().take(n).collect();
+    json!({"input": input})
+}
+
+/// `n` copies of one request, all in flight at once.
+fn post_many(
+    addr: SocketAddr,
+    path: &'static str,
+    body: &Value,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Reply>> {
+    (0..n)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(addr, path, &body).await })
+        })
+        .collect()
+}
+
 /// Each reference text's vector from a request of its own, sent one at a time.
 async fn single_vectors(addr: SocketAddr, texts: &[String]) -> Vec<Vec<f32>> {
     let mut out = Vec::new();
@@ -453,15 +475,8 @@ async fn full_queue_answers_429_with_retry_after_and_the_rest_succeed() {
         ("COLDPATH_SERVE_RETRY_AFTER_S", "2"),
     ]);
     let addr = server.addr;
-    let texts = short_texts();
-    let input: Vec<&String> = texts.iter().cycle().take(32).collect();
-    let body = json!({"input": input});
-    let tasks: Vec<_> = (0..24)
-        .map(|_| {
-            let body = body.clone();
-            tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await })
-        })
-        .collect();
+    let body = short_batch(32);
+    let tasks = post_many(addr, "/v1/embeddings", &body, 24);
     let (mut ok, mut refused) = (0, 0);
     for t in tasks {
         let r = t.await.expect("request task");
@@ -697,15 +712,8 @@ async fn shutdown_finishes_queued_requests_then_stops() {
         ("COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH", "1"),
     ]);
     let addr = server.addr;
-    let texts = short_texts();
-    let input: Vec<&String> = texts.iter().cycle().take(16).collect();
-    let body = json!({"input": input});
-    let tasks: Vec<_> = (0..12)
-        .map(|_| {
-            let body = body.clone();
-            tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await })
-        })
-        .collect();
+    let body = short_batch(16);
+    let tasks = post_many(addr, "/v1/embeddings", &body, 12);
     // Wait until one runs and the other eleven are queued behind it, then shut down.
     let started = Instant::now();
     while server.state.queue_depths() != [("embeddings", 11)] {
@@ -737,9 +745,7 @@ async fn drain_deadline_bounds_the_shutdown() {
         ("COLDPATH_SERVE_DRAIN_MS", "50"),
     ]);
     let addr = server.addr;
-    let texts = short_texts();
-    let input: Vec<&String> = texts.iter().cycle().take(64).collect();
-    let body = json!({"input": input});
+    let body = short_batch(64);
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let body = body.clone();
@@ -861,15 +867,8 @@ async fn the_binary_serves_then_exits_0_on_sigterm_after_finishing_its_requests(
     let addr = p.addr;
     let r = post(addr, "/v1/embeddings", &json!({"input": "hello"})).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let texts = short_texts();
-    let input: Vec<&String> = texts.iter().cycle().take(32).collect();
-    let body = json!({"input": input});
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let body = body.clone();
-            tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await })
-        })
-        .collect();
+    let body = short_batch(32);
+    let tasks = post_many(addr, "/v1/embeddings", &body, 4);
     tokio::time::sleep(Duration::from_millis(50)).await;
     sigterm(p.child.id());
     for t in tasks {
