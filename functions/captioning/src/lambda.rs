@@ -175,24 +175,15 @@ mod tests {
     #[tokio::test]
     async fn s3_uploads_are_captioned_and_the_test_event_is_acknowledged() {
         let service = Arc::new(service(8, None));
-        let eventbridge = json!({
-            "version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103",
-            "detail-type": "Object Created", "source": "aws.s3", "account": "111122223333",
-            "time": "2026-11-28T03:00:00Z", "region": "us-east-1",
-            "resources": ["arn:aws:s3:::photos"],
-            "detail": {"version": "0", "bucket": {"name": "photos"},
-                       "object": {"key": "4x4", "size": 16}, "reason": "PutObject"}
-        });
+        let eventbridge = crate::message::samples::eventbridge_created("4x4");
         let deleted = json!({
             "version": "0", "detail-type": "Object Deleted", "source": "aws.s3",
             "detail": {"bucket": {"name": "photos"}, "object": {"key": "4x4"}}
         });
-        let test_event = json!({"Service": "Amazon S3", "Event": "s3:TestEvent",
-            "Time": "2026-11-28T03:00:00.000Z", "Bucket": "photos",
-            "RequestId": "5582815E1AEA5ADF", "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR"});
+        let test_event = crate::message::samples::S3_TEST_EVENT;
         let event = json!({"Records": [
             record(Some("m1"), &eventbridge.to_string()),
-            record(Some("m2"), &test_event.to_string()),
+            record(Some("m2"), test_event),
             record(Some("m3"), &deleted.to_string()),
         ]});
         let out = handle(

@@ -325,6 +325,34 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// Message bodies in AWS's own shapes, shared by this crate's tests (message, service, lambda).
+#[cfg(test)]
+pub(crate) mod samples {
+    /// S3's `Object Created` event for `s3://photos/<key>` as EventBridge delivers it to an SQS
+    /// target.
+    pub(crate) fn eventbridge_created(key: &str) -> serde_json::Value {
+        serde_json::json!({
+            "version": "0",
+            "id": "17793124-05d4-b198-2fde-7ededc63b103",
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "account": "111122223333",
+            "time": "2026-11-28T03:00:00Z",
+            "region": "us-east-1",
+            "resources": ["arn:aws:s3:::photos"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": "photos"},
+                "object": {"key": key, "size": 16, "etag": "b1946ac92492d2347c6235b4d2611184"},
+                "reason": "PutObject"
+            }
+        })
+    }
+
+    /// The test event S3 sends when a notification is configured.
+    pub(crate) const S3_TEST_EVENT: &str = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-11-28T03:00:00.000Z","Bucket":"photos","RequestId":"5582815E1AEA5ADF","HostId":"8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR"}"#;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1064,23 +1064,7 @@ mod tests {
     }
 
     fn eventbridge(key: &str) -> String {
-        json!({
-            "version": "0",
-            "id": "17793124-05d4-b198-2fde-7ededc63b103",
-            "detail-type": "Object Created",
-            "source": "aws.s3",
-            "account": "111122223333",
-            "time": "2026-11-28T03:00:00Z",
-            "region": "us-east-1",
-            "resources": ["arn:aws:s3:::photos"],
-            "detail": {
-                "version": "0",
-                "bucket": {"name": "photos"},
-                "object": {"key": key, "size": 16, "etag": "b1946ac92492d2347c6235b4d2611184"},
-                "reason": "PutObject"
-            }
-        })
-        .to_string()
+        crate::message::samples::eventbridge_created(key).to_string()
     }
 
     /// A message with several photos succeeds only when every photo's result is written; a
@@ -1088,7 +1072,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_is_done_only_when_all_its_photos_are_written() {
         let service = service(2, None);
-        let test_event = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-11-28T03:00:00.000Z","Bucket":"photos","RequestId":"5582815E1AEA5ADF","HostId":"8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR"}"#;
+        let test_event = crate::message::samples::S3_TEST_EVENT;
         let batch = vec![
             message("m1", Some(s3_notification(&["4x4", "6x2", "3x5"]))),
             message("m2", Some(s3_notification(&["5x5", "missing.jpg"]))),
