@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coldpath_aws::{Queue, ResultSink, SinkTarget};
-use coldpath_captioning::{CaptioningConfig, ExitReason, ModelService, Worker, handle, init};
+use coldpath_captioning::{
+    CaptioningConfig, ExitReason, ModelService, Worker, WorkerReport, handle, init,
+};
 use coldpath_core::MapEnv;
 use coldpath_io::LocalObjectDir;
 use coldpath_runtime::{Context, LambdaEvent};
@@ -22,6 +24,24 @@ use coldpath_test_support::moto::{MotoServer, create_queue_with_dlq, queue_count
 use coldpath_test_support::{repo_root, setup_var};
 use serde_json::{Value, json};
 use tokio::sync::watch;
+
+/// Batches of 4, 1 s long polls, idle exit after 1 s, a 30 s visibility timeout.
+const DRAIN: [(&str, &str); 4] = [
+    ("CAPTIONING_MAX_BATCH", "4"),
+    ("CAPTIONING_WAIT_SECS", "1"),
+    ("CAPTIONING_IDLE_EXIT_SECS", "1"),
+    ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "30"),
+];
+
+/// Runs a worker with the `DRAIN` settings on `queue` until it has been idle for a second, with
+/// results under `results`.
+async fn drain_until_idle(queue: Queue, results: &Path) -> WorkerReport {
+    let config = config(&DRAIN);
+    let service = Arc::new(service(&config, results).await);
+    let worker = Worker::new(queue, service, config.worker.clone());
+    let (_stop, shutdown) = watch::channel(false);
+    worker.run(shutdown).await.unwrap()
+}
 
 /// Settings for the real model with `extra` overrides.
 fn config(extra: &[(&str, &str)]) -> CaptioningConfig {
@@ -206,16 +226,7 @@ async fn worker_drains_the_queue_and_deletes_exactly_what_it_wrote() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&[
-        ("CAPTIONING_MAX_BATCH", "4"),
-        ("CAPTIONING_WAIT_SECS", "1"),
-        ("CAPTIONING_IDLE_EXIT_SECS", "1"),
-        ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "30"),
-    ]);
-    let service = Arc::new(service(&config, dir.path()).await);
-    let worker = Worker::new(queue, service, config.worker.clone());
-    let (_stop, shutdown) = watch::channel(false);
-    let report = worker.run(shutdown).await.unwrap();
+    let report = drain_until_idle(queue, dir.path()).await;
 
     assert_eq!(report.exit, ExitReason::Idle);
     // The ghost failed on both of its receives and was handed back each time.
@@ -310,16 +321,7 @@ async fn s3_upload_events_are_captioned_under_the_photo_key() {
     queue.send(&test_event.to_string()).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&[
-        ("CAPTIONING_MAX_BATCH", "4"),
-        ("CAPTIONING_WAIT_SECS", "1"),
-        ("CAPTIONING_IDLE_EXIT_SECS", "1"),
-        ("CAPTIONING_VISIBILITY_TIMEOUT_SECS", "30"),
-    ]);
-    let worker_service = Arc::new(service(&config, dir.path()).await);
-    let worker = Worker::new(queue, worker_service, config.worker.clone());
-    let (_stop, shutdown) = watch::channel(false);
-    let report = worker.run(shutdown).await.unwrap();
+    let report = drain_until_idle(queue, dir.path()).await;
     assert_eq!((report.deleted, report.failed), (4, 0), "{report:?}");
     assert_eq!(counts(&client, &queues.url).await, (0, 0));
     assert_eq!(counts(&client, &queues.dlq_url).await, (0, 0));
@@ -346,7 +348,7 @@ async fn s3_upload_events_are_captioned_under_the_photo_key() {
 
     // The Lambda handler on the sample event itself writes the same results.
     let lambda_dir = tempfile::tempdir().unwrap();
-    let lambda = Arc::new(service(&config, lambda_dir.path()).await);
+    let lambda = Arc::new(service(&config(&DRAIN), lambda_dir.path()).await);
     let out = handle(lambda, LambdaEvent::new(sample, Context::default()))
         .await
         .unwrap();
