@@ -11,7 +11,7 @@ use coldpath_embeddings::pooling::cosine;
 use coldpath_embeddings::{Embed, handle};
 use coldpath_models::sha256_file;
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_test_support::{repo_root, setup_var};
+use coldpath_test_support::{repo_root, setup_var, vectors};
 use coldpath_tests::{embeddings_reference, service};
 use serde_json::{Value, json};
 
@@ -19,22 +19,6 @@ const TOLERANCE: f32 = 0.9999;
 
 async fn call(payload: Value) -> Result<Value, coldpath_runtime::HandlerError> {
     handle(service(), LambdaEvent::new(payload, Context::default())).await
-}
-
-fn vectors(response: &Value) -> Vec<Vec<f32>> {
-    response["data"]
-        .as_array()
-        .expect("data array")
-        .iter()
-        .map(|d| {
-            d["embedding"]
-                .as_array()
-                .expect("float embedding")
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
 }
 
 #[tokio::test]

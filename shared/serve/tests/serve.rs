@@ -19,7 +19,7 @@ use coldpath_aws::ObjectStore;
 use coldpath_core::MapEnv;
 use coldpath_io::LocalObjectDir;
 use coldpath_serve::{AppState, Metrics, ServeConfig, load, serve};
-use coldpath_test_support::{repo_root, setup_var, sigterm};
+use coldpath_test_support::{repo_root, setup_var, sigterm, vectors};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -222,22 +222,6 @@ async fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
 
 async fn get(addr: SocketAddr, path: &str) -> Reply {
     request(addr, "GET", path, b"").await
-}
-
-fn vectors(response: &Value) -> Vec<Vec<f32>> {
-    response["data"]
-        .as_array()
-        .expect("data array")
-        .iter()
-        .map(|d| {
-            d["embedding"]
-                .as_array()
-                .expect("float embedding")
-                .iter()
-                .map(|x| x.as_f64().expect("number") as f32)
-                .collect()
-        })
-        .collect()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -40,6 +40,23 @@ pub fn emf_documents(out: &std::process::Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The vectors of an OpenAI embeddings response (`data[].embedding`, float format), in order.
+pub fn vectors(response: &serde_json::Value) -> Vec<Vec<f32>> {
+    response["data"]
+        .as_array()
+        .expect("data array")
+        .iter()
+        .map(|d| {
+            d["embedding"]
+                .as_array()
+                .expect("float embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("number") as f32)
+                .collect()
+        })
+        .collect()
+}
+
 /// Checks the metric lines of one local invocation that succeeded: exactly a `ColdStart` line and
 /// then one invocation line (`Latency`, `BatchSize` = `batch`, `Errors` = 0), both for `function`
 /// in the `coldpath` namespace.
