@@ -150,9 +150,9 @@ setup-infra:
 	@$(PYTHON) bootstrap.py setup-infra
 
 check-infra: setup-infra
-	.venv-infra/bin/cfn-lint infra/template.yaml infra/gpu/batch.yaml
+	.venv-infra/bin/cfn-lint infra/template.yaml infra/gpu/batch.yaml infra/pod/service.yaml
 	.venv-infra/bin/checkov --quiet --compact --skip-download --framework cloudformation \
-	  -f infra/template.yaml -f infra/gpu/batch.yaml
+	  -f infra/template.yaml -f infra/gpu/batch.yaml -f infra/pod/service.yaml
 	$(CARGO) run --quiet --locked -p coldpath-placement -- check
 
 # Lambda zips (embeddings and faces with their models and prepared graphs) and the ONNX Runtime
