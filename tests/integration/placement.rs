@@ -62,6 +62,12 @@ fn check_passes_on_the_real_template() {
         "{}",
         out.stdout
     );
+    assert!(
+        out.stdout
+            .contains("OK infra/pod/service.yaml (embeddings+faces): "),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -313,17 +319,250 @@ fn root_with_broken_batch(dir: &Path, from: &str, to: &str) -> PathBuf {
         1,
         "the edit must hit exactly one place: {from}"
     );
-    // The declarations and the sources the variable check reads.
+    copy_root(dir);
+    std::fs::write(dir.join("infra/gpu/batch.yaml"), text.replace(from, to)).unwrap();
+    dir.to_path_buf()
+}
+
+/// What `check` reads: the declarations and the sources the variable checks read, the GPU
+/// worker's packaging and the pod's.
+fn copy_root(dir: &Path) {
+    let root = repo_root();
     copy_tree(&root.join("functions"), &dir.join("functions"));
     copy_tree(&root.join("shared"), &dir.join("shared"));
     std::fs::create_dir_all(dir.join("infra/gpu")).unwrap();
-    std::fs::copy(
-        root.join("infra/gpu/Dockerfile"),
-        dir.join("infra/gpu/Dockerfile"),
-    )
-    .unwrap();
-    std::fs::write(dir.join("infra/gpu/batch.yaml"), text.replace(from, to)).unwrap();
-    dir.to_path_buf()
+    for f in ["Dockerfile", "batch.yaml"] {
+        std::fs::copy(
+            root.join("infra/gpu").join(f),
+            dir.join("infra/gpu").join(f),
+        )
+        .unwrap();
+    }
+    copy_pod(dir);
+}
+
+/// The pod's template and images, which `check` reads beside the functions'.
+fn copy_pod(dir: &Path) {
+    std::fs::create_dir_all(dir.join("infra/pod")).unwrap();
+    for f in ["service.yaml", "Dockerfile", "Dockerfile.cuda"] {
+        std::fs::copy(
+            repo_root().join("infra/pod").join(f),
+            dir.join("infra/pod").join(f),
+        )
+        .unwrap();
+    }
+}
+
+/// `check` on a copy of the repository where `file` has `from` replaced by `to` (exactly once):
+/// the mismatch lines, all of which must be the pod's.
+fn check_pod_with(file: &str, from: &str, to: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    copy_root(dir.path());
+    let root = dir.path();
+    let path = root.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "the edit must hit exactly one place: {from}"
+    );
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    let out = cli::run_check(root, &repo_root().join("infra/template.yaml")).expect("check runs");
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let m: Vec<String> = mismatches(&out).into_iter().map(str::to_string).collect();
+    assert!(
+        !m.is_empty()
+            && m.iter()
+                .all(|l| l.starts_with("MISMATCH infra/pod/service.yaml (embeddings+faces): ")),
+        "{m:?}"
+    );
+    m
+}
+
+#[test]
+fn check_fails_when_a_pod_image_sets_a_variable_the_server_never_reads() {
+    let m = check_pod_with(
+        "infra/pod/Dockerfile",
+        "    PORT=8080 \\\n",
+        "    PORT=8080 \\\n    COLDPATH_SERVE_BATCH=4 \\\n",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains("CpuTaskDefinition with infra/pod/Dockerfile: sets variables the server never reads: COLDPATH_SERVE_BATCH"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_the_gpu_image_leaves_out_a_model_the_server_needs() {
+    let m = check_pod_with(
+        "infra/pod/Dockerfile.cuda",
+        "    EMBEDDINGS_MODEL_SOURCE=/opt/coldpath/models/embeddings \\\n",
+        "",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains("GpuTaskDefinition with infra/pod/Dockerfile.cuda: does not set EMBEDDINGS_MODEL_SOURCE"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_the_load_balancer_sends_to_another_port() {
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "          ContainerPort: 8080\n",
+        "          ContainerPort: 8081\n",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains(
+                "Service: LoadBalancers ContainerPort is Some(8081.0), the server listens on 8080"
+            ),
+        "{m:?}"
+    );
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "\n      Port: 8080\n",
+        "\n      Port: 80\n",
+    );
+    assert!(
+        m.len() == 1 && m[0].contains("TargetGroup: Port is Some(80.0)"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_a_health_check_names_no_route_of_the_server() {
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "HealthCheckPath: /ready\n",
+        "HealthCheckPath: /readyz\n",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains("TargetGroup: HealthCheckPath is Some(\"/readyz\"); it must be the declared ready_path /ready"),
+        "{m:?}"
+    );
+    // The declaration moved to a path the server does not have: both task definitions fail.
+    let m = check_pod_with(
+        "shared/serve/Cargo.toml",
+        "health_path = \"/health\"",
+        "health_path = \"/healthz\"",
+    );
+    assert!(
+        m.len() == 2
+            && m.iter()
+                .all(|l| l.contains("health_path /healthz is not a route of the server")),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_the_task_cannot_hold_the_hosted_workloads() {
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "    Default: 4096\n",
+        "    Default: 2048\n",
+    );
+    assert!(
+        m.iter().any(|l| l.contains(
+            "CpuTaskDefinition: Memory is Some(2048.0) MiB, under the hosted workloads' declared memory_mb together (2793)"
+        )),
+        "{m:?}"
+    );
+    // Also no longer the size the plan priced.
+    assert!(
+        m.iter()
+            .any(|l| l.contains("Fargate size is Cpu Some(2048.0), Memory Some(2048.0)")),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_scaling_or_the_gpu_drift_from_the_declaration() {
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "    Default: 60\n",
+        "    Default: 80\n",
+    );
+    assert!(
+        m.len() == 1 && m[0].contains("ECSServiceAverageCPUUtilization at the declared target_cpu_percent 60, found [Some(80.0)]"),
+        "{m:?}"
+    );
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "    Default: g5.xlarge\n",
+        "    Default: g5.2xlarge\n",
+    );
+    assert!(
+        m.len() == 1 && m[0].contains("GpuLaunchTemplate: InstanceType is Some(\"g5.2xlarge\")"),
+        "{m:?}"
+    );
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "            - {Type: GPU, Value: \"1\"}\n",
+        "",
+    );
+    assert!(
+        m.len() == 1 && m[0].contains("GpuTaskDefinition: ResourceRequirements GPU is None"),
+        "{m:?}"
+    );
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "    Default: 1\n    MinValue: 1\n    Description: The warm floor",
+        "    Default: 0\n    MinValue: 0\n    Description: The warm floor",
+    );
+    assert!(
+        m.len() == 1 && m[0].contains("ScalableTarget: MinCapacity is Some(0.0)"),
+        "{m:?}"
+    );
+}
+
+/// The COPY sources of the pod's images: what `make setup` put in .cache and the committed
+/// files. No container engine runs here, so this is what can be held without a build: every
+/// path exists, and each one under .cache is let into the build context by the image's
+/// `.dockerignore`.
+#[test]
+fn the_pod_images_copy_only_paths_that_exist_and_reach_the_build_context() {
+    let root = repo_root();
+    for dockerfile in ["infra/pod/Dockerfile", "infra/pod/Dockerfile.cuda"] {
+        let text = std::fs::read_to_string(root.join(dockerfile)).unwrap();
+        let ignore =
+            std::fs::read_to_string(root.join(format!("{dockerfile}.dockerignore"))).unwrap();
+        let included: Vec<&str> = ignore.lines().filter_map(|l| l.strip_prefix('!')).collect();
+        let mut sources = 0;
+        for line in text.lines() {
+            let Some(args) = line.strip_prefix("COPY ") else {
+                continue;
+            };
+            if args.starts_with("--from=") {
+                continue;
+            }
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            for source in &parts[..parts.len() - 1] {
+                if *source == "." {
+                    continue;
+                }
+                sources += 1;
+                assert!(
+                    root.join(source).exists(),
+                    "{dockerfile}: COPY source {source} does not exist (run make setup)"
+                );
+                if source.starts_with(".cache/") {
+                    let deepest = included
+                        .iter()
+                        .filter(|i| source.starts_with(*i))
+                        .max_by_key(|i| i.len());
+                    assert!(
+                        deepest.is_some_and(|i| i.matches('/').count() >= 1),
+                        "{dockerfile}: {source} is excluded from the build context by {dockerfile}.dockerignore"
+                    );
+                }
+            }
+        }
+        assert!(sources >= 3, "{dockerfile}: {sources} COPY sources found");
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -472,6 +711,42 @@ fn bulk_profile_sends_the_backlog_to_a_large_gpu_with_large_batches() {
     let u = &p.unit_costs[0];
     assert!(large.usd * 5.0 < 1e6 * u.lambda_item_usd, "{large:?} {u:?}");
     assert_ne!(u.cheapest(), "Lambda CPU", "{u:?}");
+}
+
+#[test]
+fn founding_profile_prices_the_pod_against_provisioned_lambda() {
+    let p = shipped_plan("founding.toml");
+    let pod = p
+        .pod
+        .as_ref()
+        .expect("the pod is declared in shared/serve/Cargo.toml");
+    assert_eq!(
+        pod.hosts
+            .iter()
+            .map(|h| h.workload.as_str())
+            .collect::<Vec<_>>(),
+        ["embeddings", "faces"]
+    );
+    // At the founding traffic the template's provisioned Lambda is cheaper than a pod ...
+    assert_eq!(pod.fargate_pods, 1);
+    assert!(pod.lambda_usd < pod.fargate_usd, "{pod:?}");
+    assert!(pod.fargate_usd < pod.gpu_usd, "{pod:?}");
+    let always_on: f64 = p
+        .decisions
+        .iter()
+        .filter(|d| d.workload != "captioning")
+        .map(|d| d.cost_always_on_usd)
+        .sum();
+    assert!((pod.lambda_usd - always_on).abs() < 1e-9, "{pod:?}");
+    // ... and the pod wins at hundreds of times this traffic, with faces still riding free there.
+    let k = pod.breakeven_scale.unwrap();
+    assert!(k > 10.0 && k < 10_000.0, "{k}");
+    let faces = &pod.hosts[1];
+    assert!(faces.rides_free, "{faces:?}");
+    assert!(faces.rides_free_until_scale.unwrap() > k, "{faces:?}");
+    assert!(pod.gpu_breakeven_scale.unwrap() > k);
+    let text = plan::render(&p);
+    assert!(text.contains("faces rides free"), "{text}");
 }
 
 /// docs/placement.md shows both plans verbatim; regenerate them with

@@ -7,7 +7,7 @@
 //! directly with the `toml` crate: no `cargo metadata`, no build.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
@@ -20,6 +20,10 @@ pub const FUNCTION_MANIFESTS: [&str; 3] = [
     "functions/faces/Cargo.toml",
     "functions/captioning/Cargo.toml",
 ];
+
+/// The always-on server's crate, whose `[package.metadata.coldpath.pod]` declares the pod: one
+/// process hosting the warm set, deployed by `infra/pod/service.yaml`.
+pub const POD_MANIFEST: &str = "shared/serve/Cargo.toml";
 
 /// A serverless GPU container (image pull, CUDA context, session build) does not start in less
 /// than this; a GPU workload behind a synchronous trigger needs a budget at least this large
@@ -101,6 +105,185 @@ pub struct Declaration {
     /// Host memory one GPU worker needs at `bulk_batch` (`worker_memory_mb`), which the Batch
     /// job definitions must request.
     pub worker_memory_mb: Option<u32>,
+    /// The always-on pod that can host this workload instead of provisioned Lambda, when the
+    /// pod's declaration lists it (set by [`read_all`]; `None` from a manifest alone).
+    pub pod: Option<PodDeclaration>,
+}
+
+/// The always-on pod (`coldpath-serve`): which workloads it hosts and how it is sized and
+/// served, as `infra/pod/service.yaml` must deploy it and as `coldpath plan` prices it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodDeclaration {
+    /// The package name (`coldpath-serve`), used in every message.
+    pub crate_name: String,
+    /// The workspace root the paths below are relative to.
+    pub root: PathBuf,
+    /// The hosted workloads, the one the pod is kept for first (`["embeddings", "faces"]`).
+    pub hosts: Vec<String>,
+    /// The CloudFormation template that deploys the pod.
+    pub service: PathBuf,
+    /// The image of the CPU variant (Fargate) and of the GPU variant (EC2 GPU capacity).
+    pub dockerfile_cpu: PathBuf,
+    pub dockerfile_gpu: PathBuf,
+    /// Fargate task size of the CPU variant.
+    pub vcpu: f64,
+    pub memory_mb: u32,
+    /// The instance type of the GPU variant, one task per instance.
+    pub gpu_instance: String,
+    /// What the server listens on (`PORT`).
+    pub port: u16,
+    /// The liveness route (container health check) and the readiness route (load balancer).
+    pub health_path: String,
+    pub ready_path: String,
+    /// The Fargate service's target tracking on average CPU; the plan sizes the pod count by it.
+    pub target_cpu_percent: u32,
+    /// Tasks that always run: the pod is warm, never scaled to zero.
+    pub min_tasks: u32,
+    /// Variables the server cannot start without, set by the image or the task definition.
+    pub required_env: Vec<String>,
+}
+
+impl PodDeclaration {
+    /// Parses the pod's `Cargo.toml` text; `path` is only used in messages and `root` is where
+    /// the declared paths start.
+    pub fn from_manifest_str(
+        text: &str,
+        path: &Path,
+        root: &Path,
+    ) -> Result<Self, DeclarationError> {
+        let doc: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| DeclarationError::Parse {
+                path: path.to_path_buf(),
+                reason: e.message().to_string(),
+            })?;
+        let crate_name = doc
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| DeclarationError::Parse {
+                path: path.to_path_buf(),
+                reason: "no [package] name".to_string(),
+            })?
+            .to_string();
+        let table = doc
+            .get("package")
+            .and_then(|p| p.get("metadata"))
+            .and_then(|m| m.get("coldpath"))
+            .and_then(|c| c.get("pod"))
+            .and_then(Value::as_table)
+            .ok_or_else(|| DeclarationError::Missing {
+                crate_name: crate_name.clone(),
+                path: path.to_path_buf(),
+            })?;
+        let fields = Fields {
+            crate_name: &crate_name,
+            table,
+        };
+        let port = fields.u32("port")?;
+        let pod = PodDeclaration {
+            root: root.to_path_buf(),
+            hosts: fields.optional_strings("hosts")?,
+            service: PathBuf::from(fields.string("service")?),
+            dockerfile_cpu: PathBuf::from(fields.string("dockerfile_cpu")?),
+            dockerfile_gpu: PathBuf::from(fields.string("dockerfile_gpu")?),
+            vcpu: fields.number("vcpu")?,
+            memory_mb: fields.u32("memory_mb")?,
+            gpu_instance: fields.string("gpu_instance")?,
+            port: u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+                fields.invalid("port", "must be a port from 1 to 65535", &port.to_string())
+            })?,
+            health_path: fields.string("health_path")?,
+            ready_path: fields.string("ready_path")?,
+            target_cpu_percent: fields.u32("target_cpu_percent")?,
+            min_tasks: fields.u32("min_tasks")?,
+            required_env: fields.optional_strings("required_env")?,
+            crate_name: crate_name.clone(),
+        };
+        let invalid =
+            |field, expected: &str, found: String| fields.invalid(field, expected, &found);
+        if pod.hosts.is_empty() {
+            return Err(invalid(
+                "hosts",
+                "must name at least one workload",
+                "[]".to_string(),
+            ));
+        }
+        if !(pod.vcpu.is_finite() && pod.vcpu > 0.0) {
+            return Err(invalid(
+                "vcpu",
+                "must be a positive number",
+                pod.vcpu.to_string(),
+            ));
+        }
+        if !(1..=100).contains(&pod.target_cpu_percent) {
+            return Err(invalid(
+                "target_cpu_percent",
+                "must be between 1 and 100",
+                pod.target_cpu_percent.to_string(),
+            ));
+        }
+        if pod.min_tasks == 0 {
+            return Err(invalid(
+                "min_tasks",
+                "must be at least 1 (the pod keeps the warm set warm)",
+                "0".to_string(),
+            ));
+        }
+        for (field, p) in [
+            ("health_path", &pod.health_path),
+            ("ready_path", &pod.ready_path),
+        ] {
+            if !p.starts_with('/') {
+                return Err(invalid(field, "must be a path starting with /", p.clone()));
+            }
+        }
+        Ok(pod)
+    }
+
+    /// Checks the pod against the declarations of the workloads it hosts: each is declared and
+    /// pinned warm (the pod is a home for the warm set only), and the task's memory holds them
+    /// all at their declared sizes.
+    fn validate_hosts(&self, declarations: &[Declaration]) -> Result<(), DeclarationError> {
+        let contradiction = |field, reason: String| DeclarationError::Contradiction {
+            crate_name: self.crate_name.clone(),
+            field,
+            reason,
+        };
+        let mut memory = 0;
+        for host in &self.hosts {
+            let Some(d) = declarations.iter().find(|d| &d.workload == host) else {
+                return Err(contradiction(
+                    "hosts",
+                    format!("{host} is not a declared workload"),
+                ));
+            };
+            if !d.pinned_warm {
+                return Err(contradiction(
+                    "hosts",
+                    format!(
+                        "{host} is declared pinned_warm = false; the always-on pod hosts only the warm set"
+                    ),
+                ));
+            }
+            memory += d.memory_mb;
+        }
+        if self.memory_mb < memory {
+            return Err(contradiction(
+                "memory_mb",
+                format!(
+                    "{} MB cannot hold the hosted workloads' declared memory_mb together ({memory} MB)",
+                    self.memory_mb
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A declared path under the workspace root.
+    pub fn path(&self, relative: &Path) -> PathBuf {
+        self.root.join(relative)
+    }
 }
 
 impl Declaration {
@@ -177,6 +360,7 @@ impl Declaration {
             model_mb: fields.optional_u32("model_mb")?,
             optimized_graph_mb: fields.optional_u32("optimized_graph_mb")?,
             worker_memory_mb: fields.optional_u32("worker_memory_mb")?,
+            pod: None,
             crate_name,
         };
         declaration.validate()?;
@@ -271,12 +455,34 @@ impl Declaration {
     }
 }
 
-/// Reads the declarations of every function crate under `root`.
+/// Reads the declarations of every function crate under `root`, and gives each workload the
+/// always-on pod declares it hosts. A tree without the pod's crate has no pod; a pod whose
+/// declaration is broken, or contradicts the workloads', is an error.
 pub fn read_all(root: &Path) -> Result<Vec<Declaration>, DeclarationError> {
-    FUNCTION_MANIFESTS
+    let mut declarations = FUNCTION_MANIFESTS
         .iter()
         .map(|m| Declaration::from_manifest(&root.join(m)))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let manifest = root.join(POD_MANIFEST);
+    if manifest.exists() {
+        let text = std::fs::read_to_string(&manifest).map_err(|e| DeclarationError::Read {
+            path: manifest.clone(),
+            reason: e.to_string(),
+        })?;
+        let pod = PodDeclaration::from_manifest_str(&text, &manifest, root)?;
+        pod.validate_hosts(&declarations)?;
+        for d in &mut declarations {
+            if pod.hosts.contains(&d.workload) {
+                d.pod = Some(pod.clone());
+            }
+        }
+    }
+    Ok(declarations)
+}
+
+/// The pod the declarations carry, if any (every hosted workload carries the same one).
+pub fn pod_of(declarations: &[Declaration]) -> Option<&PodDeclaration> {
+    declarations.iter().find_map(|d| d.pod.as_ref())
 }
 
 /// Typed access to the fields of one `[package.metadata.coldpath]` table.
@@ -335,6 +541,14 @@ impl Fields<'_> {
                     &v.to_string(),
                 )
             })
+    }
+
+    /// A number written as an integer or a float.
+    fn number(&self, field: &'static str) -> Result<f64, DeclarationError> {
+        let v = self.get(field)?;
+        v.as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .ok_or_else(|| self.invalid(field, "must be a number", &v.to_string()))
     }
 
     fn optional_uint(&self, field: &'static str) -> Result<Option<u64>, DeclarationError> {
@@ -564,5 +778,103 @@ timeout_s = 10
             "{err}"
         );
         assert!(parse(&with_bulk("bulk_batch = 64\nbulk_threshold = 100\n")).is_ok());
+    }
+
+    const POD: &str = r#"
+[package]
+name = "coldpath-serve"
+
+[package.metadata.coldpath.pod]
+hosts = ["embeddings"]
+service = "infra/pod/service.yaml"
+dockerfile_cpu = "infra/pod/Dockerfile"
+dockerfile_gpu = "infra/pod/Dockerfile.cuda"
+vcpu = 0.5
+memory_mb = 2048
+gpu_instance = "g5.xlarge"
+port = 8080
+health_path = "/health"
+ready_path = "/ready"
+target_cpu_percent = 60
+min_tasks = 1
+"#;
+
+    fn pod(text: &str) -> Result<PodDeclaration, DeclarationError> {
+        PodDeclaration::from_manifest_str(
+            text,
+            Path::new("shared/serve/Cargo.toml"),
+            Path::new("/r"),
+        )
+    }
+
+    #[test]
+    fn reads_the_pod_and_holds_it_to_its_hosts() {
+        let p = pod(POD).unwrap();
+        assert_eq!((p.vcpu, p.memory_mb, p.port), (0.5, 2048, 8080));
+        assert_eq!(p.path(&p.service), Path::new("/r/infra/pod/service.yaml"));
+        let embeddings = parse(EMBEDDINGS).unwrap();
+        assert!(p.validate_hosts(std::slice::from_ref(&embeddings)).is_ok());
+        // More memory declared for the hosts than the pod has.
+        let small = pod(&POD.replace("memory_mb = 2048", "memory_mb = 512")).unwrap();
+        let err = small
+            .validate_hosts(std::slice::from_ref(&embeddings))
+            .unwrap_err();
+        assert!(
+            matches!(&err, DeclarationError::Contradiction { crate_name, field: "memory_mb", .. } if crate_name == "coldpath-serve"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("(1024 MB)"), "{err}");
+        // A host that is not declared, or not in the warm set.
+        let unknown = pod(&POD.replace("[\"embeddings\"]", "[\"search\"]")).unwrap();
+        let err = unknown
+            .validate_hosts(std::slice::from_ref(&embeddings))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("search is not a declared workload"),
+            "{err}"
+        );
+        let mut cold = embeddings.clone();
+        cold.pinned_warm = false;
+        let err = p.validate_hosts(&[cold]).unwrap_err();
+        assert!(err.to_string().contains("hosts only the warm set"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_pod_declaration_names_the_field() {
+        let err = pod(&POD.replace("port = 8080", "port = 0")).unwrap_err();
+        assert!(
+            matches!(err, DeclarationError::Invalid { field: "port", .. }),
+            "{err}"
+        );
+        let err = pod(&POD.replace("min_tasks = 1", "min_tasks = 0")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Invalid {
+                    field: "min_tasks",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = pod(&POD.replace("\"/ready\"", "\"ready\"")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeclarationError::Invalid {
+                    field: "ready_path",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = pod(&POD.replace("vcpu = 0.5\n", "")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "crate coldpath-serve: field `vcpu` is missing from [package.metadata.coldpath]"
+        );
+        let err = pod("[package]\nname = \"coldpath-serve\"\n").unwrap_err();
+        assert!(matches!(err, DeclarationError::Missing { .. }), "{err}");
     }
 }

@@ -50,6 +50,11 @@ pub enum InputError {
     Invalid { path: PathBuf, what: String },
     #[error("no measurements for workload {workload} (looked in {sources})")]
     NoMeasurement { workload: String, sources: String },
+    #[error("the prices file has no [{table}] table, which pricing {what} needs")]
+    MissingPrice {
+        table: &'static str,
+        what: &'static str,
+    },
 }
 
 /// A template that cannot be read at all (as opposed to one that disagrees with the

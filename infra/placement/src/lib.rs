@@ -6,7 +6,10 @@
 //! budget, keeps a workload warm; a backlog sends it to a bulk GPU; everything else scales to
 //! zero) and prices the options from `infra/placement/prices.toml` ([`prices`]) for a traffic
 //! profile ([`profile`]); [`check`] verifies that `infra/template.yaml` deploys each function the
-//! way its declaration says. The `coldpath` binary is a thin edge over [`cli`].
+//! way its declaration says. The always-on pod (`coldpath-serve`, declared in
+//! `shared/serve/Cargo.toml`) is a second home for the warm set: the plan prices it against
+//! provisioned Lambda, and the check holds `infra/pod/service.yaml` and its images to it. The
+//! `coldpath` binary is a thin edge over [`cli`].
 
 pub mod check;
 pub mod cli;
@@ -18,9 +21,9 @@ pub mod prices;
 pub mod profile;
 
 pub use check::{FunctionCheck, Template, check_template};
-pub use declaration::{Compute, Declaration, Trigger};
+pub use declaration::{Compute, Declaration, PodDeclaration, Trigger};
 pub use error::{DeclarationError, InputError, TemplateError};
 pub use measurements::{Measurement, Measurements};
-pub use plan::{Decision, Placement, Plan};
+pub use plan::{Decision, Placement, Plan, PodComparison};
 pub use prices::Prices;
 pub use profile::Profile;

@@ -9,13 +9,23 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::declaration::{Compute, Declaration};
+use crate::declaration::{self, Compute, Declaration, PodDeclaration};
 use crate::error::InputError;
 use crate::measurements::{Measurement, Measurements};
 use crate::prices::Prices;
 use crate::profile::{BulkOption, Profile, Traffic};
 
 const SECONDS_PER_HOUR: f64 = 3600.0;
+
+/// Provisioned concurrency is sized so that the average concurrency stays at this share of it:
+/// the target AWS suggests for provisioned-concurrency auto scaling (0.7), which leaves room for
+/// bursts above the average to be served warm. The pod's count is sized the same way, by its
+/// declared CPU target.
+pub const PROVISIONED_UTILIZATION_TARGET: f64 = 0.7;
+
+/// The traffic range (multiples of the profile's) in which break-even points are looked for.
+const SCALE_MIN: f64 = 1e-6;
+const SCALE_MAX: f64 = 1e9;
 
 /// Where a workload runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,6 +140,68 @@ pub struct Plan {
     pub scenarios: Vec<ScenarioCost>,
     pub bulk: Vec<BulkCost>,
     pub unit_costs: Vec<UnitCosts>,
+    /// The always-on pod against provisioned Lambda for the workloads it hosts.
+    pub pod: Option<PodComparison>,
+}
+
+/// One workload the pod hosts, at the profile's traffic.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodHost {
+    pub workload: String,
+    pub requests_per_month: f64,
+    /// Average vCPUs it keeps busy: requests per second × the measured CPU time per request.
+    pub load_vcpu: f64,
+    /// Its provisioned Lambda cost this month (what the template deploys today).
+    pub lambda_usd: f64,
+    /// Whether it rides free: the pod count with it equals the pod count without it, so its
+    /// load fits in the pod's spare capacity and hosting it costs nothing more.
+    pub rides_free: bool,
+    /// The multiple of the profile's traffic above which it no longer rides free (a further pod
+    /// is needed for it); `None` for the first host, which the pod is kept for.
+    pub rides_free_until_scale: Option<f64>,
+}
+
+/// One always-on pod hosting the warm set (`coldpath-serve`) against provisioned Lambda for the
+/// same workloads, and the traffic at which the pod becomes cheaper. Traffic is scaled in the
+/// profile's mix: a scale of 2 is twice every hosted workload's requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodComparison {
+    pub service: String,
+    pub hosts: Vec<PodHost>,
+    pub vcpu: f64,
+    pub memory_gb: f64,
+    pub target_cpu_percent: u32,
+    /// vCPUs of load one Fargate pod serves at its CPU target.
+    pub capacity_vcpu: f64,
+    pub fargate_pods: u32,
+    /// Fargate pods and the load balancer, this month.
+    pub fargate_usd: f64,
+    pub gpu_instance: String,
+    pub gpu_instances: u32,
+    /// GPU instances (`min_tasks`) and the load balancer, this month.
+    pub gpu_usd: f64,
+    pub load_balancer_usd: f64,
+    /// Provisioned Lambda for every host, this month.
+    pub lambda_usd: f64,
+    /// The multiple of the profile's traffic from which the Fargate pod costs no more than
+    /// provisioned Lambda: 0 when it does at any traffic, `None` when never in 10⁹×.
+    pub breakeven_scale: Option<f64>,
+    /// The same for one GPU instance; its throughput is not measured, so the true break-even is
+    /// at this traffic or above.
+    pub gpu_breakeven_scale: Option<f64>,
+    /// Hosted requests a month in the profile (the scale of 1).
+    pub requests_per_month: f64,
+    pub hours_per_month: f64,
+    /// Estimated figures the comparison relies on.
+    pub flags: Vec<String>,
+}
+
+impl PodComparison {
+    /// Requests a month and per second at a traffic scale.
+    pub fn traffic_at(&self, scale: f64) -> (f64, f64) {
+        let month = scale * self.requests_per_month;
+        (month, month / (self.hours_per_month * SECONDS_PER_HOUR))
+    }
 }
 
 /// Everything the plan reads.
@@ -194,8 +266,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
             })
         })
         .collect::<Result<Vec<_>, InputError>>()?;
+    let pod = declaration::pod_of(inputs.declarations)
+        .map(|p| pod_comparison(inputs, p))
+        .transpose()?;
     Ok(Plan {
         profile: profile.name.clone(),
+        pod,
         unit_costs,
         total_chosen_usd: decisions.iter().map(|d| d.cost_chosen_usd).sum(),
         total_always_on_usd: decisions.iter().map(|d| d.cost_always_on_usd).sum(),
@@ -551,6 +627,156 @@ fn unit_costs_for(
     })
 }
 
+/// What the pod needs to know of one host: its traffic, CPU time per request, and Lambda size.
+struct HostLoad<'a> {
+    d: &'a Declaration,
+    t: &'a Traffic,
+    /// CPU seconds one request takes (the measured warm inference × items per request).
+    cpu_s: f64,
+}
+
+impl HostLoad<'_> {
+    /// Average vCPUs busy at `scale` × the profile's traffic.
+    fn load(&self, seconds: f64, scale: f64) -> f64 {
+        scale * self.t.requests_per_month * self.cpu_s / seconds
+    }
+
+    /// Provisioned Lambda at `scale`: enough concurrency that the average stays at
+    /// [`PROVISIONED_UTILIZATION_TARGET`] (never less than the profile's), its duration and
+    /// requests. At the profile's traffic this is the plan's always-on cost for the workload.
+    fn lambda(&self, p: &Prices, seconds: f64, scale: f64) -> f64 {
+        let concurrency = f64::from(self.t.provisioned_concurrency)
+            .max((self.load(seconds, scale) / PROVISIONED_UTILIZATION_TARGET).ceil());
+        let requests = scale * self.t.requests_per_month;
+        concurrency * gb(self.d) * seconds * p.lambda.provisioned_gb_second_usd
+            + requests * self.cpu_s * gb(self.d) * p.lambda.provisioned_duration_gb_second_usd
+            + requests * p.lambda.request_usd
+    }
+}
+
+/// Pods needed for a load: the load at the declared CPU target, never fewer than `min_tasks`.
+fn pods_for(pod: &PodDeclaration, load_vcpu: f64) -> u32 {
+    let capacity = pod.vcpu * f64::from(pod.target_cpu_percent) / 100.0;
+    // A hair under a whole pod is a whole pod: float noise must not add one.
+    let needed = (load_vcpu / capacity - 1e-9).ceil().max(0.0) as u32;
+    needed.max(pod.min_tasks)
+}
+
+/// The smallest scale in [SCALE_MIN, SCALE_MAX] at which `holds` is true, found on a geometric
+/// grid and refined by bisection (the costs are step functions of the scale); `Some(0.0)` when
+/// it already holds at the smallest traffic.
+fn first_scale_where(holds: impl Fn(f64) -> bool) -> Option<f64> {
+    if holds(SCALE_MIN) {
+        return Some(0.0);
+    }
+    let mut below = SCALE_MIN;
+    while below < SCALE_MAX {
+        let above = below * 1.02;
+        if holds(above) {
+            let (mut lo, mut hi) = (below, above);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if holds(mid) { hi = mid } else { lo = mid }
+            }
+            return Some(hi);
+        }
+        below = above;
+    }
+    None
+}
+
+/// Prices the pod the declarations carry against provisioned Lambda for its hosts.
+fn pod_comparison(inputs: &Inputs<'_>, pod: &PodDeclaration) -> Result<PodComparison, InputError> {
+    let p = inputs.prices;
+    let profile = inputs.profile;
+    let fargate = p.fargate.as_ref().ok_or(InputError::MissingPrice {
+        table: "fargate",
+        what: "the always-on pod on Fargate",
+    })?;
+    let lb = p.load_balancer.as_ref().ok_or(InputError::MissingPrice {
+        table: "load_balancer",
+        what: "the always-on pod's load balancer",
+    })?;
+    let hours = profile.hours_per_month;
+    let seconds = hours * SECONDS_PER_HOUR;
+    let mut hosts = Vec::new();
+    let mut flags = Vec::new();
+    for w in &pod.hosts {
+        let d = find_declaration(inputs, w)?;
+        let m = inputs.measurements.get(w)?;
+        let t = profile.traffic.get(w).ok_or_else(|| InputError::Invalid {
+            path: profile.path.clone(),
+            what: format!("no [traffic.{w}] for {w}, which the pod hosts"),
+        })?;
+        let estimated = m.estimated_among(&["inference_ms"]);
+        if !estimated.is_empty() {
+            flags.push(format!(
+                "{w}: the pod's load relies on an estimated inference_ms from {}",
+                m.source
+            ));
+        }
+        hosts.push(HostLoad {
+            d,
+            t,
+            cpu_s: m.inference_ms * t.items_per_request / 1000.0,
+        });
+    }
+    let load = |scale: f64, without: Option<&str>| -> f64 {
+        hosts
+            .iter()
+            .filter(|h| Some(h.d.workload.as_str()) != without)
+            .map(|h| h.load(seconds, scale))
+            .sum()
+    };
+    let lambda = |scale: f64| -> f64 { hosts.iter().map(|h| h.lambda(p, seconds, scale)).sum() };
+    let lb_usd = lb.cost(hours);
+    let pod_month =
+        pod.vcpu * fargate.vcpu_hour_usd + f64::from(pod.memory_mb) / 1024.0 * fargate.gb_hour_usd;
+    let fargate_at = |scale: f64| -> f64 {
+        f64::from(pods_for(pod, load(scale, None))) * pod_month * hours + lb_usd
+    };
+    let instance = p.instance(&pod.gpu_instance, &profile.path)?;
+    let gpu_usd = f64::from(pod.min_tasks) * instance.hourly_usd * hours + lb_usd;
+
+    let host_rows = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let w = h.d.workload.as_str();
+            let extra_pod =
+                |scale: f64| pods_for(pod, load(scale, None)) > pods_for(pod, load(scale, Some(w)));
+            PodHost {
+                workload: w.to_string(),
+                requests_per_month: h.t.requests_per_month,
+                load_vcpu: h.load(seconds, 1.0),
+                lambda_usd: h.lambda(p, seconds, 1.0),
+                rides_free: !extra_pod(1.0),
+                rides_free_until_scale: (i > 0).then(|| first_scale_where(extra_pod)).flatten(),
+            }
+        })
+        .collect();
+    Ok(PodComparison {
+        service: pod.service.display().to_string(),
+        vcpu: pod.vcpu,
+        memory_gb: f64::from(pod.memory_mb) / 1024.0,
+        target_cpu_percent: pod.target_cpu_percent,
+        capacity_vcpu: pod.vcpu * f64::from(pod.target_cpu_percent) / 100.0,
+        fargate_pods: pods_for(pod, load(1.0, None)),
+        fargate_usd: fargate_at(1.0),
+        gpu_instance: pod.gpu_instance.clone(),
+        gpu_instances: pod.min_tasks,
+        gpu_usd,
+        load_balancer_usd: lb_usd,
+        lambda_usd: lambda(1.0),
+        breakeven_scale: first_scale_where(|k| fargate_at(k) <= lambda(k)),
+        gpu_breakeven_scale: first_scale_where(|k| gpu_usd <= lambda(k)),
+        requests_per_month: hosts.iter().map(|h| h.t.requests_per_month).sum(),
+        hours_per_month: hours,
+        hosts: host_rows,
+        flags,
+    })
+}
+
 fn bulk_cost(
     inputs: &Inputs<'_>,
     d: &Declaration,
@@ -620,6 +846,9 @@ pub fn render(plan: &Plan) -> String {
             let _ = writeln!(out, "  {:>10.2}  {}", s.monthly_usd, s.name);
         }
     }
+    if let Some(pod) = &plan.pod {
+        render_pod(&mut out, pod);
+    }
     for u in &plan.unit_costs {
         // Per thousand items: one item's cost is a fraction of a cent.
         let k = |usd: f64| usd * 1000.0;
@@ -677,9 +906,113 @@ pub fn render(plan: &Plan) -> String {
     out
 }
 
+/// The pod against provisioned Lambda: this month's costs, the load, whether each further host
+/// rides free, and the traffic at which the pod becomes cheaper.
+fn render_pod(out: &mut String, pod: &PodComparison) {
+    let names: Vec<&str> = pod.hosts.iter().map(|h| h.workload.as_str()).collect();
+    let names = names.join(" + ");
+    let _ = writeln!(
+        out,
+        "the warm set on one always-on pod ({}) against provisioned Lambda (USD/month)",
+        pod.service
+    );
+    let per_host: Vec<String> = pod
+        .hosts
+        .iter()
+        .map(|h| format!("{} {:.2}", h.workload, h.lambda_usd))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  {:>10.2}  provisioned Lambda for {names} ({})",
+        pod.lambda_usd,
+        per_host.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  {:>10.2}  pod on Fargate: {} x {} vCPU, {} GB, plus the load balancer ({:.2})",
+        pod.fargate_usd, pod.fargate_pods, pod.vcpu, pod.memory_gb, pod.load_balancer_usd
+    );
+    let _ = writeln!(
+        out,
+        "  {:>10.2}  pod on GPU: {} x {}, plus the load balancer",
+        pod.gpu_usd, pod.gpu_instances, pod.gpu_instance
+    );
+    let loads: Vec<String> = pod
+        .hosts
+        .iter()
+        .map(|h| format!("{} {:.4}", h.workload, h.load_vcpu))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  load at this traffic (vCPU): {}; one pod serves {:.2} at its {}% CPU target",
+        loads.join(", "),
+        pod.capacity_vcpu,
+        pod.target_cpu_percent
+    );
+    let cheapest = if pod.fargate_usd < pod.lambda_usd {
+        "the pod on Fargate"
+    } else {
+        "provisioned Lambda"
+    };
+    let _ = writeln!(out, "  cheaper at this traffic: {cheapest}");
+    let traffic = |scale: f64| {
+        let (month, second) = pod.traffic_at(scale);
+        format!("{month:.0} requests a month ({second:.1}/s, {scale:.0}x this traffic)")
+    };
+    let first = pod.hosts.first().map_or("", |h| h.workload.as_str());
+    for h in pod.hosts.iter().skip(1) {
+        let until = h.rides_free_until_scale.map_or_else(
+            || "at any traffic up to 10^9x this one".to_string(),
+            |k| format!("up to {}, where it needs a further pod", traffic(k)),
+        );
+        if h.rides_free {
+            let _ = writeln!(
+                out,
+                "  {w} rides free: its {load:.4} vCPU fits in the spare capacity of the pod kept for {first}, so \
+                 hosting it there adds nothing, where provisioned Lambda charges {usd:.2} a month for it; it \
+                 rides free {until}",
+                w = h.workload,
+                load = h.load_vcpu,
+                usd = h.lambda_usd,
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  {w} does not ride free: at this traffic its {load:.4} vCPU needs more pods than {first} alone",
+                w = h.workload,
+                load = h.load_vcpu,
+            );
+        }
+    }
+    let breakeven = |scale: Option<f64>| match scale {
+        Some(0.0) => "at any traffic".to_string(),
+        Some(k) => format!("above {}", traffic(k)),
+        None => "never up to 10^9x this traffic".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "  the pod on Fargate costs less than provisioned Lambda {}",
+        breakeven(pod.breakeven_scale)
+    );
+    // One instance is priced: a busier month may need more, so the true break-even is later.
+    let gpu = match pod.gpu_breakeven_scale {
+        Some(0.0) => "at any traffic".to_string(),
+        Some(k) => format!("not below {}", traffic(k)),
+        None => "never up to 10^9x this traffic".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "  the pod on {} costs less than provisioned Lambda {gpu}: its GPU throughput is not measured, so one instance is priced",
+        pod.gpu_instance
+    );
+    for f in &pod.flags {
+        let _ = writeln!(out, "  FLAG {f}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
 
@@ -706,6 +1039,14 @@ gpu = "one"
 hourly_usd = 6.0
 gpus = 4
 gpu = "four"
+[fargate]
+region = "test"
+vcpu_hour_usd = 0.01
+gb_hour_usd = 0.001
+[load_balancer]
+hourly_usd = 0.02
+lcu_hour_usd = 0.01
+lcus = 1.0
 "#;
 
     const MEASUREMENTS: &str = r#"
@@ -714,6 +1055,11 @@ source = "test"
 machine = "test"
 cold_start_ms = 200.0
 inference_ms = 10.0
+[photo]
+source = "test"
+machine = "test"
+cold_start_ms = 300.0
+inference_ms = 100.0
 [queue]
 source = "test"
 machine = "test"
@@ -972,6 +1318,139 @@ idle_exit_s = 50
         assert_eq!(p.decisions[1].batch, 32);
         // 100 000 × 0.1 s / 8 / 4 GPUs + 300 s pool start + 50 s idle exit.
         assert!((p.bulk[0].wall_hours * 3600.0 - 662.5).abs() < 1e-6);
+    }
+
+    /// A pod of 1 vCPU and 2 GB at a 50% CPU target hosting `api` and `photo`.
+    fn pod() -> PodDeclaration {
+        PodDeclaration {
+            crate_name: "coldpath-serve".to_string(),
+            root: PathBuf::from("."),
+            hosts: vec!["api".to_string(), "photo".to_string()],
+            service: PathBuf::from("infra/pod/service.yaml"),
+            dockerfile_cpu: PathBuf::from("infra/pod/Dockerfile"),
+            dockerfile_gpu: PathBuf::from("infra/pod/Dockerfile.cuda"),
+            vcpu: 1.0,
+            memory_mb: 2048,
+            gpu_instance: "small".to_string(),
+            port: 8080,
+            health_path: "/health".to_string(),
+            ready_path: "/ready".to_string(),
+            target_cpu_percent: 50,
+            min_tasks: 1,
+            required_env: Vec::new(),
+        }
+    }
+
+    fn photo() -> Declaration {
+        declaration(
+            "photo",
+            "latency_budget_ms = 2000\ncold_start_on_perceived_path = true\npinned_warm = true\ncompute = \"cpu\"\ntrigger = \"s3\"\nmax_batch = 1\n",
+        )
+    }
+
+    const WARM_SET: &str = r#"
+name = "t"
+description = "t"
+always_on_instance = "small"
+[traffic.api]
+requests_per_month = 1000000
+[traffic.photo]
+requests_per_month = 100000
+"#;
+
+    fn with_pod(pod: &PodDeclaration) -> Vec<Declaration> {
+        let mut ds = vec![api(50, true, true), photo()];
+        for d in &mut ds {
+            d.pod = Some(pod.clone());
+        }
+        ds
+    }
+
+    #[test]
+    fn the_pod_is_priced_against_provisioned_lambda_with_its_break_even() {
+        let p = run(&with_pod(&pod()), WARM_SET).unwrap();
+        let c = p.pod.as_ref().expect("a pod comparison");
+        let month_s = 730.0 * 3600.0;
+        // Provisioned Lambda, 1 GB each: the configured concurrency, duration and requests.
+        let fixed = 2.0 * month_s * 0.000004;
+        let per_scale = (1e6 * 0.01 + 1e5 * 0.1) * 0.000009 + 1.1e6 * 0.0000002;
+        assert!((c.lambda_usd - (fixed + per_scale)).abs() < 1e-9, "{c:?}");
+        // The same figure the decisions price as always-on.
+        let always_on: f64 = p.decisions.iter().map(|d| d.cost_always_on_usd).sum();
+        assert!((c.lambda_usd - always_on).abs() < 1e-9);
+        // One pod (1 vCPU x $0.01 + 2 GB x $0.001 an hour) and the load balancer ($0.03 an hour).
+        let pod_usd = 730.0 * (0.012 + 0.03);
+        assert_eq!(c.fargate_pods, 1);
+        assert!((c.fargate_usd - pod_usd).abs() < 1e-9, "{c:?}");
+        assert!((c.gpu_usd - 730.0 * (1.0 + 0.03)).abs() < 1e-9);
+        // Load: 1e6 x 10 ms + 1e5 x 100 ms of CPU in the month.
+        let load = (1e6 * 0.01 + 1e5 * 0.1) / month_s;
+        let total: f64 = c.hosts.iter().map(|h| h.load_vcpu).sum();
+        assert!((total - load).abs() < 1e-12);
+        // Both lines are linear while one pod and one provisioned instance each suffice.
+        let k = c.breakeven_scale.unwrap();
+        let expected = (pod_usd - fixed) / per_scale;
+        assert!((k - expected).abs() / expected < 1e-9, "{k} vs {expected}");
+        assert!(load * k < 0.5, "still one pod at the break-even");
+        let (month, second) = c.traffic_at(k);
+        assert!((month - k * 1.1e6).abs() < 1e-6 && (second - month / month_s).abs() < 1e-9);
+        // photo rides free until the two together need more than one pod's 0.5 vCPU.
+        let photo = &c.hosts[1];
+        assert!(photo.rides_free, "{photo:?}");
+        let until = photo.rides_free_until_scale.unwrap();
+        assert!((until - 0.5 / load).abs() / until < 1e-6, "{until}");
+        assert_eq!(c.hosts[0].rides_free_until_scale, None);
+        // One GPU instance costs more, so it breaks even later.
+        assert!(c.gpu_breakeven_scale.unwrap() > k);
+        let text = render(&p);
+        assert!(text.contains("photo rides free"), "{text}");
+        assert!(
+            text.contains("the pod on Fargate costs less than provisioned Lambda above"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_host_too_busy_for_the_spare_capacity_does_not_ride_free() {
+        // At 20 000x the traffic, photo's load alone needs pods of its own.
+        let busy = WARM_SET.replace("= 100000\n", "= 2000000000\n");
+        let p = run(&with_pod(&pod()), &busy).unwrap();
+        let c = p.pod.as_ref().unwrap();
+        assert!(!c.hosts[1].rides_free, "{:?}", c.hosts[1]);
+        assert!(c.hosts[1].rides_free_until_scale.unwrap() < 1.0);
+        assert!(c.fargate_pods > 1);
+        // This traffic is far past the break-even, and the plan says which is cheaper.
+        assert!(c.breakeven_scale.unwrap() < 1.0, "{c:?}");
+        assert!(c.fargate_usd < c.lambda_usd, "{c:?}");
+        assert!(render(&p).contains("cheaper at this traffic: the pod on Fargate"));
+    }
+
+    #[test]
+    fn a_pod_without_its_prices_is_a_typed_error() {
+        let start = PRICES.find("[fargate]").unwrap();
+        let end = PRICES.find("[load_balancer]").unwrap();
+        let no_fargate = format!("{}{}", &PRICES[..start], &PRICES[end..]);
+        let measurements = Measurements::from_toml_str(MEASUREMENTS, Path::new("m.toml")).unwrap();
+        let prices = Prices::from_str(&no_fargate, Path::new("p.toml")).unwrap();
+        let profile = Profile::from_str(WARM_SET, Path::new("profile.toml")).unwrap();
+        let declarations = with_pod(&pod());
+        let err = plan(&Inputs {
+            declarations: &declarations,
+            measurements: &measurements,
+            prices: &prices,
+            profile: &profile,
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InputError::MissingPrice {
+                    table: "fargate",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

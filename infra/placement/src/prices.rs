@@ -18,6 +18,43 @@ pub struct Prices {
     pub serverless_gpu: ServerlessGpuPrice,
     /// EC2 instances by type name (`g5.xlarge`), billed per second while running.
     pub instances: BTreeMap<String, Instance>,
+    /// Fargate, for the always-on pod's CPU variant.
+    #[serde(default)]
+    pub fargate: Option<FargatePrices>,
+    /// The load balancer in front of the pod, billed whichever variant runs behind it.
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerPrice>,
+}
+
+/// AWS Fargate, Linux on x86, on demand: per vCPU-hour and per GB-hour of the task's size,
+/// whether the task is busy or not.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FargatePrices {
+    pub region: String,
+    pub vcpu_hour_usd: f64,
+    pub gb_hour_usd: f64,
+    #[serde(default)]
+    pub assumption: Option<String>,
+}
+
+/// An Application Load Balancer: its hourly fee plus load balancer capacity units (LCUs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerPrice {
+    pub hourly_usd: f64,
+    pub lcu_hour_usd: f64,
+    /// LCUs billed each hour at the profiles' traffic.
+    pub lcus: f64,
+    #[serde(default)]
+    pub assumption: Option<String>,
+}
+
+impl LoadBalancerPrice {
+    /// The load balancer's cost over `hours`.
+    pub fn cost(&self, hours: f64) -> f64 {
+        (self.hourly_usd + self.lcu_hour_usd * self.lcus) * hours
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +143,20 @@ impl Prices {
                 prices.serverless_gpu.per_second_usd,
             ),
         ];
+        if let Some(f) = &prices.fargate {
+            all.push(("fargate.vcpu_hour_usd", f.vcpu_hour_usd));
+            all.push(("fargate.gb_hour_usd", f.gb_hour_usd));
+        }
+        if let Some(lb) = &prices.load_balancer {
+            all.push(("load_balancer.hourly_usd", lb.hourly_usd));
+            all.push(("load_balancer.lcu_hour_usd", lb.lcu_hour_usd));
+            if !(lb.lcus.is_finite() && lb.lcus >= 0.0) {
+                return Err(invalid(format!(
+                    "load_balancer.lcus must be a non-negative number, found {}",
+                    lb.lcus
+                )));
+            }
+        }
         for (name, i) in &prices.instances {
             if i.gpus == 0 {
                 return Err(invalid(format!("instances.{name}.gpus must be at least 1")));
@@ -146,6 +197,9 @@ mod tests {
                 .all(|s| s.url.starts_with("https://") && !s.read_on.is_empty())
         );
         assert_eq!(p.instance("g5.xlarge", Path::new("x")).unwrap().gpus, 1);
+        let fargate = p.fargate.as_ref().unwrap();
+        assert!(fargate.vcpu_hour_usd > fargate.gb_hour_usd);
+        assert!(p.load_balancer.is_some());
         assert!(p.instance("p5.48xlarge", Path::new("x")).is_err());
     }
 
@@ -158,6 +212,13 @@ mod tests {
         let err = Prices::from_str(&uncited, Path::new("p.toml")).unwrap_err();
         assert!(err.to_string().contains("every price must cite"), "{err}");
         assert!(start < end);
+        let free_fargate = text.replace("vcpu_hour_usd = 0.04048", "vcpu_hour_usd = -0.04048");
+        let err = Prices::from_str(&free_fargate, Path::new("p.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("fargate.vcpu_hour_usd must be a positive price"),
+            "{err}"
+        );
         let free = text.replace("gb_second_usd = 0.0000166667", "gb_second_usd = 0.0");
         let err = Prices::from_str(&free, Path::new("p.toml")).unwrap_err();
         assert!(

@@ -28,8 +28,8 @@ fn check_exits_zero_with_one_ok_line_per_function() {
     let ok: Vec<&str> = stdout.lines().filter(|l| l.starts_with("OK ")).collect();
     assert_eq!(
         ok.len(),
-        6,
-        "three functions, two worker files and the worker jobs: {stdout}"
+        7,
+        "three functions, the pod, two worker files and the worker jobs: {stdout}"
     );
 }
 
