@@ -178,6 +178,7 @@ impl PodDeclaration {
             })?;
         let fields = Fields {
             crate_name: &crate_name,
+            section: "package.metadata.coldpath.pod",
             table,
         };
         let port = fields.u32("port")?;
@@ -324,6 +325,7 @@ impl Declaration {
             })?;
         let fields = Fields {
             crate_name: &crate_name,
+            section: "package.metadata.coldpath",
             table: section,
         };
         let declaration = Declaration {
@@ -432,6 +434,7 @@ impl Declaration {
         }
         let fields = Fields {
             crate_name: &self.crate_name,
+            section: "package.metadata.coldpath",
             table: &Table::new(),
         };
         if !(128..=10_240).contains(&self.memory_mb) {
@@ -488,6 +491,8 @@ pub fn pod_of(declarations: &[Declaration]) -> Option<&PodDeclaration> {
 /// Typed access to the fields of one `[package.metadata.coldpath]` table.
 struct Fields<'a> {
     crate_name: &'a str,
+    /// The table the fields are read from, for messages.
+    section: &'static str,
     table: &'a Table,
 }
 
@@ -497,6 +502,7 @@ impl Fields<'_> {
             .get(field)
             .ok_or_else(|| DeclarationError::MissingField {
                 crate_name: self.crate_name.to_string(),
+                section: self.section,
                 field,
             })
     }
@@ -661,6 +667,7 @@ timeout_s = 10
             err,
             DeclarationError::MissingField {
                 crate_name: "coldpath-embeddings".to_string(),
+                section: "package.metadata.coldpath",
                 field: "latency_budget_ms"
             }
         );
@@ -872,7 +879,7 @@ min_tasks = 1
         let err = pod(&POD.replace("vcpu = 0.5\n", "")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "crate coldpath-serve: field `vcpu` is missing from [package.metadata.coldpath]"
+            "crate coldpath-serve: field `vcpu` is missing from [package.metadata.coldpath.pod]"
         );
         let err = pod("[package]\nname = \"coldpath-serve\"\n").unwrap_err();
         assert!(matches!(err, DeclarationError::Missing { .. }), "{err}");

@@ -13,9 +13,10 @@ pub enum DeclarationError {
     Parse { path: PathBuf, reason: String },
     #[error("crate {crate_name} has no [package.metadata.coldpath] section in {path}")]
     Missing { crate_name: String, path: PathBuf },
-    #[error("crate {crate_name}: field `{field}` is missing from [package.metadata.coldpath]")]
+    #[error("crate {crate_name}: field `{field}` is missing from [{section}]")]
     MissingField {
         crate_name: String,
+        section: &'static str,
         field: &'static str,
     },
     #[error("crate {crate_name}: field `{field}` {expected}, found {found}")]
