@@ -18,7 +18,9 @@
 //! applied as `COLDPATH_INTRA_THREADS` for the function and `cv2.setNumThreads` for OpenCV.
 //! Peak memory: the function's `VmHWM` (this process holds only the Rust contender; OpenCV runs
 //! in child processes) after the first thread count, and `opencv_ref.py`'s own peak RSS.
-//! Results go to stdout and `target/bench/faces.json`.
+//! Results go to stdout and `target/bench/faces.json`. Its top-level `query_latency_ms` is the
+//! figure `coldpath plan` prices a photo with: the function's median on the largest photo at
+//! one thread (the template gives faces one vCPU; a phone upload is the large photo).
 //!
 //! Photos: the four sample photos, or `BENCH_PHOTOS` (comma-separated paths from the repository
 //! root; e.g. the group photos in `tests/fixtures/faces/group/` for the cost curve).
@@ -144,6 +146,9 @@ fn main() {
         machine()
     );
     let mut hwm_first = None;
+    let mut pixels = vec![0u64; bytes.len()];
+    // (photo index, median ms) of the largest photo at one thread: the plan's figure.
+    let mut plan_figure: Option<(usize, f64)> = None;
     for &threads in &s.threads {
         let mut vars: Vec<(String, String)> = std::env::vars().collect();
         vars.push(("COLDPATH_INTRA_THREADS".into(), threads.to_string()));
@@ -180,6 +185,7 @@ fn main() {
                 for (i, b) in bytes.iter().enumerate() {
                     let t = Instant::now();
                     let image = decode(b, &config.image_limits).expect("decode").image;
+                    pixels[i] = u64::from(image.width()) * u64::from(image.height());
                     let out = faces.analyze(&image, &config.detect).expect("analyze");
                     let ms = t.elapsed().as_secs_f64() * 1e3;
                     found[i] = out.len();
@@ -260,6 +266,12 @@ fn main() {
                 "function_over_opencv": mf / mc, "function_over_opencv_lb640": mf / ml,
             }));
         }
+        if threads == 1 {
+            let largest = (0..n)
+                .max_by_key(|&i| pixels[i])
+                .expect("at least one photo");
+            plan_figure = Some((largest, median(&f[largest])));
+        }
         let total = |v: &[Vec<f64>]| v.iter().map(|x| median(x)).sum::<f64>();
         println!(
             "all photos: function {:.1} ms, opencv {:.1} ms ({:.3}x), opencv_lb640 {:.1} ms ({:.3}x); opencv peak RSS {} / {} MiB",
@@ -283,8 +295,16 @@ fn main() {
     }
     let out = repo().join("target/bench");
     let _ = std::fs::create_dir_all(&out);
-    let doc =
+    let mut doc =
         json!({"machine": machine(), "rounds": s.rounds, "repeats": s.repeats, "runs": report});
+    if let Some((i, ms)) = plan_figure {
+        doc["query_latency_ms"] = json!({"function": {"p50": ms}});
+        doc["plan_figures_from"] = json!(format!(
+            "query_latency_ms: the function on the largest photo, {} ({:.1} MP), at one thread",
+            photos()[i],
+            pixels[i] as f64 / 1e6
+        ));
+    }
     std::fs::write(
         out.join("faces.json"),
         serde_json::to_string_pretty(&doc).unwrap(),

@@ -21,7 +21,8 @@ pub const USAGE: &str = "usage:
   coldpath check [--template <file>] [--root <dir>]
 
 plan   decides pinned warm / serverless / bulk GPU per workload and prices the options
-check  verifies infra/template.yaml (and the GPU worker's env) against the declarations
+check  verifies infra/template.yaml, the GPU worker's env and the pod (infra/pod) against the
+       declarations
 ";
 
 /// Variables the GPU worker image must set; the rest of its configuration has defaults.

@@ -1,20 +1,21 @@
 //! Measured figures per workload: cold start, inference time, memory, batch throughput.
 //!
-//! The committed `infra/placement/measurements.toml` carries the figures from each function's
-//! `BENCHMARKS.md` (and says which, and which figures are still estimates). The JSON files
-//! `make bench` writes under `target/bench/` can be laid over it with `--measurements`, so a
-//! fresh benchmark run feeds the plan without editing the committed file.
+//! The committed `infra/placement/measurements.toml` names, per workload and figure, the
+//! benchmark output the figure is read from (`from`, JSON files that `make bench` wrote and
+//! `make plan-inputs` copied to `infra/placement/bench/`); only figures still waiting for their
+//! benchmark are typed there, and those must be listed in `estimated`. A fresh `make bench`
+//! result under `target/bench/` can also be laid over them with `--measurements`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::InputError;
 
 /// One workload's figures. Times are medians (p50) in milliseconds.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
     /// The document the figures come from (a `BENCHMARKS.md` or a bench JSON file).
     pub source: String,
@@ -23,32 +24,149 @@ pub struct Measurement {
     /// The fields that are still estimates waiting for their benchmark (`gpu_inference_ms`,
     /// `batch_throughput`, ...). A bench JSON file that supplies a field takes it off this list;
     /// the plan flags every decision that uses a field on it.
-    #[serde(default)]
     pub estimated: Vec<String>,
     /// Process start to first response on Lambda's CPUs.
     pub cold_start_ms: f64,
     /// One item (a query, a photo, an image), warm, on CPU.
     pub inference_ms: f64,
     /// Peak resident memory, which sizes `MemorySize`.
-    #[serde(default)]
     pub peak_rss_mib: Option<f64>,
     /// Container start to first result on a serverless GPU (image, CUDA context, sessions).
-    #[serde(default)]
     pub gpu_cold_start_ms: Option<f64>,
     /// One item, warm, on a GPU at batch size 1.
-    #[serde(default)]
     pub gpu_inference_ms: Option<f64>,
     /// A bulk GPU pool from zero to its first result: instance launch and registration, the
     /// worker image pulled onto an empty disk, CUDA context, model fetch and sessions. Billed
     /// from the instance's start; the backlog waits for it.
-    #[serde(default)]
     pub gpu_pool_start_ms: Option<f64>,
     /// GPU throughput at each batch size relative to batch size 1 (items/s ÷ items/s at 1).
-    #[serde(default)]
     pub batch_throughput: BTreeMap<String, f64>,
     /// Free-text notes: what is assumed and what replaces the assumption.
-    #[serde(default)]
     pub notes: Option<String>,
+    /// The benchmark output each figure was read from (figure name → file); figures not here
+    /// were typed in the TOML.
+    pub from: BTreeMap<String, PathBuf>,
+}
+
+/// A workload's table as `measurements.toml` holds it: each figure typed, or read `from` a
+/// benchmark's JSON output (a path relative to the TOML file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    source: String,
+    machine: String,
+    #[serde(default)]
+    estimated: Vec<String>,
+    #[serde(default)]
+    from: BTreeMap<String, PathBuf>,
+    cold_start_ms: Option<f64>,
+    inference_ms: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    gpu_cold_start_ms: Option<f64>,
+    gpu_inference_ms: Option<f64>,
+    gpu_pool_start_ms: Option<f64>,
+    #[serde(default)]
+    batch_throughput: BTreeMap<String, f64>,
+    notes: Option<String>,
+}
+
+/// The figures a benchmark's JSON output carries, and where in it: the in-process benchmarks
+/// (`query_latency_ms.function.p50`, `cold_start_in_process.total_ms`, `peak_rss_mib`) and the
+/// whole-process cold-start comparison of `tools/cold_start.py` (`commands.rust.*_summary`).
+/// The first pointer present wins; the factor turns its unit into the figure's.
+const BENCH_FIGURES: [(&str, &[(&str, f64)]); 3] = [
+    ("inference_ms", &[("/query_latency_ms/function/p50", 1.0)]),
+    (
+        "cold_start_ms",
+        &[
+            ("/commands/rust/wall_s_summary/median", 1000.0),
+            ("/cold_start_in_process/total_ms", 1.0),
+        ],
+    ),
+    (
+        "peak_rss_mib",
+        &[
+            ("/commands/rust/peak_rss_kib_summary/median", 1.0 / 1024.0),
+            ("/peak_rss_mib", 1.0),
+        ],
+    ),
+];
+
+/// The figure `figure` from a benchmark's JSON output, if the output carries it.
+fn bench_figure(v: &Value, figure: &str) -> Option<f64> {
+    let (_, pointers) = BENCH_FIGURES.iter().find(|(f, _)| *f == figure)?;
+    pointers
+        .iter()
+        .find_map(|(p, factor)| v.pointer(p).and_then(Value::as_f64).map(|x| x * factor))
+}
+
+fn read_json(path: &Path) -> Result<Value, InputError> {
+    serde_json::from_str(&read(path)?).map_err(|e| InputError::Parse {
+        path: path.to_path_buf(),
+        format: "JSON",
+        reason: e.to_string(),
+    })
+}
+
+impl Entry {
+    /// Reads every `from` file and fills the figures; `base` is the TOML file's folder.
+    fn resolve(self, path: &Path, workload: &str) -> Result<Measurement, InputError> {
+        let invalid = |what: String| InputError::Invalid {
+            path: path.to_path_buf(),
+            what,
+        };
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut typed: BTreeMap<&str, Option<f64>> = BTreeMap::from([
+            ("cold_start_ms", self.cold_start_ms),
+            ("inference_ms", self.inference_ms),
+            ("peak_rss_mib", self.peak_rss_mib),
+        ]);
+        let mut from = BTreeMap::new();
+        for (figure, file) in &self.from {
+            let Some(slot) = typed.get_mut(figure.as_str()) else {
+                return Err(invalid(format!(
+                    "{workload}.from names {figure:?}; a benchmark's output gives only {}",
+                    BENCH_FIGURES.map(|(f, _)| f).join(", ")
+                )));
+            };
+            if slot.is_some() {
+                return Err(invalid(format!(
+                    "{workload}.{figure} is typed and also read from {}: keep one",
+                    file.display()
+                )));
+            }
+            let file = base.join(file);
+            let value =
+                bench_figure(&read_json(&file)?, figure).ok_or_else(|| InputError::Invalid {
+                    path: file.clone(),
+                    what: format!("carries no {figure} for {workload}"),
+                })?;
+            *slot = Some(value);
+            from.insert(figure.clone(), file);
+        }
+        let required = |figure: &str| {
+            typed[figure].ok_or_else(|| {
+                invalid(format!(
+                    "{workload} has no {figure}: name the benchmark output it comes from in \
+                     `from`, or type an estimate and list it in `estimated`"
+                ))
+            })
+        };
+        Ok(Measurement {
+            source: self.source,
+            machine: self.machine,
+            estimated: self.estimated,
+            cold_start_ms: required("cold_start_ms")?,
+            inference_ms: required("inference_ms")?,
+            peak_rss_mib: typed["peak_rss_mib"],
+            gpu_cold_start_ms: self.gpu_cold_start_ms,
+            gpu_inference_ms: self.gpu_inference_ms,
+            gpu_pool_start_ms: self.gpu_pool_start_ms,
+            batch_throughput: self.batch_throughput,
+            notes: self.notes,
+            from,
+        })
+    }
 }
 
 /// The fields of [`Measurement`] that hold figures, the names `estimated` may list.
@@ -99,16 +217,19 @@ impl Measurements {
         Self::from_toml_str(&read(path)?, path)
     }
 
-    /// Parses the committed format; `path` is only used in messages.
+    /// Parses the committed format; `from` paths are relative to `path`'s folder.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, InputError> {
-        let by_workload: BTreeMap<String, Measurement> =
+        let entries: BTreeMap<String, Entry> =
             toml::from_str(text).map_err(|e| InputError::Parse {
                 path: path.to_path_buf(),
                 format: "TOML",
                 reason: e.message().to_string(),
             })?;
-        for (workload, m) in &by_workload {
-            validate(path, workload, m)?;
+        let mut by_workload = BTreeMap::new();
+        for (workload, entry) in entries {
+            let m = entry.resolve(path, &workload)?;
+            validate(path, &workload, &m)?;
+            by_workload.insert(workload, m);
         }
         Ok(Measurements {
             by_workload,
@@ -128,20 +249,11 @@ impl Measurements {
         }
     }
 
-    /// Takes the figures a `make bench` JSON file carries and replaces those fields only.
-    ///
-    /// Two shapes exist: the in-process benchmark (`"benchmark": "<workload>"`, with
-    /// `query_latency_ms.function.p50`, `cold_start_in_process.total_ms` and, from the captioning
-    /// real-size benchmark, `peak_rss_mib`) and the
-    /// whole-process cold-start comparison (`commands.rust.wall_s_summary.median`,
-    /// `peak_rss_kib_summary.median`), named `<workload>-cold-start*.json`.
+    /// Takes the figures a `make bench` JSON file carries and replaces those fields only. The
+    /// workload is the file's `"benchmark"`, or its name up to the first `-`
+    /// (`embeddings-cold-start-fresh-sandbox.json`).
     fn overlay_bench_json(&mut self, path: &Path) -> Result<(), InputError> {
-        let text = read(path)?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| InputError::Parse {
-            path: path.to_path_buf(),
-            format: "JSON",
-            reason: e.to_string(),
-        })?;
+        let v = read_json(path)?;
         let file_stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -160,48 +272,24 @@ impl Measurements {
                 sources,
             })?;
         let mut taken = 0;
-        if let Some(p50) = v
-            .pointer("/query_latency_ms/function/p50")
-            .and_then(|x| x.as_f64())
-        {
-            m.inference_ms = p50;
-            m.measured("inference_ms");
-            taken += 1;
-        }
-        if let Some(total) = v
-            .pointer("/cold_start_in_process/total_ms")
-            .and_then(|x| x.as_f64())
-        {
-            m.cold_start_ms = total;
-            m.measured("cold_start_ms");
-            taken += 1;
-        }
-        if let Some(wall) = v
-            .pointer("/commands/rust/wall_s_summary/median")
-            .and_then(|x| x.as_f64())
-        {
-            m.cold_start_ms = wall * 1000.0;
-            m.measured("cold_start_ms");
-            taken += 1;
-        }
-        if let Some(kib) = v
-            .pointer("/commands/rust/peak_rss_kib_summary/median")
-            .and_then(|x| x.as_f64())
-        {
-            m.peak_rss_mib = Some(kib / 1024.0);
-            m.measured("peak_rss_mib");
-            taken += 1;
-        }
-        if let Some(mib) = v.get("peak_rss_mib").and_then(|x| x.as_f64()) {
-            m.peak_rss_mib = Some(mib);
-            m.measured("peak_rss_mib");
+        for (figure, _) in BENCH_FIGURES {
+            let Some(x) = bench_figure(&v, figure) else {
+                continue;
+            };
+            match figure {
+                "inference_ms" => m.inference_ms = x,
+                "cold_start_ms" => m.cold_start_ms = x,
+                _ => m.peak_rss_mib = Some(x),
+            }
+            m.measured(figure);
+            m.from.insert(figure.to_string(), path.to_path_buf());
             taken += 1;
         }
         if taken == 0 {
             return Err(InputError::Invalid {
                 path: path.to_path_buf(),
                 what: "carries none of the figures `make bench` writes (query_latency_ms, \
-                       cold_start_in_process, commands.rust)"
+                       cold_start_in_process, commands.rust, peak_rss_mib)"
                     .to_string(),
             });
         }
@@ -387,5 +475,131 @@ peak_rss_mib = 90.5
             Measurements::from_toml_file(&base),
             Err(InputError::Invalid { .. })
         ));
+    }
+
+    /// `toml` as `m.toml` in a folder that also holds `files` (name, contents).
+    fn load_with(toml: &str, files: &[(&str, &str)]) -> Result<Measurements, InputError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, toml).unwrap();
+        Measurements::from_toml_file(&path)
+    }
+
+    const FROM: &str = r#"
+[embeddings]
+source = "functions/embeddings/BENCHMARKS.md"
+machine = "2-vCPU VM"
+from = { inference_ms = "bench/e.json", cold_start_ms = "bench/cold.json", peak_rss_mib = "bench/cold.json" }
+"#;
+    const IN_PROCESS: &str =
+        r#"{"benchmark": "embeddings", "query_latency_ms": {"function": {"p50": 3.25}}}"#;
+    const COLD: &str = r#"{"commands": {"rust": {"wall_s_summary": {"median": 0.43}, "peak_rss_kib_summary": {"median": 110592}}}}"#;
+
+    #[test]
+    fn figures_are_read_from_the_benchmark_output_they_name() {
+        let m = load_with(
+            FROM,
+            &[("bench/e.json", IN_PROCESS), ("bench/cold.json", COLD)],
+        )
+        .unwrap();
+        let e = m.get("embeddings").unwrap();
+        assert!((e.inference_ms - 3.25).abs() < 1e-9);
+        assert!((e.cold_start_ms - 430.0).abs() < 1e-9);
+        assert_eq!(e.peak_rss_mib, Some(108.0));
+        assert!(e.from["inference_ms"].ends_with("bench/e.json"));
+        assert!(e.from["cold_start_ms"].ends_with("bench/cold.json"));
+    }
+
+    #[test]
+    fn a_figure_missing_from_its_benchmark_output_or_given_twice_is_an_error() {
+        // The in-process file carries no cold start.
+        let swapped = FROM.replace(
+            "cold_start_ms = \"bench/cold.json\"",
+            "cold_start_ms = \"bench/e.json\"",
+        );
+        let err = load_with(
+            &swapped,
+            &[("bench/e.json", IN_PROCESS), ("bench/cold.json", COLD)],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, InputError::Invalid { path, what } if path.ends_with("bench/e.json") && what.contains("cold_start_ms")),
+            "{err}"
+        );
+        // A missing file names itself.
+        let err = load_with(FROM, &[("bench/cold.json", COLD)]).unwrap_err();
+        assert!(
+            matches!(&err, InputError::Read { path, .. } if path.ends_with("bench/e.json")),
+            "{err}"
+        );
+        // Typed and read: which one holds is ambiguous.
+        let twice = format!("{FROM}inference_ms = 3.0\n");
+        let err = load_with(
+            &twice,
+            &[("bench/e.json", IN_PROCESS), ("bench/cold.json", COLD)],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, InputError::Invalid { what, .. } if what.contains("keep one")),
+            "{err}"
+        );
+        // A figure no benchmark output carries.
+        let gpu = FROM.replace(
+            "peak_rss_mib =",
+            "gpu_inference_ms = \"bench/e.json\", peak_rss_mib =",
+        );
+        let err = load_with(
+            &gpu,
+            &[("bench/e.json", IN_PROCESS), ("bench/cold.json", COLD)],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, InputError::Invalid { what, .. } if what.contains("gpu_inference_ms")),
+            "{err}"
+        );
+        // Neither typed nor read.
+        let none = FROM.replace("inference_ms = \"bench/e.json\", ", "");
+        let err = load_with(&none, &[("bench/cold.json", COLD)]).unwrap_err();
+        assert!(
+            matches!(&err, InputError::Invalid { what, .. } if what.contains("no inference_ms")),
+            "{err}"
+        );
+    }
+
+    /// The committed file: it loads, and every figure typed in it (not read from a benchmark's
+    /// output) is one it lists as estimated, so no measured figure is copied by hand.
+    #[test]
+    fn the_committed_measurements_type_only_estimates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("measurements.toml");
+        let m = Measurements::from_toml_file(&path).unwrap();
+        for workload in ["embeddings", "faces", "captioning"] {
+            let e = m.get(workload).unwrap();
+            let present = [
+                ("cold_start_ms", true),
+                ("inference_ms", true),
+                ("peak_rss_mib", e.peak_rss_mib.is_some()),
+                ("gpu_cold_start_ms", e.gpu_cold_start_ms.is_some()),
+                ("gpu_inference_ms", e.gpu_inference_ms.is_some()),
+                ("gpu_pool_start_ms", e.gpu_pool_start_ms.is_some()),
+                ("batch_throughput", !e.batch_throughput.is_empty()),
+            ];
+            for (figure, _) in present.iter().filter(|(_, p)| *p) {
+                assert!(
+                    e.from.contains_key(*figure) || e.estimated.iter().any(|x| x == figure),
+                    "{workload}.{figure} is typed in measurements.toml but not listed as estimated"
+                );
+            }
+            for figure in ["cold_start_ms", "inference_ms", "peak_rss_mib"] {
+                assert!(
+                    e.from.contains_key(figure),
+                    "{workload}.{figure} is not read from a benchmark"
+                );
+            }
+        }
     }
 }
