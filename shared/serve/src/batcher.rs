@@ -4,11 +4,14 @@
 //! batching task takes what is queued, in arrival order, up to a maximum of items and a weight
 //! budget (tokens, as text-embeddings-inference does), runs it once on the blocking pool, and
 //! answers each caller on its own `oneshot`. A full queue is refused at once ([`BatchError::
-//! QueueFull`], 429); a request not answered by its deadline gets [`BatchError::Deadline`]
+//! QueueFull`], 429); a request still queued at its deadline gets [`BatchError::Deadline`]
 //! (503); a caller that went away (its client disconnected, or its deadline passed) is dropped
-//! before it is batched, so it costs nothing further.
+//! before it is batched, so it costs nothing further. A request whose batch has started gets
+//! that batch's answer even past its deadline: the work is committed, and answering 503 would
+//! throw it away (under overload, long batches straddling deadlines wasted most of the work).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use coldpath_io::{TaskError, spawn_blocking};
@@ -69,6 +72,8 @@ struct Entry<M: BatchModel> {
     weight: usize,
     admitted: Instant,
     deadline: Instant,
+    /// Set when the entry's batch starts: from then its caller waits for the answer.
+    started: Arc<AtomicBool>,
     reply: oneshot::Sender<Reply<M>>,
 }
 
@@ -159,8 +164,10 @@ impl<M: BatchModel> Batcher<M> {
 
     async fn enqueue(&self, input: M::Input) -> Reply<M> {
         let admitted = Instant::now();
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
+        let started = Arc::new(AtomicBool::new(false));
         let entry = Entry {
+            started: Arc::clone(&started),
             items: M::items(&input),
             weight: M::weight(&input),
             input,
@@ -175,7 +182,13 @@ impl<M: BatchModel> Batcher<M> {
                 return Err(BatchError::Closed { model: self.name });
             }
         }
-        let reply = match tokio::time::timeout(self.policy.deadline, rx).await {
+        let answer = match tokio::time::timeout(self.policy.deadline, &mut rx).await {
+            Ok(answer) => Ok(answer),
+            // Past the deadline but its batch is running: wait for the answer it is computing.
+            Err(_) if started.load(Ordering::Acquire) => Ok(rx.await),
+            Err(elapsed) => Err(elapsed),
+        };
+        let reply = match answer {
             Ok(Ok(reply)) => reply,
             // The batching task ended without answering: only when the runtime shuts down.
             Ok(Err(_)) => Err(BatchError::Closed { model: self.name }),
@@ -255,6 +268,7 @@ async fn batch_loop<M: BatchModel>(
             batch.push(next);
         }
         for e in &batch {
+            e.started.store(true, Ordering::Release);
             metrics.queue_wait(now.duration_since(e.admitted));
         }
         metrics.batch(batch.len(), items);
@@ -464,15 +478,15 @@ mod tests {
             b.submit(4).await,
             Err(BatchError::QueueFull { capacity: 2, .. })
         ));
-        // Everyone's deadline passes while the model is held.
+        // Everyone's deadline passes while the model is held: the queued ones get 503.
         for q in queued {
             assert!(matches!(q.await.unwrap(), Err(BatchError::Deadline { .. })));
         }
-        assert!(matches!(
-            busy.await.unwrap(),
-            Err(BatchError::Deadline { .. })
-        ));
+        // The running one is past its deadline too, but its batch started: it gets the answer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!busy.is_finished(), "a started batch's caller waits for it");
         f.open();
+        assert_eq!(busy.await.unwrap().unwrap(), 2);
         // Expired entries hold their queue slots until the batcher passes over them.
         wait_for(|| b.depth() == 0).await;
         // The expired ones never ran: only the first batch did, then a fresh request runs.
@@ -486,7 +500,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"coldpath_serve_rejected_total{model="doubler",reason="deadline"} 3"#),
+            text.contains(r#"coldpath_serve_rejected_total{model="doubler",reason="deadline"} 2"#),
             "{text}"
         );
     }

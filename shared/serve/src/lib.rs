@@ -11,7 +11,8 @@
 //! - SageMaker's container contract: `GET /ping` and `POST /invocations` on `PORT` (8080).
 //!
 //! Each model has one bounded queue and one batching task ([`batcher`]): full queue → 429 with
-//! `Retry-After`, past the deadline → 503, a caller that went away is dropped before it runs.
+//! `Retry-After`, still queued at the deadline → 503 (a started batch is always answered), a
+//! caller that went away is dropped before it runs.
 //! SIGTERM stops accepting, finishes what is queued within `COLDPATH_SERVE_DRAIN_MS`, and the
 //! process exits 0.
 

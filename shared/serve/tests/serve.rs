@@ -503,16 +503,38 @@ async fn full_queue_answers_429_with_retry_after_and_the_rest_succeed() {
     assert!(server.shutdown());
 }
 
+/// A request still queued at its deadline gets 503; one whose batch started before its
+/// deadline passed gets its answer (that work is not thrown away); the server carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn past_its_deadline_a_request_answers_503_and_the_server_carries_on() {
+async fn past_its_deadline_a_queued_request_answers_503_and_the_server_carries_on() {
     let server = TestServer::start(&[
         ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
-        ("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", "1"),
+        ("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", "100"),
+        ("COLDPATH_INTRA_THREADS", "1"),
     ]);
     let addr = server.addr;
-    let texts = short_texts();
-    let input: Vec<&String> = texts.iter().cycle().take(8).collect();
-    let r = post(addr, "/v1/embeddings", &json!({"input": input})).await;
+    // 64 texts of about 60 tokens hold the session for far longer than the deadline (about
+    // 1 s on the 2-vCPU development VM at one thread).
+    let long = "a photo of the whole family gathered on the terrace of the old house by the lake, \
+                with the grandparents, three children, two dogs and a birthday cake with candles";
+    let slow: Vec<String> = (0..64).map(|i| format!("{long} ({i})")).collect();
+    let first =
+        tokio::spawn(async move { post(addr, "/v1/embeddings", &json!({"input": slow})).await });
+    // Once the 64 texts' batch has started, the next request waits past its deadline.
+    let started = Instant::now();
+    loop {
+        let m = get(addr, "/metrics").await.text();
+        let items = r#"coldpath_serve_batch_items_sum{model="embeddings"}"#;
+        if metric(&m, items).is_some_and(|n| n >= 64.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the batch never started:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = post(addr, "/v1/embeddings", &json!({"input": short_texts()[0]})).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
     let v = r.json();
@@ -521,7 +543,15 @@ async fn past_its_deadline_a_request_answers_503_and_the_server_carries_on() {
         v["error"]["message"].as_str().unwrap().contains("deadline"),
         "{v}"
     );
+    let first = first.await.unwrap();
+    assert_eq!(
+        first.status, 200,
+        "the started batch is answered past the deadline"
+    );
+    assert_eq!(first.json()["data"].as_array().unwrap().len(), 64);
     assert_eq!(get(addr, "/health").await.status, 200);
+    let r = post(addr, "/v1/embeddings", &json!({"input": "after the rush"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let m = get(addr, "/metrics").await.text();
     assert_eq!(
         metric(
