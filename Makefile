@@ -23,6 +23,8 @@ help:
 	@echo "make package    Lambda zips (models, prepared graphs) and the ONNX Runtime layer, size-checked"
 	@echo "make deploy CAPTIONING_MODEL=<dir>  validate, package, sam deploy, publish the captioning model"
 	@echo "make rehearse  offline first day: sam validate/build, each zip in a Lambda-shaped sandbox against moto (root)"
+	@echo "make bench-serve  load benchmark of the always-on server (wrk) against a Python server"
+	@echo "make plan-inputs  copy the benchmark outputs the plan reads into infra/placement/bench/"
 	@echo "make fixtures   regenerate every committed fixture from its script"
 	@echo "make fuzz       run every cargo-fuzz target 10 minutes (fuzz-smoke: 20 s each; fuzz/README.md)"
 
@@ -81,6 +83,18 @@ soak-serve: setup
 	@$(ENV); COLDPATH_SERVE_SOAK_SECONDS=$(SERVE_SOAK_SECONDS) $(CARGO) test --locked -p coldpath-serve \
 	  --test serve soak -- --nocapture
 
+# The server's load benchmark (shared/serve/benches/load.py, figures in shared/serve/BENCHMARKS.md):
+# wrk against coldpath-serve, the same binary one request at a time, and a Python ONNX Runtime
+# server. wrk is Debian's package at a pinned version, installed here (root) when missing.
+WRK_VERSION := 4.1.0-3+b2
+.PHONY: bench-serve setup-wrk
+setup-wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk=$(WRK_VERSION); }
+
+bench-serve: setup setup-wrk
+	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
+	@$(ENV); BENCH_THREADS=$(BENCH_THREADS) .venv/bin/python shared/serve/benches/load.py
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked --features coldpath-captioning/fault-injection -- -D warnings
@@ -119,6 +133,19 @@ bench: build
 	  .venv/bin/python tools/cold_start.py --json target/bench/faces-cold-start-fresh-sandbox.json \
 	    --fresh-dir $(SANDBOX_TMP) --rust "$(call sandbox,faces) $(COLD_FACES)" --python "$(COLD_OPENCV)"
 	@$(ENV); $(CARGO) bench --locked -p coldpath-captioning --bench captioning
+
+# The benchmark outputs `coldpath plan` reads (infra/placement/measurements.toml names each
+# figure's file): copied from target/bench/ after `make bench` and `make bench-captioning-real`,
+# then the plan is printed for each profile so docs/placement.md can be brought up to date.
+PLAN_INPUTS := embeddings.json embeddings-cold-start-fresh-sandbox.json faces.json \
+  faces-cold-start-fresh-sandbox.json captioning-real.json
+.PHONY: plan-inputs
+plan-inputs:
+	@for f in $(PLAN_INPUTS); do \
+	  test -f target/bench/$$f || { echo "target/bench/$$f missing: run make bench (make bench-captioning-real for captioning)" >&2; exit 1; }; \
+	done
+	cp $(addprefix target/bench/,$(PLAN_INPUTS)) infra/placement/bench/
+	@for p in infra/placement/profiles/*.toml; do $(CARGO) run --quiet --locked -p coldpath-placement -- plan --profile $$p; done
 
 # Regenerates every committed fixture from its script (needs setup); each script is
 # deterministic, so a clean `git status` afterwards means the fixtures are what the scripts make.
