@@ -949,36 +949,17 @@ pub fn env_names_in_sources(
     prefix: &str,
 ) -> Result<BTreeSet<String>, TemplateError> {
     let mut names = BTreeSet::new();
-    let mut pending: Vec<PathBuf> = dirs.to_vec();
-    while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| TemplateError::Read {
-            path: dir.clone(),
-            reason: e.to_string(),
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).map_err(|e| TemplateError::Read {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            for literal in text.split('"').skip(1).step_by(2) {
-                let looks_like_env = literal.len() > 4
-                    && literal
-                        .bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                    && (literal.starts_with("COLDPATH_")
-                        || literal.starts_with("ORT_")
-                        || literal.starts_with(prefix));
-                if looks_like_env {
-                    names.insert(literal.to_string());
-                }
+    for text in rust_sources(dirs)? {
+        for literal in text.split('"').skip(1).step_by(2) {
+            let looks_like_env = literal.len() > 4
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                && (literal.starts_with("COLDPATH_")
+                    || literal.starts_with("ORT_")
+                    || literal.starts_with(prefix));
+            if looks_like_env {
+                names.insert(literal.to_string());
             }
         }
     }

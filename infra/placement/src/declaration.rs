@@ -151,35 +151,11 @@ impl PodDeclaration {
         path: &Path,
         root: &Path,
     ) -> Result<Self, DeclarationError> {
-        let doc: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| DeclarationError::Parse {
-                path: path.to_path_buf(),
-                reason: e.message().to_string(),
-            })?;
-        let crate_name = doc
-            .get("package")
-            .and_then(|p| p.get("name"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| DeclarationError::Parse {
-                path: path.to_path_buf(),
-                reason: "no [package] name".to_string(),
-            })?
-            .to_string();
-        let table = doc
-            .get("package")
-            .and_then(|p| p.get("metadata"))
-            .and_then(|m| m.get("coldpath"))
-            .and_then(|c| c.get("pod"))
-            .and_then(Value::as_table)
-            .ok_or_else(|| DeclarationError::Missing {
-                crate_name: crate_name.clone(),
-                path: path.to_path_buf(),
-            })?;
+        let (crate_name, table) = metadata_table(text, path, &["coldpath", "pod"])?;
         let fields = Fields {
             crate_name: &crate_name,
             section: "package.metadata.coldpath.pod",
-            table,
+            table: &table,
         };
         let port = fields.u32("port")?;
         let pod = PodDeclaration {
@@ -287,6 +263,43 @@ impl PodDeclaration {
     }
 }
 
+/// The crate's name and its `[package.metadata.<keys>]` table, from a `Cargo.toml` text; `path`
+/// is only used in messages. A manifest without that table is [`DeclarationError::Missing`].
+fn metadata_table(
+    text: &str,
+    path: &Path,
+    keys: &[&str],
+) -> Result<(String, Table), DeclarationError> {
+    let doc: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| DeclarationError::Parse {
+            path: path.to_path_buf(),
+            reason: e.message().to_string(),
+        })?;
+    let package = doc.get("package");
+    let crate_name = package
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| DeclarationError::Parse {
+            path: path.to_path_buf(),
+            reason: "no [package] name".to_string(),
+        })?
+        .to_string();
+    let mut table = package.and_then(|p| p.get("metadata"));
+    for key in keys {
+        table = table.and_then(|t| t.get(*key));
+    }
+    let table =
+        table
+            .and_then(Value::as_table)
+            .cloned()
+            .ok_or_else(|| DeclarationError::Missing {
+                crate_name: crate_name.clone(),
+                path: path.to_path_buf(),
+            })?;
+    Ok((crate_name, table))
+}
+
 impl Declaration {
     /// Reads the declaration from one crate's `Cargo.toml`.
     pub fn from_manifest(path: &Path) -> Result<Self, DeclarationError> {
@@ -299,34 +312,11 @@ impl Declaration {
 
     /// Parses a `Cargo.toml` text; `path` is only used in messages.
     pub fn from_manifest_str(text: &str, path: &Path) -> Result<Self, DeclarationError> {
-        let doc: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| DeclarationError::Parse {
-                path: path.to_path_buf(),
-                reason: e.message().to_string(),
-            })?;
-        let crate_name = doc
-            .get("package")
-            .and_then(|p| p.get("name"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| DeclarationError::Parse {
-                path: path.to_path_buf(),
-                reason: "no [package] name".to_string(),
-            })?
-            .to_string();
-        let section = doc
-            .get("package")
-            .and_then(|p| p.get("metadata"))
-            .and_then(|m| m.get("coldpath"))
-            .and_then(Value::as_table)
-            .ok_or_else(|| DeclarationError::Missing {
-                crate_name: crate_name.clone(),
-                path: path.to_path_buf(),
-            })?;
+        let (crate_name, section) = metadata_table(text, path, &["coldpath"])?;
         let fields = Fields {
             crate_name: &crate_name,
             section: "package.metadata.coldpath",
-            table: section,
+            table: &section,
         };
         let declaration = Declaration {
             workload: fields.string("workload")?,
