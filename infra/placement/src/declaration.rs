@@ -600,6 +600,14 @@ memory_mb = 1024
 timeout_s = 10
 "#;
 
+    /// The field a [`DeclarationError::Invalid`] names; `None` for any other error.
+    fn invalid_field(err: &DeclarationError) -> Option<&'static str> {
+        match err {
+            DeclarationError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
     fn parse(text: &str) -> Result<Declaration, DeclarationError> {
         Declaration::from_manifest_str(text, Path::new("functions/x/Cargo.toml"))
     }
@@ -625,16 +633,7 @@ timeout_s = 10
         assert_eq!(d.required_env, ["EMBEDDINGS_MODEL_SOURCE"]);
         assert_eq!((d.model_mb, d.optimized_graph_mb), (Some(23), Some(90)));
         let bad = parse(&format!("{EMBEDDINGS}required_env = [\"A\", 1]\n")).unwrap_err();
-        assert!(
-            matches!(
-                &bad,
-                DeclarationError::Invalid {
-                    field: "required_env",
-                    ..
-                }
-            ),
-            "{bad}"
-        );
+        assert_eq!(invalid_field(&bad), Some("required_env"), "{bad}");
     }
 
     #[test]
@@ -667,51 +666,15 @@ timeout_s = 10
     fn wrong_types_and_values_are_invalid() {
         let err =
             parse(&EMBEDDINGS.replace("pinned_warm = true", "pinned_warm = \"yes\"")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DeclarationError::Invalid {
-                    field: "pinned_warm",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(invalid_field(&err), Some("pinned_warm"), "{err}");
         let err =
             parse(&EMBEDDINGS.replace("trigger = \"http\"", "trigger = \"kafka\"")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DeclarationError::Invalid {
-                    field: "trigger",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(invalid_field(&err), Some("trigger"), "{err}");
         let err = parse(&EMBEDDINGS.replace("latency_budget_ms = 50", "latency_budget_ms = -1"))
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DeclarationError::Invalid {
-                    field: "latency_budget_ms",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(invalid_field(&err), Some("latency_budget_ms"), "{err}");
         let err = parse(&EMBEDDINGS.replace("memory_mb = 1024", "memory_mb = 64")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DeclarationError::Invalid {
-                    field: "memory_mb",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(invalid_field(&err), Some("memory_mb"), "{err}");
     }
 
     #[test]
@@ -840,32 +803,11 @@ min_tasks = 1
     #[test]
     fn a_broken_pod_declaration_names_the_field() {
         let err = pod(&POD.replace("port = 8080", "port = 0")).unwrap_err();
-        assert!(
-            matches!(err, DeclarationError::Invalid { field: "port", .. }),
-            "{err}"
-        );
+        assert_eq!(invalid_field(&err), Some("port"), "{err}");
         let err = pod(&POD.replace("min_tasks = 1", "min_tasks = 0")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DeclarationError::Invalid {
-                    field: "min_tasks",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(invalid_field(&err), Some("min_tasks"), "{err}");
         let err = pod(&POD.replace("\"/ready\"", "\"ready\"")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DeclarationError::Invalid {
-                    field: "ready_path",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(invalid_field(&err), Some("ready_path"), "{err}");
         let err = pod(&POD.replace("vcpu = 0.5\n", "")).unwrap_err();
         assert_eq!(
             err.to_string(),
