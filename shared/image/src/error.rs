@@ -40,7 +40,9 @@ pub enum ImageError {
         source: FetchError,
     },
     /// Zero bytes.
-    #[error("image is empty: expected the bytes of a JPEG, PNG or WebP file, found 0 bytes")]
+    #[error(
+        "image is empty: expected the bytes of a JPEG, PNG, WebP, HEIC or AVIF file, found 0 bytes"
+    )]
     Empty,
     /// More encoded bytes than [`crate::ImageLimits::max_bytes`] allows.
     #[error("image is too large: {size} bytes, the limit is {limit} bytes")]
@@ -56,8 +58,17 @@ pub enum ImageError {
         max_side: u32,
     },
     /// The bytes are not one of the formats this crate decodes.
-    #[error("unsupported image format: expected JPEG, PNG or WebP, found {found}")]
+    #[error("unsupported image format: expected JPEG, PNG, WebP, HEIC or AVIF, found {found}")]
     UnsupportedFormat { found: String },
+    /// A HEIC or AVIF file reached a deployment whose decoder library is missing or unusable:
+    /// the deployment's fault, so not `InvalidInput` (the same file decodes where it is there).
+    #[error(
+        "cannot decode {format} images here: {reason} (set COLDPATH_LIBHEIF_PATH / COLDPATH_LIBAVIF_PATH, or install the layer)"
+    )]
+    CodecUnavailable {
+        format: &'static str,
+        reason: String,
+    },
     /// The bytes start like a supported format but do not decode (truncated, corrupt).
     #[error("cannot decode the {format} image: {reason}")]
     Undecodable {
@@ -95,6 +106,7 @@ impl Classify for ImageError {
                 _ => ErrorType::Internal,
             },
             ImageError::Batch(_) | ImageError::Task(_) => ErrorType::Internal,
+            ImageError::CodecUnavailable { .. } => ErrorType::Config,
             ImageError::InvalidRef(_)
             | ImageError::Base64(_)
             | ImageError::PathNotAllowed(_)

@@ -4,8 +4,9 @@
 //! `{"base64": "..."}` or, in local invoke mode only, `{"path": "..."}`). An [`ImageLoader`]
 //! built once at init turns it into bytes (S3 through any [`coldpath_io::ObjectFetcher`],
 //! bounded by [`ImageLimits::max_bytes`]) and then into a [`DecodedImage`]: upright (EXIF
-//! orientation applied) RGB8 pixels, decoded from JPEG, PNG or WebP with the size checked from
-//! the header before any pixel buffer is allocated. Models then take [`resize`]d or
+//! orientation applied) RGB8 pixels, decoded from JPEG, PNG, WebP, HEIC or AVIF with the size
+//! checked from the header before any pixel buffer is allocated (HEIC and AVIF through libheif
+//! and libavif, loaded at run time: [`native`]). Models then take [`resize`]d or
 //! [`letterbox`]ed images packed by [`to_nchw`], and [`Letterbox`] maps their outputs back.
 //!
 //! ```no_run
@@ -41,8 +42,10 @@
 mod decode;
 mod error;
 mod geometry;
+mod isobmff;
 mod limits;
 mod loader;
+pub mod native;
 mod orient;
 mod source;
 mod tensor;
@@ -55,6 +58,7 @@ pub use geometry::{
 };
 pub use limits::ImageLimits;
 pub use loader::ImageLoader;
+pub use native::{CodecPaths, CodecStatus, load_native_codecs};
 pub use orient::orient;
 pub use source::ImageRef;
 pub use tensor::{ChannelOrder, to_nchw};

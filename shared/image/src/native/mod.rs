@@ -1,0 +1,118 @@
+//! HEIC and AVIF through C libraries loaded at run time: libheif (with libde265 for HEVC) and
+//! libavif (with dav1d for AV1).
+//!
+//! Why C, and why loaded rather than linked: no maintained Rust crate decodes HEVC, and the
+//! AVIF crates either link a system dav1d (not on a fresh machine, not in Lambda) or are not
+//! production decoders. Both libraries come from registry wheels that ship them for manylinux
+//! (glibc 2.28, so they run on Lambda's Amazon Linux 2023): libheif 1.23 and libde265 from
+//! `pi-heif` (LGPL-3.0; the decode-only build, unlike `pillow-heif`, whose libheif needs the
+//! GPL x265 encoder), libavif 1.4 with dav1d from `pillow` (BSD-2-Clause). `bootstrap.py`
+//! takes them out of the pinned wheels; the Lambda layer and the pod images carry them. Loading
+//! them with `dlopen` (as `ort` loads ONNX Runtime) keeps every build, test and fuzz target free
+//! of them: without a library, that format alone fails with [`ImageError::CodecUnavailable`].
+//!
+//! Where they are found: `COLDPATH_LIBHEIF_PATH` and `COLDPATH_LIBAVIF_PATH`, or else the
+//! sonames `libheif.so.1` and `libavif.so.16` on the loader's search path (Lambda puts the
+//! layer's `/opt/lib` there).
+
+mod avif;
+mod heif;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use coldpath_core::config::{self, EnvSource};
+
+pub(crate) use avif::Avif;
+pub(crate) use heif::Heif;
+
+use crate::ImageError;
+
+/// Where the decoder libraries are; read once at init with [`CodecPaths::from_env`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecPaths {
+    /// libheif: a path, or a soname for the loader's search path.
+    pub libheif: PathBuf,
+    /// libavif: a path, or a soname.
+    pub libavif: PathBuf,
+}
+
+impl Default for CodecPaths {
+    fn default() -> Self {
+        CodecPaths {
+            libheif: PathBuf::from("libheif.so.1"),
+            libavif: PathBuf::from("libavif.so.16"),
+        }
+    }
+}
+
+impl CodecPaths {
+    /// Reads `COLDPATH_LIBHEIF_PATH` and `COLDPATH_LIBAVIF_PATH`; unset or empty means the
+    /// soname.
+    pub fn from_env(env: &impl EnvSource) -> Self {
+        let d = CodecPaths::default();
+        CodecPaths {
+            libheif: config::get(env, "COLDPATH_LIBHEIF_PATH").map_or(d.libheif, PathBuf::from),
+            libavif: config::get(env, "COLDPATH_LIBAVIF_PATH").map_or(d.libavif, PathBuf::from),
+        }
+    }
+}
+
+/// Which optional formats this process can decode, for the init log and `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecStatus {
+    /// `Ok(version)` of libheif, or why it could not be loaded.
+    pub heic: Result<String, String>,
+    /// `Ok(version and codecs)` of libavif, or why it could not be loaded.
+    pub avif: Result<String, String>,
+}
+
+pub(crate) struct Codecs {
+    pub heif: Result<Heif, String>,
+    pub avif: Result<Avif, String>,
+}
+
+static CODECS: OnceLock<Codecs> = OnceLock::new();
+
+/// Loads the decoder libraries from `paths` once per process and says what loaded. Call it at
+/// init, so the cost lands in the cold start and a missing library shows in the init log; a
+/// later call returns the first call's result. Without a call, the first HEIC or AVIF decode
+/// loads them from `COLDPATH_LIBHEIF_PATH` / `COLDPATH_LIBAVIF_PATH` in the process
+/// environment.
+pub fn load_native_codecs(paths: &CodecPaths) -> CodecStatus {
+    status(CODECS.get_or_init(|| load(paths)))
+}
+
+pub(crate) fn codecs() -> &'static Codecs {
+    CODECS.get_or_init(|| load(&CodecPaths::from_env(&config::ProcessEnv)))
+}
+
+fn load(paths: &CodecPaths) -> Codecs {
+    Codecs {
+        heif: Heif::load(&paths.libheif),
+        avif: Avif::load(&paths.libavif),
+    }
+}
+
+fn status(c: &Codecs) -> CodecStatus {
+    CodecStatus {
+        heic: c.heif.as_ref().map(Heif::version).map_err(Clone::clone),
+        avif: c.avif.as_ref().map(Avif::version).map_err(Clone::clone),
+    }
+}
+
+/// Opens a library; the message names the path and the loader's reason.
+fn open(path: &Path) -> Result<libloading::Library, String> {
+    // SAFETY: loading runs the library's initialisers; these are the pinned libheif, libde265
+    // and libavif builds, whose initialisers only set up their own state.
+    unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {path:?}: {e}"))
+}
+
+/// The error for a HEIC or AVIF file when its library is missing: the deployment's fault, not
+/// the caller's (the same file decodes where the library is installed).
+pub(crate) fn unavailable(format: &'static str, why: &str) -> ImageError {
+    ImageError::CodecUnavailable {
+        format,
+        reason: why.to_string(),
+    }
+}
