@@ -162,6 +162,7 @@ fixtures: setup
 	.venv/bin/python tests/fixtures/captioning/gen_broken_models.py
 	.venv/bin/python tests/fixtures/captioning/gen_hoisted_fixtures.py
 	.venv/bin/python shared/image/fixtures/gen_resize_reference.py
+	.venv/bin/python shared/image/fixtures/gen_heif_avif.py
 
 clean:
 	$(CARGO) clean
