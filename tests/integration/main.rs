@@ -8,6 +8,7 @@ mod captioning_sqs;
 mod embeddings;
 mod events;
 mod faces;
+mod image_heif_avif;
 mod image_input;
 mod placement;
 mod prepared_graphs;

@@ -199,3 +199,44 @@ fn read_json<T: serde::de::DeserializeOwned>(rel: &str) -> T {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Loads the setup's HEIC and AVIF decoders (`COLDPATH_LIBHEIF_PATH`, `COLDPATH_LIBAVIF_PATH`)
+/// for this test process, and fails loudly if either is missing: a test of those formats must
+/// not pass by refusing them.
+pub fn image_codecs() {
+    let paths = coldpath_image::CodecPaths {
+        libheif: setup_var("COLDPATH_LIBHEIF_PATH").into(),
+        libavif: setup_var("COLDPATH_LIBAVIF_PATH").into(),
+    };
+    let status = coldpath_image::load_native_codecs(&paths);
+    assert!(
+        status.heic.is_ok() && status.avif.is_ok(),
+        "HEIC/AVIF decoders: {status:?}"
+    );
+}
+
+/// One file of `shared/image/fixtures/heif/manifest.json` (written by `gen_heif_avif.py`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeifFixture {
+    pub file: String,
+    pub format: String,
+    /// The JPEG it was encoded from, repo-relative.
+    pub source: Option<String>,
+    /// `ok`, `too_many_pixels` or `undecodable`.
+    pub expect: String,
+    /// Upright size, for `ok` files.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub bit_depth: Option<u32>,
+    /// `none`, `irot1`, `imir0`, `grid3x2`, ...
+    pub transform: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeifManifest {
+    pub files: Vec<HeifFixture>,
+}
+
+pub fn heif_fixtures() -> HeifManifest {
+    read_json("shared/image/fixtures/heif/manifest.json")
+}

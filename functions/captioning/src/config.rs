@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
-use coldpath_image::ImageLimits;
+use coldpath_image::{CodecPaths, ImageLimits};
 use coldpath_models::{OrtRuntime, SessionConfig};
 use coldpath_runtime::metrics::MetricsMode;
 
@@ -28,6 +28,8 @@ pub struct CaptioningConfig {
     /// Where remote (`s3://`) models are cached; Lambda only allows writes under /tmp.
     pub cache_dir: PathBuf,
     pub images: ImageLimits,
+    /// `COLDPATH_LIBHEIF_PATH` / `COLDPATH_LIBAVIF_PATH`: the HEIC and AVIF decoders.
+    pub image_codecs: CodecPaths,
     pub batch: BatchSettings,
     pub worker: WorkerSettings,
     /// Run one caption at init so the first batch does not pay ONNX Runtime's first-run cost.
@@ -171,6 +173,7 @@ impl CaptioningConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
             images: ImageLimits::from_env(env)?,
+            image_codecs: CodecPaths::from_env(env),
             batch: BatchSettings {
                 max_batch,
                 max_new_tokens_cap: config::positive_or(env, "CAPTIONING_MAX_NEW_TOKENS_CAP", 128)?,

@@ -722,6 +722,8 @@ pub async fn init<F: ObjectFetcher + Clone + 'static, W: ResultWriter>(
         let image = RgbImage::from_pixel(64, 64, coldpath_image::Rgb([127, 127, 127]));
         timer.time(Phase::Warmup, || model.caption(&[&image], &[Some(2)]))?;
     }
+    // Loading the HEIC/AVIF libraries belongs to the cold start, and a missing one to its log.
+    coldpath_image::load_native_codecs(&config.image_codecs).log();
     let images = ImageLoader::new(fetcher, config.images, allow_local_paths);
     let metrics = Metrics::new("captioning", config.metrics);
     let service = CaptioningService::new(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
-use coldpath_image::{ImageLimits, Resample};
+use coldpath_image::{CodecPaths, ImageLimits, Resample};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
 use coldpath_runtime::metrics::MetricsMode;
 
@@ -122,6 +122,8 @@ pub struct FacesConfig {
     /// `FACES_DETECTOR_MAX_SIDE` (default 4096, a multiple of 32).
     pub detector_input: DetectorInput,
     pub image_limits: ImageLimits,
+    /// `COLDPATH_LIBHEIF_PATH` / `COLDPATH_LIBAVIF_PATH`: the HEIC and AVIF decoders.
+    pub image_codecs: CodecPaths,
     /// Run one photo through both models at init so the first request does not pay ONNX
     /// Runtime's first-run cost.
     pub warmup: bool,
@@ -232,6 +234,7 @@ impl FacesConfig {
                 }
             },
             image_limits: ImageLimits::from_env(env)?,
+            image_codecs: CodecPaths::from_env(env),
             warmup: config::bool_or(env, "FACES_WARMUP", true)?,
             metrics: MetricsMode::from_env(env)?,
             cache_dir: config::get(env, "COLDPATH_CACHE_DIR")

@@ -368,6 +368,8 @@ pub async fn init<F: ObjectFetcher + Clone>(
     let (faces, record) = init_faces(config, fetcher.clone()).await?;
     let metrics = Metrics::new("faces", config.metrics);
     metrics.cold_start(&record);
+    // A missing HEIC/AVIF library shows in the init log, not first at a user's upload.
+    coldpath_image::load_native_codecs(&config.image_codecs).log();
     let loader = ImageLoader::new(fetcher, config.image_limits, allow_local_paths);
     Ok((
         FacesService::new(faces, loader, sink, config.detect).with_metrics(metrics),

@@ -112,7 +112,7 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageE
     }
     let format = sniff(bytes)?;
     let Some(image_format) = format.to_image() else {
-        return decode_heif(bytes, format, limits);
+        return decode_heif(bytes, format, limits, native::codecs());
     };
     let undecodable = |e: image::ImageError| ImageError::Undecodable {
         format: format.as_str(),
@@ -205,6 +205,7 @@ fn decode_heif(
     bytes: &[u8],
     format: Format,
     limits: &ImageLimits,
+    codecs: &native::Codecs,
 ) -> Result<DecodedImage, ImageError> {
     let name = format.as_str();
     let primary = isobmff::primary(bytes, name)?;
@@ -220,7 +221,6 @@ fn decode_heif(
         format: name,
         reason,
     };
-    let codecs = native::codecs();
     let orientation = primary.exif_orientation();
     let image = match format {
         Format::Heic => {
@@ -525,6 +525,34 @@ pub(crate) mod tests {
             matches!(err, ImageError::UnsupportedFormat { ref found } if found == "Gif"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn heic_and_avif_without_their_library_are_a_config_error_after_the_size_check() {
+        use crate::isobmff::tests::{header, ispe};
+        use coldpath_core::{Classify, ErrorType};
+        let none = native::Codecs {
+            heif: Err("cannot load \"libheif.so.1\": not found".into()),
+            avif: Err("cannot load \"libavif.so.16\": not found".into()),
+        };
+        for (brand, format) in [(b"heic", Format::Heic), (b"avif", Format::Avif)] {
+            let file = header(brand, &[ispe(64, 48)]);
+            let err = decode_heif(&file, format, &limits(), &none).unwrap_err();
+            assert_eq!(err.error_type(), ErrorType::Config, "{err}");
+            assert!(
+                err.to_string().contains("cannot load")
+                    && err.to_string().contains(format.as_str()),
+                "{err}"
+            );
+            // The header is read first: an oversized image is the caller's error either way.
+            let huge = header(brand, &[ispe(100_000, 100_000)]);
+            let err = decode_heif(&huge, format, &limits(), &none).unwrap_err();
+            assert!(
+                matches!(err, ImageError::TooManyPixels { width: 100_000, .. }),
+                "{err}"
+            );
+            assert_eq!(dimensions(&huge).unwrap(), (100_000, 100_000));
+        }
     }
 
     #[test]

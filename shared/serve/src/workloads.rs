@@ -338,6 +338,7 @@ pub async fn load(
                 metrics.model("faces"),
             );
             tasks.push(task);
+            coldpath_image::load_native_codecs(&c.image_codecs).log();
             Some(FacesWorkload {
                 model,
                 batcher,

@@ -67,6 +67,23 @@ pub struct CodecStatus {
     pub avif: Result<String, String>,
 }
 
+impl CodecStatus {
+    /// One init log line per format: the library's version, or a warning saying why that format
+    /// will be refused (the other formats are unaffected).
+    pub fn log(&self) {
+        for (format, status) in [("heic", &self.heic), ("avif", &self.avif)] {
+            match status {
+                Ok(version) => tracing::info!(format, decoder = %version, "image decoder loaded"),
+                Err(why) => tracing::warn!(
+                    format,
+                    reason = %why,
+                    "image decoder not available: requests in this format will fail"
+                ),
+            }
+        }
+    }
+}
+
 pub(crate) struct Codecs {
     pub heif: Result<Heif, String>,
     pub avif: Result<Avif, String>,
@@ -114,5 +131,38 @@ pub(crate) fn unavailable(format: &'static str, why: &str) -> ImageError {
     ImageError::CodecUnavailable {
         format,
         reason: why.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_is_a_message_naming_it() {
+        let heif = Heif::load(Path::new("/nonexistent/libheif.so.1"))
+            .err()
+            .unwrap();
+        assert!(heif.contains("/nonexistent"), "{heif}");
+        let avif = Avif::load(Path::new("libavif-not-installed.so.16"))
+            .err()
+            .unwrap();
+        assert!(
+            avif.contains("cannot load \"libavif-not-installed.so.16\""),
+            "{avif}"
+        );
+    }
+
+    #[test]
+    fn paths_default_to_the_sonames() {
+        use coldpath_core::MapEnv;
+        assert_eq!(
+            CodecPaths::from_env(&MapEnv::default()),
+            CodecPaths::default()
+        );
+        let env = MapEnv::new([("COLDPATH_LIBHEIF_PATH", "/opt/lib/libheif.so.1")]);
+        let p = CodecPaths::from_env(&env);
+        assert_eq!(p.libheif, PathBuf::from("/opt/lib/libheif.so.1"));
+        assert_eq!(p.libavif, PathBuf::from("libavif.so.16"));
     }
 }
