@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 use crate::declaration::{self, Declaration, PodDeclaration, Trigger};
-use crate::error::TemplateError;
+use crate::error::{DeclarationError, TemplateError};
 
 /// An SQS queue's visibility timeout must be at least this many times the function's timeout
 /// (AWS's guidance for Lambda event source mappings), so a message is not handed to a second
@@ -192,6 +192,7 @@ fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
 
     check_env(t, d, f, &mut c);
     check_storage(t, d, f, &mut c);
+    check_layers(t, f, &mut c);
 
     // Sizes agree with the declaration.
     let memory = prop("MemorySize").and_then(|v| t.number(v));
@@ -428,6 +429,60 @@ fn check_env(t: &Template, d: &Declaration, f: &Value, c: &mut FunctionCheck) {
     }
 }
 
+/// The layers a function runs with: `Globals.Function`'s and then its own (SAM appends the
+/// function's list to the global one, unlike the other properties, which it overrides).
+fn function_layers<'a>(t: &'a Template, f: &'a Value) -> Vec<&'a Value> {
+    [
+        t.root.get("Globals").and_then(|g| g.get("Function")),
+        f.get("Properties"),
+    ]
+    .into_iter()
+    .filter_map(|p| p?.get("Layers")?.as_sequence())
+    .flatten()
+    .collect()
+}
+
+/// Every layer is one of this template's `AWS::Serverless::LayerVersion`s, deployed from the
+/// zip `make package` built and counted in the function's 250 MB
+/// (`target/lambda/layers/<name>.zip`), and none comes twice.
+fn check_layers(t: &Template, f: &Value, c: &mut FunctionCheck) {
+    let mut names = Vec::new();
+    for layer in function_layers(t, f) {
+        let Some(id) = ref_target(layer) else {
+            c.mismatches.push(format!(
+                "layer {layer:?} is not a !Ref to a layer of this template (an ARN from elsewhere was not size-checked with the function)"
+            ));
+            continue;
+        };
+        let resource = t.resource(id).filter(|r| {
+            r.get("Type").and_then(Value::as_str) == Some("AWS::Serverless::LayerVersion")
+        });
+        let content = resource
+            .and_then(|r| r.get("Properties"))
+            .and_then(|p| p.get("ContentUri"))
+            .and_then(|v| t.string(v));
+        match content {
+            _ if names.contains(&id) => c
+                .mismatches
+                .push(format!("layer {id} is attached twice")),
+            Some(uri) if uri.contains("target/lambda/layers/") && uri.ends_with(".zip") => {}
+            _ if resource.is_none() => c.mismatches.push(format!(
+                "layer {id} is not an AWS::Serverless::LayerVersion in this template"
+            )),
+            other => c.mismatches.push(format!(
+                "layer {id} must be deployed from ContentUri .../target/lambda/layers/<name>.zip (the layer make package built), found {other:?}"
+            )),
+        }
+        names.push(id);
+    }
+    if !names.is_empty() {
+        c.ok.push(format!(
+            "layers {} from the packaged zips",
+            names.join(", ")
+        ));
+    }
+}
+
 /// `/tmp` holds what the sandbox fetches (a model from S3) and what it writes (the optimised
 /// graphs, when the cache is under `/tmp`); Lambda gives 512 MB unless `EphemeralStorage` says
 /// more. 10% headroom covers the temporary file of an atomic rename and the logs.
@@ -546,8 +601,58 @@ pub fn check_batch_jobs(batch: &Template, d: &Declaration) -> Vec<String> {
     problems
 }
 
-/// The shared crates whose sources name the variables every binary reads.
-const SHARED_SOURCES: [&str; 6] = ["core", "io", "models", "aws", "image", "runtime"];
+/// The `src/` folders of the crate at `crate_dir` (relative to `root`) and of every workspace
+/// crate it depends on, directly or not: the code the deployed binary is built from, so the
+/// variables it can read. Only `[dependencies]` count (a dev-dependency is not in the binary);
+/// a dependency is a workspace crate when `[workspace.dependencies]` of the root manifest, or
+/// the entry itself, gives it a `path`.
+pub fn crate_source_dirs(root: &Path, crate_dir: &Path) -> Result<Vec<PathBuf>, DeclarationError> {
+    fn manifest(path: &Path) -> Result<toml::Table, DeclarationError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DeclarationError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        text.parse()
+            .map_err(|e: toml::de::Error| DeclarationError::Parse {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+    }
+    let path_of = |entry: &toml::Value| {
+        entry
+            .get("path")
+            .and_then(toml::Value::as_str)
+            .map(PathBuf::from)
+    };
+    let workspace: BTreeMap<String, PathBuf> = manifest(&root.join("Cargo.toml"))?
+        .get("workspace")
+        .and_then(|w| w.get("dependencies"))
+        .and_then(toml::Value::as_table)
+        .map(|deps| {
+            deps.iter()
+                .filter_map(|(name, entry)| Some((name.clone(), path_of(entry)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut seen = BTreeSet::from([crate_dir.to_path_buf()]);
+    let mut pending = vec![crate_dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let deps = manifest(&root.join(&dir).join("Cargo.toml"))?
+            .get("dependencies")
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        for (name, entry) in &deps {
+            let local = path_of(entry).map(|p| dir.join(p));
+            if let Some(dep) = local.or_else(|| workspace.get(name).cloned())
+                && seen.insert(dep.clone())
+            {
+                pending.push(dep);
+            }
+        }
+    }
+    Ok(seen.into_iter().map(|d| root.join(d).join("src")).collect())
+}
 
 /// `infra/pod/service.yaml` and both images deploy the pod as declared: the server's port in the
 /// image, the task and the load balancer; the health checks on routes the server has (the
@@ -576,17 +681,15 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
             return c;
         }
     };
-    let mut dirs = vec![serve_src.clone()];
-    dirs.extend(
-        pod.hosts
-            .iter()
-            .map(|h| pod.path(&Path::new("functions").join(h).join("src"))),
-    );
-    dirs.extend(
-        SHARED_SOURCES
-            .iter()
-            .map(|s| pod.path(&Path::new("shared").join(s).join("src"))),
-    );
+    // The server's sources and those of every crate it is built from: the hosted functions'
+    // and the shared crates under them.
+    let dirs = match crate_source_dirs(&pod.root, Path::new("shared/serve")) {
+        Ok(d) => d,
+        Err(e) => {
+            c.mismatches.push(e.to_string());
+            return c;
+        }
+    };
     let mut read = BTreeSet::new();
     for host in &pod.hosts {
         match env_names_in_sources(&dirs, &format!("{}_", host.to_uppercase())) {
@@ -1098,6 +1201,91 @@ mod tests {
         );
         let got: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(got, [("PORT", "8080"), ("X", "y"), ("Z", "3")]);
+    }
+
+    fn function_check(template: &str) -> FunctionCheck {
+        let t = Template::from_str(template, Path::new("t.yaml")).unwrap();
+        let mut c = FunctionCheck {
+            function: "F".to_string(),
+            workload: "f".to_string(),
+            ok: Vec::new(),
+            mismatches: Vec::new(),
+        };
+        check_layers(&t, t.resource("F").unwrap(), &mut c);
+        c
+    }
+
+    const LAYERS: &str = "Globals:\n  Function:\n    Layers: [!Ref Ort]\nResources:\n  Ort:\n    Type: AWS::Serverless::LayerVersion\n    Properties: {ContentUri: ../target/lambda/layers/onnxruntime.zip}\n  Codecs:\n    Type: AWS::Serverless::LayerVersion\n    Properties: {ContentUri: ../target/lambda/layers/image-codecs.zip}\n  Queue:\n    Type: AWS::SQS::Queue\n";
+
+    #[test]
+    fn a_functions_layers_are_globals_then_its_own_each_packaged() {
+        let c = function_check(&format!(
+            "{LAYERS}  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      Layers: [!Ref Codecs]\n"
+        ));
+        assert!(c.mismatches.is_empty(), "{:?}", c.mismatches);
+        assert_eq!(c.ok, ["layers Ort, Codecs from the packaged zips"]);
+    }
+
+    #[test]
+    fn a_layer_not_built_by_make_package_is_a_mismatch() {
+        let unpackaged = LAYERS.replace("../target/lambda/layers/image-codecs.zip", "./codecs/");
+        let c = function_check(&format!(
+            "{unpackaged}  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      Layers: [!Ref Codecs]\n"
+        ));
+        assert!(
+            c.mismatches.len() == 1
+                && c.mismatches[0].contains("layer Codecs must be deployed from ContentUri")
+                && c.mismatches[0].contains("./codecs/"),
+            "{:?}",
+            c.mismatches
+        );
+    }
+
+    #[test]
+    fn a_layer_from_elsewhere_twice_or_not_a_layer_is_a_mismatch() {
+        let c = function_check(&format!(
+            "{LAYERS}  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      Layers: [!Ref Ort, !Ref Queue, arn:aws:lambda:us-east-1:1:layer:x:1]\n"
+        ));
+        assert_eq!(c.mismatches.len(), 3, "{:?}", c.mismatches);
+        assert!(c.mismatches[0].contains("layer Ort is attached twice"));
+        assert!(c.mismatches[1].contains("layer Queue is not an AWS::Serverless::LayerVersion"));
+        assert!(c.mismatches[2].contains("is not a !Ref to a layer of this template"));
+    }
+
+    #[test]
+    fn a_crate_reads_through_its_dependencies_not_its_dev_dependencies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dirs = |c: &str| -> Vec<String> {
+            crate_source_dirs(&root, Path::new(c))
+                .unwrap()
+                .iter()
+                .map(|d| d.strip_prefix(&root).unwrap().display().to_string())
+                .collect()
+        };
+        let embeddings = dirs("functions/embeddings");
+        let faces = dirs("functions/faces");
+        assert!(embeddings.contains(&"functions/embeddings/src".to_string()));
+        assert!(embeddings.contains(&"shared/models/src".to_string()));
+        // embeddings decodes no image, so the decoders' variables are not its to be given.
+        assert!(
+            !embeddings.contains(&"shared/image/src".to_string()),
+            "{embeddings:?}"
+        );
+        assert!(faces.contains(&"shared/image/src".to_string()), "{faces:?}");
+        // A dev-dependency is not in the deployed binary.
+        assert!(
+            !faces.contains(&"tests/support/src".to_string()),
+            "{faces:?}"
+        );
+        // The server is built from the functions it hosts and, through them, shared/models.
+        let serve = dirs("shared/serve");
+        for d in [
+            "functions/faces/src",
+            "functions/embeddings/src",
+            "shared/models/src",
+        ] {
+            assert!(serve.contains(&d.to_string()), "{d} not in {serve:?}");
+        }
     }
 
     #[test]

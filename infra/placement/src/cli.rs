@@ -166,14 +166,12 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
     let mut results = check::check_template(&template, &declarations);
 
     // Every variable the template sets must be one the function reads: a misspelt name is
-    // silently ignored at run time and the default applies.
-    let shared = ["core", "models", "aws", "image", "runtime"]
-        .map(|c| root.join("shared").join(c).join("src"));
+    // silently ignored at run time and the default applies. What it reads is what the sources
+    // of its crate and the crates it is built from name: a variable of coldpath-image (the
+    // image decoders' paths) is read by faces and captioning, not by embeddings.
     for (result, d) in results.iter_mut().zip(&declarations) {
-        let crate_src = root.join("functions").join(&d.workload).join("src");
         let prefix = format!("{}_", d.workload.to_uppercase());
-        let mut dirs = vec![crate_src];
-        dirs.extend(shared.iter().cloned());
+        let dirs = check::crate_source_dirs(root, &Path::new("functions").join(&d.workload))?;
         let read = check::env_names_in_sources(&dirs, &prefix)?;
         let unread: Vec<String> = check::function_env_names(&template, &d.function)
             .into_iter()
@@ -209,7 +207,7 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
         }
     }
     let captioning = declarations.iter().find(|d| d.workload == "captioning");
-    let gpu = check_gpu_worker(root, &shared, captioning)?;
+    let gpu = check_gpu_worker(root, captioning)?;
     failed |= gpu.iter().any(|l| l.starts_with("MISMATCH"));
     lines.extend(gpu);
     let text = lines.join("\n") + "\n";
@@ -232,11 +230,9 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
 /// only variables it reads.
 fn check_gpu_worker(
     root: &Path,
-    shared: &[PathBuf],
     declaration: Option<&declaration::Declaration>,
 ) -> anyhow::Result<Vec<String>> {
-    let mut dirs = vec![root.join("functions/captioning/src")];
-    dirs.extend(shared.iter().cloned());
+    let dirs = check::crate_source_dirs(root, Path::new("functions/captioning"))?;
     let read = check::env_names_in_sources(&dirs, "CAPTIONING_")?;
     let dockerfile_path = root.join("infra/gpu/Dockerfile");
     let dockerfile = std::fs::read_to_string(&dockerfile_path)

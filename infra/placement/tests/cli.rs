@@ -54,6 +54,62 @@ fn check_exits_one_naming_the_function_on_a_mismatch() {
     assert!(out.stdout.is_empty());
 }
 
+/// `coldpath check` on a copy of the real template with `from` (which must occur once) replaced.
+fn check_edited(from: &str, to: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
+    assert_eq!(text.matches(from).count(), 1, "{from}");
+    let path = dir.path().join("template.yaml");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    let out = coldpath(&["check", "--template", path.to_str().unwrap()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_fails_when_a_function_that_decodes_no_image_gets_the_decoders_path() {
+    // The variable is read by coldpath-image, which faces and captioning are built from and
+    // embeddings is not: given to embeddings it would be ignored.
+    let (code, stderr) = check_edited(
+        "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n",
+        "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n          COLDPATH_LIBHEIF_PATH: /opt/lib/libheif.so.1\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let m: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("MISMATCH"))
+        .collect();
+    assert_eq!(
+        m,
+        [
+            "MISMATCH EmbeddingsFunction (embeddings): sets environment variables the function never reads: COLDPATH_LIBHEIF_PATH"
+        ]
+    );
+}
+
+#[test]
+fn check_fails_when_the_image_codecs_layer_is_not_the_packaged_zip() {
+    let (code, stderr) = check_edited(
+        "      ContentUri: ../target/lambda/layers/image-codecs.zip\n",
+        "      ContentUri: ../.cache/lib/\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let m: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("MISMATCH"))
+        .collect();
+    assert_eq!(m.len(), 2, "faces and captioning: {m:?}");
+    for (line, function) in m.iter().zip(["FacesFunction", "CaptioningFunction"]) {
+        assert!(
+            line.starts_with(&format!("MISMATCH {function} "))
+                && line.contains("layer ImageCodecsLayer must be deployed from ContentUri"),
+            "{line}"
+        );
+    }
+}
+
 #[test]
 fn plan_prints_a_decision_per_workload_and_json_on_request() {
     let out = coldpath(&[
