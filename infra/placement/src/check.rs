@@ -601,11 +601,13 @@ pub fn check_batch_jobs(batch: &Template, d: &Declaration) -> Vec<String> {
     problems
 }
 
-/// The `src/` folders of the crate at `crate_dir` (relative to `root`) and of every workspace
-/// crate it depends on, directly or not: the code the deployed binary is built from, so the
+/// The folders whose crates (one per subfolder) a deployed binary can be built from.
+const CRATE_FOLDERS: [&str; 2] = ["functions", "shared"];
+
+/// The `src/` folders of the crate at `crate_dir` (relative to `root`) and of every crate of
+/// ours it depends on, directly or not: the code the deployed binary is built from, so the
 /// variables it can read. Only `[dependencies]` count (a dev-dependency is not in the binary);
-/// a dependency is a workspace crate when `[workspace.dependencies]` of the root manifest, or
-/// the entry itself, gives it a `path`.
+/// a dependency is ours when a crate under `functions/` or `shared/` has its name.
 pub fn crate_source_dirs(root: &Path, crate_dir: &Path) -> Result<Vec<PathBuf>, DeclarationError> {
     fn manifest(path: &Path) -> Result<toml::Table, DeclarationError> {
         let text = std::fs::read_to_string(path).map_err(|e| DeclarationError::Read {
@@ -618,36 +620,40 @@ pub fn crate_source_dirs(root: &Path, crate_dir: &Path) -> Result<Vec<PathBuf>, 
                 reason: e.to_string(),
             })
     }
-    let path_of = |entry: &toml::Value| {
-        entry
-            .get("path")
-            .and_then(toml::Value::as_str)
-            .map(PathBuf::from)
-    };
-    let workspace: BTreeMap<String, PathBuf> = manifest(&root.join("Cargo.toml"))?
-        .get("workspace")
-        .and_then(|w| w.get("dependencies"))
-        .and_then(toml::Value::as_table)
-        .map(|deps| {
-            deps.iter()
-                .filter_map(|(name, entry)| Some((name.clone(), path_of(entry)?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut ours = BTreeMap::new();
+    for folder in CRATE_FOLDERS {
+        let entries = std::fs::read_dir(root.join(folder)).map_err(|e| DeclarationError::Read {
+            path: root.join(folder),
+            reason: e.to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path().join("Cargo.toml");
+            if !path.is_file() {
+                continue;
+            }
+            if let Some(name) = manifest(&path)?
+                .get("package")
+                .and_then(|p| p.get("name"))
+                .and_then(toml::Value::as_str)
+            {
+                ours.insert(name.to_string(), Path::new(folder).join(entry.file_name()));
+            }
+        }
+    }
     let mut seen = BTreeSet::from([crate_dir.to_path_buf()]);
     let mut pending = vec![crate_dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let deps = manifest(&root.join(&dir).join("Cargo.toml"))?
+        let deps = manifest(&root.join(&dir).join("Cargo.toml"))?;
+        for name in deps
             .get("dependencies")
             .and_then(toml::Value::as_table)
-            .cloned()
-            .unwrap_or_default();
-        for (name, entry) in &deps {
-            let local = path_of(entry).map(|p| dir.join(p));
-            if let Some(dep) = local.or_else(|| workspace.get(name).cloned())
+            .into_iter()
+            .flat_map(|t| t.keys())
+        {
+            if let Some(dep) = ours.get(name)
                 && seen.insert(dep.clone())
             {
-                pending.push(dep);
+                pending.push(dep.clone());
             }
         }
     }
