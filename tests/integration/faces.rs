@@ -1030,3 +1030,52 @@ fn group_photos_match_opencv_at_native_size_at_the_defaults() {
         "{same} same, {different} different"
     );
 }
+
+/// A phone's HEIC and a browser's AVIF of a group photo give the faces its JPEG gives (issue 14's
+/// bounds: box IoU ≥ 0.95, embedding cosine ≥ 0.99): each format decoded by its own library, the
+/// same faces found at the defaults, none more. The files are `gen_heif_avif.py`'s encodes of
+/// the committed JPEGs: t1 at HEIC quality 80 / AVIF 90, the 8-face photo at 90 / 95, because
+/// one of its faces moves under any lossy re-encode (a plain JPEG re-encode at quality 90 moved
+/// it to IoU 0.86, cosine 0.968; see the generator), which would test the detector, not the
+/// decoder.
+#[test]
+fn heic_and_avif_photos_give_the_faces_of_their_jpeg() {
+    coldpath_tests::image_codecs();
+    let (faces, options) = yunet();
+    for (jpeg, copies) in [
+        (
+            "tests/fixtures/faces/group/group8-1600.jpg",
+            ["group8-1600.heic", "group8-1600.avif"],
+        ),
+        (
+            "tests/fixtures/faces/group/insightface-t1-1280.jpg",
+            ["t1.heic", "t1.avif"],
+        ),
+    ] {
+        let want = faces.analyze(&photo(jpeg), &options).unwrap();
+        assert!(want.len() >= 6, "{jpeg}: {} faces", want.len());
+        for copy in copies {
+            let rel = format!("shared/image/fixtures/heif/{copy}");
+            let got = faces.analyze(&photo(&rel), &options).unwrap();
+            assert_eq!(got.len(), want.len(), "{copy}: faces found");
+            let (mut min_iou, mut min_cos) = (f32::MAX, f32::MAX);
+            for w in &want {
+                let (i, v) = got
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (i, iou(bbox(g), bbox(w))))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .expect("a face");
+                let cos = cosine(&got[i].embedding, &w.embedding);
+                assert!(v >= 0.95, "{copy}: IoU {v}");
+                assert!(cos >= 0.99, "{copy}: cosine {cos}");
+                min_iou = min_iou.min(v);
+                min_cos = min_cos.min(cos);
+            }
+            eprintln!(
+                "{copy}: {} faces, IoU >= {min_iou:.4}, cosine >= {min_cos:.4}",
+                got.len()
+            );
+        }
+    }
+}
