@@ -53,6 +53,8 @@ fn config(extra: &[(&str, &str)]) -> CaptioningConfig {
         ),
         ("COLDPATH_INTRA_THREADS", "1".to_string()),
         ("CAPTIONING_WARMUP", "false".to_string()),
+        ("COLDPATH_LIBHEIF_PATH", setup_var("COLDPATH_LIBHEIF_PATH")),
+        ("COLDPATH_LIBAVIF_PATH", setup_var("COLDPATH_LIBAVIF_PATH")),
     ]);
     for (k, v) in extra {
         env.0.insert(k.to_string(), v.to_string());
@@ -160,6 +162,33 @@ async fn lambda_batch_reports_only_the_poison_messages() {
             // This message asks for at most 8 new tokens.
             assert!(tokens.len() <= 8, "{doc}");
         }
+    }
+}
+
+/// The phone-format sample event: a HEIC and an AVIF upload are both captioned and written.
+/// (That their tokens are the JPEG's is `captioning::heic_and_avif_photos_caption_as_their_jpeg`,
+/// under greedy search; this event runs the model's default beam search, whose near-equal beams
+/// on the tiny random model flip under a level of pixel noise.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heic_and_avif_sample_event_is_captioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Arc::new(service(&config(&[]), dir.path()).await);
+    let path = repo_root().join("events/captioning/sqs-phone-photos.json");
+    let event: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let out = handle(
+        Arc::clone(&service),
+        LambdaEvent::new(event, Context::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["batchItemFailures"], json!([]), "{out}");
+    let written = results(dir.path());
+    assert_eq!(ids(&written), ["iphone-upload", "web-upload"]);
+    for (id, doc) in &written {
+        assert!(
+            doc["caption"].as_str().is_some_and(|c| !c.is_empty()),
+            "{id}: {doc}"
+        );
     }
 }
 

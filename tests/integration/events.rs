@@ -107,6 +107,29 @@ fn every_sample_event_parses_into_its_type_and_round_trips() {
                 }
                 assert_eq!(malformed, 1, "{rel}: exactly one malformed record");
             }
+            "events/captioning/sqs-phone-photos.json" => {
+                // A phone's HEIC and a browser's AVIF upload, named by S3 reference.
+                let event: SqsEvent = round_trip(path, &value);
+                assert_eq!(event.records.len(), 2, "{rel}");
+                for r in &event.records {
+                    let body = r.body.as_deref().unwrap_or_default();
+                    assert_eq!(r.md5_of_body.as_deref().map(str::len), Some(32), "{rel}");
+                    let message = coldpath_captioning::message::parse(Some(body), 128)
+                        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+                    for request in message.requests {
+                        let request = request.unwrap_or_else(|e| panic!("{rel}: {e}"));
+                        let coldpath_image::ImageRef::S3 { bucket, key } = &request.image else {
+                            panic!("{rel}: {:?}", request.image);
+                        };
+                        let file = repo_root().join("events/data").join(bucket).join(key);
+                        let bytes = std::fs::read(&file)
+                            .unwrap_or_else(|e| panic!("{rel}: {}: {e}", file.display()));
+                        let (w, h) = coldpath_image::dimensions(&bytes)
+                            .unwrap_or_else(|e| panic!("{rel}: {key}: {e}"));
+                        assert!(w > 0 && h > 0, "{rel}: {key}");
+                    }
+                }
+            }
             "events/captioning/sqs-eventbridge-s3.json" => {
                 // Photo uploads routed to the caption queue by an EventBridge rule: each SQS
                 // body is S3's `Object Created` event, naming a photo that exists locally.
@@ -134,7 +157,10 @@ fn every_sample_event_parses_into_its_type_and_round_trips() {
                     }
                 }
             }
-            "events/faces/direct.json" | "events/faces/direct-path.json" => {
+            "events/faces/direct.json"
+            | "events/faces/direct-path.json"
+            | "events/faces/direct-heic.json"
+            | "events/faces/direct-avif.json" => {
                 let defaults =
                     coldpath_faces::FacesConfig::from_env(&coldpath_core::MapEnv::default())
                         .unwrap()

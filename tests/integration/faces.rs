@@ -547,6 +547,34 @@ fn event_file(rel: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(repo_root().join(rel)).unwrap()).unwrap()
 }
 
+/// The phone-format sample events (`make demo` runs them): an iPhone-named HEIC by local path
+/// and an AVIF by `s3://` reference, both the real six-person t1 photo, give its six faces.
+#[tokio::test]
+async fn heic_and_avif_sample_events_find_the_six_people() {
+    coldpath_tests::image_codecs();
+    let sink = tempfile::tempdir().unwrap();
+    let service = Arc::new(local_service(sink.path(), true));
+    for event in [
+        "events/faces/direct-heic.json",
+        "events/faces/direct-avif.json",
+    ] {
+        let mut payload = event_file(event);
+        // Local paths are relative to the repository, where `make demo` runs.
+        if let Some(p) = payload["image"]["path"].as_str() {
+            payload["image"]["path"] = json!(repo_root().join(p));
+        }
+        let out = invoke(&service, payload)
+            .await
+            .unwrap_or_else(|e| panic!("{event}: {e:?}"));
+        assert_eq!(
+            (out["width"].as_u64(), out["height"].as_u64()),
+            (Some(1280), Some(886)),
+            "{event}"
+        );
+        assert_eq!(out["faces"].as_array().map(Vec::len), Some(6), "{event}");
+    }
+}
+
 #[tokio::test]
 async fn direct_invoke_sample_event_finds_the_group() {
     let sink = tempfile::tempdir().unwrap();

@@ -90,6 +90,10 @@ pub fn faces_env(extra: &[(&str, &str)]) -> MapEnv {
         ),
         // The references ran with one thread; match them so results compare like for like.
         ("COLDPATH_INTRA_THREADS", "1".to_string()),
+        // The setup's HEIC and AVIF decoders: the codecs load once per process, so every init
+        // in this test binary must name the same ones.
+        ("COLDPATH_LIBHEIF_PATH", setup_var("COLDPATH_LIBHEIF_PATH")),
+        ("COLDPATH_LIBAVIF_PATH", setup_var("COLDPATH_LIBAVIF_PATH")),
     ]);
     for (k, v) in extra {
         env.0.insert(k.to_string(), v.to_string());

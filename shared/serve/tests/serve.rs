@@ -62,6 +62,8 @@ fn env(extra: &[(&str, &str)]) -> MapEnv {
         ("COLDPATH_SERVE_DRAIN_MS", "300000".to_string()),
         ("COLDPATH_SERVE_HOST", "127.0.0.1".to_string()),
         ("PORT", "0".to_string()),
+        ("COLDPATH_LIBHEIF_PATH", setup_var("COLDPATH_LIBHEIF_PATH")),
+        ("COLDPATH_LIBAVIF_PATH", setup_var("COLDPATH_LIBAVIF_PATH")),
     ]);
     for (k, v) in extra {
         env.0.insert(k.to_string(), v.to_string());
@@ -628,7 +630,15 @@ async fn not_ready_until_loaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faces_answer_alike_alone_and_under_load_and_invocations_dispatch_by_content() {
     let addr = shared();
-    let photos = ["group.jpg", "family photo.jpg", "astronaut.jpg", "cat.jpg"];
+    // A phone's HEIC and a browser's AVIF among them: the pod decodes what Lambda does.
+    let photos = [
+        "group.jpg",
+        "family photo.jpg",
+        "astronaut.jpg",
+        "cat.jpg",
+        "IMG_0001.HEIC",
+        "friends.avif",
+    ];
     let mut alone = Vec::new();
     for p in photos {
         let r = post(
@@ -645,6 +655,9 @@ async fn faces_answer_alike_alone_and_under_load_and_invocations_dispatch_by_con
         "{}",
         alone[0]
     );
+    for phone in &alone[4..] {
+        assert_eq!(phone["faces"].as_array().map(Vec::len), Some(6), "{phone}");
+    }
     // Every photo twice at once, through /v1/faces and SageMaker's /invocations, beside
     // embeddings requests: the pipeline is deterministic, so the answers are identical.
     let mut tasks = Vec::new();
