@@ -16,6 +16,7 @@ help:
 	@echo "make test       set up, then run every test (unit, integration, parity, events)"
 	@echo "make lint       cargo fmt --check and clippy with warnings as errors"
 	@echo "make bench      side-by-side benchmarks against the Python reference"
+	@echo "make bench-image-formats  a 12 MP photo as JPEG, HEIC and AVIF: decode time and memory"
 	@echo "make invoke FUNCTION=embeddings EVENT=events/embeddings/direct.json"
 	@echo "make env        print the export lines the binaries need; eval \"\$$(make -s env)\""
 	@echo "make serve      the always-on server (embeddings + faces) on http://127.0.0.1:8080 (SERVE_PORT)"
@@ -133,6 +134,14 @@ bench: build
 	  .venv/bin/python tools/cold_start.py --json target/bench/faces-cold-start-fresh-sandbox.json \
 	    --fresh-dir $(SANDBOX_TMP) --rust "$(call sandbox,faces) $(COLD_FACES)" --python "$(COLD_OPENCV)"
 	@$(ENV); $(CARGO) bench --locked -p coldpath-captioning --bench captioning
+	@$(MAKE) --no-print-directory bench-image-formats
+
+# A 12 MP photo as JPEG, HEIC (an iPhone's 512-px tile grid, and one picture) and AVIF: decode
+# time and peak memory, each in a fresh process, beside Pillow / pillow-heif on the same files.
+.PHONY: bench-image-formats
+bench-image-formats: setup
+	@.venv/bin/python shared/image/fixtures/gen_heif_avif.py --bench-out target/bench/heif >/dev/null
+	@$(ENV); $(CARGO) bench --locked -p coldpath-image --bench formats
 
 # The benchmark outputs `coldpath plan` reads (infra/placement/measurements.toml names each
 # figure's file): copied from target/bench/ after `make bench` and `make bench-captioning-real`,
