@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Package coldpath for Lambda: one zip per function and the ONNX Runtime layer.
+"""Package coldpath for Lambda: one zip per function, the ONNX Runtime layer and the image-codecs
+layer.
 
 Builds every function with `cargo lambda build --release` (x86_64, Amazon Linux 2023's glibc),
-builds the layer from the ONNX Runtime library setup fetched into .cache/lib (lib/ lands in
-/opt/lib), and checks Lambda's size limit: function + layers at most 250 MB unzipped. A zip over
+builds the layers from the libraries setup fetched into .cache/lib (lib/ lands in /opt/lib):
+`onnxruntime` (every function) and `image-codecs` (the HEIC and AVIF decoders coldpath-image
+loads at run time: faces and captioning, the functions that decode photos), and checks Lambda's
+size limit: function + its layers at most 250 MB unzipped. A zip over
 50 MB (the embeddings zip, with its 90 MB of prepared float weights) cannot be uploaded directly
 with the CreateFunction/UpdateFunctionCode call; it must go through S3, which is what `sam
 deploy` does with every artefact, so that is reported, not failed.
@@ -27,9 +30,14 @@ function at them: <PREFIX>_SOURCE=/var/task/models/<dir>, COLDPATH_PREPARED_MODE
 /var/task/graphs. captioning's ~1 GB model does not fit; it keeps fetching it from S3 and ships
 only `bootstrap`.
 
+The staged cold start of faces also loads the HEIC and AVIF decoders from the image-codecs
+layer's content directory (COLDPATH_LIBHEIF_PATH, COLDPATH_LIBAVIF_PATH), as the template points
+the function at /opt/lib; a decoder it logs as not available (say, a libheif that cannot find its
+libde265) fails the packaging.
+
 Writes target/lambda/<function>.zip (staged in target/lambda/<function>/package/),
-target/lambda/layers/onnxruntime.zip and the layer's content directory
-target/lambda/layers/onnxruntime/ (infra/template.yaml's ContentUri), and prints a size table.
+target/lambda/layers/<layer>.zip and each layer's content directory
+target/lambda/layers/<layer>/ (infra/template.yaml's ContentUri), and prints a size table.
 Exit status: 0 all within limits, 1 a limit exceeded or a check failed, 2 cargo-lambda, the
 library or a model missing.
 
@@ -57,14 +65,45 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ["embeddings", "faces", "captioning"]
 ORT_VERSION = "1.31.1"
-ORT_DIR = ROOT / ".cache" / "lib"
-# The layer: the library under its versioned name (ORT_DYLIB_PATH in the template), the provider
-# bridge ONNX Runtime dlopens beside it, and the licence texts it must ship with.
-LAYER_FILES = {
-    f"lib/libonnxruntime.so.{ORT_VERSION}": ORT_DIR / f"libonnxruntime.so.{ORT_VERSION}",
-    "lib/libonnxruntime_providers_shared.so": ORT_DIR / "libonnxruntime_providers_shared.so",
-    "LICENSE": ORT_DIR / "LICENSE",
-    "ThirdPartyNotices.txt": ORT_DIR / "ThirdPartyNotices.txt",
+LIB_DIR = ROOT / ".cache" / "lib"
+# The layers: name -> (name in the zip -> the file setup put in .cache/lib).
+LAYERS = {
+    # ONNX Runtime under its versioned name (ORT_DYLIB_PATH in the template), the provider bridge
+    # it dlopens beside it, and the licence texts it must ship with.
+    "onnxruntime": {
+        f"lib/libonnxruntime.so.{ORT_VERSION}": LIB_DIR / f"libonnxruntime.so.{ORT_VERSION}",
+        "lib/libonnxruntime_providers_shared.so": LIB_DIR / "libonnxruntime_providers_shared.so",
+        "LICENSE": LIB_DIR / "LICENSE",
+        "ThirdPartyNotices.txt": LIB_DIR / "ThirdPartyNotices.txt",
+    },
+    # The HEIC and AVIF decoders coldpath-image dlopens (COLDPATH_LIBHEIF_PATH and
+    # COLDPATH_LIBAVIF_PATH in the template) and their licence texts: libheif 1.23.0 and libde265
+    # from the pi-heif 1.4.0 wheel (LGPL-3.0: separate shared libraries loaded at run time, which a
+    # user can replace), libavif 1.4.2 with dav1d from the pillow 13.0.0 wheel (BSD-2-Clause).
+    # libde265 keeps the hashed name libheif's DT_NEEDED asks for; libheif has no RPATH, and
+    # coldpath-image loads the libde265 beside it first.
+    "image-codecs": {
+        "lib/libheif.so.1": LIB_DIR / "libheif.so.1",
+        "lib/libde265-90fb0ce1.so.0.2.0": LIB_DIR / "libde265-90fb0ce1.so.0.2.0",
+        "lib/libavif.so.16": LIB_DIR / "libavif.so.16",
+        "LICENSES-libheif-libde265.txt": LIB_DIR / "LICENSES-libheif-libde265.txt",
+        "LICENSES-libavif.txt": LIB_DIR / "LICENSES-libavif.txt",
+    },
+}
+# The layers each function runs with (infra/template.yaml: Globals' onnxruntime layer and the
+# function's own, which SAM appends); the 250 MB limit counts the zip and all of them.
+FUNCTION_LAYERS = {
+    "embeddings": ["onnxruntime"],
+    "faces": ["onnxruntime", "image-codecs"],
+    "captioning": ["onnxruntime", "image-codecs"],
+}
+# The variables that point a function at a layer's library, and the file each names in the layer:
+# the template sets them to /opt/<file>, the staged cold start to the layer's content directory.
+LAYER_ENV = {
+    "image-codecs": {
+        "COLDPATH_LIBHEIF_PATH": "lib/libheif.so.1",
+        "COLDPATH_LIBAVIF_PATH": "lib/libavif.so.16",
+    },
 }
 LAMBDA_DIR = ROOT / "target" / "lambda"
 # The models each zip carries: directory in the zip -> (the spec's env prefix, its files). The
@@ -90,6 +129,8 @@ CHECK_EVENTS = {
     "embeddings": ROOT / "events" / "embeddings" / "direct.json",
     "faces": ROOT / "events" / "faces" / "direct.json",
 }
+# What coldpath-image logs at init for a decoder library it could not load.
+CODEC_UNAVAILABLE = "image decoder not available"
 GLIBC_TARGET = "x86_64-unknown-linux-gnu.2.34"
 # Lambda's documented quotas, in bytes: deployment package (zipped, direct upload; through S3 only
 # the unzipped quota applies) and function + layers unzipped.
@@ -143,20 +184,26 @@ def unzipped_size(zip_path: Path) -> int:
         return sum(i.file_size for i in z.infolist())
 
 
-def layer() -> Path:
-    missing = [str(p) for p in LAYER_FILES.values() if not p.exists()]
+def layer_content(name: str) -> Path:
+    """The layer's content directory (what lands in /opt)."""
+    return LAMBDA_DIR / "layers" / name
+
+
+def layer(name: str) -> Path:
+    files = LAYERS[name]
+    missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         print(f"package: missing {', '.join(missing)}; run `make setup` first", file=sys.stderr)
         sys.exit(2)
-    content = LAMBDA_DIR / "layers" / "onnxruntime"
+    content = layer_content(name)
     if content.exists():
         shutil.rmtree(content)
-    for name, src in LAYER_FILES.items():
-        dst = content / name
+    for zip_name, src in files.items():
+        dst = content / zip_name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-    zip_path = LAMBDA_DIR / "layers" / "onnxruntime.zip"
-    zip_files(zip_path, LAYER_FILES, executable=set())
+    zip_path = LAMBDA_DIR / "layers" / f"{name}.zip"
+    zip_files(zip_path, files, executable=set())
     return zip_path
 
 
@@ -216,6 +263,9 @@ def function_env(function: str, setup: dict[str, str], package: Path) -> dict[st
     template's graph-shaping settings, the bundled model directories and their digests."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     env["ORT_DYLIB_PATH"] = setup["ORT_DYLIB_PATH"]
+    for name in FUNCTION_LAYERS[function]:
+        for var, file in LAYER_ENV.get(name, {}).items():
+            env[var] = str(layer_content(name) / file)
     env.update(TEMPLATE_ENV.get(function, {}))
     for dirname, (prefix, _) in BUNDLED_MODELS.get(function, {}).items():
         env[f"{prefix}_SOURCE"] = str(package / "models" / dirname)
@@ -261,6 +311,14 @@ def stage(function: str, setup: dict[str, str]) -> dict[str, Path]:
         )
         if check.returncode != 0:
             raise PackageError(f"{function}: the staged package's invoke failed:\n{check.stdout}{check.stderr[-4000:]}")
+        # A decoder that does not load is only a warning at init (that format alone is refused),
+        # so the layer's libraries are held to loading here.
+        unloaded = [line for line in check.stderr.splitlines() if CODEC_UNAVAILABLE in line]
+        if unloaded:
+            raise PackageError(
+                f"{function}: the staged cold start could not load a decoder from the image-codecs layer:\n"
+                + "\n".join(unloaded)
+            )
         cached = list((Path(tmp) / "graphs").glob("*")) if (Path(tmp) / "graphs").exists() else []
         if cached:
             raise PackageError(
@@ -295,12 +353,14 @@ def main() -> int:
             print("package: cargo lambda build failed (see above)", file=sys.stderr)
             return 1
 
-    layer_zip = layer()
-    layer_unzipped = unzipped_size(layer_zip)
+    layers_unzipped = {}
+    print(f"{'artefact':<36} {'zipped':>12} {'unzipped':>12}  {'+ layers':>12}  limits")
+    for name in LAYERS:
+        layer_zip = layer(name)
+        layers_unzipped[name] = unzipped_size(layer_zip)
+        print(f"{'layers/' + name + '.zip':<36} {mb(layer_zip.stat().st_size)} {mb(layers_unzipped[name])}")
     setup = setup_env()
     failed = False
-    print(f"{'artefact':<36} {'zipped':>12} {'unzipped':>12}  {'+ layer':>12}  limits")
-    print(f"{'layers/onnxruntime.zip':<36} {mb(layer_zip.stat().st_size)} {mb(layer_unzipped)}")
     for f in functions:
         bootstrap = LAMBDA_DIR / f / "bootstrap"
         if not bootstrap.exists():
@@ -317,7 +377,7 @@ def main() -> int:
         zip_path = LAMBDA_DIR / f"{f}.zip"
         zip_files(zip_path, files, executable={"bootstrap"})
         zipped = zip_path.stat().st_size
-        total = unzipped_size(zip_path) + layer_unzipped
+        total = unzipped_size(zip_path) + sum(layers_unzipped[n] for n in FUNCTION_LAYERS[f])
         ok = total <= MAX_UNZIPPED
         failed |= not ok
         verdict = "ok" if ok else "OVER (250 MB unzipped with layers)"
