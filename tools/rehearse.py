@@ -18,8 +18,9 @@
    tools/deploy.py's `publish_bundle` (the documented publish step); a real photo
    (events/data/photos/group.jpg) is uploaded under PhotoPrefix.
 4. Each function runs as Lambda lays it out, one sandbox after the other: the zip unpacked on
-   /var/task (read-only), the layer on /opt (read-only), an empty tmpfs of EphemeralStorage on
-   /tmp, all bind-mounted inside a private mount namespace (`unshare --mount`) so the host's
+   /var/task (read-only), its layers unpacked in order on /opt (read-only: ONNX Runtime for
+   every function, the image codecs too for faces and captioning), an empty tmpfs of
+   EphemeralStorage on /tmp, all bind-mounted inside a private mount namespace (`unshare --mount`) so the host's
    /var, /opt and /tmp are untouched; memory limited to MemorySize and CPU to Lambda's share
    (MemorySize / 1769 vCPU) with a cgroup; the template's environment plus what Lambda itself
    sets (AWS_LAMBDA_*, LAMBDA_TASK_ROOT, credentials, region). `/var/task/bootstrap` talks to a
@@ -31,7 +32,9 @@
    (receive up to BatchSize, the real SQS record shape, delete only what the response does not
    list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
    Also checked: embeddings and faces load the graphs prepared in their zips (nothing optimised
-   into /tmp), the caption queue ends empty, the host's /var/task is as it was.
+   into /tmp), faces and captioning load the HEIC and AVIF decoders from the image-codecs layer
+   (no "image decoder not available" at init), the caption queue ends empty, the host's
+   /var/task is as it was.
 6. Prints each function's cold start from an empty /tmp (the function's own `cold start` record
    and the emulator's spawn-to-ready time), its peak RSS (VmHWM), and each result. Exit 0 when every
    step passed, 1 when any failed, 2 when a prerequisite is missing.
@@ -276,8 +279,10 @@ def function_specs(stack: Stack) -> dict[str, FunctionSpec]:
         merged = {**glob, **props}
         env = dict(stack.resolve(glob.get("Environment", {}).get("Variables", {})))
         env.update(stack.resolve(props.get("Environment", {}).get("Variables", {})))
+        # SAM appends a function's own Layers to Globals' (lists merge; the rest overrides):
+        # faces and captioning get the ONNX Runtime layer and the image-codecs layer.
         layers = []
-        for layer in merged.get("Layers", []):
+        for layer in glob.get("Layers", []) + props.get("Layers", []):
             target = layer.get("Ref") if isinstance(layer, dict) else None
             if target not in stack.resources:
                 raise RehearsalError(f"{logical}: layer {layer} is not a layer of this template")
@@ -971,6 +976,7 @@ def rehearse(args, report: Report) -> int:
 
     # 2. The template, resolved.
     import deploy  # tools/deploy.py: the documented digests and publish step
+    from package import CODEC_UNAVAILABLE  # tools/package.py: a decoder library that did not load
 
     template = load_template(template_path)
     params = parameter_defaults(template)
@@ -1005,7 +1011,8 @@ def rehearse(args, report: Report) -> int:
         meta = head(s3, photo_bucket, photo_key)
         log(f"uploaded s3://{photo_bucket}/{photo_key} ({meta['ContentLength']} bytes)")
 
-        # One layer directory serves every sandbox (all three name the same layer).
+        # One /opt per set of layers: embeddings' (ONNX Runtime), faces' and captioning's (ONNX
+        # Runtime and the image codecs), each unpacked once.
         layer_zips = {tuple(s.layers) for s in specs.values()}
         layer_dirs = {}
         for layers in layer_zips:
@@ -1047,6 +1054,13 @@ def rehearse(args, report: Report) -> int:
                 report.step(f"{box.spec.logical} loads its prepared graphs", not optimised,
                             f"graphs optimised into {cache}: {optimised or 'none'}; "
                             f"/tmp holds {box.tmp_files or 'nothing'}")
+            if "COLDPATH_LIBHEIF_PATH" in box.spec.env or "COLDPATH_LIBAVIF_PATH" in box.spec.env:
+                # A decoder library that does not load is a warning at init, not a failure: the
+                # function would refuse that format only. The image-codecs layer must load.
+                unloaded = [line for line in box.log_path.read_text(errors="replace").splitlines()
+                            if CODEC_UNAVAILABLE in line]
+                report.step(f"{box.spec.logical} loads the HEIC and AVIF decoders from its layers",
+                            not unloaded, "; ".join(unloaded)[:1000] or "no decoder reported unavailable")
             log(f"{box.spec.logical}: peak RSS {box.peak_rss_mb or float('nan'):.1f} MiB, cgroup peak "
                 f"{cold['cgroup_peak_mb'] or float('nan'):.1f} MiB of {box.spec.memory_mb}, /tmp used {box.tmp_used}")
 
