@@ -21,7 +21,7 @@ help:
 	@echo "make env        print the export lines the binaries need; eval \"\$$(make -s env)\""
 	@echo "make serve      the always-on server (embeddings + faces) on http://127.0.0.1:8080 (SERVE_PORT)"
 	@echo "make check-infra  cfn-lint, checkov and \`coldpath check\` on the templates"
-	@echo "make package    Lambda zips (models, prepared graphs) and the ONNX Runtime layer, size-checked"
+	@echo "make package    Lambda zips (models, prepared graphs), the ONNX Runtime and image-codecs layers, size-checked"
 	@echo "make deploy CAPTIONING_MODEL=<dir>  validate, package, sam deploy, publish the captioning model"
 	@echo "make rehearse  offline first day: sam validate/build, each zip in a Lambda-shaped sandbox against moto (root)"
 	@echo "make bench-serve  load benchmark of the always-on server (wrk) against a Python server"
@@ -192,8 +192,9 @@ check-infra: setup-infra
 	  -f infra/template.yaml -f infra/gpu/batch.yaml -f infra/pod/service.yaml
 	$(CARGO) run --quiet --locked -p coldpath-placement -- check
 
-# Lambda zips (embeddings and faces with their models and prepared graphs) and the ONNX Runtime
-# layer, with Lambda's size limits checked; cargo-lambda comes from .venv-deploy (setup-deploy).
+# Lambda zips (embeddings and faces with their models and prepared graphs), the ONNX Runtime
+# layer and the image-codecs layer (HEIC and AVIF decoders, for faces and captioning), with
+# Lambda's size limits checked; cargo-lambda comes from .venv-deploy (setup-deploy).
 package: setup setup-deploy
 	$(PYTHON) tools/package.py
 
