@@ -1,8 +1,9 @@
 //! What a phone's 12 MP photo costs to decode, by format: the same picture (the 4000×3000 group
 //! photo) as the JPEG, as an iPhone stores it (HEIC, a grid of 512×512 HEVC tiles), as one HEVC
 //! picture, and as AVIF. Each measurement runs in a fresh process, so its peak memory is its
-//! own: time is the median of the decodes after the first (the first, which also loads the
-//! library, is reported apart), memory the process's peak resident set after them. Beside ours,
+//! own: time is the median of the decodes after the first (the first is reported apart, and so
+//! is loading the libraries, which the functions do at init), memory the process's peak
+//! resident set after them. Beside ours,
 //! the Python registry decoders on the same files in the same run (`formats_peer.py`: Pillow's
 //! libjpeg-turbo for JPEG, pillow-heif's libheif for HEIC, Pillow's libavif for AVIF), labelled:
 //! their library builds are not ours.
@@ -39,7 +40,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn child(file: &Path, decodes: usize) {
     let bytes = std::fs::read(file).expect("photo");
     let start_rss = peak_rss_mib();
+    let load = Instant::now();
     let status = load_native_codecs(&CodecPaths::from_env(&coldpath_core::config::ProcessEnv));
+    let load_ms = load.elapsed().as_secs_f64() * 1e3;
     let limits = ImageLimits::default();
     let mut times = Vec::new();
     let mut size = (0, 0);
@@ -51,6 +54,7 @@ fn child(file: &Path, decodes: usize) {
         drop(std::hint::black_box(img));
     }
     let line = json!({
+        "load_ms": load_ms,
         "first_ms": times[0],
         "ms": median(&times[1..]),
         "peak_mib": peak_rss_mib(),
@@ -136,6 +140,7 @@ fn main() {
             "decoder": ours[i][0]["decoder"],
             "ms": ms,
             "first_ms": field(&ours[i], "first_ms"),
+            "load_ms": field(&ours[i], "load_ms"),
             "peak_mib": field(&ours[i], "peak_mib"),
             "before_mib": field(&ours[i], "before_mib"),
             "peer": theirs[i][0]["decoder"],
@@ -154,6 +159,10 @@ fn main() {
         );
         rows.push(row);
     }
+    println!(
+        "loading libheif + libde265 + libavif (load_native_codecs): {:.1} ms",
+        field(&ours[1], "load_ms")
+    );
     let jpeg = &rows[0];
     for row in &rows[1..] {
         println!(
