@@ -1056,11 +1056,17 @@ def rehearse(args, report: Report) -> int:
                             f"/tmp holds {box.tmp_files or 'nothing'}")
             if "COLDPATH_LIBHEIF_PATH" in box.spec.env or "COLDPATH_LIBAVIF_PATH" in box.spec.env:
                 # A decoder library that does not load is a warning at init, not a failure: the
-                # function would refuse that format only. The image-codecs layer must load.
-                unloaded = [line for line in box.log_path.read_text(errors="replace").splitlines()
-                            if CODEC_UNAVAILABLE in line]
+                # function would refuse that format only. Both must load from the layer.
+                records = [json.loads(line) for line in box.log_path.read_text(errors="replace").splitlines()
+                           if line.startswith("{") and "image decoder" in line]
+                unloaded = [f"{r.get('format')}: {r.get('reason')}" for r in records
+                            if r.get("message", "").startswith(CODEC_UNAVAILABLE)]
+                loaded = [f"{r.get('format')}: {r.get('decoder')}" for r in records
+                          if r.get("message") == "image decoder loaded"]
                 report.step(f"{box.spec.logical} loads the HEIC and AVIF decoders from its layers",
-                            not unloaded, "; ".join(unloaded)[:1000] or "no decoder reported unavailable")
+                            not unloaded and len(loaded) == 2,
+                            ("unavailable: " + "; ".join(unloaded)) if unloaded
+                            else "; ".join(loaded) or "no decoder logged at init")
             log(f"{box.spec.logical}: peak RSS {box.peak_rss_mb or float('nan'):.1f} MiB, cgroup peak "
                 f"{cold['cgroup_peak_mb'] or float('nan'):.1f} MiB of {box.spec.memory_mb}, /tmp used {box.tmp_used}")
 
