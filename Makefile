@@ -231,7 +231,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_RSS_MB ?= 2048
 FUZZ_ENV = export PATH="$(CURDIR)/.cache/cargo-fuzz/bin:$$PATH" RUSTC_BOOTSTRAP=1
-fuzz_run = $(FUZZ_ENV); for t in $(FUZZ_TARGETS); do \
+fuzz_run = $(FUZZ_ENV); $(ENV); for t in $(FUZZ_TARGETS); do \
 	  case $$t in image_decode) d=image;; tokenizer) d=tokenizer;; *) d=json;; esac; \
 	  mkdir -p fuzz/target/corpus/$$t; \
 	  echo "== fuzz $$t ($(1) s)" >&2; \

@@ -149,6 +149,31 @@ ARTIFACTS = (
                    "8155948291bc988b17fa600308e359be32111c1a22aef1dab7b330f17b8106d3"),
         ),
     ),
+    # libheif and libde265 are LGPL-3.0, which asks that the binaries travel with the LGPL and
+    # GPL texts; pi-heif's wheel only points at them. These two wheels carry the texts verbatim.
+    Artifact(
+        name="LGPL-3.0 text (for libheif and libde265)",
+        wheel="psycopg-3.2.10-py3-none-any.whl",
+        sha256="ab5caf09a9ec42e314a21f5216dbcceac528e0e05142e42eea83a3b28b320ac3",
+        pip_args=("--only-binary=:all:", "psycopg==3.2.10"),
+        members=(
+            Member("psycopg-3.2.10.dist-info/licenses/LICENSE.txt", LIB / "LGPL-3.0.txt",
+                   "e3a994d82e644b03a792a930f574002658412f62407f5fee083f2555c5f23118"),
+        ),
+    ),
+    Artifact(
+        name="GPL-3.0 text (for libheif and libde265)",
+        wheel="gnureadline-8.3.3-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
+        sha256="1f14c7c24ca819c6a90ba652bb0575f8d31c9ba8691f24b4fa249b175d9e531b",
+        pip_args=(
+            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+            "--platform", "manylinux_2_28_x86_64", "gnureadline==8.3.3",
+        ),
+        members=(
+            Member("gnureadline-8.3.3.dist-info/licenses/LICENSE", LIB / "GPL-3.0.txt",
+                   "8ceb4b9ee5adedde47b31e975c1d90c73ad27b6b165a1dcd80c7c545eb65b903"),
+        ),
+    ),
     Artifact(
         name="libavif with dav1d (AVIF decoding)",
         # Pillow's wheel links libavif 1.4.2 with dav1d (decoder) and aom (encoder) inside one

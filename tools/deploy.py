@@ -7,8 +7,8 @@
 In order:
 1. `sam validate --lint` on infra/template.yaml.
 2. `make package`'s build (tools/package.py) unless --skip-package: the function zips, with the
-   embeddings and faces models and their prepared graphs inside, and the ONNX Runtime layer,
-   size-checked. These exact files are what `sam deploy` uploads (CodeUri points at them).
+   embeddings and faces models and their prepared graphs inside, and the ONNX Runtime and
+   image-codecs layers, size-checked. These exact files are what `sam deploy` uploads (CodeUri points at them).
 3. The captioning bundle's digests, computed here from DIR (the files the captioning function
    pins for a hoisted merged decoder: functions/captioning/src/model/config.rs), so nobody types
    a digest.

@@ -88,6 +88,10 @@ LAYERS = {
         "lib/libavif.so.16": LIB_DIR / "libavif.so.16",
         "LICENSES-libheif-libde265.txt": LIB_DIR / "LICENSES-libheif-libde265.txt",
         "LICENSES-libavif.txt": LIB_DIR / "LICENSES-libavif.txt",
+        "LGPL-3.0.txt": LIB_DIR / "LGPL-3.0.txt",
+        "GPL-3.0.txt": LIB_DIR / "GPL-3.0.txt",
+        # What each file is, its version, licence and source, and how to replace it.
+        "NOTICE.txt": ROOT / "infra" / "image-codecs" / "NOTICE.txt",
     },
 }
 # The layers each function runs with (infra/template.yaml: Globals' onnxruntime layer and the

@@ -519,14 +519,18 @@ fn check_fails_when_scaling_or_the_gpu_drift_from_the_declaration() {
     );
 }
 
-/// The COPY sources of the pod's images: what `make setup` put in .cache and the committed
-/// files. No container engine runs here, so this is what can be held without a build: every
+/// The COPY sources of the pod's images and the captioning GPU worker's: what `make setup` put
+/// in .cache and the committed files. No container engine runs here, so this is what can be held without a build: every
 /// path exists, and each one under .cache is let into the build context by the image's
 /// `.dockerignore`.
 #[test]
-fn the_pod_images_copy_only_paths_that_exist_and_reach_the_build_context() {
+fn the_images_copy_only_paths_that_exist_and_reach_the_build_context() {
     let root = repo_root();
-    for dockerfile in ["infra/pod/Dockerfile", "infra/pod/Dockerfile.cuda"] {
+    for dockerfile in [
+        "infra/pod/Dockerfile",
+        "infra/pod/Dockerfile.cuda",
+        "infra/gpu/Dockerfile",
+    ] {
         let text = std::fs::read_to_string(root.join(dockerfile)).unwrap();
         let ignore =
             std::fs::read_to_string(root.join(format!("{dockerfile}.dockerignore"))).unwrap();
