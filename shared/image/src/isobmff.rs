@@ -215,9 +215,12 @@ fn full_box_body(body: &[u8]) -> Option<&[u8]> {
     body.get(4..)
 }
 
+/// A box split off the data: its type, its body, and the bytes after it.
+type Split<'a> = ([u8; 4], &'a [u8], &'a [u8]);
+
 /// Splits the first box off `bytes`: its type, its body, and what follows it. `Ok(None)` at the
 /// end of the data; `Err` when a box header is cut off or claims more bytes than there are.
-fn next_box(bytes: &[u8]) -> Result<Option<([u8; 4], &[u8], &[u8])>, String> {
+fn next_box(bytes: &[u8]) -> Result<Option<Split<'_>>, String> {
     if bytes.is_empty() {
         return Ok(None);
     }
