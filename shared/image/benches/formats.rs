@@ -82,13 +82,21 @@ fn run(cmd: &mut Command) -> Value {
 }
 
 fn field(runs: &[Value], key: &str) -> f64 {
-    median(&runs.iter().map(|r| r[key].as_f64().unwrap()).collect::<Vec<_>>())
+    median(
+        &runs
+            .iter()
+            .map(|r| r[key].as_f64().unwrap())
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
-        child(Path::new(&args[i + 1]), args[i + 2].parse().expect("decodes"));
+        child(
+            Path::new(&args[i + 1]),
+            args[i + 2].parse().expect("decodes"),
+        );
         return;
     }
     let dir = std::env::var("BENCH_HEIF_DIR")
@@ -173,7 +181,8 @@ fn main() {
         );
     }
     let out = repo_root().join("target/bench/image-formats.json");
-    let doc = json!({"machine": machine(), "processes": processes, "decodes": decodes, "photos": rows});
+    let doc =
+        json!({"machine": machine(), "processes": processes, "decodes": decodes, "photos": rows});
     std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap()).expect("write figures");
     println!("figures: {}", out.display());
 }
