@@ -10,7 +10,7 @@ use std::path::Path;
 
 use image::RgbImage;
 
-use super::open;
+use super::{open, symbol};
 
 /// `avifImage`, up to `depth` (the first fields, stable across libavif 1.x).
 #[repr(C)]
@@ -97,10 +97,9 @@ impl Avif {
     pub(crate) fn load(path: &Path) -> Result<Avif, String> {
         let lib = open(path)?;
         macro_rules! sym {
+            // SAFETY: each declared type is the C prototype of that libavif function.
             ($name:literal) => {
-                // SAFETY: the declared type is the C prototype of this libavif function.
-                *unsafe { lib.get(concat!($name, "\0").as_bytes()) }
-                    .map_err(|e| format!("{path:?} lacks {}: {e}", $name))?
+                unsafe { symbol(&lib, path, $name) }?
             };
         }
         let version: unsafe extern "C" fn() -> *const c_char = sym!("avifVersion");

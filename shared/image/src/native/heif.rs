@@ -8,7 +8,7 @@ use std::path::Path;
 
 use image::RgbImage;
 
-use super::open;
+use super::{open, symbol};
 
 /// `struct heif_error`, returned by value.
 #[repr(C)]
@@ -90,10 +90,9 @@ impl Heif {
         }
         let lib = open(path)?;
         macro_rules! sym {
+            // SAFETY: each declared type is the C prototype of that libheif function.
             ($name:literal) => {
-                // SAFETY: the declared type is the C prototype of this libheif function.
-                *unsafe { lib.get(concat!($name, "\0").as_bytes()) }
-                    .map_err(|e| format!("{path:?} lacks {}: {e}", $name))?
+                unsafe { symbol(&lib, path, $name) }?
             };
         }
         let init: unsafe extern "C" fn(*const c_void) -> HeifError = sym!("heif_init");

@@ -125,6 +125,20 @@ fn open(path: &Path) -> Result<libloading::Library, String> {
     unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {path:?}: {e}"))
 }
 
+/// A C function of `lib` as a Rust function pointer; the message names the library and the
+/// function.
+///
+/// # Safety
+/// `T` must be the C prototype of `name` (the pointer is only valid while `lib` is loaded; the
+/// structs that hold these keep their library beside them).
+unsafe fn symbol<T: Copy>(lib: &libloading::Library, path: &Path, name: &str) -> Result<T, String> {
+    let c_name = format!("{name}\0");
+    // SAFETY: the caller vouches for `T`.
+    unsafe { lib.get::<T>(c_name.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|e| format!("{path:?} lacks {name}: {e}"))
+}
+
 /// The error for a HEIC or AVIF file when its library is missing: the deployment's fault, not
 /// the caller's (the same file decodes where the library is installed).
 pub(crate) fn unavailable(format: &'static str, why: &str) -> ImageError {
