@@ -16,7 +16,7 @@
 3. moto (S3 + SQS, `.venv/bin/python -m moto.server` on 127.0.0.1) gets the stack's buckets and
    queues under the names CloudFormation would give them; the captioning bundle is published with
    tools/deploy.py's `publish_bundle` (the documented publish step); a real photo
-   (events/data/photos/group.jpg) is uploaded under PhotoPrefix.
+   (events/data/photos/group.jpg) and a phone's HEIC (IMG_0001.HEIC) are uploaded under PhotoPrefix.
 4. Each function runs as Lambda lays it out, one sandbox after the other: the zip unpacked on
    /var/task (read-only), its layers unpacked in order on /opt (read-only: ONNX Runtime for
    every function, the image codecs too for faces and captioning), an empty tmpfs of
@@ -27,7 +27,7 @@
    Runtime API emulator (below) on 127.0.0.1.
 5. The first day: an embeddings Function URL request (a real HTTP POST, turned into the Function
    URL payload v2 event); the photo upload's S3 notification to faces -> its result in the
-   results bucket; the same upload's EventBridge "Object Created" event as a caption message
+   results bucket, and the same for the HEIC; the same upload's EventBridge "Object Created" event as a caption message
    -> the caption in the results bucket, through an SQS event source mapping played honestly
    (receive up to BatchSize, the real SQS record shape, delete only what the response does not
    list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
@@ -94,6 +94,9 @@ DEPLOY_BIN = Path(sys.executable).parent
 CAPTIONING_FIXTURE = ROOT / "tests" / "fixtures" / "captioning" / "optimum-vit-gpt2-tiny-hoisted"
 PHOTO = ROOT / "events" / "data" / "photos" / "group.jpg"
 PHOTO_FACES = 3  # events/data/photos/README.md: three faces, two people
+# A phone's upload: the real six-person photo as an iPhone saves it (HEIC, the image-codecs layer).
+PHONE_PHOTO = ROOT / "events" / "data" / "photos" / "IMG_0001.HEIC"
+PHONE_PHOTO_FACES = 6
 
 STACK = "coldpath-rehearsal"
 REGION = "us-east-1"
@@ -1010,6 +1013,9 @@ def rehearse(args, report: Report) -> int:
         s3.put_object(Bucket=photo_bucket, Key=photo_key, Body=PHOTO.read_bytes())
         meta = head(s3, photo_bucket, photo_key)
         log(f"uploaded s3://{photo_bucket}/{photo_key} ({meta['ContentLength']} bytes)")
+        phone_key = params["PhotoPrefix"] + PHONE_PHOTO.name
+        s3.put_object(Bucket=photo_bucket, Key=phone_key, Body=PHONE_PHOTO.read_bytes())
+        phone_meta = head(s3, photo_bucket, phone_key)
 
         # One /opt per set of layers: embeddings' (ONNX Runtime), faces' and captioning's (ONNX
         # Runtime and the image codecs), each unpacked once.
@@ -1125,6 +1131,23 @@ def rehearse(args, report: Report) -> int:
             else:
                 detail += f"; results under {sink}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
             report.step("faces: photo upload -> result in the results bucket", ok, detail)
+
+            # The same for an iPhone's HEIC upload, decoded by the layer's libheif.
+            inv = box.api.invoke(json.dumps(s3_notification(photo_bucket, phone_key, phone_meta)).encode())
+            expected = result_key(faces_spec.env["COLDPATH_RESULT_SINK"], "faces", photo_bucket, phone_key)
+            keys = [k for k in list_results(s3, results_bucket, expected) if k == expected]
+            ok = inv.ok and bool(keys)
+            detail = f"invoke {'ok' if inv.ok else 'FAILED ' + inv.error_type}"
+            if ok:
+                result = json.loads(s3.get_object(Bucket=results_bucket, Key=keys[0])["Body"].read())
+                faces = find_key(result, "faces") or []
+                ok = len(faces) == PHONE_PHOTO_FACES
+                detail += (f"; s3://{results_bucket}/{keys[0]}: {len(faces)} faces (expected "
+                           f"{PHONE_PHOTO_FACES})")
+            else:
+                detail += f"; response {inv.body[:300]!r}\n{box.tail()}"
+            report.step(f"faces: an iPhone upload ({PHONE_PHOTO.name}) -> result in the results bucket",
+                        ok, detail)
         finally:
             finish(box)
 
