@@ -229,7 +229,7 @@ fn decode_heif(
                 .as_ref()
                 .map_err(|why| native::unavailable(name, why))?;
             // libheif applies irot and imir itself.
-            heif.decode(bytes, limits.max_side).map_err(undecodable)?
+            heif.decode(bytes, limits.max_pixels).map_err(undecodable)?
         }
         _ => {
             let avif = codecs

@@ -131,9 +131,10 @@ impl Heif {
     }
 
     /// Decodes the primary image to upright RGB8. The caller has checked the header's size
-    /// against its limits; `max_side` is handed to libheif as its own limit too, so a coded
-    /// stream that claims more than its header cannot make it allocate more.
-    pub(crate) fn decode(&self, bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
+    /// against its limits; `max_pixels` is handed to libheif as its own limit too (its
+    /// `max_image_size_pixels`, which it checks on every image it allocates and passes on to
+    /// libde265), so a coded stream that claims more than its header cannot make it allocate more.
+    pub(crate) fn decode(&self, bytes: &[u8], max_pixels: u64) -> Result<RgbImage, String> {
         // SAFETY: each pointer below comes from the libheif call that allocates it, is checked
         // for NULL, used only while alive, and released once by its guard. `bytes` outlives the
         // context that reads it without copying.
@@ -142,9 +143,12 @@ impl Heif {
             if ctx.0.is_null() {
                 return Err("libheif could not allocate a context".to_string());
             }
+            // The call takes a width and sets width² pixels: the smallest width whose square
+            // covers `max_pixels`.
+            let width = (max_pixels as f64).sqrt().ceil() as u64;
             (self.set_maximum_image_size_limit)(
                 ctx.0,
-                c_int::try_from(max_side).unwrap_or(c_int::MAX),
+                c_int::try_from(width).unwrap_or(c_int::MAX),
             );
             check(
                 "reading the file",
@@ -257,5 +261,25 @@ fn check(what: &str, err: HeifError) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{what}: {}", message(&err)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libheif's own limit holds even where our header check is not in front of it: the second
+    /// line against a coded stream larger than its `ispe`.
+    #[test]
+    fn libheif_refuses_an_image_over_its_own_pixel_limit() {
+        let path = std::env::var("COLDPATH_LIBHEIF_PATH")
+            .expect("COLDPATH_LIBHEIF_PATH: run with `make test` (or `eval \"$(make -s env)\"`)");
+        let heif = Heif::load(Path::new(&path)).unwrap();
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/heif/g800-10bit.heic");
+        let bytes = std::fs::read(file).unwrap();
+        let img = heif.decode(&bytes, 800 * 600).unwrap();
+        assert_eq!(img.dimensions(), (800, 600));
+        let err = heif.decode(&bytes, 800 * 600 / 2).unwrap_err();
+        assert!(err.contains("Security limit"), "{err}");
     }
 }
