@@ -118,6 +118,12 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageE
         format: format.as_str(),
         reason: e.to_string(),
     };
+    if format == Format::WebP {
+        webp_chunks_fit(bytes).map_err(|reason| ImageError::Undecodable {
+            format: format.as_str(),
+            reason,
+        })?;
+    }
     if format == Format::Jpeg && !jpeg_has_end(bytes) {
         return Err(ImageError::Undecodable {
             format: format.as_str(),
@@ -294,6 +300,48 @@ fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
             })
         }
     }
+}
+
+/// Checks that a WebP file's RIFF chunks fit in its bytes.
+///
+/// `image-webp` allocates a metadata chunk (EXIF, XMP, ICC) at the size its header claims before
+/// reading it, so a 100-byte file whose EXIF chunk claims 4 GB made it allocate 4 GB (found by
+/// the fuzzer). Every chunk of a well-formed file lies inside the file: walking the chunk
+/// headers, each claimed size is checked against the bytes left before any decoder runs.
+fn webp_chunks_fit(bytes: &[u8]) -> Result<(), String> {
+    let le32 = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let riff = le32(4).ok_or("truncated: no RIFF size")?;
+    let end = riff
+        .checked_add(8)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| {
+            format!(
+                "truncated: the RIFF header claims {riff} bytes, {} are there",
+                bytes.len().saturating_sub(8)
+            )
+        })?;
+    let mut at = 12; // after "RIFF", the size and "WEBP"
+    while at < end {
+        let kind = bytes
+            .get(at..at + 4)
+            .filter(|_| at + 8 <= end)
+            .ok_or("truncated: a chunk header is cut off")?;
+        let size = le32(at + 4).ok_or("truncated: a chunk header is cut off")?;
+        let left = end - at - 8;
+        if size > left {
+            return Err(format!(
+                "chunk {:?} claims {size} bytes, {left} are left",
+                String::from_utf8_lossy(kind)
+            ));
+        }
+        // Chunks are padded to an even size.
+        at += 8 + size + (size & 1);
+    }
+    Ok(())
 }
 
 /// Whether a JPEG's image data is followed by its end-of-image marker (EOI, `FF D9`).
@@ -571,6 +619,41 @@ pub(crate) mod tests {
             assert!(
                 matches!(err, ImageError::Undecodable { format: "jpeg", .. }),
                 "cut at {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_webp_chunk_claiming_more_than_the_file_is_refused_before_decoding() {
+        // The fuzzer's find: 87 bytes whose EXIF chunk claims 0xff776881 bytes made image-webp
+        // allocate 4 GB while reading the orientation.
+        let mut bomb = b"RIFF\x4f\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00".to_vec();
+        bomb.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // EXIF flag, 1x1
+        bomb.extend_from_slice(b"EXIF\x81\x68\x77\xff");
+        bomb.extend_from_slice(&[0; 40]);
+        let riff = (bomb.len() - 8) as u32;
+        bomb[4..8].copy_from_slice(&riff.to_le_bytes());
+        let err = decode(&bomb, &limits()).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Undecodable { format: "webp", ref reason } if reason.contains("\"EXIF\" claims 4286015617 bytes")),
+            "{err}"
+        );
+        // A RIFF size past the end of the data: a truncated file.
+        let mut good = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut good)
+            .write_image(
+                quadrants(10, 4).as_raw(),
+                10,
+                4,
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        assert!(webp_chunks_fit(&good).is_ok());
+        for cut in [13, 20, good.len() - 1] {
+            let err = decode(&good[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(err, ImageError::Undecodable { format: "webp", .. }),
+                "{cut}: {err}"
             );
         }
     }
