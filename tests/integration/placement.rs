@@ -519,10 +519,62 @@ fn check_fails_when_scaling_or_the_gpu_drift_from_the_declaration() {
     );
 }
 
+/// Whether `.dockerignore` rules (`pattern` lines, `!pattern` re-includes, the last matching
+/// line wins, as Docker reads them) leave `path` in the build context. A pattern matches the path
+/// or any directory above it; `*` matches within one path segment, `**` any number of segments.
+fn in_build_context(dockerignore: &str, path: &str) -> bool {
+    fn segment(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                name.starts_with(head)
+                    && (0..=name.len() - head.len()).any(|i| segment(tail, &name[head.len() + i..]))
+            }
+        }
+    }
+    fn matches(pattern: &[&str], path: &[&str]) -> bool {
+        match (pattern.first(), path.first()) {
+            // The pattern is used up: it named this path or a directory above it.
+            (None, _) => true,
+            (Some(&"**"), _) => (0..=path.len()).any(|i| matches(&pattern[1..], &path[i..])),
+            (Some(p), Some(name)) => segment(p, name) && matches(&pattern[1..], &path[1..]),
+            (Some(_), None) => false,
+        }
+    }
+    let path: Vec<&str> = path.split('/').collect();
+    let mut included = true;
+    for line in dockerignore.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keep, pattern) = match line.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, line),
+        };
+        let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        if matches(&pattern, &path) {
+            included = keep;
+        }
+    }
+    included
+}
+
+#[test]
+fn dockerignore_rules_are_read_in_order_with_re_includes() {
+    let rules = ".cache/*\n!.cache/lib\n.cache/lib/*\n!.cache/lib/libheif.so.1\n**/node_modules\n";
+    assert!(in_build_context(rules, ".cache/lib/libheif.so.1"));
+    // Re-included directory, then its files excluded again: only the named one is back.
+    assert!(!in_build_context(rules, ".cache/lib/libavif.so.16"));
+    assert!(!in_build_context(rules, ".cache/models/x/model.onnx"));
+    assert!(!in_build_context(rules, "web/node_modules/a.js"));
+    assert!(in_build_context(rules, "shared/image/src/lib.rs"));
+    assert!(!in_build_context(".venv-*\n", ".venv-deploy/bin/python"));
+}
+
 /// The COPY sources of the pod's images and the captioning GPU worker's: what `make setup` put
-/// in .cache and the committed files. No container engine runs here, so this is what can be held without a build: every
-/// path exists, and each one under .cache is let into the build context by the image's
-/// `.dockerignore`.
+/// in .cache and the committed files. No container engine runs here, so this is what can be held
+/// without a build: every path exists, and the image's `.dockerignore`, read in order, lets each
+/// one into the build context.
 #[test]
 fn the_images_copy_only_paths_that_exist_and_reach_the_build_context() {
     let root = repo_root();
@@ -534,7 +586,6 @@ fn the_images_copy_only_paths_that_exist_and_reach_the_build_context() {
         let text = std::fs::read_to_string(root.join(dockerfile)).unwrap();
         let ignore =
             std::fs::read_to_string(root.join(format!("{dockerfile}.dockerignore"))).unwrap();
-        let included: Vec<&str> = ignore.lines().filter_map(|l| l.strip_prefix('!')).collect();
         let mut sources = 0;
         for line in text.lines() {
             let Some(args) = line.strip_prefix("COPY ") else {
@@ -553,16 +604,10 @@ fn the_images_copy_only_paths_that_exist_and_reach_the_build_context() {
                     root.join(source).exists(),
                     "{dockerfile}: COPY source {source} does not exist (run make setup)"
                 );
-                if source.starts_with(".cache/") {
-                    let deepest = included
-                        .iter()
-                        .filter(|i| source.starts_with(*i))
-                        .max_by_key(|i| i.len());
-                    assert!(
-                        deepest.is_some_and(|i| i.matches('/').count() >= 1),
-                        "{dockerfile}: {source} is excluded from the build context by {dockerfile}.dockerignore"
-                    );
-                }
+                assert!(
+                    in_build_context(&ignore, source),
+                    "{dockerfile}: {source} is excluded from the build context by {dockerfile}.dockerignore"
+                );
             }
         }
         assert!(sources >= 3, "{dockerfile}: {sources} COPY sources found");
