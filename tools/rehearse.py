@@ -1114,40 +1114,30 @@ def rehearse(args, report: Report) -> int:
                     f"{len(routed)} of {len(s3_events)} S3 events match s3://{photo_bucket}/{photo_key}")
         box = boot("FacesFunction")
         try:
-            t = time.monotonic()
-            inv = box.api.invoke(json.dumps(s3_notification(photo_bucket, photo_key, meta)).encode())
-            ms = (time.monotonic() - t) * 1000
-            expected = result_key(faces_spec.env["COLDPATH_RESULT_SINK"], "faces", photo_bucket, photo_key)
-            keys = [k for k in list_results(s3, results_bucket, expected) if k == expected]
-            detail = f"invoke {'ok' if inv.ok else 'FAILED ' + inv.error_type} in {ms:.0f} ms"
-            ok = inv.ok and bool(keys)
-            if ok:
-                result = json.loads(s3.get_object(Bucket=results_bucket, Key=keys[0])["Body"].read())
-                faces = find_key(result, "faces") or []
-                ok = len(faces) == PHOTO_FACES
-                scores = ", ".join(f"{f.get('score', 0):.2f}" for f in faces)
-                detail += (f"; s3://{results_bucket}/{keys[0]}: {len(faces)} faces (expected "
-                           f"{PHOTO_FACES}), scores {scores}")
-            else:
-                detail += f"; results under {sink}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
-            report.step("faces: photo upload -> result in the results bucket", ok, detail)
-
-            # The same for an iPhone's HEIC upload, decoded by the layer's libheif.
-            inv = box.api.invoke(json.dumps(s3_notification(photo_bucket, phone_key, phone_meta)).encode())
-            expected = result_key(faces_spec.env["COLDPATH_RESULT_SINK"], "faces", photo_bucket, phone_key)
-            keys = [k for k in list_results(s3, results_bucket, expected) if k == expected]
-            ok = inv.ok and bool(keys)
-            detail = f"invoke {'ok' if inv.ok else 'FAILED ' + inv.error_type}"
-            if ok:
-                result = json.loads(s3.get_object(Bucket=results_bucket, Key=keys[0])["Body"].read())
-                faces = find_key(result, "faces") or []
-                ok = len(faces) == PHONE_PHOTO_FACES
-                detail += (f"; s3://{results_bucket}/{keys[0]}: {len(faces)} faces (expected "
-                           f"{PHONE_PHOTO_FACES})")
-            else:
-                detail += f"; response {inv.body[:300]!r}\n{box.tail()}"
-            report.step(f"faces: an iPhone upload ({PHONE_PHOTO.name}) -> result in the results bucket",
-                        ok, detail)
+            # The photo, then an iPhone's HEIC upload (decoded by the image-codecs layer's libheif).
+            uploads = [
+                ("faces: photo upload -> result in the results bucket", photo_key, meta, PHOTO_FACES),
+                (f"faces: an iPhone upload ({PHONE_PHOTO.name}) -> result in the results bucket",
+                 phone_key, phone_meta, PHONE_PHOTO_FACES),
+            ]
+            for step_name, key, key_meta, want_faces in uploads:
+                t = time.monotonic()
+                inv = box.api.invoke(json.dumps(s3_notification(photo_bucket, key, key_meta)).encode())
+                ms = (time.monotonic() - t) * 1000
+                expected = result_key(faces_spec.env["COLDPATH_RESULT_SINK"], "faces", photo_bucket, key)
+                keys = [k for k in list_results(s3, results_bucket, expected) if k == expected]
+                detail = f"invoke {'ok' if inv.ok else 'FAILED ' + inv.error_type} in {ms:.0f} ms"
+                ok = inv.ok and bool(keys)
+                if ok:
+                    result = json.loads(s3.get_object(Bucket=results_bucket, Key=keys[0])["Body"].read())
+                    faces = find_key(result, "faces") or []
+                    ok = len(faces) == want_faces
+                    scores = ", ".join(f"{f.get('score', 0):.2f}" for f in faces)
+                    detail += (f"; s3://{results_bucket}/{keys[0]}: {len(faces)} faces (expected "
+                               f"{want_faces}), scores {scores}")
+                else:
+                    detail += f"; results under {sink}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
+                report.step(step_name, ok, detail)
         finally:
             finish(box)
 
