@@ -1136,7 +1136,7 @@ def rehearse(args, report: Report) -> int:
                     detail += (f"; s3://{results_bucket}/{keys[0]}: {len(faces)} faces (expected "
                                f"{want_faces}), scores {scores}")
                 else:
-                    detail += f"; results under {sink}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
+                    detail += f"; results under {faces_spec.env['COLDPATH_RESULT_SINK']}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
                 report.step(step_name, ok, detail)
         finally:
             finish(box)
