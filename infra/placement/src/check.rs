@@ -609,17 +609,8 @@ const CRATE_FOLDERS: [&str; 2] = ["functions", "shared"];
 /// variables it can read. Only `[dependencies]` count (a dev-dependency is not in the binary);
 /// a dependency is ours when a crate under `functions/` or `shared/` has its name.
 pub fn crate_source_dirs(root: &Path, crate_dir: &Path) -> Result<Vec<PathBuf>, DeclarationError> {
-    fn manifest(path: &Path) -> Result<toml::Table, DeclarationError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DeclarationError::Read {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        text.parse()
-            .map_err(|e: toml::de::Error| DeclarationError::Parse {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-    }
+    let manifest =
+        |path: &Path| declaration::parse_manifest(&declaration::read_manifest_text(path)?, path);
     let mut ours = BTreeMap::new();
     for folder in CRATE_FOLDERS {
         let entries = std::fs::read_dir(root.join(folder)).map_err(|e| DeclarationError::Read {

@@ -263,6 +263,23 @@ impl PodDeclaration {
     }
 }
 
+/// A manifest's text; a failure to read it names the file.
+pub(crate) fn read_manifest_text(path: &Path) -> Result<String, DeclarationError> {
+    std::fs::read_to_string(path).map_err(|e| DeclarationError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// A `Cargo.toml` text as a TOML table; `path` is only used in messages.
+pub(crate) fn parse_manifest(text: &str, path: &Path) -> Result<Table, DeclarationError> {
+    text.parse()
+        .map_err(|e: toml::de::Error| DeclarationError::Parse {
+            path: path.to_path_buf(),
+            reason: e.message().to_string(),
+        })
+}
+
 /// The crate's name and its `[package.metadata.<keys>]` table, from a `Cargo.toml` text; `path`
 /// is only used in messages. A manifest without that table is [`DeclarationError::Missing`].
 fn metadata_table(
@@ -270,12 +287,7 @@ fn metadata_table(
     path: &Path,
     keys: &[&str],
 ) -> Result<(String, Table), DeclarationError> {
-    let doc: Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| DeclarationError::Parse {
-            path: path.to_path_buf(),
-            reason: e.message().to_string(),
-        })?;
+    let doc = parse_manifest(text, path)?;
     let package = doc.get("package");
     let crate_name = package
         .and_then(|p| p.get("name"))
@@ -303,11 +315,7 @@ fn metadata_table(
 impl Declaration {
     /// Reads the declaration from one crate's `Cargo.toml`.
     pub fn from_manifest(path: &Path) -> Result<Self, DeclarationError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DeclarationError::Read {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::from_manifest_str(&text, path)
+        Self::from_manifest_str(&read_manifest_text(path)?, path)
     }
 
     /// Parses a `Cargo.toml` text; `path` is only used in messages.
@@ -458,10 +466,7 @@ pub fn read_all(root: &Path) -> Result<Vec<Declaration>, DeclarationError> {
         .collect::<Result<Vec<_>, _>>()?;
     let manifest = root.join(POD_MANIFEST);
     if manifest.exists() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| DeclarationError::Read {
-            path: manifest.clone(),
-            reason: e.to_string(),
-        })?;
+        let text = read_manifest_text(&manifest)?;
         let pod = PodDeclaration::from_manifest_str(&text, &manifest, root)?;
         pod.validate_hosts(&declarations)?;
         for d in &mut declarations {
