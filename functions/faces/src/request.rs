@@ -63,6 +63,30 @@ pub fn parse_request(
     }
     let raw: RawRequest = serde_json::from_value(payload.clone())
         .map_err(|e| RequestError::Invalid(e.to_string()))?;
+    validate(raw, defaults)
+}
+
+/// [`parse_request`] straight from a request body, for a server that holds large photos: the
+/// body is parsed once into the request (no JSON tree, no copy of the base64 text), and the
+/// caller can free the body as soon as this returns. Errors read as [`parse_request`]'s.
+pub fn parse_request_bytes(
+    body: &[u8],
+    defaults: &DetectOptions,
+) -> Result<FacesRequest, RequestError> {
+    match serde_json::from_slice::<RawRequest>(body) {
+        Ok(raw) => validate(raw, defaults),
+        // The failure path may parse twice: it says what was wrong in the same words as the
+        // tree-based parser (a bare number, an array, a misspelt field).
+        Err(e) => match serde_json::from_slice::<Value>(body) {
+            Ok(payload) => parse_request(&payload, defaults),
+            Err(_) => Err(RequestError::Invalid(format!(
+                "request body is not valid JSON: {e}"
+            ))),
+        },
+    }
+}
+
+fn validate(raw: RawRequest, defaults: &DetectOptions) -> Result<FacesRequest, RequestError> {
     let mut options = *defaults;
     if let Some(s) = raw.min_score {
         if !(0.0..=1.0).contains(&s) {
@@ -229,6 +253,35 @@ mod tests {
         }
         let unknown = parse(json!({"image": {"path": "a"}, "maxfaces": 3})).unwrap_err();
         assert!(unknown.to_string().contains("maxfaces"), "{unknown}");
+    }
+
+    #[test]
+    fn bytes_parse_as_the_tree_does() {
+        let cases = [
+            json!({"image": {"s3": "s3://photos/a b.jpg"}, "min_score": 0.5, "max_faces": 3}),
+            json!({"image": {"base64": "data:image/png;base64,AAAA"}}),
+            json!({"image": {"base64": "data:text/plain;base64,AAAA"}}),
+            json!({"image": {"path": "x.jpg"}}),
+            json!([]),
+            json!(7),
+            json!({}),
+            json!({"image": {"url": "https://x"}}),
+            json!({"image": {"path": "a"}, "maxfaces": 3}),
+            json!({"image": {"path": "a"}, "min_score": 1.5}),
+            json!({"image": {"path": "a"}, "max_faces": 11}),
+        ];
+        for c in cases {
+            let bytes = parse_request_bytes(c.to_string().as_bytes(), &DEFAULTS);
+            assert_eq!(bytes, parse(c.clone()), "{c}");
+        }
+        let r = parse_request_bytes(
+            br#"{"image": {"base64": "data:image/png;base64,AAAA"}}"#,
+            &DEFAULTS,
+        )
+        .unwrap();
+        assert_eq!(r.image, ImageRef::Base64("AAAA".into()));
+        let err = parse_request_bytes(b"{\"image\": ", &DEFAULTS).unwrap_err();
+        assert!(matches!(err, RequestError::Invalid(_)), "{err}");
     }
 
     #[test]

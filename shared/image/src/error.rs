@@ -25,6 +25,10 @@ pub enum ImageError {
         "image path {0:?}: local paths are accepted only in local invoke mode; send {{\"s3\": \"s3://bucket/key\"}} or {{\"base64\": ...}}"
     )]
     PathNotAllowed(PathBuf),
+    /// A `path` reference that does not resolve to a file inside the directory this deployment
+    /// reads local images from (missing files read the same, so nothing outside can be probed).
+    #[error("image path {0:?}: not a file inside the directory local images are read from")]
+    PathOutsideRoot(PathBuf),
     /// A local file could not be read.
     #[error("image path {path:?}: {source}")]
     Read {
@@ -102,7 +106,8 @@ impl Classify for ImageError {
             ImageError::Read { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound
                 | std::io::ErrorKind::PermissionDenied
-                | std::io::ErrorKind::IsADirectory => ErrorType::InvalidInput,
+                | std::io::ErrorKind::IsADirectory
+                | std::io::ErrorKind::InvalidInput => ErrorType::InvalidInput,
                 _ => ErrorType::Internal,
             },
             ImageError::Batch(_) | ImageError::Task(_) => ErrorType::Internal,
@@ -110,6 +115,7 @@ impl Classify for ImageError {
             ImageError::InvalidRef(_)
             | ImageError::Base64(_)
             | ImageError::PathNotAllowed(_)
+            | ImageError::PathOutsideRoot(_)
             | ImageError::Empty
             | ImageError::TooManyBytes { .. }
             | ImageError::TooManyPixels { .. }

@@ -51,6 +51,14 @@ impl ImageRef {
         Ok(ImageRef::Base64(strip_data_url(data)?.to_string()))
     }
 
+    /// [`ImageRef::base64`] taking the request's own string: a prefix is cut in place, so a
+    /// large payload is not copied.
+    pub fn base64_owned(mut data: String) -> Result<ImageRef, ImageError> {
+        let prefix = data.len() - strip_data_url(&data)?.len();
+        data.drain(..prefix);
+        Ok(ImageRef::Base64(data))
+    }
+
     /// A short description for logs and error messages: the URI or path, or the size of inline
     /// data, never the data itself.
     pub fn describe(&self) -> String {
@@ -102,7 +110,7 @@ impl TryFrom<RawImageRef> for ImageRef {
     fn try_from(raw: RawImageRef) -> Result<Self, ImageError> {
         match (raw.s3, raw.base64, raw.path) {
             (Some(uri), None, None) => ImageRef::s3(&uri),
-            (None, Some(data), None) => ImageRef::base64(&data),
+            (None, Some(data), None) => ImageRef::base64_owned(data),
             (None, None, Some(path)) => Ok(ImageRef::Path(path)),
             (s3, b64, path) => {
                 let found: Vec<&str> = [
