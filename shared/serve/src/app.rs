@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -14,10 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use coldpath_aws::ObjectStore;
 use coldpath_core::ErrorType;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-use crate::config::ServeConfig;
+use crate::config::{CONNECTION_BUFFER_BYTES, ServeConfig};
 use crate::error::{RequestError, StartError};
 use crate::metrics::{self, Metrics};
 use crate::workloads::{self, Hosted};
@@ -50,7 +55,23 @@ impl AppState {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.hosted.get().is_some() && !self.draining.load(Ordering::SeqCst)
+        self.hosted.get().is_some()
+            && !self.draining.load(Ordering::SeqCst)
+            && self.stalled().is_empty()
+    }
+
+    /// The models whose running call has taken longer than `COLDPATH_SERVE_STALL_MS`: while
+    /// any is stuck the server is not ready, so the load balancer sends its traffic elsewhere
+    /// instead of into a queue that does not move.
+    pub fn stalled(&self) -> Vec<&'static str> {
+        self.hosted
+            .get()
+            .map(|h| h.running_for())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, running)| running.is_some_and(|t| t > self.config.stall))
+            .map(|(model, _)| model)
+            .collect()
     }
 
     /// Each hosted model's queue depth (none before the models are loaded).
@@ -96,7 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(ready))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
-        // Each route enforces its own body limit (`read_json`), with the workload's own refusal.
+        // Each route reads its own body (`BodyReader`) after admission, under its own limit.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
         .with_state(state)
@@ -115,43 +136,113 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
     response
 }
 
-/// Reads a JSON body of at most `max` bytes; `what` names the field a request needs, for the
-/// empty-body message. Embeddings bodies go through the function's own check, so both front
-/// doors refuse alike.
-async fn read_json(
-    headers: &HeaderMap,
+/// The request body as it arrives: read in pieces into one buffer (sized from
+/// `Content-Length` when the client declares it, so a large photo is not copied as the buffer
+/// grows), never past the limit it is read under, with no pause longer than the read timeout.
+struct BodyReader {
     body: Body,
-    max: usize,
-    what: &str,
-) -> Result<Value, RequestError> {
-    let too_large = |found: String| RequestError::Body {
-        kind: ErrorType::RequestTooLarge,
-        message: format!("request too large: {found} bytes, at most {max}"),
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|&n| n > max as u64) {
-        return Err(too_large(n.to_string()));
+    declared: Option<u64>,
+    bytes: Vec<u8>,
+    complete: bool,
+    idle: Duration,
+}
+
+/// Why a body could not be read.
+enum ReadError {
+    /// More than the limit: the declared length, or more than the limit was sent.
+    TooLarge { found: String, max: usize },
+    /// No byte for the read timeout.
+    Slow(Duration),
+    /// The request's deadline (from its admission) passed while its body arrived.
+    Deadline,
+    /// The client broke off.
+    Aborted(String),
+}
+
+impl BodyReader {
+    fn new(headers: &HeaderMap, body: Body, idle: Duration) -> Self {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        BodyReader {
+            body,
+            declared,
+            bytes: Vec::new(),
+            complete: false,
+            idle,
+        }
     }
-    let bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large(format!("more than {max}")))?;
-    if what == "input" {
-        return coldpath_embeddings::http::parse_body(&bytes, max)
-            .map_err(|(kind, message)| RequestError::Body { kind, message });
+
+    /// Whether the declared length is over `max` (nothing needs to be read to refuse it).
+    fn declared_over(&self, max: usize) -> bool {
+        self.declared.is_some_and(|n| n > max as u64)
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(RequestError::Body {
-            kind: ErrorType::InvalidInput,
-            message: format!("request body is empty; send a JSON object with '{what}'"),
-        });
+
+    /// Reads until the body ends (`Ok(true)`) or more than `max` bytes are held (`Ok(false)`;
+    /// what was read is kept, so a caller may go on under a larger limit).
+    async fn fill(&mut self, max: usize, deadline: Instant) -> Result<bool, ReadError> {
+        if self.declared_over(max) {
+            return Ok(false);
+        }
+        if let Some(n) = self.declared {
+            self.bytes
+                .reserve_exact((n as usize).saturating_sub(self.bytes.len()));
+        }
+        while !self.complete && self.bytes.len() <= max {
+            let wait = (Instant::now() + self.idle).min(deadline);
+            match tokio::time::timeout_at(wait.into(), self.body.frame()).await {
+                Err(_) if Instant::now() >= deadline => return Err(ReadError::Deadline),
+                Err(_) => return Err(ReadError::Slow(self.idle)),
+                Ok(None) => self.complete = true,
+                Ok(Some(Err(e))) => return Err(ReadError::Aborted(e.to_string())),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.bytes.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        Ok(self.complete && self.bytes.len() <= max)
     }
-    serde_json::from_slice(&bytes).map_err(|e| RequestError::Body {
-        kind: ErrorType::InvalidInput,
-        message: format!("request body is not valid JSON: {e}"),
-    })
+
+    /// Reads the whole body under `max`, as one route's request.
+    async fn read(mut self, max: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+        if self.fill(max, deadline).await? {
+            Ok(self.bytes)
+        } else {
+            Err(self.too_large(max))
+        }
+    }
+
+    fn too_large(&self, max: usize) -> ReadError {
+        let found = match self.declared {
+            Some(n) if n > max as u64 => n.to_string(),
+            _ => format!("more than {max}"),
+        };
+        ReadError::TooLarge { found, max }
+    }
+}
+
+impl ReadError {
+    /// The request's error; `expired` is the workload's own deadline refusal.
+    fn into_request_error(self, expired: impl FnOnce() -> RequestError) -> RequestError {
+        match self {
+            ReadError::TooLarge { found, max } => RequestError::Body {
+                kind: ErrorType::RequestTooLarge,
+                message: format!("request too large: {found} bytes, at most {max}"),
+            },
+            ReadError::Slow(idle) => RequestError::SlowClient(format!(
+                "the request body stalled: no data for {} ms",
+                idle.as_millis()
+            )),
+            ReadError::Deadline => expired(),
+            ReadError::Aborted(reason) => RequestError::Body {
+                kind: ErrorType::InvalidInput,
+                message: format!("reading the request body: {reason}"),
+            },
+        }
+    }
 }
 
 fn not_hosted(state: &AppState, workload: &'static str) -> RequestError {
@@ -161,6 +252,9 @@ fn not_hosted(state: &AppState, workload: &'static str) -> RequestError {
     }
 }
 
+/// Each route takes its model's queue place first, then reads its body under its own limit and
+/// within the request's deadline: a request that would be refused is refused before a byte of
+/// its body is held (a client that sent `Expect: 100-continue` never sends it).
 async fn embeddings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -172,8 +266,13 @@ async fn embeddings(
             .embeddings
             .as_ref()
             .ok_or_else(|| not_hosted(&state, "embeddings"))?;
-        let payload = read_json(&headers, body, w.max_body_bytes(), "input").await?;
-        w.handle(&payload).await
+        let admission = w.admit()?;
+        let reader = BodyReader::new(&headers, body, state.config.connections.read_timeout);
+        let body = reader
+            .read(w.max_body_bytes(), admission.deadline())
+            .await
+            .map_err(|e| e.into_request_error(|| w.expired(&admission)))?;
+        w.handle(admission, &body).await
     }
     .await;
     state.answer(result)
@@ -186,8 +285,13 @@ async fn faces(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
             .faces
             .as_ref()
             .ok_or_else(|| not_hosted(&state, "faces"))?;
-        let payload = read_json(&headers, body, w.max_body_bytes(), "image").await?;
-        w.handle(&payload).await
+        let admission = w.admit()?;
+        let reader = BodyReader::new(&headers, body, state.config.connections.read_timeout);
+        let body = reader
+            .read(w.max_body_bytes(), admission.deadline())
+            .await
+            .map_err(|e| e.into_request_error(|| w.expired(&admission)))?;
+        w.handle(admission, body).await
     }
     .await;
     state.answer(result)
@@ -195,6 +299,10 @@ async fn faces(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
 
 /// SageMaker's inference route: the single hosted workload, or, when both are hosted, the one
 /// the body is for (`input` is an embeddings request, `image` a faces request).
+///
+/// With both hosted the body is read under embeddings' place and limit first; a body longer
+/// than that can only be a photo, so it gives that place up for one in the faces queue before
+/// more is read. Either way no more than one route's limit is held without its own place.
 async fn invocations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -202,33 +310,67 @@ async fn invocations(
 ) -> Response {
     let result = async {
         let hosted = state.hosted()?;
-        let max = [
-            hosted.embeddings.as_ref().map(|w| w.max_body_bytes()),
-            hosted.faces.as_ref().map(|w| w.max_body_bytes()),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(0);
-        let what = match (&hosted.embeddings, &hosted.faces) {
-            (Some(_), None) => "input",
-            (None, Some(_)) => "image",
-            _ => "input' or 'image",
+        let idle = state.config.connections.read_timeout;
+        let (e, f) = match (&hosted.embeddings, &hosted.faces) {
+            (Some(e), None) => {
+                let admission = e.admit()?;
+                let body = BodyReader::new(&headers, body, idle)
+                    .read(e.max_body_bytes(), admission.deadline())
+                    .await
+                    .map_err(|err| err.into_request_error(|| e.expired(&admission)))?;
+                return e.handle(admission, &body).await;
+            }
+            (None, Some(f)) => {
+                let admission = f.admit()?;
+                let body = BodyReader::new(&headers, body, idle)
+                    .read(f.max_body_bytes(), admission.deadline())
+                    .await
+                    .map_err(|err| err.into_request_error(|| f.expired(&admission)))?;
+                return f.handle(admission, body).await;
+            }
+            (Some(e), Some(f)) => (e, f),
+            (None, None) => return Err(not_hosted(&state, "embeddings")),
         };
-        let payload = read_json(&headers, body, max, what).await?;
-        let has = |field: &str| payload.get(field).is_some();
-        match (&hosted.embeddings, &hosted.faces) {
-            (Some(e), None) => e.handle(&payload).await,
-            (None, Some(f)) => f.handle(&payload).await,
-            (Some(e), Some(_)) if has("input") && !has("image") => e.handle(&payload).await,
-            (Some(_), Some(f)) if has("image") && !has("input") => f.handle(&payload).await,
-            _ => Err(RequestError::Body {
-                kind: ErrorType::InvalidInput,
-                message: "this endpoint hosts embeddings and faces: send a JSON object with \
-                          'input' (embeddings) or 'image' (faces), not both"
-                    .to_string(),
-            }),
+        let mut reader = BodyReader::new(&headers, body, idle);
+        let small = if reader.declared_over(e.max_body_bytes()) {
+            None
+        } else {
+            let admission = e.admit()?;
+            let complete = reader
+                .fill(e.max_body_bytes(), admission.deadline())
+                .await
+                .map_err(|err| err.into_request_error(|| e.expired(&admission)))?;
+            complete.then_some(admission)
+        };
+        let ambiguous = || RequestError::Body {
+            kind: ErrorType::InvalidInput,
+            message: "this endpoint hosts embeddings and faces: send a JSON object with \
+                      'input' (embeddings) or 'image' (faces), not both"
+                .to_string(),
+        };
+        if let Some(admission) = small {
+            // The whole body is here: route by its fields (a body that is not a JSON object
+            // gets embeddings' own answer for it).
+            let fields = serde_json::from_slice::<Value>(&reader.bytes).ok();
+            let has = |field: &str| fields.as_ref().is_some_and(|v| v.get(field).is_some());
+            return match (has("input"), has("image")) {
+                (true, true) => Err(ambiguous()),
+                (false, true) => {
+                    drop(admission);
+                    let admission = f.admit()?;
+                    f.handle(admission, reader.bytes).await
+                }
+                (true, false) => e.handle(admission, &reader.bytes).await,
+                (false, false) if fields.as_ref().is_some_and(Value::is_object) => Err(ambiguous()),
+                (false, false) => e.handle(admission, &reader.bytes).await,
+            };
         }
+        let admission = f.admit()?;
+        let body = reader
+            .read(f.max_body_bytes(), admission.deadline())
+            .await
+            .map_err(|err| err.into_request_error(|| f.expired(&admission)))?;
+        f.handle(admission, body).await
     }
     .await;
     state.answer(result)
@@ -245,16 +387,20 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.is_ready() {
         return axum::Json(json!({"status": "ready", "workloads": workloads})).into_response();
     }
-    let status = if state.draining.load(Ordering::SeqCst) {
-        "draining"
+    let stalled = state.stalled();
+    let body = if state.draining.load(Ordering::SeqCst) {
+        json!({"status": "draining", "workloads": workloads})
+    } else if !stalled.is_empty() {
+        tracing::warn!(
+            models = %stalled.join(","),
+            stall_ms = state.config.stall.as_millis() as u64,
+            "a model call is running past the stall bound: not ready"
+        );
+        json!({"status": "stalled", "workloads": workloads, "stalled": stalled})
     } else {
-        "loading"
+        json!({"status": "loading", "workloads": workloads})
     };
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({"status": status, "workloads": workloads})),
-    )
-        .into_response()
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
@@ -278,33 +424,68 @@ async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Resp
 /// Serves until `shutdown` resolves, then drains: `/ready` turns 503, the listener closes, and
 /// requests in flight (queued ones included) finish, for at most the configured drain time.
 /// Returns whether everything in flight finished.
+///
+/// Each connection is HTTP/1.1 with hyper's own timer: its request head must arrive within
+/// the read timeout (an idle keep-alive connection is closed after it too), its read buffer is
+/// bounded, and at most `COLDPATH_SERVE_MAX_CONNECTIONS` are open; one more is closed as soon as
+/// it is accepted, so slow or idle clients cannot hold the process's memory or file handles.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
-    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal_state = Arc::clone(&state);
-    let signal = async move {
-        shutdown.await;
-        signal_state.draining.store(true, Ordering::SeqCst);
-        tracing::info!(
-            drain_ms = signal_state.config.drain.as_millis() as u64,
-            "shutting down: no new connections, finishing requests in flight"
-        );
-        let _ = begun_tx.send(());
-    };
+    let limits = state.config.connections;
     let drain = state.config.drain;
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
-    let deadline = async move {
-        if begun_rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(drain).await;
-    };
+    let open = Arc::new(Semaphore::new(limits.max));
+    let graceful = GracefulShutdown::new();
+    let app = router(Arc::clone(&state));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_buf_size(CONNECTION_BUFFER_BYTES);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file handles, or a connection reset before it was accepted: the
+                    // listener itself is fine; pause briefly so a persistent error cannot spin.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            state.metrics.connection_refused();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        let metrics = state.metrics.clone();
+        metrics.connection(true);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection closed: {e}");
+            }
+            metrics.connection(false);
+            drop(permit);
+        });
+    }
+    state.draining.store(true, Ordering::SeqCst);
+    drop(listener);
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: no new connections, finishing requests in flight"
+    );
     tokio::select! {
-        r = server.into_future() => r.map(|()| true),
-        () = deadline => {
+        () = graceful.shutdown() => Ok(true),
+        () = tokio::time::sleep(drain) => {
             tracing::warn!("drain deadline passed with requests still in flight; exiting anyway");
             Ok(false)
         }
@@ -338,11 +519,17 @@ pub async fn shutdown_signal() {
 
 /// The whole server: listen first (so `/health` answers and `/ready` says 503 while models
 /// load), load and warm the workloads, take requests until `shutdown`, drain, close the queues.
+///
+/// `shutdown` is honoured while the models load too: the server stops at once instead of
+/// finishing a load nobody will use. Returns whether every request in flight was finished;
+/// when not (the drain deadline passed, or a model call is stuck), the caller should exit
+/// without waiting for the model calls still running (`main` gives the runtime a short
+/// shutdown timeout).
 pub async fn run(
     config: ServeConfig,
     store: ObjectStore,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+) -> Result<bool, StartError> {
     let addr = config.addr();
     let listener = TcpListener::bind(addr)
         .await
@@ -356,13 +543,23 @@ pub async fn run(
     let metrics = Metrics::new();
     let state = AppState::new(config.clone(), metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::clone(&state), async move {
+    let mut server = tokio::spawn(serve(listener, Arc::clone(&state), async move {
         tokio::select! {
             () = shutdown => {}
             _ = stop_rx => {}
         }
     }));
-    match workloads::load(&config, store, &metrics).await {
+    let load = workloads::load(&config, store, &metrics);
+    let loaded = tokio::select! {
+        loaded = load => loaded,
+        stopped = &mut server => {
+            tracing::info!("shut down while the models were loading");
+            return stopped
+                .map_err(|e| StartError::Serve(std::io::Error::other(e)))?
+                .map_err(StartError::Serve);
+        }
+    };
+    match loaded {
         Ok(hosted) => {
             state.set_ready(hosted);
             tracing::info!("coldpath-serve ready");
@@ -377,9 +574,9 @@ pub async fn run(
         .await
         .map_err(|e| StartError::Serve(std::io::Error::other(e)))?
         .map_err(StartError::Serve)?;
-    if let Some(hosted) = state.take_hosted() {
+    if finished && let Some(hosted) = state.take_hosted() {
         hosted.close().await;
     }
     tracing::info!(finished, "coldpath-serve stopped");
-    Ok(())
+    Ok(finished)
 }

@@ -11,7 +11,7 @@
 //! throw it away (under overload, long batches straddling deadlines wasted most of the work).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use coldpath_io::{TaskError, spawn_blocking};
@@ -77,10 +77,51 @@ struct Entry<M: BatchModel> {
     reply: oneshot::Sender<Reply<M>>,
 }
 
+/// When the model call now running started, for the watchdog: a model call that never returns
+/// must show, or the queue behind it stalls while the server still looks ready.
+#[derive(Debug)]
+struct Running {
+    /// The clock's zero; `since` counts from it.
+    epoch: Instant,
+    /// Microseconds from `epoch` to the start of the running call, plus one; 0 when idle.
+    since: AtomicU64,
+}
+
+impl Running {
+    fn new() -> Self {
+        Running {
+            epoch: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    fn start(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64 + 1;
+        self.since.store(now, Ordering::Release);
+    }
+
+    fn stop(&self) {
+        self.since.store(0, Ordering::Release);
+    }
+
+    /// How long the running call has taken so far; `None` when the model is idle.
+    fn elapsed(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_micros(since - 1)),
+            ),
+        }
+    }
+}
+
 /// The submitting side of one model's queue; cheap to share behind an `Arc`.
 pub struct Batcher<M: BatchModel> {
     name: &'static str,
     tx: mpsc::Sender<Entry<M>>,
+    running: Arc<Running>,
     /// Requests admitted and not yet answered: those queued, those in the batch running, and
     /// those still being prepared (tokenized, decoded), which would otherwise be unbounded.
     admission: Semaphore,
@@ -88,17 +129,33 @@ pub struct Batcher<M: BatchModel> {
     metrics: ModelMetrics,
 }
 
-/// A request's place, taken before its preparation (tokenizing, decoding a photo) and held
-/// until it is answered, so the work and memory in flight stay bounded.
+/// A request's place, taken before its body is read and before its preparation (tokenizing,
+/// fetching and decoding a photo), and held until it is answered, so the work and memory in
+/// flight stay bounded. Its deadline runs from here: reading, fetching and decoding count.
 pub struct Admission<'a, M: BatchModel> {
     batcher: &'a Batcher<M>,
     _permit: SemaphorePermit<'a>,
+    admitted: Instant,
 }
 
 impl<M: BatchModel> Admission<'_, M> {
+    /// When the request must be answered by (the policy's deadline after admission).
+    pub fn deadline(&self) -> Instant {
+        self.admitted + self.batcher.policy.deadline
+    }
+
+    /// The refusal for a request whose preparation ran past [`Admission::deadline`].
+    pub fn expired(&self) -> BatchError<M::Error> {
+        self.batcher.metrics.rejected("deadline");
+        BatchError::Deadline {
+            model: self.batcher.name,
+            deadline: self.batcher.policy.deadline,
+        }
+    }
+
     /// Queues the prepared `input` and waits for its output (see [`Batcher::submit`]).
     pub async fn submit(self, input: M::Input) -> Reply<M> {
-        self.batcher.enqueue(input).await
+        self.batcher.enqueue(input, self.admitted).await
     }
 }
 
@@ -112,11 +169,20 @@ impl<M: BatchModel> Batcher<M> {
         metrics: ModelMetrics,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(policy.queue);
-        let task = tokio::spawn(batch_loop(name, model, rx, policy, metrics.clone()));
+        let running = Arc::new(Running::new());
+        let task = tokio::spawn(batch_loop(
+            name,
+            model,
+            rx,
+            policy,
+            metrics.clone(),
+            Arc::clone(&running),
+        ));
         (
             Batcher {
                 name,
                 tx,
+                running,
                 admission: Semaphore::new(policy.queue + policy.max_items),
                 policy,
                 metrics,
@@ -127,6 +193,11 @@ impl<M: BatchModel> Batcher<M> {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// How long the model call now running has taken; `None` when the model is idle.
+    pub fn running_for(&self) -> Option<Duration> {
+        self.running.elapsed()
     }
 
     /// Requests waiting in the queue (not those in the batch running now).
@@ -141,6 +212,7 @@ impl<M: BatchModel> Batcher<M> {
             Ok(permit) => Ok(Admission {
                 batcher: self,
                 _permit: permit,
+                admitted: Instant::now(),
             }),
             Err(TryAcquireError::NoPermits) => Err(self.full()),
             Err(TryAcquireError::Closed) => Err(BatchError::Closed { model: self.name }),
@@ -162,8 +234,16 @@ impl<M: BatchModel> Batcher<M> {
         self.admit()?.submit(input).await
     }
 
-    async fn enqueue(&self, input: M::Input) -> Reply<M> {
-        let admitted = Instant::now();
+    async fn enqueue(&self, input: M::Input, admitted: Instant) -> Reply<M> {
+        let deadline = admitted + self.policy.deadline;
+        if Instant::now() >= deadline {
+            // Its preparation (body, fetch, decode) used up its time: it would only be dropped.
+            self.metrics.rejected("deadline");
+            return Err(BatchError::Deadline {
+                model: self.name,
+                deadline: self.policy.deadline,
+            });
+        }
         let (reply, mut rx) = oneshot::channel();
         let started = Arc::new(AtomicBool::new(false));
         let entry = Entry {
@@ -172,7 +252,7 @@ impl<M: BatchModel> Batcher<M> {
             weight: M::weight(&input),
             input,
             admitted,
-            deadline: admitted + self.policy.deadline,
+            deadline,
             reply,
         };
         match self.tx.try_send(entry) {
@@ -182,7 +262,7 @@ impl<M: BatchModel> Batcher<M> {
                 return Err(BatchError::Closed { model: self.name });
             }
         }
-        let answer = match tokio::time::timeout(self.policy.deadline, &mut rx).await {
+        let answer = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
             Ok(answer) => Ok(answer),
             // Past the deadline but its batch is running: wait for the answer it is computing.
             Err(_) if started.load(Ordering::Acquire) => Ok(rx.await),
@@ -234,6 +314,7 @@ async fn batch_loop<M: BatchModel>(
     mut rx: mpsc::Receiver<Entry<M>>,
     policy: BatchPolicy,
     metrics: ModelMetrics,
+    running: Arc<Running>,
 ) {
     // An entry taken from the queue that did not fit the batch before it: it opens the next.
     let mut held: Option<Entry<M>> = None;
@@ -276,7 +357,9 @@ async fn batch_loop<M: BatchModel>(
             batch.into_iter().map(|e| (e.input, e.reply)).unzip();
         let started = Instant::now();
         let model = Arc::clone(&model);
+        running.start();
         let outcome = spawn_blocking(move || model.run(inputs)).await;
+        running.stop();
         tracing::debug!(
             model = name,
             batch_size = replies.len(),

@@ -4,6 +4,7 @@
 //! ([`EmbeddingsConfig::from_env`], [`FacesConfig::from_env`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
@@ -29,6 +30,21 @@ pub struct BatchPolicy {
     pub deadline: Duration,
 }
 
+/// What one client connection may hold, so that neither many idle or slow clients nor a few
+/// large ones can exhaust the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections at most; one more is accepted and closed at once.
+    pub max: usize,
+    /// A request's head must arrive within this (an idle keep-alive connection is closed after
+    /// it too), and a body may not pause longer than this between two reads.
+    pub read_timeout: Duration,
+}
+
+/// Per connection, what its read buffer may grow to: request heads are small, and a body passes
+/// through this buffer in pieces of at most this size before the handler holds it.
+pub const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Everything `coldpath-serve` reads from the environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
@@ -47,9 +63,14 @@ pub struct ServeConfig {
     pub drain: Duration,
     /// `COLDPATH_SERVE_RETRY_AFTER_S`: the `Retry-After` a refused request is given.
     pub retry_after_s: u64,
-    /// `COLDPATH_SERVE_ALLOW_LOCAL_PATHS`: whether faces accepts `{"path"}` images (local
-    /// runs only; never on a network-facing deployment).
-    pub allow_local_paths: bool,
+    /// `COLDPATH_SERVE_MAX_CONNECTIONS` (1024) and `COLDPATH_SERVE_READ_TIMEOUT_MS` (10 s).
+    pub connections: ConnectionLimits,
+    /// `COLDPATH_SERVE_STALL_MS` (60 s): a model call running longer than this marks the
+    /// server not ready (`/ready` 503) until it returns, so the load balancer sends elsewhere.
+    pub stall: Duration,
+    /// `COLDPATH_SERVE_LOCAL_PATHS_DIR`: faces accepts `{"path"}` images, but only of files
+    /// inside this directory (local runs only; unset, the default, refuses every path).
+    pub local_paths_dir: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -115,12 +136,40 @@ impl ServeConfig {
             },
             drain: ms("COLDPATH_SERVE_DRAIN_MS", 25_000)?,
             retry_after_s: config::positive_or(env, "COLDPATH_SERVE_RETRY_AFTER_S", 1)? as u64,
-            allow_local_paths: config::bool_or(env, "COLDPATH_SERVE_ALLOW_LOCAL_PATHS", false)?,
+            connections: ConnectionLimits {
+                max: config::positive_or(env, "COLDPATH_SERVE_MAX_CONNECTIONS", 1024)?,
+                read_timeout: ms("COLDPATH_SERVE_READ_TIMEOUT_MS", 10_000)?,
+            },
+            stall: ms("COLDPATH_SERVE_STALL_MS", 60_000)?,
+            local_paths_dir: config::get(env, "COLDPATH_SERVE_LOCAL_PATHS_DIR").map(PathBuf::from),
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// The most memory that faces requests in flight can hold at once, beyond the loaded
+    /// models, from this configuration alone (`None` when faces is not hosted).
+    ///
+    /// A faces request holds nothing before it is admitted (its body stays in the client's
+    /// socket), and at most `queue + max_items` are admitted. An admitted one holds, one after
+    /// the other and each freed once the next exists: its body `B` (at most the photo's base64
+    /// and 64 KiB of JSON), the base64 text parsed out of it (at most `B`), the encoded photo
+    /// (`max_bytes`), and the decoder's pixels (at most `max_pixels` × 11 bytes: a 16-bit RGBA
+    /// frame and the RGB8 copy made from it). Its peak is the largest adjacent pair; each open
+    /// connection adds its read buffer.
+    pub fn faces_memory_bound(&self) -> Option<u64> {
+        let faces = self.faces.as_ref()?;
+        let limits = faces.image_limits;
+        let body = limits.max_bytes.saturating_mul(4) / 3 + 64 * 1024;
+        let pixels = limits.max_pixels.saturating_mul(11);
+        let per_request = (2 * body)
+            .max(body + limits.max_bytes)
+            .max(limits.max_bytes + pixels);
+        let admitted = (self.faces_batch.queue + self.faces_batch.max_items) as u64;
+        let connections = (self.connections.max * CONNECTION_BUFFER_BYTES) as u64;
+        Some(admitted * per_request + connections)
     }
 
     /// The hosted workloads' names, for logs and errors.
@@ -150,7 +199,10 @@ mod tests {
         assert_eq!(c.embeddings_batch.max_weight, Some(16_384));
         assert_eq!(c.faces_batch.max_weight, None);
         assert_eq!(c.drain, Duration::from_secs(25));
-        assert!(!c.allow_local_paths);
+        assert_eq!(c.connections.max, 1024);
+        assert_eq!(c.connections.read_timeout, Duration::from_secs(10));
+        assert_eq!(c.stall, Duration::from_secs(60));
+        assert_eq!(c.local_paths_dir, None);
     }
 
     #[test]
@@ -161,6 +213,9 @@ mod tests {
             ("COLDPATH_SERVE_HOST", "127.0.0.1"),
             ("COLDPATH_SERVE_FACES_QUEUE", "2"),
             ("COLDPATH_SERVE_FACES_DEADLINE_MS", "50"),
+            ("COLDPATH_SERVE_MAX_CONNECTIONS", "3"),
+            ("COLDPATH_SERVE_READ_TIMEOUT_MS", "250"),
+            ("COLDPATH_SERVE_LOCAL_PATHS_DIR", "events/data"),
         ]))
         .unwrap();
         assert_eq!(c.workloads(), ["faces"]);
@@ -168,7 +223,12 @@ mod tests {
         assert_eq!(c.addr(), "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.faces_batch.queue, 2);
         assert_eq!(c.faces_batch.deadline, Duration::from_millis(50));
+        assert_eq!(c.connections.max, 3);
+        assert_eq!(c.connections.read_timeout, Duration::from_millis(250));
+        assert_eq!(c.local_paths_dir, Some(PathBuf::from("events/data")));
         for (k, v) in [
+            ("COLDPATH_SERVE_MAX_CONNECTIONS", "0"),
+            ("COLDPATH_SERVE_STALL_MS", "soon"),
             ("COLDPATH_SERVE_WORKLOADS", "embeddings,captions"),
             ("COLDPATH_SERVE_WORKLOADS", ","),
             ("PORT", "http"),

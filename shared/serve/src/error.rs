@@ -22,13 +22,16 @@ pub enum StartError {
     Faces(#[from] coldpath_faces::InitError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    /// `COLDPATH_SERVE_LOCAL_PATHS_DIR` names no usable directory.
+    #[error("COLDPATH_SERVE_LOCAL_PATHS_DIR: {0}")]
+    LocalPaths(String),
 }
 
 impl Classify for StartError {
     fn error_type(&self) -> ErrorType {
         match self {
             StartError::Config(e) => e.error_type(),
-            StartError::Bind { .. } => ErrorType::Config,
+            StartError::Bind { .. } | StartError::LocalPaths(_) => ErrorType::Config,
             StartError::Embeddings(e) => e.error_type(),
             StartError::Faces(e) => e.error_type(),
             StartError::Serve(_) => ErrorType::Internal,
@@ -62,6 +65,9 @@ pub enum RequestError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// The client stopped sending its body: 408.
+    #[error("{0}")]
+    SlowClient(String),
 }
 
 impl Classify for RequestError {
@@ -71,7 +77,9 @@ impl Classify for RequestError {
             RequestError::Embeddings(e) => e.error_type(),
             RequestError::Faces(e) => e.error_type(),
             RequestError::Overloaded(_) | RequestError::Unavailable(_) => ErrorType::Retryable,
-            RequestError::NotHosted { .. } | RequestError::NotFound(_) => ErrorType::InvalidInput,
+            RequestError::NotHosted { .. }
+            | RequestError::NotFound(_)
+            | RequestError::SlowClient(_) => ErrorType::InvalidInput,
         }
     }
 }
@@ -81,6 +89,7 @@ impl RequestError {
         match self {
             RequestError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::NotHosted { .. } | RequestError::NotFound(_) => StatusCode::NOT_FOUND,
+            RequestError::SlowClient(_) => StatusCode::REQUEST_TIMEOUT,
             other => StatusCode::from_u16(other.error_type().http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }

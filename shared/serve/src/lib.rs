@@ -13,8 +13,11 @@
 //! Each model has one bounded queue and one batching task ([`batcher`]): full queue → 429 with
 //! `Retry-After`, still queued at the deadline → 503 (a started batch is always answered), a
 //! caller that went away is dropped before it runs.
+//! A request takes its queue place before its body is read, and reads it under its route's
+//! limit, the read timeout and its deadline; connections are capped and their heads timed
+//! ([`app::serve`]). A model call past `COLDPATH_SERVE_STALL_MS` turns `/ready` to 503.
 //! SIGTERM stops accepting, finishes what is queued within `COLDPATH_SERVE_DRAIN_MS`, and the
-//! process exits 0.
+//! process exits 0 (at once when the models are still loading).
 
 pub mod app;
 pub mod batcher;
@@ -24,7 +27,7 @@ pub mod metrics;
 pub mod workloads;
 
 pub use app::{AppState, router, run, serve, shutdown_signal};
-pub use config::{BatchPolicy, ServeConfig};
+pub use config::{BatchPolicy, ConnectionLimits, ServeConfig};
 pub use error::{RequestError, StartError};
 pub use metrics::Metrics;
 pub use workloads::{Hosted, load};

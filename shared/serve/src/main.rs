@@ -2,16 +2,31 @@
 //! (then drain and exit 0). Everything else is in the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use coldpath_aws::ObjectStore;
 use coldpath_core::{Classify, ProcessEnv};
 use coldpath_serve::{ServeConfig, StartError, run, shutdown_signal};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     coldpath_runtime::init_tracing();
-    match start().await {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("coldpath-serve failed: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(start());
+    // A model call or a model load still running on the blocking pool (stuck, cut short by
+    // the drain deadline, or a load interrupted by SIGTERM) must not hold the exit: dropping
+    // the runtime would wait for it without bound.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(_finished) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error_type = %e.error_type(), "coldpath-serve failed: {e}");
             ExitCode::FAILURE
@@ -19,7 +34,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn start() -> Result<(), StartError> {
+async fn start() -> Result<bool, StartError> {
     let config = ServeConfig::from_env(&ProcessEnv)?;
     let store = ObjectStore::from_env(&ProcessEnv).await?;
     tracing::info!(

@@ -7,7 +7,10 @@
 //!   and items (texts, photos) per batch run;
 //! - `coldpath_serve_queue_wait_seconds{model}`: time from admission to batching;
 //! - `coldpath_serve_rejected_total{model,reason}`: requests that never ran (`queue_full`,
-//!   `deadline`, `cancelled` when the client went away).
+//!   `deadline`, `cancelled` when the client went away);
+//! - `coldpath_serve_connections`: open client connections;
+//! - `coldpath_serve_connections_refused_total`: connections closed at once because
+//!   `COLDPATH_SERVE_MAX_CONNECTIONS` were open.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +71,8 @@ pub struct Metrics {
     batch_items: Histograms<Model>,
     queue_wait: Histograms<Model>,
     rejected: Family<Rejection, Counter>,
+    connections: Gauge,
+    connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +92,8 @@ impl Metrics {
             batch_items: Family::new_with_constructor(size_histogram),
             queue_wait: Family::new_with_constructor(latency_histogram),
             rejected: Family::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,6 +132,16 @@ impl Metrics {
                 "Requests that never ran, by model and reason",
                 m.rejected.clone(),
             );
+            r.register(
+                "coldpath_serve_connections",
+                "Open client connections",
+                m.connections.clone(),
+            );
+            r.register(
+                "coldpath_serve_connections_refused",
+                "Connections closed at once because the connection limit was reached",
+                m.connections_refused.clone(),
+            );
         }
         m
     }
@@ -142,6 +159,20 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A connection was accepted (`true`) or has closed (`false`).
+    pub fn connection(&self, opened: bool) {
+        if opened {
+            self.connections.inc();
+        } else {
+            self.connections.dec();
+        }
+    }
+
+    /// A connection was closed at once: the limit was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// The handle a model's batcher records through.

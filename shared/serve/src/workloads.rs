@@ -22,6 +22,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use coldpath_aws::ObjectStore;
+use coldpath_core::ErrorType;
 use coldpath_embeddings::api::{self, Limits};
 use coldpath_embeddings::{EmbedError, Embedded, EmbeddingsError, EmbeddingsService, OnnxEmbedder};
 use coldpath_faces::request as faces_request;
@@ -32,7 +33,7 @@ use serde_json::Value;
 use tokenizers::Encoding;
 use tokio::task::JoinHandle;
 
-use crate::batcher::{BatchError, BatchModel, Batcher};
+use crate::batcher::{Admission, BatchError, BatchModel, Batcher};
 use crate::config::ServeConfig;
 use crate::error::{RequestError, StartError};
 use crate::metrics::Metrics;
@@ -115,21 +116,38 @@ impl EmbeddingsWorkload {
         )
     }
 
-    /// Answers one OpenAI embeddings request body.
-    pub async fn handle(&self, body: &Value) -> Result<Value, RequestError> {
+    /// A place in the queue, taken before the request's body is read (429 when full).
+    pub fn admit(&self) -> Result<Admission<'_, EmbeddingsModel>, RequestError> {
+        self.batcher.admit().map_err(|e| self.refused(e))
+    }
+
+    /// The refusal for an admitted request whose deadline passed before it was queued.
+    pub fn expired(&self, admission: &Admission<'_, EmbeddingsModel>) -> RequestError {
+        self.refused(admission.expired())
+    }
+
+    /// Answers one OpenAI embeddings request body (the function's own parsing and limits).
+    pub async fn handle(
+        &self,
+        admission: Admission<'_, EmbeddingsModel>,
+        body: &[u8],
+    ) -> Result<Value, RequestError> {
+        let body = coldpath_embeddings::http::parse_body(body, self.limits.max_request_bytes)
+            .map_err(|(kind, message)| RequestError::Body { kind, message })?;
         let embedder = self.model.embedder();
         let request = api::parse_request(
-            body,
+            &body,
             &self.model_name,
             coldpath_embeddings::Embed::dimensions(embedder),
             &self.limits,
         )
         .map_err(EmbeddingsError::from)?;
-        let admission = self.batcher.admit().map_err(|e| self.refused(e))?;
         let model = Arc::clone(&self.model);
         let texts = request.input;
-        let encodings = run_blocking(move || model.embedder().tokenize(&texts))
+        let tokenized = run_blocking(move || model.embedder().tokenize(&texts));
+        let encodings = tokio::time::timeout_at(admission.deadline().into(), tokenized)
             .await
+            .map_err(|_| self.expired(&admission))?
             .map_err(EmbeddingsError::from)?
             .map_err(EmbeddingsError::from)?;
         let embedded = admission
@@ -205,15 +223,38 @@ impl FacesWorkload {
         photo.saturating_mul(4) / 3 + 64 * 1024
     }
 
-    /// Answers one faces request body (`{"image": ..., "min_score"?, "max_faces"?}`).
-    pub async fn handle(&self, body: &Value) -> Result<Value, RequestError> {
+    /// A place in the queue, taken before the request's body is read (429 when full): it
+    /// bounds the photos held at once, as bodies, encoded bytes and pixels.
+    pub fn admit(&self) -> Result<Admission<'_, FacesModel>, RequestError> {
+        self.batcher.admit().map_err(refused)
+    }
+
+    /// The refusal for an admitted request whose deadline passed before it was queued.
+    pub fn expired(&self, admission: &Admission<'_, FacesModel>) -> RequestError {
+        refused(admission.expired())
+    }
+
+    /// Answers one faces request body (`{"image": ..., "min_score"?, "max_faces"?}`). The
+    /// body is parsed straight into the request and freed; the photo is then fetched or
+    /// decoded from base64 without a copy, within the request's deadline.
+    pub async fn handle(
+        &self,
+        admission: Admission<'_, FacesModel>,
+        body: Vec<u8>,
+    ) -> Result<Value, RequestError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(RequestError::Body {
+                kind: ErrorType::InvalidInput,
+                message: "request body is empty; send a JSON object with 'image'".to_string(),
+            });
+        }
         let request =
-            faces_request::parse_request(body, &self.defaults).map_err(FacesError::from)?;
-        let admission = self.batcher.admit().map_err(refused)?;
-        let decoded = self
-            .loader
-            .load(&request.image)
+            faces_request::parse_request_bytes(&body, &self.defaults).map_err(FacesError::from)?;
+        drop(body);
+        let loaded = self.loader.load_owned(request.image);
+        let decoded = tokio::time::timeout_at(admission.deadline().into(), loaded)
             .await
+            .map_err(|_| self.expired(&admission))?
             .map_err(FacesError::from)?;
         let (width, height) = (decoded.width(), decoded.height());
         let found = admission
@@ -271,6 +312,18 @@ impl Hosted {
             d.push((f.batcher.name(), f.batcher.depth()));
         }
         d
+    }
+
+    /// How long each model's running call has taken (`None`: idle), for the watchdog.
+    pub fn running_for(&self) -> Vec<(&'static str, Option<std::time::Duration>)> {
+        let mut r = Vec::new();
+        if let Some(e) = &self.embeddings {
+            r.push((e.batcher.name(), e.batcher.running_for()));
+        }
+        if let Some(f) = &self.faces {
+            r.push((f.batcher.name(), f.batcher.running_for()));
+        }
+        r
     }
 
     /// Drops the queues and waits for the batching tasks to answer what they hold.
@@ -339,10 +392,16 @@ pub async fn load(
             );
             tasks.push(task);
             coldpath_image::load_native_codecs(&c.image_codecs).log();
+            let mut loader = ImageLoader::new(store, c.image_limits, false);
+            if let Some(dir) = &config.local_paths_dir {
+                loader = loader
+                    .confine_paths_to(dir)
+                    .map_err(|e| StartError::LocalPaths(e.to_string()))?;
+            }
             Some(FacesWorkload {
                 model,
                 batcher,
-                loader: ImageLoader::new(store, c.image_limits, config.allow_local_paths),
+                loader,
                 defaults: c.detect,
             })
         }

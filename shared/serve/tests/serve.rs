@@ -851,9 +851,15 @@ struct Process {
 
 /// Starts `coldpath-serve` on a free port and waits until it logs that it is ready.
 fn spawn_binary(workloads: &str) -> Process {
+    spawn_binary_with(workloads, &[])
+}
+
+fn spawn_binary_with(workloads: &str, extra: &[(&str, &str)]) -> Process {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coldpath-serve"));
-    for (k, v) in &env(&[("COLDPATH_SERVE_WORKLOADS", workloads)]).0 {
+    let mut vars = vec![("COLDPATH_SERVE_WORKLOADS", workloads)];
+    vars.extend_from_slice(extra);
+    for (k, v) in &env(&vars).0 {
         cmd.env(k, v);
     }
     cmd.env("COLDPATH_LOG_FORMAT", "json")
@@ -1050,4 +1056,420 @@ async fn soak_keeps_answers_right_and_memory_flat() {
     .expect("wait task")
     .expect("wait");
     assert!(status.success(), "exit status {status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile load: floods of large uploads, slow and idle clients, stuck model calls.
+
+/// Peak resident set size of a process so far (`VmHWM`), from /proc.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+/// Sends a request head announcing `body_len` bytes with `Expect: 100-continue`, as curl does
+/// for large uploads, and sends the body only if the server asks for it. Returns whether the
+/// server asked (it read the body) and its final answer.
+async fn upload_expecting_continue(
+    addr: SocketAddr,
+    path: &str,
+    body: Arc<Vec<u8>>,
+) -> (bool, Reply) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.expect("read response head");
+        assert!(n > 0, "connection closed before a response head");
+        raw.push(byte[0]);
+    }
+    if !raw.starts_with(b"HTTP/1.1 100") {
+        stream.read_to_end(&mut raw).await.expect("read response");
+        return (false, parse_reply(&raw));
+    }
+    raw.clear();
+    stream.write_all(&body).await.expect("write body");
+    stream.read_to_end(&mut raw).await.expect("read response");
+    (true, parse_reply(&raw))
+}
+
+/// Forty clients post 30 MB bodies at once to a faces queue of 4: the requests beyond the
+/// admitted ones get 429 before a byte of their bodies is read, and the server's peak memory
+/// stays under the bound its configuration states (`ServeConfig::faces_memory_bound`).
+/// Reading every body before admission, as the server once did, held 40 × 30 MB at once and
+/// fails this bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_large_uploads_is_refused_before_the_bodies_are_read_and_memory_holds() {
+    let extra = [
+        ("COLDPATH_SERVE_FACES_QUEUE", "4"),
+        ("COLDPATH_SERVE_FACES_MAX_BATCH", "1"),
+        ("COLDPATH_SERVE_MAX_CONNECTIONS", "64"),
+        // The flood's bodies are not photos, so no pixels are decoded: keep the stated bound
+        // about bodies, not about a 50 MP decode that cannot happen here.
+        ("COLDPATH_IMAGE_MAX_PIXELS", "1000000"),
+    ];
+    let config = ServeConfig::from_env(&env(&extra)).expect("config");
+    let bound = config.faces_memory_bound().expect("faces is hosted");
+    let p = spawn_binary_with("faces", &extra);
+    let (addr, pid) = (p.addr, p.child.id());
+    // Settle: one real photo through the pipeline, so the sessions' arenas are in place.
+    let r = post(
+        addr,
+        "/v1/faces",
+        &json!({"image": {"base64": photo_base64("cat.jpg")}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = peak_rss_bytes(pid);
+    // 30 MB of base64 zeros: valid base64, decoded in full, then refused as no image.
+    let payload = "A".repeat(30_000_000 - 64);
+    let body = Arc::new(format!(r#"{{"image": {{"base64": "{payload}"}}}}"#).into_bytes());
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let body = Arc::clone(&body);
+            tokio::spawn(upload_expecting_continue(addr, "/v1/faces", body))
+        })
+        .collect();
+    let (mut read, mut refused_unread) = (0, 0);
+    for t in tasks {
+        let (asked, r) = t.await.expect("upload task");
+        match (asked, r.status) {
+            (true, 400) => read += 1,
+            (false, 429) => {
+                refused_unread += 1;
+                assert!(r.headers.contains_key("retry-after"));
+            }
+            other => panic!("{other:?}: {}", r.text()),
+        }
+    }
+    let grown = peak_rss_bytes(pid).saturating_sub(before);
+    assert!(
+        read >= 1 && refused_unread >= 1,
+        "{read} read, {refused_unread} refused"
+    );
+    assert!(
+        grown <= bound,
+        "peak memory grew {} MB under the flood, over the stated bound of {} MB",
+        grown >> 20,
+        bound >> 20
+    );
+    // Still serving.
+    let r = post(
+        addr,
+        "/v1/faces",
+        &json!({"image": {"base64": photo_base64("cat.jpg")}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eprintln!(
+        "flood: {read} bodies read, {refused_unread} refused unread; peak memory +{} MB (bound {} MB)",
+        grown >> 20,
+        bound >> 20
+    );
+}
+
+/// Hundreds of connections that send half a request head and stall: a normal request is
+/// still answered beside them, and the server closes each stalled one after the read timeout
+/// instead of holding it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_request_heads_are_closed_after_the_read_timeout() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_READ_TIMEOUT_MS", "1000"),
+    ]);
+    let addr = server.addr;
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-")
+            .await
+            .expect("write half a head");
+        slow.push(s);
+    }
+    let r = post(
+        addr,
+        "/v1/embeddings",
+        &json!({"input": "beside the stalled"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // An idle connection that never sends a byte is closed too.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let closes: Vec<_> = slow
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    for c in closes {
+        assert!(
+            c.await.expect("close task"),
+            "a stalled connection stayed open"
+        );
+    }
+    let mut buf = Vec::new();
+    let idle_closed = tokio::time::timeout(Duration::from_secs(30), idle.read_to_end(&mut buf))
+        .await
+        .is_ok();
+    assert!(idle_closed, "an idle connection stayed open");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let r = post(addr, "/v1/embeddings", &json!({"input": "after them"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(server.shutdown());
+}
+
+/// Past `COLDPATH_SERVE_MAX_CONNECTIONS` a connection is closed as soon as it is accepted, and
+/// counted; once one closes, the next is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_past_the_limit_are_closed_and_counted() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_MAX_CONNECTIONS", "2"),
+    ]);
+    let addr = server.addr;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        held.push(s);
+    }
+    // Let the server accept both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    let _ = third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut buf))
+        .await
+        .expect("the third connection is closed at once");
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "answered past the limit: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = get(addr, "/metrics").await.text();
+    assert!(
+        metric(&m, "coldpath_serve_connections_refused_total").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert!(server.shutdown());
+}
+
+/// A client that stops sending its body in the middle gets 408 after the read timeout, and its
+/// queue place is given back: with a queue of one, the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_body_gets_408_and_gives_its_place_back() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_EMBEDDINGS_QUEUE", "1"),
+        ("COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH", "1"),
+        ("COLDPATH_SERVE_READ_TIMEOUT_MS", "300"),
+    ]);
+    let addr = server.addr;
+    let mut stalls = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!(
+                "POST /v1/embeddings HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{\"input\": \"half"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        stalls.push(s);
+    }
+    // Both places are taken by the stalled bodies: a third request is refused meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = post(addr, "/v1/embeddings", &json!({"input": "while stalled"})).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    for mut s in stalls {
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+            .await
+            .expect("answered within the read timeout")
+            .expect("read");
+        let r = parse_reply(&raw);
+        assert_eq!(r.status, 408, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "InvalidInput");
+    }
+    let r = post(addr, "/v1/embeddings", &json!({"input": "after the stall"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(server.shutdown());
+}
+
+/// The deadline runs from admission: a body trickled in slower than the deadline allows (but
+/// never pausing as long as the read timeout) is answered 503 when the deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_deadline_covers_the_body_read() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "faces"),
+        ("COLDPATH_SERVE_FACES_DEADLINE_MS", "500"),
+        ("COLDPATH_SERVE_READ_TIMEOUT_MS", "5000"),
+    ]);
+    let addr = server.addr;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!(
+            "POST /v1/faces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000\r\n\r\n{{\"image\": {{\"base64\": \""
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            n = s.read(&mut buf) => {
+                let n = n.expect("read");
+                if n == 0 { break; }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                assert!(started.elapsed() < Duration::from_secs(10), "never answered");
+                let _ = s.write_all(b"AAAA").await;
+            }
+        }
+    }
+    let r = parse_reply(&raw);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("deadline"), "{}", r.text());
+    assert!(server.shutdown());
+}
+
+/// A model call that runs past `COLDPATH_SERVE_STALL_MS` turns `/ready` to 503 ("stalled",
+/// naming the model) while `/health` stays 200, and `/ready` recovers when the call returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_call_past_the_stall_bound_makes_the_server_not_ready_until_it_returns() {
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("COLDPATH_SERVE_STALL_MS", "50"),
+        ("COLDPATH_INTRA_THREADS", "1"),
+    ]);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    // 64 texts of about 60 tokens hold the session for about a second at one thread.
+    let long = "a photo of the whole family gathered on the terrace of the old house by the lake, \
+                with the grandparents, three children, two dogs and a birthday cake with candles";
+    let slow: Vec<String> = (0..64).map(|i| format!("{long} ({i})")).collect();
+    let call =
+        tokio::spawn(async move { post(addr, "/v1/embeddings", &json!({"input": slow})).await });
+    let started = Instant::now();
+    let stalled = loop {
+        let r = get(addr, "/ready").await;
+        if r.status == 503 {
+            break r.json();
+        }
+        assert!(
+            !call.is_finished(),
+            "the long call finished before /ready ever said stalled"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(stalled["status"], "stalled", "{stalled}");
+    assert_eq!(stalled["stalled"], json!(["embeddings"]), "{stalled}");
+    assert_eq!(get(addr, "/health").await.status, 200);
+    let r = call.await.expect("call");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    assert!(server.shutdown());
+}
+
+/// SIGTERM while the models are still loading (here: a model object store that accepts the
+/// connection and never answers) ends the process at once with 0, instead of after a load
+/// nobody will use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_loading_exits_at_once() {
+    use std::io::BufRead;
+    // A model store that never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", hang.local_addr().expect("address"));
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hang.incoming().take(8) {
+            conns.push(c);
+        }
+        conns
+    });
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coldpath-serve"));
+    for (k, v) in &env(&[("COLDPATH_SERVE_WORKLOADS", "embeddings")]).0 {
+        cmd.env(k, v);
+    }
+    cmd.env(
+        "EMBEDDINGS_MODEL_SOURCE",
+        "s3://models/embeddings/model.onnx",
+    )
+    .env("COLDPATH_OBJECT_STORE", "s3")
+    .env("AWS_ENDPOINT_URL", &endpoint)
+    .env("COLDPATH_S3_FORCE_PATH_STYLE", "true")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("AWS_REGION", "us-east-1")
+    .env("AWS_ACCESS_KEY_ID", "testing")
+    .env("AWS_SECRET_ACCESS_KEY", "testing")
+    .env("COLDPATH_CACHE_DIR", tempfile_dir())
+    .env("COLDPATH_LOG_FORMAT", "json")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start coldpath-serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    // Listening first (so /health answers while loading).
+    loop {
+        let line = lines.next().expect("a log line").expect("read log");
+        assert!(!line.contains("coldpath-serve ready"), "{line}");
+        if line.contains("coldpath-serve listening") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(matches!(child.try_wait(), Ok(None)), "still loading");
+    let sent = Instant::now();
+    sigterm(child.id());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM while loading"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    drop(held);
+}
+
+/// A fresh cache directory for a test's process (left for the OS to clean).
+fn tempfile_dir() -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "coldpath-serve-test-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).expect("cache dir");
+    dir.display().to_string()
 }
