@@ -102,7 +102,7 @@ STACK = "coldpath-rehearsal"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's account
 # A caption message becomes visible again this many seconds after a failed receive (the template
-# says 720 s = 6 x Timeout; the rehearsal cannot wait three times that for the DLQ).
+# says 740 s = 6 x Timeout + the batching window; the rehearsal cannot wait five times that for the DLQ).
 REHEARSAL_VISIBILITY = 2
 # Lambda gives one full vCPU at 1,769 MB and CPU in proportion to memory.
 MB_PER_VCPU = 1769
@@ -239,6 +239,13 @@ class Stack:
             if key == "Fn::Join":
                 sep, items = self.resolve(arg)
                 return sep.join(str(i) for i in items)
+            if key == "Fn::FindInMap":
+                # Mapping keys are strings; a Number parameter's default is looked up as its text.
+                name, top, second = (str(a) for a in self.resolve(arg))
+                try:
+                    return self.template["Mappings"][name][top][second]
+                except KeyError:
+                    raise RehearsalError(f"template: !FindInMap [{name}, {top}, {second}] finds nothing") from None
             if key.startswith("Fn::"):
                 raise RehearsalError(f"template: {key} is not modelled by the rehearsal")
         return {k: self.resolve(v) for k, v in node.items()}
@@ -400,7 +407,10 @@ def create_stack(stack: Stack, s3, sqs) -> list[str]:
         stack.attributes[(logical, "QueueName")] = name
         stack.attributes[(logical, "QueueUrl")] = url
     for logical in stack.of_type("AWS::Serverless::Function"):
-        name = f"{STACK}-{logical}-{suffix(logical)}"
+        props = stack.resources[logical].get("Properties", {})
+        # A FunctionName the template sets is honoured (its log group is named after it).
+        name = stack.resolve(props["FunctionName"]) if "FunctionName" in props else \
+            f"{STACK}-{logical}-{suffix(logical)}"
         stack.physical[logical] = name
         stack.attributes[(logical, "Arn")] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
     for logical in stack.of_type("AWS::Serverless::LayerVersion"):
