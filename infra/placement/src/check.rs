@@ -5,7 +5,8 @@
 //! The template is CloudFormation YAML with short-form intrinsics (`!Ref`, `!GetAtt`, `!Sub`);
 //! `serde_norway` keeps those as tagged values, and a `!Ref` to a template parameter resolves to
 //! the parameter's `Default`, which is what a deployment without overrides gets (a
-//! `!FindInMap` keyed by such a `!Ref` too).
+//! `!FindInMap` keyed by such a `!Ref` too). The rules about the stack as a whole rather than
+//! one function (alarm topics, access-log targets, log groups) are in [`crate::stack`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,20 @@ impl Template {
 
     pub(crate) fn resource(&self, id: &str) -> Option<&Value> {
         self.root.get("Resources")?.get(id)
+    }
+
+    /// The logical ids and bodies of the resources of one type, in template order.
+    pub(crate) fn resources_of_type<'a>(
+        &'a self,
+        resource_type: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.root
+            .get("Resources")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, r)| r.get("Type").and_then(Value::as_str) == Some(resource_type))
+            .filter_map(|(id, r)| Some((id.as_str()?, r)))
     }
 
     /// A property of a function, falling back to `Globals.Function`.

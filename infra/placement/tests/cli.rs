@@ -28,8 +28,8 @@ fn check_exits_zero_with_one_ok_line_per_function() {
     let ok: Vec<&str> = stdout.lines().filter(|l| l.starts_with("OK ")).collect();
     assert_eq!(
         ok.len(),
-        7,
-        "three functions, the pod, two worker files and the worker jobs: {stdout}"
+        8,
+        "three functions, the pod, the stack rules, two worker files and the worker jobs: {stdout}"
     );
 }
 
@@ -155,6 +155,21 @@ fn check_fails_when_the_caption_queue_dead_letters_after_fewer_than_five_receive
     assert!(
         m.len() == 1
             && m[0].starts_with("MISMATCH CaptioningFunction (captioning): queue CaptionQueue moves a message to its dead-letter queue after maxReceiveCount 4 receives, under 5"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_naming_the_stack_when_alarms_cannot_notify() {
+    let m = mismatches_when_edited(
+        "KmsMasterKeyId: !Ref AlarmTopicKey",
+        "KmsMasterKeyId: alias/aws/sns",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains(
+                "(stack): topic AlarmTopic is encrypted with the AWS-managed key alias/aws/sns"
+            ),
         "{m:?}"
     );
 }
