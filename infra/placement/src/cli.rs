@@ -283,10 +283,11 @@ fn check_gpu_worker(
     report("infra/gpu/Dockerfile", &in_image, true);
     report("infra/gpu/batch.yaml", &in_jobs, false);
     if let Some(d) = declaration {
-        let problems = check::check_batch_jobs(&batch, d);
+        let mut problems = check::check_batch_jobs(&batch, d);
+        problems.extend(stack::batch_log_group_problems(&batch));
         if problems.is_empty() {
             lines.push(
-                "OK captioning worker (infra/gpu/batch.yaml jobs): batch sizes, threshold, one GPU and memory as declared"
+                "OK captioning worker (infra/gpu/batch.yaml jobs): batch sizes, threshold, one GPU and memory as declared; logs to a retained group"
                     .to_string(),
             );
         }

@@ -8,7 +8,8 @@
 //! - A bucket's access-log target with no bucket policy letting `logging.s3.amazonaws.com` put
 //!   objects, scoped to this account's buckets: with ACLs disabled no log is ever delivered.
 //! - A function without its own log group (`/aws/lambda/<FunctionName>`) with a retention:
-//!   Lambda creates one on the first log line and keeps it forever.
+//!   Lambda creates one on the first log line and keeps it forever. The GPU pool's job
+//!   definitions likewise ([`batch_log_group_problems`], run on `infra/gpu/batch.yaml`).
 //!
 //! The rules are a table ([`RULES`]): a name for the OK line and a function from the template
 //! to its problems.
@@ -385,6 +386,46 @@ pub fn function_log_group_problems(template: &Template) -> Vec<String> {
     problems
 }
 
+/// Every AWS Batch job definition in `batch` sends its containers' output with the `awslogs`
+/// driver to a log group of that template with a `RetentionInDays` (Batch's default group,
+/// `/aws/batch/job`, is shared by every job of the account and kept forever).
+pub fn batch_log_group_problems(batch: &Template) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (job_id, job) in batch.resources_of_type("AWS::Batch::JobDefinition") {
+        let logging = properties(job)
+            .and_then(|p| p.get("ContainerProperties"))
+            .and_then(|c| c.get("LogConfiguration"));
+        let driver = logging
+            .and_then(|l| l.get("LogDriver"))
+            .and_then(Value::as_str);
+        let group_id = logging
+            .and_then(|l| l.get("Options"))
+            .and_then(|o| o.get("awslogs-group"))
+            .and_then(ref_target);
+        let group = group_id
+            .and_then(|id| batch.resource(id))
+            .filter(|g| g.get("Type").and_then(Value::as_str) == Some("AWS::Logs::LogGroup"));
+        match (driver, group) {
+            (Some("awslogs"), Some(group)) => {
+                let retention = properties(group)
+                    .and_then(|p| p.get("RetentionInDays"))
+                    .and_then(|v| batch.number(v));
+                if retention.is_none() {
+                    problems.push(format!(
+                        "{job_id}: log group {} has no RetentionInDays: the workers' logs would be kept forever",
+                        group_id.unwrap_or_default()
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{job_id}: ContainerProperties.LogConfiguration must use LogDriver awslogs with awslogs-group a !Ref to a \
+                 log group of this template (found driver {driver:?}, group {group_id:?}): Batch's default /aws/batch/job keeps logs forever"
+            )),
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -525,6 +566,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(function_log_group_problems(&template), Vec::<String>::new());
+    }
+
+    /// The real GPU pool template with `from` (which must occur exactly once) replaced by `to`.
+    fn mutated_batch(from: &str, to: &str) -> Template {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu/batch.yaml");
+        let text = std::fs::read_to_string(path).expect("infra/gpu/batch.yaml is readable");
+        assert_eq!(text.matches(from).count(), 1, "{from:?} must occur once");
+        Template::from_str(&text.replace(from, to), Path::new("batch.yaml")).unwrap()
+    }
+
+    #[test]
+    fn the_gpu_pool_logs_to_a_retained_group_and_is_rejected_otherwise() {
+        let unchanged = mutated_batch("LogDriver: awslogs", "LogDriver: awslogs");
+        assert_eq!(batch_log_group_problems(&unchanged), Vec::<String>::new());
+        let default_group = mutated_batch("            awslogs-group: !Ref WorkerLogGroup\n", "");
+        let problems = batch_log_group_problems(&default_group);
+        assert!(
+            problems.len() == 1
+                && problems[0].starts_with(
+                    "BulkJobDefinition: ContainerProperties.LogConfiguration must use"
+                ),
+            "{problems:?}"
+        );
+        let unretained = mutated_batch("      RetentionInDays: !Ref LogRetentionDays\n", "");
+        let problems = batch_log_group_problems(&unretained);
+        assert!(
+            problems.len() == 1
+                && problems[0].contains("log group WorkerLogGroup has no RetentionInDays"),
+            "{problems:?}"
+        );
     }
 
     #[test]
