@@ -329,18 +329,20 @@ fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
                 c.ok.push("s3 trigger".to_string());
             }
         }
-        Trigger::Sqs => check_sqs(t, d, &of_type("SQS"), timeout, &mut c),
+        Trigger::Sqs => check_sqs(t, d, &of_type("SQS"), prop("Timeout"), &mut c),
     }
     c
 }
 
+/// `timeout_value` is the function's `Timeout` as written (a number or a `!Ref`).
 fn check_sqs(
     t: &Template,
     d: &Declaration,
     events: &[&Value],
-    timeout: Option<f64>,
+    timeout_value: Option<&Value>,
     c: &mut FunctionCheck,
 ) {
+    let timeout = timeout_value.and_then(|v| t.number(v));
     let Some(event) = events.first() else {
         c.mismatches
             .push("is declared trigger = \"sqs\" but has no SQS event".to_string());
@@ -399,9 +401,8 @@ fn check_sqs(
              so a poison message would be retried until it expires"
         )),
     }
-    let visibility = qprops
-        .and_then(|p| p.get("VisibilityTimeout"))
-        .and_then(|v| t.number(v));
+    let visibility_value = qprops.and_then(|p| p.get("VisibilityTimeout"));
+    let visibility = visibility_value.and_then(|v| t.number(v));
     // No batching window is 0 s; one that cannot be resolved fails the check below.
     let batching_window = match props.and_then(|p| p.get("MaximumBatchingWindowInSeconds")) {
         None => Some(0.0),
@@ -418,9 +419,110 @@ fn check_sqs(
              plus the event source's MaximumBatchingWindowInSeconds {window:?} s"
         )),
     }
+    if let (Some(visibility_value), Some(timeout_value), Some(window)) =
+        (visibility_value, timeout_value, batching_window)
+    {
+        c.mismatches.extend(visibility_rows_problems(
+            t,
+            &queue_id,
+            visibility_value,
+            timeout_value,
+            window,
+        ));
+    }
     if reports_partial {
         c.ok.push("reports partial batch failures".to_string());
     }
+}
+
+/// When the visibility is looked up by the same parameter the function's `Timeout` is, every
+/// timeout that parameter allows must find a row, and each row must hold the visibility rule,
+/// not only the row of the default: a deployment may override the timeout.
+fn visibility_rows_problems(
+    t: &Template,
+    queue_id: &str,
+    visibility_value: &Value,
+    timeout_value: &Value,
+    window: f64,
+) -> Vec<String> {
+    let Some((map_name, parameter, attribute)) = find_in_map_by_parameter(visibility_value) else {
+        return Vec::new();
+    };
+    if ref_target(timeout_value) != Some(parameter) {
+        return Vec::new();
+    }
+    let Some(rows) = t
+        .root
+        .get("Mappings")
+        .and_then(|m| m.get(map_name))
+        .and_then(Value::as_mapping)
+    else {
+        return vec![format!(
+            "queue {queue_id} VisibilityTimeout looks up Mappings {map_name}, which does not exist"
+        )];
+    };
+    let key_text = |key: &Value| match key {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    // The timeouts a deployment may choose: the parameter's AllowedValues, or else every row.
+    let allowed: Vec<String> = match t
+        .root
+        .get("Parameters")
+        .and_then(|p| p.get(parameter))
+        .and_then(|p| p.get("AllowedValues"))
+        .and_then(Value::as_sequence)
+    {
+        Some(values) => values.iter().filter_map(key_text).collect(),
+        None => rows.keys().filter_map(key_text).collect(),
+    };
+    // The default's row is the one checked above, as deployed without overrides.
+    let default = t.parameter_default(parameter).and_then(key_text);
+    let mut problems = Vec::new();
+    for timeout_text in allowed {
+        if default.as_ref() == Some(&timeout_text) {
+            continue;
+        }
+        let visibility = rows
+            .get(timeout_text.as_str())
+            .and_then(|row| row.get(attribute))
+            .and_then(|v| t.number(v));
+        let Ok(timeout) = timeout_text.parse::<f64>() else {
+            problems.push(format!(
+                "{parameter} allows {timeout_text:?}, which is not a number of seconds"
+            ));
+            continue;
+        };
+        match visibility {
+            Some(v) if v >= VISIBILITY_TIMEOUT_FACTOR * timeout + window => {}
+            Some(v) => problems.push(format!(
+                "with {parameter} {timeout_text}, queue {queue_id} VisibilityTimeout is {v} s (Mappings {map_name}), \
+                 under {VISIBILITY_TIMEOUT_FACTOR} x {timeout_text} s + the {window} s batching window"
+            )),
+            None => problems.push(format!(
+                "{parameter} allows {timeout_text}, but Mappings {map_name} has no {attribute} for it: that deployment would fail"
+            )),
+        }
+    }
+    problems
+}
+
+/// `(map, parameter, attribute)` of a `!FindInMap [map, !Ref parameter, attribute]`.
+fn find_in_map_by_parameter(v: &Value) -> Option<(&str, &str, &str)> {
+    let args = match v {
+        Value::Tagged(t) if tag_is(&t.tag, "FindInMap") => &t.value,
+        Value::Mapping(m) if m.len() == 1 => m.get("Fn::FindInMap")?,
+        _ => return None,
+    };
+    let [map_name, top_key, second_key] = args.as_sequence()?.as_slice() else {
+        return None;
+    };
+    Some((
+        map_name.as_str()?,
+        ref_target(top_key)?,
+        second_key.as_str()?,
+    ))
 }
 
 /// Variables whose value the declaration fixes: a template that sets one to something else

@@ -147,6 +147,26 @@ fn check_fails_when_the_caption_queue_visibility_is_under_six_timeouts_and_the_w
 }
 
 #[test]
+fn check_fails_when_a_timeout_the_parameter_allows_has_a_short_or_missing_visibility() {
+    // Not the default's row: a deployment that overrides CaptioningTimeout to 600 s would get it.
+    let m = mismatches_when_edited(
+        "\"600\": {VisibilityTimeout: 3620}",
+        "\"600\": {VisibilityTimeout: 3600}",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains("with CaptioningTimeout 600, queue CaptionQueue VisibilityTimeout is 3600 s (Mappings CaptionQueueTiming)"),
+        "{m:?}"
+    );
+    let m = mismatches_when_edited("    \"900\": {VisibilityTimeout: 5420}\n", "");
+    assert!(
+        m.len() == 1
+            && m[0].contains("CaptioningTimeout allows 900, but Mappings CaptionQueueTiming has no VisibilityTimeout for it"),
+        "{m:?}"
+    );
+}
+
+#[test]
 fn check_fails_when_the_caption_queue_dead_letters_after_fewer_than_five_receives() {
     let m = mismatches_when_edited(
         "    Default: 5\n    MinValue: 5\n",
