@@ -558,6 +558,32 @@ mod tests {
         );
     }
 
+    /// A topic encrypted through a KMS alias of the template, whose key grants `services`.
+    fn topic_through_alias(services: &str) -> Template {
+        Template::from_str(
+            &format!(
+                "Resources:\n  Key:\n    Type: AWS::KMS::Key\n    Properties:\n      KeyPolicy:\n        Statement:\n          - Effect: Allow\n            Principal: {{Service: {services}}}\n            Action: kms:*\n            Resource: \"*\"\n  KeyAlias:\n    Type: AWS::KMS::Alias\n    Properties: {{AliasName: alias/alarms, TargetKeyId: !Ref Key}}\n  Topic:\n    Type: AWS::SNS::Topic\n    Properties: {{KmsMasterKeyId: !Ref KeyAlias}}\n  Alarm:\n    Type: AWS::CloudWatch::Alarm\n    Properties: {{OKActions: [!Ref Topic]}}\n"
+            ),
+            Path::new("t.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_topic_key_reached_through_an_alias_is_checked_like_the_key() {
+        assert_eq!(
+            alarm_topic_problems(&topic_through_alias("[cloudwatch.amazonaws.com]")),
+            Vec::<String>::new()
+        );
+        let problems = alarm_topic_problems(&topic_through_alias("events.amazonaws.com"));
+        assert!(
+            problems.len() == 1
+                && problems[0].contains("key Key, whose KeyPolicy does not allow")
+                && problems[0].contains("(Alarm)"),
+            "{problems:?}"
+        );
+    }
+
     #[test]
     fn an_unnamed_function_is_matched_by_its_ref() {
         let template = Template::from_str(
