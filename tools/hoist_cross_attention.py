@@ -30,6 +30,7 @@ Needs the `onnx` and `onnxruntime` packages (the repository's .venv has both).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -337,6 +338,22 @@ def dims_of(arg, fixed: dict[str, int]) -> list[int]:
     return out
 
 
+def vocab_size(session, src: Path) -> int:
+    """The decoder's vocabulary size: the last axis of its logits, or config.json's decoder
+    vocab_size where that axis is symbolic. Token ids fed to the decoder must be below it (its
+    embedding Gather refuses any other)."""
+    logits = next((o for o in session.get_outputs() if o.name == "logits"), None)
+    if logits is not None and isinstance(logits.shape[-1], int) and logits.shape[-1] > 0:
+        return logits.shape[-1]
+    config_path = src / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    size = config.get("decoder", {}).get("vocab_size") or config.get("vocab_size")
+    if not size:
+        sys.exit(f"cannot tell the vocabulary size: the logits' last axis is {logits and logits.shape[-1]!r} "
+                 f"and {config_path} has no decoder.vocab_size")
+    return int(size)
+
+
 def self_check(src: Path, dst: Path) -> None:
     """Original decoder vs (cross graph -> rewritten decoder), one no-cache and one cache step."""
     rng = np.random.default_rng(0)
@@ -352,7 +369,8 @@ def self_check(src: Path, dst: Path) -> None:
     states = rng.standard_normal(states_dims).astype(np.float32)
     past_names = [n for n in ins if n.startswith("past_key_values.")]
     heads, head_dim = ins[past_names[0]].shape[1], ins[past_names[0]].shape[3]
-    vocab = 50
+    # Ids from the model's own vocabulary: a tiny export may have fewer than 50 tokens.
+    vocab = vocab_size(original, src)
 
     hoisted = dict(zip([o.name for o in cross.get_outputs()], cross.run(None, {ENCODER_STATES: states})))
     # The runner selects rows of hoisted tensors instead of recomputing them: check that is right.

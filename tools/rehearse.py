@@ -16,7 +16,8 @@
 3. moto (S3 + SQS, `.venv/bin/python -m moto.server` on 127.0.0.1) gets the stack's buckets and
    queues under the names CloudFormation would give them; the captioning bundle is published with
    tools/deploy.py's `publish_bundle` (the documented publish step); a real photo
-   (events/data/photos/group.jpg) and a phone's HEIC (IMG_0001.HEIC) are uploaded under PhotoPrefix.
+   (events/data/photos/group.jpg) and a phone's HEIC (IMG_0001.HEIC) are uploaded under photos/,
+   where the README tells users to upload (not the template's PhotoPrefix, which is checked).
 4. Each function runs as Lambda lays it out, one sandbox after the other: the zip unpacked on
    /var/task (read-only), its layers unpacked in order on /opt (read-only: ONNX Runtime for
    every function, the image codecs too for faces and captioning), an empty tmpfs of
@@ -33,8 +34,8 @@
    list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
    Also checked: embeddings and faces load the graphs prepared in their zips (nothing optimised
    into /tmp), faces and captioning load the HEIC and AVIF decoders from the image-codecs layer
-   (no "image decoder not available" at init), the caption queue ends empty, the host's
-   /var/task is as it was.
+   (no "image decoder not available" at init), the caption queue ends empty, no sandbox mount
+   shows in the host's mount table and the host's /var/task is as it was.
 6. Prints each function's cold start from an empty /tmp (the function's own `cold start` record
    and the emulator's spawn-to-ready time), its peak RSS (VmHWM), and each result. Exit 0 when every
    step passed, 1 when any failed, 2 when a prerequisite is missing.
@@ -97,12 +98,18 @@ PHOTO_FACES = 3  # events/data/photos/README.md: three faces, two people
 # A phone's upload: the real six-person photo as an iPhone saves it (HEIC, the image-codecs layer).
 PHONE_PHOTO = ROOT / "events" / "data" / "photos" / "IMG_0001.HEIC"
 PHONE_PHOTO_FACES = 6
+# Where a user uploads photos, as the README's Deployment section documents it (`aws s3 cp
+# photo.jpg s3://<PhotoBucketName>/photos/photo.jpg`): the routing checks take the upload key
+# from this contract, not from the template's PhotoPrefix they check, and an upload elsewhere
+# in the bucket must reach neither consumer.
+DOCUMENTED_UPLOAD_PREFIX = "photos/"
+OUTSIDE_UPLOAD_KEY = "exports/" + "group.jpg"
 
 STACK = "coldpath-rehearsal"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's account
 # A caption message becomes visible again this many seconds after a failed receive (the template
-# says 720 s = 6 x Timeout; the rehearsal cannot wait three times that for the DLQ).
+# says 740 s = 6 x Timeout + the batching window; the rehearsal cannot wait five times that for the DLQ).
 REHEARSAL_VISIBILITY = 2
 # Lambda gives one full vCPU at 1,769 MB and CPU in proportion to memory.
 MB_PER_VCPU = 1769
@@ -239,6 +246,13 @@ class Stack:
             if key == "Fn::Join":
                 sep, items = self.resolve(arg)
                 return sep.join(str(i) for i in items)
+            if key == "Fn::FindInMap":
+                # Mapping keys are strings; a Number parameter's default is looked up as its text.
+                name, top, second = (str(a) for a in self.resolve(arg))
+                try:
+                    return self.template["Mappings"][name][top][second]
+                except KeyError:
+                    raise RehearsalError(f"template: !FindInMap [{name}, {top}, {second}] finds nothing") from None
             if key.startswith("Fn::"):
                 raise RehearsalError(f"template: {key} is not modelled by the rehearsal")
         return {k: self.resolve(v) for k, v in node.items()}
@@ -400,7 +414,10 @@ def create_stack(stack: Stack, s3, sqs) -> list[str]:
         stack.attributes[(logical, "QueueName")] = name
         stack.attributes[(logical, "QueueUrl")] = url
     for logical in stack.of_type("AWS::Serverless::Function"):
-        name = f"{STACK}-{logical}-{suffix(logical)}"
+        props = stack.resources[logical].get("Properties", {})
+        # A FunctionName the template sets is honoured (its log group is named after it).
+        name = stack.resolve(props["FunctionName"]) if "FunctionName" in props else \
+            f"{STACK}-{logical}-{suffix(logical)}"
         stack.physical[logical] = name
         stack.attributes[(logical, "Arn")] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
     for logical in stack.of_type("AWS::Serverless::LayerVersion"):
@@ -890,6 +907,72 @@ def list_results(s3, bucket: str, prefix: str) -> list[str]:
     return [o["Key"] for o in out.get("Contents", [])]
 
 
+def published_bundle_problems(s3, model_source: str, digests: dict[str, str]) -> list[str]:
+    """What is wrong with the bundle where captioning will look for it (its
+    CAPTIONING_MODEL_SOURCE, s3://bucket/prefix): each pinned file must be there, with the
+    digest CAPTIONING_MODEL_SHA256 pins. Empty when the function would find its model."""
+    source = urllib.parse.urlparse(model_source)
+    if source.scheme != "s3":
+        return [f"CAPTIONING_MODEL_SOURCE {model_source} is not an s3:// location"]
+    problems = []
+    for name, want in digests.items():
+        key = f"{source.path.strip('/')}/{name}"
+        try:
+            body = s3.get_object(Bucket=source.netloc, Key=key)["Body"].read()
+        except Exception as err:  # botocore's ClientError: NoSuchKey, NoSuchBucket
+            problems.append(f"s3://{source.netloc}/{key}: {err}")
+            continue
+        got = hashlib.sha256(body).hexdigest()
+        if got != want:
+            problems.append(f"s3://{source.netloc}/{key}: sha256 {got}, pinned {want}")
+    return problems
+
+
+def s3_routes(events: dict, bucket: str, key: str) -> list[dict]:
+    """The S3 events of a function that fire for an upload of s3://bucket/key."""
+    return [e["Properties"] for e in events.values()
+            if e["Type"] == "S3" and e["Properties"]["Bucket"] == bucket
+            and s3_filter_matches(e["Properties"], key)]
+
+
+def eventbridge_routes(stack: "Stack", queue_arn: str, event: dict) -> list[str]:
+    """The rules of the template that deliver `event` to the queue `queue_arn`."""
+    rules = [r for r in stack.of_type("AWS::Events::Rule")
+             if any(t["Arn"] == queue_arn for t in stack.resolve(stack.resources[r]["Properties"]["Targets"]))]
+    return [r for r in rules
+            if pattern_matches(stack.resolve(stack.resources[r]["Properties"]["EventPattern"]), event)]
+
+
+# The host paths a sandbox mounts over inside its own namespace.
+SANDBOX_MOUNT_POINTS = ("/var", "/var/task", "/var/runtime", "/opt", "/tmp")
+
+
+def host_state() -> dict:
+    """What the sandboxes must leave alone, seen from this process (the host's mount
+    namespace): its mount table, and whether /var/task exists. (Not the host's /tmp contents:
+    other work on a shared machine writes there; a sandbox /tmp that leaked would show as a
+    mount.)"""
+    mounts = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        # mount point, then the filesystem type and source after the " - " separator.
+        tail = line.split(" - ", 1)[1].split() if " - " in line else []
+        mounts.add((fields[4], *tail[:2]))
+    return {"mounts": mounts, "var_task": Path("/var/task").exists()}
+
+
+def host_changes(before: dict, after: dict) -> list[str]:
+    """How the host changed between two host_state() snapshots in the ways a sandbox that
+    escaped its mount namespace would change it."""
+    changes = [f"new mount {point} ({fstype} {source})"
+               for point, fstype, source in sorted(after["mounts"] - before["mounts"])
+               if point in SANDBOX_MOUNT_POINTS or source.startswith("coldpath-")
+               or point.startswith(str(WORK.resolve()))]
+    if before["var_task"] != after["var_task"]:
+        changes.append(f"/var/task {'appeared' if after['var_task'] else 'disappeared'}")
+    return changes
+
+
 # ---------------------------------------------------------------------------------------------
 # The steps.
 
@@ -958,7 +1041,7 @@ def rehearse(args, report: Report) -> int:
         raise RehearsalError("needs root: a private mount namespace (unshare --mount) and a cgroup")
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
         raise RehearsalError("unshare/nsenter (util-linux) are missing")
-    host_had_var_task = Path("/var/task").exists()
+    host_before = host_state()
     # Every AWS client here (and tools/deploy.py's) talks to moto with throwaway credentials;
     # a profile or real keys in the caller's environment must never reach it.
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
@@ -1004,16 +1087,21 @@ def rehearse(args, report: Report) -> int:
         model_prefix = params["CaptioningModelPrefix"]
         deploy.publish_bundle(CAPTIONING_FIXTURE, digests, model_bucket, model_prefix, REGION,
                               endpoint_url=endpoint)
-        report.step("publish captioning bundle", True,
-                    f"{len(digests)} files to s3://{model_bucket}/{model_prefix}/ (tools/deploy.py publish_bundle)")
+        # Read back from where the template points captioning, not where it was written.
+        model_source = specs["CaptioningFunction"].env.get("CAPTIONING_MODEL_SOURCE", "(not set)")
+        problems = published_bundle_problems(s3, model_source, digests)
+        report.step("publish captioning bundle", not problems,
+                    f"{len(digests)} files to s3://{model_bucket}/{model_prefix}/ (tools/deploy.py publish_bundle); "
+                    + ("; ".join(problems) if problems else
+                       f"all {len(digests)} found at CAPTIONING_MODEL_SOURCE {model_source} with their pinned sha256"))
 
         photo_bucket = stack.physical["PhotoBucket"]
         results_bucket = stack.physical["ResultsBucket"]
-        photo_key = params["PhotoPrefix"] + PHOTO.name
+        photo_key = DOCUMENTED_UPLOAD_PREFIX + PHOTO.name
         s3.put_object(Bucket=photo_bucket, Key=photo_key, Body=PHOTO.read_bytes())
         meta = head(s3, photo_bucket, photo_key)
         log(f"uploaded s3://{photo_bucket}/{photo_key} ({meta['ContentLength']} bytes)")
-        phone_key = params["PhotoPrefix"] + PHONE_PHOTO.name
+        phone_key = DOCUMENTED_UPLOAD_PREFIX + PHONE_PHOTO.name
         s3.put_object(Bucket=photo_bucket, Key=phone_key, Body=PHONE_PHOTO.read_bytes())
         phone_meta = head(s3, photo_bucket, phone_key)
 
@@ -1108,10 +1196,13 @@ def rehearse(args, report: Report) -> int:
 
         # 4. faces: the upload's S3 notification.
         faces_spec = specs["FacesFunction"]
-        s3_events = [e["Properties"] for e in faces_spec.events.values() if e["Type"] == "S3"]
-        routed = [p for p in s3_events if p["Bucket"] == photo_bucket and s3_filter_matches(p, photo_key)]
-        report.step("S3 notification routes the upload to faces", bool(routed),
-                    f"{len(routed)} of {len(s3_events)} S3 events match s3://{photo_bucket}/{photo_key}")
+        s3_events = [e for e in faces_spec.events.values() if e["Type"] == "S3"]
+        routed = s3_routes(faces_spec.events, photo_bucket, photo_key)
+        outside = s3_routes(faces_spec.events, photo_bucket, OUTSIDE_UPLOAD_KEY)
+        report.step("S3 notification routes the upload to faces", len(routed) == 1 and not outside,
+                    f"{len(routed)} of {len(s3_events)} S3 events match the documented upload "
+                    f"s3://{photo_bucket}/{photo_key} (want 1), {len(outside)} match "
+                    f"s3://{photo_bucket}/{OUTSIDE_UPLOAD_KEY} (want 0)")
         box = boot("FacesFunction")
         try:
             # The photo, then an iPhone's HEIC upload (decoded by the image-codecs layer's libheif).
@@ -1160,12 +1251,13 @@ def rehearse(args, report: Report) -> int:
         partial = "ReportBatchItemFailures" in mapping.get("FunctionResponseTypes", [])
 
         bridge = eventbridge_object_created(photo_bucket, photo_key, meta)
-        rules = [r for r in stack.of_type("AWS::Events::Rule")
-                 if any(t["Arn"] == queue_arn for t in stack.resolve(stack.resources[r]["Properties"]["Targets"]))]
-        matched = [r for r in rules
-                   if pattern_matches(stack.resolve(stack.resources[r]["Properties"]["EventPattern"]), bridge)]
-        report.step("EventBridge rule routes the upload to the caption queue", bool(matched),
-                    f"{', '.join(matched) or 'no rule'} matches the Object Created event")
+        matched = eventbridge_routes(stack, queue_arn, bridge)
+        stray = eventbridge_routes(stack, queue_arn,
+                                   eventbridge_object_created(photo_bucket, OUTSIDE_UPLOAD_KEY, meta))
+        report.step("EventBridge rule routes the upload to the caption queue",
+                    len(matched) == 1 and not stray,
+                    f"{', '.join(matched) or 'no rule'} matches the documented upload's Object Created event "
+                    f"(want one rule); {', '.join(stray) or 'none'} matches {OUTSIDE_UPLOAD_KEY}'s (want none)")
         good_id = sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(bridge))["MessageId"]
         poison_body = '{"id": "poison", "image": '  # truncated JSON: fails on every receive
         poison_id = sqs.send_message(QueueUrl=queue_url, MessageBody=poison_body)["MessageId"]
@@ -1229,8 +1321,12 @@ def rehearse(args, report: Report) -> int:
                 box.stop()
         moto.terminate()
         moto.wait()
-    report.step("host untouched", Path("/var/task").exists() == host_had_var_task,
-                "/var/task " + ("still absent" if not host_had_var_task else "as it was") + " on the host")
+    # The sandboxes mounted /var, /var/task, /opt and /tmp in their own namespaces; the host's
+    # mount table and /var/task must be as they were before the first one.
+    changes = host_changes(host_before, host_state())
+    report.step("host untouched", not changes,
+                "; ".join(changes) if changes else
+                f"no sandbox mount in the host's mount table ({len(host_before['mounts'])} mounts before), /var/task as before")
 
     if not args.keep:
         shutil.rmtree(WORK / "sandboxes", ignore_errors=True)

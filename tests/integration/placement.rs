@@ -179,7 +179,7 @@ fn check_fails_when_the_visibility_timeout_is_under_six_function_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let t = broken_template(
         dir.path(),
-        "      VisibilityTimeout: 720\n",
+        "      VisibilityTimeout: !FindInMap [CaptionQueueTiming, !Ref CaptioningTimeout, VisibilityTimeout]\n",
         "      VisibilityTimeout: 600\n",
     );
     let out = check(&t);

@@ -4,7 +4,9 @@
 //!
 //! The template is CloudFormation YAML with short-form intrinsics (`!Ref`, `!GetAtt`, `!Sub`);
 //! `serde_norway` keeps those as tagged values, and a `!Ref` to a template parameter resolves to
-//! the parameter's `Default`, which is what a deployment without overrides gets.
+//! the parameter's `Default`, which is what a deployment without overrides gets (a
+//! `!FindInMap` keyed by such a `!Ref` too). The rules about the stack as a whole rather than
+//! one function (alarm topics, access-log targets, log groups) are in [`crate::stack`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,8 +18,14 @@ use crate::error::{DeclarationError, TemplateError};
 
 /// An SQS queue's visibility timeout must be at least this many times the function's timeout
 /// (AWS's guidance for Lambda event source mappings), so a message is not handed to a second
-/// consumer while the first is still working on it, retries included.
+/// consumer while the first is still working on it, retries included. The event source's
+/// batching window comes on top: messages gathered into a batch are already received.
 pub const VISIBILITY_TIMEOUT_FACTOR: f64 = 6.0;
+
+/// The fewest receives before SQS moves a message to its dead-letter queue (AWS's advice for a
+/// Lambda consumer): a receive the poller makes while the function is throttled counts too, so
+/// fewer sends healthy messages to the dead-letter queue under load.
+pub const MIN_MAX_RECEIVE_COUNT: f64 = 5.0;
 
 /// One function's result: what was verified, or every mismatch found.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,8 +72,22 @@ impl Template {
         &self.path
     }
 
-    fn resource(&self, id: &str) -> Option<&Value> {
+    pub(crate) fn resource(&self, id: &str) -> Option<&Value> {
         self.root.get("Resources")?.get(id)
+    }
+
+    /// The logical ids and bodies of the resources of one type, in template order.
+    pub(crate) fn resources_of_type<'a>(
+        &'a self,
+        resource_type: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.root
+            .get("Resources")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, r)| r.get("Type").and_then(Value::as_str) == Some(resource_type))
+            .filter_map(|(id, r)| Some((id.as_str()?, r)))
     }
 
     /// A property of a function, falling back to `Globals.Function`.
@@ -76,29 +98,63 @@ impl Template {
             .or_else(|| self.root.get("Globals")?.get("Function")?.get(name))
     }
 
-    /// A number, or a `!Ref` / `{Ref: ...}` to a parameter whose `Default` is a number.
-    fn number(&self, v: &Value) -> Option<f64> {
+    /// A number, or a `!Ref` / `{Ref: ...}` to a parameter whose `Default` is a number, or a
+    /// `!FindInMap` whose value is one.
+    pub(crate) fn number(&self, v: &Value) -> Option<f64> {
         match v {
             Value::Number(n) => n.as_f64(),
             Value::String(s) => s.parse().ok(),
-            _ => self.number(self.parameter_default(ref_target(v)?)?),
+            _ => match ref_target(v) {
+                Some(parameter) => self.number(self.parameter_default(parameter)?),
+                None => self.number(self.find_in_map(v)?),
+            },
         }
     }
 
-    fn string<'a>(&'a self, v: &'a Value) -> Option<&'a str> {
+    pub(crate) fn string<'a>(&'a self, v: &'a Value) -> Option<&'a str> {
         match v {
             Value::String(s) => Some(s),
             _ => self.parameter_default(ref_target(v)?)?.as_str(),
         }
     }
 
-    fn parameter_default(&self, name: &str) -> Option<&Value> {
+    /// The value a `!FindInMap [Map, TopKey, SecondKey]` (or `{Fn::FindInMap: [...]}`) selects,
+    /// each key a literal or a `!Ref` to a parameter (its default). Mapping keys are strings,
+    /// so a number key is looked up as its text (a Number parameter's default 120 is "120").
+    fn find_in_map(&self, v: &Value) -> Option<&Value> {
+        let args = match v {
+            Value::Tagged(t) if tag_is(&t.tag, "FindInMap") => &t.value,
+            Value::Mapping(m) if m.len() == 1 => m.get("Fn::FindInMap")?,
+            _ => return None,
+        };
+        let [map_name, top_key, second_key] = args.as_sequence()?.as_slice() else {
+            return None;
+        };
+        let key_text = |key: &Value| -> Option<String> {
+            let key = match ref_target(key) {
+                Some(parameter) => self.parameter_default(parameter)?,
+                None => key,
+            };
+            match key {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        self.root
+            .get("Mappings")?
+            .get(map_name.as_str()?)?
+            .get(key_text(top_key)?)?
+            .get(key_text(second_key)?)
+    }
+
+    pub(crate) fn parameter_default(&self, name: &str) -> Option<&Value> {
         self.root.get("Parameters")?.get(name)?.get("Default")
     }
 }
 
 /// The logical id a `!Ref X` or `{Ref: X}` points at.
-fn ref_target(v: &Value) -> Option<&str> {
+pub(crate) fn ref_target(v: &Value) -> Option<&str> {
     match v {
         Value::Tagged(t) if tag_is(&t.tag, "Ref") => t.value.as_str(),
         Value::Mapping(m) if m.len() == 1 => m.get("Ref")?.as_str(),
@@ -107,7 +163,7 @@ fn ref_target(v: &Value) -> Option<&str> {
 }
 
 /// The logical id a `!GetAtt X.Arn`, `!GetAtt [X, Arn]` or `{Fn::GetAtt: [X, Arn]}` points at.
-fn get_att_target(v: &Value) -> Option<String> {
+pub(crate) fn get_att_target(v: &Value) -> Option<String> {
     let inner = match v {
         Value::Tagged(t) if tag_is(&t.tag, "GetAtt") => &t.value,
         Value::Mapping(m) if m.len() == 1 => m.get("Fn::GetAtt")?,
@@ -120,7 +176,7 @@ fn get_att_target(v: &Value) -> Option<String> {
     }
 }
 
-fn tag_is(tag: &serde_norway::value::Tag, name: &str) -> bool {
+pub(crate) fn tag_is(tag: &serde_norway::value::Tag, name: &str) -> bool {
     tag.to_string().trim_start_matches('!') == name
 }
 
@@ -273,18 +329,20 @@ fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
                 c.ok.push("s3 trigger".to_string());
             }
         }
-        Trigger::Sqs => check_sqs(t, d, &of_type("SQS"), timeout, &mut c),
+        Trigger::Sqs => check_sqs(t, d, &of_type("SQS"), prop("Timeout"), &mut c),
     }
     c
 }
 
+/// `timeout_value` is the function's `Timeout` as written (a number or a `!Ref`).
 fn check_sqs(
     t: &Template,
     d: &Declaration,
     events: &[&Value],
-    timeout: Option<f64>,
+    timeout_value: Option<&Value>,
     c: &mut FunctionCheck,
 ) {
+    let timeout = timeout_value.and_then(|v| t.number(v));
     let Some(event) = events.first() else {
         c.mismatches
             .push("is declared trigger = \"sqs\" but has no SQS event".to_string());
@@ -333,26 +391,138 @@ fn check_sqs(
         .and_then(|r| r.get("maxReceiveCount"))
         .and_then(|v| t.number(v));
     match (dlq, max_receive) {
-        (Some(_), Some(n)) if n >= 1.0 => c.ok.push(format!("queue {queue_id} has a DLQ after {n} receives")),
+        (Some(_), Some(n)) if n >= MIN_MAX_RECEIVE_COUNT => c.ok.push(format!("queue {queue_id} has a DLQ after {n} receives")),
+        (Some(_), Some(n)) if n >= 1.0 => c.mismatches.push(format!(
+            "queue {queue_id} moves a message to its dead-letter queue after maxReceiveCount {n} receives, \
+             under {MIN_MAX_RECEIVE_COUNT}: receives while the function is throttled count too, so healthy messages would be dead-lettered under load"
+        )),
         _ => c.mismatches.push(format!(
             "queue {queue_id} has no dead-letter queue (RedrivePolicy with deadLetterTargetArn and maxReceiveCount >= 1), \
              so a poison message would be retried until it expires"
         )),
     }
-    let visibility = qprops
-        .and_then(|p| p.get("VisibilityTimeout"))
-        .and_then(|v| t.number(v));
-    match (visibility, timeout) {
-        (Some(v), Some(to)) if v >= VISIBILITY_TIMEOUT_FACTOR * to => {
-            c.ok.push(format!("visibility timeout {v} s >= 6 x {to} s"));
+    let visibility_value = qprops.and_then(|p| p.get("VisibilityTimeout"));
+    let visibility = visibility_value.and_then(|v| t.number(v));
+    // No batching window is 0 s; one that cannot be resolved fails the check below.
+    let batching_window = match props.and_then(|p| p.get("MaximumBatchingWindowInSeconds")) {
+        None => Some(0.0),
+        Some(v) => t.number(v),
+    };
+    match (visibility, timeout, batching_window) {
+        (Some(v), Some(to), Some(window)) if v >= VISIBILITY_TIMEOUT_FACTOR * to + window => {
+            c.ok.push(format!(
+                "visibility timeout {v} s >= {VISIBILITY_TIMEOUT_FACTOR} x {to} s + {window} s batching window"
+            ));
         }
-        (v, to) => c.mismatches.push(format!(
-            "queue {queue_id} VisibilityTimeout {v:?} s must be at least {VISIBILITY_TIMEOUT_FACTOR} x the function Timeout {to:?} s"
+        (v, to, window) => c.mismatches.push(format!(
+            "queue {queue_id} VisibilityTimeout {v:?} s must be at least {VISIBILITY_TIMEOUT_FACTOR} x the function Timeout {to:?} s \
+             plus the event source's MaximumBatchingWindowInSeconds {window:?} s"
         )),
+    }
+    if let (Some(visibility_value), Some(timeout_value), Some(window)) =
+        (visibility_value, timeout_value, batching_window)
+    {
+        c.mismatches.extend(visibility_rows_problems(
+            t,
+            &queue_id,
+            visibility_value,
+            timeout_value,
+            window,
+        ));
     }
     if reports_partial {
         c.ok.push("reports partial batch failures".to_string());
     }
+}
+
+/// When the visibility is looked up by the same parameter the function's `Timeout` is, every
+/// timeout that parameter allows must find a row, and each row must hold the visibility rule,
+/// not only the row of the default: a deployment may override the timeout.
+fn visibility_rows_problems(
+    t: &Template,
+    queue_id: &str,
+    visibility_value: &Value,
+    timeout_value: &Value,
+    window: f64,
+) -> Vec<String> {
+    let Some((map_name, parameter, attribute)) = find_in_map_by_parameter(visibility_value) else {
+        return Vec::new();
+    };
+    if ref_target(timeout_value) != Some(parameter) {
+        return Vec::new();
+    }
+    let Some(rows) = t
+        .root
+        .get("Mappings")
+        .and_then(|m| m.get(map_name))
+        .and_then(Value::as_mapping)
+    else {
+        return vec![format!(
+            "queue {queue_id} VisibilityTimeout looks up Mappings {map_name}, which does not exist"
+        )];
+    };
+    let key_text = |key: &Value| match key {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    // The timeouts a deployment may choose: the parameter's AllowedValues, or else every row.
+    let allowed: Vec<String> = match t
+        .root
+        .get("Parameters")
+        .and_then(|p| p.get(parameter))
+        .and_then(|p| p.get("AllowedValues"))
+        .and_then(Value::as_sequence)
+    {
+        Some(values) => values.iter().filter_map(key_text).collect(),
+        None => rows.keys().filter_map(key_text).collect(),
+    };
+    // The default's row is the one checked above, as deployed without overrides.
+    let default = t.parameter_default(parameter).and_then(key_text);
+    let mut problems = Vec::new();
+    for timeout_text in allowed {
+        if default.as_ref() == Some(&timeout_text) {
+            continue;
+        }
+        let visibility = rows
+            .get(timeout_text.as_str())
+            .and_then(|row| row.get(attribute))
+            .and_then(|v| t.number(v));
+        let Ok(timeout) = timeout_text.parse::<f64>() else {
+            problems.push(format!(
+                "{parameter} allows {timeout_text:?}, which is not a number of seconds"
+            ));
+            continue;
+        };
+        match visibility {
+            Some(v) if v >= VISIBILITY_TIMEOUT_FACTOR * timeout + window => {}
+            Some(v) => problems.push(format!(
+                "with {parameter} {timeout_text}, queue {queue_id} VisibilityTimeout is {v} s (Mappings {map_name}), \
+                 under {VISIBILITY_TIMEOUT_FACTOR} x {timeout_text} s + the {window} s batching window"
+            )),
+            None => problems.push(format!(
+                "{parameter} allows {timeout_text}, but Mappings {map_name} has no {attribute} for it: that deployment would fail"
+            )),
+        }
+    }
+    problems
+}
+
+/// `(map, parameter, attribute)` of a `!FindInMap [map, !Ref parameter, attribute]`.
+fn find_in_map_by_parameter(v: &Value) -> Option<(&str, &str, &str)> {
+    let args = match v {
+        Value::Tagged(t) if tag_is(&t.tag, "FindInMap") => &t.value,
+        Value::Mapping(m) if m.len() == 1 => m.get("Fn::FindInMap")?,
+        _ => return None,
+    };
+    let [map_name, top_key, second_key] = args.as_sequence()?.as_slice() else {
+        return None;
+    };
+    Some((
+        map_name.as_str()?,
+        ref_target(top_key)?,
+        second_key.as_str()?,
+    ))
 }
 
 /// Variables whose value the declaration fixes: a template that sets one to something else

@@ -15,6 +15,7 @@ use crate::measurements::Measurements;
 use crate::plan::{self, Inputs};
 use crate::prices::Prices;
 use crate::profile::Profile;
+use crate::stack;
 
 pub const USAGE: &str = "usage:
   coldpath plan  --profile <file> [--measurements <toml|json>]... [--prices <file>] [--root <dir>] [--json]
@@ -22,7 +23,7 @@ pub const USAGE: &str = "usage:
 
 plan   decides pinned warm / serverless / bulk GPU per workload and prices the options
 check  verifies infra/template.yaml, the GPU worker's env and the pod (infra/pod) against the
-       declarations
+       declarations, and the stack's alarm topics, access-log targets and log groups
 ";
 
 /// Variables the GPU worker image must set; the rest of its configuration has defaults.
@@ -189,6 +190,9 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
         }
     }
 
+    // The rules about the stack as a whole (alarm topics, access-log targets, log groups).
+    results.push(stack::check_stack(&template));
+
     let mut lines = Vec::new();
     let mut failed = false;
     for r in &results {
@@ -279,10 +283,11 @@ fn check_gpu_worker(
     report("infra/gpu/Dockerfile", &in_image, true);
     report("infra/gpu/batch.yaml", &in_jobs, false);
     if let Some(d) = declaration {
-        let problems = check::check_batch_jobs(&batch, d);
+        let mut problems = check::check_batch_jobs(&batch, d);
+        problems.extend(stack::batch_log_group_problems(&batch));
         if problems.is_empty() {
             lines.push(
-                "OK captioning worker (infra/gpu/batch.yaml jobs): batch sizes, threshold, one GPU and memory as declared"
+                "OK captioning worker (infra/gpu/batch.yaml jobs): batch sizes, threshold, one GPU and memory as declared; logs to a retained group"
                     .to_string(),
             );
         }

@@ -6,7 +6,9 @@
 //! budget, keeps a workload warm; a backlog sends it to a bulk GPU; everything else scales to
 //! zero) and prices the options from `infra/placement/prices.toml` ([`prices`]) for a traffic
 //! profile ([`profile`]); [`check`] verifies that `infra/template.yaml` deploys each function the
-//! way its declaration says. The always-on pod (`coldpath-serve`, declared in
+//! way its declaration says, and [`stack`] that the stack as a whole can alert, log and keep its
+//! logs (alarm topics CloudWatch can publish to, access-log targets S3 can deliver to, a
+//! retained log group per function). The always-on pod (`coldpath-serve`, declared in
 //! `shared/serve/Cargo.toml`) is a second home for the warm set: the plan prices it against
 //! provisioned Lambda, and the check holds `infra/pod/service.yaml` and its images to it. The
 //! `coldpath` binary is a thin edge over [`cli`].
@@ -19,6 +21,7 @@ pub mod measurements;
 pub mod plan;
 pub mod prices;
 pub mod profile;
+pub mod stack;
 
 pub use check::{FunctionCheck, Template, check_template};
 pub use declaration::{Compute, Declaration, PodDeclaration, Trigger};

@@ -28,8 +28,8 @@ fn check_exits_zero_with_one_ok_line_per_function() {
     let ok: Vec<&str> = stdout.lines().filter(|l| l.starts_with("OK ")).collect();
     assert_eq!(
         ok.len(),
-        7,
-        "three functions, the pod, two worker files and the worker jobs: {stdout}"
+        8,
+        "three functions, the pod, the stack rules, two worker files and the worker jobs: {stdout}"
     );
 }
 
@@ -108,6 +108,90 @@ fn check_fails_when_the_image_codecs_layer_is_not_the_packaged_zip() {
             "{line}"
         );
     }
+}
+
+/// The MISMATCH lines of `coldpath check` on the real template with one edit.
+fn mismatches_when_edited(from: &str, to: &str) -> Vec<String> {
+    let (code, stderr) = check_edited(from, to);
+    assert_eq!(code, Some(1), "{stderr}");
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("MISMATCH"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn check_fails_when_the_caption_queue_visibility_is_under_six_timeouts_and_the_window() {
+    // The mapping's value for the default CaptioningTimeout (120 s) is what is deployed:
+    // 6 x 120 s is 720 s, but the 20 s batching window comes on top.
+    let m = mismatches_when_edited(
+        "\"120\": {VisibilityTimeout: 740}",
+        "\"120\": {VisibilityTimeout: 720}",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].starts_with("MISMATCH CaptioningFunction (captioning): queue CaptionQueue VisibilityTimeout Some(720.0) s")
+            && m[0].contains("MaximumBatchingWindowInSeconds Some(20.0) s"),
+        "{m:?}"
+    );
+    // A literal in place of the lookup is held to the same rule.
+    let m = mismatches_when_edited(
+        "VisibilityTimeout: !FindInMap [CaptionQueueTiming, !Ref CaptioningTimeout, VisibilityTimeout]",
+        "VisibilityTimeout: 600",
+    );
+    assert!(
+        m.len() == 1 && m[0].contains("VisibilityTimeout Some(600.0) s"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_a_timeout_the_parameter_allows_has_a_short_or_missing_visibility() {
+    // Not the default's row: a deployment that overrides CaptioningTimeout to 600 s would get it.
+    let m = mismatches_when_edited(
+        "\"600\": {VisibilityTimeout: 3620}",
+        "\"600\": {VisibilityTimeout: 3600}",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains("with CaptioningTimeout 600, queue CaptionQueue VisibilityTimeout is 3600 s (Mappings CaptionQueueTiming)"),
+        "{m:?}"
+    );
+    let m = mismatches_when_edited("    \"900\": {VisibilityTimeout: 5420}\n", "");
+    assert!(
+        m.len() == 1
+            && m[0].contains("CaptioningTimeout allows 900, but Mappings CaptionQueueTiming has no VisibilityTimeout for it"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_when_the_caption_queue_dead_letters_after_fewer_than_five_receives() {
+    let m = mismatches_when_edited(
+        "    Default: 5\n    MinValue: 5\n",
+        "    Default: 4\n    MinValue: 1\n",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].starts_with("MISMATCH CaptioningFunction (captioning): queue CaptionQueue moves a message to its dead-letter queue after maxReceiveCount 4 receives, under 5"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn check_fails_naming_the_stack_when_alarms_cannot_notify() {
+    let m = mismatches_when_edited(
+        "KmsMasterKeyId: !Ref AlarmTopicKey",
+        "KmsMasterKeyId: alias/aws/sns",
+    );
+    assert!(
+        m.len() == 1
+            && m[0].contains(
+                "(stack): topic AlarmTopic is encrypted with the AWS-managed key alias/aws/sns"
+            ),
+        "{m:?}"
+    );
 }
 
 #[test]
