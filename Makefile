@@ -56,9 +56,10 @@ demo: build
 	@echo "== captions in the local result sink, .cache/results/captioning/ (the generated tiny model: its words are noise)" >&2
 	@for r in .cache/results/captioning/*.json; do $(PYTHON) tools/show_response.py < "$$r"; done
 
-# fault-injection: the worker's process tests pause a batch mid-flight (never in release builds).
+# fault-injection: the worker's process tests pause a batch mid-flight, and the HEIC/AVIF decoder
+# child aborts, hangs or hogs memory on marker bytes (never in release builds).
 test: setup
-	@$(ENV); $(CARGO) test --workspace --locked --features coldpath-captioning/fault-injection
+	@$(ENV); $(CARGO) test --workspace --locked --features coldpath-captioning/fault-injection,coldpath-image/fault-injection
 
 # The full chaos soak: 1000 messages, workers killed and stopped at random (make test runs 120).
 SOAK_MESSAGES ?= 1000
@@ -98,7 +99,7 @@ bench-serve: setup setup-wrk
 
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --locked --features coldpath-captioning/fault-injection -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked --features coldpath-captioning/fault-injection,coldpath-image/fault-injection -- -D warnings
 
 # Cold starts compare equal work: one thread each, and no checksum pass over the local bundle
 # (the Python equivalent does none); once with the optimised-graph cache warm, once without it.

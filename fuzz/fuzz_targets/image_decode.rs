@@ -23,7 +23,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn codecs() -> &'static CodecStatus {
     static STATUS: OnceLock<CodecStatus> = OnceLock::new();
-    STATUS.get_or_init(|| coldpath_image::load_native_codecs(&CodecPaths::from_env(&ProcessEnv)))
+    STATUS.get_or_init(|| coldpath_image::load_native_codecs(&CodecPaths::from_env(&ProcessEnv).unwrap_or_default()))
 }
 
 const LIMITS: ImageLimits = ImageLimits {

@@ -211,6 +211,7 @@ pub fn image_codecs() {
     let paths = coldpath_image::CodecPaths {
         libheif: setup_var("COLDPATH_LIBHEIF_PATH").into(),
         libavif: setup_var("COLDPATH_LIBAVIF_PATH").into(),
+        ..Default::default()
     };
     let status = coldpath_image::load_native_codecs(&paths);
     assert!(

@@ -173,7 +173,7 @@ impl CaptioningConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
             images: ImageLimits::from_env(env)?,
-            image_codecs: CodecPaths::from_env(env),
+            image_codecs: CodecPaths::from_env(env)?,
             batch: BatchSettings {
                 max_batch,
                 max_new_tokens_cap: config::positive_or(env, "CAPTIONING_MAX_NEW_TOKENS_CAP", 128)?,

@@ -15,8 +15,14 @@ use coldpath_core::ProcessEnv;
 use coldpath_runtime::{HandlerError, Mode};
 use tokio::sync::watch;
 
+fn main() -> ExitCode {
+    // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
+    coldpath_image::run_decoder_if_asked();
+    run_main()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run_main() -> ExitCode {
     coldpath_runtime::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match cli::parse_args(&args) {

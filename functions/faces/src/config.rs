@@ -234,7 +234,7 @@ impl FacesConfig {
                 }
             },
             image_limits: ImageLimits::from_env(env)?,
-            image_codecs: CodecPaths::from_env(env),
+            image_codecs: CodecPaths::from_env(env)?,
             warmup: config::bool_or(env, "FACES_WARMUP", true)?,
             metrics: MetricsMode::from_env(env)?,
             cache_dir: config::get(env, "COLDPATH_CACHE_DIR")

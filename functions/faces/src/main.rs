@@ -11,8 +11,14 @@ use coldpath_core::ProcessEnv;
 use coldpath_faces::{FacesConfig, FacesService, OnnxFaces, handle, init};
 use coldpath_runtime::{HandlerError, Mode};
 
+fn main() -> ExitCode {
+    // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
+    coldpath_image::run_decoder_if_asked();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     coldpath_runtime::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match Mode::from_args("faces", &args) {

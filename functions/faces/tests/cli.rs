@@ -164,3 +164,69 @@ fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
     assert!(quiet.status.success());
     assert!(emf_documents(&quiet).is_empty());
 }
+
+/// A HEIC that crashes the decoder (a test build's decoder child aborts on a marker) fails its
+/// own record of an S3 event, typed; the other photos of the same event, a HEIC decoded by a
+/// fresh child among them, are written. In process, the abort would have taken the whole
+/// invocation, and every photo in it, down.
+#[test]
+fn a_decoder_crash_fails_only_its_own_photo() {
+    use coldpath_test_support::{DECODER_ABORT, heic_with_marker};
+    let store = tempfile::tempdir().unwrap();
+    let photos = store.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    std::fs::write(photos.join("crash.heic"), heic_with_marker(DECODER_ABORT)).unwrap();
+    std::fs::copy(
+        repo_root().join("events/data/photos/IMG_0001.HEIC"),
+        photos.join("IMG_0001.HEIC"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo_root().join("events/data/photos/group.jpg"),
+        photos.join("group.jpg"),
+    )
+    .unwrap();
+    let template: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("events/faces/s3-put.json")).unwrap(),
+    )
+    .unwrap();
+    let record = template["Records"][0].clone();
+    let records: Vec<serde_json::Value> = ["crash.heic", "IMG_0001.HEIC", "group.jpg"]
+        .iter()
+        .map(|key| {
+            let mut r = record.clone();
+            r["s3"]["object"]["key"] = (*key).into();
+            r
+        })
+        .collect();
+    let event = store.path().join("event.json");
+    std::fs::write(&event, serde_json::json!({"Records": records}).to_string()).unwrap();
+    let sink_dir = tempfile::tempdir().unwrap();
+    let out = invoke(
+        &["invoke", event.to_str().unwrap()],
+        &[
+            (
+                "COLDPATH_OBJECT_STORE",
+                &format!("local:{}", store.path().display()),
+            ),
+            (
+                "COLDPATH_RESULT_SINK",
+                &format!("local:{}", sink_dir.path().display()),
+            ),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json = stdout_json(&out);
+    assert_eq!(json["succeeded"], 2, "{json}\n{stderr}");
+    assert_eq!(json["failed"], 1, "{json}");
+    let text = json.to_string();
+    assert!(
+        text.contains("crash.heic") && text.contains("SIGABRT"),
+        "the failure names the photo and how its decoder died: {json}"
+    );
+    for key in ["IMG_0001.HEIC", "group.jpg"] {
+        let result = sink_dir.path().join(format!("faces/photos/{key}.json"));
+        assert!(result.is_file(), "{key} was not written: {json}");
+    }
+}

@@ -41,7 +41,9 @@ fn child(file: &Path, decodes: usize) {
     let bytes = std::fs::read(file).expect("photo");
     let start_rss = peak_rss_mib();
     let load = Instant::now();
-    let status = load_native_codecs(&CodecPaths::from_env(&coldpath_core::config::ProcessEnv));
+    let status = load_native_codecs(
+        &CodecPaths::from_env(&coldpath_core::config::ProcessEnv).expect("decoder settings"),
+    );
     let load_ms = load.elapsed().as_secs_f64() * 1e3;
     let limits = ImageLimits::default();
     let mut times = Vec::new();

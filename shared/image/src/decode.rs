@@ -228,33 +228,41 @@ fn decode_heif(
         reason,
     };
     let orientation = primary.exif_orientation();
+    // The libraries get the header's own size as their limit, not the global one: a file whose
+    // header says 1x1 cannot make them allocate a 7000x7000 picture. The slack covers coded
+    // sizes rounded up to the codec's blocks (HEVC's 64-pixel CTBs, AV1's 128-pixel
+    // superblocks), which the decoders allocate before cropping.
+    let slack = |side: u32| u64::from(side) + 128;
+    let max_pixels = limits
+        .max_pixels
+        .min(slack(primary.width) * slack(primary.height));
+    let max_side = limits.max_side.min(primary.width.max(primary.height) + 128);
+    let decoded = match &codecs.pool {
+        Some(pool) => pool.decode(format, bytes, max_pixels, max_side),
+        None => native::library_decode(codecs, format, bytes, max_pixels, max_side),
+    };
+    let decoded = decoded.map_err(|e| match e {
+        native::NativeError::Unavailable(why) => native::unavailable(name, &why),
+        native::NativeError::Undecodable(why) => undecodable(why),
+        native::NativeError::Crashed(why) => ImageError::DecoderCrashed {
+            format: name,
+            reason: why,
+        },
+    })?;
     let image = match format {
-        Format::Heic => {
-            let heif = codecs
-                .heif
-                .as_ref()
-                .map_err(|why| native::unavailable(name, why))?;
-            // libheif applies irot and imir itself.
-            heif.decode(bytes, limits.max_pixels).map_err(undecodable)?
-        }
+        // libheif applies irot and imir itself.
+        Format::Heic => decoded,
         _ => {
-            let avif = codecs
-                .avif
-                .as_ref()
-                .map_err(|why| native::unavailable(name, why))?;
-            let stored = avif
-                .decode(bytes, limits.max_pixels, limits.max_side)
-                .map_err(undecodable)?;
-            if stored.dimensions() != (primary.width, primary.height) {
+            if decoded.dimensions() != (primary.width, primary.height) {
                 return Err(undecodable(format!(
                     "the image decodes to {}x{}, its header says {}x{}",
-                    stored.width(),
-                    stored.height(),
+                    decoded.width(),
+                    decoded.height(),
                     primary.width,
                     primary.height
                 )));
             }
-            crate::orient(stored, orientation)
+            crate::orient(decoded, orientation)
         }
     };
     // A clean-aperture crop (clap) may make libheif's image smaller than the header's; larger
@@ -582,6 +590,7 @@ pub(crate) mod tests {
         let none = native::Codecs {
             heif: Err("cannot load \"libheif.so.1\": not found".into()),
             avif: Err("cannot load \"libavif.so.16\": not found".into()),
+            pool: None,
         };
         for (brand, format) in [(b"heic", Format::Heic), (b"avif", Format::Avif)] {
             let file = header(brand, &[ispe(64, 48)]);

@@ -73,6 +73,13 @@ pub enum ImageError {
         format: &'static str,
         reason: String,
     },
+    /// The decoder process died on this image (a crash or abort in the C library, its memory
+    /// limit, or the decode timeout): the image is refused, the host carries on.
+    #[error("cannot decode the {format} image: {reason}")]
+    DecoderCrashed {
+        format: &'static str,
+        reason: String,
+    },
     /// The bytes start like a supported format but do not decode (truncated, corrupt).
     #[error("cannot decode the {format} image: {reason}")]
     Undecodable {
@@ -120,7 +127,8 @@ impl Classify for ImageError {
             | ImageError::TooManyBytes { .. }
             | ImageError::TooManyPixels { .. }
             | ImageError::UnsupportedFormat { .. }
-            | ImageError::Undecodable { .. } => ErrorType::InvalidInput,
+            | ImageError::Undecodable { .. }
+            | ImageError::DecoderCrashed { .. } => ErrorType::InvalidInput,
         }
     }
 }

@@ -58,7 +58,7 @@ pub use geometry::{
 };
 pub use limits::ImageLimits;
 pub use loader::ImageLoader;
-pub use native::{CodecPaths, CodecStatus, load_native_codecs};
+pub use native::{CodecPaths, CodecStatus, Isolation, load_native_codecs, run_decoder_if_asked};
 pub use orient::orient;
 pub use source::ImageRef;
 pub use tensor::{ChannelOrder, to_nchw};

@@ -9,6 +9,8 @@ use coldpath_core::{Classify, ProcessEnv};
 use coldpath_serve::{ServeConfig, StartError, run, shutdown_signal};
 
 fn main() -> ExitCode {
+    // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
+    coldpath_image::run_decoder_if_asked();
     coldpath_runtime::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

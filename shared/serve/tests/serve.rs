@@ -64,6 +64,12 @@ fn env(extra: &[(&str, &str)]) -> MapEnv {
         ("PORT", "0".to_string()),
         ("COLDPATH_LIBHEIF_PATH", setup_var("COLDPATH_LIBHEIF_PATH")),
         ("COLDPATH_LIBAVIF_PATH", setup_var("COLDPATH_LIBAVIF_PATH")),
+        // Servers inside this test binary decode HEIC and AVIF in children of the real server
+        // binary, as the deployed pod does in children of itself.
+        (
+            "COLDPATH_DECODER_EXE",
+            env!("CARGO_BIN_EXE_coldpath-serve").to_string(),
+        ),
     ]);
     for (k, v) in extra {
         env.0.insert(k.to_string(), v.to_string());
@@ -1472,4 +1478,59 @@ fn tempfile_dir() -> String {
     ));
     std::fs::create_dir_all(&dir).expect("cache dir");
     dir.display().to_string()
+}
+
+/// A HEIC that makes the decoder abort, one that makes it hang, and one that makes it allocate
+/// without bound, sent beside good photos: each bad one gets its own typed 400 (the abort by
+/// name, the hang at the decode timeout, the hog at its memory limit), every good one its
+/// faces, and the server goes on serving, HEIC included. In process, the first abort would have
+/// ended the server and every request in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decoder_crash_fails_only_its_own_request() {
+    use coldpath_test_support::{DECODER_ABORT, DECODER_HANG, DECODER_HOG, heic_with_marker};
+    let p = spawn_binary_with("faces", &[("COLDPATH_DECODE_TIMEOUT_MS", "3000")]);
+    let addr = p.addr;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let bad = [
+        (DECODER_ABORT, "SIGABRT"),
+        (DECODER_HANG, "decode timeout"),
+        // Its memory limit refuses an allocation, which aborts it (a timeout would be SIGKILL).
+        (DECODER_HOG, "SIGABRT"),
+    ];
+    let mut tasks = Vec::new();
+    for (marker, _) in bad {
+        let body = json!({"image": {"base64": b64(&heic_with_marker(marker))}});
+        tasks.push(tokio::spawn(
+            async move { post(addr, "/v1/faces", &body).await },
+        ));
+    }
+    let good: Vec<_> = ["IMG_0001.HEIC", "group.jpg", "friends.avif"]
+        .into_iter()
+        .map(|name| {
+            let body = json!({"image": {"base64": photo_base64(name)}});
+            tokio::spawn(async move { post(addr, "/v1/faces", &body).await })
+        })
+        .collect();
+    for (t, (_, why)) in tasks.into_iter().zip(bad) {
+        let r = t.await.expect("request task");
+        assert_eq!(r.status, 400, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "InvalidInput", "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{why}: {message}");
+        eprintln!("refused: {message}");
+    }
+    for t in good {
+        let r = t.await.expect("request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(!r.json()["faces"].as_array().unwrap().is_empty());
+    }
+    let r = post(
+        addr,
+        "/v1/faces",
+        &json!({"image": {"base64": photo_base64("IMG_0001.HEIC")}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "the server still decodes HEIC: {}", r.text());
+    assert_eq!(get(addr, "/ready").await.status, 200);
 }

@@ -101,6 +101,25 @@ pub fn sigterm(pid: u32) {
     assert!(status.success(), "kill -TERM {pid}: {status}");
 }
 
+/// Bytes that make a test build's HEIC/AVIF decoder child abort, hang, or allocate until its
+/// memory limit stops it (`coldpath-image`'s `fault-injection` feature, which `make test`
+/// turns on; release builds have no such check).
+pub const DECODER_ABORT: &[u8] = b"COLDPATH-TEST-DECODER-ABORT";
+pub const DECODER_HANG: &[u8] = b"COLDPATH-TEST-DECODER-HANG";
+pub const DECODER_HOG: &[u8] = b"COLDPATH-TEST-DECODER-HOG";
+
+/// The sample iPhone HEIC with `marker` in a trailing `free` box: still a valid HEIC (readers
+/// skip `free` boxes), so only the fault-injection decoder treats it differently.
+pub fn heic_with_marker(marker: &[u8]) -> Vec<u8> {
+    let mut bytes =
+        std::fs::read(repo_root().join("events/data/photos/IMG_0001.HEIC")).expect("sample HEIC");
+    let size = u32::try_from(8 + marker.len()).expect("small marker");
+    bytes.extend_from_slice(&size.to_be_bytes());
+    bytes.extend_from_slice(b"free");
+    bytes.extend_from_slice(marker);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

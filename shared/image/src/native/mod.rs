@@ -17,16 +17,21 @@
 
 mod avif;
 mod heif;
+pub mod isolate;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use coldpath_core::config::{self, EnvSource};
 
 pub(crate) use avif::Avif;
 pub(crate) use heif::Heif;
+pub use isolate::{Isolation, run_decoder_if_asked};
+pub(crate) use isolate::{NativeError, Pool};
 
 use crate::ImageError;
+use crate::decode::Format;
 
 /// Where the decoder libraries are; read once at init with [`CodecPaths::from_env`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +40,8 @@ pub struct CodecPaths {
     pub libheif: PathBuf,
     /// libavif: a path, or a soname.
     pub libavif: PathBuf,
+    /// Where the libraries run: in a child process (the default) or in this one.
+    pub isolation: Isolation,
 }
 
 impl Default for CodecPaths {
@@ -42,19 +49,43 @@ impl Default for CodecPaths {
         CodecPaths {
             libheif: PathBuf::from("libheif.so.1"),
             libavif: PathBuf::from("libavif.so.16"),
+            isolation: Isolation::default(),
         }
     }
 }
 
 impl CodecPaths {
-    /// Reads `COLDPATH_LIBHEIF_PATH` and `COLDPATH_LIBAVIF_PATH`; unset or empty means the
-    /// soname.
-    pub fn from_env(env: &impl EnvSource) -> Self {
+    /// Reads `COLDPATH_LIBHEIF_PATH` and `COLDPATH_LIBAVIF_PATH` (unset or empty means the
+    /// soname), and the isolation settings: `COLDPATH_DECODER_ISOLATION` (`process`, the
+    /// default, or `off`), `COLDPATH_DECODER_EXE` and `COLDPATH_DECODE_TIMEOUT_MS`.
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, config::ConfigError> {
         let d = CodecPaths::default();
-        CodecPaths {
+        let enabled = match config::get(env, "COLDPATH_DECODER_ISOLATION").as_deref() {
+            None | Some("process") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(config::ConfigError::invalid(
+                    "COLDPATH_DECODER_ISOLATION",
+                    "process or off",
+                    other,
+                ));
+            }
+        };
+        let timeout_ms = config::positive_or(
+            env,
+            "COLDPATH_DECODE_TIMEOUT_MS",
+            d.isolation.timeout.as_millis() as usize,
+        )?;
+        Ok(CodecPaths {
             libheif: config::get(env, "COLDPATH_LIBHEIF_PATH").map_or(d.libheif, PathBuf::from),
             libavif: config::get(env, "COLDPATH_LIBAVIF_PATH").map_or(d.libavif, PathBuf::from),
-        }
+            isolation: Isolation {
+                enabled,
+                exe: config::get(env, "COLDPATH_DECODER_EXE").map(PathBuf::from),
+                timeout: Duration::from_millis(timeout_ms as u64),
+                idle: d.isolation.idle,
+            },
+        })
     }
 }
 
@@ -65,6 +96,8 @@ pub struct CodecStatus {
     pub heic: Result<String, String>,
     /// `Ok(version and codecs)` of libavif, or why it could not be loaded.
     pub avif: Result<String, String>,
+    /// The executable decodes run in, when they run in child processes.
+    pub decoder_process: Option<PathBuf>,
 }
 
 impl CodecStatus {
@@ -81,12 +114,21 @@ impl CodecStatus {
                 ),
             }
         }
+        match &self.decoder_process {
+            Some(exe) => tracing::info!(
+                executable = %exe.display(),
+                "HEIC and AVIF decode in child processes"
+            ),
+            None => tracing::info!("HEIC and AVIF decode in this process"),
+        }
     }
 }
 
 pub(crate) struct Codecs {
     pub heif: Result<Heif, String>,
     pub avif: Result<Avif, String>,
+    /// Where decodes run: `Some` in child processes, `None` in this one.
+    pub pool: Option<Pool>,
 }
 
 static CODECS: OnceLock<Codecs> = OnceLock::new();
@@ -101,13 +143,19 @@ pub fn load_native_codecs(paths: &CodecPaths) -> CodecStatus {
 }
 
 pub(crate) fn codecs() -> &'static Codecs {
-    CODECS.get_or_init(|| load(&CodecPaths::from_env(&config::ProcessEnv)))
+    CODECS.get_or_init(|| {
+        // A malformed isolation setting here (no init call) falls back to the defaults; the
+        // hosts read it at init, where it is an error.
+        let paths = CodecPaths::from_env(&config::ProcessEnv).unwrap_or_default();
+        load(&paths)
+    })
 }
 
 fn load(paths: &CodecPaths) -> Codecs {
     Codecs {
         heif: Heif::load(&paths.libheif),
         avif: Avif::load(&paths.libavif),
+        pool: Pool::new(paths),
     }
 }
 
@@ -115,6 +163,37 @@ fn status(c: &Codecs) -> CodecStatus {
     CodecStatus {
         heic: c.heif.as_ref().map(Heif::version).map_err(Clone::clone),
         avif: c.avif.as_ref().map(Avif::version).map_err(Clone::clone),
+        decoder_process: c.pool.as_ref().map(|p| p.exe().to_path_buf()),
+    }
+}
+
+/// The library call itself, in this process: HEIC upright (libheif applies `irot`/`imir`),
+/// AVIF as stored. `max_pixels` and `max_side` go to the library as its own limits.
+pub(crate) fn library_decode(
+    codecs: &Codecs,
+    format: Format,
+    bytes: &[u8],
+    max_pixels: u64,
+    max_side: u32,
+) -> Result<image::RgbImage, NativeError> {
+    isolate::fault_injection(bytes);
+    match format {
+        Format::Heic => {
+            let heif = codecs
+                .heif
+                .as_ref()
+                .map_err(|why| NativeError::Unavailable(why.clone()))?;
+            heif.decode(bytes, max_pixels)
+                .map_err(NativeError::Undecodable)
+        }
+        _ => {
+            let avif = codecs
+                .avif
+                .as_ref()
+                .map_err(|why| NativeError::Unavailable(why.clone()))?;
+            avif.decode(bytes, max_pixels, max_side)
+                .map_err(NativeError::Undecodable)
+        }
     }
 }
 
@@ -171,12 +250,28 @@ mod tests {
     fn paths_default_to_the_sonames() {
         use coldpath_core::MapEnv;
         assert_eq!(
-            CodecPaths::from_env(&MapEnv::default()),
+            CodecPaths::from_env(&MapEnv::default()).unwrap(),
             CodecPaths::default()
         );
-        let env = MapEnv::new([("COLDPATH_LIBHEIF_PATH", "/opt/lib/libheif.so.1")]);
-        let p = CodecPaths::from_env(&env);
+        assert!(CodecPaths::default().isolation.enabled);
+        let env = MapEnv::new([
+            ("COLDPATH_LIBHEIF_PATH", "/opt/lib/libheif.so.1"),
+            ("COLDPATH_DECODER_ISOLATION", "off"),
+            ("COLDPATH_DECODE_TIMEOUT_MS", "500"),
+            ("COLDPATH_DECODER_EXE", "/opt/bin/decoder"),
+        ]);
+        let p = CodecPaths::from_env(&env).unwrap();
         assert_eq!(p.libheif, PathBuf::from("/opt/lib/libheif.so.1"));
         assert_eq!(p.libavif, PathBuf::from("libavif.so.16"));
+        assert!(!p.isolation.enabled);
+        assert_eq!(p.isolation.timeout, Duration::from_millis(500));
+        assert_eq!(p.isolation.exe, Some(PathBuf::from("/opt/bin/decoder")));
+        for (k, v) in [
+            ("COLDPATH_DECODER_ISOLATION", "thread"),
+            ("COLDPATH_DECODE_TIMEOUT_MS", "0"),
+        ] {
+            let err = CodecPaths::from_env(&MapEnv::new([(k, v)])).unwrap_err();
+            assert!(err.to_string().starts_with(k), "{err}");
+        }
     }
 }
