@@ -8,6 +8,10 @@
 //! libjpeg-turbo for JPEG, pillow-heif's libheif for HEIC, Pillow's libavif for AVIF), labelled:
 //! their library builds are not ours.
 //!
+//! Isolation: HEIC and AVIF are also decoded the way the hosts decode them, in a decoder child
+//! process (this bench's own binary, hooked like theirs), and the difference is the cost of that
+//! isolation per decode (the child is started on the first decode and reused after).
+//!
 //! Run: `make bench-image-formats` (writes the photos with `gen_heif_avif.py --bench-out`, then
 //! `cargo bench -p coldpath-image --bench formats`); BENCH_PROCESSES (default 5) processes per
 //! file, BENCH_DECODES (default 5) decodes per process. Figures: `target/bench/image-formats.json`
@@ -93,6 +97,7 @@ fn field(runs: &[Value], key: &str) -> f64 {
 }
 
 fn main() {
+    coldpath_image::run_decoder_if_asked();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         child(
@@ -115,14 +120,23 @@ fn main() {
         machine()
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "photo", "ours ms", "first ms", "peak MiB", "peer ms", "peer MiB", "ours/peer"
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "photo",
+        "ours ms",
+        "first ms",
+        "peak MiB",
+        "peer ms",
+        "peer MiB",
+        "ours/peer",
+        "isolated ms",
+        "iso first"
     );
     let mut rows = Vec::new();
     // Interleaved: each round measures every file once with each decoder, so load on the shared
     // machine falls on all of them alike.
     let mut ours: Vec<Vec<Value>> = vec![Vec::new(); PHOTOS.len()];
     let mut theirs: Vec<Vec<Value>> = vec![Vec::new(); PHOTOS.len()];
+    let mut isolated: Vec<Vec<Value>> = vec![Vec::new(); PHOTOS.len()];
     for _ in 0..processes {
         for (i, name) in PHOTOS.iter().enumerate() {
             let file = dir.join(name);
@@ -132,6 +146,12 @@ fn main() {
                 file.display()
             );
             ours[i].push(run(Command::new(&me)
+                .env("COLDPATH_DECODER_ISOLATION", "off")
+                .arg("--child")
+                .arg(&file)
+                .arg(decodes.to_string())));
+            isolated[i].push(run(Command::new(&me)
+                .env("COLDPATH_DECODER_ISOLATION", "process")
                 .arg("--child")
                 .arg(&file)
                 .arg(decodes.to_string())));
@@ -156,16 +176,20 @@ fn main() {
             "peer": theirs[i][0]["decoder"],
             "peer_ms": peer_ms,
             "peer_peak_mib": field(&theirs[i], "peak_mib"),
+            "isolated_ms": field(&isolated[i], "ms"),
+            "isolated_first_ms": field(&isolated[i], "first_ms"),
         });
         println!(
-            "{:<26} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x",
+            "{:<26} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x {:>12.1} {:>10.1}",
             name,
             ms,
             row["first_ms"].as_f64().unwrap(),
             row["peak_mib"].as_f64().unwrap(),
             peer_ms,
             row["peer_peak_mib"].as_f64().unwrap(),
-            ms / peer_ms
+            ms / peer_ms,
+            row["isolated_ms"].as_f64().unwrap(),
+            row["isolated_first_ms"].as_f64().unwrap(),
         );
         rows.push(row);
     }
@@ -173,6 +197,19 @@ fn main() {
         "loading libheif + libde265 + libavif (load_native_codecs): {:.1} ms",
         field(&ours[1], "load_ms")
     );
+    for row in &rows[1..] {
+        let (ms, iso) = (
+            row["ms"].as_f64().unwrap(),
+            row["isolated_ms"].as_f64().unwrap(),
+        );
+        println!(
+            "{} in a decoder process: +{:.1} ms a decode ({:+.1}%), +{:.1} ms on the first (the child's start)",
+            row["photo"].as_str().unwrap(),
+            iso - ms,
+            (iso / ms - 1.0) * 100.0,
+            row["isolated_first_ms"].as_f64().unwrap() - row["first_ms"].as_f64().unwrap()
+        );
+    }
     let jpeg = &rows[0];
     for row in &rows[1..] {
         println!(
