@@ -122,7 +122,9 @@ impl ServeConfig {
                 max_weight: Some(config::positive_or(
                     env,
                     "COLDPATH_SERVE_EMBEDDINGS_BATCH_TOKENS",
-                    16_384,
+                    // Four of the embedder's runs: a batch is answered when its last run ends,
+                    // so a larger one only delays its first members.
+                    1_536,
                 )?),
                 deadline: ms("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", 5_000)?,
             },
@@ -196,7 +198,7 @@ mod tests {
         assert_eq!(c.addr(), "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.workloads(), ["embeddings", "faces"]);
         assert_eq!(c.embeddings_batch.queue, 512);
-        assert_eq!(c.embeddings_batch.max_weight, Some(16_384));
+        assert_eq!(c.embeddings_batch.max_weight, Some(1_536));
         assert_eq!(c.faces_batch.max_weight, None);
         assert_eq!(c.drain, Duration::from_secs(25));
         assert_eq!(c.connections.max, 1024);

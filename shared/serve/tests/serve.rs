@@ -1488,7 +1488,7 @@ fn tempfile_dir() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_decoder_crash_fails_only_its_own_request() {
     use coldpath_test_support::{DECODER_ABORT, DECODER_HANG, DECODER_HOG, heic_with_marker};
-    let p = spawn_binary_with("faces", &[("COLDPATH_DECODE_TIMEOUT_MS", "3000")]);
+    let p = spawn_binary_with("faces", &[("COLDPATH_DECODE_TIMEOUT_MS", "5000")]);
     let addr = p.addr;
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let bad = [
