@@ -1389,6 +1389,40 @@ mod tests {
         assert!(!w.queue.changes_of("m0").is_empty());
     }
 
+    /// Retries are bounded by the visibility window: once no extension has succeeded for a
+    /// whole visibility timeout, SQS has made the messages visible again, so the heartbeat
+    /// stops trying and gives them up. The written ones are still deleted (their receive is
+    /// still the latest here); the failed one is not handed back.
+    #[tokio::test]
+    async fn extensions_that_keep_failing_give_messages_up_when_the_window_closes() {
+        let bodies = [
+            body("id0", "4x4"),
+            body("id1", "4x4"),
+            body("id2", "missing.jpg"),
+        ];
+        let queue = FakeQueue::with(bodies);
+        *queue.throttled_extensions.lock().unwrap() = usize::MAX;
+        let w = worker(
+            queue,
+            slow_service(3, Duration::from_millis(1000)),
+            worker_settings(3, 100),
+        );
+        let (_tx, rx) = watch::channel(false);
+        let report = tokio::time::timeout(Duration::from_secs(10), w.run(rx))
+            .await
+            .expect("the worker settles the batch and exits idle")
+            .unwrap();
+        // 400 ms visibility: tries at 200, 250, 350 and 400 ms, then none.
+        let calls = *w.queue.extension_calls.lock().unwrap();
+        assert!((2..=6).contains(&calls), "{calls} extension calls");
+        assert_eq!(w.queue.deleted_ids(), ["m0", "m1"]);
+        assert_eq!(w.queue.in_flight_ids(), ["m2"]);
+        assert_eq!(
+            (report.deleted, report.released, report.abandoned),
+            (2, 0, 1)
+        );
+    }
+
     /// Regression (issue 12): messages received for a batch that never ran were dropped with
     /// the receive, hidden until their visibility timeout.
     #[tokio::test]
