@@ -59,9 +59,16 @@ pub struct BatchSettings {
     /// RGB buffer, the decoder's own, the EXIF rotation), so 64 Mpx is about 900 MB; lower it
     /// on a small Lambda. A photo larger than the budget still decodes, alone.
     pub decode_budget_mpx: u32,
-    /// The Lambda handler starts no new chunk with less than this left before the invocation's
-    /// deadline (`CAPTIONING_DEADLINE_MARGIN_MS`, default 2000): room to write the response.
+    /// The Lambda handler's safety margin (`CAPTIONING_DEADLINE_MARGIN_MS`, default 2000): it
+    /// plans its work to end this long before the invocation's deadline, and stops work still
+    /// running then, leaving room to return the batch response (a timed-out invocation would
+    /// return every message of the batch, finished ones included).
     pub deadline_margin: Duration,
+    /// The most photos one message may carry (`CAPTIONING_MAX_PHOTOS_PER_MESSAGE`, default 100);
+    /// a message with more fails as `RequestTooLarge` before any photo is fetched. A message is
+    /// done only when all its photos are, so its captions must fit one Lambda invocation: 100
+    /// at the measured 0.7 s a caption on Lambda's CPUs take 70 s of the 120 s timeout.
+    pub max_photos_per_message: usize,
 }
 
 /// The queue worker's settings (`captioning worker`).
@@ -190,6 +197,11 @@ impl CaptioningConfig {
                     "milliseconds",
                     2000,
                 )?),
+                max_photos_per_message: config::positive_or(
+                    env,
+                    "CAPTIONING_MAX_PHOTOS_PER_MESSAGE",
+                    100,
+                )?,
             },
             worker: WorkerSettings {
                 queue_url: config::get(env, "CAPTIONING_QUEUE_URL"),
@@ -239,6 +251,8 @@ mod tests {
         let c = CaptioningConfig::from_env(&MapEnv::default()).unwrap();
         assert_eq!(c.batch.max_batch, 8);
         assert_eq!(c.batch.max_new_tokens_cap, 128);
+        assert_eq!(c.batch.max_photos_per_message, 100);
+        assert_eq!(c.batch.deadline_margin, Duration::from_secs(2));
         assert_eq!(c.worker.fill_wait, Duration::from_secs(1));
         assert_eq!(c.worker.stop_deadline, Duration::from_secs(20));
         assert_eq!(c.worker.bulk_batch, 32);
@@ -265,6 +279,8 @@ mod tests {
             ("CAPTIONING_MAX_NEW_TOKENS_CAP", "16"),
             ("CAPTIONING_BATCH_FILL_MS", "250"),
             ("CAPTIONING_STOP_DEADLINE_SECS", "5"),
+            ("CAPTIONING_MAX_PHOTOS_PER_MESSAGE", "3"),
+            ("CAPTIONING_DEADLINE_MARGIN_MS", "500"),
         ]);
         let c = CaptioningConfig::from_env(&env).unwrap();
         assert_eq!(
@@ -279,6 +295,8 @@ mod tests {
         assert_eq!(c.batch.max_new_tokens_cap, 16);
         assert_eq!(c.worker.fill_wait, Duration::from_millis(250));
         assert_eq!(c.worker.stop_deadline, Duration::from_secs(5));
+        assert_eq!(c.batch.max_photos_per_message, 3);
+        assert_eq!(c.batch.deadline_margin, Duration::from_millis(500));
     }
 
     /// Regression (issue 12): a test-only pause was a production setting; a deployed function
@@ -313,6 +331,8 @@ mod tests {
             ("CAPTIONING_BULK_THRESHOLD", "lots"),
             ("CAPTIONING_BATCH_FILL_MS", "1.5"),
             ("CAPTIONING_STOP_DEADLINE_SECS", "0"),
+            ("CAPTIONING_MAX_PHOTOS_PER_MESSAGE", "0"),
+            ("CAPTIONING_MAX_PHOTOS_PER_MESSAGE", "many"),
             // The default 20 s long poll would not fit a 10 s stop deadline.
             ("CAPTIONING_STOP_DEADLINE_SECS", "10"),
         ] {

@@ -4,12 +4,18 @@
 //! deletes the rest from the queue and makes the failed ones visible again, so a poison message
 //! is retried on its own until the queue's redrive policy moves it to the dead-letter queue.
 //!
-//! The handler respects the invocation's deadline: it captions the batch in chunks of the model
-//! batch size and starts another chunk only while the remaining time fits one (the longest chunk
-//! so far, with a quarter to spare, and never less than the safety margin). Messages it did not
-//! start are reported as failures, so only they return to the queue: a timed-out invocation
-//! would have returned the whole batch, the finished messages included.
+//! The handler respects the invocation's deadline, counted in photos, not messages: one message
+//! may carry many photos (an S3 notification, up to `CAPTIONING_MAX_PHOTOS_PER_MESSAGE`), and
+//! the SQS batch size is the model batch size, so a batch is one chunk of messages. It works to
+//! a stop time, the deadline less the safety margin (`CAPTIONING_DEADLINE_MARGIN_MS`): it packs
+//! the messages into groups of at most a model batch of photos (a message with more is a group
+//! of its own), and starts a group only while its photos fit the time left at the slowest
+//! per-photo time seen so far, with a quarter to spare. A group still running at the stop time
+//! is stopped. Every message that is not finished then (unstarted, or cut off before all its
+//! results were written) is reported as a failure, so only it returns to the queue, and a
+//! finished one never is: a timed-out invocation would have returned the whole batch.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,7 +24,9 @@ use coldpath_core::{Classify, ErrorType};
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::Value;
 
-use crate::service::{Captioner, CaptioningService, ImageSource, QueueMessage, ResultWriter};
+use crate::service::{
+    Captioner, CaptioningService, ImageSource, Progress, QueueMessage, ResultWriter,
+};
 
 /// Turns an SQS event into the messages to process.
 ///
@@ -49,29 +57,58 @@ pub fn messages(payload: Value) -> Result<Vec<SqsMessage>, HandlerError> {
         .collect()
 }
 
-/// The time left before the invocation's deadline; `None` without one (local `invoke`).
-fn time_left(context: &coldpath_runtime::Context) -> Option<Duration> {
+/// When the handler stops working: the invocation's deadline less `margin`; `None` without a
+/// deadline (local `invoke`).
+fn stop_time(context: &coldpath_runtime::Context, margin: Duration) -> Option<Instant> {
     if context.deadline == 0 {
         return None;
     }
     let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(context.deadline);
-    Some(
-        deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left.saturating_sub(margin))
 }
 
-/// Whether a chunk may start with `left` remaining, given the longest chunk so far.
-pub fn chunk_fits(left: Duration, longest: Option<Duration>, margin: Duration) -> bool {
-    let needed = longest.map_or(margin, |l| (l + l / 4).max(margin));
+/// Whether a group of `photos` may start with `left` before the stop time, given the slowest
+/// time per photo so far (`None` before the first group: only the stop time itself bounds it).
+pub fn group_fits(left: Duration, photos: usize, per_photo: Option<Duration>) -> bool {
+    if left.is_zero() {
+        return false;
+    }
+    let photos = u32::try_from(photos).unwrap_or(u32::MAX);
+    let needed = per_photo.map_or(Duration::ZERO, |p| {
+        let total = p.saturating_mul(photos);
+        total.saturating_add(total / 4)
+    });
     left >= needed
 }
 
-/// The Lambda handler: captions the records chunk by chunk while the deadline allows and reports
-/// the failed and the unstarted ones. Each invocation writes one metric line when metrics are on:
-/// its latency, its messages, and its failed messages by error type (the unstarted ones are not
-/// errors: they return to the queue untouched).
+/// Packs consecutive messages into groups of at most `max_photos` photos (`photos[i]` is message
+/// `i`'s); a message with more is a group of its own, and one with none joins its neighbours.
+/// Returns each group's range of messages.
+pub fn plan_groups(photos: &[usize], max_photos: usize) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut count = 0usize;
+    for (i, &p) in photos.iter().enumerate() {
+        if i > start && count.saturating_add(p) > max_photos {
+            groups.push(start..i);
+            start = i;
+            count = 0;
+        }
+        count = count.saturating_add(p);
+    }
+    if start < photos.len() {
+        groups.push(start..photos.len());
+    }
+    groups
+}
+
+/// The Lambda handler: captions the records group by group while the deadline allows and reports
+/// the failed and the unfinished ones. Each invocation writes one metric line when metrics are
+/// on: its latency, its messages, and its failed messages by error type (the unfinished ones are
+/// not errors: they return to the queue untouched).
 pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
     service: Arc<CaptioningService<C, I, W>>,
     event: LambdaEvent<Value>,
@@ -80,39 +117,75 @@ pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
     let messages = messages(event.payload).inspect_err(|e| invocation.error(e.error_type))?;
     invocation.set_batch_size(messages.len());
     let settings = *service.settings();
-    let chunk_size = settings.max_batch.max(1);
+    let model_batch = settings.max_batch.max(1);
+    let stop_at = stop_time(&event.context, settings.deadline_margin);
     let started = Instant::now();
-    let mut longest: Option<Duration> = None;
+    let photos: Vec<usize> = messages.iter().map(|m| service.photos(m)).collect();
+    let mut per_photo: Option<Duration> = None;
     let mut response = SqsBatchResponse::default();
-    let mut next = 0;
-    while next < messages.len() {
-        if let Some(left) = time_left(&event.context)
-            && !chunk_fits(left, longest, settings.deadline_margin)
-        {
-            tracing::warn!(
-                skipped = messages.len() - next,
-                left_ms = left.as_millis() as u64,
-                longest_chunk_ms = longest.map(|l| l.as_millis() as u64),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "too little time left for another chunk: reporting the rest for redelivery"
-            );
-            for m in &messages[next..] {
-                response.add_failure(m.message_id().to_string());
+    let mut unfinished: Vec<&str> = Vec::new();
+    let groups = plan_groups(&photos, model_batch);
+    for (g, group) in groups.iter().enumerate() {
+        let group_photos: usize = photos[group.clone()].iter().sum();
+        if let Some(stop_at) = stop_at {
+            let left = stop_at.saturating_duration_since(Instant::now());
+            if !group_fits(left, group_photos, per_photo) {
+                let rest = &messages[group.start..];
+                tracing::warn!(
+                    unstarted = rest.len(),
+                    photos = photos[group.start..].iter().sum::<usize>(),
+                    left_ms = left.as_millis() as u64,
+                    per_photo_ms = per_photo.map(|p| p.as_millis() as u64),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "too little time left before the deadline: reporting the rest for redelivery"
+                );
+                unfinished.extend(rest.iter().map(|m| m.message_id()));
+                break;
             }
-            break;
         }
-        let chunk = &messages[next..(next + chunk_size).min(messages.len())];
-        let chunk_started = Instant::now();
-        let outcomes = service.process(chunk, chunk_size).await;
-        let took = chunk_started.elapsed();
-        longest = Some(longest.map_or(took, |l| l.max(took)));
+        let batch = &messages[group.clone()];
+        let progress = Progress::new(batch.len());
+        let group_started = Instant::now();
+        let work = service.process_tracked(batch, model_batch, &progress);
+        let outcomes = match stop_at {
+            Some(stop_at) => tokio::time::timeout_at(stop_at.into(), work).await.ok(),
+            None => Some(work.await),
+        };
+        let Some(outcomes) = outcomes else {
+            // Stopped between awaits; a model call already running on the blocking pool
+            // finishes in the background and its result is discarded. What was written is done.
+            let written = progress.written();
+            let cut: Vec<&str> = batch
+                .iter()
+                .zip(&written)
+                .filter(|(_, w)| !**w)
+                .map(|(m, _)| m.message_id())
+                .collect();
+            tracing::warn!(
+                cut_off = cut.len(),
+                written = written.iter().filter(|w| **w).count(),
+                unstarted = messages.len() - group.end,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "the deadline stopped a group in flight: reporting the unfinished messages for redelivery"
+            );
+            unfinished.extend(cut);
+            unfinished.extend(messages[group.end..].iter().map(|m| m.message_id()));
+            break;
+        };
+        if group_photos > 0 {
+            let took = group_started.elapsed() / u32::try_from(group_photos).unwrap_or(u32::MAX);
+            per_photo = Some(per_photo.map_or(took, |p| p.max(took)));
+        }
         for outcome in outcomes {
             if let Err(e) = &outcome.result {
                 invocation.error(e.error_type());
                 response.add_failure(outcome.message_id);
             }
         }
-        next += chunk.len();
+        tracing::debug!(group = g, photos = group_photos, "group done");
+    }
+    for id in unfinished {
+        response.add_failure(id.to_string());
     }
     serde_json::to_value(&response).map_err(|e| {
         // Serialising a list of strings cannot fail; if it ever does, failing the invocation
@@ -269,15 +342,24 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_starts_only_while_the_time_left_fits_one() {
+    fn a_group_starts_only_while_its_photos_fit_the_time_left() {
         let ms = Duration::from_millis;
-        assert!(chunk_fits(ms(2000), None, ms(1000)));
-        assert!(!chunk_fits(ms(999), None, ms(1000)));
-        // The longest chunk took 2 s: another needs 2.5 s.
-        assert!(chunk_fits(ms(2500), Some(ms(2000)), ms(1000)));
-        assert!(!chunk_fits(ms(2400), Some(ms(2000)), ms(1000)));
-        // A fast chunk never lowers the need below the margin.
-        assert!(!chunk_fits(ms(900), Some(ms(10)), ms(1000)));
+        // Before the first group only the stop time bounds it.
+        assert!(group_fits(ms(1), 100, None));
+        assert!(!group_fits(Duration::ZERO, 1, None));
+        // 200 ms a photo: four photos need 1 s with a quarter to spare.
+        assert!(group_fits(ms(1000), 4, Some(ms(200))));
+        assert!(!group_fits(ms(999), 4, Some(ms(200))));
+        assert!(group_fits(ms(10), 0, Some(ms(200))));
+    }
+
+    #[test]
+    fn groups_hold_at_most_a_model_batch_of_photos() {
+        assert_eq!(plan_groups(&[1, 1, 1, 1, 1], 2), [0..2, 2..4, 4..5]);
+        // Many photos in one message: a group of its own; none (a test event, a bad body) joins.
+        assert_eq!(plan_groups(&[3, 0, 12, 2, 0, 6], 8), [0..2, 2..3, 3..6]);
+        assert_eq!(plan_groups(&[0, 0], 8), vec![(0..2)]);
+        assert!(plan_groups(&[], 8).is_empty());
     }
 
     fn deadline_in(d: Duration) -> Context {
@@ -303,6 +385,104 @@ mod tests {
             "fake",
             batch,
         )
+    }
+
+    /// A service as deployed (model batch 8, the SQS batch size) whose model takes `per_image`
+    /// for each photo, with a 100 ms safety margin.
+    fn per_photo(per_image: Duration) -> FakeService {
+        let mut batch = settings(8);
+        batch.deadline_margin = Duration::from_millis(100);
+        CaptioningService::new(
+            FakeCaptioner {
+                per_image,
+                ..Default::default()
+            },
+            FakeImages::default(),
+            MemorySink::default(),
+            "fake",
+            batch,
+        )
+    }
+
+    /// An S3 notification whose records name the photos `4x4/<tag><i>`, `i` < `photos`.
+    fn uploads(tag: &str, photos: usize) -> String {
+        let records: Vec<Value> = (0..photos)
+            .map(|i| {
+                json!({
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": "photos"}, "object": {"key": format!("4x4/{tag}{i}")}}
+                })
+            })
+            .collect();
+        json!({ "Records": records }).to_string()
+    }
+
+    fn failures(out: &Value) -> Vec<&str> {
+        out["batchItemFailures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap())
+            .collect()
+    }
+
+    fn written(service: &FakeService) -> Vec<String> {
+        let results = service.sink().results.lock().unwrap();
+        results.keys().cloned().collect()
+    }
+
+    /// Regression: the handler counted the deadline in chunks of the model batch size in
+    /// messages, and the SQS batch size is that size, so a whole batch was one chunk and never
+    /// checked against the deadline, however many photos its messages carried. Twelve photos at
+    /// 100 ms each would overrun a 1 s deadline: the photos are counted, and the messages that
+    /// do not fit return to the queue while the finished ones' results are written.
+    #[tokio::test]
+    async fn photos_that_would_overrun_the_deadline_are_reported_unfinished() {
+        let service = Arc::new(per_photo(Duration::from_millis(100)));
+        let records: Vec<Value> = (0..4)
+            .map(|i| record(Some(&format!("m{i}")), &uploads(&format!("p{i}-"), 3)))
+            .collect();
+        let event = json!({ "Records": records });
+        let started = Instant::now();
+        let context = deadline_in(Duration::from_millis(1000));
+        let out = handle(Arc::clone(&service), LambdaEvent::new(event, context))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        // m0 and m1 (six photos) took 600 ms: 100 ms a photo. m2 and m3 would need 750 ms with
+        // the quarter to spare, and 300 ms are left before the stop time.
+        assert_eq!(failures(&out), ["m2", "m3"]);
+        assert_eq!(*service.captioner().calls.lock().unwrap(), [6]);
+        let expected: Vec<String> = ["p0-", "p1-"]
+            .iter()
+            .flat_map(|tag| (0..3).map(move |i| format!("photos/4x4/{tag}{i}")))
+            .collect();
+        assert_eq!(written(&service), expected);
+        assert!(took < Duration::from_millis(1000), "took {took:?}");
+    }
+
+    /// The first group has no per-photo time to go by: a message whose photos outlast the time
+    /// left is stopped at the stop time, and it and the messages after it are reported, so the
+    /// invocation answers before its deadline instead of timing out with the whole batch.
+    #[tokio::test]
+    async fn a_group_still_running_at_the_stop_time_is_reported_unfinished() {
+        let service = Arc::new(per_photo(Duration::from_millis(100)));
+        let event = json!({"Records": [
+            record(Some("m0"), &uploads("big", 12)),
+            record(Some("m1"), &body("small", "4x4")),
+        ]});
+        let started = Instant::now();
+        let context = deadline_in(Duration::from_millis(1000));
+        let out = handle(Arc::clone(&service), LambdaEvent::new(event, context))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1000), "took {took:?}");
+        assert_eq!(failures(&out), ["m0", "m1"]);
+        // The first model call (8 photos, 800 ms) ran; the stop came during the second.
+        assert_eq!(service.captioner().calls.lock().unwrap()[0], 8);
+        assert!(written(&service).is_empty());
     }
 
     /// Regression (issue 11): the handler captioned the whole batch whatever the time left; a

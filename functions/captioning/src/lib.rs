@@ -27,4 +27,4 @@ pub use service::{
     Caption, Captioner, CaptioningService, ImageSource, InitError, MessageFailure, ModelService,
     Outcome, Progress, QueueMessage, ResultWriter, init,
 };
-pub use worker::{ExitReason, WorkQueue, Worker, WorkerError, WorkerReport};
+pub use worker::{ExitReason, Refused, WorkQueue, Worker, WorkerError, WorkerReport};

@@ -144,6 +144,12 @@ pub enum MessageFailure {
         error_type: ErrorType,
         message: String,
     },
+    /// The message asks for more photos than one message may carry, so captioning it could
+    /// outlast a Lambda invocation whatever the time left; none of its photos is captioned.
+    #[error(
+        "message carries {found} photos: expected at most {max} (CAPTIONING_MAX_PHOTOS_PER_MESSAGE)"
+    )]
+    TooManyPhotos { found: usize, max: usize },
     #[error(transparent)]
     Task(#[from] TaskError),
 }
@@ -156,6 +162,7 @@ impl Classify for MessageFailure {
             MessageFailure::Model { error_type, .. } | MessageFailure::Sink { error_type, .. } => {
                 *error_type
             }
+            MessageFailure::TooManyPhotos { .. } => ErrorType::RequestTooLarge,
             MessageFailure::Task(_) => ErrorType::Internal,
         }
     }
@@ -332,20 +339,47 @@ impl<C: Captioner, I: ImageSource, W: ResultWriter> CaptioningService<C, I, W> {
         outcomes
     }
 
+    /// The photos `message` would have captioned: its parsed requests, none when its body does
+    /// not parse or it carries more than `max_photos_per_message` (it then fails as a whole
+    /// before any photo is fetched). Parses the body; the Lambda handler uses it to plan its
+    /// work against the deadline, which a JSON parse costs nothing of next to a caption.
+    pub fn photos<M: QueueMessage>(&self, message: &M) -> usize {
+        match message::parse(message.body(), self.settings.max_new_tokens_cap) {
+            Ok(parsed) => {
+                let good = parsed.requests.iter().filter(|r| r.is_ok()).count();
+                if parsed.requests.len() > self.settings.max_photos_per_message {
+                    0
+                } else {
+                    good
+                }
+            }
+            Err(_) => 0,
+        }
+    }
+
     /// Parses every body on its own and lists the caption requests of the batch, each with the
     /// index of its message: `(requests, message_of)`. The rest of the pipeline works per request,
     /// so a message with several photos (an S3 notification with several records) batches like
-    /// several messages. A body that does not parse becomes one failed request of its message; an
-    /// S3 test event becomes none.
+    /// several messages. A body that does not parse, or that carries more photos than
+    /// `max_photos_per_message`, becomes one failed request of its message; an S3 test event
+    /// becomes none.
     fn requests<M: QueueMessage>(
         &self,
         batch: &[M],
     ) -> (Vec<Result<CaptionRequest, MessageFailure>>, Vec<usize>) {
         let cap = self.settings.max_new_tokens_cap;
+        let max_photos = self.settings.max_photos_per_message;
         let mut requests = Vec::with_capacity(batch.len());
         let mut message_of = Vec::with_capacity(batch.len());
         for (i, m) in batch.iter().enumerate() {
             match message::parse(m.body(), cap) {
+                Ok(parsed) if parsed.requests.len() > max_photos => {
+                    requests.push(Err(MessageFailure::TooManyPhotos {
+                        found: parsed.requests.len(),
+                        max: max_photos,
+                    }));
+                    message_of.push(i);
+                }
                 Ok(parsed) => {
                     if parsed.kind == BodyKind::S3TestEvent {
                         tracing::info!(
@@ -782,11 +816,13 @@ pub(crate) mod testing {
     }
 
     /// Captions an image `WxH` as `"WxH"`; fails any call containing an image of `poison_width`;
-    /// takes `delay` per call, like a real model on a slow machine.
+    /// takes `delay` per call and `per_image` more for each image, like a real model on a slow
+    /// machine.
     #[derive(Default)]
     pub struct FakeCaptioner {
         pub poison_width: Option<u32>,
         pub delay: Duration,
+        pub per_image: Duration,
         pub pixels: Option<Arc<LivePixels>>,
         /// The size of every model call, in order.
         pub calls: Mutex<Vec<usize>>,
@@ -812,7 +848,7 @@ pub(crate) mod testing {
         ) -> Result<Vec<Caption>, FakeError> {
             self.calls.lock().unwrap().push(images.len());
             assert_eq!(images.len(), max_new_tokens.len());
-            std::thread::sleep(self.delay);
+            std::thread::sleep(self.delay + self.per_image * images.len() as u32);
             if images.iter().any(|i| Some(i.0) == self.poison_width) {
                 return Err(FakeError("the model cannot handle this image".into()));
             }
@@ -904,6 +940,7 @@ pub(crate) mod testing {
             image_concurrency: 2,
             decode_budget_mpx: 64,
             deadline_margin: Duration::from_secs(2),
+            max_photos_per_message: 100,
         }
     }
 
@@ -1119,6 +1156,44 @@ mod tests {
         assert_eq!(results["photos/6x2"]["caption"], "6x2");
         // Six photos decoded, in model batches of two across message boundaries.
         assert_eq!(*service.captioner.calls.lock().unwrap(), [2, 2, 2]);
+    }
+
+    /// One message may carry many photos, and is done only when all are: one over the limit
+    /// fails alone, before any of its photos is fetched or captioned.
+    #[tokio::test]
+    async fn a_message_over_the_photo_limit_fails_alone_and_costs_nothing() {
+        let mut batch_settings = settings(8);
+        batch_settings.max_photos_per_message = 3;
+        let service = CaptioningService::new(
+            FakeCaptioner::default(),
+            FakeImages::default(),
+            MemorySink::default(),
+            "fake",
+            batch_settings,
+        );
+        let batch = vec![
+            message("m1", Some(s3_notification(&["1x1", "2x2", "3x3", "4x4"]))),
+            message("m2", Some(s3_notification(&["5x5", "6x6", "7x7"]))),
+            message("m3", Some(body("plain", "8x8"))),
+        ];
+        assert_eq!(
+            batch.iter().map(|m| service.photos(m)).collect::<Vec<_>>(),
+            [0, 3, 1]
+        );
+        let outcomes = service.process(&batch, 8).await;
+        let err = outcomes[0].result.as_ref().unwrap_err();
+        assert_eq!(err.error_type(), ErrorType::RequestTooLarge);
+        assert_eq!(
+            err.to_string(),
+            "message carries 4 photos: expected at most 3 (CAPTIONING_MAX_PHOTOS_PER_MESSAGE)"
+        );
+        assert!(outcomes[1].is_ok() && outcomes[2].is_ok());
+        assert_eq!(*service.captioner.calls.lock().unwrap(), [4]);
+        let results = service.sink.results.lock().unwrap();
+        assert_eq!(
+            results.keys().collect::<Vec<_>>(),
+            ["photos/5x5", "photos/6x6", "photos/7x7", "plain"]
+        );
     }
 
     #[tokio::test]

@@ -7,12 +7,18 @@
 //! handed to a second consumer; if the worker dies, the heartbeat stops and the messages come
 //! back after the timeout.
 //!
-//! Ownership is explicit. A message whose visibility extension failed may already belong to
-//! another consumer, so this worker never deletes it (its result write is idempotent: keyed by
-//! the request id, a second write overwrites). Deletes and hand-backs wait for the heartbeat to
-//! stop, so no extension races them. A failed message is handed back at once (visibility 0), or
-//! after a short backoff when the failure is transient, and the queue's redrive policy moves a
-//! message that keeps failing to its dead-letter queue.
+//! Ownership is explicit. An extension that fails transiently (throttling, a 5xx, a timeout, a
+//! dropped connection) says nothing about who owns the message, so the heartbeat retries it with
+//! a short backoff for as long as the message is known to be hidden, and the worker keeps it. A
+//! definitive refusal (a stale receipt handle: the message is deleted or received again), or no
+//! extension within the visibility window, gives the message up: it is extended no more and
+//! never handed back, since it may belong to another consumer by now. A message whose result is
+//! written is deleted whatever the heartbeat concluded: the delete works while the receive is
+//! still the latest, and if it does not, the result write is idempotent (keyed by the request
+//! id), so a redelivery only rewrites it. Deletes and hand-backs wait for the heartbeat to stop,
+//! so no extension races them. A failed message is handed back at once (visibility 0), or after
+//! a short backoff when the failure is transient, and the queue's redrive policy moves a message
+//! that keeps failing to its dead-letter queue.
 //!
 //! It stops on its own in two ways, both exit 0. On SIGTERM it receives no more, lets the batch
 //! in flight run until the stop deadline, deletes what was written, hands every other message it
@@ -21,7 +27,7 @@
 //! so a scale-to-zero platform stops billing. A deep backlog switches it to bulk mode (a larger
 //! batch).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +52,14 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 pub const METRICS_FUNCTION: &str = "captioning-worker";
 /// Exit status after a second stop signal: 128 + SIGTERM, as a shell reports a killed process.
 pub const FORCED_EXIT_CODE: i32 = 143;
+/// The first retry of a visibility extension that failed transiently waits this long (or an
+/// eighth of the visibility timeout, if less), and each further retry doubles it...
+pub const EXTEND_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// ...up to this, so a throttled queue is not hammered, and never past the time the message is
+/// known to be hidden.
+pub const EXTEND_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a delete or a hand-back is tried when it fails transiently.
+const SETTLE_ATTEMPTS: u32 = 3;
 
 /// Ends the process now with `code`, without running `atexit` handlers or C++ static destructors.
 ///
@@ -84,23 +98,38 @@ pub trait WorkQueue: Send + Sync + 'static {
         visibility: Duration,
     ) -> impl Future<Output = Result<Vec<ReceivedMessage>, Self::Error>> + Send;
 
-    /// Deletes the messages; returns the receipt handles the queue did not delete.
+    /// Deletes the messages; returns the ones the queue did not delete, each with why.
     fn delete(
         &self,
         receipt_handles: &[String],
-    ) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<Refused<Self::Error>>, Self::Error>> + Send;
 
     /// Sets the messages' remaining invisibility to `visibility` from now: more extends the
-    /// time this worker has, zero hands them back. Returns the receipt handles whose change
-    /// failed (a stale handle: the message is deleted or owned by another receive).
+    /// time this worker has, zero hands them back. Returns the ones whose change failed, each
+    /// with why: a transient error (`Retryable`) says nothing about ownership, any other (a
+    /// stale handle: the message is deleted or owned by another receive) is the queue's answer.
     fn set_visibility(
         &self,
         receipt_handles: &[String],
         visibility: Duration,
-    ) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<Refused<Self::Error>>, Self::Error>> + Send;
 
     /// The approximate number of visible messages.
     fn backlog(&self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+}
+
+/// One message of a batch call that failed: its receipt handle and the error for it.
+#[derive(Debug)]
+pub struct Refused<E> {
+    pub receipt_handle: String,
+    pub error: E,
+}
+
+impl<E: Classify> Refused<E> {
+    /// Whether the same call may succeed later (throttling, a 5xx, the network).
+    pub fn is_transient(&self) -> bool {
+        self.error.error_type() == ErrorType::Retryable
+    }
 }
 
 /// Why the worker stopped without an error.
@@ -123,7 +152,9 @@ pub struct WorkerReport {
     pub deleted: u64,
     /// Messages handed back to the queue: failed ones, and at a stop the unfinished ones.
     pub released: u64,
-    /// Messages whose visibility extension failed, left alone for their new owner.
+    /// Messages the heartbeat gave up (a definitive refusal, or no extension within the
+    /// visibility window) that had no result written: left alone for whoever owns them now.
+    /// Given-up messages whose result was written are deleted and counted in `deleted`.
     pub abandoned: u64,
     /// Batches cut off by the stop deadline.
     pub cut_off: u64,
@@ -194,24 +225,93 @@ async fn stop_deadline(mut shutdown: watch::Receiver<bool>, deadline: Duration) 
     tokio::time::sleep(deadline).await;
 }
 
-/// Extends the batch's visibility every half timeout until told to stop; a message whose
-/// extension fails goes into `lost` and is extended no more.
+/// The first retry delay of a transiently failed extension: [`EXTEND_RETRY_FIRST`], or less
+/// for a short visibility timeout, so several retries fit its window.
+fn first_extend_retry(visibility: Duration) -> Duration {
+    EXTEND_RETRY_FIRST
+        .min(visibility / 8)
+        .max(Duration::from_millis(1))
+}
+
+/// Splits a visibility change's answer into the handles whose change failed transiently and
+/// those the queue refused for good, logging why. A failed call fails every handle alike.
+fn sort_refusals<E: std::error::Error + Classify>(
+    action: &str,
+    handles: &[String],
+    answer: Result<Vec<Refused<E>>, E>,
+) -> (Vec<String>, Vec<String>) {
+    let mut transient = Vec::new();
+    let mut refused = Vec::new();
+    match answer {
+        Ok(failures) => {
+            for f in failures {
+                if f.is_transient() {
+                    tracing::warn!("{action}: one message failed, worth retrying: {}", f.error);
+                    transient.push(f.receipt_handle);
+                } else {
+                    tracing::warn!("{action}: one message refused: {}", f.error);
+                    refused.push(f.receipt_handle);
+                }
+            }
+        }
+        Err(e) if e.error_type() == ErrorType::Retryable => {
+            tracing::warn!(
+                messages = handles.len(),
+                "{action} failed, worth retrying: {e}"
+            );
+            transient = handles.to_vec();
+        }
+        Err(e) => {
+            tracing::warn!(messages = handles.len(), "{action} refused: {e}");
+            refused = handles.to_vec();
+        }
+    }
+    (transient, refused)
+}
+
+/// Extends the batch's visibility every half timeout, counted from when the messages were
+/// received, until told to stop.
+///
+/// A message whose extension fails transiently is retried after a doubling backoff for as long
+/// as it is known to be hidden (`visibility` from the receive, or from the last extension that
+/// succeeded): the failure says nothing about who owns it. A definitive refusal, or no success
+/// within that window (SQS has made it visible by then, and another consumer may have it), puts
+/// it in `lost`, and it is extended no more.
 async fn heartbeat<Q: WorkQueue>(
     queue: Arc<Q>,
     handles: Vec<String>,
     visibility: Duration,
+    hidden_since: Instant,
     lost: Arc<Mutex<HashSet<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let period = (visibility / 2).max(Duration::from_millis(200));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut hidden_until: HashMap<String, Instant> = handles
+        .iter()
+        .map(|h| (h.clone(), hidden_since + visibility))
+        .collect();
+    let first = tokio::time::Instant::from_std(hidden_since) + period;
+    let mut ticks = tokio::time::interval_at(first, period);
+    // Retries may run past a tick; the next extension then comes a period later, not at once.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let give_up = |handles: Vec<String>, why: &str| {
+        if !handles.is_empty() {
+            tracing::warn!(
+                messages = handles.len(),
+                "{why}; those messages may belong to another consumer now: no more extensions or hand-backs (a written result is still deleted)"
+            );
+            lost.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(handles);
+        }
+    };
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             // An extension in flight is never cut: the caller waits for this task to end.
             () = shutdown_requested(&mut stop) => return,
         }
-        let live: Vec<String> = {
+        let mut pending: Vec<String> = {
             let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
             handles
                 .iter()
@@ -219,29 +319,61 @@ async fn heartbeat<Q: WorkQueue>(
                 .cloned()
                 .collect()
         };
-        if live.is_empty() {
+        if pending.is_empty() {
             return;
         }
-        let failed = match queue.set_visibility(&live, visibility).await {
-            Ok(failed) => failed,
-            // Whether the call reached SQS is unknown: ownership of every message is in doubt.
-            Err(e) => {
-                tracing::warn!(messages = live.len(), "extending visibility failed: {e}");
-                live.clone()
+        let mut backoff = first_extend_retry(visibility);
+        loop {
+            let sent = Instant::now();
+            let answer = queue.set_visibility(&pending, visibility).await;
+            let (transient, refused) = sort_refusals("extending visibility", &pending, answer);
+            for h in &pending {
+                if !transient.contains(h) && !refused.contains(h) {
+                    hidden_until.insert(h.clone(), sent + visibility);
+                }
             }
-        };
-        if failed.is_empty() {
-            tracing::debug!(messages = live.len(), "visibility extended");
-        } else {
-            tracing::warn!(
-                messages = failed.len(),
-                "visibility extension failed; those messages may belong to another consumer now and will not be deleted by this worker"
+            if transient.is_empty() {
+                tracing::debug!(
+                    messages = pending.len() - refused.len(),
+                    "visibility extended"
+                );
+            }
+            give_up(refused, "the queue refused a visibility extension");
+            let now = Instant::now();
+            let (expired, retry): (Vec<String>, Vec<String>) = transient
+                .into_iter()
+                .partition(|h| hidden_until.get(h).is_none_or(|&until| until <= now));
+            give_up(
+                expired,
+                "no visibility extension succeeded within the visibility window",
             );
-            lost.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(failed);
+            pending = retry;
+            let Some(until) = pending.iter().filter_map(|h| hidden_until.get(h)).min() else {
+                break;
+            };
+            // The last try comes when the window closes; one that fails then gives the
+            // message up above.
+            let pause = backoff.min(until.saturating_duration_since(now));
+            tracing::info!(
+                messages = pending.len(),
+                retry_ms = pause.as_millis() as u64,
+                "retrying the visibility extension"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown_requested(&mut stop) => return,
+            }
+            backoff = (backoff * 2).min(EXTEND_RETRY_MAX);
         }
     }
+}
+
+/// Messages received for one batch.
+struct Batch {
+    messages: Vec<ReceivedMessage>,
+    /// When the first receive that returned messages came back: they are hidden for the
+    /// visibility timeout from about then (the later receives' messages, a little longer).
+    hidden_since: Instant,
 }
 
 /// The heartbeat of one batch, stopped and awaited before anything is deleted or handed back.
@@ -252,21 +384,28 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start<Q: WorkQueue>(queue: &Arc<Q>, handles: Vec<String>, visibility: Duration) -> Self {
+    /// Starts extending `handles`, hidden for `visibility` since `hidden_since`.
+    fn start<Q: WorkQueue>(
+        queue: &Arc<Q>,
+        handles: Vec<String>,
+        visibility: Duration,
+        hidden_since: Instant,
+    ) -> Self {
         let lost = Arc::new(Mutex::new(HashSet::new()));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(heartbeat(
             Arc::clone(queue),
             handles,
             visibility,
+            hidden_since,
             Arc::clone(&lost),
             stop_rx,
         ));
         Heartbeat { stop, task, lost }
     }
 
-    /// Stops the heartbeat, waits for an extension in flight, and returns the handles this
-    /// worker no longer owns.
+    /// Stops the heartbeat, waits for an extension in flight, and returns the handles it gave
+    /// up.
     async fn finish(self) -> HashSet<String> {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await {
@@ -350,12 +489,15 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
             };
             if *shutdown.borrow() {
                 // Received for a batch that will not run: hand them straight back.
-                let handles: Vec<String> =
-                    received.iter().map(|m| m.receipt_handle.clone()).collect();
+                let handles: Vec<String> = received
+                    .messages
+                    .iter()
+                    .map(|m| m.receipt_handle.clone())
+                    .collect();
                 report.released += self.hand_back(&handles, Duration::ZERO).await;
                 break;
             }
-            if received.is_empty() {
+            if received.messages.is_empty() {
                 if let Some(idle) = self.settings.idle_exit
                     && idle_since.elapsed() >= idle
                 {
@@ -436,7 +578,7 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         &self,
         target: usize,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<Vec<ReceivedMessage>, WorkerError> {
+    ) -> Result<Batch, WorkerError> {
         let vis = self.settings.visibility_timeout;
         let mut batch: Vec<ReceivedMessage> = Vec::with_capacity(target);
         let mut filling_since: Option<Instant> = None;
@@ -477,7 +619,10 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
                 }
             }
         }
-        Ok(batch)
+        Ok(Batch {
+            messages: batch,
+            hidden_since: filling_since.unwrap_or_else(Instant::now),
+        })
     }
 
     /// Captions one batch with a visibility heartbeat until it finishes or the stop deadline
@@ -486,12 +631,13 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
     /// ownership was lost left alone.
     async fn run_batch(
         &self,
-        received: Vec<ReceivedMessage>,
+        batch: Batch,
         target: usize,
         bulk: bool,
         shutdown: &watch::Receiver<bool>,
         report: &mut WorkerReport,
     ) {
+        let received = batch.messages;
         // One metric line per batch, written when this function returns (after the settling).
         let mut invocation = self.metrics.invocation();
         invocation.set_batch_size(received.len());
@@ -508,6 +654,7 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
             &self.queue,
             handles.clone(),
             self.settings.visibility_timeout,
+            batch.hidden_since,
         );
         let progress = Progress::new(received.len());
         let outcomes: Option<Vec<Outcome>> = tokio::select! {
@@ -523,23 +670,33 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         let mut release_now = Vec::new();
         let mut release_later: Vec<(String, Duration)> = Vec::new();
         let mut failed = 0u64;
+        let mut abandoned = 0u64;
         for (i, message) in received.iter().enumerate() {
             let handle = &message.receipt_handle;
-            if lost.contains(handle) {
-                continue;
-            }
-            match outcomes.as_ref().map(|o| &o[i].result) {
-                Some(Ok(_)) => delete.push(handle.clone()),
+            let done = match outcomes.as_ref().map(|o| &o[i].result) {
+                Some(Ok(_)) => true,
                 Some(Err(e)) => {
                     failed += 1;
                     invocation.error(e.error_type());
-                    match hand_back_delay(e.error_type(), message.receive_count) {
+                    false
+                }
+                None => written[i],
+            };
+            if done {
+                // Deleted even when the heartbeat gave it up: the delete still works while this
+                // receive is the latest, and if not, a redelivery only rewrites the result.
+                delete.push(handle.clone());
+            } else if lost.contains(handle) {
+                // It may be another consumer's by now: handing it back would expose it mid-work.
+                abandoned += 1;
+            } else {
+                match outcomes.as_ref().map(|o| &o[i].result) {
+                    Some(Err(e)) => match hand_back_delay(e.error_type(), message.receive_count) {
                         d if d.is_zero() => release_now.push(handle.clone()),
                         d => release_later.push((handle.clone(), d)),
-                    }
+                    },
+                    _ => release_now.push(handle.clone()),
                 }
-                None if written[i] => delete.push(handle.clone()),
-                None => release_now.push(handle.clone()),
             }
         }
         let cut_off = outcomes.is_none();
@@ -555,7 +712,6 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         for (handle, delay) in &release_later {
             released += self.hand_back(std::slice::from_ref(handle), *delay).await;
         }
-        let abandoned = lost.len() as u64;
         report.batches += 1;
         report.captioned += delete.len() as u64;
         report.failed += failed;
@@ -575,62 +731,64 @@ impl<Q: WorkQueue, C: Captioner, I: ImageSource, W: ResultWriter> Worker<Q, C, I
         );
     }
 
-    /// Deletes messages whose results are written; returns how many went.
+    /// Deletes messages whose results are written; returns how many went. A delete that fails
+    /// transiently is tried again (a message left undeleted is captioned again when it comes
+    /// back); one the queue refuses is logged and left: its result is written, so a redelivery
+    /// only rewrites it.
     async fn delete(&self, handles: &[String]) -> u64 {
-        if handles.is_empty() {
-            return 0;
+        let refused = self
+            .settle("deleting completed messages", handles, None)
+            .await;
+        if !refused.is_empty() {
+            tracing::warn!(
+                undeleted = refused.len(),
+                "some completed messages were not deleted; their results are written, so a redelivery rewrites the same results"
+            );
         }
-        match self.queue.delete(handles).await {
-            Ok(left) => {
-                if !left.is_empty() {
-                    // Their results are written; a redelivery rewrites the same result.
-                    tracing::warn!(
-                        undeleted = left.len(),
-                        "some completed messages were not deleted"
-                    );
-                }
-                (handles.len() - left.len()) as u64
-            }
-            Err(e) => {
-                tracing::error!(
-                    completed = handles.len(),
-                    "deleting completed messages failed: {e}"
-                );
-                0
-            }
-        }
+        (handles.len() - refused.len()) as u64
     }
 
-    /// Hands messages back to the queue, visible again after `delay`. A failed call is tried
-    /// twice more, since a message left hidden waits out the whole visibility timeout.
+    /// Hands messages back to the queue, visible again after `delay`. A transiently failed call
+    /// is tried again, since a message left hidden waits out the whole visibility timeout.
     async fn hand_back(&self, handles: &[String], delay: Duration) -> u64 {
+        let refused = self.settle("handing back", handles, Some(delay)).await;
+        if !refused.is_empty() {
+            tracing::error!(
+                messages = refused.len(),
+                "could not hand messages back; they return after their visibility timeout"
+            );
+        }
+        (handles.len() - refused.len()) as u64
+    }
+
+    /// Deletes `handles` (`visibility` `None`) or sets their visibility, retrying the ones that
+    /// failed transiently up to [`SETTLE_ATTEMPTS`] times in all; returns the handles that never
+    /// succeeded.
+    async fn settle(
+        &self,
+        action: &str,
+        handles: &[String],
+        visibility: Option<Duration>,
+    ) -> Vec<String> {
         let mut pending: Vec<String> = handles.to_vec();
-        for attempt in 0..3 {
+        let mut given_up = Vec::new();
+        for attempt in 0..SETTLE_ATTEMPTS {
             if pending.is_empty() {
                 break;
             }
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
-            pending = match self.queue.set_visibility(&pending, delay).await {
-                Ok(failed) => failed,
-                Err(e) => {
-                    tracing::warn!(
-                        messages = pending.len(),
-                        attempt,
-                        "handing back failed: {e}"
-                    );
-                    pending
-                }
+            let answer = match visibility {
+                None => self.queue.delete(&pending).await,
+                Some(v) => self.queue.set_visibility(&pending, v).await,
             };
+            let (transient, refused) = sort_refusals(action, &pending, answer);
+            given_up.extend(refused);
+            pending = transient;
         }
-        if !pending.is_empty() {
-            tracing::error!(
-                messages = pending.len(),
-                "could not hand messages back; they return after their visibility timeout"
-            );
-        }
-        (handles.len() - pending.len()) as u64
+        given_up.extend(pending);
+        given_up
     }
 }
 
@@ -703,24 +861,23 @@ impl WorkQueue for Queue {
         Queue::receive(self, max, sqs_secs(wait), Some(sqs_secs(visibility))).await
     }
 
-    async fn delete(&self, receipt_handles: &[String]) -> Result<Vec<String>, QueueError> {
+    async fn delete(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<Refused<QueueError>>, QueueError> {
         let results = self.delete_batch(receipt_handles).await;
-        Ok(failed_handles("delete", receipt_handles, results))
+        Ok(failed_handles(receipt_handles, results))
     }
 
     async fn set_visibility(
         &self,
         receipt_handles: &[String],
         visibility: Duration,
-    ) -> Result<Vec<String>, QueueError> {
+    ) -> Result<Vec<Refused<QueueError>>, QueueError> {
         let results = self
             .change_visibility_batch(receipt_handles, sqs_secs(visibility))
             .await;
-        Ok(failed_handles(
-            "change visibility",
-            receipt_handles,
-            results,
-        ))
+        Ok(failed_handles(receipt_handles, results))
     }
 
     async fn backlog(&self) -> Result<u64, QueueError> {
@@ -728,21 +885,23 @@ impl WorkQueue for Queue {
     }
 }
 
-/// The handles whose entry failed, each failure logged: one stale handle (a message deleted or
-/// received again meanwhile) must not hide the fate of the others.
+/// The handles whose entry failed, each with its own error: one stale receipt handle (a message
+/// deleted or received again meanwhile) must not hide the fate of the others, and a failed call
+/// (its error on each of its entries) is told from a refused entry by its error type.
 fn failed_handles(
-    action: &str,
     handles: &[String],
     results: Vec<Result<(), QueueError>>,
-) -> Vec<String> {
-    let mut failed = Vec::new();
-    for (handle, result) in handles.iter().zip(results) {
-        if let Err(e) = result {
-            tracing::warn!("{action} failed for one message: {e}");
-            failed.push(handle.clone());
-        }
-    }
-    failed
+) -> Vec<Refused<QueueError>> {
+    handles
+        .iter()
+        .zip(results)
+        .filter_map(|(handle, result)| {
+            result.err().map(|error| Refused {
+                receipt_handle: handle.clone(),
+                error,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -754,17 +913,29 @@ mod tests {
     use crate::service::testing::{FakeService, service, settings};
 
     /// An in-memory queue. Messages received stay in flight until deleted or handed back with
-    /// visibility 0 (the visibility timeout running out is the real queue's business, exercised
-    /// against moto in the process tests); every visibility change is recorded.
+    /// visibility 0, or, with `expires`, until their visibility runs out: the next receive then
+    /// returns them under a new receipt handle, and the old one is stale, as in SQS (without
+    /// it, the visibility timeout is the real queue's business, exercised against moto in the
+    /// process tests). Every visibility change is recorded.
     #[derive(Default)]
     struct FakeQueue {
+        /// Model the visibility timeout running out.
+        expires: bool,
+        /// receipt handle -> until when its message is hidden (with `expires`)
+        hidden_until: Mutex<HashMap<String, Instant>>,
+        /// How many more extension calls (visibility > 0) fail as a whole with a throttling
+        /// error, as SQS answers under load.
+        throttled_extensions: Mutex<usize>,
+        /// How many extension calls were made, throttled ones included.
+        extension_calls: Mutex<usize>,
         visible: Mutex<VecDeque<(String, String, u32)>>,
         /// receipt handle -> (message id, body, receive count)
         in_flight: Mutex<HashMap<String, (String, String, u32)>>,
         deleted: Mutex<Vec<String>>,
         /// (message id, visibility) of every change that succeeded
         visibility: Mutex<Vec<(String, Duration)>>,
-        /// Message ids whose extensions (visibility > 0) fail, as for a stale receipt handle.
+        /// Message ids whose extensions (visibility > 0) are refused, as for a stale receipt
+        /// handle.
         refuse_extend: Mutex<HashSet<String>>,
         /// How many short polls (wait 0) still come back empty whatever is visible.
         empty_short_polls: Mutex<usize>,
@@ -801,6 +972,14 @@ mod tests {
         }
     }
 
+    /// SQS's answer for a receipt handle that is no longer this receive's.
+    fn stale(handle: &str) -> Refused<FakeError> {
+        Refused {
+            receipt_handle: handle.to_string(),
+            error: FakeError("ReceiptHandleIsInvalid".into()),
+        }
+    }
+
     fn sorted(ids: impl Iterator<Item = String>) -> Vec<String> {
         let mut ids: Vec<String> = ids.collect();
         ids.sort();
@@ -814,9 +993,26 @@ mod tests {
             &self,
             max: usize,
             wait: Duration,
-            _visibility: Duration,
+            visibility: Duration,
         ) -> Result<Vec<ReceivedMessage>, FakeError> {
             assert!((1..=MAX_RECEIVE).contains(&max));
+            if self.expires {
+                // Expired messages are visible again, and their receipt handles stale.
+                let now = Instant::now();
+                let mut hidden = self.hidden_until.lock().unwrap();
+                let mut in_flight = self.in_flight.lock().unwrap();
+                let expired: Vec<String> = hidden
+                    .iter()
+                    .filter(|(_, until)| **until <= now)
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                for h in expired {
+                    hidden.remove(&h);
+                    if let Some(m) = in_flight.remove(&h) {
+                        self.visible.lock().unwrap().push_back(m);
+                    }
+                }
+            }
             if wait.is_zero() {
                 let mut empty = self.empty_short_polls.lock().unwrap();
                 if *empty > 0 {
@@ -837,6 +1033,10 @@ mod tests {
                 let mut next = self.next.lock().unwrap();
                 *next += 1;
                 let handle = format!("h{next}");
+                self.hidden_until
+                    .lock()
+                    .unwrap()
+                    .insert(handle.clone(), Instant::now() + visibility);
                 self.in_flight
                     .lock()
                     .unwrap()
@@ -853,35 +1053,45 @@ mod tests {
             Ok(out)
         }
 
-        async fn delete(&self, handles: &[String]) -> Result<Vec<String>, FakeError> {
+        async fn delete(&self, handles: &[String]) -> Result<Vec<Refused<FakeError>>, FakeError> {
+            let mut refused = Vec::new();
             for h in handles {
-                let (id, _, _) = self
-                    .in_flight
-                    .lock()
-                    .unwrap()
-                    .remove(h)
-                    .expect("a live handle");
-                self.deleted.lock().unwrap().push(id);
+                match self.in_flight.lock().unwrap().remove(h) {
+                    Some((id, _, _)) => self.deleted.lock().unwrap().push(id),
+                    None => refused.push(stale(h)),
+                }
             }
-            Ok(Vec::new())
+            Ok(refused)
         }
 
         async fn set_visibility(
             &self,
             handles: &[String],
             visibility: Duration,
-        ) -> Result<Vec<String>, FakeError> {
+        ) -> Result<Vec<Refused<FakeError>>, FakeError> {
+            if !visibility.is_zero() {
+                *self.extension_calls.lock().unwrap() += 1;
+                let mut throttled = self.throttled_extensions.lock().unwrap();
+                if *throttled > 0 {
+                    *throttled -= 1;
+                    return Err(FakeError("ChangeMessageVisibilityBatch throttled".into()));
+                }
+            }
             let mut failed = Vec::new();
             for h in handles {
                 let mut in_flight = self.in_flight.lock().unwrap();
                 let Some((id, _, _)) = in_flight.get(h).cloned() else {
-                    failed.push(h.clone());
+                    failed.push(stale(h));
                     continue;
                 };
                 if !visibility.is_zero() && self.refuse_extend.lock().unwrap().contains(&id) {
-                    failed.push(h.clone());
+                    failed.push(stale(h));
                     continue;
                 }
+                self.hidden_until
+                    .lock()
+                    .unwrap()
+                    .insert(h.clone(), Instant::now() + visibility);
                 self.visibility.lock().unwrap().push((id, visibility));
                 if visibility.is_zero() {
                     let (id, body, count) = in_flight.remove(h).unwrap();
@@ -969,8 +1179,12 @@ mod tests {
         let w = worker(queue, service(2, None), worker_settings(2, 100));
         // Stop once the poison message has come back a few times, as a redrive policy would.
         let (tx, rx) = watch::channel(false);
+        let hand_backs = |id: &str| {
+            let changes = w.queue.changes_of(id);
+            changes.iter().filter(|d| d.is_zero()).count()
+        };
         let stop = async {
-            while w.queue.changes_of("m2").len() < 3 {
+            while hand_backs("m2") < 3 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             tx.send(true).unwrap();
@@ -979,8 +1193,11 @@ mod tests {
         let report = report.unwrap();
         assert_eq!(report.exit, ExitReason::Shutdown);
         assert_eq!(w.queue.deleted_ids(), ["m0", "m1", "m3", "m4", "m5"]);
-        // Handed back with visibility 0 each time, never deleted, and not hidden at the end.
-        assert!(w.queue.changes_of("m2").iter().all(|d| d.is_zero()));
+        // Handed back with visibility 0 each time (a batch that waited to fill also had it
+        // extended, since its visibility is counted from the receive), never deleted, and not
+        // hidden at the end.
+        assert!(hand_backs("m2") >= 3);
+        assert_eq!(w.queue.changes_of("m2").last(), Some(&Duration::ZERO));
         assert_eq!(w.queue.visible_ids(), ["m2"]);
         assert!(w.queue.in_flight_ids().is_empty());
         assert_eq!(report.captioned, 5);
@@ -1098,28 +1315,112 @@ mod tests {
         assert!(w.service.captioner().calls.lock().unwrap().len() <= 1);
     }
 
-    /// Regression (issue 12): a failed extension only logged, and the batch went on to delete
-    /// messages another consumer might own by then.
+    /// Regression (issue 12): a failed extension only logged, and the batch went on to hand
+    /// back messages another consumer might own by then. A message the queue refuses to extend
+    /// is extended no more and never handed back; its result, once written, is still deleted.
     #[tokio::test]
-    async fn a_message_whose_extension_failed_is_not_deleted() {
-        let bodies = (0..3).map(|i| body(&format!("id{i}"), "4x4"));
+    async fn a_refused_extension_gives_the_message_up_but_a_written_one_is_deleted() {
+        let bodies = [
+            body("id0", "4x4"),
+            body("id1", "4x4"),
+            body("id2", "missing.jpg"),
+        ];
         let queue = FakeQueue::with(bodies);
         queue.refuse_extend.lock().unwrap().insert("m1".to_string());
+        queue.refuse_extend.lock().unwrap().insert("m2".to_string());
         let w = worker(
             queue,
             slow_service(3, Duration::from_millis(500)),
             worker_settings(3, 100),
         );
         let (_tx, rx) = watch::channel(false);
-        let report = w.run(rx).await.unwrap();
-        assert_eq!(w.queue.deleted_ids(), ["m0", "m2"]);
-        // Still in flight for whoever owns it now; its result was written all the same.
-        assert_eq!(w.queue.in_flight_ids(), ["m1"]);
-        assert_eq!(report.abandoned, 1);
+        // Bounded: a worker that handed m2 back would receive it again and never go idle.
+        let report = tokio::time::timeout(Duration::from_secs(10), w.run(rx))
+            .await
+            .expect("the worker settles the batch and exits idle")
+            .unwrap();
+        // m1's caption is written: deleting it spares a second caption.
+        assert_eq!(w.queue.deleted_ids(), ["m0", "m1"]);
+        // m2 failed, and may be another consumer's: left in flight for whoever owns it.
+        assert_eq!(w.queue.in_flight_ids(), ["m2"]);
+        assert_eq!(
+            (report.failed, report.released, report.abandoned),
+            (1, 0, 1)
+        );
         assert!(w.service.captioner().calls.lock().unwrap().len() == 1);
-        // The heartbeat stopped extending it after the failure.
+        // The heartbeat stopped extending them after the refusal.
         assert!(w.queue.changes_of("m1").is_empty());
+        assert!(w.queue.changes_of("m2").is_empty());
         assert!(w.queue.changes_of("m0").len() >= 2);
+    }
+
+    /// Regression: the heartbeat took any failed extension, a throttled one included, for lost
+    /// ownership. It stopped extending those messages, so they came back to other consumers
+    /// mid-batch, and never deleted them although their captions were written.
+    #[tokio::test]
+    async fn throttled_extensions_are_retried_and_the_batch_stays_owned() {
+        let bodies = (0..3).map(|i| body(&format!("id{i}"), "4x4"));
+        let mut queue = FakeQueue::with(bodies);
+        queue.expires = true;
+        *queue.throttled_extensions.lock().unwrap() = 3;
+        let mut settings = worker_settings(3, 100);
+        settings.visibility_timeout = Duration::from_secs(2);
+        let w = worker(queue, slow_service(3, Duration::from_secs(3)), settings);
+        let (_tx, rx) = watch::channel(false);
+        // Extensions at 1 s (throttled), retried at 1.1, 1.3 (throttled) and 1.7 s: within the
+        // 2 s window. Another consumer polling at 2.5 s must find nothing.
+        let other_consumer = async {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            w.queue
+                .receive(MAX_RECEIVE, Duration::ZERO, Duration::from_secs(30))
+                .await
+                .unwrap()
+        };
+        let (report, stolen) = tokio::join!(w.run(rx), other_consumer);
+        let report = report.unwrap();
+        assert!(stolen.is_empty(), "another consumer received {stolen:?}");
+        assert_eq!(w.queue.deleted_ids(), ["m0", "m1", "m2"]);
+        assert!(w.queue.in_flight_ids().is_empty());
+        assert!(w.queue.visible_ids().is_empty());
+        // Captioned once each.
+        assert_eq!(*w.service.captioner().calls.lock().unwrap(), [3]);
+        assert_eq!((report.deleted, report.abandoned), (3, 0));
+        assert!(*w.queue.extension_calls.lock().unwrap() >= 4);
+        assert!(!w.queue.changes_of("m0").is_empty());
+    }
+
+    /// Retries are bounded by the visibility window: once no extension has succeeded for a
+    /// whole visibility timeout, SQS has made the messages visible again, so the heartbeat
+    /// stops trying and gives them up. The written ones are still deleted (their receive is
+    /// still the latest here); the failed one is not handed back.
+    #[tokio::test]
+    async fn extensions_that_keep_failing_give_messages_up_when_the_window_closes() {
+        let bodies = [
+            body("id0", "4x4"),
+            body("id1", "4x4"),
+            body("id2", "missing.jpg"),
+        ];
+        let queue = FakeQueue::with(bodies);
+        *queue.throttled_extensions.lock().unwrap() = usize::MAX;
+        let w = worker(
+            queue,
+            slow_service(3, Duration::from_millis(1000)),
+            worker_settings(3, 100),
+        );
+        let (_tx, rx) = watch::channel(false);
+        let report = tokio::time::timeout(Duration::from_secs(10), w.run(rx))
+            .await
+            .expect("the worker settles the batch and exits idle")
+            .unwrap();
+        // 400 ms visibility: tries at 200, 250, 350 and 400 ms, then none.
+        let calls = *w.queue.extension_calls.lock().unwrap();
+        assert!((2..=6).contains(&calls), "{calls} extension calls");
+        assert_eq!(w.queue.deleted_ids(), ["m0", "m1"]);
+        assert_eq!(w.queue.in_flight_ids(), ["m2"]);
+        assert_eq!(
+            (report.deleted, report.released, report.abandoned),
+            (2, 0, 1)
+        );
     }
 
     /// Regression (issue 12): messages received for a batch that never ran were dropped with
