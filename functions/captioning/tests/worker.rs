@@ -462,3 +462,84 @@ fn a_worker_without_a_queue_url_or_result_sink_fails_at_start() {
         "{stderr}"
     );
 }
+
+/// A HEIC that crashes the decoder (a test build's decoder child aborts on a marker) fails its
+/// own message alone: the other photos of the same batch, a HEIC decoded by a fresh child among
+/// them, are captioned and deleted, the crashed one is handed back (the queue's redrive policy
+/// takes it to the dead-letter queue after its receives), and the worker goes on.
+#[test]
+fn a_decoder_crash_fails_only_its_own_message() {
+    use coldpath_test_support::{DECODER_ABORT, heic_with_marker};
+    let rt = runtime();
+    let (moto, client, url, _) = queue_with(&rt, "captions-crash", 0);
+    let store = tempfile::tempdir().unwrap();
+    let photos = store.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    std::fs::write(photos.join("crash.heic"), heic_with_marker(DECODER_ABORT)).unwrap();
+    for name in ["IMG_0001.HEIC", "cat.jpg", "grey.png"] {
+        std::fs::copy(
+            repo_root().join("events/data/photos").join(name),
+            photos.join(name),
+        )
+        .unwrap();
+    }
+    let queue = Queue::new(client.clone(), &url);
+    rt.block_on(async {
+        for (id, photo) in [
+            ("crash", "crash.heic"),
+            ("heic", "IMG_0001.HEIC"),
+            ("jpeg", "cat.jpg"),
+            ("png", "grey.png"),
+        ] {
+            queue.send(&photo_body(id, photo)).await.unwrap();
+        }
+    });
+    let results = tempfile::tempdir().unwrap();
+    let store_setting = format!("local:{}", store.path().display());
+    let mut worker = WorkerProcess::start(
+        &url,
+        &moto,
+        results.path(),
+        &[
+            ("CAPTIONING_MAX_BATCH", "4"),
+            ("CAPTIONING_IDLE_EXIT_SECS", "60"),
+            ("COLDPATH_OBJECT_STORE", &store_setting),
+        ],
+    );
+    // Long polls may split the four into more than one batch: wait until the three good ones
+    // are written, counting every batch's outcome on the way.
+    let started = Instant::now();
+    let (mut failed, mut deleted) = (0, 0);
+    while result_ids(results.path()).len() < 3 {
+        let done = worker.wait_for_log("batch done", Duration::from_secs(120));
+        failed += done["failed"].as_u64().unwrap();
+        deleted += done["deleted"].as_u64().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(180), "{done}");
+    }
+    assert!(
+        matches!(worker.child.try_wait(), Ok(None)),
+        "the worker died"
+    );
+    assert_eq!(
+        result_ids(results.path()),
+        ["heic", "jpeg", "png"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    assert_eq!(deleted, 3);
+    assert!(failed >= 1, "the crashed photo's message failed");
+    let crash = worker
+        .seen
+        .iter()
+        .find(|l| l.contains("SIGABRT"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        crash.contains("crash"),
+        "the failure names the message and how its decoder died: {crash}"
+    );
+    sigterm(worker.child.id());
+    let (status, _) = worker.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0));
+}
