@@ -58,7 +58,10 @@ pub use geometry::{
 };
 pub use limits::ImageLimits;
 pub use loader::ImageLoader;
-pub use native::{CodecPaths, CodecStatus, Isolation, load_native_codecs, run_decoder_if_asked};
+pub use native::{
+    CodecPaths, CodecStatus, Isolation, isolation_overhead, load_native_codecs,
+    run_decoder_if_asked,
+};
 pub use orient::orient;
 pub use source::ImageRef;
 pub use tensor::{ChannelOrder, to_nchw};

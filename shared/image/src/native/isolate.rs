@@ -20,8 +20,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
@@ -33,6 +33,20 @@ pub const DECODER_ARG: &str = "__coldpath-image-decoder";
 
 /// Set once a binary's `main` has run the hook: its own executable can serve as the child.
 static HOOKED: AtomicBool = AtomicBool::new(false);
+
+/// What isolation has cost this process: decodes answered by a child, and the time they took
+/// beyond the library call itself (as the child timed it): the pipes, the copies, the waits.
+static ISOLATED_DECODES: AtomicU64 = AtomicU64::new(0);
+static ISOLATION_OVERHEAD_US: AtomicU64 = AtomicU64::new(0);
+
+/// Decodes this process had a child answer, and their total time beyond the library call (the
+/// cost of isolation; `make bench-image-formats` reports it per decode).
+pub fn isolation_overhead() -> (u64, Duration) {
+    (
+        ISOLATED_DECODES.load(Ordering::Relaxed),
+        Duration::from_micros(ISOLATION_OVERHEAD_US.load(Ordering::Relaxed)),
+    )
+}
 
 /// Bytes that make a fault-injection build's child abort, hang or allocate without bound
 /// before decoding: the hosts' tests put them in a `free` box of a real HEIC to prove that a
@@ -190,11 +204,18 @@ impl Pool {
             }
             false
         });
+        let asked = Instant::now();
         let answer = exchange(&mut worker, format, bytes, max_pixels, max_side);
         let _ = done.send(());
         let timed_out = watchdog.join().unwrap_or(false);
         match answer {
             Ok(reply) => {
+                if let Ok((_, library)) = &reply {
+                    let beyond = asked.elapsed().saturating_sub(*library);
+                    ISOLATED_DECODES.fetch_add(1, Ordering::Relaxed);
+                    ISOLATION_OVERHEAD_US.fetch_add(beyond.as_micros() as u64, Ordering::Relaxed);
+                }
+                let reply = reply.map(|(image, _)| image);
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 if idle.len() < self.max_idle {
                     idle.push(worker);
@@ -252,7 +273,7 @@ fn signal_name(sig: i32) -> &'static str {
 // The protocol, all integers little-endian.
 // Request: format (u8: 0 HEIC, 1 AVIF), max_pixels (u64), max_side (u32), length (u64), bytes.
 // Reply: status (u8: 0 pixels, 1 undecodable, 2 unavailable), then for 0: width (u32), height
-// (u32), width × height × 3 bytes; otherwise: length (u32), a UTF-8 message.
+// (u32), the library call's time in microseconds (u64), width × height × 3 bytes; otherwise: length (u32), a UTF-8 message.
 const OK: u8 = 0;
 const UNDECODABLE: u8 = 1;
 const UNAVAILABLE: u8 = 2;
@@ -264,7 +285,7 @@ fn exchange(
     bytes: &[u8],
     max_pixels: u64,
     max_side: u32,
-) -> std::io::Result<Result<RgbImage, NativeError>> {
+) -> std::io::Result<Result<(RgbImage, Duration), NativeError>> {
     let mut head = Vec::with_capacity(21);
     head.push(u8::from(format == Format::Avif));
     head.extend_from_slice(&max_pixels.to_le_bytes());
@@ -283,11 +304,12 @@ fn exchange(
                 "it answered a {w}x{h} image under a limit of {max_pixels} pixels"
             )));
         }
+        let library = Duration::from_micros(read_u64(out)?);
         let mut pixels = vec![0u8; w as usize * h as usize * 3];
         out.read_exact(&mut pixels)?;
         let image = RgbImage::from_raw(w, h, pixels)
             .ok_or_else(|| std::io::Error::other("a plane of the wrong size"))?;
-        return Ok(Ok(image));
+        return Ok(Ok((image, library)));
     }
     let len = read_u32(out)? as usize;
     if len > 64 * 1024 {
@@ -376,13 +398,16 @@ fn serve_decodes() -> std::io::Result<()> {
         } else {
             Format::Heic
         };
+        let started = Instant::now();
         let result = super::library_decode(&codecs, format, &bytes, max_pixels, max_side);
+        let library = started.elapsed();
         drop(bytes);
         match result {
             Ok(image) => {
                 output.write_all(&[OK])?;
                 output.write_all(&image.width().to_le_bytes())?;
                 output.write_all(&image.height().to_le_bytes())?;
+                output.write_all(&(library.as_micros() as u64).to_le_bytes())?;
                 output.write_all(image.as_raw())?;
             }
             Err(e) => {

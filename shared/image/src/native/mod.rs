@@ -27,7 +27,7 @@ use coldpath_core::config::{self, EnvSource};
 
 pub(crate) use avif::Avif;
 pub(crate) use heif::Heif;
-pub use isolate::{Isolation, run_decoder_if_asked};
+pub use isolate::{Isolation, isolation_overhead, run_decoder_if_asked};
 pub(crate) use isolate::{NativeError, Pool};
 
 use crate::ImageError;
