@@ -25,6 +25,7 @@ help:
 	@echo "make deploy CAPTIONING_MODEL=<dir>  validate, package, sam deploy, publish the captioning model"
 	@echo "make rehearse  offline first day: sam validate/build, each zip in a Lambda-shaped sandbox against moto (root)"
 	@echo "make bench-serve  load benchmark of the always-on server (wrk) against a Python server"
+	@echo "make bench-serve-hostile  the server under a flood of big uploads and stalled connections"
 	@echo "make plan-inputs  copy the benchmark outputs the plan reads into infra/placement/bench/"
 	@echo "make fixtures   regenerate every committed fixture from its script"
 	@echo "make fuzz       run every cargo-fuzz target 10 minutes (fuzz-smoke: 20 s each; fuzz/README.md)"
@@ -96,6 +97,14 @@ setup-wrk:
 bench-serve: setup setup-wrk
 	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
 	@$(ENV); BENCH_THREADS=$(BENCH_THREADS) .venv/bin/python shared/serve/benches/load.py
+
+# Hostile load on the release server (shared/serve/benches/hostile.py): a flood of 30 MB uploads
+# against a faces queue of 4, 500 stalled request heads beside normal queries, HEIC through the
+# decoder child. Figures: target/bench/serve-hostile.json.
+.PHONY: bench-serve-hostile
+bench-serve-hostile: setup
+	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
+	@$(ENV); .venv/bin/python shared/serve/benches/hostile.py
 
 lint:
 	$(CARGO) fmt --all --check
