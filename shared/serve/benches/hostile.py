@@ -57,25 +57,26 @@ def post(path, body, timeout=120):
         return e.code, e.read()
 
 
-def upload_expecting_continue(body, out):
-    s = socket.create_connection(("127.0.0.1", PORT))
-    s.sendall((f"POST /v1/faces HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode())
+def read_head(s):
+    """Reads up to the end of one response head (one byte at a time: what follows stays unread)."""
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = s.recv(1)
         if not chunk:
             break
         head += chunk
+    return head
+
+
+def upload_expecting_continue(body, out):
+    s = socket.create_connection(("127.0.0.1", PORT))
+    s.sendall((f"POST /v1/faces HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode())
+    head = read_head(s)
     asked = head.startswith(b"HTTP/1.1 100")
     if asked:
         s.sendall(body)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = read_head(s)
     out.append((asked, int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1") else 0))
     s.close()
 
@@ -144,6 +145,15 @@ def main() -> int:
             "peak_growth_mib": grown / 2**20, "stated_bound_mib": bound / 2**20,
         }
         print("flood:", json.dumps(results["flood"]), flush=True)
+
+        # 2 and 3 run at the default image limits (the flood's pixel cap would refuse the HEIC).
+        proc.terminate()
+        proc.wait(timeout=60)
+        env.pop("COLDPATH_IMAGE_MAX_PIXELS")
+        proc = subprocess.Popen([str(REPO / "target/release/coldpath-serve")], env=env,
+                                stdout=subprocess.DEVNULL, stderr=open(work / "serve2.log", "w"),
+                                preexec_fn=pinned(0))
+        wait_ready(PORT, proc)
 
         # 2. Slow heads.
         quiet = probe_latencies(probes)

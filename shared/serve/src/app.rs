@@ -252,9 +252,22 @@ fn not_hosted(state: &AppState, workload: &'static str) -> RequestError {
     }
 }
 
-/// Each route takes its model's queue place first, then reads its body under its own limit and
-/// within the request's deadline: a request that would be refused is refused before a byte of
-/// its body is held (a client that sent `Expect: 100-continue` never sends it).
+/// Takes the workload's queue place, then reads the body under the workload's limit and within
+/// the request's deadline, and answers it: a request that would be refused is refused before a
+/// byte of its body is held (a client that sent `Expect: 100-continue` never sends it). A macro
+/// rather than a generic function: the workloads' futures must stay `Send` for axum.
+macro_rules! admit_then_read {
+    ($workload:expr, $reader:expr) => {{
+        let w = $workload;
+        let admission = w.admit()?;
+        let body = $reader
+            .read(w.max_body_bytes(), admission.deadline())
+            .await
+            .map_err(|e| e.into_request_error(|| w.expired(&admission)))?;
+        w.handle(admission, body).await
+    }};
+}
+
 async fn embeddings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -266,13 +279,8 @@ async fn embeddings(
             .embeddings
             .as_ref()
             .ok_or_else(|| not_hosted(&state, "embeddings"))?;
-        let admission = w.admit()?;
         let reader = BodyReader::new(&headers, body, state.config.connections.read_timeout);
-        let body = reader
-            .read(w.max_body_bytes(), admission.deadline())
-            .await
-            .map_err(|e| e.into_request_error(|| w.expired(&admission)))?;
-        w.handle(admission, &body).await
+        admit_then_read!(w, reader)
     }
     .await;
     state.answer(result)
@@ -285,13 +293,8 @@ async fn faces(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
             .faces
             .as_ref()
             .ok_or_else(|| not_hosted(&state, "faces"))?;
-        let admission = w.admit()?;
         let reader = BodyReader::new(&headers, body, state.config.connections.read_timeout);
-        let body = reader
-            .read(w.max_body_bytes(), admission.deadline())
-            .await
-            .map_err(|e| e.into_request_error(|| w.expired(&admission)))?;
-        w.handle(admission, body).await
+        admit_then_read!(w, reader)
     }
     .await;
     state.answer(result)
@@ -311,27 +314,13 @@ async fn invocations(
     let result = async {
         let hosted = state.hosted()?;
         let idle = state.config.connections.read_timeout;
+        let mut reader = BodyReader::new(&headers, body, idle);
         let (e, f) = match (&hosted.embeddings, &hosted.faces) {
-            (Some(e), None) => {
-                let admission = e.admit()?;
-                let body = BodyReader::new(&headers, body, idle)
-                    .read(e.max_body_bytes(), admission.deadline())
-                    .await
-                    .map_err(|err| err.into_request_error(|| e.expired(&admission)))?;
-                return e.handle(admission, &body).await;
-            }
-            (None, Some(f)) => {
-                let admission = f.admit()?;
-                let body = BodyReader::new(&headers, body, idle)
-                    .read(f.max_body_bytes(), admission.deadline())
-                    .await
-                    .map_err(|err| err.into_request_error(|| f.expired(&admission)))?;
-                return f.handle(admission, body).await;
-            }
+            (Some(e), None) => return admit_then_read!(e, reader),
+            (None, Some(f)) => return admit_then_read!(f, reader),
             (Some(e), Some(f)) => (e, f),
             (None, None) => return Err(not_hosted(&state, "embeddings")),
         };
-        let mut reader = BodyReader::new(&headers, body, idle);
         let small = if reader.declared_over(e.max_body_bytes()) {
             None
         } else {
@@ -360,17 +349,12 @@ async fn invocations(
                     let admission = f.admit()?;
                     f.handle(admission, reader.bytes).await
                 }
-                (true, false) => e.handle(admission, &reader.bytes).await,
+                (true, false) => e.handle(admission, reader.bytes).await,
                 (false, false) if fields.as_ref().is_some_and(Value::is_object) => Err(ambiguous()),
-                (false, false) => e.handle(admission, &reader.bytes).await,
+                (false, false) => e.handle(admission, reader.bytes).await,
             };
         }
-        let admission = f.admit()?;
-        let body = reader
-            .read(f.max_body_bytes(), admission.deadline())
-            .await
-            .map_err(|err| err.into_request_error(|| f.expired(&admission)))?;
-        f.handle(admission, body).await
+        admit_then_read!(f, reader)
     }
     .await;
     state.answer(result)

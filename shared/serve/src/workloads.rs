@@ -130,9 +130,9 @@ impl EmbeddingsWorkload {
     pub async fn handle(
         &self,
         admission: Admission<'_, EmbeddingsModel>,
-        body: &[u8],
+        body: Vec<u8>,
     ) -> Result<Value, RequestError> {
-        let body = coldpath_embeddings::http::parse_body(body, self.limits.max_request_bytes)
+        let body = coldpath_embeddings::http::parse_body(&body, self.limits.max_request_bytes)
             .map_err(|(kind, message)| RequestError::Body { kind, message })?;
         let embedder = self.model.embedder();
         let request = api::parse_request(
