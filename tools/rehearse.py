@@ -977,6 +977,227 @@ def host_changes(before: dict, after: dict) -> list[str]:
 # The steps.
 
 
+# ---------------------------------------------------------------------------------------------
+# The bulk pool's controller (infra/gpu/batch.yaml PoolController) in an account with no GPU
+# quota. moto's Batch runs jobs in Docker containers (none here) and has no vCPU quota, so it
+# cannot hold a job RUNNABLE: Batch is ZeroQuotaBatch below, which accepts submissions and never
+# starts them, and the Batch and CloudWatch events are driven into the controller's handler by
+# this script. botocore 1.43 speaks CloudWatch's JSON protocol, which moto 5.2.5 does not serve,
+# so the alarms' states are AlarmStates below, set by the script. The controller's own code (the
+# template's ZipFile) and its resolved environment run unchanged; the captioning Lambda's
+# configuration, its SQS event source mapping and the caption queue are real calls to moto.
+
+POOL_TEMPLATE = ROOT / "infra" / "gpu" / "batch.yaml"
+
+
+class ZeroQuotaBatch:
+    """AWS Batch where no instance can be launched: every submitted array stays PENDING with its
+    children RUNNABLE (the parent of an array never shows RUNNING; its statusSummary counts the
+    children), until the script moves a child or the controller cancels the job."""
+
+    def __init__(self, queue_arn: str, clock):
+        self.queue_arn, self.clock = queue_arn, clock
+        self.jobs: dict[str, dict] = {}
+        self.submitted: list[dict] = []
+        self.cancelled: list[str] = []
+
+    def _summary(self, job: dict) -> dict:
+        counts: dict[str, int] = {}
+        for s in job["children"]:
+            counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    def submit_job(self, **kw) -> dict:
+        if kw["jobQueue"] != self.queue_arn:
+            raise RehearsalError(f"controller submitted to {kw['jobQueue']}, not the bulk queue")
+        job_id = str(uuid.uuid4())
+        size = int(kw["arrayProperties"]["size"])
+        self.jobs[job_id] = {"jobId": job_id, "jobName": kw["jobName"], "status": "PENDING",
+                             "createdAt": int(self.clock() * 1000), "children": ["RUNNABLE"] * size}
+        self.submitted.append(kw)
+        return {"jobId": job_id, "jobName": kw["jobName"]}
+
+    def get_paginator(self, name: str):
+        if name != "list_jobs":
+            raise RehearsalError(f"controller asked for a {name} paginator")
+        return self
+
+    def paginate(self, jobQueue: str, jobStatus: str):
+        yield {"jobSummaryList": [{"jobId": j["jobId"]} for j in self.jobs.values()
+                                  if jobQueue == self.queue_arn and j["status"] == jobStatus]}
+
+    def describe_jobs(self, jobs: list[str]) -> dict:
+        out = []
+        for job_id in jobs:
+            j = self.jobs[job_id]
+            out.append({"jobId": job_id, "jobName": j["jobName"], "status": j["status"],
+                        "createdAt": j["createdAt"],
+                        "arrayProperties": {"size": len(j["children"]), "statusSummary": self._summary(j)}})
+        return {"jobs": out}
+
+    def cancel_job(self, jobId: str, reason: str) -> dict:
+        j = self.jobs[jobId]
+        if j["status"] in ("SUBMITTED", "PENDING", "RUNNABLE"):
+            j["status"] = "FAILED"
+            j["children"] = ["FAILED"] * len(j["children"])
+            self.cancelled.append(jobId)
+        return {}
+
+    def child_event(self, job_id: str, index: int, status: str) -> dict:
+        """Moves one child and returns the Batch Job State Change event EventBridge would deliver."""
+        self.jobs[job_id]["children"][index] = status
+        return {"source": "aws.batch", "detail-type": "Batch Job State Change",
+                "detail": {"jobId": f"{job_id}:{index}", "jobQueue": self.queue_arn, "status": status,
+                           "arrayProperties": {"index": index}}}
+
+
+class AlarmStates:
+    """CloudWatch's DescribeAlarms over states the script sets."""
+
+    def __init__(self, states: dict[str, str]):
+        self.states = states
+
+    def describe_alarms(self, AlarmNames: list[str]) -> dict:
+        return {"MetricAlarms": [{"AlarmName": n, "StateValue": self.states[n]}
+                                 for n in AlarmNames if n in self.states]}
+
+
+def alarm_event(alarm_name: str, alarm_arn: str, state: str) -> dict:
+    return {"source": "aws.cloudwatch", "detail-type": "CloudWatch Alarm State Change",
+            "resources": [alarm_arn], "detail": {"alarmName": alarm_name, "state": {"value": state}}}
+
+
+def rehearse_pool(report: "Report", stack: "Stack", cap_spec, endpoint: str, queue_arn: str,
+                  queue_url: str, sqs) -> str:
+    """The zero-quota day: a backlog alarm submits workers that never start. The Lambda consumer
+    must never be stepped aside meanwhile, the submission must be cancelled once past
+    StartBoundMinutes, a worker that does run must step it aside and one that stops must hand the
+    queue back, and every message must still be in the queue for the Lambda afterwards. Returns
+    the mapping's state at the end: the captioning steps consume only if it is Enabled."""
+    import importlib.util
+
+    import boto3
+
+    session = boto3.Session(aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal",
+                            region_name=REGION)
+    lam = session.client("lambda", endpoint_url=endpoint)
+    iam = session.client("iam", endpoint_url=endpoint)
+    # The captioning function as deployed (its resolved environment carries the model pin) and
+    # its SQS event source mapping; moto needs a zip and a role, neither of which runs.
+    role = iam.create_role(RoleName="rehearsal-captioning", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                "Principal": {"Service": "lambda.amazonaws.com"}}]}))["Role"]["Arn"]
+    code = WORK / "captioning-placeholder.zip"
+    with zipfile.ZipFile(code, "w") as zf:
+        zf.writestr("bootstrap", "")
+    lam.create_function(FunctionName=cap_spec.name, Runtime="provided.al2023", Role=role,
+                        Handler="bootstrap", Code={"ZipFile": code.read_bytes()},
+                        Environment={"Variables": cap_spec.env})
+    mapping = lam.create_event_source_mapping(EventSourceArn=queue_arn, FunctionName=cap_spec.name,
+                                              BatchSize=1, Enabled=True)["UUID"]
+
+    pool_template = load_template(POOL_TEMPLATE)
+    params = parameter_defaults(pool_template)
+    params.update(CaptioningFunctionName=cap_spec.name, CaptioningEventSourceMappingId=mapping,
+                  CaptionQueueName=queue_arn.rsplit(":", 1)[1], CaptionQueueArn=queue_arn,
+                  CaptionQueueUrl=queue_url)
+    pool = Stack(pool_template, params, stack.stack_id.replace(STACK, STACK + "-pool"), POOL_TEMPLATE.parent)
+    job_queue = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/BulkJobQueue-{suffix('BulkJobQueue')}"
+    pool.physical.update(
+        BulkJobQueue=job_queue,
+        BulkJobDefinition=f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/{STACK}-caption-bulk:1")
+    for alarm in pool.of_type("AWS::CloudWatch::Alarm"):
+        name = f"{STACK}-pool-{alarm}-{suffix(alarm)}"
+        pool.physical[alarm] = name
+        pool.attributes[(alarm, "Arn")] = f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}"
+    controller = pool.resources["PoolController"]["Properties"]
+    env = {k: str(v) for k, v in pool.resolve(controller["Environment"]["Variables"]).items()}
+
+    # The controller's own code, loaded as Lambda would (index.handler), its boto3 clients on moto.
+    now = [time.time()]
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL"]}
+    os.environ.update(env, AWS_ENDPOINT_URL=endpoint)
+    try:
+        source = WORK / "pool-controller" / "index.py"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(controller["Code"]["ZipFile"])
+        spec = importlib.util.spec_from_file_location("pool_controller", source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        batch = ZeroQuotaBatch(job_queue, lambda: now[0])
+        module.batch = batch
+        alarms = AlarmStates({name: "OK" for name in
+                              (pool.physical[a] for a in pool.of_type("AWS::CloudWatch::Alarm"))})
+        module.cw = alarms
+        module.time = type("Clock", (), {"time": staticmethod(lambda: now[0])})
+
+        def consumer() -> str:
+            return lam.get_event_source_mapping(UUID=mapping)["State"]
+
+        def handle(event: dict) -> str:
+            module.handler(event)
+            return consumer()
+
+        waiting = int(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+                      ["Attributes"]["ApproximateNumberOfMessages"])
+        bulk = pool.physical["BulkBacklogAlarm"]
+        seen = [handle(alarm_event(bulk, pool.attributes[("BulkBacklogAlarm", "Arn")], "ALARM"))]
+        pin = {k: cap_spec.env.get(k) for k in ("CAPTIONING_MODEL_SOURCE", "CAPTIONING_MODEL_SHA256")}
+        sent = {e["name"]: e["value"] for s in batch.submitted
+                for e in s.get("containerOverrides", {}).get("environment", [])}
+        job_ids = list(batch.jobs)
+        if job_ids:
+            seen.append(handle(batch.child_event(job_ids[0], 0, "RUNNABLE")))
+        bound_min = int(env["START_BOUND_MINUTES"])
+        now[0] += (bound_min - 1) * 60
+        seen.append(handle({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}))
+        before_bound = list(batch.cancelled)
+        now[0] += 2 * 60
+        seen.append(handle({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}))
+        ok = (len(batch.submitted) == 1 and sent == pin and all(s == "Enabled" for s in seen)
+              and not before_bound and batch.cancelled == job_ids)
+        report.step("bulk pool, no GPU quota: the Lambda consumer keeps the queue", ok,
+                    f"backlog alarm -> {len(batch.submitted)} submission(s) of {env['WORKERS']} workers "
+                    f"with the Lambda's model pin: {'yes' if sent == pin else f'no ({sent} vs {pin})'}; "
+                    f"event source mapping after the alarm, a RUNNABLE change and two schedules: {', '.join(seen)}; "
+                    f"cancelled before {bound_min} min: {before_bound or 'none'}, after: {batch.cancelled or 'none'}")
+
+        # A worker that does start: the Lambda steps aside, and takes the queue back when the
+        # worker's instance is lost and its retry waits RUNNABLE again.
+        handle(alarm_event(bulk, pool.attributes[("BulkBacklogAlarm", "Arn")], "ALARM"))
+        job = [j for j in batch.jobs if j not in job_ids][0]
+        handle(batch.child_event(job, 0, "STARTING"))
+        aside = handle(batch.child_event(job, 0, "RUNNING"))
+        stalled_name = pool.physical["StalledQueueAlarm"]
+        alarms.states[stalled_name] = "ALARM"
+        stalled = handle(alarm_event(stalled_name, pool.attributes[("StalledQueueAlarm", "Arn")], "ALARM"))
+        alarms.states[stalled_name] = "OK"
+        again = handle(alarm_event(stalled_name, pool.attributes[("StalledQueueAlarm", "Arn")], "OK"))
+        back = handle(batch.child_event(job, 0, "RUNNABLE"))
+        report.step("bulk pool: the Lambda steps aside only while a worker runs",
+                    (aside, stalled, again, back) == ("Disabled", "Enabled", "Disabled", "Enabled")
+                    and len(batch.submitted) == 2,
+                    f"a worker RUNNING -> mapping {aside} (want Disabled); the stalled-queue alarm in ALARM "
+                    f"while it runs -> {stalled} (want Enabled), back to OK -> {again} (want Disabled); "
+                    f"the worker's retry back to RUNNABLE -> {back} (want Enabled)")
+        left = int(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+                   ["Attributes"]["ApproximateNumberOfMessages"])
+        report.step("bulk pool: no message lost", left == waiting and consumer() == "Enabled",
+                    f"{left} of {waiting} messages still visible to the Lambda consumer, mapping {consumer()}")
+        batch.cancel_job(jobId=job, reason="rehearsal over")
+        state = consumer()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    # The script plays the mapping for the captioning sandbox below; moto's own would try to
+    # invoke the function through Docker on the next message sent.
+    lam.delete_event_source_mapping(UUID=mapping)
+    return state
+
+
 class Report:
     def __init__(self):
         self.steps: list[tuple[str, bool, str]] = []
@@ -1263,6 +1484,9 @@ def rehearse(args, report: Report) -> int:
         poison_id = sqs.send_message(QueueUrl=queue_url, MessageBody=poison_body)["MessageId"]
         log(f"sent caption message {good_id} and poison message {poison_id} to {queue_logical}")
 
+        # The bulk pool's controller on a day without GPU quota, with these messages waiting.
+        consumer_state = rehearse_pool(report, stack, cap_spec, endpoint, queue_arn, queue_url, sqs)
+
         box = boot("CaptioningFunction")
         try:
             receives: dict[str, int] = {}
@@ -1271,6 +1495,9 @@ def rehearse(args, report: Report) -> int:
             poisoned = False
             deadline = time.monotonic() + 60 + max_receive * (REHEARSAL_VISIBILITY + cap_spec.timeout_s)
             cap_prefix = result_key(cap_spec.env["COLDPATH_RESULT_SINK"], "captioning", photo_bucket, photo_key)
+            # The script plays the event source mapping: a disabled one consumes nothing.
+            if consumer_state != "Enabled":
+                deadline = time.monotonic()
             while time.monotonic() < deadline and not (captioned and poisoned):
                 got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=batch_size,
                                           WaitTimeSeconds=1, AttributeNames=["All"],
