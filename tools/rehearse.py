@@ -928,6 +928,67 @@ def published_bundle_problems(s3, model_source: str, digests: dict[str, str]) ->
     return problems
 
 
+def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint: str, deploy,
+                                 bundles: list[Path]) -> None:
+    """`make deploy`'s publish-then-switch (tools/deploy.py publish_then_switch) run for each of
+    `bundles` in turn, the first on a stack that does not exist yet, against moto's S3. Each
+    `sam deploy` is played by resolving the template with the parameters it would pass, and at
+    that moment every file captioning's CAPTIONING_MODEL_SOURCE then names must already be in
+    the bucket with the digest CAPTIONING_MODEL_SHA256 pins; after each switch the previous
+    bundle's objects must still be where they were."""
+    template = stack.template
+    deployed: dict = {"params": None}
+    switches: list[str] = []
+    problems: list[str] = []
+    published: list[tuple[str, dict[str, str]]] = []  # (source, digests) of each bundle
+
+    def resolved(params: dict) -> "Stack":
+        return Stack(template, params, stack.stack_id, stack.base, stack.physical, stack.attributes)
+
+    def outputs_of():
+        if deployed["params"] is None:
+            return None
+        s = resolved(deployed["params"])
+        return {k: str(s.resolve(v["Value"])) for k, v in template["Outputs"].items()
+                if k in ("ModelBucketName", "CaptioningModelPrefix", "CaptioningModelVersion")}
+
+    def sam_deploy(pin: list[str]) -> None:
+        params = parameter_defaults(template)
+        params.update(dict(kv.split("=", 1) for kv in pin))
+        env = function_specs(resolved(params))["CaptioningFunction"].env
+        source, pinned = env.get("CAPTIONING_MODEL_SOURCE", ""), env.get("CAPTIONING_MODEL_SHA256", "")
+        if pinned:
+            digests = dict(item.split("=", 1) for item in pinned.split(","))
+            missing = published_bundle_problems(s3, source, digests)
+            problems.extend(f"when the stack named {source}: {m}" for m in missing)
+            # What the previous switch named must still be there: its cold starts go on until
+            # this deploy completes.
+            for old_source, old_digests in published:
+                problems.extend(f"previous bundle: {m}" for m in
+                                published_bundle_problems(s3, old_source, old_digests))
+            if (source, digests) not in published:
+                published.append((source, digests))
+            switches.append(source)
+        else:
+            switches.append("(no bundle named)")
+        deployed["params"] = params
+
+    for bundle in bundles:
+        digests = deploy.bundle_digests(bundle)
+        deploy.publish_then_switch(
+            bundle, digests, outputs_of, sam_deploy,
+            lambda bucket, prefix, bundle=bundle, digests=digests: deploy.publish_bundle(
+                bundle, digests, bucket, prefix, REGION, endpoint_url=endpoint))
+    versioned = all(deploy.bundle_version(d) in src for src, d in published)
+    ok = not problems and len(published) == len(bundles) and versioned
+    report.step("make deploy publishes, then switches", ok,
+                f"{len(bundles)} bundles deployed in turn, the first to no stack; the stack's sam deploys named: "
+                f"{'; '.join(switches)}; " + ("; ".join(problems) if problems else
+                "every file present with its pinned digest when the stack first named it, and every earlier "
+                "bundle still in place after the next switch")
+                + ("" if versioned else "; a source is not named by its bundle's version"))
+
+
 def s3_routes(events: dict, bucket: str, key: str) -> list[dict]:
     """The S3 events of a function that fire for an upload of s3://bucket/key."""
     return [e["Properties"] for e in events.values()
@@ -1289,6 +1350,7 @@ def rehearse(args, report: Report) -> int:
     params = parameter_defaults(template)
     digests = deploy.bundle_digests(CAPTIONING_FIXTURE)
     params["CaptioningModelSha256"] = deploy.sha256_param(digests)
+    params["CaptioningModelVersion"] = deploy.bundle_version(digests)
     stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/{uuid.uuid4()}"
     stack = Stack(template, params, stack_id, template_path.parent)
 
@@ -1305,9 +1367,14 @@ def rehearse(args, report: Report) -> int:
                 if not path.is_file():
                     raise RehearsalError(f"{spec.logical}: {path} is missing: run `make package`")
         model_bucket = stack.resolve(template["Outputs"]["ModelBucketName"]["Value"])
-        model_prefix = params["CaptioningModelPrefix"]
-        deploy.publish_bundle(CAPTIONING_FIXTURE, digests, model_bucket, model_prefix, REGION,
-                              endpoint_url=endpoint)
+        model_prefix = f"{params['CaptioningModelPrefix']}/{params['CaptioningModelVersion']}"
+        # make deploy's order, twice: a previous bundle (the fixture with one pinned file
+        # changed) on a new stack, then the fixture on the stack that serves the previous one.
+        previous = WORK / "bundle-previous"
+        shutil.copytree(CAPTIONING_FIXTURE, previous)
+        with (previous / "generation_config.json").open("a") as f:
+            f.write("\n")
+        rehearse_publish_then_switch(report, stack, s3, endpoint, deploy, [previous, CAPTIONING_FIXTURE])
         # Read back from where the template points captioning, not where it was written.
         model_source = specs["CaptioningFunction"].env.get("CAPTIONING_MODEL_SOURCE", "(not set)")
         problems = published_bundle_problems(s3, model_source, digests)
