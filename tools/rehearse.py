@@ -936,6 +936,8 @@ def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint:
     that moment every file captioning's CAPTIONING_MODEL_SOURCE then names must already be in
     the bucket with the digest CAPTIONING_MODEL_SHA256 pins; after each switch the previous
     bundle's objects must still be where they were."""
+    report.notes.append("make deploy's order: each sam deploy is played by resolving the template with "
+                        "the parameters it would pass, not by CloudFormation")
     template = stack.template
     deployed: dict = {"params": None}
     switches: list[str] = []
@@ -1138,6 +1140,10 @@ def rehearse_pool(report: "Report", stack: "Stack", cap_spec, endpoint: str, que
     import importlib.util
 
     import boto3
+
+    report.notes.append("GPU pool: Batch is ZeroQuotaBatch (jobs accepted, never started) and the alarms' "
+                        "states are set by the script; Batch and CloudWatch events are driven into "
+                        "PoolController's handler, its clock moved past StartBoundMinutes by the script")
 
     session = boto3.Session(aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal",
                             region_name=REGION)

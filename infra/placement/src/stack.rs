@@ -527,7 +527,8 @@ pub fn consumer_switch_problems(template: &Template) -> Vec<String> {
             .collect();
         if holders.is_empty() {
             problems.push(format!(
-                "role {role} allows {MAPPING_SWITCH_ACTION}, but no function or state machine of this template runs under it:                  whatever uses it could switch the queue consumer off with no way back this template provides"
+                "role {role} allows {MAPPING_SWITCH_ACTION}, but no function or state machine of this template runs under it: \
+                 whatever uses it could switch the queue consumer off with no way back this template provides"
             ));
         }
         switches.extend(holders.into_iter().map(str::to_string));
@@ -551,7 +552,9 @@ pub fn consumer_switch_problems(template: &Template) -> Vec<String> {
     for switch in switches {
         if !scheduled.contains(&switch) {
             problems.push(format!(
-                "{switch} may call {MAPPING_SWITCH_ACTION} but runs on no schedule (an AWS::Events::Rule with a ScheduleExpression                  or an AWS::Scheduler::Schedule targeting it): a queue consumer it switches off waits for an event to come back on,                  and a job stuck RUNNABLE or an alarm that stays in ALARM sends none"
+                "{switch} may call {MAPPING_SWITCH_ACTION} but runs on no schedule (an AWS::Events::Rule with a ScheduleExpression \
+                 or an AWS::Scheduler::Schedule targeting it): a queue consumer it switches off waits for an event to come back on, \
+                 and a job stuck RUNNABLE or an alarm that stays in ALARM sends none"
             ));
         }
     }
