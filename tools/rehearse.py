@@ -1086,7 +1086,7 @@ class ZeroQuotaBatch:
         return self
 
     def paginate(self, jobQueue: str, jobStatus: str):
-        yield {"jobSummaryList": [{"jobId": j["jobId"]} for j in self.jobs.values()
+        yield {"jobSummaryList": [{"jobId": j["jobId"], "jobName": j["jobName"]} for j in self.jobs.values()
                                   if jobQueue == self.queue_arn and j["status"] == jobStatus]}
 
     def describe_jobs(self, jobs: list[str]) -> dict:
@@ -1209,6 +1209,8 @@ def rehearse_pool(report: "Report", stack: "Stack", cap_spec, endpoint: str, que
                       ["Attributes"]["ApproximateNumberOfMessages"])
         bulk = pool.physical["BulkBacklogAlarm"]
         seen = [handle(alarm_event(bulk, pool.attributes[("BulkBacklogAlarm", "Arn")], "ALARM"))]
+        # EventBridge delivers at least once: the same ALARM again must not submit a second array.
+        seen.append(handle(alarm_event(bulk, pool.attributes[("BulkBacklogAlarm", "Arn")], "ALARM")))
         pin = {k: cap_spec.env.get(k) for k in ("CAPTIONING_MODEL_SOURCE", "CAPTIONING_MODEL_SHA256")}
         sent = {e["name"]: e["value"] for s in batch.submitted
                 for e in s.get("containerOverrides", {}).get("environment", [])}
@@ -1226,7 +1228,8 @@ def rehearse_pool(report: "Report", stack: "Stack", cap_spec, endpoint: str, que
         report.step("bulk pool, no GPU quota: the Lambda consumer keeps the queue", ok,
                     f"backlog alarm -> {len(batch.submitted)} submission(s) of {env['WORKERS']} workers "
                     f"with the Lambda's model pin: {'yes' if sent == pin else f'no ({sent} vs {pin})'}; "
-                    f"event source mapping after the alarm, a RUNNABLE change and two schedules: {', '.join(seen)}; "
+                    f"event source mapping after the alarm (delivered twice), a RUNNABLE change and two schedules: "
+                    f"{', '.join(seen)}; "
                     f"cancelled before {bound_min} min: {before_bound or 'none'}, after: {batch.cancelled or 'none'}")
 
         # A worker that does start: the Lambda steps aside, and takes the queue back when the
