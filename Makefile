@@ -215,8 +215,9 @@ deploy: setup setup-deploy
 # A user's first day, offline (tools/rehearse.py; infra/README.md "Rehearsal"): `sam validate
 # --lint` and `sam build`, then each packaged zip run as Lambda lays it out (/var/task, /opt, an
 # empty /tmp, the template's env, MemorySize) in a private mount namespace, under a Runtime API
-# emulator, against moto's S3 and SQS: a Function URL request, a photo upload to faces and to
-# the caption queue, a poison message to the DLQ. Needs root (mount namespace, cgroup).
+# emulator, against moto's S3 and SQS: make deploy's publish-then-switch order, a Function URL
+# request, a photo upload to faces and to the caption queue, the GPU pool's controller on an
+# account with no GPU quota, a poison message to the DLQ. Needs root (mount namespace, cgroup).
 # REHEARSE_FLAGS=--skip-sam skips the SAM CLI; --keep keeps target/rehearse/sandboxes.
 .PHONY: rehearse
 rehearse: setup setup-deploy package
