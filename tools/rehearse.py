@@ -15,7 +15,9 @@
    rehearsal.
 3. moto (S3 + SQS, `.venv/bin/python -m moto.server` on 127.0.0.1) gets the stack's buckets and
    queues under the names CloudFormation would give them; the captioning bundle is published with
-   tools/deploy.py's `publish_bundle` (the documented publish step); a real photo
+   tools/deploy.py's `publish_then_switch` (the documented order: each bundle under its own
+   content-named key before the stack names it, the previous one left in place; two bundles in
+   turn, the first to a stack that does not exist yet); a real photo
    (events/data/photos/group.jpg) and a phone's HEIC (IMG_0001.HEIC) are uploaded under photos/,
    where the README tells users to upload (not the template's PhotoPrefix, which is checked).
 4. Each function runs as Lambda lays it out, one sandbox after the other: the zip unpacked on
@@ -32,6 +34,11 @@
    -> the caption in the results bucket, through an SQS event source mapping played honestly
    (receive up to BatchSize, the real SQS record shape, delete only what the response does not
    list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
+   Before the caption messages are consumed, the GPU pool's controller (infra/gpu/batch.yaml
+   PoolController's own code) on an account with no GPU quota: the Lambda consumer must keep the
+   queue while jobs wait RUNNABLE, the jobs be cancelled after StartBoundMinutes, a worker that
+   runs step the Lambda aside and one that stops hand the queue back, and every message still
+   be there for the captioning steps (which consume only while the mapping is Enabled).
    Also checked: embeddings and faces load the graphs prepared in their zips (nothing optimised
    into /tmp), faces and captioning load the HEIC and AVIF decoders from the image-codecs layer
    (no "image decoder not available" at init), the caption queue ends empty, no sandbox mount
