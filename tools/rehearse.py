@@ -989,13 +989,17 @@ def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint:
             lambda bucket, prefix, bundle=bundle, digests=digests: deploy.publish_bundle(
                 bundle, digests, bucket, prefix, REGION, endpoint_url=endpoint))
     versioned = all(deploy.bundle_version(d) in src for src, d in published)
-    ok = not problems and len(published) == len(bundles) and versioned
+    # make deploy's own entry point on the random-weight fixture, without ALLOW_RANDOM_WEIGHTS:
+    # refused before anything runs (a dry run, so nothing could reach AWS either way).
+    refused = deploy.main(["--captioning-model", str(CAPTIONING_FIXTURE), "--dry-run", "--skip-package"]) == 1
+    ok = not problems and len(published) == len(bundles) and versioned and refused
     report.step("make deploy publishes, then switches", ok,
                 f"{len(bundles)} bundles deployed in turn, the first to no stack; the stack's sam deploys named: "
                 f"{'; '.join(switches)}; " + ("; ".join(problems) if problems else
                 "every file present with its pinned digest when the stack first named it, and every earlier "
                 "bundle still in place after the next switch")
-                + ("" if versioned else "; a source is not named by its bundle's version"))
+                + ("" if versioned else "; a source is not named by its bundle's version")
+                + f"; the random-weight fixture without ALLOW_RANDOM_WEIGHTS: {'refused' if refused else 'NOT refused'}")
 
 
 def s3_routes(events: dict, bucket: str, key: str) -> list[dict]:
