@@ -112,8 +112,7 @@ def random_weights(model_dir: Path) -> str | None:
     return None
 
 
-def publish_then_switch(model_dir: Path, digests: dict[str, str], outputs_of, sam_deploy,
-                        publish) -> dict[str, str]:
+def publish_then_switch(digests: dict[str, str], outputs_of, sam_deploy, publish) -> dict[str, str]:
     """Uploads the bundle under a content-named prefix, and only then deploys the stack with it.
 
     `outputs_of()` returns the stack's outputs (None when there is no stack), `sam_deploy(pin)`
@@ -233,7 +232,7 @@ def main(argv: list[str]) -> int:
                         "CaptioningModelPrefix": "<the stack's CaptioningModelPrefix>"}
             return stack_outputs(stack, args.region)
 
-        outputs = publish_then_switch(args.captioning_model, digests, outputs_of, sam_deploy, publish)
+        outputs = publish_then_switch(digests, outputs_of, sam_deploy, publish)
         print(json.dumps({k: outputs[k] for k in sorted(outputs)}, indent=2))
     except DeployError as err:
         print(f"deploy: {err}", file=sys.stderr)

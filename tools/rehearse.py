@@ -985,7 +985,7 @@ def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint:
     for bundle in bundles:
         digests = deploy.bundle_digests(bundle)
         deploy.publish_then_switch(
-            bundle, digests, outputs_of, sam_deploy,
+            digests, outputs_of, sam_deploy,
             lambda bucket, prefix, bundle=bundle, digests=digests: deploy.publish_bundle(
                 bundle, digests, bucket, prefix, REGION, endpoint_url=endpoint))
     versioned = all(deploy.bundle_version(d) in src for src, d in published)
