@@ -210,20 +210,24 @@ package: setup setup-deploy
 
 # The deploy toolchain (SAM CLI, cargo-lambda) in its own hash-locked venv, .venv-deploy
 # (requirements-deploy.txt). `make deploy CAPTIONING_MODEL=<hoisted bundle>` validates, packages,
-# deploys with infra/samconfig.toml and publishes the captioning bundle (tools/deploy.py; the
-# README's Deployment section). Needs AWS credentials; DEPLOY_FLAGS=--dry-run prints the steps.
+# publishes the captioning bundle under a content-named key, then deploys with infra/samconfig.toml
+# pointing at it (tools/deploy.py; the README's Deployment section). The default CAPTIONING_MODEL
+# has random weights and is refused unless ALLOW_RANDOM_WEIGHTS=1. Needs AWS credentials;
+# DEPLOY_FLAGS=--dry-run prints the steps.
 setup-deploy:
 	@$(PYTHON) bootstrap.py setup-deploy
 
 CAPTIONING_MODEL ?= $(CAPTIONING_REAL)-hoisted
 deploy: setup setup-deploy
-	.venv-deploy/bin/python tools/deploy.py --captioning-model $(CAPTIONING_MODEL) $(DEPLOY_FLAGS)
+	.venv-deploy/bin/python tools/deploy.py --captioning-model $(CAPTIONING_MODEL) \
+	  $(if $(filter 1,$(ALLOW_RANDOM_WEIGHTS)),--allow-random-weights) $(DEPLOY_FLAGS)
 
 # A user's first day, offline (tools/rehearse.py; infra/README.md "Rehearsal"): `sam validate
 # --lint` and `sam build`, then each packaged zip run as Lambda lays it out (/var/task, /opt, an
 # empty /tmp, the template's env, MemorySize) in a private mount namespace, under a Runtime API
-# emulator, against moto's S3 and SQS: a Function URL request, a photo upload to faces and to
-# the caption queue, a poison message to the DLQ. Needs root (mount namespace, cgroup).
+# emulator, against moto's S3 and SQS: make deploy's publish-then-switch order, a Function URL
+# request, a photo upload to faces and to the caption queue, the GPU pool's controller on an
+# account with no GPU quota, a poison message to the DLQ. Needs root (mount namespace, cgroup).
 # REHEARSE_FLAGS=--skip-sam skips the SAM CLI; --keep keeps target/rehearse/sandboxes.
 .PHONY: rehearse
 rehearse: setup setup-deploy package

@@ -3,20 +3,30 @@
 
     python3 tools/deploy.py --captioning-model DIR [--stack-name NAME] [--region REGION]
                             [--parameter KEY=VALUE]... [--skip-package] [--dry-run]
+                            [--allow-random-weights]
 
 In order:
-1. `sam validate --lint` on infra/template.yaml.
-2. `make package`'s build (tools/package.py) unless --skip-package: the function zips, with the
+1. The captioning bundle's digests, computed here from DIR (the files the captioning function
+   pins for a hoisted merged decoder: functions/captioning/src/model/config.rs), so nobody types
+   a digest, and its version: the sha256 of those digests. A bundle this repository generates
+   with random weights (the committed test fixtures, `make bench-captioning-real`'s
+   `.cache/models/vit-gpt2-random*`) is refused unless --allow-random-weights
+   (`ALLOW_RANDOM_WEIGHTS=1 make deploy`): it captions nonsense.
+2. `sam validate --lint` on infra/template.yaml.
+3. `make package`'s build (tools/package.py) unless --skip-package: the function zips, with the
    embeddings and faces models and their prepared graphs inside, and the ONNX Runtime and
    image-codecs layers, size-checked. These exact files are what `sam deploy` uploads (CodeUri points at them).
-3. The captioning bundle's digests, computed here from DIR (the files the captioning function
-   pins for a hoisted merged decoder: functions/captioning/src/model/config.rs), so nobody types
-   a digest.
-4. `sam deploy --config-file infra/samconfig.toml` with those digests (and any --parameter).
-5. The bundle uploaded to the stack's model bucket under its prefix (outputs ModelBucketName and
-   CaptioningModelPrefix), each object sent with its SHA-256 checksum so S3 refuses a corrupted
-   upload. Captioning reads it at its first cold start; messages that arrive before step 5 ends
-   fail their first receive and are retried (visibility timeout 720 s).
+4. Publish, then switch (publish_then_switch). The bundle is uploaded to the stack's model
+   bucket under <CaptioningModelPrefix>/<version>/ (a key named by the content, so nothing in
+   service is overwritten), each object with its SHA-256 checksum so S3 refuses a corrupted
+   upload; only then does `sam deploy --config-file infra/samconfig.toml` point the stack at it
+   (CaptioningModelVersion and CaptioningModelSha256, and any --parameter). Until that deploy
+   completes, captioning's cold starts read the previous version, which stays where it was
+   (delete old versions by hand once the new one is live). The GPU pool (infra/gpu/batch.yaml)
+   reads the pin from the captioning function at each submission, so it follows. On a first
+   deploy the stack, and so the bucket, does not exist yet: the stack is deployed once with no
+   bundle named (captioning refuses to start, a Config error, and nothing has been uploaded to
+   caption), then the bundle is published and the stack switched to it.
 
 --dry-run prints every command and the digests and runs nothing that touches AWS.
 The toolchain (the SAM CLI, boto3, cargo-lambda) is in .venv-deploy (`make setup-deploy`).
@@ -50,6 +60,14 @@ CAPTIONING_FILES = (
 )
 
 
+# The random-weight bundles this repository generates: never a model to serve.
+RANDOM_WEIGHT_BUNDLES = (
+    ROOT / "tests" / "fixtures",
+    ROOT / ".cache" / "models" / "vit-gpt2-random",
+    ROOT / ".cache" / "models" / "vit-gpt2-random-hoisted",
+)
+
+
 class DeployError(Exception):
     """A step failed; the message says which and why."""
 
@@ -79,6 +97,41 @@ def sha256_param(digests: dict[str, str]) -> str:
     return ",".join(f"{name}={hex_}" for name, hex_ in digests.items())
 
 
+def bundle_version(digests: dict[str, str]) -> str:
+    """The bundle's folder name: the sha256 of its CaptioningModelSha256 text, so two bundles
+    share a folder only if every pinned file is the same."""
+    return hashlib.sha256(sha256_param(digests).encode()).hexdigest()
+
+
+def random_weights(model_dir: Path) -> str | None:
+    """Why `model_dir` is a random-weight bundle this repository generated, or None."""
+    where = model_dir.resolve()
+    for bundle in RANDOM_WEIGHT_BUNDLES:
+        if where == bundle.resolve() or bundle.resolve() in where.parents:
+            return f"{model_dir} is {bundle.relative_to(ROOT)}, generated with random weights"
+    return None
+
+
+def publish_then_switch(digests: dict[str, str], outputs_of, sam_deploy, publish) -> dict[str, str]:
+    """Uploads the bundle under a content-named prefix, and only then deploys the stack with it.
+
+    `outputs_of()` returns the stack's outputs (None when there is no stack), `sam_deploy(pin)`
+    deploys with the model parameters `pin` (a list of KEY=VALUE, empty for none), and
+    `publish(bucket, prefix)` uploads the bundle; the rehearsal calls this with its own three.
+    Returns the outputs after the switch."""
+    outputs = outputs_of()
+    if not outputs or not outputs.get("ModelBucketName"):
+        print("no stack (or no model bucket) yet: deploying once with no captioning bundle named",
+              file=sys.stderr, flush=True)
+        sam_deploy([])
+        outputs = outputs_of()
+    version = bundle_version(digests)
+    prefix = f"{outputs['CaptioningModelPrefix'].rstrip('/')}/{version}"
+    publish(outputs["ModelBucketName"], prefix)
+    sam_deploy([f"CaptioningModelVersion={version}", f"CaptioningModelSha256={sha256_param(digests)}"])
+    return outputs_of()
+
+
 def run(cmd: list[str], dry_run: bool, **kwargs) -> subprocess.CompletedProcess | None:
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     if dry_run:
@@ -96,11 +149,18 @@ def tool(name: str) -> str:
     return str(path)
 
 
-def stack_outputs(stack: str, region: str | None) -> dict[str, str]:
+def stack_outputs(stack: str, region: str | None) -> dict[str, str] | None:
+    """The stack's outputs, or None when it does not exist."""
     import boto3  # from .venv-deploy (the SAM CLI's dependency)
+    from botocore.exceptions import ClientError
 
     cfn = boto3.client("cloudformation", region_name=region)
-    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    try:
+        described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    except ClientError as err:
+        if "does not exist" in str(err):
+            return None
+        raise
     return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
 
 
@@ -131,29 +191,48 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE",
                         help="another template parameter override (repeatable)")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="deploy a random-weight test bundle anyway (ALLOW_RANDOM_WEIGHTS=1)")
     args = parser.parse_args(argv)
     try:
         digests = bundle_digests(args.captioning_model)
-        print(json.dumps({"CaptioningModelSha256": digests}, indent=2))
+        reason = random_weights(args.captioning_model)
+        if reason and not args.allow_random_weights:
+            raise DeployError(f"{reason}: it would caption nonsense. Pass a trained bundle as "
+                              "CAPTIONING_MODEL=DIR (functions/captioning/MODEL.md), or "
+                              "ALLOW_RANDOM_WEIGHTS=1 to deploy it anyway")
+        print(json.dumps({"CaptioningModelVersion": bundle_version(digests),
+                          "CaptioningModelSha256": digests}, indent=2))
         sam = tool("sam")
         run([sam, "validate", "--lint", "--template-file", str(TEMPLATE)], args.dry_run)
         if not args.skip_package:
             run([sys.executable, str(ROOT / "tools" / "package.py")], args.dry_run)
-        overrides = [f"CaptioningModelSha256={sha256_param(digests)}", *args.parameter]
-        deploy = [sam, "deploy", "--config-file", str(SAMCONFIG),
-                  "--parameter-overrides", *overrides]
-        if args.stack_name:
-            deploy += ["--stack-name", args.stack_name]
-        if args.region:
-            deploy += ["--region", args.region]
-        run(deploy, args.dry_run, cwd=SAMCONFIG.parent)
-        if args.dry_run:
-            print("dry run: the bundle would go to the stack's ModelBucketName output",
-                  file=sys.stderr)
-            return 0
-        outputs = stack_outputs(args.stack_name or "coldpath", args.region)
-        publish_bundle(args.captioning_model, digests, outputs["ModelBucketName"],
-                       outputs["CaptioningModelPrefix"], args.region)
+        stack = args.stack_name or "coldpath"
+
+        def sam_deploy(pin: list[str]) -> None:
+            overrides = [*pin, *args.parameter]
+            deploy = [sam, "deploy", "--config-file", str(SAMCONFIG)]
+            if overrides:
+                deploy += ["--parameter-overrides", *overrides]
+            if args.stack_name:
+                deploy += ["--stack-name", args.stack_name]
+            if args.region:
+                deploy += ["--region", args.region]
+            run(deploy, args.dry_run, cwd=SAMCONFIG.parent)
+
+        def publish(bucket: str, prefix: str) -> None:
+            if args.dry_run:
+                print(f"+ upload {len(digests)} files to s3://{bucket}/{prefix}/", file=sys.stderr)
+                return
+            publish_bundle(args.captioning_model, digests, bucket, prefix, args.region)
+
+        def outputs_of() -> dict[str, str] | None:
+            if args.dry_run:
+                return {"ModelBucketName": "<the stack's ModelBucketName>",
+                        "CaptioningModelPrefix": "<the stack's CaptioningModelPrefix>"}
+            return stack_outputs(stack, args.region)
+
+        outputs = publish_then_switch(digests, outputs_of, sam_deploy, publish)
         print(json.dumps({k: outputs[k] for k in sorted(outputs)}, indent=2))
     except DeployError as err:
         print(f"deploy: {err}", file=sys.stderr)

@@ -15,7 +15,9 @@
    rehearsal.
 3. moto (S3 + SQS, `.venv/bin/python -m moto.server` on 127.0.0.1) gets the stack's buckets and
    queues under the names CloudFormation would give them; the captioning bundle is published with
-   tools/deploy.py's `publish_bundle` (the documented publish step); a real photo
+   tools/deploy.py's `publish_then_switch` (the documented order: each bundle under its own
+   content-named key before the stack names it, the previous one left in place; two bundles in
+   turn, the first to a stack that does not exist yet); a real photo
    (events/data/photos/group.jpg) and a phone's HEIC (IMG_0001.HEIC) are uploaded under photos/,
    where the README tells users to upload (not the template's PhotoPrefix, which is checked).
 4. Each function runs as Lambda lays it out, one sandbox after the other: the zip unpacked on
@@ -32,6 +34,11 @@
    -> the caption in the results bucket, through an SQS event source mapping played honestly
    (receive up to BatchSize, the real SQS record shape, delete only what the response does not
    list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
+   Before the caption messages are consumed, the GPU pool's controller (infra/gpu/batch.yaml
+   PoolController's own code) on an account with no GPU quota: the Lambda consumer must keep the
+   queue while jobs wait RUNNABLE, the jobs be cancelled after StartBoundMinutes, a worker that
+   runs step the Lambda aside and one that stops hand the queue back, and every message still
+   be there for the captioning steps (which consume only while the mapping is Enabled).
    Also checked: embeddings and faces load the graphs prepared in their zips (nothing optimised
    into /tmp), faces and captioning load the HEIC and AVIF decoders from the image-codecs layer
    (no "image decoder not available" at init), the caption queue ends empty, no sandbox mount
@@ -928,6 +935,73 @@ def published_bundle_problems(s3, model_source: str, digests: dict[str, str]) ->
     return problems
 
 
+def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint: str, deploy,
+                                 bundles: list[Path]) -> None:
+    """`make deploy`'s publish-then-switch (tools/deploy.py publish_then_switch) run for each of
+    `bundles` in turn, the first on a stack that does not exist yet, against moto's S3. Each
+    `sam deploy` is played by resolving the template with the parameters it would pass, and at
+    that moment every file captioning's CAPTIONING_MODEL_SOURCE then names must already be in
+    the bucket with the digest CAPTIONING_MODEL_SHA256 pins; after each switch the previous
+    bundle's objects must still be where they were."""
+    report.notes.append("make deploy's order: each sam deploy is played by resolving the template with "
+                        "the parameters it would pass, not by CloudFormation")
+    template = stack.template
+    deployed: dict = {"params": None}
+    switches: list[str] = []
+    problems: list[str] = []
+    published: list[tuple[str, dict[str, str]]] = []  # (source, digests) of each bundle
+
+    def resolved(params: dict) -> "Stack":
+        return Stack(template, params, stack.stack_id, stack.base, stack.physical, stack.attributes)
+
+    def outputs_of():
+        if deployed["params"] is None:
+            return None
+        s = resolved(deployed["params"])
+        return {k: str(s.resolve(v["Value"])) for k, v in template["Outputs"].items()
+                if k in ("ModelBucketName", "CaptioningModelPrefix", "CaptioningModelVersion")}
+
+    def sam_deploy(pin: list[str]) -> None:
+        params = parameter_defaults(template)
+        params.update(dict(kv.split("=", 1) for kv in pin))
+        env = function_specs(resolved(params))["CaptioningFunction"].env
+        source, pinned = env.get("CAPTIONING_MODEL_SOURCE", ""), env.get("CAPTIONING_MODEL_SHA256", "")
+        if pinned:
+            digests = dict(item.split("=", 1) for item in pinned.split(","))
+            missing = published_bundle_problems(s3, source, digests)
+            problems.extend(f"when the stack named {source}: {m}" for m in missing)
+            # What the previous switch named must still be there: its cold starts go on until
+            # this deploy completes.
+            for old_source, old_digests in published:
+                problems.extend(f"previous bundle: {m}" for m in
+                                published_bundle_problems(s3, old_source, old_digests))
+            if (source, digests) not in published:
+                published.append((source, digests))
+            switches.append(source)
+        else:
+            switches.append("(no bundle named)")
+        deployed["params"] = params
+
+    for bundle in bundles:
+        digests = deploy.bundle_digests(bundle)
+        deploy.publish_then_switch(
+            digests, outputs_of, sam_deploy,
+            lambda bucket, prefix, bundle=bundle, digests=digests: deploy.publish_bundle(
+                bundle, digests, bucket, prefix, REGION, endpoint_url=endpoint))
+    versioned = all(deploy.bundle_version(d) in src for src, d in published)
+    # make deploy's own entry point on the random-weight fixture, without ALLOW_RANDOM_WEIGHTS:
+    # refused before anything runs (a dry run, so nothing could reach AWS either way).
+    refused = deploy.main(["--captioning-model", str(CAPTIONING_FIXTURE), "--dry-run", "--skip-package"]) == 1
+    ok = not problems and len(published) == len(bundles) and versioned and refused
+    report.step("make deploy publishes, then switches", ok,
+                f"{len(bundles)} bundles deployed in turn, the first to no stack; the stack's sam deploys named: "
+                f"{'; '.join(switches)}; " + ("; ".join(problems) if problems else
+                "every file present with its pinned digest when the stack first named it, and every earlier "
+                "bundle still in place after the next switch")
+                + ("" if versioned else "; a source is not named by its bundle's version")
+                + f"; the random-weight fixture without ALLOW_RANDOM_WEIGHTS: {'refused' if refused else 'NOT refused'}")
+
+
 def s3_routes(events: dict, bucket: str, key: str) -> list[dict]:
     """The S3 events of a function that fire for an upload of s3://bucket/key."""
     return [e["Properties"] for e in events.values()
@@ -975,6 +1049,234 @@ def host_changes(before: dict, after: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # The steps.
+
+
+# ---------------------------------------------------------------------------------------------
+# The bulk pool's controller (infra/gpu/batch.yaml PoolController) in an account with no GPU
+# quota. moto's Batch runs jobs in Docker containers (none here) and has no vCPU quota, so it
+# cannot hold a job RUNNABLE: Batch is ZeroQuotaBatch below, which accepts submissions and never
+# starts them, and the Batch and CloudWatch events are driven into the controller's handler by
+# this script. botocore 1.43 speaks CloudWatch's JSON protocol, which moto 5.2.5 does not serve,
+# so the alarms' states are AlarmStates below, set by the script. The controller's own code (the
+# template's ZipFile) and its resolved environment run unchanged; the captioning Lambda's
+# configuration, its SQS event source mapping and the caption queue are real calls to moto.
+
+POOL_TEMPLATE = ROOT / "infra" / "gpu" / "batch.yaml"
+
+
+class ZeroQuotaBatch:
+    """AWS Batch where no instance can be launched: every submitted array stays PENDING with its
+    children RUNNABLE (the parent of an array never shows RUNNING; its statusSummary counts the
+    children), until the script moves a child or the controller cancels the job."""
+
+    def __init__(self, queue_arn: str, clock):
+        self.queue_arn, self.clock = queue_arn, clock
+        self.jobs: dict[str, dict] = {}
+        self.submitted: list[dict] = []
+        self.cancelled: list[str] = []
+
+    def _summary(self, job: dict) -> dict:
+        counts: dict[str, int] = {}
+        for s in job["children"]:
+            counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    def submit_job(self, **kw) -> dict:
+        if kw["jobQueue"] != self.queue_arn:
+            raise RehearsalError(f"controller submitted to {kw['jobQueue']}, not the bulk queue")
+        job_id = str(uuid.uuid4())
+        size = int(kw["arrayProperties"]["size"])
+        self.jobs[job_id] = {"jobId": job_id, "jobName": kw["jobName"], "status": "PENDING",
+                             "createdAt": int(self.clock() * 1000), "children": ["RUNNABLE"] * size}
+        self.submitted.append(kw)
+        return {"jobId": job_id, "jobName": kw["jobName"]}
+
+    def get_paginator(self, name: str):
+        if name != "list_jobs":
+            raise RehearsalError(f"controller asked for a {name} paginator")
+        return self
+
+    def paginate(self, jobQueue: str, jobStatus: str):
+        yield {"jobSummaryList": [{"jobId": j["jobId"], "jobName": j["jobName"]} for j in self.jobs.values()
+                                  if jobQueue == self.queue_arn and j["status"] == jobStatus]}
+
+    def describe_jobs(self, jobs: list[str]) -> dict:
+        out = []
+        for job_id in jobs:
+            j = self.jobs[job_id]
+            out.append({"jobId": job_id, "jobName": j["jobName"], "status": j["status"],
+                        "createdAt": j["createdAt"],
+                        "arrayProperties": {"size": len(j["children"]), "statusSummary": self._summary(j)}})
+        return {"jobs": out}
+
+    def cancel_job(self, jobId: str, reason: str) -> dict:
+        j = self.jobs[jobId]
+        if j["status"] in ("SUBMITTED", "PENDING", "RUNNABLE"):
+            j["status"] = "FAILED"
+            j["children"] = ["FAILED"] * len(j["children"])
+            self.cancelled.append(jobId)
+        return {}
+
+    def child_event(self, job_id: str, index: int, status: str) -> dict:
+        """Moves one child and returns the Batch Job State Change event EventBridge would deliver."""
+        self.jobs[job_id]["children"][index] = status
+        return {"source": "aws.batch", "detail-type": "Batch Job State Change",
+                "detail": {"jobId": f"{job_id}:{index}", "jobQueue": self.queue_arn, "status": status,
+                           "arrayProperties": {"index": index}}}
+
+
+class AlarmStates:
+    """CloudWatch's DescribeAlarms over states the script sets."""
+
+    def __init__(self, states: dict[str, str]):
+        self.states = states
+
+    def describe_alarms(self, AlarmNames: list[str]) -> dict:
+        return {"MetricAlarms": [{"AlarmName": n, "StateValue": self.states[n]}
+                                 for n in AlarmNames if n in self.states]}
+
+
+def alarm_event(alarm_name: str, alarm_arn: str, state: str) -> dict:
+    return {"source": "aws.cloudwatch", "detail-type": "CloudWatch Alarm State Change",
+            "resources": [alarm_arn], "detail": {"alarmName": alarm_name, "state": {"value": state}}}
+
+
+def rehearse_pool(report: "Report", stack: "Stack", cap_spec, endpoint: str, queue_arn: str,
+                  queue_url: str, sqs) -> str:
+    """The zero-quota day: a backlog alarm submits workers that never start. The Lambda consumer
+    must never be stepped aside meanwhile, the submission must be cancelled once past
+    StartBoundMinutes, a worker that does run must step it aside and one that stops must hand the
+    queue back, and every message must still be in the queue for the Lambda afterwards. Returns
+    the mapping's state at the end: the captioning steps consume only if it is Enabled."""
+    import importlib.util
+
+    import boto3
+
+    report.notes.append("GPU pool: Batch is ZeroQuotaBatch (jobs accepted, never started) and the alarms' "
+                        "states are set by the script; Batch and CloudWatch events are driven into "
+                        "PoolController's handler, its clock moved past StartBoundMinutes by the script")
+
+    session = boto3.Session(aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal",
+                            region_name=REGION)
+    lam = session.client("lambda", endpoint_url=endpoint)
+    iam = session.client("iam", endpoint_url=endpoint)
+    # The captioning function as deployed (its resolved environment carries the model pin) and
+    # its SQS event source mapping; moto needs a zip and a role, neither of which runs.
+    role = iam.create_role(RoleName="rehearsal-captioning", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                "Principal": {"Service": "lambda.amazonaws.com"}}]}))["Role"]["Arn"]
+    code = WORK / "captioning-placeholder.zip"
+    with zipfile.ZipFile(code, "w") as zf:
+        zf.writestr("bootstrap", "")
+    lam.create_function(FunctionName=cap_spec.name, Runtime="provided.al2023", Role=role,
+                        Handler="bootstrap", Code={"ZipFile": code.read_bytes()},
+                        Environment={"Variables": cap_spec.env})
+    mapping = lam.create_event_source_mapping(EventSourceArn=queue_arn, FunctionName=cap_spec.name,
+                                              BatchSize=1, Enabled=True)["UUID"]
+
+    pool_template = load_template(POOL_TEMPLATE)
+    params = parameter_defaults(pool_template)
+    params.update(CaptioningFunctionName=cap_spec.name, CaptioningEventSourceMappingId=mapping,
+                  CaptionQueueName=queue_arn.rsplit(":", 1)[1], CaptionQueueArn=queue_arn,
+                  CaptionQueueUrl=queue_url)
+    pool = Stack(pool_template, params, stack.stack_id.replace(STACK, STACK + "-pool"), POOL_TEMPLATE.parent)
+    job_queue = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/BulkJobQueue-{suffix('BulkJobQueue')}"
+    pool.physical.update(
+        BulkJobQueue=job_queue,
+        BulkJobDefinition=f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/{STACK}-caption-bulk:1")
+    for alarm in pool.of_type("AWS::CloudWatch::Alarm"):
+        name = f"{STACK}-pool-{alarm}-{suffix(alarm)}"
+        pool.physical[alarm] = name
+        pool.attributes[(alarm, "Arn")] = f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}"
+    controller = pool.resources["PoolController"]["Properties"]
+    env = {k: str(v) for k, v in pool.resolve(controller["Environment"]["Variables"]).items()}
+
+    # The controller's own code, loaded as Lambda would (index.handler), its boto3 clients on moto.
+    now = [time.time()]
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL"]}
+    os.environ.update(env, AWS_ENDPOINT_URL=endpoint)
+    try:
+        source = WORK / "pool-controller" / "index.py"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(controller["Code"]["ZipFile"])
+        spec = importlib.util.spec_from_file_location("pool_controller", source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        batch = ZeroQuotaBatch(job_queue, lambda: now[0])
+        module.batch = batch
+        alarms = AlarmStates({name: "OK" for name in
+                              (pool.physical[a] for a in pool.of_type("AWS::CloudWatch::Alarm"))})
+        module.cw = alarms
+        module.time = type("Clock", (), {"time": staticmethod(lambda: now[0])})
+
+        def consumer() -> str:
+            return lam.get_event_source_mapping(UUID=mapping)["State"]
+
+        def handle(event: dict) -> str:
+            module.handler(event)
+            return consumer()
+
+        waiting = int(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+                      ["Attributes"]["ApproximateNumberOfMessages"])
+        bulk = pool.physical["BulkBacklogAlarm"]
+        seen = [handle(alarm_event(bulk, pool.attributes[("BulkBacklogAlarm", "Arn")], "ALARM"))]
+        # EventBridge delivers at least once: the same ALARM again must not submit a second array.
+        seen.append(handle(alarm_event(bulk, pool.attributes[("BulkBacklogAlarm", "Arn")], "ALARM")))
+        pin = {k: cap_spec.env.get(k) for k in ("CAPTIONING_MODEL_SOURCE", "CAPTIONING_MODEL_SHA256")}
+        sent = {e["name"]: e["value"] for s in batch.submitted
+                for e in s.get("containerOverrides", {}).get("environment", [])}
+        job_ids = list(batch.jobs)
+        if job_ids:
+            seen.append(handle(batch.child_event(job_ids[0], 0, "RUNNABLE")))
+        bound_min = int(env["START_BOUND_MINUTES"])
+        now[0] += (bound_min - 1) * 60
+        seen.append(handle({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}))
+        before_bound = list(batch.cancelled)
+        now[0] += 2 * 60
+        seen.append(handle({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}))
+        ok = (len(batch.submitted) == 1 and sent == pin and all(s == "Enabled" for s in seen)
+              and not before_bound and batch.cancelled == job_ids)
+        report.step("bulk pool, no GPU quota: the Lambda consumer keeps the queue", ok,
+                    f"backlog alarm -> {len(batch.submitted)} submission(s) of {env['WORKERS']} workers "
+                    f"with the Lambda's model pin: {'yes' if sent == pin else f'no ({sent} vs {pin})'}; "
+                    f"event source mapping after the alarm (delivered twice), a RUNNABLE change and two schedules: "
+                    f"{', '.join(seen)}; "
+                    f"cancelled before {bound_min} min: {before_bound or 'none'}, after: {batch.cancelled or 'none'}")
+
+        # A worker that does start: the Lambda steps aside, and takes the queue back when the
+        # worker's instance is lost and its retry waits RUNNABLE again.
+        handle(alarm_event(bulk, pool.attributes[("BulkBacklogAlarm", "Arn")], "ALARM"))
+        job = [j for j in batch.jobs if j not in job_ids][0]
+        handle(batch.child_event(job, 0, "STARTING"))
+        aside = handle(batch.child_event(job, 0, "RUNNING"))
+        stalled_name = pool.physical["StalledQueueAlarm"]
+        alarms.states[stalled_name] = "ALARM"
+        stalled = handle(alarm_event(stalled_name, pool.attributes[("StalledQueueAlarm", "Arn")], "ALARM"))
+        alarms.states[stalled_name] = "OK"
+        again = handle(alarm_event(stalled_name, pool.attributes[("StalledQueueAlarm", "Arn")], "OK"))
+        back = handle(batch.child_event(job, 0, "RUNNABLE"))
+        report.step("bulk pool: the Lambda steps aside only while a worker runs",
+                    (aside, stalled, again, back) == ("Disabled", "Enabled", "Disabled", "Enabled")
+                    and len(batch.submitted) == 2,
+                    f"a worker RUNNING -> mapping {aside} (want Disabled); the stalled-queue alarm in ALARM "
+                    f"while it runs -> {stalled} (want Enabled), back to OK -> {again} (want Disabled); "
+                    f"the worker's retry back to RUNNABLE -> {back} (want Enabled)")
+        left = int(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+                   ["Attributes"]["ApproximateNumberOfMessages"])
+        report.step("bulk pool: no message lost", left == waiting and consumer() == "Enabled",
+                    f"{left} of {waiting} messages still visible to the Lambda consumer, mapping {consumer()}")
+        batch.cancel_job(jobId=job, reason="rehearsal over")
+        state = consumer()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    # The script plays the mapping for the captioning sandbox below; moto's own would try to
+    # invoke the function through Docker on the next message sent.
+    lam.delete_event_source_mapping(UUID=mapping)
+    return state
 
 
 class Report:
@@ -1068,6 +1370,7 @@ def rehearse(args, report: Report) -> int:
     params = parameter_defaults(template)
     digests = deploy.bundle_digests(CAPTIONING_FIXTURE)
     params["CaptioningModelSha256"] = deploy.sha256_param(digests)
+    params["CaptioningModelVersion"] = deploy.bundle_version(digests)
     stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/{uuid.uuid4()}"
     stack = Stack(template, params, stack_id, template_path.parent)
 
@@ -1084,9 +1387,14 @@ def rehearse(args, report: Report) -> int:
                 if not path.is_file():
                     raise RehearsalError(f"{spec.logical}: {path} is missing: run `make package`")
         model_bucket = stack.resolve(template["Outputs"]["ModelBucketName"]["Value"])
-        model_prefix = params["CaptioningModelPrefix"]
-        deploy.publish_bundle(CAPTIONING_FIXTURE, digests, model_bucket, model_prefix, REGION,
-                              endpoint_url=endpoint)
+        model_prefix = f"{params['CaptioningModelPrefix']}/{params['CaptioningModelVersion']}"
+        # make deploy's order, twice: a previous bundle (the fixture with one pinned file
+        # changed) on a new stack, then the fixture on the stack that serves the previous one.
+        previous = WORK / "bundle-previous"
+        shutil.copytree(CAPTIONING_FIXTURE, previous)
+        with (previous / "generation_config.json").open("a") as f:
+            f.write("\n")
+        rehearse_publish_then_switch(report, stack, s3, endpoint, deploy, [previous, CAPTIONING_FIXTURE])
         # Read back from where the template points captioning, not where it was written.
         model_source = specs["CaptioningFunction"].env.get("CAPTIONING_MODEL_SOURCE", "(not set)")
         problems = published_bundle_problems(s3, model_source, digests)
@@ -1263,6 +1571,9 @@ def rehearse(args, report: Report) -> int:
         poison_id = sqs.send_message(QueueUrl=queue_url, MessageBody=poison_body)["MessageId"]
         log(f"sent caption message {good_id} and poison message {poison_id} to {queue_logical}")
 
+        # The bulk pool's controller on a day without GPU quota, with these messages waiting.
+        consumer_state = rehearse_pool(report, stack, cap_spec, endpoint, queue_arn, queue_url, sqs)
+
         box = boot("CaptioningFunction")
         try:
             receives: dict[str, int] = {}
@@ -1271,6 +1582,9 @@ def rehearse(args, report: Report) -> int:
             poisoned = False
             deadline = time.monotonic() + 60 + max_receive * (REHEARSAL_VISIBILITY + cap_spec.timeout_s)
             cap_prefix = result_key(cap_spec.env["COLDPATH_RESULT_SINK"], "captioning", photo_bucket, photo_key)
+            # The script plays the event source mapping: a disabled one consumes nothing.
+            if consumer_state != "Enabled":
+                deadline = time.monotonic()
             while time.monotonic() < deadline and not (captioned and poisoned):
                 got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=batch_size,
                                           WaitTimeSeconds=1, AttributeNames=["All"],

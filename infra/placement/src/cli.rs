@@ -285,9 +285,11 @@ fn check_gpu_worker(
     if let Some(d) = declaration {
         let mut problems = check::check_batch_jobs(&batch, d);
         problems.extend(stack::batch_log_group_problems(&batch));
+        problems.extend(stack::consumer_switch_problems(&batch));
         if problems.is_empty() {
             lines.push(
-                "OK captioning worker (infra/gpu/batch.yaml jobs): batch sizes, threshold, one GPU and memory as declared; logs to a retained group"
+                "OK captioning worker (infra/gpu/batch.yaml jobs): batch sizes, threshold, one GPU and memory as declared; logs to a retained group; \
+                 the Lambda consumer switched off only by something that also runs on a schedule"
                     .to_string(),
             );
         }

@@ -10,6 +10,12 @@
 //! - A function without its own log group (`/aws/lambda/<FunctionName>`) with a retention:
 //!   Lambda creates one on the first log line and keeps it forever. The GPU pool's job
 //!   definitions likewise ([`batch_log_group_problems`], run on `infra/gpu/batch.yaml`).
+//! - A queue consumer that can be switched off with no way back that waits for nothing
+//!   ([`consumer_switch_problems`], run on both templates): whatever may call
+//!   `lambda:UpdateEventSourceMapping` must also run on a schedule. The way back must not hang
+//!   on an event: a Batch job that never leaves RUNNABLE sends none, and an alarm that stays in
+//!   ALARM never sends OK, so a consumer disabled on such an event stays disabled and the
+//!   queue's messages expire unconsumed.
 //!
 //! The rules are a table ([`RULES`]): a name for the OK line and a function from the template
 //! to its problems.
@@ -37,6 +43,10 @@ pub const RULES: &[Rule] = &[
     Rule {
         verifies: "a retained log group per function",
         problems: function_log_group_problems,
+    },
+    Rule {
+        verifies: "queue consumers switched off only by something that also runs on a schedule",
+        problems: consumer_switch_problems,
     },
 ];
 
@@ -386,6 +396,171 @@ pub fn function_log_group_problems(template: &Template) -> Vec<String> {
     problems
 }
 
+/// The IAM action that enables or disables an event source mapping (a queue consumer).
+const MAPPING_SWITCH_ACTION: &str = "lambda:UpdateEventSourceMapping";
+/// Resources that run code or tasks under a role named by their `Role` or `RoleArn`.
+const ROLE_HOLDER_TYPES: [&str; 3] = [
+    "AWS::Lambda::Function",
+    "AWS::StepFunctions::StateMachine",
+    "AWS::Serverless::StateMachine",
+];
+/// SAM resources that carry their own `Policies` and `Events`.
+const SAM_TYPES: [&str; 2] = ["AWS::Serverless::Function", "AWS::Serverless::StateMachine"];
+
+/// Whether any statement of a policy document allows `action`.
+fn document_allows(document: Option<&Value>, action: &str) -> bool {
+    statements(document)
+        .into_iter()
+        .any(|s| is_allow(s) && allows_action(s, action))
+}
+
+/// The logical ids of the resources that run on a schedule: the targets of an
+/// `AWS::Events::Rule` with a `ScheduleExpression` or of an `AWS::Scheduler::Schedule`, and SAM
+/// resources with a `Schedule` or `ScheduleV2` event.
+fn scheduled_targets(template: &Template) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (_, rule) in template.resources_of_type("AWS::Events::Rule") {
+        let props = properties(rule);
+        if props.and_then(|p| p.get("ScheduleExpression")).is_none() {
+            continue;
+        }
+        let targets = props
+            .and_then(|p| p.get("Targets"))
+            .and_then(Value::as_sequence)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        ids.extend(
+            targets
+                .iter()
+                .filter_map(|t| t.get("Arn").and_then(referenced_id)),
+        );
+    }
+    for (_, schedule) in template.resources_of_type("AWS::Scheduler::Schedule") {
+        ids.extend(
+            properties(schedule)
+                .and_then(|p| p.get("Target"))
+                .and_then(|t| t.get("Arn"))
+                .and_then(referenced_id),
+        );
+    }
+    for sam_type in SAM_TYPES {
+        for (id, resource) in template.resources_of_type(sam_type) {
+            let scheduled = properties(resource)
+                .and_then(|p| p.get("Events"))
+                .and_then(Value::as_mapping)
+                .is_some_and(|events| {
+                    events.values().any(|e| {
+                        matches!(
+                            e.get("Type").and_then(Value::as_str),
+                            Some("Schedule" | "ScheduleV2")
+                        )
+                    })
+                });
+            if scheduled {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// Whatever may switch a queue consumer off can also switch it back on without waiting for an
+/// event: every function or state machine allowed `lambda:UpdateEventSourceMapping` (through
+/// its role's inline policies, an `AWS::IAM::Policy` or `ManagedPolicy` attached to that role,
+/// or its own SAM `Policies`) is also the target of a schedule, and every role so allowed is
+/// one such a resource of this template runs under (a grant nothing here holds could be used
+/// by anything, on any event). The rule reads the template's wiring, not the code: what the
+/// scheduled run decides is the rehearsal's to show (tools/rehearse.py, the bulk pool steps).
+pub fn consumer_switch_problems(template: &Template) -> Vec<String> {
+    let mut roles: Vec<&str> = template
+        .resources_of_type("AWS::IAM::Role")
+        .filter(|(_, role)| {
+            properties(role)
+                .and_then(|p| p.get("Policies"))
+                .and_then(Value::as_sequence)
+                .is_some_and(|policies| {
+                    policies.iter().any(|policy| {
+                        document_allows(policy.get("PolicyDocument"), MAPPING_SWITCH_ACTION)
+                    })
+                })
+        })
+        .map(|(id, _)| id)
+        .collect();
+    for policy_type in ["AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"] {
+        for (_, policy) in template.resources_of_type(policy_type) {
+            let props = properties(policy);
+            if !document_allows(
+                props.and_then(|p| p.get("PolicyDocument")),
+                MAPPING_SWITCH_ACTION,
+            ) {
+                continue;
+            }
+            let attached = props
+                .and_then(|p| p.get("Roles"))
+                .and_then(Value::as_sequence)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for role in attached.iter().filter_map(ref_target) {
+                if !roles.contains(&role) {
+                    roles.push(role);
+                }
+            }
+        }
+    }
+    let mut switches: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
+    for role in &roles {
+        let holders: Vec<&str> = ROLE_HOLDER_TYPES
+            .iter()
+            .flat_map(|ty| template.resources_of_type(ty))
+            .filter(|(_, r)| {
+                let props = properties(r);
+                ["Role", "RoleArn"].iter().any(|field| {
+                    props
+                        .and_then(|p| p.get(*field))
+                        .and_then(referenced_id)
+                        .as_deref()
+                        == Some(*role)
+                })
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if holders.is_empty() {
+            problems.push(format!(
+                "role {role} allows {MAPPING_SWITCH_ACTION}, but no function or state machine of this template runs under it: \
+                 whatever uses it could switch the queue consumer off with no way back this template provides"
+            ));
+        }
+        switches.extend(holders.into_iter().map(str::to_string));
+    }
+    for sam_type in SAM_TYPES {
+        for (id, resource) in template.resources_of_type(sam_type) {
+            let granted = properties(resource)
+                .and_then(|p| p.get("Policies"))
+                .and_then(Value::as_sequence)
+                .is_some_and(|policies| {
+                    policies
+                        .iter()
+                        .any(|policy| document_allows(Some(policy), MAPPING_SWITCH_ACTION))
+                });
+            if granted {
+                switches.push(id.to_string());
+            }
+        }
+    }
+    let scheduled = scheduled_targets(template);
+    for switch in switches {
+        if !scheduled.contains(&switch) {
+            problems.push(format!(
+                "{switch} may call {MAPPING_SWITCH_ACTION} but runs on no schedule (an AWS::Events::Rule with a ScheduleExpression \
+                 or an AWS::Scheduler::Schedule targeting it): a queue consumer it switches off waits for an event to come back on, \
+                 and a job stuck RUNNABLE or an alarm that stays in ALARM sends none"
+            ));
+        }
+    }
+    problems
+}
+
 /// Every AWS Batch job definition in `batch` sends its containers' output with the `awslogs`
 /// driver to a log group of that template with a `RetentionInDays` (Batch's default group,
 /// `/aws/batch/job`, is shared by every job of the account and kept forever).
@@ -615,11 +790,130 @@ mod tests {
                 ),
             "{problems:?}"
         );
-        let unretained = mutated_batch("      RetentionInDays: !Ref LogRetentionDays\n", "");
+        // The workers' group (the controller's group has the same retention line).
+        let unretained = mutated_batch(
+            "-caption-bulk\"\n      RetentionInDays: !Ref LogRetentionDays\n",
+            "-caption-bulk\"\n",
+        );
         let problems = batch_log_group_problems(&unretained);
         assert!(
             problems.len() == 1
                 && problems[0].contains("log group WorkerLogGroup has no RetentionInDays"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_gpu_pool_switches_its_consumer_with_a_scheduled_way_back() {
+        let unchanged = mutated_batch(
+            "ScheduleExpression: rate(5 minutes)",
+            "ScheduleExpression: rate(5 minutes)",
+        );
+        assert_eq!(consumer_switch_problems(&unchanged), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_consumer_switch_without_a_schedule_is_rejected() {
+        // The reconciling schedule turned into one more event rule: the controller would then
+        // run only when an event comes, and none comes for a job that never starts.
+        let unscheduled = mutated_batch(
+            "      ScheduleExpression: rate(5 minutes)\n",
+            "      EventPattern: {source: [aws.batch]}\n",
+        );
+        let problems = consumer_switch_problems(&unscheduled);
+        assert!(
+            problems.len() == 1
+                && problems[0].starts_with(
+                    "PoolController may call lambda:UpdateEventSourceMapping but runs on no schedule"
+                ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_mapping_grant_no_resource_of_the_template_holds_is_rejected() {
+        let orphan = mutated_batch(
+            "      Role: !GetAtt PoolControllerRole.Arn\n",
+            "      Role: !Sub \"arn:${AWS::Partition}:iam::${AWS::AccountId}:role/elsewhere\"\n",
+        );
+        let problems = consumer_switch_problems(&orphan);
+        assert!(
+            problems.len() == 1
+                && problems[0].starts_with(
+                    "role PoolControllerRole allows lambda:UpdateEventSourceMapping, but no function or state machine"
+                ),
+            "{problems:?}"
+        );
+    }
+
+    /// Regression: the pool this replaced disabled the Lambda consumer when the backlog alarm
+    /// went to ALARM and enabled it only when the alarm returned to OK. With no GPU quota the
+    /// jobs never started, the alarm never returned, and the queue had no consumer until its
+    /// messages expired.
+    #[test]
+    fn the_step_aside_on_the_alarm_alone_is_rejected() {
+        let text = r#"
+Resources:
+  StepAsideRole:
+    Type: AWS::IAM::Role
+    Properties:
+      Policies:
+        - PolicyName: toggle
+          PolicyDocument:
+            Statement:
+              - {Effect: Allow, Action: lambda:UpdateEventSourceMapping, Resource: "*"}
+  StepAsideStateMachine:
+    Type: AWS::StepFunctions::StateMachine
+    Properties:
+      RoleArn: !GetAtt StepAsideRole.Arn
+  LambdaStepsAsideRule:
+    Type: AWS::Events::Rule
+    Properties:
+      EventPattern: {detail: {state: {value: [ALARM]}}}
+      Targets: [{Id: off, Arn: !Ref StepAsideStateMachine, Input: '{"enabled": false}'}]
+  LambdaReturnsRule:
+    Type: AWS::Events::Rule
+    Properties:
+      EventPattern: {detail: {state: {value: [OK]}}}
+      Targets: [{Id: on, Arn: !Ref StepAsideStateMachine, Input: '{"enabled": true}'}]
+"#;
+        let template = Template::from_str(text, Path::new("batch.yaml")).unwrap();
+        let problems = consumer_switch_problems(&template);
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("StepAsideStateMachine may call"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_sam_function_allowed_to_switch_a_mapping_needs_a_schedule_event() {
+        let text = |events: &str| {
+            format!(
+                r#"
+Resources:
+  Switch:
+    Type: AWS::Serverless::Function
+    Properties:
+      Policies:
+        - Statement:
+            - {{Effect: Allow, Action: ["lambda:Get*", "lambda:UpdateEventSourceMapping"], Resource: "*"}}
+      Events:
+{events}
+"#
+            )
+        };
+        let scheduled = text(
+            "        Every5:\n          Type: Schedule\n          Properties: {Schedule: rate(5 minutes)}",
+        );
+        let template = Template::from_str(&scheduled, Path::new("template.yaml")).unwrap();
+        assert_eq!(consumer_switch_problems(&template), Vec::<String>::new());
+        let evented = text(
+            "        OnAlarm:\n          Type: EventBridgeRule\n          Properties: {Pattern: {source: [aws.cloudwatch]}}",
+        );
+        let template = Template::from_str(&evented, Path::new("template.yaml")).unwrap();
+        let problems = consumer_switch_problems(&template);
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("Switch may call"),
             "{problems:?}"
         );
     }

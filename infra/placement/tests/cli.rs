@@ -268,3 +268,23 @@ fn usage_errors_exit_two() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/profile.toml"));
 }
+
+#[test]
+fn check_fails_when_a_function_may_disable_a_queue_consumer_with_no_schedule() {
+    // captioning itself allowed to switch event source mappings, with only its SQS event: a
+    // mapping it disables stays disabled until an event comes, and none may.
+    let (code, stderr) = check_edited(
+        "            - Sid: WriteCaptions\n",
+        "            - Sid: SwitchConsumers\n              Effect: Allow\n              Action: lambda:UpdateEventSourceMapping\n              Resource: \"*\"\n            - Sid: WriteCaptions\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let m: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("MISMATCH"))
+        .collect();
+    assert!(
+        m.len() == 1
+            && m[0].contains("(stack): CaptioningFunction may call lambda:UpdateEventSourceMapping but runs on no schedule"),
+        "{m:?}"
+    );
+}
