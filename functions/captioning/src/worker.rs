@@ -1315,7 +1315,7 @@ mod tests {
         assert!(w.service.captioner().calls.lock().unwrap().len() <= 1);
     }
 
-    /// Regression (issue 12): a failed extension only logged, and the batch went on to hand
+    /// Regression: a failed extension was once only logged, and the batch went on to hand
     /// back messages another consumer might own by then. A message the queue refuses to extend
     /// is extended no more and never handed back; its result, once written, is still deleted.
     #[tokio::test]
