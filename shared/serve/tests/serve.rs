@@ -1534,3 +1534,48 @@ async fn a_decoder_crash_fails_only_its_own_request() {
     assert_eq!(r.status, 200, "the server still decodes HEIC: {}", r.text());
     assert_eq!(get(addr, "/ready").await.status, 200);
 }
+
+/// Past the drain deadline the process exits, whatever model call is still running: a batch
+/// of several seconds does not hold the exit (the runtime no longer waits for its blocking
+/// thread), so the platform's SIGKILL is never needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_exits_at_the_drain_deadline_with_a_model_call_running() {
+    let p = spawn_binary_with("embeddings", &[("COLDPATH_SERVE_DRAIN_MS", "200")]);
+    let addr = p.addr;
+    // 256 texts of about 60 tokens: several seconds of model time at one thread.
+    let long = "a photo of the whole family gathered on the terrace of the old house by the lake, \
+                with the grandparents, three children, two dogs and a birthday cake with candles";
+    let slow: Vec<String> = (0..256).map(|i| format!("{long} ({i})")).collect();
+    let body = json!({"input": slow});
+    let call = tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await });
+    // Let the batch start, then ask the process to stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!call.is_finished(), "the call was meant to be long");
+    let sent = Instant::now();
+    sigterm(p.child.id());
+    let status = tokio::task::spawn_blocking(move || {
+        let mut p = p;
+        loop {
+            if let Some(status) = p.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(30),
+                "still running 30 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("wait task");
+    let exited_after = sent.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !call.is_finished() || call.await.map(|r| r.status != 200).unwrap_or(true),
+        "the long call was answered: it did not outlast the drain deadline"
+    );
+    assert!(
+        exited_after < Duration::from_secs(3),
+        "exited {exited_after:?} after SIGTERM with a 200 ms drain deadline"
+    );
+}
