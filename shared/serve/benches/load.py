@@ -184,7 +184,10 @@ def check_answers(urls, bodies):
     """Every contender's vectors for both bodies: shape checked, cosine against serve's (the first
     contender's when serve does not run) per text. Stops the bench on a malformed answer."""
     reference = "serve" if "serve" in urls else next(iter(urls))
-    vectors = {name: {body: embeddings_of(url, bodies[body]) for body in bodies} for name, url in urls.items()}
+    try:
+        vectors = {name: {body: embeddings_of(url, bodies[body]) for body in bodies} for name, url in urls.items()}
+    except (RuntimeError, OSError, ValueError, AttributeError) as e:
+        raise SystemExit(f"an answer is not OpenAI-shaped embeddings: {e}")
     answers = {}
     for name in urls:
         dims = {len(v[0]) for v in vectors[name].values()}
