@@ -27,7 +27,7 @@ help:
 	@echo "make bench-serve  load benchmark of the always-on server (wrk) against a Python server, and any"
 	@echo "                 OpenAI-compatible one: BENCH_CONTENDER_CMD='<binary> <args, {port}>' (started, pinned,"
 	@echo "                 stopped by the bench) or BENCH_CONTENDER_URL=http://127.0.0.1:<port> (already running),"
-	@echo "                 BENCH_CONTENDER_NAME=<name>; BENCH_CONTENDERS, BENCH_CONCURRENCY, BENCH_ROUNDS pick the points"
+	@echo "                 BENCH_CONTENDER_NAME=<name>; BENCH_CONTENDERS, BENCH_BODIES, BENCH_CONCURRENCY, BENCH_ROUNDS"
 	@echo "make plan-inputs  copy the benchmark outputs the plan reads into infra/placement/bench/"
 	@echo "make fixtures   regenerate every committed fixture from its script"
 	@echo "make fuzz       run every cargo-fuzz target 10 minutes (fuzz-smoke: 20 s each; fuzz/README.md)"

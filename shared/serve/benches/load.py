@@ -26,8 +26,8 @@ Before any load, every contender is asked for the embeddings of both bodies: eac
 `data` with one vector per text, all of serve's dimension, or the bench stops; the cosine of each
 vector against serve's for the same text (min and mean) is printed and recorded.
 
-`BENCH_CONTENDERS` (comma-separated names, default all) runs a subset, `BENCH_CONCURRENCY`
-(default 1,4,16,64) a subset of the points, and `BENCH_ROUNDS` (default 1) measures each point
+`BENCH_CONTENDERS` (comma-separated names, default all) runs a subset, `BENCH_BODIES`
+(short_query,texts_32) and `BENCH_CONCURRENCY` (default 1,4,16,64) a subset of the points, and `BENCH_ROUNDS` (default 1) measures each point
 that many times, the contenders taking turns within each round; each figure is then the median
 of the rounds (every round is kept in the JSON).
 
@@ -191,7 +191,7 @@ def check_answers(urls, bodies):
     answers = {}
     for name in urls:
         dims = {len(v[0]) for v in vectors[name].values()}
-        ref_dim = len(vectors[reference]["short_query"][0])
+        ref_dim = len(next(iter(vectors[reference].values()))[0])
         if dims != {ref_dim}:
             raise SystemExit(f"{name}: embeddings of dimension {sorted(dims)}, {reference}'s are {ref_dim}")
         cos = [cosine(a, b) for body in bodies for a, b in zip(vectors[name][body], vectors[reference][body])]
@@ -237,6 +237,12 @@ def main() -> int:
         "short_query": {"input": QUERY, "model": "all-MiniLM-L6-v2"},
         "texts_32": {"input": batch_texts(), "model": "all-MiniLM-L6-v2"},
     }
+    chosen_bodies = os.environ.get("BENCH_BODIES", "").strip()
+    if chosen_bodies:
+        wanted = [b.strip() for b in chosen_bodies.split(",") if b.strip()]
+        if not wanted or set(wanted) - set(bodies):
+            raise SystemExit(f"BENCH_BODIES={chosen_bodies!r}: expected some of {list(bodies)}")
+        bodies = {b: bodies[b] for b in bodies if b in wanted}
     scripts = {}
     for name, body in bodies.items():
         script = work / f"{name}.lua"
