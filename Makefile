@@ -24,7 +24,10 @@ help:
 	@echo "make package    Lambda zips (models, prepared graphs), the ONNX Runtime and image-codecs layers, size-checked"
 	@echo "make deploy CAPTIONING_MODEL=<dir>  validate, package, sam deploy, publish the captioning model"
 	@echo "make rehearse  offline first day: sam validate/build, each zip in a Lambda-shaped sandbox against moto (root)"
-	@echo "make bench-serve  load benchmark of the always-on server (wrk) against a Python server"
+	@echo "make bench-serve  load benchmark of the always-on server (wrk) against a Python server, and any"
+	@echo "                 OpenAI-compatible one: BENCH_CONTENDER_CMD='<binary> <args, {port}>' (started, pinned,"
+	@echo "                 stopped by the bench) or BENCH_CONTENDER_URL=http://127.0.0.1:<port> (already running),"
+	@echo "                 BENCH_CONTENDER_NAME=<name>; BENCH_CONTENDERS, BENCH_BODIES, BENCH_CONCURRENCY, BENCH_ROUNDS"
 	@echo "make bench-serve-hostile  the server under a flood of big uploads and stalled connections"
 	@echo "make plan-inputs  copy the benchmark outputs the plan reads into infra/placement/bench/"
 	@echo "make fixtures   regenerate every committed fixture from its script"
@@ -88,7 +91,9 @@ soak-serve: setup
 
 # The server's load benchmark (shared/serve/benches/load.py, figures in shared/serve/BENCHMARKS.md):
 # wrk against coldpath-serve, the same binary one request at a time, and a Python ONNX Runtime
-# server. wrk is Debian's package at a pinned version, installed here (root) when missing.
+# server, plus any OpenAI-compatible embeddings server named by BENCH_CONTENDER_CMD or
+# BENCH_CONTENDER_URL (load.py's docstring has every variable). wrk is Debian's package at a
+# pinned version, installed here (root) when missing.
 WRK_VERSION := 4.1.0-3+b2
 .PHONY: bench-serve setup-wrk
 setup-wrk:
