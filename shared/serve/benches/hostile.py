@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from load import pinned, wait_ready  # noqa: E402
 
 PORT = 8191
+URL = f"http://127.0.0.1:{PORT}/v1/embeddings"
 
 
 def peak_rss(pid):
@@ -121,7 +122,7 @@ def main() -> int:
                             stderr=open(work / "serve.log", "w"), preexec_fn=pinned(0))
     results = {"machine": {"cpus": os.cpu_count()}, "read_timeout_ms": read_timeout_ms}
     try:
-        wait_ready(PORT, proc)
+        wait_ready(URL, proc)
         cat = base64.b64encode((REPO / "events/data/photos/cat.jpg").read_bytes()).decode()
         assert post("/v1/faces", {"image": {"base64": cat}})[0] == 200
 
@@ -153,7 +154,7 @@ def main() -> int:
         proc = subprocess.Popen([str(REPO / "target/release/coldpath-serve")], env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(work / "serve2.log", "w"),
                                 preexec_fn=pinned(0))
-        wait_ready(PORT, proc)
+        wait_ready(URL, proc)
 
         # 2. Slow heads.
         quiet = probe_latencies(probes)
