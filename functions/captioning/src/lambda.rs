@@ -372,14 +372,13 @@ mod tests {
         context
     }
 
-    fn slow(max_batch: usize, delay: Duration) -> FakeService {
+    /// A service whose model batch is `max_batch`, with a 100 ms safety margin before the
+    /// deadline, around `captioner`.
+    fn with_margin(max_batch: usize, captioner: FakeCaptioner) -> FakeService {
         let mut batch = settings(max_batch);
         batch.deadline_margin = Duration::from_millis(100);
         CaptioningService::new(
-            FakeCaptioner {
-                delay,
-                ..Default::default()
-            },
+            captioner,
             FakeImages::default(),
             MemorySink::default(),
             "fake",
@@ -387,20 +386,26 @@ mod tests {
         )
     }
 
+    /// A model that takes `delay` for each batch.
+    fn slow(max_batch: usize, delay: Duration) -> FakeService {
+        with_margin(
+            max_batch,
+            FakeCaptioner {
+                delay,
+                ..Default::default()
+            },
+        )
+    }
+
     /// A service as deployed (model batch 8, the SQS batch size) whose model takes `per_image`
-    /// for each photo, with a 100 ms safety margin.
+    /// for each photo.
     fn per_photo(per_image: Duration) -> FakeService {
-        let mut batch = settings(8);
-        batch.deadline_margin = Duration::from_millis(100);
-        CaptioningService::new(
+        with_margin(
+            8,
             FakeCaptioner {
                 per_image,
                 ..Default::default()
             },
-            FakeImages::default(),
-            MemorySink::default(),
-            "fake",
-            batch,
         )
     }
 

@@ -122,14 +122,7 @@ impl Template {
     /// each key a literal or a `!Ref` to a parameter (its default). Mapping keys are strings,
     /// so a number key is looked up as its text (a Number parameter's default 120 is "120").
     fn find_in_map(&self, v: &Value) -> Option<&Value> {
-        let args = match v {
-            Value::Tagged(t) if tag_is(&t.tag, "FindInMap") => &t.value,
-            Value::Mapping(m) if m.len() == 1 => m.get("Fn::FindInMap")?,
-            _ => return None,
-        };
-        let [map_name, top_key, second_key] = args.as_sequence()?.as_slice() else {
-            return None;
-        };
+        let [map_name, top_key, second_key] = find_in_map_args(v)?;
         let key_text = |key: &Value| -> Option<String> {
             let key = match ref_target(key) {
                 Some(parameter) => self.parameter_default(parameter)?,
@@ -508,16 +501,19 @@ fn visibility_rows_problems(
     problems
 }
 
-/// `(map, parameter, attribute)` of a `!FindInMap [map, !Ref parameter, attribute]`.
-fn find_in_map_by_parameter(v: &Value) -> Option<(&str, &str, &str)> {
+/// The three arguments of a `!FindInMap [map, top key, second key]` (or `{Fn::FindInMap: [...]}`).
+fn find_in_map_args(v: &Value) -> Option<&[Value; 3]> {
     let args = match v {
         Value::Tagged(t) if tag_is(&t.tag, "FindInMap") => &t.value,
         Value::Mapping(m) if m.len() == 1 => m.get("Fn::FindInMap")?,
         _ => return None,
     };
-    let [map_name, top_key, second_key] = args.as_sequence()?.as_slice() else {
-        return None;
-    };
+    args.as_sequence()?.as_slice().try_into().ok()
+}
+
+/// `(map, parameter, attribute)` of a `!FindInMap [map, !Ref parameter, attribute]`.
+fn find_in_map_by_parameter(v: &Value) -> Option<(&str, &str, &str)> {
+    let [map_name, top_key, second_key] = find_in_map_args(v)?;
     Some((
         map_name.as_str()?,
         ref_target(top_key)?,
