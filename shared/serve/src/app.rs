@@ -27,6 +27,15 @@ use crate::error::{RequestError, StartError};
 use crate::metrics::{self, Metrics};
 use crate::workloads::{self, Hosted};
 
+/// `/ready`'s answer.
+enum Readiness {
+    Ready,
+    Loading,
+    Draining,
+    /// A model call has run past the stall bound: these models.
+    Stalled(Vec<&'static str>),
+}
+
 /// What every handler shares: the config, the workloads once loaded, and the metrics.
 pub struct AppState {
     config: ServeConfig,
@@ -55,9 +64,21 @@ impl AppState {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.hosted.get().is_some()
-            && !self.draining.load(Ordering::SeqCst)
-            && self.stalled().is_empty()
+        matches!(self.readiness(), Readiness::Ready)
+    }
+
+    /// Where the server stands, read once so `/ready`'s status and code agree.
+    fn readiness(&self) -> Readiness {
+        if self.draining.load(Ordering::SeqCst) {
+            return Readiness::Draining;
+        }
+        if self.hosted.get().is_none() {
+            return Readiness::Loading;
+        }
+        match self.stalled() {
+            stalled if stalled.is_empty() => Readiness::Ready,
+            stalled => Readiness::Stalled(stalled),
+        }
     }
 
     /// The models whose running call has taken longer than `COLDPATH_SERVE_STALL_MS`: while
@@ -368,21 +389,20 @@ async fn health() -> Response {
 /// while loading and once draining (so load balancers stop sending).
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let workloads = state.config.workloads();
-    if state.is_ready() {
-        return axum::Json(json!({"status": "ready", "workloads": workloads})).into_response();
-    }
-    let stalled = state.stalled();
-    let body = if state.draining.load(Ordering::SeqCst) {
-        json!({"status": "draining", "workloads": workloads})
-    } else if !stalled.is_empty() {
-        tracing::warn!(
-            models = %stalled.join(","),
-            stall_ms = state.config.stall.as_millis() as u64,
-            "a model call is running past the stall bound: not ready"
-        );
-        json!({"status": "stalled", "workloads": workloads, "stalled": stalled})
-    } else {
-        json!({"status": "loading", "workloads": workloads})
+    let body = match state.readiness() {
+        Readiness::Ready => {
+            return axum::Json(json!({"status": "ready", "workloads": workloads})).into_response();
+        }
+        Readiness::Draining => json!({"status": "draining", "workloads": workloads}),
+        Readiness::Loading => json!({"status": "loading", "workloads": workloads}),
+        Readiness::Stalled(stalled) => {
+            tracing::warn!(
+                models = %stalled.join(","),
+                stall_ms = state.config.stall.as_millis() as u64,
+                "a model call is running past the stall bound: not ready"
+            );
+            json!({"status": "stalled", "workloads": workloads, "stalled": stalled})
+        }
     };
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }

@@ -146,11 +146,7 @@ impl<M: BatchModel> Admission<'_, M> {
 
     /// The refusal for a request whose preparation ran past [`Admission::deadline`].
     pub fn expired(&self) -> BatchError<M::Error> {
-        self.batcher.metrics.rejected("deadline");
-        BatchError::Deadline {
-            model: self.batcher.name,
-            deadline: self.batcher.policy.deadline,
-        }
+        self.batcher.expired()
     }
 
     /// Queues the prepared `input` and waits for its output (see [`Batcher::submit`]).
@@ -219,6 +215,15 @@ impl<M: BatchModel> Batcher<M> {
         }
     }
 
+    /// The refusal of a request whose deadline passed before it was queued, counted.
+    fn expired(&self) -> BatchError<M::Error> {
+        self.metrics.rejected("deadline");
+        BatchError::Deadline {
+            model: self.name,
+            deadline: self.policy.deadline,
+        }
+    }
+
     fn full(&self) -> BatchError<M::Error> {
         self.metrics.rejected("queue_full");
         BatchError::QueueFull {
@@ -238,11 +243,7 @@ impl<M: BatchModel> Batcher<M> {
         let deadline = admitted + self.policy.deadline;
         if Instant::now() >= deadline {
             // Its preparation (body, fetch, decode) used up its time: it would only be dropped.
-            self.metrics.rejected("deadline");
-            return Err(BatchError::Deadline {
-                model: self.name,
-                deadline: self.policy.deadline,
-            });
+            return Err(self.expired());
         }
         let (reply, mut rx) = oneshot::channel();
         let started = Arc::new(AtomicBool::new(false));

@@ -111,7 +111,8 @@ struct Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing stdin ends the child's loop; a child that does not go is killed.
+        // Dropped when it died, answered garbage, or is one idle child too many: killed (a
+        // no-op on one already gone) and reaped, so no zombie is left behind.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
