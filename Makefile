@@ -63,16 +63,16 @@ demo: build
 # fault-injection: the worker's process tests pause a batch mid-flight, and the HEIC/AVIF decoder
 # child aborts, hangs or hogs memory on marker bytes (never in release builds).
 test: setup
-	@$(ENV); $(CARGO) test --workspace --locked --features coldpath-captioning/fault-injection,coldpath-image/fault-injection
+	@$(ENV); $(CARGO) test --workspace --locked --features coldpath-captioning-function/fault-injection,coldpath-image/fault-injection
 
 # The full chaos soak: 1000 messages, workers killed and stopped at random (make test runs 120).
 SOAK_MESSAGES ?= 1000
 .PHONY: soak
 soak: setup
-	@$(ENV); COLDPATH_SOAK_MESSAGES=$(SOAK_MESSAGES) $(CARGO) test --locked -p coldpath-captioning \
+	@$(ENV); COLDPATH_SOAK_MESSAGES=$(SOAK_MESSAGES) $(CARGO) test --locked -p coldpath-captioning-function \
 	  --features fault-injection --test soak -- --nocapture
 
-# The always-on server (shared/serve; README "The always-on server"): both workloads on the
+# The always-on server (functions/hosts/serve; README "The always-on server"): both workloads on the
 # setup's models, on 127.0.0.1:$(SERVE_PORT). Ctrl-C or SIGTERM drains it and exits 0.
 SERVE_PORT ?= 8080
 .PHONY: serve soak-serve
@@ -89,7 +89,7 @@ soak-serve: setup
 	@$(ENV); COLDPATH_SERVE_SOAK_SECONDS=$(SERVE_SOAK_SECONDS) $(CARGO) test --locked -p coldpath-serve \
 	  --test serve soak -- --nocapture
 
-# The server's load benchmark (shared/serve/benches/load.py, figures in shared/serve/BENCHMARKS.md):
+# The server's load benchmark (functions/hosts/serve/benches/load.py, figures in functions/hosts/serve/BENCHMARKS.md):
 # wrk against coldpath-serve, the same binary one request at a time, and a Python ONNX Runtime
 # server, plus any OpenAI-compatible embeddings server named by BENCH_CONTENDER_CMD or
 # BENCH_CONTENDER_URL (load.py's docstring has every variable). wrk is Debian's package at a
@@ -101,27 +101,27 @@ setup-wrk:
 
 bench-serve: setup setup-wrk
 	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
-	@$(ENV); BENCH_THREADS=$(BENCH_THREADS) .venv/bin/python shared/serve/benches/load.py
+	@$(ENV); BENCH_THREADS=$(BENCH_THREADS) .venv/bin/python functions/hosts/serve/benches/load.py
 
-# Hostile load on the release server (shared/serve/benches/hostile.py): a flood of 30 MB uploads
+# Hostile load on the release server (functions/hosts/serve/benches/hostile.py): a flood of 30 MB uploads
 # against a faces queue of 4, 500 stalled request heads beside normal queries, HEIC through the
 # decoder child. Figures: target/bench/serve-hostile.json.
 .PHONY: bench-serve-hostile
 bench-serve-hostile: setup
 	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
-	@$(ENV); .venv/bin/python shared/serve/benches/hostile.py
+	@$(ENV); .venv/bin/python functions/hosts/serve/benches/hostile.py
 
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --locked --features coldpath-captioning/fault-injection,coldpath-image/fault-injection -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked --features coldpath-captioning-function/fault-injection,coldpath-image/fault-injection -- -D warnings
 
 # Cold starts compare equal work: one thread each, and no checksum pass over the local bundle
 # (the Python equivalent does none); once with the optimised-graph cache warm, once without it.
 BENCH_THREADS ?= 1
 COLD_RUST = env -u EMBEDDINGS_MODEL_SHA256 target/release/embeddings invoke events/embeddings/direct.json
-COLD_PYTHON = .venv/bin/python functions/embeddings/benches/python_cold.py
+COLD_PYTHON = .venv/bin/python functions/hosts/embeddings/benches/python_cold.py
 COLD_FACES = target/release/faces invoke events/faces/direct.json
-COLD_OPENCV = .venv/bin/python functions/faces/benches/opencv_cold.py events/data/photos/group.jpg
+COLD_OPENCV = .venv/bin/python functions/hosts/faces/benches/opencv_cold.py events/data/photos/group.jpg
 # A fresh Lambda sandbox, as `make package` ships it: the graphs `<binary> prepare` wrote (the
 # package's graphs/, read-only) and a writable cache emptied before every run (/tmp), against
 # the Python reference from the same empty state.
@@ -130,7 +130,7 @@ SANDBOX_TMP = target/bench/sandbox-tmp
 sandbox = env COLDPATH_PREPARED_MODEL_DIR=$(SANDBOX)/$(1) COLDPATH_OPTIMIZED_MODEL_DIR=$(SANDBOX_TMP)/graphs
 bench: build
 	@$(ENV); export BENCH_THREADS=$(BENCH_THREADS) COLDPATH_INTRA_THREADS=$(BENCH_THREADS); \
-	  $(CARGO) bench --locked -p coldpath-embeddings --bench embeddings; \
+	  $(CARGO) bench --locked -p coldpath-embeddings-function --bench embeddings; \
 	  $(COLD_RUST) >/dev/null 2>&1; \
 	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start-no-graph-cache.json \
 	    --rust "env -u COLDPATH_OPTIMIZED_MODEL_DIR $(COLD_RUST)" --python "$(COLD_PYTHON)"; \
@@ -142,7 +142,7 @@ bench: build
 	  rm -rf $(SANDBOX)/embeddings; env -u COLDPATH_OPTIMIZED_MODEL_DIR target/release/embeddings prepare $(SANDBOX)/embeddings >/dev/null; \
 	  .venv/bin/python tools/cold_start.py --json target/bench/embeddings-cold-start-fresh-sandbox.json \
 	    --fresh-dir $(SANDBOX_TMP) --rust "$(call sandbox,embeddings) $(COLD_RUST)" --python "$(COLD_PYTHON)"
-	@$(ENV); $(CARGO) bench --locked -p coldpath-faces --bench faces; \
+	@$(ENV); $(CARGO) bench --locked -p coldpath-faces-function --bench faces; \
 	  .venv/bin/python tools/cold_start.py --json target/bench/faces-cold-start.json \
 	    --rust "$(COLD_FACES)" --python "$(COLD_OPENCV)"; \
 	  rm -rf $(SANDBOX)/faces; target/release/faces prepare $(SANDBOX)/faces >/dev/null; \
@@ -277,7 +277,7 @@ fuzz-smoke: fuzz-build
 # (requirements-fixtures.txt), installed by setup-fixtures; `make setup` and `make test` never
 # fetch them. `make bench-captioning-real` builds the real-size ViT-GPT2 (random weights, ~1.1 GB)
 # into .cache/models/ once, rewrites a copy with tools/hoist_cross_attention.py (the model to
-# deploy) and measures both (functions/captioning/BENCHMARKS.md).
+# deploy) and measures both (functions/engines/captioning/BENCHMARKS.md).
 CAPTIONING_REAL ?= .cache/models/vit-gpt2-random
 .PHONY: setup-fixtures fixtures-captioning bench-captioning-real
 setup-fixtures:
@@ -290,5 +290,5 @@ $(CAPTIONING_REAL)/encoder_model.onnx: | setup-fixtures
 	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py --real-size $(CAPTIONING_REAL)
 
 bench-captioning-real: setup $(CAPTIONING_REAL)/encoder_model.onnx
-	@$(ENV); nice -n 10 .venv-fixtures/bin/python functions/captioning/benches/real_size.py \
+	@$(ENV); nice -n 10 .venv-fixtures/bin/python functions/engines/captioning/benches/real_size.py \
 	  --model $(CAPTIONING_REAL) --hoisted $(CAPTIONING_REAL)-hoisted

@@ -6,12 +6,12 @@ against its Python reference (B), e.g.
 
     python3 tools/cold_start.py \
         --rust "target/release/embeddings invoke events/embeddings/direct.json" \
-        --python ".venv/bin/python functions/embeddings/benches/python_cold.py" \
+        --python ".venv/bin/python functions/hosts/embeddings/benches/python_cold.py" \
         [-k 10] [--json target/bench/embeddings-cold-start.json]
 
     python3 tools/cold_start.py \
         --rust "target/release/faces invoke events/faces/direct.json" \
-        --python ".venv/bin/python functions/faces/benches/opencv_cold.py events/data/photos/group.jpg" \
+        --python ".venv/bin/python functions/hosts/faces/benches/opencv_cold.py events/data/photos/group.jpg" \
         --json target/bench/faces-cold-start.json
 
 Each command line is split with shlex and started without a shell (so no
@@ -33,7 +33,7 @@ finds what an earlier one cached. `make bench` runs the packaged layout that way
         --rust "env COLDPATH_PREPARED_MODEL_DIR=target/bench/sandbox/embeddings/graphs \
                 COLDPATH_OPTIMIZED_MODEL_DIR=target/bench/sandbox-tmp/graphs \
                 target/release/embeddings invoke events/embeddings/direct.json" \
-        --python ".venv/bin/python functions/embeddings/benches/python_cold.py"
+        --python ".venv/bin/python functions/hosts/embeddings/benches/python_cold.py"
 
 Linux records, at exec, the high-water RSS of the memory image being replaced,
 which for a child spawned here is this driver's. So a child's peak RSS reads

@@ -7,7 +7,7 @@
 
 In order:
 1. The captioning bundle's digests, computed here from DIR (the files the captioning function
-   pins for a hoisted merged decoder: functions/captioning/src/model/config.rs), so nobody types
+   pins for a hoisted merged decoder: functions/engines/captioning/src/model/config.rs), so nobody types
    a digest, and its version: the sha256 of those digests. A bundle this repository generates
    with random weights (the committed test fixtures, `make bench-captioning-real`'s
    `.cache/models/vit-gpt2-random*`) is refused unless --allow-random-weights
@@ -87,7 +87,7 @@ def bundle_digests(model_dir: Path) -> dict[str, str]:
         raise DeployError(
             f"{model_dir} is not a hoisted captioning bundle: missing {', '.join(missing)} "
             "(export with optimum, then run tools/hoist_cross_attention.py; "
-            "functions/captioning/MODEL.md)"
+            "functions/engines/captioning/MODEL.md)"
         )
     return {f: sha256_file(model_dir / f) for f in CAPTIONING_FILES}
 
@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
         reason = random_weights(args.captioning_model)
         if reason and not args.allow_random_weights:
             raise DeployError(f"{reason}: it would caption nonsense. Pass a trained bundle as "
-                              "CAPTIONING_MODEL=DIR (functions/captioning/MODEL.md), or "
+                              "CAPTIONING_MODEL=DIR (functions/engines/captioning/MODEL.md), or "
                               "ALLOW_RANDOM_WEIGHTS=1 to deploy it anyway")
         print(json.dumps({"CaptioningModelVersion": bundle_version(digests),
                           "CaptioningModelSha256": digests}, indent=2))

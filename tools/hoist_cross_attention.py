@@ -10,7 +10,7 @@ KV cache holds only self-attention). This tool moves every computation that depe
 of `encoder_hidden_states` and on nothing that changes between steps into a separate graph,
 `decoder_cross_model.onnx` (input `encoder_hidden_states`, outputs `hoisted.0..N`), and rewrites
 the merged decoder to take those tensors as inputs `hoisted.<n>` instead of recomputing them. The
-runner (functions/captioning/src/model/onnx.rs) runs the cross graph once per batch and feeds its
+runner (functions/engines/captioning/src/model/onnx.rs) runs the cross graph once per batch and feeds its
 outputs at every step.
 
 Nothing here is model-specific: invariant tensors are `encoder_hidden_states`, initializers,

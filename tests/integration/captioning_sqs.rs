@@ -5,7 +5,7 @@
 //! Model: the tiny ViT-GPT2 written by `tests/fixtures/captioning/gen_tiny_model.py` (its captions
 //! are gibberish; these tests check delivery, not wording). Photos: `events/data/photos/`, from
 //! `tests/fixtures/faces/gen_photos.py`. The worker's process-level behaviour (SIGKILL mid-batch,
-//! SIGTERM drain, idle exit of the real binary) is tested in `functions/captioning/tests/worker.rs`,
+//! SIGTERM drain, idle exit of the real binary) is tested in `functions/hosts/captioning/tests/worker.rs`,
 //! where cargo hands the test the binary's path.
 
 use std::collections::BTreeSet;
@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coldpath_aws::{Queue, ResultSink, SinkTarget};
-use coldpath_captioning::{
-    CaptioningConfig, ExitReason, ModelService, Worker, WorkerReport, handle, init,
-};
+use coldpath_captioning::{CaptioningConfig, ModelService, init};
+use coldpath_captioning_function::{ExitReason, Worker, WorkerReport, handle};
 use coldpath_core::MapEnv;
 use coldpath_io::LocalObjectDir;
 use coldpath_runtime::{Context, LambdaEvent};

@@ -7,8 +7,9 @@
 
 use base64::Engine as _;
 use coldpath_core::{Classify, ErrorType};
+use coldpath_embeddings::Embed;
 use coldpath_embeddings::pooling::cosine;
-use coldpath_embeddings::{Embed, handle};
+use coldpath_embeddings_function::handle;
 use coldpath_models::sha256_file;
 use coldpath_runtime::{Context, LambdaEvent};
 use coldpath_test_support::{repo_root, setup_var, vectors};

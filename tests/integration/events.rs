@@ -184,7 +184,7 @@ fn every_sample_event_parses_into_its_type_and_round_trips() {
                     assert_eq!(r.event_source.as_deref(), Some("aws:s3"), "{rel}");
                     assert_eq!(r.event_name.as_deref(), Some("ObjectCreated:Put"), "{rel}");
                     let key = r.s3.object.key.as_deref().unwrap_or_default();
-                    coldpath_faces::request::decode_s3_key(key)
+                    coldpath_faces_function::decode_s3_key(key)
                         .unwrap_or_else(|e| panic!("{rel}: {e}"));
                 }
             }

@@ -18,8 +18,9 @@ use coldpath_aws::{ResultSink, S3Fetcher, SinkTarget};
 use coldpath_core::vector::cosine;
 use coldpath_core::{Classify, ErrorType, MapEnv};
 use coldpath_faces::{
-    AnalyzeFaces, DetectOptions, Face, FacesConfig, FacesError, FacesService, OnnxFaces, handle,
+    AnalyzeFaces, DetectOptions, Face, FacesConfig, FacesError, FacesService, OnnxFaces,
 };
+use coldpath_faces_function::{FacesFunction, handle};
 use coldpath_image::{ImageLimits, ImageLoader, RgbImage};
 use coldpath_io::{LocalObjectDir, NoObjectStore, ObjectFetcher};
 use coldpath_runtime::{Context, LambdaEvent};
@@ -521,7 +522,7 @@ fn scrfd_arcface_matches_the_insightface_reference() {
 fn local_service(
     sink_dir: &Path,
     allow_local_paths: bool,
-) -> FacesService<OnnxFaces, LocalObjectDir> {
+) -> FacesFunction<OnnxFaces, LocalObjectDir> {
     let (faces, options) = yunet();
     let loader = ImageLoader::new(
         LocalObjectDir::new(repo_root().join("events/data")),
@@ -529,11 +530,11 @@ fn local_service(
         allow_local_paths,
     );
     let sink = ResultSink::new("faces", SinkTarget::Local(sink_dir.to_path_buf())).unwrap();
-    FacesService::with_shared(faces, loader, sink, options)
+    FacesFunction::new(FacesService::with_shared(faces, loader, options), sink)
 }
 
 async fn invoke<F: ObjectFetcher + 'static>(
-    service: &Arc<FacesService<OnnxFaces, F>>,
+    service: &Arc<FacesFunction<OnnxFaces, F>>,
     payload: Value,
 ) -> Result<Value, coldpath_runtime::HandlerError> {
     handle(
@@ -752,6 +753,7 @@ async fn bad_inputs_are_typed_errors_and_the_service_keeps_serving() {
     }
     // The same library errors, typed, below the Lambda edge.
     let err = service
+        .service
         .handle_direct(&json!({"image": {"path": "x.jpg"}}))
         .await
         .unwrap_err();
@@ -847,7 +849,10 @@ async fn s3_event_through_moto_reads_photos_and_writes_results_to_s3() {
         },
     )
     .unwrap();
-    let service = Arc::new(FacesService::with_shared(faces, loader, sink, options));
+    let service = Arc::new(FacesFunction::new(
+        FacesService::with_shared(faces, loader, options),
+        sink,
+    ));
     // The keys as S3 writes them into notifications: form-encoded.
     let mut event = event_file("events/faces/s3-put.json");
     let template = event["Records"][0].clone();

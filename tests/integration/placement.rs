@@ -300,12 +300,12 @@ fn check_fails_when_the_deployed_code_is_not_the_packaged_zip() {
     let t = broken_template(
         dir.path(),
         "      CodeUri: ../target/lambda/faces.zip\n",
-        "      CodeUri: ../functions/faces\n",
+        "      CodeUri: ../functions/hosts/faces\n",
     );
     assert_one_mismatch(
         &check(&t),
         "FacesFunction",
-        &["target/lambda/faces.zip", "../functions/faces"],
+        &["target/lambda/faces.zip", "../functions/hosts/faces"],
     );
 }
 
@@ -446,7 +446,7 @@ fn check_fails_when_a_health_check_names_no_route_of_the_server() {
     );
     // The declaration moved to a path the server does not have: both task definitions fail.
     let m = check_pod_with(
-        "shared/serve/Cargo.toml",
+        "functions/hosts/serve/Cargo.toml",
         "health_path = \"/health\"",
         "health_path = \"/healthz\"",
     );
@@ -768,7 +768,7 @@ fn founding_profile_prices_the_pod_against_provisioned_lambda() {
     let pod = p
         .pod
         .as_ref()
-        .expect("the pod is declared in shared/serve/Cargo.toml");
+        .expect("the pod is declared in functions/hosts/serve/Cargo.toml");
     assert_eq!(
         pod.hosts
             .iter()
@@ -822,7 +822,7 @@ fn declaration_errors_name_the_crate_and_field() {
     }
     assert_eq!(declaration::read_all(dir.path()).unwrap().len(), 3);
 
-    let faces = dir.path().join("functions/faces/Cargo.toml");
+    let faces = dir.path().join("functions/hosts/faces/Cargo.toml");
     let original = std::fs::read_to_string(&faces).unwrap();
     std::fs::write(
         &faces,

@@ -768,12 +768,13 @@ pub fn check_batch_jobs(batch: &Template, d: &Declaration) -> Vec<String> {
 }
 
 /// The folders whose crates (one per subfolder) a deployed binary can be built from.
-const CRATE_FOLDERS: [&str; 2] = ["functions", "shared"];
+const CRATE_FOLDERS: [&str; 3] = ["functions/engines", "functions/hosts", "shared"];
 
 /// The `src/` folders of the crate at `crate_dir` (relative to `root`) and of every crate of
 /// ours it depends on, directly or not: the code the deployed binary is built from, so the
 /// variables it can read. Only `[dependencies]` count (a dev-dependency is not in the binary);
-/// a dependency is ours when a crate under `functions/` or `shared/` has its name.
+/// a dependency is ours when a crate under `functions/engines/`, `functions/hosts/` or `shared/`
+/// has its name.
 pub fn crate_source_dirs(root: &Path, crate_dir: &Path) -> Result<Vec<PathBuf>, DeclarationError> {
     let manifest =
         |path: &Path| declaration::parse_manifest(&declaration::read_manifest_text(path)?, path);
@@ -836,7 +837,7 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
             return c;
         }
     };
-    let serve_src = pod.path(Path::new("shared/serve/src"));
+    let serve_src = pod.path(Path::new("functions/hosts/serve/src"));
     let routes = match server_routes(&serve_src) {
         Ok(r) => r,
         Err(e) => {
@@ -846,7 +847,7 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
     };
     // The server's sources and those of every crate it is built from: the hosted functions'
     // and the shared crates under them.
-    let dirs = match crate_source_dirs(&pod.root, Path::new("shared/serve")) {
+    let dirs = match crate_source_dirs(&pod.root, Path::new("functions/hosts/serve")) {
         Ok(d) => d,
         Err(e) => {
             c.mismatches.push(e.to_string());
@@ -1425,9 +1426,9 @@ mod tests {
                 .map(|d| d.strip_prefix(&root).unwrap().display().to_string())
                 .collect()
         };
-        let embeddings = dirs("functions/embeddings");
-        let faces = dirs("functions/faces");
-        assert!(embeddings.contains(&"functions/embeddings/src".to_string()));
+        let embeddings = dirs("functions/hosts/embeddings");
+        let faces = dirs("functions/hosts/faces");
+        assert!(embeddings.contains(&"functions/engines/embeddings/src".to_string()));
         assert!(embeddings.contains(&"shared/models/src".to_string()));
         // embeddings decodes no image, so the decoders' variables are not its to be given.
         assert!(
@@ -1441,10 +1442,10 @@ mod tests {
             "{faces:?}"
         );
         // The server is built from the functions it hosts and, through them, shared/models.
-        let serve = dirs("shared/serve");
+        let serve = dirs("functions/hosts/serve");
         for d in [
-            "functions/faces/src",
-            "functions/embeddings/src",
+            "functions/engines/faces/src",
+            "functions/engines/embeddings/src",
             "shared/models/src",
         ] {
             assert!(serve.contains(&d.to_string()), "{d} not in {serve:?}");

@@ -172,7 +172,7 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
     // image decoders' paths) is read by faces and captioning, not by embeddings.
     for (result, d) in results.iter_mut().zip(&declarations) {
         let prefix = format!("{}_", d.workload.to_uppercase());
-        let dirs = check::crate_source_dirs(root, &Path::new("functions").join(&d.workload))?;
+        let dirs = check::crate_source_dirs(root, &Path::new("functions/hosts").join(&d.workload))?;
         let read = check::env_names_in_sources(&dirs, &prefix)?;
         let unread: Vec<String> = check::function_env_names(&template, &d.function)
             .into_iter()
@@ -236,7 +236,7 @@ fn check_gpu_worker(
     root: &Path,
     declaration: Option<&declaration::Declaration>,
 ) -> anyhow::Result<Vec<String>> {
-    let dirs = check::crate_source_dirs(root, Path::new("functions/captioning"))?;
+    let dirs = check::crate_source_dirs(root, Path::new("functions/hosts/captioning"))?;
     let read = check::env_names_in_sources(&dirs, "CAPTIONING_")?;
     let dockerfile_path = root.join("infra/gpu/Dockerfile");
     let dockerfile = std::fs::read_to_string(&dockerfile_path)

@@ -16,14 +16,14 @@ use crate::error::DeclarationError;
 /// The function crates whose declarations `plan` and `check` read, relative to the workspace
 /// root. A new function is added here and in `infra/template.yaml` together.
 pub const FUNCTION_MANIFESTS: [&str; 3] = [
-    "functions/embeddings/Cargo.toml",
-    "functions/faces/Cargo.toml",
-    "functions/captioning/Cargo.toml",
+    "functions/hosts/embeddings/Cargo.toml",
+    "functions/hosts/faces/Cargo.toml",
+    "functions/hosts/captioning/Cargo.toml",
 ];
 
 /// The always-on server's crate, whose `[package.metadata.coldpath.pod]` declares the pod: one
 /// process hosting the warm set, deployed by `infra/pod/service.yaml`.
-pub const POD_MANIFEST: &str = "shared/serve/Cargo.toml";
+pub const POD_MANIFEST: &str = "functions/hosts/serve/Cargo.toml";
 
 /// A serverless GPU container (image pull, CUDA context, session build) does not start in less
 /// than this; a GPU workload behind a synchronous trigger needs a budget at least this large
@@ -767,7 +767,7 @@ min_tasks = 1
     fn pod(text: &str) -> Result<PodDeclaration, DeclarationError> {
         PodDeclaration::from_manifest_str(
             text,
-            Path::new("shared/serve/Cargo.toml"),
+            Path::new("functions/hosts/serve/Cargo.toml"),
             Path::new("/r"),
         )
     }

@@ -9,7 +9,7 @@
 //! way its declaration says, and [`stack`] that the stack as a whole can alert, log and keep its
 //! logs (alarm topics CloudWatch can publish to, access-log targets S3 can deliver to, a
 //! retained log group per function). The always-on pod (`coldpath-serve`, declared in
-//! `shared/serve/Cargo.toml`) is a second home for the warm set: the plan prices it against
+//! `functions/hosts/serve/Cargo.toml`) is a second home for the warm set: the plan prices it against
 //! provisioned Lambda, and the check holds `infra/pod/service.yaml` and its images to it. The
 //! `coldpath` binary is a thin edge over [`cli`].
 

@@ -373,7 +373,7 @@ mod tests {
 
     const BASE: &str = r#"
 [embeddings]
-source = "functions/embeddings/BENCHMARKS.md"
+source = "functions/hosts/embeddings/BENCHMARKS.md"
 machine = "2-vCPU VM"
 cold_start_ms = 100.0
 inference_ms = 3.51
@@ -492,7 +492,7 @@ peak_rss_mib = 90.5
 
     const FROM: &str = r#"
 [embeddings]
-source = "functions/embeddings/BENCHMARKS.md"
+source = "functions/hosts/embeddings/BENCHMARKS.md"
 machine = "2-vCPU VM"
 from = { inference_ms = "bench/e.json", cold_start_ms = "bench/cold.json", peak_rss_mib = "bench/cold.json" }
 "#;

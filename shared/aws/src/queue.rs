@@ -50,6 +50,16 @@ pub struct ReceivedMessage {
     pub attributes: HashMap<String, String>,
 }
 
+impl coldpath_io::QueueMessage for ReceivedMessage {
+    fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    fn body(&self) -> Option<&str> {
+        Some(&self.body)
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("{name}: expected {expected}, found {found}")]

@@ -13,10 +13,12 @@
 
 mod blocking;
 mod fetch;
+mod message;
 mod panic;
 mod result;
 
 pub use blocking::{run_blocking, spawn_blocking};
 pub use fetch::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
+pub use message::{Delivery, QueueMessage};
 pub use panic::{CatchPanic, TaskError, catch_panic};
 pub use result::ResultWriter;

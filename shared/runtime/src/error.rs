@@ -1,7 +1,6 @@
 use std::fmt;
 
 use coldpath_core::{Classify, ErrorType};
-use lambda_runtime::Diagnostic;
 
 /// A failed invocation as callers see it: a stable class and a human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +39,10 @@ impl fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {}
 
-impl From<HandlerError> for Diagnostic {
+#[cfg(feature = "lambda")]
+impl From<HandlerError> for lambda_runtime::Diagnostic {
     fn from(e: HandlerError) -> Self {
-        Diagnostic {
+        lambda_runtime::Diagnostic {
             error_type: e.error_type.as_str().to_string(),
             error_message: e.message,
         }
@@ -73,10 +73,11 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "lambda")]
     #[test]
     fn maps_to_lambda_diagnostic_with_stable_type() {
         let e = HandlerError::from_error(&Empty);
-        let d: Diagnostic = e.clone().into();
+        let d: lambda_runtime::Diagnostic = e.clone().into();
         assert_eq!(d.error_type, "InvalidInput");
         assert_eq!(d.error_message, "input 3 is empty");
         assert_eq!(

@@ -1,17 +1,22 @@
-//! Hosting for coldpath functions.
+//! Hosting for coldpath's engines: what every host (a Lambda binary, the always-on server, the
+//! captioning worker) shares.
 //!
 //! Every function binary is the same four steps: init tracing, read config, build shared resources
 //! once, run. This crate owns the parts that do not depend on the workload: structured logging to
 //! stderr, the choice between the Lambda runtime loop and local `invoke <EVENT_FILE>` mode, the
 //! mapping from a classified library error to the Lambda diagnostic (`errorType` / `errorMessage`),
-//! and the metric lines (CloudWatch embedded metric format, [`metrics`]).
+//! and the metric lines (CloudWatch embedded metric format, [`metrics`]). The Lambda parts (the
+//! runtime loop, `invoke`, the diagnostic) sit behind the `lambda` feature.
 
 mod error;
+#[cfg(feature = "lambda")]
 mod invoke;
 mod logging;
 pub mod metrics;
 
 pub use error::{HandlerError, log_failure};
+#[cfg(feature = "lambda")]
 pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run};
+#[cfg(feature = "lambda")]
 pub use lambda_runtime::{Context, LambdaEvent};
 pub use logging::{LogFormat, init_tracing};

@@ -1,0 +1,58 @@
+//! `embeddings`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
+//! `embeddings invoke <EVENT_FILE>` runs one event locally and prints the response JSON;
+//! `embeddings prepare <OUT_DIR>` writes the optimised graphs to ship in the package.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use coldpath_core::ProcessEnv;
+use coldpath_embeddings::{EmbeddingsConfig, init};
+use coldpath_embeddings_function::handle;
+use coldpath_runtime::{HandlerError, Mode};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    coldpath_runtime::init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match Mode::from_args("embeddings", &args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let service = match start(mode.prepare_dir()).await {
+        Ok(s) => s,
+        Err(e) => return coldpath_runtime::init_failed(matches!(mode, Mode::Invoke(_)), &e),
+    };
+    coldpath_runtime::run("embeddings", mode, Arc::new(service), handle).await
+}
+
+/// Reads config and builds the shared resources once, before the first request.
+/// In `prepare` mode the sessions write their graphs to `prepare`.
+async fn start(
+    prepare: Option<&Path>,
+) -> Result<coldpath_embeddings::EmbeddingsService<coldpath_embeddings::OnnxEmbedder>, HandlerError>
+{
+    let mut config =
+        EmbeddingsConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    if let Some(dir) = prepare {
+        config.session = config.session.preparing_into(dir);
+    }
+    tracing::info!(
+        model = %config.model.name,
+        source = %config.model.source,
+        ort_library = %config.ort_library.display(),
+        provider = %config.session.provider,
+        max_tokens = config.pipeline.max_tokens,
+        "embeddings config"
+    );
+    let store = coldpath_aws::ObjectStore::from_env(&ProcessEnv)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    let (service, _record) = init(&config, store)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    Ok(service)
+}

@@ -1,0 +1,75 @@
+//! `faces`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
+//! `faces invoke <EVENT_FILE>` runs one event locally and prints the response JSON;
+//! `faces prepare <OUT_DIR>` writes the optimised graphs to ship in the package.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use coldpath_aws::{ObjectStore, ResultSink};
+use coldpath_core::ProcessEnv;
+use coldpath_faces::{FacesConfig, OnnxFaces, init};
+use coldpath_faces_function::{FacesFunction, handle};
+use coldpath_runtime::{HandlerError, Mode};
+
+fn main() -> ExitCode {
+    // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
+    coldpath_image::run_decoder_if_asked();
+    run()
+}
+
+#[tokio::main]
+async fn run() -> ExitCode {
+    coldpath_runtime::init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match Mode::from_args("faces", &args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let service = match start(matches!(mode, Mode::Invoke(_)), mode.prepare_dir()).await {
+        Ok(s) => s,
+        Err(e) => return coldpath_runtime::init_failed(matches!(mode, Mode::Invoke(_)), &e),
+    };
+    coldpath_runtime::run("faces", mode, Arc::new(service), handle).await
+}
+
+/// Reads config and builds the shared resources once, before the first request. Local image
+/// paths are allowed only in local invoke mode. In `prepare` mode the sessions write their graphs
+/// to `prepare`.
+async fn start(
+    local: bool,
+    prepare: Option<&Path>,
+) -> Result<FacesFunction<OnnxFaces, ObjectStore>, HandlerError> {
+    let mut config =
+        FacesConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    if let Some(dir) = prepare {
+        config.session = config.session.preparing_into(dir);
+    }
+    let store = ObjectStore::from_env(&ProcessEnv)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    let sink = ResultSink::from_env(&ProcessEnv, "faces")
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    tracing::info!(
+        family = %config.family,
+        detector = %config.detector.name,
+        detector_source = %config.detector.source,
+        recognizer = %config.recognizer.name,
+        recognizer_source = %config.recognizer.source,
+        ort_library = %config.ort_library.display(),
+        provider = %config.session.provider,
+        min_score = config.detect.min_score,
+        max_faces = config.detect.max_faces,
+        object_store = store.kind(),
+        result_sink = %sink,
+        "faces config"
+    );
+    let (service, _record) = init(&config, store, local)
+        .await
+        .map_err(|e| HandlerError::from_error(&e))?;
+    Ok(FacesFunction::new(service, sink))
+}

@@ -1,0 +1,414 @@
+//! The hosted engines behind their batchers: the same `coldpath-embeddings` and
+//! `coldpath-faces` code the Lambda functions run, loaded by the functions' own `init`.
+//!
+//! **Embeddings.** A request is parsed and validated by the function's `api`, then tokenized on
+//! arrival (so its token count is known before it queues). A batch concatenates every queued
+//! request's encodings and runs them through [`OnnxEmbedder::embed_encodings`] once: the
+//! embedder splits that into ONNX runs under its own padded-token budget
+//! (`EMBEDDINGS_MAX_BATCH_TOKENS`), longest texts first, so short queries from many callers
+//! share one run. Each caller gets its own rows back.
+//!
+//! **Faces.** A request's photo is fetched and decoded on arrival (decoding runs beside the
+//! model, on the blocking pool) and the decoded photo queues. A batch is up to
+//! `COLDPATH_SERVE_FACES_MAX_BATCH` photos run one after the other on one blocking thread, each
+//! through the pipeline's own `analyze` (one detector run per photo, all of a photo's faces in
+//! one recogniser run). Photos are not stacked into one detector run: YuNet's file fixes the
+//! batch at 1 and photos differ in size (the detector runs at each photo's own size, padded to
+//! 32), so stacking would mean letterboxing every photo to one size, which changes the answers.
+//! What batching buys faces is the queue: back-pressure, deadlines and one hop to the blocking
+//! pool per batch instead of per photo.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use coldpath_aws::ObjectStore;
+use coldpath_core::ErrorType;
+use coldpath_embeddings::api::{self, Limits};
+use coldpath_embeddings::{EmbedError, Embedded, EmbeddingsError, EmbeddingsService, OnnxEmbedder};
+use coldpath_faces::request as faces_request;
+use coldpath_faces::{AnalyzeFaces, DetectOptions, Face, FaceError, FacesError, OnnxFaces};
+use coldpath_image::{ImageLoader, RgbImage};
+use coldpath_io::{TaskError, run_blocking};
+use serde_json::Value;
+use tokenizers::Encoding;
+use tokio::task::JoinHandle;
+
+use crate::batcher::{Admission, BatchError, BatchModel, Batcher};
+use crate::config::ServeConfig;
+use crate::error::{RequestError, StartError};
+use crate::metrics::Metrics;
+
+/// The embedding model as a [`BatchModel`]: one request is its texts' encodings.
+pub struct EmbeddingsModel {
+    service: EmbeddingsService<OnnxEmbedder>,
+}
+
+impl EmbeddingsModel {
+    fn embedder(&self) -> &OnnxEmbedder {
+        self.service.embedder()
+    }
+}
+
+impl BatchModel for EmbeddingsModel {
+    type Input = Vec<Encoding>;
+    type Output = Embedded;
+    type Error = EmbedError;
+
+    fn items(input: &Vec<Encoding>) -> usize {
+        input.len()
+    }
+
+    fn weight(input: &Vec<Encoding>) -> usize {
+        input.iter().map(Encoding::len).sum()
+    }
+
+    fn run(&self, inputs: Vec<Vec<Encoding>>) -> Vec<Result<Embedded, EmbedError>> {
+        let counts: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let all: Vec<Encoding> = inputs.iter().flatten().cloned().collect();
+        match self.embedder().embed_encodings(&all) {
+            Ok(embedded) => {
+                let mut vectors = embedded.vectors.into_iter();
+                let mut tokens = embedded.token_counts.into_iter();
+                counts
+                    .iter()
+                    .map(|&n| {
+                        Ok(Embedded {
+                            vectors: vectors.by_ref().take(n).collect(),
+                            token_counts: tokens.by_ref().take(n).collect(),
+                        })
+                    })
+                    .collect()
+            }
+            // One request's failure must not fail its batch-mates: run each alone to find out
+            // whose it is.
+            Err(_) if inputs.len() > 1 => inputs
+                .iter()
+                .map(|one| self.embedder().embed_encodings(one))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        }
+    }
+}
+
+/// Embeddings as the server hosts it.
+pub struct EmbeddingsWorkload {
+    model: Arc<EmbeddingsModel>,
+    batcher: Batcher<EmbeddingsModel>,
+    model_name: String,
+    limits: Limits,
+}
+
+impl EmbeddingsWorkload {
+    pub fn batcher(&self) -> &Batcher<EmbeddingsModel> {
+        &self.batcher
+    }
+
+    /// Most bytes a request body may have.
+    pub fn max_body_bytes(&self) -> usize {
+        self.limits.max_request_bytes
+    }
+
+    fn refused(&self, e: BatchError<EmbedError>) -> RequestError {
+        batch_error(
+            e,
+            |e| EmbeddingsError::Embed(e).into(),
+            |t| EmbeddingsError::Task(t).into(),
+        )
+    }
+
+    /// A place in the queue, taken before the request's body is read (429 when full).
+    pub fn admit(&self) -> Result<Admission<'_, EmbeddingsModel>, RequestError> {
+        self.batcher.admit().map_err(|e| self.refused(e))
+    }
+
+    /// The refusal for an admitted request whose deadline passed before it was queued.
+    pub fn expired(&self, admission: &Admission<'_, EmbeddingsModel>) -> RequestError {
+        self.refused(admission.expired())
+    }
+
+    /// Answers one OpenAI embeddings request body (the function's own parsing and limits).
+    pub async fn handle(
+        &self,
+        admission: Admission<'_, EmbeddingsModel>,
+        body: Vec<u8>,
+    ) -> Result<Value, RequestError> {
+        let body = coldpath_embeddings::api::parse_body(&body, self.limits.max_request_bytes)
+            .map_err(|(kind, message)| RequestError::Body { kind, message })?;
+        let embedder = self.model.embedder();
+        let request = api::parse_request(
+            &body,
+            &self.model_name,
+            coldpath_embeddings::Embed::dimensions(embedder),
+            &self.limits,
+        )
+        .map_err(EmbeddingsError::from)?;
+        let model = Arc::clone(&self.model);
+        let texts = request.input;
+        let tokenized = run_blocking(move || model.embedder().tokenize(&texts));
+        let encodings = tokio::time::timeout_at(admission.deadline().into(), tokenized)
+            .await
+            .map_err(|_| self.expired(&admission))?
+            .map_err(EmbeddingsError::from)?
+            .map_err(EmbeddingsError::from)?;
+        let embedded = admission
+            .submit(encodings)
+            .await
+            .map_err(|e| self.refused(e))?;
+        Ok(api::response(
+            &self.model_name,
+            request.encoding_format,
+            &embedded.vectors,
+            &embedded.token_counts,
+        ))
+    }
+}
+
+/// The face models as a [`BatchModel`]: one request is one decoded photo and its options.
+pub struct FacesModel {
+    faces: OnnxFaces,
+}
+
+impl BatchModel for FacesModel {
+    type Input = (RgbImage, DetectOptions);
+    type Output = Vec<Face>;
+    type Error = FaceError;
+
+    fn items(_: &Self::Input) -> usize {
+        1
+    }
+
+    fn weight(_: &Self::Input) -> usize {
+        0
+    }
+
+    fn run(&self, inputs: Vec<Self::Input>) -> Vec<Result<Vec<Face>, FaceError>> {
+        inputs
+            .iter()
+            .map(|(image, options)| {
+                // A panic on one photo (a decoder or runtime bug) fails that photo only.
+                catch_unwind(AssertUnwindSafe(|| self.faces.analyze(image, options)))
+                    .unwrap_or_else(|panic| {
+                        let reason = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic without a message".to_string());
+                        Err(FaceError::Inference {
+                            model: self.faces.model_names().0.to_string(),
+                            reason: format!("the pipeline panicked: {reason}"),
+                        })
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Faces as the server hosts it.
+pub struct FacesWorkload {
+    model: Arc<FacesModel>,
+    batcher: Batcher<FacesModel>,
+    loader: ImageLoader<ObjectStore>,
+    defaults: DetectOptions,
+}
+
+impl FacesWorkload {
+    pub fn batcher(&self) -> &Batcher<FacesModel> {
+        &self.batcher
+    }
+
+    /// Most bytes a request body may have: the largest photo, base64-encoded, and the JSON
+    /// around it.
+    pub fn max_body_bytes(&self) -> usize {
+        let photo = usize::try_from(self.loader.limits().max_bytes).unwrap_or(usize::MAX);
+        photo.saturating_mul(4) / 3 + 64 * 1024
+    }
+
+    /// A place in the queue, taken before the request's body is read (429 when full): it
+    /// bounds the photos held at once, as bodies, encoded bytes and pixels.
+    pub fn admit(&self) -> Result<Admission<'_, FacesModel>, RequestError> {
+        self.batcher.admit().map_err(refused)
+    }
+
+    /// The refusal for an admitted request whose deadline passed before it was queued.
+    pub fn expired(&self, admission: &Admission<'_, FacesModel>) -> RequestError {
+        refused(admission.expired())
+    }
+
+    /// Answers one faces request body (`{"image": ..., "min_score"?, "max_faces"?}`). The
+    /// body is parsed straight into the request and freed; the photo is then fetched or
+    /// decoded from base64 without a copy, within the request's deadline.
+    pub async fn handle(
+        &self,
+        admission: Admission<'_, FacesModel>,
+        body: Vec<u8>,
+    ) -> Result<Value, RequestError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(RequestError::Body {
+                kind: ErrorType::InvalidInput,
+                message: "request body is empty; send a JSON object with 'image'".to_string(),
+            });
+        }
+        let request =
+            faces_request::parse_request_bytes(&body, &self.defaults).map_err(FacesError::from)?;
+        drop(body);
+        let loaded = self.loader.load_owned(request.image);
+        let decoded = tokio::time::timeout_at(admission.deadline().into(), loaded)
+            .await
+            .map_err(|_| self.expired(&admission))?
+            .map_err(FacesError::from)?;
+        let (width, height) = (decoded.width(), decoded.height());
+        let found = admission
+            .submit((decoded.image, request.options))
+            .await
+            .map_err(refused)?;
+        Ok(faces_request::response(
+            width,
+            height,
+            &found,
+            self.model.faces.model_names(),
+        ))
+    }
+}
+
+fn refused(e: BatchError<FaceError>) -> RequestError {
+    batch_error(
+        e,
+        |e| FacesError::Face(e).into(),
+        |t| FacesError::Task(t).into(),
+    )
+}
+
+/// A batcher's refusal as the request's error: its own model error, 429, or 503.
+fn batch_error<E: std::error::Error + 'static>(
+    e: BatchError<E>,
+    model: impl FnOnce(E) -> RequestError,
+    task: impl FnOnce(TaskError) -> RequestError,
+) -> RequestError {
+    match e {
+        BatchError::Model(e) => model(e),
+        BatchError::Task { source, .. } => task(source),
+        e @ BatchError::QueueFull { .. } => RequestError::Overloaded(e.to_string()),
+        e @ (BatchError::Deadline { .. } | BatchError::Closed { .. }) => {
+            RequestError::Unavailable(e.to_string())
+        }
+    }
+}
+
+/// Everything the server hosts, loaded and warmed, with their batching tasks.
+pub struct Hosted {
+    pub embeddings: Option<EmbeddingsWorkload>,
+    pub faces: Option<FacesWorkload>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Hosted {
+    /// Each model's queue depth, for `/metrics`.
+    pub fn depths(&self) -> Vec<(&'static str, usize)> {
+        let mut d = Vec::new();
+        if let Some(e) = &self.embeddings {
+            d.push((e.batcher.name(), e.batcher.depth()));
+        }
+        if let Some(f) = &self.faces {
+            d.push((f.batcher.name(), f.batcher.depth()));
+        }
+        d
+    }
+
+    /// How long each model's running call has taken (`None`: idle), for the watchdog.
+    pub fn running_for(&self) -> Vec<(&'static str, Option<std::time::Duration>)> {
+        let mut r = Vec::new();
+        if let Some(e) = &self.embeddings {
+            r.push((e.batcher.name(), e.batcher.running_for()));
+        }
+        if let Some(f) = &self.faces {
+            r.push((f.batcher.name(), f.batcher.running_for()));
+        }
+        r
+    }
+
+    /// Drops the queues and waits for the batching tasks to answer what they hold.
+    pub async fn close(self) {
+        let Hosted {
+            embeddings,
+            faces,
+            tasks,
+        } = self;
+        drop((embeddings, faces));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Loads the configured workloads with the functions' own `init` (library, models, sessions,
+/// warm-up, cold-start record) and starts a batcher for each.
+pub async fn load(
+    config: &ServeConfig,
+    store: ObjectStore,
+    metrics: &Metrics,
+) -> Result<Hosted, StartError> {
+    let mut tasks = Vec::new();
+    let embeddings = match &config.embeddings {
+        None => None,
+        Some(c) => {
+            let (service, record) = coldpath_embeddings::init(c, store.clone()).await?;
+            tracing::info!(
+                model = %c.model.name,
+                total_ms = record.total_ms,
+                "embeddings loaded"
+            );
+            let model = Arc::new(EmbeddingsModel { service });
+            let (batcher, task) = Batcher::spawn(
+                "embeddings",
+                Arc::clone(&model),
+                config.embeddings_batch,
+                metrics.model("embeddings"),
+            );
+            tasks.push(task);
+            Some(EmbeddingsWorkload {
+                model,
+                batcher,
+                model_name: c.model.name.clone(),
+                limits: c.limits,
+            })
+        }
+    };
+    let faces = match &config.faces {
+        None => None,
+        Some(c) => {
+            let (faces, record) = coldpath_faces::init_faces(c, store.clone()).await?;
+            tracing::info!(
+                detector = %c.detector.name,
+                recognizer = %c.recognizer.name,
+                total_ms = record.total_ms,
+                "faces loaded"
+            );
+            let model = Arc::new(FacesModel { faces });
+            let (batcher, task) = Batcher::spawn(
+                "faces",
+                Arc::clone(&model),
+                config.faces_batch,
+                metrics.model("faces"),
+            );
+            tasks.push(task);
+            coldpath_image::load_native_codecs(&c.image_codecs).log();
+            let mut loader = ImageLoader::new(store, c.image_limits, false);
+            if let Some(dir) = &config.local_paths_dir {
+                loader = loader
+                    .confine_paths_to(dir)
+                    .map_err(|e| StartError::LocalPaths(e.to_string()))?;
+            }
+            Some(FacesWorkload {
+                model,
+                batcher,
+                loader,
+                defaults: c.detect,
+            })
+        }
+    };
+    Ok(Hosted {
+        embeddings,
+        faces,
+        tasks,
+    })
+}
