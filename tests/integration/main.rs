@@ -1,6 +1,7 @@
 //! coldpath's cross-crate integration tests, one binary (helpers in `coldpath_tests`, and in
 //! `coldpath_test_support` for those the function crates' own tests share).
 
+mod architecture;
 mod captioning;
 mod captioning_common;
 mod captioning_optimum;
