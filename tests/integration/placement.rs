@@ -831,7 +831,7 @@ fn declaration_errors_name_the_crate_and_field() {
     .unwrap();
     let err = declaration::read_all(dir.path()).unwrap_err();
     assert!(
-        matches!(&err, DeclarationError::Contradiction { crate_name, field: "pinned_warm", .. } if crate_name == "coldpath-faces"),
+        matches!(&err, DeclarationError::Contradiction { crate_name, field: "pinned_warm", .. } if crate_name == "coldpath-faces-function"),
         "{err}"
     );
 
@@ -839,7 +839,7 @@ fn declaration_errors_name_the_crate_and_field() {
     std::fs::write(&faces, &original[..cut]).unwrap();
     let err = declaration::read_all(dir.path()).unwrap_err();
     assert!(
-        matches!(&err, DeclarationError::Missing { crate_name, .. } if crate_name == "coldpath-faces"),
+        matches!(&err, DeclarationError::Missing { crate_name, .. } if crate_name == "coldpath-faces-function"),
         "{err}"
     );
 
@@ -847,6 +847,6 @@ fn declaration_errors_name_the_crate_and_field() {
     let err = declaration::read_all(dir.path()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "crate coldpath-faces: field `trigger` is missing from [package.metadata.coldpath]"
+        "crate coldpath-faces-function: field `trigger` is missing from [package.metadata.coldpath]"
     );
 }
