@@ -6,8 +6,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 CARGO ?= cargo
 FUNCTIONS := embeddings faces captioning
+# The setup step (tools/setup/: bootstrap.py and the hash-locked requirements it installs).
+BOOTSTRAP = $(PYTHON) tools/setup/bootstrap.py
 # The environment the binaries need locally (ORT library, model paths), as `export` lines.
-ENV = eval "$$($(PYTHON) bootstrap.py env)"
+ENV = eval "$$($(BOOTSTRAP) env)"
 
 .PHONY: help setup env build demo invoke test lint bench fixtures clean
 
@@ -36,10 +38,10 @@ help:
 # Fetches and verifies ONNX Runtime, the models and the Python tools the tests, demo, benchmarks
 # and fixtures use (not the template linters: setup-infra); a no-op when all is in place.
 setup:
-	@$(PYTHON) bootstrap.py check >/dev/null 2>&1 || $(PYTHON) bootstrap.py setup
+	@$(BOOTSTRAP) check >/dev/null 2>&1 || $(BOOTSTRAP) setup
 
 env: setup
-	@$(PYTHON) bootstrap.py env
+	@$(BOOTSTRAP) env
 
 build: setup
 	@$(CARGO) build --release --locked $(addprefix --bin ,$(FUNCTIONS)) >&2
@@ -195,11 +197,11 @@ clean:
 # Placement (infra/placement, infra/): lint both CloudFormation templates, scan them with
 # checkov (skips are listed with reasons in infra/README.md), and check that infra/template.yaml
 # and the GPU worker's env agree with each function's [package.metadata.coldpath] declaration.
-# The linters have their own hash-locked venv, .venv-infra (requirements-infra.txt), installed
+# The linters have their own hash-locked venv, .venv-infra (tools/setup/requirements-infra.txt), installed
 # by the idempotent setup-infra; `make setup` and `make test` never fetch them.
 .PHONY: setup-infra check-infra package setup-deploy deploy
 setup-infra:
-	@$(PYTHON) bootstrap.py setup-infra
+	@$(BOOTSTRAP) setup-infra
 
 check-infra: setup-infra
 	.venv-infra/bin/cfn-lint infra/template.yaml infra/gpu/batch.yaml infra/pod/service.yaml
@@ -214,13 +216,13 @@ package: setup setup-deploy
 	$(PYTHON) tools/package.py
 
 # The deploy toolchain (SAM CLI, cargo-lambda) in its own hash-locked venv, .venv-deploy
-# (requirements-deploy.txt). `make deploy CAPTIONING_MODEL=<hoisted bundle>` validates, packages,
+# (tools/setup/requirements-deploy.txt). `make deploy CAPTIONING_MODEL=<hoisted bundle>` validates, packages,
 # publishes the captioning bundle under a content-named key, then deploys with infra/samconfig.toml
 # pointing at it (tools/deploy.py; the README's Deployment section). The default CAPTIONING_MODEL
 # has random weights and is refused unless ALLOW_RANDOM_WEIGHTS=1. Needs AWS credentials;
 # DEPLOY_FLAGS=--dry-run prints the steps.
 setup-deploy:
-	@$(PYTHON) bootstrap.py setup-deploy
+	@$(BOOTSTRAP) setup-deploy
 
 CAPTIONING_MODEL ?= $(CAPTIONING_REAL)-hoisted
 deploy: setup setup-deploy
@@ -274,14 +276,14 @@ fuzz-smoke: fuzz-build
 # Captioning fixtures from the real exporter (tests/fixtures/captioning/gen_optimum_fixtures.py):
 # random ViT + GPT-2 models exported by optimum, with transformers' generate() as the reference.
 # torch, transformers and optimum live in their own hash-locked venv, .venv-fixtures
-# (requirements-fixtures.txt), installed by setup-fixtures; `make setup` and `make test` never
+# (tools/setup/requirements-fixtures.txt), installed by setup-fixtures; `make setup` and `make test` never
 # fetch them. `make bench-captioning-real` builds the real-size ViT-GPT2 (random weights, ~1.1 GB)
 # into .cache/models/ once, rewrites a copy with tools/hoist_cross_attention.py (the model to
 # deploy) and measures both (functions/engines/captioning/BENCHMARKS.md).
 CAPTIONING_REAL ?= .cache/models/vit-gpt2-random
 .PHONY: setup-fixtures fixtures-captioning bench-captioning-real
 setup-fixtures:
-	@$(PYTHON) bootstrap.py setup-fixtures
+	@$(BOOTSTRAP) setup-fixtures
 
 fixtures-captioning: setup setup-fixtures
 	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py

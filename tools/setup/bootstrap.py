@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """coldpath setup: the one step that downloads anything (called by `make setup`).
 
-    python3 bootstrap.py [setup]      create .venv, fetch and unpack pinned artifacts
-    python3 bootstrap.py check        exit 0 only if everything is already in place
-    python3 bootstrap.py env          print `export NAME=value` lines for the shell
-    python3 bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for `make check-infra`
-    python3 bootstrap.py setup-fixtures  create .venv-fixtures (torch, transformers, optimum's
-                                      exporter) for `make fixtures-captioning`
-    python3 bootstrap.py setup-deploy  create .venv-deploy (SAM CLI, cargo-lambda) for
-                                      `make package` and `make deploy`
+    python3 tools/setup/bootstrap.py [setup]  create .venv, fetch and unpack pinned artifacts
+    python3 tools/setup/bootstrap.py check    exit 0 only if everything is already in place
+    python3 tools/setup/bootstrap.py env      print `export NAME=value` lines for the shell
+    python3 tools/setup/bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for
+                                      `make check-infra`
+    python3 tools/setup/bootstrap.py setup-fixtures  create .venv-fixtures (torch, transformers,
+                                      optimum's exporter) for `make fixtures-captioning`
+    python3 tools/setup/bootstrap.py setup-deploy  create .venv-deploy (SAM CLI, cargo-lambda)
+                                      for `make package` and `make deploy`
+
+The requirements files it installs (`requirements*.txt`, hash-locked by tools/lock_python.py
+from their `.in` files) sit beside it in tools/setup/; paths it writes are relative to the
+repository root, two levels up.
 
 `setup` fetches only what the build, tests, demo, benchmarks and fixture scripts
 need; the template linters live in their own venv with their own lock, so
@@ -33,7 +38,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
+# This file is tools/setup/bootstrap.py; the requirements files sit beside it.
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 CACHE = REPO / ".cache"
 WHEELS = CACHE / "wheels"
 LIB = CACHE / "lib"
@@ -55,23 +62,23 @@ SKIMAGE_GEOMETRIC = CACHE / "skimage-geometric"
 
 VENV = REPO / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
-REQUIREMENTS = REPO / "requirements.txt"
+REQUIREMENTS = HERE / "requirements.txt"
 # Holds the sha256 of the requirements.txt last installed into .venv.
 VENV_STAMP = VENV / ".coldpath-requirements.sha256"
 # The template linters (cfn-lint, checkov: large, many dependencies, no test uses them) get a
 # venv of their own from their own lock, installed only by `make check-infra`; two venvs keep
 # the two locks independent (checkov pins boto3 and others exactly).
 INFRA_VENV = REPO / ".venv-infra"
-INFRA_REQUIREMENTS = REPO / "requirements-infra.txt"
+INFRA_REQUIREMENTS = HERE / "requirements-infra.txt"
 # The captioning fixture toolchain (torch, transformers, optimum's ONNX exporter: gigabytes, and
 # no test needs it) likewise, installed only by `make fixtures-captioning` and the real-size bench.
 FIXTURES_VENV = REPO / ".venv-fixtures"
-FIXTURES_REQUIREMENTS = REPO / "requirements-fixtures.txt"
+FIXTURES_REQUIREMENTS = HERE / "requirements-fixtures.txt"
 # The deploy toolchain (the SAM CLI and cargo-lambda), installed only by `make package`,
 # `make deploy` and `make rehearse`.
 DEPLOY_VENV = REPO / ".venv-deploy"
-DEPLOY_REQUIREMENTS = REPO / "requirements-deploy.txt"
-# Both requirements files are hash-locked for this interpreter (see tools/lock_python.py).
+DEPLOY_REQUIREMENTS = HERE / "requirements-deploy.txt"
+# The requirements files are hash-locked for this interpreter (see tools/lock_python.py).
 VENV_PYTHON_VERSION = (3, 11)
 
 ORT_VERSION = "1.31.1"
