@@ -175,7 +175,7 @@ plan-inputs:
 
 # Regenerates every committed fixture from its script (needs setup); each script is
 # deterministic, so a clean `git status` afterwards means the fixtures are what the scripts make.
-fixtures: setup
+fixtures: setup setup-fixtures
 	.venv/bin/python tests/fixtures/gen_embeddings_reference.py
 	.venv/bin/python tests/fixtures/faces/gen_photos.py
 	.venv/bin/python tests/fixtures/faces/gen_opencv_reference.py

