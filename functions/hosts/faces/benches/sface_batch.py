@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""SFace on a photo's faces: one batched run against one run per face (BENCHMARKS.md, issue 10).
+"""SFace on a photo's faces: one batched run against one run per face (BENCHMARKS.md).
 
 The repaired SFace (`tools/setup/bootstrap.py setup`: .cache/models/sface-2021dec-int8bq-ort) in onnxruntime
 with the function's session options (QDQ fusion off, no spinning), at 1 and 2 intra-op threads,

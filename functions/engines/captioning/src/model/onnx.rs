@@ -735,7 +735,7 @@ mod tests {
         move |path: &Path| runtime.build_session("t", path, &config).unwrap().0
     }
 
-    /// Regression (issue 12): a decoder without `logits` loaded fine and then panicked on the
+    /// Regression: a decoder without `logits` loaded fine and then panicked on the
     /// first step (`outputs["logits"]`). Graph from `gen_broken_models.py`.
     #[test]
     fn a_decoder_without_logits_is_refused_at_load() {
