@@ -6,51 +6,47 @@ SHELL := /bin/bash
 PYTHON ?= python3
 CARGO ?= cargo
 FUNCTIONS := embeddings faces captioning
+# The setup step (tools/setup/: bootstrap.py and the hash-locked requirements it installs).
+BOOTSTRAP = $(PYTHON) tools/setup/bootstrap.py
 # The environment the binaries need locally (ORT library, model paths), as `export` lines.
-ENV = eval "$$($(PYTHON) bootstrap.py env)"
+ENV = eval "$$($(BOOTSTRAP) env)"
 
-.PHONY: help setup env build demo invoke test lint bench fixtures clean
+.PHONY: help check-help setup env build demo invoke test lint bench fixtures clean
+.DEFAULT_GOAL := help
 
-help:
-	@echo "make demo       set up, build, and invoke every function on its sample events"
-	@echo "make test       set up, then run every test (unit, integration, parity, events)"
-	@echo "make lint       cargo fmt --check and clippy with warnings as errors"
-	@echo "make bench      side-by-side benchmarks against the Python reference"
-	@echo "make bench-image-formats  a 12 MP photo as JPEG, HEIC and AVIF: decode time and memory"
-	@echo "make invoke FUNCTION=embeddings EVENT=events/embeddings/direct.json"
-	@echo "make env        print the export lines the binaries need; eval \"\$$(make -s env)\""
-	@echo "make serve      the always-on server (embeddings + faces) on http://127.0.0.1:8080 (SERVE_PORT)"
-	@echo "make check-infra  cfn-lint, checkov and \`coldpath check\` on the templates"
-	@echo "make package    Lambda zips (models, prepared graphs), the ONNX Runtime and image-codecs layers, size-checked"
-	@echo "make deploy CAPTIONING_MODEL=<dir>  validate, package, sam deploy, publish the captioning model"
-	@echo "make rehearse  offline first day: sam validate/build, each zip in a Lambda-shaped sandbox against moto (root)"
-	@echo "make bench-serve  load benchmark of the always-on server (wrk) against a Python server, and any"
-	@echo "                 OpenAI-compatible one: BENCH_CONTENDER_CMD='<binary> <args, {port}>' (started, pinned,"
-	@echo "                 stopped by the bench) or BENCH_CONTENDER_URL=http://127.0.0.1:<port> (already running),"
-	@echo "                 BENCH_CONTENDER_NAME=<name>; BENCH_CONTENDERS, BENCH_BODIES, BENCH_CONCURRENCY, BENCH_ROUNDS"
-	@echo "make bench-serve-hostile  the server under a flood of big uploads and stalled connections"
-	@echo "make plan-inputs  copy the benchmark outputs the plan reads into infra/placement/bench/"
-	@echo "make fixtures   regenerate every committed fixture from its script"
-	@echo "make fuzz       run every cargo-fuzz target 10 minutes (fuzz-smoke: 20 s each; fuzz/README.md)"
+# The help is the `## ` comment on each target's own line, so a target cannot be added without
+# it: `make check-help` (run by `make lint`) fails when a target has none or is not .PHONY.
+TARGET_LINE := ^[A-Za-z][A-Za-z0-9_.-]*:([^=]|$$)
+help: ## list every target (this list)
+	@awk 'BEGIN {FS = ":.*## "} /$(TARGET_LINE).*## / {printf "make %-22s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
+
+check-help: ## fail if a target lacks its help comment, is not .PHONY, or a .PHONY name has no rule
+	@awk '/^\.PHONY:/ {for (i = 2; i <= NF; i++) phony[$$i] = 1} \
+	  /$(TARGET_LINE)/ {t = $$0; sub(/:.*/, "", t); rule[t] = 1; if ($$0 ~ /## /) doc[t] = 1} \
+	  END {bad = 0; \
+	    for (t in rule) if (!(t in doc)) {print "Makefile: target " t " has no ## help" > "/dev/stderr"; bad = 1} \
+	    for (t in rule) if (!(t in phony)) {print "Makefile: target " t " is not .PHONY" > "/dev/stderr"; bad = 1} \
+	    for (t in phony) if (!(t in rule)) {print "Makefile: .PHONY " t " has no rule" > "/dev/stderr"; bad = 1} \
+	    exit bad}' $(firstword $(MAKEFILE_LIST))
 
 # Fetches and verifies ONNX Runtime, the models and the Python tools the tests, demo, benchmarks
 # and fixtures use (not the template linters: setup-infra); a no-op when all is in place.
-setup:
-	@$(PYTHON) bootstrap.py check >/dev/null 2>&1 || $(PYTHON) bootstrap.py setup
+setup: ## fetch and check everything the tests, demo and benchmarks use (idempotent; the only download)
+	@$(BOOTSTRAP) check >/dev/null 2>&1 || $(BOOTSTRAP) setup
 
-env: setup
-	@$(PYTHON) bootstrap.py env
+env: setup ## print the export lines the binaries need: eval "$(make -s env)"
+	@$(BOOTSTRAP) env
 
-build: setup
+build: setup ## release build of the function binaries
 	@$(CARGO) build --release --locked $(addprefix --bin ,$(FUNCTIONS)) >&2
 
 # Builds the release binary if needed and runs it on one event; stdout is only the response JSON.
-invoke: setup
+invoke: setup ## run one function on one event: make -s invoke FUNCTION=embeddings EVENT=events/embeddings/direct.json
 	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make -s invoke FUNCTION=<function> EVENT=<event file>" >&2; exit 2; }
 	@$(CARGO) build --release --locked --quiet --bin $(FUNCTION) >&2
 	@$(ENV); target/release/$(FUNCTION) invoke "$(EVENT)"
 
-demo: build
+demo: build ## set up, build, and invoke every function on its sample events
 	@$(ENV); for f in $(FUNCTIONS); do \
 	  for e in events/$$f/*.json; do \
 	    echo "== $$f invoke $$e" >&2; \
@@ -62,13 +58,13 @@ demo: build
 
 # fault-injection: the worker's process tests pause a batch mid-flight, and the HEIC/AVIF decoder
 # child aborts, hangs or hogs memory on marker bytes (never in release builds).
-test: setup
+test: setup ## set up, then run every test (unit, integration, parity, events)
 	@$(ENV); $(CARGO) test --workspace --locked --features coldpath-captioning-function/fault-injection,coldpath-image/fault-injection
 
 # The full chaos soak: 1000 messages, workers killed and stopped at random (make test runs 120).
 SOAK_MESSAGES ?= 1000
 .PHONY: soak
-soak: setup
+soak: setup ## the captioning chaos soak: SOAK_MESSAGES (1000) messages, workers killed at random
 	@$(ENV); COLDPATH_SOAK_MESSAGES=$(SOAK_MESSAGES) $(CARGO) test --locked -p coldpath-captioning-function \
 	  --features fault-injection --test soak -- --nocapture
 
@@ -76,7 +72,7 @@ soak: setup
 # setup's models, on 127.0.0.1:$(SERVE_PORT). Ctrl-C or SIGTERM drains it and exits 0.
 SERVE_PORT ?= 8080
 .PHONY: serve soak-serve
-serve: setup
+serve: setup ## the always-on server (embeddings + faces) on http://127.0.0.1:8080 (SERVE_PORT)
 	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
 	@echo "coldpath-serve: http://127.0.0.1:$(SERVE_PORT) (POST /v1/embeddings, /v1/faces; GET /ready, /metrics); Ctrl-C stops it" >&2
 	@$(ENV); COLDPATH_SERVE_HOST=$${COLDPATH_SERVE_HOST:-127.0.0.1} PORT=$(SERVE_PORT) \
@@ -85,7 +81,7 @@ serve: setup
 # The server's soak: mixed load on both workloads for SERVE_SOAK_SECONDS, answers checked and
 # resident memory held flat (make test runs it for 5 s, checking the answers only).
 SERVE_SOAK_SECONDS ?= 300
-soak-serve: setup
+soak-serve: setup ## the server under mixed load for SERVE_SOAK_SECONDS (300), memory held flat
 	@$(ENV); COLDPATH_SERVE_SOAK_SECONDS=$(SERVE_SOAK_SECONDS) $(CARGO) test --locked -p coldpath-serve \
 	  --test serve soak -- --nocapture
 
@@ -96,10 +92,10 @@ soak-serve: setup
 # pinned version, installed here (root) when missing.
 WRK_VERSION := 4.1.0-3+b2
 .PHONY: bench-serve setup-wrk
-setup-wrk:
+setup-wrk: ## install Debian's wrk at its pinned version when missing (root; for bench-serve)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk=$(WRK_VERSION); }
 
-bench-serve: setup setup-wrk
+bench-serve: setup setup-wrk ## load benchmark of the server (wrk) against a Python server and BENCH_CONTENDER_*
 	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
 	@$(ENV); BENCH_THREADS=$(BENCH_THREADS) .venv/bin/python functions/hosts/serve/benches/load.py
 
@@ -107,11 +103,11 @@ bench-serve: setup setup-wrk
 # against a faces queue of 4, 500 stalled request heads beside normal queries, HEIC through the
 # decoder child. Figures: target/bench/serve-hostile.json.
 .PHONY: bench-serve-hostile
-bench-serve-hostile: setup
+bench-serve-hostile: setup ## the server under a flood of big uploads and stalled connections
 	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
 	@$(ENV); .venv/bin/python functions/hosts/serve/benches/hostile.py
 
-lint:
+lint: check-help check-fixtures ## cargo fmt --check, clippy with warnings as errors, the help and fixture manifest checks
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked --features coldpath-captioning-function/fault-injection,coldpath-image/fault-injection -- -D warnings
 
@@ -128,7 +124,7 @@ COLD_OPENCV = .venv/bin/python functions/hosts/faces/benches/opencv_cold.py even
 SANDBOX = target/bench/sandbox
 SANDBOX_TMP = target/bench/sandbox-tmp
 sandbox = env COLDPATH_PREPARED_MODEL_DIR=$(SANDBOX)/$(1) COLDPATH_OPTIMIZED_MODEL_DIR=$(SANDBOX_TMP)/graphs
-bench: build
+bench: build ## side-by-side benchmarks against the Python references, then cold starts
 	@$(ENV); export BENCH_THREADS=$(BENCH_THREADS) COLDPATH_INTRA_THREADS=$(BENCH_THREADS); \
 	  $(CARGO) bench --locked -p coldpath-embeddings-function --bench embeddings; \
 	  $(COLD_RUST) >/dev/null 2>&1; \
@@ -154,7 +150,7 @@ bench: build
 # A 12 MP photo as JPEG, HEIC (an iPhone's 512-px tile grid, and one picture) and AVIF: decode
 # time and peak memory, each in a fresh process, beside Pillow / pillow-heif on the same files.
 .PHONY: bench-image-formats
-bench-image-formats: setup
+bench-image-formats: setup ## a 12 MP photo as JPEG, HEIC and AVIF: decode time and memory
 	@.venv/bin/python shared/image/fixtures/gen_heif_avif.py --bench-out target/bench/heif >/dev/null
 	@$(ENV); $(CARGO) bench --locked -p coldpath-image --bench formats
 
@@ -164,44 +160,41 @@ bench-image-formats: setup
 PLAN_INPUTS := embeddings.json embeddings-cold-start-fresh-sandbox.json faces.json \
   faces-cold-start-fresh-sandbox.json captioning-real.json
 .PHONY: plan-inputs
-plan-inputs:
+plan-inputs: ## copy the benchmark outputs the plan reads into infra/placement/bench/
 	@for f in $(PLAN_INPUTS); do \
 	  test -f target/bench/$$f || { echo "target/bench/$$f missing: run make bench (make bench-captioning-real for captioning)" >&2; exit 1; }; \
 	done
 	cp $(addprefix target/bench/,$(PLAN_INPUTS)) infra/placement/bench/
 	@for p in infra/placement/profiles/*.toml; do $(CARGO) run --quiet --locked -p coldpath-placement -- plan --profile $$p; done
 
-# Regenerates every committed fixture from its script (needs setup); each script is
+# Regenerates every committed fixture: each generator in tests/fixtures/generators.toml (the one
+# list of them and their outputs), in its order, in its venv (tools/fixtures.py). Each script is
 # deterministic, so a clean `git status` afterwards means the fixtures are what the scripts make.
-fixtures: setup
-	.venv/bin/python tests/fixtures/gen_embeddings_reference.py
-	.venv/bin/python tests/fixtures/faces/gen_photos.py
-	.venv/bin/python tests/fixtures/faces/gen_opencv_reference.py
-	.venv/bin/python tests/fixtures/faces/gen_group_photos.py
-	.venv/bin/python tests/fixtures/faces/gen_real_group_photos.py
-	.venv/bin/python tests/fixtures/faces/gen_group_reference.py
-	.venv/bin/python tests/fixtures/faces/gen_insightface_models.py
-	.venv/bin/python tests/fixtures/captioning/gen_tiny_model.py
-	.venv/bin/python tests/fixtures/captioning/reference_decode.py
-	.venv/bin/python tests/fixtures/captioning/gen_broken_models.py
-	.venv/bin/python tests/fixtures/captioning/gen_hoisted_fixtures.py
-	.venv/bin/python shared/image/fixtures/gen_resize_reference.py
-	.venv/bin/python shared/image/fixtures/gen_heif_avif.py
+.PHONY: check-fixtures
+fixtures: setup setup-fixtures ## regenerate every committed fixture (tests/fixtures/generators.toml)
+	$(PYTHON) tools/fixtures.py run
 
-clean:
+check-fixtures: ## fail if a fixture generator is missing from tests/fixtures/generators.toml
+	@$(PYTHON) tools/fixtures.py check
+
+# Everything the project writes outside git: cargo's target/, the four virtualenvs (setup,
+# setup-infra, setup-fixtures, setup-deploy), .cache/ (downloads, models, cargo-fuzz, results)
+# and the fuzz project's outputs; .gitignore lists the same paths.
+VENVS := .venv .venv-infra .venv-fixtures .venv-deploy
+clean: ## remove every build output, virtualenv and download the project made
 	$(CARGO) clean
-	rm -rf .venv .venv-infra .cache
+	rm -rf $(VENVS) .cache fuzz/target fuzz/artifacts fuzz/coverage
 
 # Placement (infra/placement, infra/): lint both CloudFormation templates, scan them with
 # checkov (skips are listed with reasons in infra/README.md), and check that infra/template.yaml
 # and the GPU worker's env agree with each function's [package.metadata.coldpath] declaration.
-# The linters have their own hash-locked venv, .venv-infra (requirements-infra.txt), installed
+# The linters have their own hash-locked venv, .venv-infra (tools/setup/requirements-infra.txt), installed
 # by the idempotent setup-infra; `make setup` and `make test` never fetch them.
 .PHONY: setup-infra check-infra package setup-deploy deploy
-setup-infra:
-	@$(PYTHON) bootstrap.py setup-infra
+setup-infra: ## .venv-infra: cfn-lint and checkov, hash-locked (idempotent)
+	@$(BOOTSTRAP) setup-infra
 
-check-infra: setup-infra
+check-infra: setup-infra ## cfn-lint, checkov and `coldpath check` on the templates
 	.venv-infra/bin/cfn-lint infra/template.yaml infra/gpu/batch.yaml infra/pod/service.yaml
 	.venv-infra/bin/checkov --quiet --compact --skip-download --framework cloudformation \
 	  -f infra/template.yaml -f infra/gpu/batch.yaml -f infra/pod/service.yaml
@@ -210,20 +203,20 @@ check-infra: setup-infra
 # Lambda zips (embeddings and faces with their models and prepared graphs), the ONNX Runtime
 # layer and the image-codecs layer (HEIC and AVIF decoders, for faces and captioning), with
 # Lambda's size limits checked; cargo-lambda comes from .venv-deploy (setup-deploy).
-package: setup setup-deploy
+package: setup setup-deploy ## Lambda zips (models, prepared graphs) and the ONNX Runtime and image-codecs layers, size-checked
 	$(PYTHON) tools/package.py
 
 # The deploy toolchain (SAM CLI, cargo-lambda) in its own hash-locked venv, .venv-deploy
-# (requirements-deploy.txt). `make deploy CAPTIONING_MODEL=<hoisted bundle>` validates, packages,
+# (tools/setup/requirements-deploy.txt). `make deploy CAPTIONING_MODEL=<hoisted bundle>` validates, packages,
 # publishes the captioning bundle under a content-named key, then deploys with infra/samconfig.toml
 # pointing at it (tools/deploy.py; the README's Deployment section). The default CAPTIONING_MODEL
 # has random weights and is refused unless ALLOW_RANDOM_WEIGHTS=1. Needs AWS credentials;
 # DEPLOY_FLAGS=--dry-run prints the steps.
-setup-deploy:
-	@$(PYTHON) bootstrap.py setup-deploy
+setup-deploy: ## .venv-deploy: the SAM CLI and cargo-lambda, hash-locked (idempotent)
+	@$(BOOTSTRAP) setup-deploy
 
 CAPTIONING_MODEL ?= $(CAPTIONING_REAL)-hoisted
-deploy: setup setup-deploy
+deploy: setup setup-deploy ## validate, package, publish the captioning model, sam deploy: CAPTIONING_MODEL=<dir>
 	.venv-deploy/bin/python tools/deploy.py --captioning-model $(CAPTIONING_MODEL) \
 	  $(if $(filter 1,$(ALLOW_RANDOM_WEIGHTS)),--allow-random-weights) $(DEPLOY_FLAGS)
 
@@ -235,7 +228,7 @@ deploy: setup setup-deploy
 # account with no GPU quota, a poison message to the DLQ. Needs root (mount namespace, cgroup).
 # REHEARSE_FLAGS=--skip-sam skips the SAM CLI; --keep keeps target/rehearse/sandboxes.
 .PHONY: rehearse
-rehearse: setup setup-deploy package
+rehearse: setup setup-deploy package ## offline first day: each zip in a Lambda-shaped sandbox against moto (root)
 	.venv-deploy/bin/python tools/rehearse.py $(REHEARSE_FLAGS)
 
 # Fuzzing (fuzz/, a cargo-fuzz project outside the workspace; see fuzz/README.md). The stable
@@ -260,35 +253,35 @@ fuzz_run = $(FUZZ_ENV); $(ENV); for t in $(FUZZ_TARGETS); do \
 	    -rss_limit_mb=$(FUZZ_RSS_MB) -print_final_stats=1; \
 	done
 
-fuzz-build: setup
+fuzz-build: setup ## install the pinned cargo-fuzz and build every fuzz target
 	@test -x .cache/cargo-fuzz/bin/cargo-fuzz || \
 	  $(CARGO) install --locked --root .cache/cargo-fuzz cargo-fuzz@$(CARGO_FUZZ_VERSION)
 	@$(FUZZ_ENV); nice -n 19 cargo fuzz build --fuzz-dir fuzz
 
-fuzz: fuzz-build
+fuzz: fuzz-build ## run every cargo-fuzz target FUZZ_SECONDS (600) (fuzz/README.md)
 	@$(call fuzz_run,$(FUZZ_SECONDS))
 
-fuzz-smoke: fuzz-build
+fuzz-smoke: fuzz-build ## run every cargo-fuzz target FUZZ_SMOKE_SECONDS (20) from its committed corpus
 	@$(call fuzz_run,$(FUZZ_SMOKE_SECONDS))
 
 # Captioning fixtures from the real exporter (tests/fixtures/captioning/gen_optimum_fixtures.py):
 # random ViT + GPT-2 models exported by optimum, with transformers' generate() as the reference.
 # torch, transformers and optimum live in their own hash-locked venv, .venv-fixtures
-# (requirements-fixtures.txt), installed by setup-fixtures; `make setup` and `make test` never
+# (tools/setup/requirements-fixtures.txt), installed by setup-fixtures; `make setup` and `make test` never
 # fetch them. `make bench-captioning-real` builds the real-size ViT-GPT2 (random weights, ~1.1 GB)
 # into .cache/models/ once, rewrites a copy with tools/hoist_cross_attention.py (the model to
 # deploy) and measures both (functions/engines/captioning/BENCHMARKS.md).
 CAPTIONING_REAL ?= .cache/models/vit-gpt2-random
 .PHONY: setup-fixtures fixtures-captioning bench-captioning-real
-setup-fixtures:
-	@$(PYTHON) bootstrap.py setup-fixtures
+setup-fixtures: ## .venv-fixtures (torch, transformers, optimum) and the fixture scripts' inputs
+	@$(BOOTSTRAP) setup-fixtures
 
-fixtures-captioning: setup setup-fixtures
-	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py
+fixtures-captioning: setup setup-fixtures ## regenerate only the optimum-exported captioning fixtures
+	nice -n 10 $(PYTHON) tools/fixtures.py run gen_optimum_fixtures.py gen_hoisted_fixtures.py
 
 $(CAPTIONING_REAL)/encoder_model.onnx: | setup-fixtures
 	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py --real-size $(CAPTIONING_REAL)
 
-bench-captioning-real: setup $(CAPTIONING_REAL)/encoder_model.onnx
+bench-captioning-real: setup $(CAPTIONING_REAL)/encoder_model.onnx ## the real-size captioning model (random weights, ~1.1 GB, built once)
 	@$(ENV); nice -n 10 .venv-fixtures/bin/python functions/engines/captioning/benches/real_size.py \
 	  --model $(CAPTIONING_REAL) --hoisted $(CAPTIONING_REAL)-hoisted

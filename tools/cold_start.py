@@ -16,7 +16,7 @@ against its Python reference (B), e.g.
 
 Each command line is split with shlex and started without a shell (so no
 shell start-up is timed; set environment variables in this script's own
-environment, e.g. after `eval "$(python3 bootstrap.py env)"`). After one
+environment, e.g. after `eval "$(python3 tools/setup/bootstrap.py env)"`). After one
 untimed warm-up each (page cache, not process state, is what a warm-up can
 share), A and B run alternately K times, so slow drift on the machine hits
 both alike. For each run: wall time from spawn to reap (perf_counter), and the

@@ -4,7 +4,7 @@
     python3 tools/lock_python.py [--upgrade]             every lock (below)
     python3 tools/lock_python.py --in X.in --out X.txt   one lock
 
-The four locks: requirements.in -> requirements.txt (what `make setup` installs
+The four locks, all in tools/setup/: requirements.in -> requirements.txt (what `make setup` installs
 into .venv: the tests, demo, benchmarks and fixture scripts),
 requirements-infra.in -> requirements-infra.txt (the template linters, which
 `make check-infra` installs into .venv-infra) and requirements-fixtures.in ->
@@ -45,12 +45,13 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_PYTHON = (3, 11)
 PIP_FLAGS = ["--disable-pip-version-check", "--no-input"]
 SDIST_SUFFIXES = (".tar.gz", ".zip")
-# (input, output) of every lock the project keeps.
+# (input, output) of every lock the project keeps, all in tools/setup/ beside bootstrap.py.
+SETUP = REPO / "tools" / "setup"
 LOCKS = (
-    (REPO / "requirements.in", REPO / "requirements.txt"),
-    (REPO / "requirements-infra.in", REPO / "requirements-infra.txt"),
-    (REPO / "requirements-fixtures.in", REPO / "requirements-fixtures.txt"),
-    (REPO / "requirements-deploy.in", REPO / "requirements-deploy.txt"),
+    (SETUP / "requirements.in", SETUP / "requirements.txt"),
+    (SETUP / "requirements-infra.in", SETUP / "requirements-infra.txt"),
+    (SETUP / "requirements-fixtures.in", SETUP / "requirements-fixtures.txt"),
+    (SETUP / "requirements-deploy.in", SETUP / "requirements-deploy.txt"),
 )
 # The project name at the start of a requirement or pin line.
 NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")

@@ -42,7 +42,7 @@ Exit status: 0 all within limits, 1 a limit exceeded or a check failed, 2 cargo-
 library or a model missing.
 
 cargo-lambda (with zig, as the ziglang wheel) is in the deploy toolchain's venv, .venv-deploy,
-which `make setup-deploy` installs from the hash-locked requirements-deploy.txt; `make package`
+which `make setup-deploy` installs from the hash-locked tools/setup/requirements-deploy.txt; `make package`
 runs that first.
 
 Usage: python3 tools/package.py [--skip-build] [--function NAME ...]
@@ -111,7 +111,7 @@ LAYER_ENV = {
 }
 LAMBDA_DIR = ROOT / "target" / "lambda"
 # The models each zip carries: directory in the zip -> (the spec's env prefix, its files). The
-# local copies and their pinned digests come from `bootstrap.py env` (<PREFIX>_SOURCE, _SHA256).
+# local copies and their pinned digests come from `tools/setup/bootstrap.py env` (<PREFIX>_SOURCE, _SHA256).
 BUNDLED_MODELS = {
     "embeddings": {"embeddings": ("EMBEDDINGS_MODEL", ["model.onnx", "tokenizer.json"])},
     "faces": {
@@ -212,9 +212,9 @@ def layer(name: str) -> Path:
 
 
 def setup_env() -> dict[str, str]:
-    """The variables `bootstrap.py env` prints (model paths and digests, the ORT library)."""
+    """The variables `tools/setup/bootstrap.py env` prints (model paths and digests, the ORT library)."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bootstrap.py"), "env"],
+        [sys.executable, str(ROOT / "tools/setup/bootstrap.py"), "env"],
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout
     env = {}

@@ -333,7 +333,7 @@ fn yunet_sface_agrees_with_opencv_at_native_size_within_letterbox_limits() {
 }
 
 /// The function at its defaults (detection at the photo's own size) against OpenCV's API at
-/// each sample photo's native size, at the reference's threshold (0.9), with issue 10's bounds:
+/// each sample photo's native size, at the reference's threshold (0.9), within the native bounds:
 /// box IoU ≥ 0.9, landmarks within 2% of the face's width, cosine ≥ 0.98.
 #[test]
 fn yunet_sface_matches_opencv_at_native_size() {
@@ -964,7 +964,7 @@ fn group_reference() -> GroupReference {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
 }
 
-/// Issue 10's bounds, on group photos (eight faces at 5–10% of the photo's width; the same
+/// The native-size bounds, on group photos (eight faces at 5–10% of the photo's width; the same
 /// scene at 4000 × 3000, 1600 × 1200 and 800 × 600, shrunk with INTER_AREA and re-encoded as
 /// JPEG, and an EXIF-rotated copy; `gen_group_photos.py`) and on a real one (insightface's demo
 /// photo t1.jpg, six people, at its native 1280 × 886, shrunk to 800 × 553, and EXIF-rotated;
@@ -1064,7 +1064,7 @@ fn group_photos_match_opencv_at_native_size_at_the_defaults() {
     );
 }
 
-/// A phone's HEIC and a browser's AVIF of a group photo give the faces its JPEG gives (issue 14's
+/// A phone's HEIC and a browser's AVIF of a group photo give the faces its JPEG gives (HEIC/AVIF
 /// bounds: box IoU ≥ 0.95, embedding cosine ≥ 0.99): each format decoded by its own library, the
 /// same faces found at the defaults, none more. The files are `gen_heif_avif.py`'s encodes of
 /// the committed JPEGs: t1 at HEIC quality 80 / AVIF 90, the 8-face photo at 90 / 95, because

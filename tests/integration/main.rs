@@ -13,6 +13,4 @@ mod image_heif_avif;
 mod image_input;
 mod placement;
 mod prepared_graphs;
-mod queue;
 mod s3_models;
-mod sinks;

@@ -161,7 +161,7 @@ mod tests {
         serde_json::from_str(json).map_err(|e| e.to_string())
     }
 
-    /// Found by reading the fuzz target's round-trip property (issue 12): a payload with two
+    /// Found by reading the fuzz target's round-trip property: a payload with two
     /// data: prefixes parsed to a reference that serialised and parsed to a different one.
     #[test]
     fn a_doubled_data_url_prefix_is_refused() {

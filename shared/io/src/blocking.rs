@@ -44,7 +44,7 @@ mod tests {
         assert_eq!(ran_on, here);
     }
 
-    /// Regression (issue 12): on the multi-threaded runtime Lambda uses, `block_in_place` let
+    /// Regression: on the multi-threaded runtime Lambda uses, `block_in_place` let
     /// the panic unwind through the caller, so the typed error never fired and a decoder panic
     /// on one record failed the whole event.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

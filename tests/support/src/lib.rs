@@ -81,8 +81,8 @@ pub fn assert_invocation_metrics(out: &std::process::Output, function: &str, bat
     assert_eq!(docs[1]["Errors"], 0.0, "{}", docs[1]);
 }
 
-/// A variable that `make test` exports from `bootstrap.py env`. Tests need the real library and
-/// model, so a missing one fails loudly with the fix instead of skipping.
+/// A variable that `make test` exports from `tools/setup/bootstrap.py env`. Tests need the real
+/// library and model, so a missing one fails loudly with the fix instead of skipping.
 pub fn setup_var(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,

@@ -13,7 +13,7 @@
 //! This model is tiny and synthetic: absolute figures say nothing about a real ViT-GPT2; only the
 //! relative effects of the cache and of batching carry over.
 //!
-//! Run: `eval "$(python3 bootstrap.py env)" && cargo bench -p coldpath-captioning --bench captioning`
+//! Run: `eval "$(make -s env)" && cargo bench -p coldpath-captioning --bench captioning`
 //! (`CAPTIONING_BENCH_ROUNDS`, default 7; `COLDPATH_INTRA_THREADS`, default all cores).
 //! Results go to stdout and `target/bench/captioning.json`.
 

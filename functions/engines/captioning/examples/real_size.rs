@@ -9,7 +9,7 @@
 //! JSON object: load and first-caption seconds, per-round seconds, generated tokens, and the
 //! process's peak resident memory (`VmHWM`).
 //!
-//! Run: `eval "$(python3 bootstrap.py env)"; CAPTIONING_MODEL_SOURCE=DIR BENCH_BATCH=8
+//! Run: `eval "$(python3 tools/setup/bootstrap.py env)"; CAPTIONING_MODEL_SOURCE=DIR BENCH_BATCH=8
 //! cargo run --release -p coldpath-captioning --example real_size`
 
 use std::path::Path;

@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(c.batch.deadline_margin, Duration::from_millis(500));
     }
 
-    /// Regression (issue 12): a test-only pause was a production setting; a deployed function
+    /// Regression: a test-only pause was a production setting; a deployed function
     /// could be slowed by setting it. Now only `fault-injection` builds read the fault variable.
     #[test]
     fn the_old_delay_setting_is_not_read() {

@@ -957,7 +957,7 @@ mod tests {
         assert_eq!(decode_permits(10, 10, 0), 1);
     }
 
-    /// Regression (issue 11): a batch kept every decoded full-resolution photo until the whole
+    /// Regression: a batch kept every decoded full-resolution photo until the whole
     /// batch was captioned (eight 12-megapixel photos: 96 Mpx, 288 MB of RGB at once). Now each
     /// photo becomes its model input right after decoding, and decodes wait for room in the
     /// decode budget, so the pixels alive at once are bounded by the budget, not the batch.

@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(all, vec![0, 1, 2, 3]);
     }
 
-    /// Regression (issue 12): fewer rows than texts left empty vectors in the response.
+    /// Regression: fewer rows than texts left empty vectors in the response.
     #[test]
     fn short_or_ragged_model_answers_are_errors() {
         let v = |n: usize| vec![0.5f32; n];

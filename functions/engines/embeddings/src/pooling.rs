@@ -105,7 +105,7 @@ mod tests {
         );
     }
 
-    /// Regression (issue 12): a model whose sequence length differed from the mask's panicked
+    /// Regression: a model whose sequence length differed from the mask's panicked
     /// (shorter) or pooled the wrong positions (longer); fewer rows gave missing vectors.
     #[test]
     fn output_shapes_that_do_not_match_the_input_are_errors() {

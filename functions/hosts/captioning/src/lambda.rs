@@ -490,7 +490,7 @@ mod tests {
         assert!(written(&service).is_empty());
     }
 
-    /// Regression (issue 11): the handler captioned the whole batch whatever the time left; a
+    /// Regression: the handler captioned the whole batch whatever the time left; a
     /// timeout then returned every message, finished ones included, to the queue.
     #[tokio::test]
     async fn unstarted_chunks_are_reported_for_redelivery_at_the_deadline() {

@@ -1173,7 +1173,7 @@ mod tests {
         assert_eq!(hand_back_delay(ErrorType::Retryable, 40), MAX_RETRY_BACKOFF);
     }
 
-    /// Regression (issue 12): failed messages were left hidden for the whole visibility
+    /// Regression: failed messages were left hidden for the whole visibility
     /// timeout, although the docs said they were handed back.
     #[tokio::test]
     async fn deletes_what_completed_and_hands_failures_back_at_once() {
@@ -1249,7 +1249,7 @@ mod tests {
         assert_eq!(*w.service.captioner().calls.lock().unwrap(), [4, 4, 2]);
     }
 
-    /// Regression (issue 12): assembly stopped at the first empty short poll, so bulk batches
+    /// Regression: assembly stopped at the first empty short poll, so bulk batches
     /// came out under-filled while messages were waiting.
     #[tokio::test]
     async fn batches_fill_across_empty_short_polls() {
@@ -1290,7 +1290,7 @@ mod tests {
         assert!(extensions.iter().all(|d| *d == Duration::from_millis(400)));
     }
 
-    /// Regression (issue 12): after SIGTERM the batch in flight ran however long it took, and
+    /// Regression: after SIGTERM the batch in flight ran however long it took, and
     /// its messages then waited out the visibility timeout after the platform's SIGKILL.
     #[tokio::test]
     async fn the_stop_deadline_hands_back_an_unfinished_batch_at_once() {
@@ -1427,7 +1427,7 @@ mod tests {
         );
     }
 
-    /// Regression (issue 12): messages received for a batch that never ran were dropped with
+    /// Regression: messages received for a batch that never ran were dropped with
     /// the receive, hidden until their visibility timeout.
     #[tokio::test]
     async fn messages_received_while_stopping_are_handed_back() {

@@ -264,7 +264,7 @@ fn sigterm_finishes_the_batch_in_flight_and_deletes_only_it() {
     assert_eq!(counts(&rt, &client, &url), (3, 0));
 }
 
-/// Regression (issue 12): after SIGTERM the batch in flight ran to completion however long it
+/// Regression: after SIGTERM the batch in flight ran to completion however long it
 /// took; the platform's SIGKILL then left its messages hidden for the visibility timeout.
 #[test]
 fn sigterm_hands_back_a_batch_that_cannot_finish_by_the_deadline() {

@@ -8,7 +8,7 @@ One process does what a cold function instance does for its first request:
 import the libraries, load the tokenizer and the ONNX session, embed the
 event's input as one batch, print the OpenAI-shaped response, exit.
 tools/cold_start.py times it against the Rust binary on the same event. The model
-directory defaults to EMBEDDINGS_MODEL_SOURCE (as set by `bootstrap.py env`),
+directory defaults to EMBEDDINGS_MODEL_SOURCE (as set by `tools/setup/bootstrap.py env`),
 threads to COLDPATH_INTRA_THREADS and the truncation length to
 EMBEDDINGS_MAX_TOKENS, as the function reads them.
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """YuNet alone in onnxruntime (repaired model, 1 thread) at several input sizes: ms and peak RSS
-(BENCHMARKS.md, issue 10). Run from the repository root: .venv/bin/python functions/hosts/faces/benches/detector_cost.py"""
+(BENCHMARKS.md, native-size cost curve). Run from the repository root: .venv/bin/python functions/hosts/faces/benches/detector_cost.py"""
 import time, numpy as np, onnxruntime as ort, resource
 o=ort.SessionOptions(); o.intra_op_num_threads=1; o.inter_op_num_threads=1; o.log_severity_level=3
 o.add_session_config_entry("session.disable_quant_qdq","1"); o.add_session_config_entry("session.intra_op.allow_spinning","0")

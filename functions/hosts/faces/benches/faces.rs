@@ -25,7 +25,7 @@
 //! Photos: the four sample photos, or `BENCH_PHOTOS` (comma-separated paths from the repository
 //! root; e.g. the group photos in `tests/fixtures/faces/group/` for the cost curve).
 //!
-//! Run: `eval "$(python3 bootstrap.py env)" && cargo bench -p coldpath-faces --bench faces`.
+//! Run: `eval "$(make -s env)" && cargo bench -p coldpath-faces --bench faces`.
 
 use std::process::Command;
 use std::sync::Arc;

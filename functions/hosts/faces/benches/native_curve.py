@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cost curve of detection at native size, side by side with OpenCV (BENCHMARKS.md, issue 10).
+"""Cost curve of detection at native size, side by side with OpenCV (BENCHMARKS.md).
 
     .venv/bin/python functions/hosts/faces/benches/native_curve.py PHOTO...
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """OpenCV cold-start equivalent of `faces invoke <event>`: process start to first result.
 
-    eval "$(python3 bootstrap.py env)"
+    eval "$(python3 tools/setup/bootstrap.py env)"
     .venv/bin/python functions/hosts/faces/benches/opencv_cold.py [PHOTO] [--threads N] \
         [--mode native|letterbox640]
 
 One process does what a cold function instance does for its first photo: import cv2 and numpy,
-load YuNet and SFace (FACES_DETECTOR_SOURCE / FACES_RECOGNIZER_SOURCE, as `bootstrap.py env`
+load YuNet and SFace (FACES_DETECTOR_SOURCE / FACES_RECOGNIZER_SOURCE, as `tools/setup/bootstrap.py env`
 sets them), read and decode the photo (EXIF applied), detect, align and embed every face, print
 the response the Rust function gives (faces/src/request.rs `response`: width, height, faces with
 box {x, y, width, height}, score, five landmarks, L2-normalised embedding, and the model names),

@@ -2,14 +2,14 @@
 """The OpenCV contender for the faces side-by-side benchmark: YuNet + SFace through OpenCV's own
 face API, the way an OpenCV user runs them.
 
-    eval "$(python3 bootstrap.py env)"
+    eval "$(python3 tools/setup/bootstrap.py env)"
     .venv/bin/python functions/hosts/faces/benches/opencv_ref.py \
         --photos events/data/photos/kafka.jpg events/data/photos/group.jpg \
         [--threads 1] [--rounds 10] [--warmup 1] [--mode native|letterbox640] \
         [--detector DIR_OR_FILE] [--recognizer DIR_OR_FILE]
 
 Loads both models once (cv2.FaceDetectorYN / cv2.FaceRecognizerSF, the int8bq files from
-FACES_DETECTOR_SOURCE / FACES_RECOGNIZER_SOURCE as `bootstrap.py env` sets them), reads every
+FACES_DETECTOR_SOURCE / FACES_RECOGNIZER_SOURCE as `tools/setup/bootstrap.py env` sets them), reads every
 photo's bytes into memory, then for each round and each photo times one request: decode the bytes
 (cv2.imdecode, EXIF applied), setInputSize + detect at the photo's NATIVE size (OpenCV pads to a
 multiple of 32 itself; `--mode letterbox640` instead letterboxes to 640x640 like the Rust function
@@ -55,7 +55,7 @@ def peak_rss_mib():
     return float("nan")
 
 def model_file(arg: str | None, env: str, default: Path) -> Path:
-    """A model path from the flag, else the env var `bootstrap.py env` sets (a directory holding
+    """A model path from the flag, else the env var `tools/setup/bootstrap.py env` sets (a directory holding
     model.onnx, or the file itself), else the setup cache."""
     value = arg or os.environ.get(env)
     path = Path(value) if value else default

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""SFace on a photo's faces: one batched run against one run per face (BENCHMARKS.md, issue 10).
+"""SFace on a photo's faces: one batched run against one run per face (BENCHMARKS.md).
 
-The repaired SFace (`bootstrap.py setup`: .cache/models/sface-2021dec-int8bq-ort) in onnxruntime
+The repaired SFace (`tools/setup/bootstrap.py setup`: .cache/models/sface-2021dec-int8bq-ort) in onnxruntime
 with the function's session options (QDQ fusion off, no spinning), at 1 and 2 intra-op threads,
 on N 112 x 112 aligned-face-sized inputs (seeded; the cost does not depend on the pixels).
 Alternates the two modes round by round and prints medians and the batched / one-by-one ratio.

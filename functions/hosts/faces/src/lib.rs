@@ -366,7 +366,7 @@ mod tests {
         );
     }
 
-    /// Regression (issue 12): on the multi-threaded runtime Lambda runs, a panic in one record's
+    /// Regression: on the multi-threaded runtime Lambda runs, a panic in one record's
     /// inference unwound through the handler and failed the whole event, good records included.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_in_one_record_fails_only_that_record() {

@@ -6,10 +6,11 @@
 //! production decoders. Both libraries come from registry wheels that ship them for manylinux
 //! (glibc 2.28, so they run on Lambda's Amazon Linux 2023): libheif 1.23 and libde265 from
 //! `pi-heif` (LGPL-3.0; the decode-only build, unlike `pillow-heif`, whose libheif needs the
-//! GPL x265 encoder), libavif 1.4 with dav1d from `pillow` (BSD-2-Clause). `bootstrap.py`
-//! takes them out of the pinned wheels; the Lambda layer and the pod images carry them. Loading
-//! them with `dlopen` (as `ort` loads ONNX Runtime) keeps every build, test and fuzz target free
-//! of them: without a library, that format alone fails with [`ImageError::CodecUnavailable`].
+//! GPL x265 encoder), libavif 1.4 with dav1d from `pillow` (BSD-2-Clause).
+//! `tools/setup/bootstrap.py` takes them out of the pinned wheels; the Lambda layer and the pod
+//! images carry them. Loading them with `dlopen` (as `ort` loads ONNX Runtime) keeps every build,
+//! test and fuzz target free of them: without a library, that format alone fails with
+//! [`ImageError::CodecUnavailable`].
 //!
 //! Where they are found: `COLDPATH_LIBHEIF_PATH` and `COLDPATH_LIBAVIF_PATH`, or else the
 //! sonames `libheif.so.1` and `libavif.so.16` on the loader's search path (Lambda puts the

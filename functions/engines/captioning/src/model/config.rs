@@ -13,8 +13,14 @@ use super::CaptionError;
 pub const MODEL_PREFIX: &str = "CAPTIONING_MODEL";
 /// The model name when `CAPTIONING_MODEL_NAME` is unset.
 pub const DEFAULT_MODEL_NAME: &str = "tiny-vit-gpt2";
-/// The generated test model in this repository; deployments set `CAPTIONING_MODEL_SOURCE`.
-pub const DEFAULT_MODEL_SOURCE: &str = concat!(
+/// Where a bundle shipped with the function would be (a layer's `/opt`, as embeddings' and
+/// faces' defaults), never a path of the build machine: the template sets
+/// `CAPTIONING_MODEL_SOURCE` to the published `s3://` bundle, and local runs take the generated
+/// tiny model from `make env`.
+pub const DEFAULT_MODEL_SOURCE: &str = "/opt/models/captioning";
+/// The generated tiny model (`tests/fixtures/captioning/gen_tiny_model.py`) the unit tests load.
+#[cfg(test)]
+pub(crate) const TINY_MODEL_DIR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../../tests/fixtures/captioning/tiny-vit-gpt2"
 );
@@ -332,7 +338,16 @@ mod tests {
     use coldpath_core::MapEnv;
 
     fn tiny_dir() -> String {
-        DEFAULT_MODEL_SOURCE.to_string()
+        TINY_MODEL_DIR.to_string()
+    }
+
+    #[test]
+    fn the_default_source_is_no_build_machine_path() {
+        let c = CaptionModelConfig::from_env(&MapEnv::default()).unwrap();
+        assert_eq!(
+            c.spec.source,
+            coldpath_models::ModelSource::Local("/opt/models/captioning".into())
+        );
     }
 
     #[test]

