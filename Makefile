@@ -30,6 +30,7 @@ help:
 	@echo "                 BENCH_CONTENDER_NAME=<name>; BENCH_CONTENDERS, BENCH_BODIES, BENCH_CONCURRENCY, BENCH_ROUNDS"
 	@echo "make bench-serve-hostile  the server under a flood of big uploads and stalled connections"
 	@echo "make plan-inputs  copy the benchmark outputs the plan reads into infra/placement/bench/"
+	@echo "make contracts  regenerate each host's contract.json (the variables it reads, serve's routes)"
 	@echo "make fixtures   regenerate every committed fixture from its script"
 	@echo "make fuzz       run every cargo-fuzz target 10 minutes (fuzz-smoke: 20 s each; fuzz/README.md)"
 
@@ -157,6 +158,15 @@ bench: build
 bench-image-formats: setup
 	@.venv/bin/python shared/image/fixtures/gen_heif_avif.py --bench-out target/bench/heif >/dev/null
 	@$(ENV); $(CARGO) bench --locked -p coldpath-image --bench formats
+
+# Each host's deploy contract (`<binary> contract`: the variables it reads, and the server's
+# routes), committed beside its crate for `coldpath check`; each host's tests fail when it is stale.
+.PHONY: contracts
+contracts:
+	@for h in embeddings:embeddings faces:faces captioning:captioning serve:coldpath-serve; do \
+	  dir=$${h%%:*}; bin=$${h#*:}; \
+	  $(CARGO) run --quiet --locked --bin $$bin -- contract > functions/hosts/$$dir/contract.json || exit 1; \
+	done
 
 # The benchmark outputs `coldpath plan` reads (infra/placement/measurements.toml names each
 # figure's file): copied from target/bench/ after `make bench` and `make bench-captioning-real`,
