@@ -10,7 +10,6 @@ mod events;
 mod faces;
 mod image_heif_avif;
 mod image_input;
-mod placement;
 mod prepared_graphs;
 mod queue;
 mod s3_models;

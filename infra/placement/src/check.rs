@@ -15,6 +15,7 @@ use serde_norway::Value;
 
 use crate::declaration::{self, Declaration, PodDeclaration, Trigger};
 use crate::error::{DeclarationError, TemplateError};
+use crate::workspace::{BinaryContract, Workspace};
 
 /// An SQS queue's visibility timeout must be at least this many times the function's timeout
 /// (AWS's guidance for Lambda event source mappings), so a message is not handed to a second
@@ -176,13 +177,21 @@ pub(crate) fn tag_is(tag: &serde_norway::value::Tag, name: &str) -> bool {
 /// Checks every declared function against the template, then, when the declarations carry the
 /// always-on pod, the pod's service template and images against the pod's declaration (one more
 /// result, after the functions').
-pub fn check_template(template: &Template, declarations: &[Declaration]) -> Vec<FunctionCheck> {
+pub fn check_template(
+    template: &Template,
+    declarations: &[Declaration],
+    workspace: &Workspace,
+) -> Vec<FunctionCheck> {
     let mut results: Vec<FunctionCheck> = declarations
         .iter()
         .map(|d| check_function(template, d))
         .collect();
     if let Some(pod) = declaration::pod_of(declarations) {
-        results.push(check_pod(pod, declarations));
+        results.push(check_pod(
+            pod,
+            declarations,
+            workspace.contract(&pod.crate_name),
+        ));
     }
     results
 }
@@ -767,63 +776,16 @@ pub fn check_batch_jobs(batch: &Template, d: &Declaration) -> Vec<String> {
     problems
 }
 
-/// The folders whose crates (one per subfolder) a deployed binary can be built from.
-const CRATE_FOLDERS: [&str; 3] = ["functions/engines", "functions/hosts", "shared"];
-
-/// The `src/` folders of the crate at `crate_dir` (relative to `root`) and of every crate of
-/// ours it depends on, directly or not: the code the deployed binary is built from, so the
-/// variables it can read. Only `[dependencies]` count (a dev-dependency is not in the binary);
-/// a dependency is ours when a crate under `functions/engines/`, `functions/hosts/` or `shared/`
-/// has its name.
-pub fn crate_source_dirs(root: &Path, crate_dir: &Path) -> Result<Vec<PathBuf>, DeclarationError> {
-    let manifest =
-        |path: &Path| declaration::parse_manifest(&declaration::read_manifest_text(path)?, path);
-    let mut ours = BTreeMap::new();
-    for folder in CRATE_FOLDERS {
-        let entries = std::fs::read_dir(root.join(folder)).map_err(|e| DeclarationError::Read {
-            path: root.join(folder),
-            reason: e.to_string(),
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path().join("Cargo.toml");
-            if !path.is_file() {
-                continue;
-            }
-            if let Some(name) = manifest(&path)?
-                .get("package")
-                .and_then(|p| p.get("name"))
-                .and_then(toml::Value::as_str)
-            {
-                ours.insert(name.to_string(), Path::new(folder).join(entry.file_name()));
-            }
-        }
-    }
-    let mut seen = BTreeSet::from([crate_dir.to_path_buf()]);
-    let mut pending = vec![crate_dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let deps = manifest(&root.join(&dir).join("Cargo.toml"))?;
-        for name in deps
-            .get("dependencies")
-            .and_then(toml::Value::as_table)
-            .into_iter()
-            .flat_map(|t| t.keys())
-        {
-            if let Some(dep) = ours.get(name)
-                && seen.insert(dep.clone())
-            {
-                pending.push(dep.clone());
-            }
-        }
-    }
-    Ok(seen.into_iter().map(|d| root.join(d).join("src")).collect())
-}
-
 /// `infra/pod/service.yaml` and both images deploy the pod as declared: the server's port in the
 /// image, the task and the load balancer; the health checks on routes the server has (the
 /// container on `health_path`, the target group on `ready_path`); only variables the server and
 /// its engines read, and every one it needs; task memory that holds the hosted workloads at their
 /// declared sizes; the Fargate size, CPU target, warm floor and GPU instance the plan priced.
-pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> FunctionCheck {
+pub fn check_pod(
+    pod: &PodDeclaration,
+    declarations: &[Declaration],
+    server: Result<BinaryContract, DeclarationError>,
+) -> FunctionCheck {
     let mut c = FunctionCheck {
         function: pod.service.display().to_string(),
         workload: pod.hosts.join("+"),
@@ -837,37 +799,14 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
             return c;
         }
     };
-    let serve_src = pod.path(Path::new("functions/hosts/serve/src"));
-    let routes = match server_routes(&serve_src) {
-        Ok(r) => r,
+    // What the server reads and routes, from its committed contract.
+    let server = match server {
+        Ok(contract) => contract,
         Err(e) => {
             c.mismatches.push(e.to_string());
             return c;
         }
     };
-    // The server's sources and those of every crate it is built from: the hosted functions'
-    // and the shared crates under them.
-    let dirs = match crate_source_dirs(&pod.root, Path::new("functions/hosts/serve")) {
-        Ok(d) => d,
-        Err(e) => {
-            c.mismatches.push(e.to_string());
-            return c;
-        }
-    };
-    let mut read = BTreeSet::new();
-    for host in &pod.hosts {
-        match env_names_in_sources(&dirs, &format!("{}_", host.to_uppercase())) {
-            Ok(names) => read.extend(names),
-            Err(e) => {
-                c.mismatches.push(e.to_string());
-                return c;
-            }
-        }
-    }
-    // `PORT` is too short and unprefixed for the literal scan; the server's config names it.
-    if sources_contain(&[serve_src], "\"PORT\"") {
-        read.insert("PORT".to_string());
-    }
     let hosted_mb: u32 = declarations
         .iter()
         .filter(|d| pod.hosts.contains(&d.workload))
@@ -936,7 +875,7 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
         let names: BTreeSet<&String> = image_env.keys().chain(task_env.keys()).collect();
         let unread: Vec<&str> = names
             .iter()
-            .filter(|n| !is_read(n, &read))
+            .filter(|n| !server.reads(n))
             .map(|n| n.as_str())
             .collect();
         if !unread.is_empty() {
@@ -987,11 +926,11 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
             .map(|s| s.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let wanted = format!(":{}{}", pod.port, pod.health_path);
-        if !routes.contains(&pod.health_path) {
+        if !server.routes(&pod.health_path) {
             c.mismatches.push(format!(
                 "health_path {} is not a route of the server ({})",
                 pod.health_path,
-                routes.iter().cloned().collect::<Vec<_>>().join(", ")
+                server.routes.join(", ")
             ));
         } else if !command.iter().any(|a| a.contains(&wanted)) {
             c.mismatches.push(format!(
@@ -1051,7 +990,7 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
         let path = props
             .and_then(|p| p.get("HealthCheckPath"))
             .and_then(|v| t.string(v));
-        if path != Some(pod.ready_path.as_str()) || !routes.contains(&pod.ready_path) {
+        if path != Some(pod.ready_path.as_str()) || !server.routes(&pod.ready_path) {
             c.mismatches.push(format!(
                 "{id}: HealthCheckPath is {path:?}; it must be the declared ready_path {}, a route of the server",
                 pod.ready_path
@@ -1139,49 +1078,6 @@ pub fn check_pod(pod: &PodDeclaration, declarations: &[Declaration]) -> Function
     c
 }
 
-/// The paths the server routes (`.route("/path", ...)` in its sources).
-pub fn server_routes(src: &Path) -> Result<BTreeSet<String>, TemplateError> {
-    let mut routes = BTreeSet::new();
-    for text in rust_sources(&[src.to_path_buf()])? {
-        for piece in text.split(".route(\"").skip(1) {
-            if let Some((path, _)) = piece.split_once('"') {
-                routes.insert(path.to_string());
-            }
-        }
-    }
-    Ok(routes)
-}
-
-fn sources_contain(dirs: &[PathBuf], needle: &str) -> bool {
-    rust_sources(dirs).is_ok_and(|texts| texts.iter().any(|t| t.contains(needle)))
-}
-
-/// The text of every `.rs` file under `dirs`.
-fn rust_sources(dirs: &[PathBuf]) -> Result<Vec<String>, TemplateError> {
-    let mut texts = Vec::new();
-    let mut pending: Vec<PathBuf> = dirs.to_vec();
-    while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| TemplateError::Read {
-            path: dir.clone(),
-            reason: e.to_string(),
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                texts.push(
-                    std::fs::read_to_string(&path).map_err(|e| TemplateError::Read {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?,
-                );
-            }
-        }
-    }
-    Ok(texts)
-}
-
 /// `ENV` names and values of a Dockerfile's final stage (what the image runs with; an earlier
 /// stage's settings stay in that stage).
 pub fn dockerfile_final_env(text: &str) -> BTreeMap<String, String> {
@@ -1207,39 +1103,6 @@ pub fn dockerfile_final_env(text: &str) -> BTreeMap<String, String> {
         }
     }
     env
-}
-
-/// Environment variable names a set of Rust sources reads: every string literal that looks like
-/// one of ours (`COLDPATH_*`, `ORT_*`, or the workload's own prefix).
-pub fn env_names_in_sources(
-    dirs: &[PathBuf],
-    prefix: &str,
-) -> Result<BTreeSet<String>, TemplateError> {
-    let mut names = BTreeSet::new();
-    for text in rust_sources(dirs)? {
-        for literal in text.split('"').skip(1).step_by(2) {
-            let looks_like_env = literal.len() > 4
-                && literal
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                && (literal.starts_with("COLDPATH_")
-                    || literal.starts_with("ORT_")
-                    || literal.starts_with(prefix));
-            if looks_like_env {
-                names.insert(literal.to_string());
-            }
-        }
-    }
-    Ok(names)
-}
-
-/// Whether `name` is read: literally, or as `<PREFIX>_NAME|_SOURCE|_SHA256` of a model prefix
-/// the sources pass to `ModelSpec::from_env`.
-pub fn is_read(name: &str, read: &BTreeSet<String>) -> bool {
-    read.contains(name)
-        || ["_NAME", "_SOURCE", "_SHA256"]
-            .iter()
-            .any(|suffix| name.strip_suffix(suffix).is_some_and(|p| read.contains(p)))
 }
 
 /// `ENV NAME=value` / `ENV NAME value` names of a Dockerfile, continuation lines included.
@@ -1414,49 +1277,5 @@ mod tests {
         assert!(c.mismatches[0].contains("layer Ort is attached twice"));
         assert!(c.mismatches[1].contains("layer Queue is not an AWS::Serverless::LayerVersion"));
         assert!(c.mismatches[2].contains("is not a !Ref to a layer of this template"));
-    }
-
-    #[test]
-    fn a_crate_reads_through_its_dependencies_not_its_dev_dependencies() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let dirs = |c: &str| -> Vec<String> {
-            crate_source_dirs(&root, Path::new(c))
-                .unwrap()
-                .iter()
-                .map(|d| d.strip_prefix(&root).unwrap().display().to_string())
-                .collect()
-        };
-        let embeddings = dirs("functions/hosts/embeddings");
-        let faces = dirs("functions/hosts/faces");
-        assert!(embeddings.contains(&"functions/engines/embeddings/src".to_string()));
-        assert!(embeddings.contains(&"shared/models/src".to_string()));
-        // embeddings decodes no image, so the decoders' variables are not its to be given.
-        assert!(
-            !embeddings.contains(&"shared/image/src".to_string()),
-            "{embeddings:?}"
-        );
-        assert!(faces.contains(&"shared/image/src".to_string()), "{faces:?}");
-        // A dev-dependency is not in the deployed binary.
-        assert!(
-            !faces.contains(&"tests/support/src".to_string()),
-            "{faces:?}"
-        );
-        // The server is built from the functions it hosts and, through them, shared/models.
-        let serve = dirs("functions/hosts/serve");
-        for d in [
-            "functions/engines/faces/src",
-            "functions/engines/embeddings/src",
-            "shared/models/src",
-        ] {
-            assert!(serve.contains(&d.to_string()), "{d} not in {serve:?}");
-        }
-    }
-
-    #[test]
-    fn model_prefixes_cover_their_source_and_digest_variables() {
-        let read: BTreeSet<String> = ["CAPTIONING_MODEL".to_string()].into();
-        assert!(is_read("CAPTIONING_MODEL_SOURCE", &read));
-        assert!(is_read("CAPTIONING_MODEL_SHA256", &read));
-        assert!(!is_read("CAPTIONING_MODEL_PATH", &read));
     }
 }

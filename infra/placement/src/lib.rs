@@ -22,6 +22,7 @@ pub mod plan;
 pub mod prices;
 pub mod profile;
 pub mod stack;
+pub mod workspace;
 
 pub use check::{FunctionCheck, Template, check_template};
 pub use declaration::{Compute, Declaration, PodDeclaration, Trigger};
@@ -30,3 +31,4 @@ pub use measurements::{Measurement, Measurements};
 pub use plan::{Decision, Placement, Plan, PodComparison};
 pub use prices::Prices;
 pub use profile::Profile;
+pub use workspace::{BinaryContract, Workspace};
