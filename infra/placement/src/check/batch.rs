@@ -10,12 +10,12 @@ use crate::declaration::Declaration;
 /// sizes and bulk threshold it sets equal the declaration's, it takes one GPU (the worker drives
 /// one device), and it asks for at least `worker_memory_mb` of host memory. Returns one line per
 /// problem.
-pub fn check_batch_jobs(batch: &Template, d: &Declaration) -> Vec<String> {
+pub fn check_batch_jobs(batch: &Template, declaration: &Declaration) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(resources) = batch.root.get("Resources").and_then(Value::as_mapping) else {
         return problems;
     };
-    let wanted = declared_env_values(d);
+    let wanted = declared_env_values(declaration);
     for (id, r) in resources {
         if r.get("Type").and_then(Value::as_str) != Some("AWS::Batch::JobDefinition") {
             continue;
@@ -61,7 +61,7 @@ pub fn check_batch_jobs(batch: &Template, d: &Declaration) -> Vec<String> {
                 requirement("GPU")
             ));
         }
-        if let Some(need) = d.worker_memory_mb {
+        if let Some(need) = declaration.worker_memory_mb {
             match requirement("MEMORY") {
                 Some(m) if m >= f64::from(need) => {}
                 m => problems.push(format!(

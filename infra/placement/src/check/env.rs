@@ -61,8 +61,8 @@ pub fn dockerfile_env_names(text: &str) -> BTreeSet<String> {
 /// `Name:` entries of every `Environment` list in a CloudFormation template (Batch job
 /// definitions use a list of `{Name, Value}`).
 pub fn cloudformation_env_names(template: &Template) -> BTreeSet<String> {
-    fn walk(v: &Value, out: &mut BTreeSet<String>) {
-        match v {
+    fn walk(value: &Value, out: &mut BTreeSet<String>) {
+        match value {
             Value::Mapping(m) => {
                 for (k, child) in m {
                     if k.as_str() == Some("Environment")

@@ -10,18 +10,18 @@ use super::sqs::check_sqs;
 use super::template::{Template, ref_target};
 use crate::declaration::{Declaration, Trigger};
 
-pub(super) fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
+pub(super) fn check_function(template: &Template, declaration: &Declaration) -> FunctionCheck {
     let mut c = FunctionCheck {
-        function: d.function.clone(),
-        workload: d.workload.clone(),
+        function: declaration.function.clone(),
+        workload: declaration.workload.clone(),
         ok: Vec::new(),
         mismatches: Vec::new(),
     };
-    let Some(f) = t.resource(&d.function) else {
+    let Some(f) = template.resource(&declaration.function) else {
         c.mismatches.push(format!(
             "no resource {} in {}",
-            d.function,
-            t.path.display()
+            declaration.function,
+            template.path.display()
         ));
         return c;
     };
@@ -30,18 +30,18 @@ pub(super) fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
             .push("is not an AWS::Serverless::Function".to_string());
         return c;
     }
-    let prop = |name: &str| t.function_property(f, name);
+    let prop = |name: &str| template.function_property(f, name);
 
     // Packaging: the binary is `bootstrap` on the OS-only runtime, deployed from the zip that
     // `make package` built and size-checked (a second build by `sam build` would deploy
     // something else).
-    let runtime = prop("Runtime").and_then(|v| t.string(v));
-    let handler = prop("Handler").and_then(|v| t.string(v));
+    let runtime = prop("Runtime").and_then(|v| template.string(v));
+    let handler = prop("Handler").and_then(|v| template.string(v));
     let code = f
         .get("Properties")
         .and_then(|p| p.get("CodeUri"))
-        .and_then(|v| t.string(v));
-    let zip = format!("target/lambda/{}.zip", d.workload);
+        .and_then(|v| template.string(v));
+    let zip = format!("target/lambda/{}.zip", declaration.workload);
     if runtime != Some("provided.al2023")
         || handler != Some("bootstrap")
         || !code.is_some_and(|c| c.ends_with(&zip))
@@ -58,29 +58,29 @@ pub(super) fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
         c.mismatches.push(format!(
             "sets ReservedConcurrentExecutions ({:?}): a new account's concurrency quota may not allow it; \
              cap SQS consumers with ScalingConfig.MaximumConcurrency and keep warm with provisioned concurrency",
-            t.number(n)
+            template.number(n)
         ));
     }
 
-    check_env(t, d, f, &mut c);
-    check_storage(t, d, f, &mut c);
-    check_layers(t, f, &mut c);
+    check_env(template, declaration, f, &mut c);
+    check_storage(template, declaration, f, &mut c);
+    check_layers(template, f, &mut c);
 
     // Sizes agree with the declaration.
-    let memory = prop("MemorySize").and_then(|v| t.number(v));
-    let timeout = prop("Timeout").and_then(|v| t.number(v));
+    let memory = prop("MemorySize").and_then(|v| template.number(v));
+    let timeout = prop("Timeout").and_then(|v| template.number(v));
     match memory {
-        Some(m) if m == f64::from(d.memory_mb) => {}
+        Some(m) if m == f64::from(declaration.memory_mb) => {}
         other => c.mismatches.push(format!(
             "MemorySize is {other:?}, the declaration says memory_mb = {}",
-            d.memory_mb
+            declaration.memory_mb
         )),
     }
     match timeout {
-        Some(s) if s == f64::from(d.timeout_s) => {}
+        Some(s) if s == f64::from(declaration.timeout_s) => {}
         other => c.mismatches.push(format!(
             "Timeout is {other:?}, the declaration says timeout_s = {}",
-            d.timeout_s
+            declaration.timeout_s
         )),
     }
 
@@ -90,8 +90,8 @@ pub(super) fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
         .get("Properties")
         .and_then(|p| p.get("ProvisionedConcurrencyConfig"))
         .and_then(|p| p.get("ProvisionedConcurrentExecutions"));
-    if d.pinned_warm {
-        match (alias, provisioned.and_then(|v| t.number(v))) {
+    if declaration.pinned_warm {
+        match (alias, provisioned.and_then(|v| template.number(v))) {
             (Some(_), Some(n)) if n >= 1.0 => c.ok.push(format!("pinned warm ({n} provisioned on the published alias)")),
             (None, _) => c.mismatches.push(
                 "is declared pinned_warm but has no AutoPublishAlias, so provisioned concurrency has no version to keep warm"
@@ -124,7 +124,7 @@ pub(super) fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
             .filter(|e| e.get("Type").and_then(Value::as_str) == Some(ty))
             .collect()
     };
-    match d.trigger {
+    match declaration.trigger {
         Trigger::Http => {
             let url = f
                 .get("Properties")
@@ -145,34 +145,46 @@ pub(super) fn check_function(t: &Template, d: &Declaration) -> FunctionCheck {
                 c.ok.push("s3 trigger".to_string());
             }
         }
-        Trigger::Sqs => check_sqs(t, d, &of_type("SQS"), prop("Timeout"), &mut c),
+        Trigger::Sqs => check_sqs(
+            template,
+            declaration,
+            &of_type("SQS"),
+            prop("Timeout"),
+            &mut c,
+        ),
     }
     c
 }
 
 /// Variables whose value the declaration fixes: a template that sets one to something else
 /// deploys a function that behaves unlike its declaration (and unlike what the plan priced).
-pub fn declared_env_values(d: &Declaration) -> Vec<(String, u64)> {
-    let prefix = d.workload.to_uppercase();
-    let mut out = vec![(format!("{prefix}_MAX_BATCH"), u64::from(d.max_batch))];
-    if d.workload == "embeddings" {
-        out.push(("EMBEDDINGS_MAX_INPUTS".to_string(), u64::from(d.max_batch)));
+pub fn declared_env_values(declaration: &Declaration) -> Vec<(String, u64)> {
+    let prefix = declaration.workload.to_uppercase();
+    let mut out = vec![(
+        format!("{prefix}_MAX_BATCH"),
+        u64::from(declaration.max_batch),
+    )];
+    if declaration.workload == "embeddings" {
+        out.push((
+            "EMBEDDINGS_MAX_INPUTS".to_string(),
+            u64::from(declaration.max_batch),
+        ));
     }
-    if let Some(b) = d.bulk_batch {
+    if let Some(b) = declaration.bulk_batch {
         out.push((format!("{prefix}_BULK_BATCH"), u64::from(b)));
     }
-    if let Some(n) = d.bulk_threshold {
+    if let Some(n) = declaration.bulk_threshold {
         out.push((format!("{prefix}_BULK_THRESHOLD"), n));
     }
     out
 }
 
 /// A function's `Environment.Variables` (its own over `Globals.Function`'s).
-fn function_env<'a>(t: &'a Template, f: &'a Value) -> Vec<(&'a str, &'a Value)> {
+fn function_env<'a>(template: &'a Template, function: &'a Value) -> Vec<(&'a str, &'a Value)> {
     let mut out: Vec<(&str, &Value)> = Vec::new();
     for source in [
-        t.root.get("Globals").and_then(|g| g.get("Function")),
-        f.get("Properties"),
+        template.root.get("Globals").and_then(|g| g.get("Function")),
+        function.get("Properties"),
     ] {
         if let Some(vars) = source
             .and_then(|p| p.get("Environment"))
@@ -190,34 +202,39 @@ fn function_env<'a>(t: &'a Template, f: &'a Value) -> Vec<(&'a str, &'a Value)> 
     out
 }
 
-fn check_env(t: &Template, d: &Declaration, f: &Value, c: &mut FunctionCheck) {
-    let env = function_env(t, f);
-    let missing: Vec<&str> = d
+fn check_env(
+    template: &Template,
+    declaration: &Declaration,
+    function: &Value,
+    result: &mut FunctionCheck,
+) {
+    let env = function_env(template, function);
+    let missing: Vec<&str> = declaration
         .required_env
         .iter()
         .map(String::as_str)
         .filter(|name| !env.iter().any(|(n, _)| n == name))
         .collect();
     if missing.is_empty() {
-        if !d.required_env.is_empty() {
-            c.ok.push(format!(
+        if !declaration.required_env.is_empty() {
+            result.ok.push(format!(
                 "sets the {} required variables",
-                d.required_env.len()
+                declaration.required_env.len()
             ));
         }
     } else {
-        c.mismatches.push(format!(
+        result.mismatches.push(format!(
             "does not set {}, which the declaration lists in required_env: the function would fail at init",
             missing.join(", ")
         ));
     }
-    for (name, want) in declared_env_values(d) {
+    for (name, want) in declared_env_values(declaration) {
         let Some((_, v)) = env.iter().find(|(n, _)| *n == name) else {
             continue;
         };
-        match t.number(v) {
+        match template.number(v) {
             Some(x) if x == want as f64 => {}
-            found => c
+            found => result
                 .mismatches
                 .push(format!("{name} is {found:?}, the declaration says {want}")),
         }
@@ -226,10 +243,10 @@ fn check_env(t: &Template, d: &Declaration, f: &Value, c: &mut FunctionCheck) {
 
 /// The layers a function runs with: `Globals.Function`'s and then its own (SAM appends the
 /// function's list to the global one, unlike the other properties, which it overrides).
-fn function_layers<'a>(t: &'a Template, f: &'a Value) -> Vec<&'a Value> {
+fn function_layers<'a>(template: &'a Template, function: &'a Value) -> Vec<&'a Value> {
     [
-        t.root.get("Globals").and_then(|g| g.get("Function")),
-        f.get("Properties"),
+        template.root.get("Globals").and_then(|g| g.get("Function")),
+        function.get("Properties"),
     ]
     .into_iter()
     .filter_map(|p| p?.get("Layers")?.as_sequence())
@@ -240,38 +257,38 @@ fn function_layers<'a>(t: &'a Template, f: &'a Value) -> Vec<&'a Value> {
 /// Every layer is one of this template's `AWS::Serverless::LayerVersion`s, deployed from the
 /// zip `make package` built and counted in the function's 250 MB
 /// (`target/lambda/layers/<name>.zip`), and none comes twice.
-pub(super) fn check_layers(t: &Template, f: &Value, c: &mut FunctionCheck) {
+pub(super) fn check_layers(template: &Template, function: &Value, result: &mut FunctionCheck) {
     let mut names = Vec::new();
-    for layer in function_layers(t, f) {
+    for layer in function_layers(template, function) {
         let Some(id) = ref_target(layer) else {
-            c.mismatches.push(format!(
+            result.mismatches.push(format!(
                 "layer {layer:?} is not a !Ref to a layer of this template (an ARN from elsewhere was not size-checked with the function)"
             ));
             continue;
         };
-        let resource = t.resource(id).filter(|r| {
+        let resource = template.resource(id).filter(|r| {
             r.get("Type").and_then(Value::as_str) == Some("AWS::Serverless::LayerVersion")
         });
         let content = resource
             .and_then(|r| r.get("Properties"))
             .and_then(|p| p.get("ContentUri"))
-            .and_then(|v| t.string(v));
+            .and_then(|v| template.string(v));
         match content {
-            _ if names.contains(&id) => c
+            _ if names.contains(&id) => result
                 .mismatches
                 .push(format!("layer {id} is attached twice")),
             Some(uri) if uri.contains("target/lambda/layers/") && uri.ends_with(".zip") => {}
-            _ if resource.is_none() => c.mismatches.push(format!(
+            _ if resource.is_none() => result.mismatches.push(format!(
                 "layer {id} is not an AWS::Serverless::LayerVersion in this template"
             )),
-            other => c.mismatches.push(format!(
+            other => result.mismatches.push(format!(
                 "layer {id} must be deployed from ContentUri .../target/lambda/layers/<name>.zip (the layer make package built), found {other:?}"
             )),
         }
         names.push(id);
     }
     if !names.is_empty() {
-        c.ok.push(format!(
+        result.ok.push(format!(
             "layers {} from the packaged zips",
             names.join(", ")
         ));
@@ -281,48 +298,57 @@ pub(super) fn check_layers(t: &Template, f: &Value, c: &mut FunctionCheck) {
 /// `/tmp` holds what the sandbox fetches (a model from S3) and what it writes (the optimised
 /// graphs, when the cache is under `/tmp`); Lambda gives 512 MB unless `EphemeralStorage` says
 /// more. 10% headroom covers the temporary file of an atomic rename and the logs.
-fn check_storage(t: &Template, d: &Declaration, f: &Value, c: &mut FunctionCheck) {
-    let env = function_env(t, f);
+fn check_storage(
+    template: &Template,
+    declaration: &Declaration,
+    function: &Value,
+    result: &mut FunctionCheck,
+) {
+    let env = function_env(template, function);
     let value = |name: &str| {
         env.iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| t.string(v).unwrap_or("<computed>"))
+            .map(|(_, v)| template.string(v).unwrap_or("<computed>"))
     };
-    let prefix = d.workload.to_uppercase();
+    let prefix = declaration.workload.to_uppercase();
     let fetched = env.iter().any(|(n, v)| {
         n.starts_with(&prefix)
             && n.ends_with("_SOURCE")
-            && !t
+            && !template
                 .string(v)
                 .is_some_and(|s| s.starts_with("/var/task/") || s.starts_with("/opt/"))
     });
     let cache_in_tmp = value("COLDPATH_OPTIMIZED_MODEL_DIR").is_some_and(|s| s.starts_with("/tmp"));
-    let model = if fetched { d.model_mb.unwrap_or(0) } else { 0 };
+    let model = if fetched {
+        declaration.model_mb.unwrap_or(0)
+    } else {
+        0
+    };
     let graphs = if cache_in_tmp {
-        d.optimized_graph_mb.unwrap_or(0)
+        declaration.optimized_graph_mb.unwrap_or(0)
     } else {
         0
     };
     let need = (f64::from(model + graphs) * 1.1).ceil();
-    let have = f
+    let have = function
         .get("Properties")
         .and_then(|p| p.get("EphemeralStorage"))
         .and_then(|e| e.get("Size"))
-        .and_then(|v| t.number(v))
+        .and_then(|v| template.number(v))
         .unwrap_or(512.0);
-    if fetched && d.model_mb.is_none() {
-        c.mismatches.push(
+    if fetched && declaration.model_mb.is_none() {
+        result.mismatches.push(
             "fetches its model into /tmp but the declaration has no model_mb to size the storage by"
                 .to_string(),
         );
     } else if have >= need {
         if need > 0.0 {
-            c.ok.push(format!(
+            result.ok.push(format!(
                 "/tmp {have} MB holds {need} MB of model and graphs"
             ));
         }
     } else {
-        c.mismatches.push(format!(
+        result.mismatches.push(format!(
             "EphemeralStorage is {have} MB, but /tmp must hold {need} MB: model_mb {model} fetched, \
              optimized_graph_mb {graphs} cached, plus 10%"
         ));

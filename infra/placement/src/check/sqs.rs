@@ -21,15 +21,16 @@ pub const MIN_MAX_RECEIVE_COUNT: f64 = 5.0;
 
 /// `timeout_value` is the function's `Timeout` as written (a number or a `!Ref`).
 pub(super) fn check_sqs(
-    t: &Template,
-    d: &Declaration,
+    template: &Template,
+    declaration: &Declaration,
     events: &[&Value],
     timeout_value: Option<&Value>,
-    c: &mut FunctionCheck,
+    result: &mut FunctionCheck,
 ) {
-    let timeout = timeout_value.and_then(|v| t.number(v));
+    let timeout = timeout_value.and_then(|v| template.number(v));
     let Some(event) = events.first() else {
-        c.mismatches
+        result
+            .mismatches
             .push("is declared trigger = \"sqs\" but has no SQS event".to_string());
         return;
     };
@@ -42,29 +43,29 @@ pub(super) fn check_sqs(
                 .any(|v| v.as_str() == Some("ReportBatchItemFailures"))
         });
     if !reports_partial {
-        c.mismatches.push(
+        result.mismatches.push(
             "SQS event lacks FunctionResponseTypes: [ReportBatchItemFailures], so one bad message would retry the whole batch"
                 .to_string(),
         );
     }
-    match props.and_then(|p| p.get("BatchSize")).and_then(|v| t.number(v)) {
-        Some(n) if n <= f64::from(d.max_batch) => {}
-        other => c.mismatches.push(format!(
+    match props.and_then(|p| p.get("BatchSize")).and_then(|v| template.number(v)) {
+        Some(n) if n <= f64::from(declaration.max_batch) => {}
+        other => result.mismatches.push(format!(
             "SQS event BatchSize is {other:?}, it must be set and at most the declared max_batch = {}",
-            d.max_batch
+            declaration.max_batch
         )),
     }
     let Some(queue_id) = props.and_then(|p| p.get("Queue")).and_then(get_att_target) else {
-        c.mismatches.push(
+        result.mismatches.push(
             "SQS event Queue is not a !GetAtt <queue>.Arn of a queue in this template".to_string(),
         );
         return;
     };
-    let Some(queue) = t
+    let Some(queue) = template
         .resource(&queue_id)
         .filter(|q| q.get("Type").and_then(Value::as_str) == Some("AWS::SQS::Queue"))
     else {
-        c.mismatches.push(format!(
+        result.mismatches.push(format!(
             "SQS event Queue {queue_id} is not an AWS::SQS::Queue in this template"
         ));
         return;
@@ -74,32 +75,32 @@ pub(super) fn check_sqs(
     let dlq = redrive.and_then(|r| r.get("deadLetterTargetArn"));
     let max_receive = redrive
         .and_then(|r| r.get("maxReceiveCount"))
-        .and_then(|v| t.number(v));
+        .and_then(|v| template.number(v));
     match (dlq, max_receive) {
-        (Some(_), Some(n)) if n >= MIN_MAX_RECEIVE_COUNT => c.ok.push(format!("queue {queue_id} has a DLQ after {n} receives")),
-        (Some(_), Some(n)) if n >= 1.0 => c.mismatches.push(format!(
+        (Some(_), Some(n)) if n >= MIN_MAX_RECEIVE_COUNT => result.ok.push(format!("queue {queue_id} has a DLQ after {n} receives")),
+        (Some(_), Some(n)) if n >= 1.0 => result.mismatches.push(format!(
             "queue {queue_id} moves a message to its dead-letter queue after maxReceiveCount {n} receives, \
              under {MIN_MAX_RECEIVE_COUNT}: receives while the function is throttled count too, so healthy messages would be dead-lettered under load"
         )),
-        _ => c.mismatches.push(format!(
+        _ => result.mismatches.push(format!(
             "queue {queue_id} has no dead-letter queue (RedrivePolicy with deadLetterTargetArn and maxReceiveCount >= 1), \
              so a poison message would be retried until it expires"
         )),
     }
     let visibility_value = qprops.and_then(|p| p.get("VisibilityTimeout"));
-    let visibility = visibility_value.and_then(|v| t.number(v));
+    let visibility = visibility_value.and_then(|v| template.number(v));
     // No batching window is 0 s; one that cannot be resolved fails the check below.
     let batching_window = match props.and_then(|p| p.get("MaximumBatchingWindowInSeconds")) {
         None => Some(0.0),
-        Some(v) => t.number(v),
+        Some(v) => template.number(v),
     };
     match (visibility, timeout, batching_window) {
         (Some(v), Some(to), Some(window)) if v >= VISIBILITY_TIMEOUT_FACTOR * to + window => {
-            c.ok.push(format!(
+            result.ok.push(format!(
                 "visibility timeout {v} s >= {VISIBILITY_TIMEOUT_FACTOR} x {to} s + {window} s batching window"
             ));
         }
-        (v, to, window) => c.mismatches.push(format!(
+        (v, to, window) => result.mismatches.push(format!(
             "queue {queue_id} VisibilityTimeout {v:?} s must be at least {VISIBILITY_TIMEOUT_FACTOR} x the function Timeout {to:?} s \
              plus the event source's MaximumBatchingWindowInSeconds {window:?} s"
         )),
@@ -107,8 +108,8 @@ pub(super) fn check_sqs(
     if let (Some(visibility_value), Some(timeout_value), Some(window)) =
         (visibility_value, timeout_value, batching_window)
     {
-        c.mismatches.extend(visibility_rows_problems(
-            t,
+        result.mismatches.extend(visibility_rows_problems(
+            template,
             &queue_id,
             visibility_value,
             timeout_value,
@@ -116,7 +117,7 @@ pub(super) fn check_sqs(
         ));
     }
     if reports_partial {
-        c.ok.push("reports partial batch failures".to_string());
+        result.ok.push("reports partial batch failures".to_string());
     }
 }
 
@@ -124,7 +125,7 @@ pub(super) fn check_sqs(
 /// timeout that parameter allows must find a row, and each row must hold the visibility rule,
 /// not only the row of the default: a deployment may override the timeout.
 fn visibility_rows_problems(
-    t: &Template,
+    template: &Template,
     queue_id: &str,
     visibility_value: &Value,
     timeout_value: &Value,
@@ -136,7 +137,7 @@ fn visibility_rows_problems(
     if ref_target(timeout_value) != Some(parameter) {
         return Vec::new();
     }
-    let Some(rows) = t
+    let Some(rows) = template
         .root
         .get("Mappings")
         .and_then(|m| m.get(map_name))
@@ -152,7 +153,7 @@ fn visibility_rows_problems(
         _ => None,
     };
     // The timeouts a deployment may choose: the parameter's AllowedValues, or else every row.
-    let allowed: Vec<String> = match t
+    let allowed: Vec<String> = match template
         .root
         .get("Parameters")
         .and_then(|p| p.get(parameter))
@@ -163,7 +164,7 @@ fn visibility_rows_problems(
         None => rows.keys().filter_map(key_text).collect(),
     };
     // The default's row is the one checked above, as deployed without overrides.
-    let default = t.parameter_default(parameter).and_then(key_text);
+    let default = template.parameter_default(parameter).and_then(key_text);
     let mut problems = Vec::new();
     for timeout_text in allowed {
         if default.as_ref() == Some(&timeout_text) {
@@ -172,7 +173,7 @@ fn visibility_rows_problems(
         let visibility = rows
             .get(timeout_text.as_str())
             .and_then(|row| row.get(attribute))
-            .and_then(|v| t.number(v));
+            .and_then(|v| template.number(v));
         let Ok(timeout) = timeout_text.parse::<f64>() else {
             problems.push(format!(
                 "{parameter} allows {timeout_text:?}, which is not a number of seconds"

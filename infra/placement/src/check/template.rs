@@ -77,29 +77,29 @@ impl Template {
 
     /// A number, or a `!Ref` / `{Ref: ...}` to a parameter whose `Default` is a number, or a
     /// `!FindInMap` whose value is one.
-    pub(crate) fn number(&self, v: &Value) -> Option<f64> {
-        match v {
+    pub(crate) fn number(&self, value: &Value) -> Option<f64> {
+        match value {
             Value::Number(n) => n.as_f64(),
             Value::String(s) => s.parse().ok(),
-            _ => match ref_target(v) {
+            _ => match ref_target(value) {
                 Some(parameter) => self.number(self.parameter_default(parameter)?),
-                None => self.number(self.find_in_map(v)?),
+                None => self.number(self.find_in_map(value)?),
             },
         }
     }
 
-    pub(crate) fn string<'a>(&'a self, v: &'a Value) -> Option<&'a str> {
-        match v {
+    pub(crate) fn string<'a>(&'a self, value: &'a Value) -> Option<&'a str> {
+        match value {
             Value::String(s) => Some(s),
-            _ => self.parameter_default(ref_target(v)?)?.as_str(),
+            _ => self.parameter_default(ref_target(value)?)?.as_str(),
         }
     }
 
     /// The value a `!FindInMap [Map, TopKey, SecondKey]` (or `{Fn::FindInMap: [...]}`) selects,
     /// each key a literal or a `!Ref` to a parameter (its default). Mapping keys are strings,
     /// so a number key is looked up as its text (a Number parameter's default 120 is "120").
-    fn find_in_map(&self, v: &Value) -> Option<&Value> {
-        let [map_name, top_key, second_key] = find_in_map_args(v)?;
+    fn find_in_map(&self, value: &Value) -> Option<&Value> {
+        let [map_name, top_key, second_key] = find_in_map_args(value)?;
         let key_text = |key: &Value| -> Option<String> {
             let key = match ref_target(key) {
                 Some(parameter) => self.parameter_default(parameter)?,
@@ -124,8 +124,8 @@ impl Template {
 }
 
 /// The logical id a `!Ref X` or `{Ref: X}` points at.
-pub(crate) fn ref_target(v: &Value) -> Option<&str> {
-    match v {
+pub(crate) fn ref_target(value: &Value) -> Option<&str> {
+    match value {
         Value::Tagged(t) if tag_is(&t.tag, "Ref") => t.value.as_str(),
         Value::Mapping(m) if m.len() == 1 => m.get("Ref")?.as_str(),
         _ => None,
@@ -133,8 +133,8 @@ pub(crate) fn ref_target(v: &Value) -> Option<&str> {
 }
 
 /// The logical id a `!GetAtt X.Arn`, `!GetAtt [X, Arn]` or `{Fn::GetAtt: [X, Arn]}` points at.
-pub(crate) fn get_att_target(v: &Value) -> Option<String> {
-    let inner = match v {
+pub(crate) fn get_att_target(value: &Value) -> Option<String> {
+    let inner = match value {
         Value::Tagged(t) if tag_is(&t.tag, "GetAtt") => &t.value,
         Value::Mapping(m) if m.len() == 1 => m.get("Fn::GetAtt")?,
         _ => return None,
@@ -151,8 +151,8 @@ pub(crate) fn tag_is(tag: &serde_norway::value::Tag, name: &str) -> bool {
 }
 
 /// The three arguments of a `!FindInMap [map, top key, second key]` (or `{Fn::FindInMap: [...]}`).
-pub(super) fn find_in_map_args(v: &Value) -> Option<&[Value; 3]> {
-    let args = match v {
+pub(super) fn find_in_map_args(value: &Value) -> Option<&[Value; 3]> {
+    let args = match value {
         Value::Tagged(t) if tag_is(&t.tag, "FindInMap") => &t.value,
         Value::Mapping(m) if m.len() == 1 => m.get("Fn::FindInMap")?,
         _ => return None,
@@ -161,8 +161,8 @@ pub(super) fn find_in_map_args(v: &Value) -> Option<&[Value; 3]> {
 }
 
 /// `(map, parameter, attribute)` of a `!FindInMap [map, !Ref parameter, attribute]`.
-pub(super) fn find_in_map_by_parameter(v: &Value) -> Option<(&str, &str, &str)> {
-    let [map_name, top_key, second_key] = find_in_map_args(v)?;
+pub(super) fn find_in_map_by_parameter(value: &Value) -> Option<(&str, &str, &str)> {
+    let [map_name, top_key, second_key] = find_in_map_args(value)?;
     Some((
         map_name.as_str()?,
         ref_target(top_key)?,
