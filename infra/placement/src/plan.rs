@@ -297,16 +297,19 @@ fn find_declaration<'a>(
 }
 
 /// Cold start and one warm inference on the compute the workload declares, in ms.
-fn latency_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), InputError> {
-    match d.compute {
-        Compute::Cpu => Ok((m.cold_start_ms, m.inference_ms)),
-        Compute::Gpu => match (m.gpu_cold_start_ms, m.gpu_inference_ms) {
+fn latency_figures(
+    declaration: &Declaration,
+    measurement: &Measurement,
+) -> Result<(f64, f64), InputError> {
+    match declaration.compute {
+        Compute::Cpu => Ok((measurement.cold_start_ms, measurement.inference_ms)),
+        Compute::Gpu => match (measurement.gpu_cold_start_ms, measurement.gpu_inference_ms) {
             (Some(c), Some(i)) => Ok((c, i)),
             _ => Err(InputError::Invalid {
-                path: m.source.clone().into(),
+                path: measurement.source.clone().into(),
                 what: format!(
                     "{} declares compute = \"gpu\" but its measurements have no gpu_cold_start_ms and gpu_inference_ms",
-                    d.workload
+                    declaration.workload
                 ),
             }),
         },
@@ -315,40 +318,45 @@ fn latency_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), Input
 
 /// Cold start and one warm batch-1 inference on a GPU, in ms, whatever compute the workload's
 /// trickle runs on: a CPU workload may still drain its backlogs on a GPU pool.
-fn gpu_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), InputError> {
-    match (m.gpu_cold_start_ms, m.gpu_inference_ms) {
+fn gpu_figures(
+    declaration: &Declaration,
+    measurement: &Measurement,
+) -> Result<(f64, f64), InputError> {
+    match (measurement.gpu_cold_start_ms, measurement.gpu_inference_ms) {
         (Some(c), Some(i)) => Ok((c, i)),
         _ => Err(InputError::Invalid {
-            path: m.source.clone().into(),
+            path: measurement.source.clone().into(),
             what: format!(
                 "{} is priced on a GPU but its measurements have no gpu_cold_start_ms and gpu_inference_ms",
-                d.workload
+                declaration.workload
             ),
         }),
     }
 }
 
 /// Whether the measurements can price the workload on a GPU.
-fn has_gpu_figures(m: &Measurement) -> bool {
-    m.gpu_cold_start_ms.is_some() && m.gpu_inference_ms.is_some()
+fn has_gpu_figures(measurement: &Measurement) -> bool {
+    measurement.gpu_cold_start_ms.is_some() && measurement.gpu_inference_ms.is_some()
 }
 
 fn decide(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    traffic: &Traffic,
     bulk: &[BulkCost],
 ) -> Result<Decision, InputError> {
-    let (cold, warm) = latency_figures(d, m)?;
-    let budget = d.latency_budget_ms as f64;
+    let (cold, warm) = latency_figures(declaration, measurement)?;
+    let budget = declaration.latency_budget_ms as f64;
     let cold_path = cold + warm;
     let over_budget = cold_path > budget;
-    let backlog_over = d.bulk_threshold.is_some_and(|th| t.backlog > th);
+    let backlog_over = declaration
+        .bulk_threshold
+        .is_some_and(|th| traffic.backlog > th);
     // In bulk mode the backlog goes to the cheapest option at the declaration's bulk_batch, which
     // is what the bulk workers are deployed with (coldpath check holds them to it); larger
     // batches are only priced beside it. Without such an option, the cheapest that batches more.
-    let bulk_batch = d.bulk_batch.unwrap_or(d.max_batch);
+    let bulk_batch = declaration.bulk_batch.unwrap_or(declaration.max_batch);
     let cheapest = |keep: &dyn Fn(&BulkCost) -> bool| {
         bulk.iter()
             .filter(|b| keep(b))
@@ -358,14 +366,14 @@ fn decide(
         cheapest(&|b| b.batch == bulk_batch).or_else(|| cheapest(&|b| b.batch >= bulk_batch));
     let mut flags = Vec::new();
 
-    let (placement, reason) = if d.cold_start_on_perceived_path {
+    let (placement, reason) = if declaration.cold_start_on_perceived_path {
         (
             Placement::PinnedWarm,
             format!(
                 "{}: pinned warm, because its cold start ({cold:.0} ms) would land on the perceived path \
                  ({} trigger), so it is initialised before traffic and a warm request costs {warm:.1} ms \
                  of its {budget:.0} ms budget.",
-                d.workload, d.trigger
+                declaration.workload, declaration.trigger
             ),
         )
     } else if over_budget {
@@ -374,7 +382,7 @@ fn decide(
             format!(
                 "{}: pinned warm, because cold start {cold:.0} ms + inference {warm:.1} ms = {cold_path:.0} ms \
                  exceeds its {budget:.0} ms budget.",
-                d.workload
+                declaration.workload
             ),
         )
     } else if backlog_over {
@@ -387,9 +395,9 @@ fn decide(
             format!(
                 "{}: bulk GPU{on} at batch {batch}, because a backlog of {} messages exceeds its bulk \
                  threshold of {} and nobody waits on it ({cold_path:.0} ms cold path within a {budget:.0} ms budget).",
-                d.workload,
-                t.backlog,
-                d.bulk_threshold.unwrap_or_default()
+                declaration.workload,
+                traffic.backlog,
+                declaration.bulk_threshold.unwrap_or_default()
             ),
         )
     } else {
@@ -399,7 +407,7 @@ fn decide(
                 "{}: serverless on demand ({}), because its cold start is off the perceived path and cold start \
                  {cold:.0} ms + inference {warm:.1} ms = {cold_path:.0} ms fits its {budget:.0} ms budget, so it \
                  scales to zero between bursts.",
-                d.workload, d.compute
+                declaration.workload, declaration.compute
             ),
         )
     };
@@ -407,42 +415,42 @@ fn decide(
     if warm > budget {
         flags.push(format!(
             "{}: even warm, one inference ({warm:.1} ms) exceeds the {budget:.0} ms budget; no placement meets it",
-            d.crate_name
+            declaration.crate_name
         ));
     }
     let pinned = placement == Placement::PinnedWarm;
-    if d.pinned_warm != pinned {
+    if declaration.pinned_warm != pinned {
         flags.push(format!(
             "{}: declares pinned_warm = {} but the measured figures decide {placement} (cold start {cold:.0} ms, \
              inference {warm:.1} ms, budget {budget:.0} ms)",
-            d.crate_name, d.pinned_warm
+            declaration.crate_name, declaration.pinned_warm
         ));
     }
     // Only the figures this decision and its prices use: a GPU workload's CPU figures may be
     // measured while its GPU figures still wait for a GPU.
-    let mut used: Vec<&str> = match d.compute {
+    let mut used: Vec<&str> = match declaration.compute {
         Compute::Cpu => vec!["cold_start_ms", "inference_ms"],
         Compute::Gpu => vec!["gpu_cold_start_ms", "gpu_inference_ms", "batch_throughput"],
     };
-    if placement == Placement::BulkGpu && d.compute == Compute::Cpu {
+    if placement == Placement::BulkGpu && declaration.compute == Compute::Cpu {
         used.extend(["gpu_inference_ms", "gpu_pool_start_ms", "batch_throughput"]);
     }
-    let estimated = m.estimated_among(&used);
+    let estimated = measurement.estimated_among(&used);
     if !estimated.is_empty() {
         flags.push(format!(
             "{}: relies on estimated figures ({}) from {}; replace them with the benchmark's",
-            d.crate_name,
+            declaration.crate_name,
             estimated.join(", "),
-            m.source
+            measurement.source
         ));
     }
 
     let batch = match placement {
         Placement::BulkGpu => bulk_choice.map_or(bulk_batch, |b| b.batch),
-        _ => d.max_batch,
+        _ => declaration.max_batch,
     };
-    let always_on = always_on_cost(inputs, d, m, t)?;
-    let serverless = serverless_cost(inputs, d, m, t)?;
+    let always_on = always_on_cost(inputs, declaration, measurement, traffic)?;
+    let serverless = serverless_cost(inputs, declaration, measurement, traffic)?;
     let chosen = match placement {
         Placement::PinnedWarm => always_on,
         Placement::ServerlessOnDemand => serverless,
@@ -451,7 +459,7 @@ fn decide(
             // bulk option in the profile the backlog is priced on the serverless GPU at bulk_batch.
             let steady = Traffic {
                 backlog: 0,
-                ..t.clone()
+                ..traffic.clone()
             };
             let backlog = match bulk_choice {
                 Some(b) => b.usd,
@@ -459,18 +467,24 @@ fn decide(
                     let only_backlog = Traffic {
                         requests_per_month: 0.0,
                         cold_starts_per_month: 1.0,
-                        ..t.clone()
+                        ..traffic.clone()
                     };
-                    serverless_gpu_cost(inputs, d, m, &only_backlog, bulk_batch)?
+                    serverless_gpu_cost(
+                        inputs,
+                        declaration,
+                        measurement,
+                        &only_backlog,
+                        bulk_batch,
+                    )?
                 }
             };
-            serverless_cost(inputs, d, m, &steady)? + backlog
+            serverless_cost(inputs, declaration, measurement, &steady)? + backlog
         }
     };
     Ok(Decision {
-        workload: d.workload.clone(),
-        function: d.function.clone(),
-        compute: d.compute.to_string(),
+        workload: declaration.workload.clone(),
+        function: declaration.function.clone(),
+        compute: declaration.compute.to_string(),
         placement,
         batch,
         reason,
@@ -481,26 +495,32 @@ fn decide(
     })
 }
 
-fn gb(d: &Declaration) -> f64 {
-    f64::from(d.memory_mb) / 1024.0
+fn gb(declaration: &Declaration) -> f64 {
+    f64::from(declaration.memory_mb) / 1024.0
 }
 
 /// Items processed in the month, the backlog included.
-fn items(t: &Traffic) -> f64 {
-    t.requests_per_month * t.items_per_request + t.backlog as f64
+fn items(traffic: &Traffic) -> f64 {
+    traffic.requests_per_month * traffic.items_per_request + traffic.backlog as f64
 }
 
 /// Seconds of GPU time per item at `batch`, from the measured batch-1 time and the throughput
 /// ratio at that batch size.
-fn gpu_seconds_per_item(d: &Declaration, m: &Measurement, batch: u32) -> Result<f64, InputError> {
-    let (_, warm) = gpu_figures(d, m)?;
-    let ratio = m.batch_ratio(batch).ok_or_else(|| InputError::Invalid {
-        path: m.source.clone().into(),
-        what: format!(
-            "{} has no measured batch_throughput at batch {batch}",
-            d.workload
-        ),
-    })?;
+fn gpu_seconds_per_item(
+    declaration: &Declaration,
+    measurement: &Measurement,
+    batch: u32,
+) -> Result<f64, InputError> {
+    let (_, warm) = gpu_figures(declaration, measurement)?;
+    let ratio = measurement
+        .batch_ratio(batch)
+        .ok_or_else(|| InputError::Invalid {
+            path: measurement.source.clone().into(),
+            what: format!(
+                "{} has no measured batch_throughput at batch {batch}",
+                declaration.workload
+            ),
+        })?;
     Ok(warm / 1000.0 / ratio)
 }
 
@@ -508,41 +528,43 @@ fn gpu_seconds_per_item(d: &Declaration, m: &Measurement, batch: u32) -> Result<
 /// GPU workload for the whole month (more if the month's work does not fit in one).
 fn always_on_cost(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    traffic: &Traffic,
 ) -> Result<f64, InputError> {
     let p = inputs.prices;
     let hours = inputs.profile.hours_per_month;
-    match d.compute {
+    match declaration.compute {
         Compute::Cpu => {
             let seconds = hours * SECONDS_PER_HOUR;
-            let configured = f64::from(t.provisioned_concurrency)
-                * gb(d)
+            let configured = f64::from(traffic.provisioned_concurrency)
+                * gb(declaration)
                 * seconds
                 * p.lambda.provisioned_gb_second_usd;
-            let duration =
-                t.requests_per_month * (m.inference_ms * t.items_per_request / 1000.0) * gb(d);
+            let duration = traffic.requests_per_month
+                * (measurement.inference_ms * traffic.items_per_request / 1000.0)
+                * gb(declaration);
             Ok(configured
                 + duration * p.lambda.provisioned_duration_gb_second_usd
-                + t.requests_per_month * p.lambda.request_usd)
+                + traffic.requests_per_month * p.lambda.request_usd)
         }
-        Compute::Gpu => always_on_gpu_cost(inputs, d, m, t),
+        Compute::Gpu => always_on_gpu_cost(inputs, declaration, measurement, traffic),
     }
 }
 
 /// One always-on GPU instance for the month (more if the month's work does not fit in one).
 fn always_on_gpu_cost(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    traffic: &Traffic,
 ) -> Result<f64, InputError> {
     let hours = inputs.profile.hours_per_month;
     let instance = inputs
         .prices
         .instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
-    let busy_hours = items(t) * gpu_seconds_per_item(d, m, d.max_batch)?
+    let busy_hours = items(traffic)
+        * gpu_seconds_per_item(declaration, measurement, declaration.max_batch)?
         / SECONDS_PER_HOUR
         / f64::from(instance.gpus);
     let count = (busy_hours / hours).ceil().max(1.0);
@@ -553,52 +575,64 @@ fn always_on_gpu_cost(
 /// per-second GPU time, container starts and idle exits included (GPU).
 fn serverless_cost(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    traffic: &Traffic,
 ) -> Result<f64, InputError> {
     let p = inputs.prices;
-    match d.compute {
+    match declaration.compute {
         Compute::Cpu => {
-            let busy = t.requests_per_month * m.inference_ms * t.items_per_request / 1000.0
-                + t.cold_starts_per_month * m.cold_start_ms / 1000.0;
-            Ok(busy * gb(d) * p.lambda.gb_second_usd + t.requests_per_month * p.lambda.request_usd)
+            let busy =
+                traffic.requests_per_month * measurement.inference_ms * traffic.items_per_request
+                    / 1000.0
+                    + traffic.cold_starts_per_month * measurement.cold_start_ms / 1000.0;
+            Ok(busy * gb(declaration) * p.lambda.gb_second_usd
+                + traffic.requests_per_month * p.lambda.request_usd)
         }
-        Compute::Gpu => serverless_gpu_cost(inputs, d, m, t, d.max_batch),
+        Compute::Gpu => serverless_gpu_cost(
+            inputs,
+            declaration,
+            measurement,
+            traffic,
+            declaration.max_batch,
+        ),
     }
 }
 
 fn serverless_gpu_cost(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    traffic: &Traffic,
     batch: u32,
 ) -> Result<f64, InputError> {
-    let (cold, _) = gpu_figures(d, m)?;
-    let seconds = items(t) * gpu_seconds_per_item(d, m, batch)?
-        + t.cold_starts_per_month * (cold / 1000.0 + t.idle_exit_s);
+    let (cold, _) = gpu_figures(declaration, measurement)?;
+    let seconds = items(traffic) * gpu_seconds_per_item(declaration, measurement, batch)?
+        + traffic.cold_starts_per_month * (cold / 1000.0 + traffic.idle_exit_s);
     Ok(seconds * inputs.prices.serverless_gpu.per_second_usd)
 }
 
 /// One item's cost on each compute for a workload measured on both CPU and GPU.
 fn unit_costs_for(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    traffic: &Traffic,
 ) -> Result<UnitCosts, InputError> {
     let p = inputs.prices;
     let gpu_second = p.serverless_gpu.per_second_usd;
-    let (gpu_cold, gpu_warm) = gpu_figures(d, m)?;
-    let n = items(t);
-    let lambda_item_usd = m.inference_ms / 1000.0 * gb(d) * p.lambda.gb_second_usd
-        + p.lambda.request_usd / t.items_per_request;
-    let lambda_cold_start_usd = m.cold_start_ms / 1000.0 * gb(d) * p.lambda.gb_second_usd;
-    let gpu_item_usd = gpu_seconds_per_item(d, m, d.max_batch)? * gpu_second;
-    let gpu_start_usd = (gpu_cold / 1000.0 + t.idle_exit_s) * gpu_second;
-    let lambda_fixed = t.cold_starts_per_month * lambda_cold_start_usd;
-    let gpu_fixed = t.cold_starts_per_month * gpu_start_usd;
+    let (gpu_cold, gpu_warm) = gpu_figures(declaration, measurement)?;
+    let n = items(traffic);
+    let lambda_item_usd =
+        measurement.inference_ms / 1000.0 * gb(declaration) * p.lambda.gb_second_usd
+            + p.lambda.request_usd / traffic.items_per_request;
+    let lambda_cold_start_usd =
+        measurement.cold_start_ms / 1000.0 * gb(declaration) * p.lambda.gb_second_usd;
+    let gpu_item_usd =
+        gpu_seconds_per_item(declaration, measurement, declaration.max_batch)? * gpu_second;
+    let gpu_start_usd = (gpu_cold / 1000.0 + traffic.idle_exit_s) * gpu_second;
+    let lambda_fixed = traffic.cold_starts_per_month * lambda_cold_start_usd;
+    let gpu_fixed = traffic.cold_starts_per_month * gpu_start_usd;
     let lambda_month = n * lambda_item_usd + lambda_fixed;
     let always_on = {
         let instance = p.instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
@@ -612,7 +646,7 @@ fn unit_costs_for(
             .then(|| ((fixed - lambda_fixed) / (lambda_item_usd - item)).max(0.0))
     };
     Ok(UnitCosts {
-        workload: d.workload.clone(),
+        workload: declaration.workload.clone(),
         items_per_month: n,
         lambda_item_usd,
         lambda_cold_start_usd,
@@ -620,8 +654,19 @@ fn unit_costs_for(
         gpu_start_usd,
         gpu_from_zero_usd: gpu_start_usd + gpu_warm / 1000.0 * gpu_second,
         lambda_per_item_usd: per_item(lambda_month),
-        serverless_gpu_per_item_usd: per_item(serverless_gpu_cost(inputs, d, m, t, d.max_batch)?),
-        always_on_gpu_per_item_usd: per_item(always_on_gpu_cost(inputs, d, m, t)?),
+        serverless_gpu_per_item_usd: per_item(serverless_gpu_cost(
+            inputs,
+            declaration,
+            measurement,
+            traffic,
+            declaration.max_batch,
+        )?),
+        always_on_gpu_per_item_usd: per_item(always_on_gpu_cost(
+            inputs,
+            declaration,
+            measurement,
+            traffic,
+        )?),
         serverless_gpu_crossover_items: crossover(gpu_fixed, gpu_item_usd),
         always_on_gpu_crossover_items: crossover(always_on, 0.0),
     })
@@ -644,13 +689,13 @@ impl HostLoad<'_> {
     /// Provisioned Lambda at `scale`: enough concurrency that the average stays at
     /// [`PROVISIONED_UTILIZATION_TARGET`] (never less than the profile's), its duration and
     /// requests. At the profile's traffic this is the plan's always-on cost for the workload.
-    fn lambda(&self, p: &Prices, seconds: f64, scale: f64) -> f64 {
+    fn lambda(&self, prices: &Prices, seconds: f64, scale: f64) -> f64 {
         let concurrency = f64::from(self.t.provisioned_concurrency)
             .max((self.load(seconds, scale) / PROVISIONED_UTILIZATION_TARGET).ceil());
         let requests = scale * self.t.requests_per_month;
-        concurrency * gb(self.d) * seconds * p.lambda.provisioned_gb_second_usd
-            + requests * self.cpu_s * gb(self.d) * p.lambda.provisioned_duration_gb_second_usd
-            + requests * p.lambda.request_usd
+        concurrency * gb(self.d) * seconds * prices.lambda.provisioned_gb_second_usd
+            + requests * self.cpu_s * gb(self.d) * prices.lambda.provisioned_duration_gb_second_usd
+            + requests * prices.lambda.request_usd
     }
 }
 
@@ -779,30 +824,33 @@ fn pod_comparison(inputs: &Inputs<'_>, pod: &PodDeclaration) -> Result<PodCompar
 
 fn bulk_cost(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    o: &BulkOption,
-    n: u64,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    option: &BulkOption,
+    backlog: u64,
 ) -> Result<BulkCost, InputError> {
-    let instance = inputs.prices.instance(&o.instance, &inputs.profile.path)?;
+    let instance = inputs
+        .prices
+        .instance(&option.instance, &inputs.profile.path)?;
     // The instance is billed from its launch: the pool's start from zero (launch, image pull,
     // model, sessions) before the first item, and the workers' idle exit after the last.
-    let (gpu_cold, _) = gpu_figures(d, m)?;
-    let start_s = m.gpu_pool_start_ms.unwrap_or(gpu_cold) / 1000.0;
+    let (gpu_cold, _) = gpu_figures(declaration, measurement)?;
+    let start_s = measurement.gpu_pool_start_ms.unwrap_or(gpu_cold) / 1000.0;
     let idle_s = inputs
         .profile
         .traffic
-        .get(&d.workload)
+        .get(&declaration.workload)
         .map_or(0.0, |t| t.idle_exit_s);
-    let wall_s = n as f64 * gpu_seconds_per_item(d, m, o.batch)? / f64::from(instance.gpus)
+    let wall_s = backlog as f64 * gpu_seconds_per_item(declaration, measurement, option.batch)?
+        / f64::from(instance.gpus)
         + start_s
         + idle_s;
     let wall_hours = wall_s / SECONDS_PER_HOUR;
     Ok(BulkCost {
-        name: o.name.clone(),
-        instance: o.instance.clone(),
+        name: option.name.clone(),
+        instance: option.instance.clone(),
         gpus: instance.gpus,
-        batch: o.batch,
+        batch: option.batch,
         wall_hours,
         gpu_hours: wall_hours * f64::from(instance.gpus),
         usd: wall_hours * instance.hourly_usd,
