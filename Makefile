@@ -154,6 +154,15 @@ bench-image-formats: setup ## a 12 MP photo as JPEG, HEIC and AVIF: decode time 
 	@.venv/bin/python shared/image/fixtures/gen_heif_avif.py --bench-out target/bench/heif >/dev/null
 	@$(ENV); $(CARGO) bench --locked -p coldpath-image --bench formats
 
+# Each host's deploy contract (`<binary> contract`: the variables it reads, and the server's
+# routes), committed beside its crate for `coldpath check`; each host's tests fail when it is stale.
+.PHONY: contracts
+contracts: ## regenerate each host's contract.json (the variables it reads, the server's routes)
+	@for h in embeddings:embeddings faces:faces captioning:captioning serve:coldpath-serve; do \
+	  dir=$${h%%:*}; bin=$${h#*:}; \
+	  $(CARGO) run --quiet --locked --bin $$bin -- contract > functions/hosts/$$dir/contract.json || exit 1; \
+	done
+
 # The benchmark outputs `coldpath plan` reads (infra/placement/measurements.toml names each
 # figure's file): copied from target/bench/ after `make bench` and `make bench-captioning-real`,
 # then the plan is printed for each profile so docs/placement.md can be brought up to date.

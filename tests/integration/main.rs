@@ -11,6 +11,5 @@ mod events;
 mod faces;
 mod image_heif_avif;
 mod image_input;
-mod placement;
 mod prepared_graphs;
 mod s3_models;

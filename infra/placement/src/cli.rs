@@ -16,6 +16,7 @@ use crate::plan::{self, Inputs};
 use crate::prices::Prices;
 use crate::profile::Profile;
 use crate::stack;
+use crate::workspace::Workspace;
 
 pub const USAGE: &str = "usage:
   coldpath plan  --profile <file> [--measurements <toml|json>]... [--prices <file>] [--root <dir>] [--json]
@@ -162,21 +163,21 @@ pub fn plan_for(
 
 /// Checks the template and the GPU worker packaging; exit 1 on any mismatch.
 pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
-    let declarations = declaration::read_all(root)?;
+    let workspace = Workspace::load(root)?;
+    let declarations = workspace.declarations()?;
     let template = Template::from_file(template_path)?;
-    let mut results = check::check_template(&template, &declarations);
+    let mut results = check::check_template(&template, &declarations, &workspace);
 
     // Every variable the template sets must be one the function reads: a misspelt name is
-    // silently ignored at run time and the default applies. What it reads is what the sources
-    // of its crate and the crates it is built from name: a variable of coldpath-image (the
-    // image decoders' paths) is read by faces and captioning, not by embeddings.
-    for (result, d) in results.iter_mut().zip(&declarations) {
-        let prefix = format!("{}_", d.workload.to_uppercase());
-        let dirs = check::crate_source_dirs(root, &Path::new("functions/hosts").join(&d.workload))?;
-        let read = check::env_names_in_sources(&dirs, &prefix)?;
-        let unread: Vec<String> = check::function_env_names(&template, &d.function)
+    // silently ignored at run time and the default applies, and one only a test reads does
+    // nothing in a deployment. What it reads is its binary's committed contract, the union of
+    // the lists its config readers use: a variable of coldpath-image (the image decoders'
+    // paths) is read by faces and captioning, not by embeddings.
+    for (result, declaration) in results.iter_mut().zip(&declarations) {
+        let contract = workspace.contract(&declaration.crate_name)?;
+        let unread: Vec<String> = check::function_env_names(&template, &declaration.function)
             .into_iter()
-            .filter(|n| !check::is_read(n, &read))
+            .filter(|name| !contract.reads(name))
             .collect();
         if unread.is_empty() {
             result
@@ -211,7 +212,7 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
         }
     }
     let captioning = declarations.iter().find(|d| d.workload == "captioning");
-    let gpu = check_gpu_worker(root, captioning)?;
+    let gpu = check_gpu_worker(root, &workspace, captioning)?;
     failed |= gpu.iter().any(|l| l.starts_with("MISMATCH"));
     lines.extend(gpu);
     let text = lines.join("\n") + "\n";
@@ -234,10 +235,13 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
 /// only variables it reads.
 fn check_gpu_worker(
     root: &Path,
+    workspace: &Workspace,
     declaration: Option<&declaration::Declaration>,
 ) -> anyhow::Result<Vec<String>> {
-    let dirs = check::crate_source_dirs(root, Path::new("functions/hosts/captioning"))?;
-    let read = check::env_names_in_sources(&dirs, "CAPTIONING_")?;
+    let worker = match declaration {
+        Some(captioning) => workspace.contract(&captioning.crate_name)?,
+        None => return Ok(Vec::new()),
+    };
     let dockerfile_path = root.join("infra/gpu/Dockerfile");
     let dockerfile = std::fs::read_to_string(&dockerfile_path)
         .with_context(|| format!("reading {}", dockerfile_path.display()))?;
@@ -249,7 +253,7 @@ fn check_gpu_worker(
     let mut report = |what: &str, names: &BTreeSet<String>, required: bool| {
         let unread: Vec<&str> = names
             .iter()
-            .filter(|n| !check::is_read(n, &read))
+            .filter(|name| !worker.reads(name))
             .map(String::as_str)
             .collect();
         let missing: Vec<&str> = if required {

@@ -3,8 +3,9 @@
 //!
 //! The declaration is the product's intent (a latency budget, whether a cold start lands on a
 //! path somebody waits on, where it should run); the measured figures live apart
-//! (`measurements`), so `plan` can flag a declaration the figures contradict. The files are read
-//! directly with the `toml` crate: no `cargo metadata`, no build.
+//! (`measurements`), so `plan` can flag a declaration the figures contradict. The host crates and
+//! their tables come from `cargo metadata` ([`crate::workspace`]): every crate under
+//! `functions/hosts/` declares a function (`workload = ...`) or the always-on pod (`[...pod]`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,18 +13,6 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 use crate::error::DeclarationError;
-
-/// The function crates whose declarations `plan` and `check` read, relative to the workspace
-/// root. A new function is added here and in `infra/template.yaml` together.
-pub const FUNCTION_MANIFESTS: [&str; 3] = [
-    "functions/hosts/embeddings/Cargo.toml",
-    "functions/hosts/faces/Cargo.toml",
-    "functions/hosts/captioning/Cargo.toml",
-];
-
-/// The always-on server's crate, whose `[package.metadata.coldpath.pod]` declares the pod: one
-/// process hosting the warm set, deployed by `infra/pod/service.yaml`.
-pub const POD_MANIFEST: &str = "functions/hosts/serve/Cargo.toml";
 
 /// A serverless GPU container (image pull, CUDA context, session build) does not start in less
 /// than this; a GPU workload behind a synchronous trigger needs a budget at least this large
@@ -152,10 +141,21 @@ impl PodDeclaration {
         root: &Path,
     ) -> Result<Self, DeclarationError> {
         let (crate_name, table) = metadata_table(text, path, &["coldpath", "pod"])?;
+        Self::from_table(&crate_name, &table, root)
+    }
+
+    /// Parses the pod's `[package.metadata.coldpath.pod]` table of the crate `crate_name`;
+    /// `root` is where the declared paths start.
+    pub fn from_table(
+        crate_name: &str,
+        table: &Table,
+        root: &Path,
+    ) -> Result<Self, DeclarationError> {
+        let crate_name = crate_name.to_string();
         let fields = Fields {
             crate_name: &crate_name,
             section: "package.metadata.coldpath.pod",
-            table: &table,
+            table,
         };
         let port = fields.u32("port")?;
         let pod = PodDeclaration {
@@ -221,7 +221,10 @@ impl PodDeclaration {
     /// Checks the pod against the declarations of the workloads it hosts: each is declared and
     /// pinned warm (the pod is a home for the warm set only), and the task's memory holds them
     /// all at their declared sizes.
-    fn validate_hosts(&self, declarations: &[Declaration]) -> Result<(), DeclarationError> {
+    pub(crate) fn validate_hosts(
+        &self,
+        declarations: &[Declaration],
+    ) -> Result<(), DeclarationError> {
         let contradiction = |field, reason: String| DeclarationError::Contradiction {
             crate_name: self.crate_name.clone(),
             field,
@@ -321,10 +324,15 @@ impl Declaration {
     /// Parses a `Cargo.toml` text; `path` is only used in messages.
     pub fn from_manifest_str(text: &str, path: &Path) -> Result<Self, DeclarationError> {
         let (crate_name, section) = metadata_table(text, path, &["coldpath"])?;
+        Self::from_table(crate_name, &section)
+    }
+
+    /// Parses the `[package.metadata.coldpath]` table of the crate `crate_name`.
+    pub fn from_table(crate_name: String, section: &Table) -> Result<Self, DeclarationError> {
         let fields = Fields {
             crate_name: &crate_name,
             section: "package.metadata.coldpath",
-            table: &section,
+            table: section,
         };
         let declaration = Declaration {
             workload: fields.string("workload")?,
@@ -456,22 +464,28 @@ impl Declaration {
     }
 }
 
-/// Reads the declarations of every function crate under `root`, and gives each workload the
-/// always-on pod declares it hosts. A tree without the pod's crate has no pod; a pod whose
-/// declaration is broken, or contradicts the workloads', is an error.
+/// Reads the declarations of every host crate of the workspace at `root` (found by `cargo
+/// metadata`, [`crate::workspace`]), and gives each workload the always-on pod declares it hosts.
+/// A tree without the pod's crate has no pod; a pod whose declaration is broken, or contradicts
+/// the workloads', is an error.
 pub fn read_all(root: &Path) -> Result<Vec<Declaration>, DeclarationError> {
-    let mut declarations = FUNCTION_MANIFESTS
-        .iter()
-        .map(|m| Declaration::from_manifest(&root.join(m)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let manifest = root.join(POD_MANIFEST);
-    if manifest.exists() {
-        let text = read_manifest_text(&manifest)?;
-        let pod = PodDeclaration::from_manifest_str(&text, &manifest, root)?;
+    crate::workspace::Workspace::load(root)?.declarations()
+}
+
+/// The functions' declarations, the strictest latency budget first (then by workload), with the
+/// pod given to each workload it hosts after checking it against them.
+pub(crate) fn with_pod(
+    mut declarations: Vec<Declaration>,
+    pod: Option<PodDeclaration>,
+) -> Result<Vec<Declaration>, DeclarationError> {
+    declarations.sort_by(|a, b| {
+        (a.latency_budget_ms, &a.workload).cmp(&(b.latency_budget_ms, &b.workload))
+    });
+    if let Some(pod) = pod {
         pod.validate_hosts(&declarations)?;
-        for d in &mut declarations {
-            if pod.hosts.contains(&d.workload) {
-                d.pod = Some(pod.clone());
+        for declaration in &mut declarations {
+            if pod.hosts.contains(&declaration.workload) {
+                declaration.pod = Some(pod.clone());
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Placement by latency budget, as data.
 //!
-//! Each function crate declares its latency budget and triggers in `[package.metadata.coldpath]`
-//! ([`declaration`]); the benchmarks' figures live in `infra/placement/measurements.toml`
+//! Each host crate declares its latency budget and triggers in `[package.metadata.coldpath]`
+//! ([`declaration`], found through `cargo metadata` with each host's committed `contract.json`,
+//! the variables its binary reads: [`workspace`]); the benchmarks' figures live in `infra/placement/measurements.toml`
 //! ([`measurements`]); [`plan`] applies the rule (a cold start on the perceived path, or over the
 //! budget, keeps a workload warm; a backlog sends it to a bulk GPU; everything else scales to
 //! zero) and prices the options from `infra/placement/prices.toml` ([`prices`]) for a traffic
@@ -22,6 +23,7 @@ pub mod plan;
 pub mod prices;
 pub mod profile;
 pub mod stack;
+pub mod workspace;
 
 pub use check::{FunctionCheck, Template, check_template};
 pub use declaration::{Compute, Declaration, PodDeclaration, Trigger};
@@ -30,3 +32,4 @@ pub use measurements::{Measurement, Measurements};
 pub use plan::{Decision, Placement, Plan, PodComparison};
 pub use prices::Prices;
 pub use profile::Profile;
+pub use workspace::{BinaryContract, Workspace};

@@ -93,11 +93,11 @@ const BENCH_FIGURES: [(&str, &[(&str, f64)]); 3] = [
 ];
 
 /// The figure `figure` from a benchmark's JSON output, if the output carries it.
-fn bench_figure(v: &Value, figure: &str) -> Option<f64> {
+fn bench_figure(value: &Value, figure: &str) -> Option<f64> {
     let (_, pointers) = BENCH_FIGURES.iter().find(|(f, _)| *f == figure)?;
     pointers
         .iter()
-        .find_map(|(p, factor)| v.pointer(p).and_then(Value::as_f64).map(|x| x * factor))
+        .find_map(|(p, factor)| value.pointer(p).and_then(Value::as_f64).map(|x| x * factor))
 }
 
 fn read_json(path: &Path) -> Result<Value, InputError> {
@@ -317,13 +317,13 @@ impl Measurements {
     }
 }
 
-fn validate(path: &Path, workload: &str, m: &Measurement) -> Result<(), InputError> {
+fn validate(path: &Path, workload: &str, measurement: &Measurement) -> Result<(), InputError> {
     let positive = [
-        ("cold_start_ms", Some(m.cold_start_ms)),
-        ("inference_ms", Some(m.inference_ms)),
-        ("gpu_cold_start_ms", m.gpu_cold_start_ms),
-        ("gpu_inference_ms", m.gpu_inference_ms),
-        ("gpu_pool_start_ms", m.gpu_pool_start_ms),
+        ("cold_start_ms", Some(measurement.cold_start_ms)),
+        ("inference_ms", Some(measurement.inference_ms)),
+        ("gpu_cold_start_ms", measurement.gpu_cold_start_ms),
+        ("gpu_inference_ms", measurement.gpu_inference_ms),
+        ("gpu_pool_start_ms", measurement.gpu_pool_start_ms),
     ];
     for (field, value) in positive {
         if let Some(x) = value
@@ -337,7 +337,11 @@ fn validate(path: &Path, workload: &str, m: &Measurement) -> Result<(), InputErr
             });
         }
     }
-    if let Some(bad) = m.estimated.iter().find(|e| !FIGURES.contains(&e.as_str())) {
+    if let Some(bad) = measurement
+        .estimated
+        .iter()
+        .find(|e| !FIGURES.contains(&e.as_str()))
+    {
         return Err(InputError::Invalid {
             path: path.to_path_buf(),
             what: format!(
@@ -346,7 +350,7 @@ fn validate(path: &Path, workload: &str, m: &Measurement) -> Result<(), InputErr
             ),
         });
     }
-    for (batch, ratio) in &m.batch_throughput {
+    for (batch, ratio) in &measurement.batch_throughput {
         if batch.parse::<u32>().map_or(true, |b| b == 0) || !(ratio.is_finite() && *ratio > 0.0) {
             return Err(InputError::Invalid {
                 path: path.to_path_buf(),

@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::EnvVar;
 use coldpath_io::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 
 use crate::S3Fetcher;
@@ -48,21 +49,41 @@ fn parse_choice(raw: Option<&str>, in_lambda: bool) -> Result<Choice, ConfigErro
     }
 }
 
+/// The choice and, for S3, whether to use path-style URLs, read before any client is built.
+fn read_setting(env: &impl EnvSource) -> Result<(Choice, bool), ConfigError> {
+    let raw = config::get(env, "COLDPATH_OBJECT_STORE");
+    let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let choice = parse_choice(raw.as_deref(), in_lambda)?;
+    let path_style = match choice {
+        Choice::S3 => config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?,
+        Choice::Local(_) | Choice::None => false,
+    };
+    Ok((choice, path_style))
+}
+
 impl ObjectStore {
     /// Reads `COLDPATH_OBJECT_STORE` (and `COLDPATH_S3_FORCE_PATH_STYLE` for S3-compatible
     /// servers); inside Lambda is told by `AWS_LAMBDA_FUNCTION_NAME`.
     pub async fn from_env(env: &impl EnvSource) -> Result<ObjectStore, ConfigError> {
-        let raw = config::get(env, "COLDPATH_OBJECT_STORE");
-        let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
-        Ok(match parse_choice(raw.as_deref(), in_lambda)? {
-            Choice::S3 => {
-                let path_style = config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?;
-                ObjectStore::S3(S3Fetcher::from_env(path_style).await)
-            }
-            Choice::Local(dir) => ObjectStore::Local(LocalObjectDir::new(dir)),
-            Choice::None => ObjectStore::None(NoObjectStore),
+        Ok(match read_setting(env)? {
+            (Choice::S3, path_style) => ObjectStore::S3(S3Fetcher::from_env(path_style).await),
+            (Choice::Local(dir), _) => ObjectStore::Local(LocalObjectDir::new(dir)),
+            (Choice::None, _) => ObjectStore::None(NoObjectStore),
         })
     }
+
+    /// The variables [`ObjectStore::from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional("COLDPATH_OBJECT_STORE", "auto, s3, none or local:<dir>"),
+        EnvVar::optional(
+            "COLDPATH_S3_FORCE_PATH_STYLE",
+            "path-style S3 URLs (S3-compatible servers)",
+        ),
+        EnvVar::platform(
+            "AWS_LAMBDA_FUNCTION_NAME",
+            "set by Lambda: auto means s3 there",
+        ),
+    ];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -99,6 +120,18 @@ impl ObjectFetcher for ObjectStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The deploy contract: the setting is read from exactly [`ObjectStore::ENV`].
+    #[test]
+    fn the_setting_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(coldpath_core::MapEnv::new([(
+            "COLDPATH_OBJECT_STORE",
+            "s3",
+        )]));
+        assert_eq!(read_setting(&env), Ok((Choice::S3, false)));
+        let difference = env.difference(&[ObjectStore::ENV]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn parses_choices() {

@@ -14,6 +14,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::EnvVar;
 use coldpath_core::{Classify, ErrorType};
 use sha2::{Digest, Sha256};
 
@@ -162,6 +163,22 @@ impl ResultSink {
             target,
         })
     }
+
+    /// The variables [`ResultSink::from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional(
+            RESULT_SINK_VAR,
+            "local:<dir>, s3://<bucket>/<prefix> or sqs:<queue-url>; required inside Lambda",
+        ),
+        EnvVar::optional(
+            "COLDPATH_S3_FORCE_PATH_STYLE",
+            "path-style S3 URLs (S3-compatible servers)",
+        ),
+        EnvVar::platform(
+            "AWS_LAMBDA_FUNCTION_NAME",
+            "set by Lambda: the sink must be set there",
+        ),
+    ];
 
     /// Reads `COLDPATH_RESULT_SINK` (`local:<dir>`, `s3://bucket/prefix` or `sqs:<queue-url>`).
     /// Unset, results go to `local:.cache/results` outside Lambda; inside Lambda (told by
@@ -529,6 +546,22 @@ mod tests {
         );
         assert!(msg.contains("s3://<bucket>/<prefix>"), "{msg}");
         assert_eq!(err.error_type(), ErrorType::Config);
+    }
+
+    /// The deploy contract: the sink is read from exactly [`ResultSink::ENV`].
+    #[test]
+    fn the_sink_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([(
+            RESULT_SINK_VAR,
+            "s3://results/faces",
+        )]));
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let sink = ResultSink::from_env_with_sdk_config(&env, "faces", &sdk).unwrap();
+        assert_eq!(sink.kind(), "s3");
+        let difference = env.difference(&[ResultSink::ENV]);
+        assert!(difference.is_empty(), "{difference:?}");
     }
 
     #[tokio::test]

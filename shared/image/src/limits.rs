@@ -1,6 +1,7 @@
 //! How much image a request may send: encoded bytes, decoded pixels, longest side.
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::EnvVar;
 
 /// Hard limits checked before and during decoding.
 ///
@@ -33,6 +34,22 @@ impl Default for ImageLimits {
 }
 
 impl ImageLimits {
+    /// The variables [`ImageLimits::from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional(
+            "COLDPATH_IMAGE_MAX_BYTES",
+            "the largest encoded photo, in bytes",
+        ),
+        EnvVar::optional(
+            "COLDPATH_IMAGE_MAX_PIXELS",
+            "the largest decoded photo, in pixels",
+        ),
+        EnvVar::optional(
+            "COLDPATH_IMAGE_MAX_SIDE",
+            "the longest side of a decoded photo",
+        ),
+    ];
+
     /// Reads `COLDPATH_IMAGE_MAX_BYTES`, `COLDPATH_IMAGE_MAX_PIXELS` and
     /// `COLDPATH_IMAGE_MAX_SIDE` (positive integers); unset or empty means the default.
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
@@ -68,6 +85,16 @@ impl ImageLimits {
 mod tests {
     use super::*;
     use coldpath_core::MapEnv;
+
+    /// The deploy contract: the crate's readers read exactly their lists.
+    #[test]
+    fn the_readers_read_exactly_their_lists() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::default());
+        ImageLimits::from_env(&env).unwrap();
+        crate::CodecPaths::from_env(&env).unwrap();
+        let difference = env.difference(&[ImageLimits::ENV, crate::CodecPaths::ENV]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn limits_come_from_env_with_defaults() {

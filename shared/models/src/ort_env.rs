@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use coldpath_core::config::{self, EnvSource};
+use coldpath_core::contract::EnvVar;
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::SessionBuilder;
@@ -40,6 +41,12 @@ impl std::fmt::Debug for OrtRuntime {
 }
 
 impl OrtRuntime {
+    /// The variables [`OrtRuntime::library_from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[EnvVar::optional(
+        ORT_DYLIB_VAR,
+        "the ONNX Runtime library (default /opt/lib/libonnxruntime.so)",
+    )];
+
     /// The library path from `ORT_DYLIB_PATH`, or the Lambda layer default.
     pub fn library_from_env(env: &impl EnvSource) -> PathBuf {
         config::get(env, ORT_DYLIB_VAR)

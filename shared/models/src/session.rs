@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::EnvVar;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
@@ -133,6 +134,43 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
+    /// The variables [`SessionConfig::from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional(
+            "COLDPATH_INTRA_THREADS",
+            "intra-op threads: auto or a count",
+        ),
+        EnvVar::optional(
+            "COLDPATH_GRAPH_OPT",
+            "graph optimisation: disable, basic, extended or all",
+        ),
+        EnvVar::optional(
+            "COLDPATH_PROVIDER",
+            "execution provider: cpu, cuda or tensorrt",
+        ),
+        EnvVar::optional("COLDPATH_CUDA_DEVICE", "the GPU index for cuda or tensorrt"),
+        EnvVar::optional(
+            "COLDPATH_ALLOW_CPU_FALLBACK",
+            "run on CPU when the GPU provider is missing",
+        ),
+        EnvVar::optional(
+            "COLDPATH_OPTIMIZED_MODEL_DIR",
+            "the writable optimised-graph cache",
+        ),
+        EnvVar::optional(
+            "COLDPATH_PREPARED_MODEL_DIR",
+            "read-only graphs prepared at packaging",
+        ),
+        EnvVar::optional(
+            "COLDPATH_QDQ_FUSION",
+            "fuse QDQ pairs (the function's default otherwise)",
+        ),
+        EnvVar::optional(
+            "COLDPATH_THREAD_SPINNING",
+            "intra-op spinning (the function's default otherwise)",
+        ),
+    ];
+
     /// Reads `COLDPATH_INTRA_THREADS` (`auto` or a count), `COLDPATH_GRAPH_OPT`
     /// (`disable|basic|extended|all`), `COLDPATH_PROVIDER` (`cpu|cuda|tensorrt`),
     /// `COLDPATH_CUDA_DEVICE`, `COLDPATH_ALLOW_CPU_FALLBACK`, `COLDPATH_OPTIMIZED_MODEL_DIR`,
@@ -270,6 +308,19 @@ pub(crate) fn register_provider(
 mod tests {
     use super::*;
     use coldpath_core::MapEnv;
+
+    /// The deploy contract: the readers of this crate read exactly the variables they list.
+    #[test]
+    fn the_readers_read_exactly_their_lists() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([
+            ("COLDPATH_INTRA_THREADS", "2"),
+            ("COLDPATH_PROVIDER", "cuda"),
+        ]));
+        SessionConfig::from_env(&env).unwrap();
+        crate::OrtRuntime::library_from_env(&env);
+        let difference = env.difference(&[SessionConfig::ENV, crate::OrtRuntime::ENV]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn defaults_are_cpu_all_auto() {

@@ -25,7 +25,7 @@ pub enum Mode {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("usage: {program} [invoke <EVENT_FILE> | prepare <OUT_DIR>]\n{problem}")]
+#[error("usage: {program} [invoke <EVENT_FILE> | prepare <OUT_DIR> | contract]\n{problem}")]
 pub struct UsageError {
     program: String,
     problem: String,
@@ -200,7 +200,7 @@ mod tests {
         );
         assert!(
             err.to_string()
-                .starts_with("usage: f [invoke <EVENT_FILE> | prepare <OUT_DIR>]")
+                .starts_with("usage: f [invoke <EVENT_FILE> | prepare <OUT_DIR> | contract]")
         );
     }
 

@@ -5,18 +5,21 @@
 //! once, run. This crate owns the parts that do not depend on the workload: structured logging to
 //! stderr, the choice between the Lambda runtime loop and local `invoke <EVENT_FILE>` mode, the
 //! mapping from a classified library error to the Lambda diagnostic (`errorType` / `errorMessage`),
-//! and the metric lines (CloudWatch embedded metric format, [`metrics`]). The Lambda parts (the
+//! the metric lines (CloudWatch embedded metric format, [`metrics`]), and `<binary> contract`
+//! ([`contract`]). The Lambda parts (the
 //! runtime loop, `invoke`, the diagnostic) sit behind the `lambda` feature.
 
+pub mod contract;
 mod error;
 #[cfg(feature = "lambda")]
 mod invoke;
 mod logging;
 pub mod metrics;
 
+pub use contract::{committed_contract_matches, contract_if_asked};
 pub use error::{HandlerError, log_failure};
 #[cfg(feature = "lambda")]
 pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run};
 #[cfg(feature = "lambda")]
 pub use lambda_runtime::{Context, LambdaEvent};
-pub use logging::{LogFormat, init_tracing};
+pub use logging::{ENV as LOGGING_ENV, LogFormat, init_tracing};

@@ -1,5 +1,7 @@
 use std::str::FromStr;
 
+use coldpath_core::config::{self, EnvSource, ProcessEnv};
+use coldpath_core::contract::EnvVar;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written. Both go to stderr: stdout belongs to local invoke's JSON response.
@@ -24,15 +26,38 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The variables [`init_tracing`] reads.
+pub const ENV: &[EnvVar] = &[
+    EnvVar::optional(
+        "COLDPATH_LOG_FORMAT",
+        "json or text (JSON inside Lambda by default)",
+    ),
+    EnvVar::platform(
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "set by Lambda: logs are JSON there",
+    ),
+    EnvVar::optional("RUST_LOG", "the log filter (default info,ort=warn)"),
+];
+
 impl LogFormat {
     /// `COLDPATH_LOG_FORMAT` if set; otherwise JSON inside Lambda and text elsewhere.
-    pub fn from_env() -> Result<Self, String> {
-        match std::env::var("COLDPATH_LOG_FORMAT") {
-            Ok(v) if !v.trim().is_empty() => v.trim().parse(),
-            _ if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() => Ok(LogFormat::Json),
-            _ => Ok(LogFormat::Text),
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, String> {
+        match config::get(env, "COLDPATH_LOG_FORMAT") {
+            Some(v) => v.parse(),
+            None if config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some() => Ok(LogFormat::Json),
+            None => Ok(LogFormat::Text),
         }
     }
+}
+
+/// The format (or the problem with `COLDPATH_LOG_FORMAT`) and the filter, from `env`.
+fn settings(env: &impl EnvSource) -> (Result<LogFormat, String>, EnvFilter) {
+    let format = LogFormat::from_env(env);
+    let filter = env
+        .get("RUST_LOG")
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
+    (format, filter)
 }
 
 /// The filter used when `RUST_LOG` is unset. ONNX Runtime's own log (forwarded by `ort`) reports
@@ -44,12 +69,11 @@ pub const DEFAULT_FILTER: &str = "info,ort=warn";
 /// A malformed `COLDPATH_LOG_FORMAT` falls back to text and is reported once the subscriber is up,
 /// so the mistake is visible instead of silencing all logs.
 pub fn init_tracing() {
-    let (format, problem) = match LogFormat::from_env() {
+    let (format, filter) = settings(&ProcessEnv);
+    let (format, problem) = match format {
         Ok(f) => (f, None),
         Err(e) => (LogFormat::Text, Some(e)),
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -70,6 +94,16 @@ pub fn init_tracing() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The deploy contract: the logging settings read exactly [`ENV`].
+    #[test]
+    fn the_logging_settings_read_exactly_their_list() {
+        let env = coldpath_core::RecordingEnv::new(coldpath_core::MapEnv::default());
+        let (format, _filter) = settings(&env);
+        assert_eq!(format, Ok(LogFormat::Text));
+        let difference = env.difference(&[ENV]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn parses_formats() {

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::EnvVar;
 use coldpath_core::{ColdStartRecord, ErrorType};
 use serde_json::{Map, Value, json};
 
@@ -169,6 +170,19 @@ pub enum MetricsMode {
 }
 
 impl MetricsMode {
+    /// The variables [`MetricsMode::from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional(METRICS_VAR, "emf or off (emf inside Lambda and AWS Batch)"),
+        EnvVar::platform(
+            "AWS_LAMBDA_FUNCTION_NAME",
+            "set by Lambda: metrics on by default",
+        ),
+        EnvVar::platform(
+            "AWS_BATCH_JOB_ID",
+            "set by AWS Batch: metrics on by default",
+        ),
+    ];
+
     /// `COLDPATH_METRICS` (`emf` or `off`); unset, `emf` inside Lambda (told by
     /// `AWS_LAMBDA_FUNCTION_NAME`) or an AWS Batch job (`AWS_BATCH_JOB_ID`), whose output reaches
     /// CloudWatch Logs, and `off` elsewhere.
@@ -591,6 +605,15 @@ mod tests {
         assert!(!metrics.is_enabled());
         drop(metrics.invocation());
         assert!(!Metrics::default().is_enabled());
+    }
+
+    /// The deploy contract: the mode is read from exactly [`MetricsMode::ENV`].
+    #[test]
+    fn the_mode_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::default());
+        MetricsMode::from_env(&env).unwrap();
+        let difference = env.difference(&[MetricsMode::ENV]);
+        assert!(difference.is_empty(), "{difference:?}");
     }
 
     #[test]

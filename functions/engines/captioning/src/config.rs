@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::{self, EnvVar};
 use coldpath_image::{CodecPaths, ImageLimits};
 use coldpath_models::{OrtRuntime, SessionConfig};
 use coldpath_runtime::metrics::MetricsMode;
@@ -112,6 +113,12 @@ impl WorkerSettings {
     }
 }
 
+/// The variables [`require_result_sink`] reads: the worker's own requirement.
+pub const WORKER_ENV: &[EnvVar] = &[EnvVar::required(
+    coldpath_aws::RESULT_SINK_VAR,
+    "where results go; `captioning worker` refuses to start without it",
+)];
+
 /// The worker's results must leave its machine: a container's or serverless GPU runtime's disk
 /// goes with it, so the local default `COLDPATH_RESULT_SINK` has outside Lambda would lose every
 /// caption. The worker therefore needs the variable set (a `local:<dir>` is fine when it is
@@ -141,6 +148,73 @@ fn secs(
 }
 
 impl CaptioningConfig {
+    /// The variables [`CaptioningConfig::from_env`] reads itself in a deployed build;
+    /// [`CaptioningConfig::env`] adds those of the readers it calls. A build with the
+    /// `fault-injection` feature (tests only) also reads `CAPTIONING_FAULT_BATCH_DELAY_MS`, which
+    /// is no deployment's to set and so is not listed.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional("CAPTIONING_MAX_BATCH", "images per model call"),
+        EnvVar::optional(
+            "CAPTIONING_BULK_BATCH",
+            "the worker's batch above the bulk threshold",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_BULK_THRESHOLD",
+            "visible messages that switch the worker to bulk",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_IDLE_EXIT_SECS",
+            "the worker exits after this long idle (0 never)",
+        ),
+        EnvVar::optional("CAPTIONING_WAIT_SECS", "the worker's long-poll wait"),
+        EnvVar::optional(
+            "CAPTIONING_STOP_DEADLINE_SECS",
+            "how long the batch in flight runs after SIGTERM",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_MAX_NEW_TOKENS_CAP",
+            "the most tokens a message may ask for",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_IMAGE_CONCURRENCY",
+            "photos fetched and decoded at once",
+        ),
+        EnvVar::optional("CAPTIONING_DECODE_BUDGET_MPX", "megapixels decoded at once"),
+        EnvVar::optional(
+            "CAPTIONING_DEADLINE_MARGIN_MS",
+            "the Lambda handler's margin before its deadline",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_MAX_PHOTOS_PER_MESSAGE",
+            "photos one message may carry",
+        ),
+        EnvVar::optional("CAPTIONING_QUEUE_URL", "the SQS queue the worker reads"),
+        EnvVar::optional(
+            "CAPTIONING_VISIBILITY_TIMEOUT_SECS",
+            "how long the worker hides a message",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_BATCH_FILL_MS",
+            "how long the worker fills a batch",
+        ),
+        EnvVar::optional("CAPTIONING_WARMUP", "one caption at init"),
+        EnvVar::optional("COLDPATH_CACHE_DIR", "where s3:// models are cached"),
+    ];
+
+    /// Every variable [`CaptioningConfig::from_env`] reads in a deployed build, its own and its
+    /// readers'.
+    pub fn env() -> Vec<EnvVar> {
+        contract::union(&[
+            Self::ENV,
+            CaptionModelConfig::ENV,
+            SessionConfig::ENV,
+            OrtRuntime::ENV,
+            ImageLimits::ENV,
+            CodecPaths::ENV,
+            MetricsMode::ENV,
+        ])
+    }
+
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         let max_batch = config::positive_or(env, "CAPTIONING_MAX_BATCH", 8)?;
         let bulk_batch = config::positive_or(env, "CAPTIONING_BULK_BATCH", 32)?;
@@ -245,6 +319,37 @@ impl CaptioningConfig {
 mod tests {
     use super::*;
     use coldpath_core::MapEnv;
+
+    /// Read only by test builds (the `fault-injection` feature), so in no deployed binary's list.
+    #[cfg(feature = "fault-injection")]
+    const TEST_ONLY: &[EnvVar] = &[EnvVar::optional(
+        "CAPTIONING_FAULT_BATCH_DELAY_MS",
+        "a pause before each model call",
+    )];
+    #[cfg(not(feature = "fault-injection"))]
+    const TEST_ONLY: &[EnvVar] = &[];
+
+    /// The deploy contract: `from_env` and the worker's requirement read exactly their lists
+    /// (plus, in a test build, the fault-injection variable, which the lists must not hold).
+    #[test]
+    fn from_env_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([
+            ("COLDPATH_INTRA_THREADS", "2"),
+            ("COLDPATH_PROVIDER", "cuda"),
+            ("CAPTIONING_NUM_BEAMS", "2"),
+            ("CAPTIONING_MAX_NEW_TOKENS", "8"),
+        ]));
+        CaptioningConfig::from_env(&env).unwrap();
+        let _ = require_result_sink(&env);
+        let difference = env.difference(&[&CaptioningConfig::env(), WORKER_ENV, TEST_ONLY]);
+        assert!(difference.is_empty(), "{difference:?}");
+        assert!(
+            !CaptioningConfig::env()
+                .iter()
+                .any(|v| v.name.contains("FAULT")),
+            "a test-only variable is in the deployed list"
+        );
+    }
 
     #[test]
     fn defaults() {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::{self, EnvVar};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
 use coldpath_runtime::metrics::MetricsMode;
 
@@ -34,6 +35,39 @@ pub struct EmbeddingsConfig {
 }
 
 impl EmbeddingsConfig {
+    /// The variables [`EmbeddingsConfig::from_env`] reads itself; [`EmbeddingsConfig::env`] adds
+    /// those of the readers it calls.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional("EMBEDDINGS_MODEL_NAME", "the model's name in responses"),
+        EnvVar::optional(
+            "EMBEDDINGS_MODEL_SOURCE",
+            "the model directory or s3:// prefix",
+        ),
+        EnvVar::optional(
+            "EMBEDDINGS_MODEL_SHA256",
+            "file=sha256 pins, required for s3://",
+        ),
+        EnvVar::optional("EMBEDDINGS_POOLING", "mean or cls"),
+        EnvVar::optional("EMBEDDINGS_SESSIONS", "sessions in the pool"),
+        EnvVar::optional("EMBEDDINGS_MAX_TOKENS", "tokens per input"),
+        EnvVar::optional("EMBEDDINGS_NORMALIZE", "unit-length vectors"),
+        EnvVar::optional("EMBEDDINGS_MAX_BATCH_TOKENS", "padded tokens per model run"),
+        EnvVar::optional("EMBEDDINGS_MAX_INPUTS", "inputs per request"),
+        EnvVar::optional("EMBEDDINGS_MAX_REQUEST_BYTES", "request body size"),
+        EnvVar::optional("EMBEDDINGS_WARMUP", "one inference at init"),
+        EnvVar::optional("COLDPATH_CACHE_DIR", "where s3:// models are cached"),
+    ];
+
+    /// Every variable [`EmbeddingsConfig::from_env`] reads, its own and its readers'.
+    pub fn env() -> Vec<EnvVar> {
+        contract::union(&[
+            Self::ENV,
+            SessionConfig::ENV,
+            OrtRuntime::ENV,
+            MetricsMode::ENV,
+        ])
+    }
+
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         let model = ModelSpec::from_env(
             env,
@@ -85,6 +119,18 @@ impl EmbeddingsConfig {
 mod tests {
     use super::*;
     use coldpath_core::MapEnv;
+
+    /// The deploy contract: `from_env` reads exactly [`EmbeddingsConfig::env`].
+    #[test]
+    fn from_env_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([
+            ("COLDPATH_INTRA_THREADS", "2"),
+            ("COLDPATH_PROVIDER", "cuda"),
+        ]));
+        EmbeddingsConfig::from_env(&env).unwrap();
+        let difference = env.difference(&[&EmbeddingsConfig::env()]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn defaults() {

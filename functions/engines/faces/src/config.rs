@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::{self, EnvVar};
 use coldpath_image::{CodecPaths, ImageLimits, Resample};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
 use coldpath_runtime::metrics::MetricsMode;
@@ -168,6 +169,54 @@ fn max_side(env: &impl EnvSource) -> Result<u32, ConfigError> {
 }
 
 impl FacesConfig {
+    /// The variables [`FacesConfig::from_env`] reads itself; [`FacesConfig::env`] adds those of
+    /// the readers it calls.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional("FACES_MODEL_FAMILY", "yunet-sface or scrfd-arcface"),
+        EnvVar::optional("FACES_DETECTOR_NAME", "the detector's name"),
+        EnvVar::optional(
+            "FACES_DETECTOR_SOURCE",
+            "the detector directory or s3:// prefix",
+        ),
+        EnvVar::optional(
+            "FACES_DETECTOR_SHA256",
+            "file=sha256 pins, required for s3://",
+        ),
+        EnvVar::optional("FACES_RECOGNIZER_NAME", "the recogniser's name"),
+        EnvVar::optional(
+            "FACES_RECOGNIZER_SOURCE",
+            "the recogniser directory or s3:// prefix",
+        ),
+        EnvVar::optional(
+            "FACES_RECOGNIZER_SHA256",
+            "file=sha256 pins, required for s3://",
+        ),
+        EnvVar::optional("FACES_MIN_SCORE", "the lowest detection score kept"),
+        EnvVar::optional("FACES_NMS_IOU", "the NMS overlap threshold"),
+        EnvVar::optional("FACES_MAX_FACES", "faces per photo"),
+        EnvVar::optional("FACES_MIN_FACE_SIZE", "the smallest face kept, in pixels"),
+        EnvVar::optional("FACES_RESIZE", "antialias or linear"),
+        EnvVar::optional("FACES_DETECTOR_INPUT", "native or letterbox"),
+        EnvVar::optional(
+            "FACES_DETECTOR_MAX_SIDE",
+            "the detector input's longest side",
+        ),
+        EnvVar::optional("FACES_WARMUP", "one photo through both models at init"),
+        EnvVar::optional("COLDPATH_CACHE_DIR", "where s3:// models are cached"),
+    ];
+
+    /// Every variable [`FacesConfig::from_env`] reads, its own and its readers'.
+    pub fn env() -> Vec<EnvVar> {
+        contract::union(&[
+            Self::ENV,
+            SessionConfig::ENV,
+            OrtRuntime::ENV,
+            ImageLimits::ENV,
+            CodecPaths::ENV,
+            MetricsMode::ENV,
+        ])
+    }
+
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         let family = match config::get(env, "FACES_MODEL_FAMILY") {
             None => ModelFamily::YunetSface,
@@ -261,6 +310,18 @@ mod tests {
     use super::*;
     use coldpath_core::MapEnv;
     use coldpath_models::ModelSource;
+
+    /// The deploy contract: `from_env` reads exactly [`FacesConfig::env`].
+    #[test]
+    fn from_env_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([
+            ("COLDPATH_INTRA_THREADS", "2"),
+            ("COLDPATH_PROVIDER", "cuda"),
+        ]));
+        FacesConfig::from_env(&env).unwrap();
+        let difference = env.difference(&[&FacesConfig::env()]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn defaults_are_yunet_sface_at_the_measured_threshold() {

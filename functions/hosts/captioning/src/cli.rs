@@ -3,7 +3,8 @@
 use coldpath_runtime::Mode;
 
 /// The usage line for every way the binary runs.
-pub const USAGE: &str = "usage: captioning [invoke <EVENT_FILE> | prepare <OUT_DIR> | worker]";
+pub const USAGE: &str =
+    "usage: captioning [invoke <EVENT_FILE> | prepare <OUT_DIR> | worker | contract]";
 
 /// How the binary was asked to run.
 #[derive(Debug, Clone, PartialEq, Eq)]

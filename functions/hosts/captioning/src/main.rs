@@ -1,7 +1,8 @@
 //! `captioning`: the Lambda binary. Without arguments it serves the Lambda Runtime API (an SQS
 //! event source); `captioning invoke <EVENT_FILE>` runs one event locally and prints the batch
 //! response; `captioning worker` consumes `CAPTIONING_QUEUE_URL` until SIGTERM or idle;
-//! `captioning prepare <OUT_DIR>` writes the optimised graphs for the model's deployment.
+//! `captioning prepare <OUT_DIR>` writes the optimised graphs for the model's deployment;
+//! `captioning contract` prints the variables it reads (its `contract.json`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use coldpath_aws::{ObjectStore, Queue, ResultSink};
 use coldpath_captioning::config::require_result_sink;
 use coldpath_captioning::{CaptioningConfig, ModelService, init};
 use coldpath_captioning_function::cli::{self, Command};
+use coldpath_captioning_function::contract::QUEUE_URL;
 use coldpath_captioning_function::{Worker, handle, worker};
 use coldpath_core::ProcessEnv;
 use coldpath_runtime::{HandlerError, Mode};
@@ -19,6 +21,12 @@ use tokio::sync::watch;
 fn main() -> ExitCode {
     // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
     coldpath_image::run_decoder_if_asked();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) =
+        coldpath_runtime::contract_if_asked(&args, coldpath_captioning_function::contract::contract)
+    {
+        return code;
+    }
     run_main()
 }
 
@@ -52,7 +60,7 @@ async fn run_main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let queue = match Queue::from_env(&ProcessEnv, "CAPTIONING_QUEUE_URL").await {
+            let queue = match Queue::from_env(&ProcessEnv, QUEUE_URL.name).await {
                 Ok(queue) => require_result_sink(&ProcessEnv).map(|()| queue),
                 Err(e) => Err(e),
             };

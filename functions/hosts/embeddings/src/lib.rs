@@ -5,6 +5,7 @@
 //! response; this crate is the Lambda side of it: routing HTTP events ([`http`]), turning every
 //! outcome into an HTTP response or a classified Lambda error, and the binary's start.
 
+pub mod contract;
 pub mod http;
 
 use std::sync::Arc;

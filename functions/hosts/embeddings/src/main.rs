@@ -1,6 +1,7 @@
 //! `embeddings`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
 //! `embeddings invoke <EVENT_FILE>` runs one event locally and prints the response JSON;
-//! `embeddings prepare <OUT_DIR>` writes the optimised graphs to ship in the package.
+//! `embeddings prepare <OUT_DIR>` writes the optimised graphs to ship in the package;
+//! `embeddings contract` prints the variables it reads (its `contract.json`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,8 +14,13 @@ use coldpath_runtime::{HandlerError, Mode};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    coldpath_runtime::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) =
+        coldpath_runtime::contract_if_asked(&args, coldpath_embeddings_function::contract::contract)
+    {
+        return code;
+    }
+    coldpath_runtime::init_tracing();
     let mode = match Mode::from_args("embeddings", &args) {
         Ok(m) => m,
         Err(e) => {

@@ -113,7 +113,7 @@ fn wrong_arguments_print_usage_and_exit_2() {
     assert!(out.stdout.is_empty());
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("usage: embeddings [invoke <EVENT_FILE> | prepare <OUT_DIR>]")
+            .contains("usage: embeddings [invoke <EVENT_FILE> | prepare <OUT_DIR> | contract]")
     );
 }
 

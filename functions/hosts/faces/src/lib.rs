@@ -5,6 +5,8 @@
 //! the result sink under `<bucket>/<key>`, per-record failures reported without failing the
 //! others, and the binary's start.
 
+pub mod contract;
+
 use std::sync::Arc;
 
 use aws_lambda_events::s3::{S3Event, S3EventRecord};

@@ -1,6 +1,7 @@
 //! `faces`: the Lambda binary. Without arguments it serves the Lambda Runtime API;
 //! `faces invoke <EVENT_FILE>` runs one event locally and prints the response JSON;
-//! `faces prepare <OUT_DIR>` writes the optimised graphs to ship in the package.
+//! `faces prepare <OUT_DIR>` writes the optimised graphs to ship in the package;
+//! `faces contract` prints the variables it reads (its `contract.json`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,6 +16,12 @@ use coldpath_runtime::{HandlerError, Mode};
 fn main() -> ExitCode {
     // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
     coldpath_image::run_decoder_if_asked();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) =
+        coldpath_runtime::contract_if_asked(&args, coldpath_faces_function::contract::contract)
+    {
+        return code;
+    }
     run()
 }
 

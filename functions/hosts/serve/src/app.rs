@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use coldpath_aws::ObjectStore;
 use coldpath_core::ErrorType;
 use http_body_util::BodyExt;
@@ -127,16 +127,51 @@ impl AppState {
     }
 }
 
-/// Every route, with request metrics on all of them.
+/// What a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Embeddings,
+    Faces,
+    /// SageMaker's inference route.
+    Invocations,
+    Health,
+    Ready,
+    Metrics,
+}
+
+impl Endpoint {
+    fn method_router(self) -> MethodRouter<Arc<AppState>> {
+        match self {
+            Endpoint::Embeddings => post(embeddings),
+            Endpoint::Faces => post(faces),
+            Endpoint::Invocations => post(invocations),
+            Endpoint::Health => get(health),
+            Endpoint::Ready => get(ready),
+            Endpoint::Metrics => get(metrics_text),
+        }
+    }
+}
+
+/// Every route the server serves: [`router`] is built from this table, and `coldpath-serve
+/// contract` prints its paths, which `coldpath check` holds the pod's health checks to.
+pub const ROUTES: &[(&str, Endpoint)] = &[
+    ("/v1/embeddings", Endpoint::Embeddings),
+    ("/v1/faces", Endpoint::Faces),
+    ("/invocations", Endpoint::Invocations),
+    ("/health", Endpoint::Health),
+    ("/ready", Endpoint::Ready),
+    // SageMaker's health check.
+    ("/ping", Endpoint::Ready),
+    ("/metrics", Endpoint::Metrics),
+];
+
+/// Every route of [`ROUTES`], with request metrics on all of them.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/faces", post(faces))
-        .route("/invocations", post(invocations))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/ping", get(ready))
-        .route("/metrics", get(metrics_text))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, (path, endpoint)| {
+            router.route(path, endpoint.method_router())
+        })
         .fallback(not_found)
         // Each route reads its own body (`BodyReader`) after admission, under its own limit.
         .layer(DefaultBodyLimit::disable())

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::{self, EnvVar};
 use coldpath_embeddings::EmbeddingsConfig;
 use coldpath_faces::FacesConfig;
 
@@ -74,6 +75,65 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The variables [`ServeConfig::from_env`] reads itself; [`ServeConfig::env`] adds the
+    /// hosted engines'.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional(
+            "COLDPATH_SERVE_WORKLOADS",
+            "the hosted workloads (embeddings,faces)",
+        ),
+        EnvVar::optional("COLDPATH_SERVE_HOST", "the address to listen on"),
+        EnvVar::optional("PORT", "the port to listen on (8080)"),
+        EnvVar::optional(
+            "COLDPATH_SERVE_EMBEDDINGS_QUEUE",
+            "embeddings requests that may wait",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH",
+            "texts in one embeddings batch",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_EMBEDDINGS_BATCH_TOKENS",
+            "tokens in one embeddings batch",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS",
+            "an embeddings request's deadline",
+        ),
+        EnvVar::optional("COLDPATH_SERVE_FACES_QUEUE", "faces requests that may wait"),
+        EnvVar::optional(
+            "COLDPATH_SERVE_FACES_MAX_BATCH",
+            "photos in one faces batch",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_FACES_DEADLINE_MS",
+            "a faces request's deadline",
+        ),
+        EnvVar::optional("COLDPATH_SERVE_DRAIN_MS", "the drain after SIGTERM"),
+        EnvVar::optional(
+            "COLDPATH_SERVE_RETRY_AFTER_S",
+            "Retry-After of a refused request",
+        ),
+        EnvVar::optional("COLDPATH_SERVE_MAX_CONNECTIONS", "open connections at most"),
+        EnvVar::optional(
+            "COLDPATH_SERVE_READ_TIMEOUT_MS",
+            "a request head's and body pause's bound",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_STALL_MS",
+            "a model call this long marks the server not ready",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_LOCAL_PATHS_DIR",
+            "the directory {\"path\"} images may name",
+        ),
+    ];
+
+    /// Every variable [`ServeConfig::from_env`] reads with both workloads hosted.
+    pub fn env() -> Vec<EnvVar> {
+        contract::union(&[Self::ENV, &EmbeddingsConfig::env(), &FacesConfig::env()])
+    }
+
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         let raw = config::get(env, "COLDPATH_SERVE_WORKLOADS")
             .unwrap_or_else(|| "embeddings,faces".to_string());
@@ -191,6 +251,18 @@ impl ServeConfig {
 mod tests {
     use super::*;
     use coldpath_core::MapEnv;
+
+    /// The deploy contract: `from_env` reads exactly [`ServeConfig::env`].
+    #[test]
+    fn from_env_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([
+            ("COLDPATH_INTRA_THREADS", "2"),
+            ("COLDPATH_PROVIDER", "cuda"),
+        ]));
+        ServeConfig::from_env(&env).unwrap();
+        let difference = env.difference(&[&ServeConfig::env()]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn defaults_host_both_on_8080() {

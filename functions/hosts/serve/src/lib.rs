@@ -22,6 +22,7 @@
 pub mod app;
 pub mod batcher;
 pub mod config;
+pub mod contract;
 pub mod error;
 pub mod metrics;
 pub mod workloads;

@@ -1,5 +1,6 @@
 //! `coldpath-serve`: init tracing, read config, build the object store once, run until SIGTERM
-//! (then drain and exit 0). Everything else is in the library.
+//! (then drain and exit 0); `coldpath-serve contract` prints the variables it reads and its
+//! routes (its `contract.json`). Everything else is in the library.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,6 +12,12 @@ use coldpath_serve::{ServeConfig, StartError, run, shutdown_signal};
 fn main() -> ExitCode {
     // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
     coldpath_image::run_decoder_if_asked();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) =
+        coldpath_runtime::contract_if_asked(&args, coldpath_serve::contract::contract)
+    {
+        return code;
+    }
     coldpath_runtime::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use coldpath_core::config::{self, EnvSource};
+use coldpath_core::contract::EnvVar;
 
 pub(crate) use avif::Avif;
 pub(crate) use heif::Heif;
@@ -56,6 +57,21 @@ impl Default for CodecPaths {
 }
 
 impl CodecPaths {
+    /// The variables [`CodecPaths::from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional("COLDPATH_LIBHEIF_PATH", "the HEIC decoder library"),
+        EnvVar::optional("COLDPATH_LIBAVIF_PATH", "the AVIF decoder library"),
+        EnvVar::optional("COLDPATH_DECODER_ISOLATION", "process (the default) or off"),
+        EnvVar::optional(
+            "COLDPATH_DECODER_EXE",
+            "the executable the decoder child runs",
+        ),
+        EnvVar::optional(
+            "COLDPATH_DECODE_TIMEOUT_MS",
+            "how long one HEIC/AVIF decode may take",
+        ),
+    ];
+
     /// Reads `COLDPATH_LIBHEIF_PATH` and `COLDPATH_LIBAVIF_PATH` (unset or empty means the
     /// soname), and the isolation settings: `COLDPATH_DECODER_ISOLATION` (`process`, the
     /// default, or `off`), `COLDPATH_DECODER_EXE` and `COLDPATH_DECODE_TIMEOUT_MS`.

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::EnvVar;
 use coldpath_models::{ModelKind, ModelSource, ModelSpec};
 use serde::Deserialize;
 
@@ -65,6 +66,33 @@ pub struct CaptionModelConfig {
 }
 
 impl CaptionModelConfig {
+    /// The variables [`CaptionModelConfig::from_env`] reads.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional("CAPTIONING_MODEL_NAME", "the model's name in results"),
+        EnvVar::optional(
+            "CAPTIONING_MODEL_SOURCE",
+            "the model directory or s3:// prefix",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_MODEL_SHA256",
+            "file=sha256 pins, required for s3://",
+        ),
+        EnvVar::optional("CAPTIONING_DECODER_LAYOUT", "merged, split or auto"),
+        EnvVar::optional("CAPTIONING_USE_CACHE", "decode with the KV cache"),
+        EnvVar::optional(
+            "CAPTIONING_NUM_BEAMS",
+            "beams (generation_config.json otherwise)",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_MAX_NEW_TOKENS",
+            "tokens per caption (generation_config.json otherwise)",
+        ),
+        EnvVar::optional(
+            "CAPTIONING_CROSS_GRAPH",
+            "the model has the hoisted cross-attention graph",
+        ),
+    ];
+
     /// Reads `CAPTIONING_MODEL_SOURCE` / `_SHA256` / `_NAME`, `CAPTIONING_DECODER_LAYOUT`
     /// (`merged`, `split` or `auto`, the default: merged when a local directory has
     /// `decoder_model_merged.onnx` or the source is remote, split otherwise),

@@ -2,14 +2,19 @@
 //! `coldpath plan` on the two shipped profiles, and declaration errors on broken manifests.
 //!
 //! These tests need no ONNX Runtime and no network: they read the committed declarations
-//! (`functions/*/Cargo.toml`), `infra/template.yaml`, `infra/gpu/` and `infra/placement/`.
+//! (through `cargo metadata`), the hosts' `contract.json`, `infra/template.yaml`, `infra/gpu/`
+//! and `infra/placement/`. (They lived in the root crate's integration suite, under the same
+//! names, until they moved beside the crate they test.)
 
 use std::path::{Path, PathBuf};
 
 use coldpath_placement::cli::{self, Outcome};
-use coldpath_placement::declaration::{self, FUNCTION_MANIFESTS};
+use coldpath_placement::declaration;
 use coldpath_placement::{DeclarationError, Placement, Plan, plan};
-use coldpath_test_support::repo_root;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 fn check(template: &Path) -> Outcome {
     cli::run_check(&repo_root(), template).expect("check runs")
@@ -210,6 +215,28 @@ fn check_fails_on_an_environment_variable_the_function_never_reads() {
     );
 }
 
+/// A variable only a test build reads (the fault-injection pause) is in no deployed binary's
+/// contract, so a template that sets it is refused, naming it. (Read from source text, it
+/// would pass: the literal is in the captioning engine's sources.)
+#[test]
+fn check_fails_on_a_variable_only_a_test_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = broken_template(
+        dir.path(),
+        "          CAPTIONING_MAX_BATCH: !Ref CaptioningBatchSize\n",
+        "          CAPTIONING_MAX_BATCH: !Ref CaptioningBatchSize\n          CAPTIONING_FAULT_BATCH_DELAY_MS: \"50\"\n",
+    );
+    let out = check(&t);
+    let m = mismatches(&out);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        m,
+        [
+            "MISMATCH CaptioningFunction (captioning): sets environment variables the function never reads: CAPTIONING_FAULT_BATCH_DELAY_MS"
+        ]
+    );
+}
+
 #[test]
 fn check_fails_when_memory_disagrees_with_the_declaration() {
     let dir = tempfile::tempdir().unwrap();
@@ -324,12 +351,16 @@ fn root_with_broken_batch(dir: &Path, from: &str, to: &str) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// What `check` reads: the declarations and the sources the variable checks read, the GPU
-/// worker's packaging and the pod's.
+/// What `check` reads: the workspace `cargo metadata` describes (every member's manifest and
+/// sources, and the hosts' `contract.json`), the GPU worker's packaging and the pod's.
 fn copy_root(dir: &Path) {
     let root = repo_root();
-    copy_tree(&root.join("functions"), &dir.join("functions"));
-    copy_tree(&root.join("shared"), &dir.join("shared"));
+    for member in ["functions", "shared", "tests", "infra/placement"] {
+        copy_tree(&root.join(member), &dir.join(member));
+    }
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(root.join(file), dir.join(file)).unwrap();
+    }
     std::fs::create_dir_all(dir.join("infra/gpu")).unwrap();
     for f in ["Dockerfile", "batch.yaml"] {
         std::fs::copy(
@@ -623,7 +654,9 @@ fn copy_tree(from: &Path, to: &Path) {
             if name != "target" {
                 copy_tree(&path, &to.join(name));
             }
-        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml") {
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml")
+            || name == "contract.json"
+        {
             std::fs::copy(&path, to.join(name)).unwrap();
         }
     }
@@ -815,11 +848,7 @@ fn the_documented_plans_match_the_plans() {
 #[test]
 fn declaration_errors_name_the_crate_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    for manifest in FUNCTION_MANIFESTS {
-        let to = dir.path().join(manifest);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(repo_root().join(manifest), &to).unwrap();
-    }
+    copy_root(dir.path());
     assert_eq!(declaration::read_all(dir.path()).unwrap().len(), 3);
 
     let faces = dir.path().join("functions/hosts/faces/Cargo.toml");

@@ -1,11 +1,10 @@
-//! The placement rule and the cost model behind `coldpath plan`.
+//! The placement rule behind `coldpath plan`, with the cost model in [`cost`] and the text in
+//! [`render`].
 //!
 //! The rule: a workload goes serverless only if its cold start lands off the user's perceived
 //! path. A cold start on the perceived path, or a cold start plus one inference over the latency
 //! budget, keeps the workload pinned warm; a backlog over the declared threshold sends it to a
 //! bulk GPU with a larger batch; everything else runs on demand and scales to zero.
-
-use std::fmt::Write as _;
 
 use serde::Serialize;
 
@@ -15,17 +14,12 @@ use crate::measurements::{Measurement, Measurements};
 use crate::prices::Prices;
 use crate::profile::{BulkOption, Profile, Traffic};
 
-const SECONDS_PER_HOUR: f64 = 3600.0;
+mod cost;
+mod render;
 
-/// Provisioned concurrency is sized so that the average concurrency stays at this share of it:
-/// the target AWS suggests for provisioned-concurrency auto scaling (0.7), which leaves room for
-/// bursts above the average to be served warm. The pod's count is sized the same way, by its
-/// declared CPU target.
-pub const PROVISIONED_UTILIZATION_TARGET: f64 = 0.7;
-
-/// The traffic range (multiples of the profile's) in which break-even points are looked for.
-const SCALE_MIN: f64 = 1e-6;
-const SCALE_MAX: f64 = 1e9;
+pub use cost::PROVISIONED_UTILIZATION_TARGET;
+use cost::*;
+pub use render::render;
 
 /// Where a workload runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -297,16 +291,19 @@ fn find_declaration<'a>(
 }
 
 /// Cold start and one warm inference on the compute the workload declares, in ms.
-fn latency_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), InputError> {
-    match d.compute {
-        Compute::Cpu => Ok((m.cold_start_ms, m.inference_ms)),
-        Compute::Gpu => match (m.gpu_cold_start_ms, m.gpu_inference_ms) {
+fn latency_figures(
+    declaration: &Declaration,
+    measurement: &Measurement,
+) -> Result<(f64, f64), InputError> {
+    match declaration.compute {
+        Compute::Cpu => Ok((measurement.cold_start_ms, measurement.inference_ms)),
+        Compute::Gpu => match (measurement.gpu_cold_start_ms, measurement.gpu_inference_ms) {
             (Some(c), Some(i)) => Ok((c, i)),
             _ => Err(InputError::Invalid {
-                path: m.source.clone().into(),
+                path: measurement.source.clone().into(),
                 what: format!(
                     "{} declares compute = \"gpu\" but its measurements have no gpu_cold_start_ms and gpu_inference_ms",
-                    d.workload
+                    declaration.workload
                 ),
             }),
         },
@@ -315,40 +312,45 @@ fn latency_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), Input
 
 /// Cold start and one warm batch-1 inference on a GPU, in ms, whatever compute the workload's
 /// trickle runs on: a CPU workload may still drain its backlogs on a GPU pool.
-fn gpu_figures(d: &Declaration, m: &Measurement) -> Result<(f64, f64), InputError> {
-    match (m.gpu_cold_start_ms, m.gpu_inference_ms) {
+fn gpu_figures(
+    declaration: &Declaration,
+    measurement: &Measurement,
+) -> Result<(f64, f64), InputError> {
+    match (measurement.gpu_cold_start_ms, measurement.gpu_inference_ms) {
         (Some(c), Some(i)) => Ok((c, i)),
         _ => Err(InputError::Invalid {
-            path: m.source.clone().into(),
+            path: measurement.source.clone().into(),
             what: format!(
                 "{} is priced on a GPU but its measurements have no gpu_cold_start_ms and gpu_inference_ms",
-                d.workload
+                declaration.workload
             ),
         }),
     }
 }
 
 /// Whether the measurements can price the workload on a GPU.
-fn has_gpu_figures(m: &Measurement) -> bool {
-    m.gpu_cold_start_ms.is_some() && m.gpu_inference_ms.is_some()
+fn has_gpu_figures(measurement: &Measurement) -> bool {
+    measurement.gpu_cold_start_ms.is_some() && measurement.gpu_inference_ms.is_some()
 }
 
 fn decide(
     inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
+    declaration: &Declaration,
+    measurement: &Measurement,
+    traffic: &Traffic,
     bulk: &[BulkCost],
 ) -> Result<Decision, InputError> {
-    let (cold, warm) = latency_figures(d, m)?;
-    let budget = d.latency_budget_ms as f64;
+    let (cold, warm) = latency_figures(declaration, measurement)?;
+    let budget = declaration.latency_budget_ms as f64;
     let cold_path = cold + warm;
     let over_budget = cold_path > budget;
-    let backlog_over = d.bulk_threshold.is_some_and(|th| t.backlog > th);
+    let backlog_over = declaration
+        .bulk_threshold
+        .is_some_and(|th| traffic.backlog > th);
     // In bulk mode the backlog goes to the cheapest option at the declaration's bulk_batch, which
     // is what the bulk workers are deployed with (coldpath check holds them to it); larger
     // batches are only priced beside it. Without such an option, the cheapest that batches more.
-    let bulk_batch = d.bulk_batch.unwrap_or(d.max_batch);
+    let bulk_batch = declaration.bulk_batch.unwrap_or(declaration.max_batch);
     let cheapest = |keep: &dyn Fn(&BulkCost) -> bool| {
         bulk.iter()
             .filter(|b| keep(b))
@@ -358,14 +360,14 @@ fn decide(
         cheapest(&|b| b.batch == bulk_batch).or_else(|| cheapest(&|b| b.batch >= bulk_batch));
     let mut flags = Vec::new();
 
-    let (placement, reason) = if d.cold_start_on_perceived_path {
+    let (placement, reason) = if declaration.cold_start_on_perceived_path {
         (
             Placement::PinnedWarm,
             format!(
                 "{}: pinned warm, because its cold start ({cold:.0} ms) would land on the perceived path \
                  ({} trigger), so it is initialised before traffic and a warm request costs {warm:.1} ms \
                  of its {budget:.0} ms budget.",
-                d.workload, d.trigger
+                declaration.workload, declaration.trigger
             ),
         )
     } else if over_budget {
@@ -374,7 +376,7 @@ fn decide(
             format!(
                 "{}: pinned warm, because cold start {cold:.0} ms + inference {warm:.1} ms = {cold_path:.0} ms \
                  exceeds its {budget:.0} ms budget.",
-                d.workload
+                declaration.workload
             ),
         )
     } else if backlog_over {
@@ -387,9 +389,9 @@ fn decide(
             format!(
                 "{}: bulk GPU{on} at batch {batch}, because a backlog of {} messages exceeds its bulk \
                  threshold of {} and nobody waits on it ({cold_path:.0} ms cold path within a {budget:.0} ms budget).",
-                d.workload,
-                t.backlog,
-                d.bulk_threshold.unwrap_or_default()
+                declaration.workload,
+                traffic.backlog,
+                declaration.bulk_threshold.unwrap_or_default()
             ),
         )
     } else {
@@ -399,7 +401,7 @@ fn decide(
                 "{}: serverless on demand ({}), because its cold start is off the perceived path and cold start \
                  {cold:.0} ms + inference {warm:.1} ms = {cold_path:.0} ms fits its {budget:.0} ms budget, so it \
                  scales to zero between bursts.",
-                d.workload, d.compute
+                declaration.workload, declaration.compute
             ),
         )
     };
@@ -407,42 +409,42 @@ fn decide(
     if warm > budget {
         flags.push(format!(
             "{}: even warm, one inference ({warm:.1} ms) exceeds the {budget:.0} ms budget; no placement meets it",
-            d.crate_name
+            declaration.crate_name
         ));
     }
     let pinned = placement == Placement::PinnedWarm;
-    if d.pinned_warm != pinned {
+    if declaration.pinned_warm != pinned {
         flags.push(format!(
             "{}: declares pinned_warm = {} but the measured figures decide {placement} (cold start {cold:.0} ms, \
              inference {warm:.1} ms, budget {budget:.0} ms)",
-            d.crate_name, d.pinned_warm
+            declaration.crate_name, declaration.pinned_warm
         ));
     }
     // Only the figures this decision and its prices use: a GPU workload's CPU figures may be
     // measured while its GPU figures still wait for a GPU.
-    let mut used: Vec<&str> = match d.compute {
+    let mut used: Vec<&str> = match declaration.compute {
         Compute::Cpu => vec!["cold_start_ms", "inference_ms"],
         Compute::Gpu => vec!["gpu_cold_start_ms", "gpu_inference_ms", "batch_throughput"],
     };
-    if placement == Placement::BulkGpu && d.compute == Compute::Cpu {
+    if placement == Placement::BulkGpu && declaration.compute == Compute::Cpu {
         used.extend(["gpu_inference_ms", "gpu_pool_start_ms", "batch_throughput"]);
     }
-    let estimated = m.estimated_among(&used);
+    let estimated = measurement.estimated_among(&used);
     if !estimated.is_empty() {
         flags.push(format!(
             "{}: relies on estimated figures ({}) from {}; replace them with the benchmark's",
-            d.crate_name,
+            declaration.crate_name,
             estimated.join(", "),
-            m.source
+            measurement.source
         ));
     }
 
     let batch = match placement {
         Placement::BulkGpu => bulk_choice.map_or(bulk_batch, |b| b.batch),
-        _ => d.max_batch,
+        _ => declaration.max_batch,
     };
-    let always_on = always_on_cost(inputs, d, m, t)?;
-    let serverless = serverless_cost(inputs, d, m, t)?;
+    let always_on = always_on_cost(inputs, declaration, measurement, traffic)?;
+    let serverless = serverless_cost(inputs, declaration, measurement, traffic)?;
     let chosen = match placement {
         Placement::PinnedWarm => always_on,
         Placement::ServerlessOnDemand => serverless,
@@ -451,7 +453,7 @@ fn decide(
             // bulk option in the profile the backlog is priced on the serverless GPU at bulk_batch.
             let steady = Traffic {
                 backlog: 0,
-                ..t.clone()
+                ..traffic.clone()
             };
             let backlog = match bulk_choice {
                 Some(b) => b.usd,
@@ -459,18 +461,24 @@ fn decide(
                     let only_backlog = Traffic {
                         requests_per_month: 0.0,
                         cold_starts_per_month: 1.0,
-                        ..t.clone()
+                        ..traffic.clone()
                     };
-                    serverless_gpu_cost(inputs, d, m, &only_backlog, bulk_batch)?
+                    serverless_gpu_cost(
+                        inputs,
+                        declaration,
+                        measurement,
+                        &only_backlog,
+                        bulk_batch,
+                    )?
                 }
             };
-            serverless_cost(inputs, d, m, &steady)? + backlog
+            serverless_cost(inputs, declaration, measurement, &steady)? + backlog
         }
     };
     Ok(Decision {
-        workload: d.workload.clone(),
-        function: d.function.clone(),
-        compute: d.compute.to_string(),
+        workload: declaration.workload.clone(),
+        function: declaration.function.clone(),
+        compute: declaration.compute.to_string(),
         placement,
         batch,
         reason,
@@ -479,535 +487,6 @@ fn decide(
         cost_always_on_usd: always_on,
         cost_serverless_usd: serverless,
     })
-}
-
-fn gb(d: &Declaration) -> f64 {
-    f64::from(d.memory_mb) / 1024.0
-}
-
-/// Items processed in the month, the backlog included.
-fn items(t: &Traffic) -> f64 {
-    t.requests_per_month * t.items_per_request + t.backlog as f64
-}
-
-/// Seconds of GPU time per item at `batch`, from the measured batch-1 time and the throughput
-/// ratio at that batch size.
-fn gpu_seconds_per_item(d: &Declaration, m: &Measurement, batch: u32) -> Result<f64, InputError> {
-    let (_, warm) = gpu_figures(d, m)?;
-    let ratio = m.batch_ratio(batch).ok_or_else(|| InputError::Invalid {
-        path: m.source.clone().into(),
-        what: format!(
-            "{} has no measured batch_throughput at batch {batch}",
-            d.workload
-        ),
-    })?;
-    Ok(warm / 1000.0 / ratio)
-}
-
-/// Everything always on: provisioned concurrency for the whole month (CPU) or one instance per
-/// GPU workload for the whole month (more if the month's work does not fit in one).
-fn always_on_cost(
-    inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
-) -> Result<f64, InputError> {
-    let p = inputs.prices;
-    let hours = inputs.profile.hours_per_month;
-    match d.compute {
-        Compute::Cpu => {
-            let seconds = hours * SECONDS_PER_HOUR;
-            let configured = f64::from(t.provisioned_concurrency)
-                * gb(d)
-                * seconds
-                * p.lambda.provisioned_gb_second_usd;
-            let duration =
-                t.requests_per_month * (m.inference_ms * t.items_per_request / 1000.0) * gb(d);
-            Ok(configured
-                + duration * p.lambda.provisioned_duration_gb_second_usd
-                + t.requests_per_month * p.lambda.request_usd)
-        }
-        Compute::Gpu => always_on_gpu_cost(inputs, d, m, t),
-    }
-}
-
-/// One always-on GPU instance for the month (more if the month's work does not fit in one).
-fn always_on_gpu_cost(
-    inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
-) -> Result<f64, InputError> {
-    let hours = inputs.profile.hours_per_month;
-    let instance = inputs
-        .prices
-        .instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
-    let busy_hours = items(t) * gpu_seconds_per_item(d, m, d.max_batch)?
-        / SECONDS_PER_HOUR
-        / f64::from(instance.gpus);
-    let count = (busy_hours / hours).ceil().max(1.0);
-    Ok(count * instance.hourly_usd * hours)
-}
-
-/// Everything on demand: Lambda requests and GB-seconds, cold starts included (CPU), or
-/// per-second GPU time, container starts and idle exits included (GPU).
-fn serverless_cost(
-    inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
-) -> Result<f64, InputError> {
-    let p = inputs.prices;
-    match d.compute {
-        Compute::Cpu => {
-            let busy = t.requests_per_month * m.inference_ms * t.items_per_request / 1000.0
-                + t.cold_starts_per_month * m.cold_start_ms / 1000.0;
-            Ok(busy * gb(d) * p.lambda.gb_second_usd + t.requests_per_month * p.lambda.request_usd)
-        }
-        Compute::Gpu => serverless_gpu_cost(inputs, d, m, t, d.max_batch),
-    }
-}
-
-fn serverless_gpu_cost(
-    inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
-    batch: u32,
-) -> Result<f64, InputError> {
-    let (cold, _) = gpu_figures(d, m)?;
-    let seconds = items(t) * gpu_seconds_per_item(d, m, batch)?
-        + t.cold_starts_per_month * (cold / 1000.0 + t.idle_exit_s);
-    Ok(seconds * inputs.prices.serverless_gpu.per_second_usd)
-}
-
-/// One item's cost on each compute for a workload measured on both CPU and GPU.
-fn unit_costs_for(
-    inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    t: &Traffic,
-) -> Result<UnitCosts, InputError> {
-    let p = inputs.prices;
-    let gpu_second = p.serverless_gpu.per_second_usd;
-    let (gpu_cold, gpu_warm) = gpu_figures(d, m)?;
-    let n = items(t);
-    let lambda_item_usd = m.inference_ms / 1000.0 * gb(d) * p.lambda.gb_second_usd
-        + p.lambda.request_usd / t.items_per_request;
-    let lambda_cold_start_usd = m.cold_start_ms / 1000.0 * gb(d) * p.lambda.gb_second_usd;
-    let gpu_item_usd = gpu_seconds_per_item(d, m, d.max_batch)? * gpu_second;
-    let gpu_start_usd = (gpu_cold / 1000.0 + t.idle_exit_s) * gpu_second;
-    let lambda_fixed = t.cold_starts_per_month * lambda_cold_start_usd;
-    let gpu_fixed = t.cold_starts_per_month * gpu_start_usd;
-    let lambda_month = n * lambda_item_usd + lambda_fixed;
-    let always_on = {
-        let instance = p.instance(&inputs.profile.always_on_instance, &inputs.profile.path)?;
-        instance.hourly_usd * inputs.profile.hours_per_month
-    };
-    let per_item = |usd: f64| if n > 0.0 { usd / n } else { f64::NAN };
-    // Both costs are linear in the month's items: fixed starts plus a price per item. The
-    // crossover is where the lines meet, when the GPU's price per item is the lower one.
-    let crossover = |fixed: f64, item: f64| {
-        (lambda_item_usd > item)
-            .then(|| ((fixed - lambda_fixed) / (lambda_item_usd - item)).max(0.0))
-    };
-    Ok(UnitCosts {
-        workload: d.workload.clone(),
-        items_per_month: n,
-        lambda_item_usd,
-        lambda_cold_start_usd,
-        gpu_item_usd,
-        gpu_start_usd,
-        gpu_from_zero_usd: gpu_start_usd + gpu_warm / 1000.0 * gpu_second,
-        lambda_per_item_usd: per_item(lambda_month),
-        serverless_gpu_per_item_usd: per_item(serverless_gpu_cost(inputs, d, m, t, d.max_batch)?),
-        always_on_gpu_per_item_usd: per_item(always_on_gpu_cost(inputs, d, m, t)?),
-        serverless_gpu_crossover_items: crossover(gpu_fixed, gpu_item_usd),
-        always_on_gpu_crossover_items: crossover(always_on, 0.0),
-    })
-}
-
-/// What the pod needs to know of one host: its traffic, CPU time per request, and Lambda size.
-struct HostLoad<'a> {
-    d: &'a Declaration,
-    t: &'a Traffic,
-    /// CPU seconds one request takes (the measured warm inference × items per request).
-    cpu_s: f64,
-}
-
-impl HostLoad<'_> {
-    /// Average vCPUs busy at `scale` × the profile's traffic.
-    fn load(&self, seconds: f64, scale: f64) -> f64 {
-        scale * self.t.requests_per_month * self.cpu_s / seconds
-    }
-
-    /// Provisioned Lambda at `scale`: enough concurrency that the average stays at
-    /// [`PROVISIONED_UTILIZATION_TARGET`] (never less than the profile's), its duration and
-    /// requests. At the profile's traffic this is the plan's always-on cost for the workload.
-    fn lambda(&self, p: &Prices, seconds: f64, scale: f64) -> f64 {
-        let concurrency = f64::from(self.t.provisioned_concurrency)
-            .max((self.load(seconds, scale) / PROVISIONED_UTILIZATION_TARGET).ceil());
-        let requests = scale * self.t.requests_per_month;
-        concurrency * gb(self.d) * seconds * p.lambda.provisioned_gb_second_usd
-            + requests * self.cpu_s * gb(self.d) * p.lambda.provisioned_duration_gb_second_usd
-            + requests * p.lambda.request_usd
-    }
-}
-
-/// Pods needed for a load: the load at the declared CPU target, never fewer than `min_tasks`.
-fn pods_for(pod: &PodDeclaration, load_vcpu: f64) -> u32 {
-    let capacity = pod.vcpu * f64::from(pod.target_cpu_percent) / 100.0;
-    // A hair under a whole pod is a whole pod: float noise must not add one.
-    let needed = (load_vcpu / capacity - 1e-9).ceil().max(0.0) as u32;
-    needed.max(pod.min_tasks)
-}
-
-/// The smallest scale in [SCALE_MIN, SCALE_MAX] at which `holds` is true, found on a geometric
-/// grid and refined by bisection (the costs are step functions of the scale); `Some(0.0)` when
-/// it already holds at the smallest traffic.
-fn first_scale_where(holds: impl Fn(f64) -> bool) -> Option<f64> {
-    if holds(SCALE_MIN) {
-        return Some(0.0);
-    }
-    let mut below = SCALE_MIN;
-    while below < SCALE_MAX {
-        let above = below * 1.02;
-        if holds(above) {
-            let (mut lo, mut hi) = (below, above);
-            for _ in 0..60 {
-                let mid = (lo + hi) / 2.0;
-                if holds(mid) { hi = mid } else { lo = mid }
-            }
-            return Some(hi);
-        }
-        below = above;
-    }
-    None
-}
-
-/// Prices the pod the declarations carry against provisioned Lambda for its hosts.
-fn pod_comparison(inputs: &Inputs<'_>, pod: &PodDeclaration) -> Result<PodComparison, InputError> {
-    let p = inputs.prices;
-    let profile = inputs.profile;
-    let fargate = p.fargate.as_ref().ok_or(InputError::MissingPrice {
-        table: "fargate",
-        what: "the always-on pod on Fargate",
-    })?;
-    let lb = p.load_balancer.as_ref().ok_or(InputError::MissingPrice {
-        table: "load_balancer",
-        what: "the always-on pod's load balancer",
-    })?;
-    let hours = profile.hours_per_month;
-    let seconds = hours * SECONDS_PER_HOUR;
-    let mut hosts = Vec::new();
-    let mut flags = Vec::new();
-    for w in &pod.hosts {
-        let d = find_declaration(inputs, w)?;
-        let m = inputs.measurements.get(w)?;
-        let t = profile.traffic.get(w).ok_or_else(|| InputError::Invalid {
-            path: profile.path.clone(),
-            what: format!("no [traffic.{w}] for {w}, which the pod hosts"),
-        })?;
-        let estimated = m.estimated_among(&["inference_ms"]);
-        if !estimated.is_empty() {
-            flags.push(format!(
-                "{w}: the pod's load relies on an estimated inference_ms from {}",
-                m.source
-            ));
-        }
-        hosts.push(HostLoad {
-            d,
-            t,
-            cpu_s: m.inference_ms * t.items_per_request / 1000.0,
-        });
-    }
-    let load = |scale: f64, without: Option<&str>| -> f64 {
-        hosts
-            .iter()
-            .filter(|h| Some(h.d.workload.as_str()) != without)
-            .map(|h| h.load(seconds, scale))
-            .sum()
-    };
-    let lambda = |scale: f64| -> f64 { hosts.iter().map(|h| h.lambda(p, seconds, scale)).sum() };
-    let lb_usd = lb.cost(hours);
-    let pod_month =
-        pod.vcpu * fargate.vcpu_hour_usd + f64::from(pod.memory_mb) / 1024.0 * fargate.gb_hour_usd;
-    let fargate_at = |scale: f64| -> f64 {
-        f64::from(pods_for(pod, load(scale, None))) * pod_month * hours + lb_usd
-    };
-    let instance = p.instance(&pod.gpu_instance, &profile.path)?;
-    let gpu_usd = f64::from(pod.min_tasks) * instance.hourly_usd * hours + lb_usd;
-
-    let host_rows = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let w = h.d.workload.as_str();
-            let extra_pod =
-                |scale: f64| pods_for(pod, load(scale, None)) > pods_for(pod, load(scale, Some(w)));
-            PodHost {
-                workload: w.to_string(),
-                requests_per_month: h.t.requests_per_month,
-                load_vcpu: h.load(seconds, 1.0),
-                lambda_usd: h.lambda(p, seconds, 1.0),
-                rides_free: !extra_pod(1.0),
-                rides_free_until_scale: (i > 0).then(|| first_scale_where(extra_pod)).flatten(),
-            }
-        })
-        .collect();
-    Ok(PodComparison {
-        service: pod.service.display().to_string(),
-        vcpu: pod.vcpu,
-        memory_gb: f64::from(pod.memory_mb) / 1024.0,
-        target_cpu_percent: pod.target_cpu_percent,
-        capacity_vcpu: pod.vcpu * f64::from(pod.target_cpu_percent) / 100.0,
-        fargate_pods: pods_for(pod, load(1.0, None)),
-        fargate_usd: fargate_at(1.0),
-        gpu_instance: pod.gpu_instance.clone(),
-        gpu_instances: pod.min_tasks,
-        gpu_usd,
-        load_balancer_usd: lb_usd,
-        lambda_usd: lambda(1.0),
-        breakeven_scale: first_scale_where(|k| fargate_at(k) <= lambda(k)),
-        gpu_breakeven_scale: first_scale_where(|k| gpu_usd <= lambda(k)),
-        requests_per_month: hosts.iter().map(|h| h.t.requests_per_month).sum(),
-        hours_per_month: hours,
-        hosts: host_rows,
-        flags,
-    })
-}
-
-fn bulk_cost(
-    inputs: &Inputs<'_>,
-    d: &Declaration,
-    m: &Measurement,
-    o: &BulkOption,
-    n: u64,
-) -> Result<BulkCost, InputError> {
-    let instance = inputs.prices.instance(&o.instance, &inputs.profile.path)?;
-    // The instance is billed from its launch: the pool's start from zero (launch, image pull,
-    // model, sessions) before the first item, and the workers' idle exit after the last.
-    let (gpu_cold, _) = gpu_figures(d, m)?;
-    let start_s = m.gpu_pool_start_ms.unwrap_or(gpu_cold) / 1000.0;
-    let idle_s = inputs
-        .profile
-        .traffic
-        .get(&d.workload)
-        .map_or(0.0, |t| t.idle_exit_s);
-    let wall_s = n as f64 * gpu_seconds_per_item(d, m, o.batch)? / f64::from(instance.gpus)
-        + start_s
-        + idle_s;
-    let wall_hours = wall_s / SECONDS_PER_HOUR;
-    Ok(BulkCost {
-        name: o.name.clone(),
-        instance: o.instance.clone(),
-        gpus: instance.gpus,
-        batch: o.batch,
-        wall_hours,
-        gpu_hours: wall_hours * f64::from(instance.gpus),
-        usd: wall_hours * instance.hourly_usd,
-    })
-}
-
-/// The plan as text: one sentence per workload, flags, then the cost table.
-pub fn render(plan: &Plan) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "profile: {}", plan.profile);
-    for d in &plan.decisions {
-        let _ = writeln!(
-            out,
-            "  {} ({}) -> {} [batch {}]",
-            d.workload, d.function, d.placement, d.batch
-        );
-        let _ = writeln!(out, "    {}", d.reason);
-        for f in &d.flags {
-            let _ = writeln!(out, "    FLAG {f}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "monthly cost (USD)        chosen   always-on  serverless"
-    );
-    for d in &plan.decisions {
-        let _ = writeln!(
-            out,
-            "  {:<20} {:>10.2} {:>11.2} {:>11.2}",
-            d.workload, d.cost_chosen_usd, d.cost_always_on_usd, d.cost_serverless_usd
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  {:<20} {:>10.2} {:>11.2} {:>11.2}",
-        "total", plan.total_chosen_usd, plan.total_always_on_usd, plan.total_serverless_usd
-    );
-    if !plan.scenarios.is_empty() {
-        let _ = writeln!(out, "deployments in the profile (USD/month)");
-        for s in &plan.scenarios {
-            let _ = writeln!(out, "  {:>10.2}  {}", s.monthly_usd, s.name);
-        }
-    }
-    if let Some(pod) = &plan.pod {
-        render_pod(&mut out, pod);
-    }
-    for u in &plan.unit_costs {
-        // Per thousand items: one item's cost is a fraction of a cent.
-        let k = |usd: f64| usd * 1000.0;
-        let _ = writeln!(
-            out,
-            "{} cost per 1000 items (USD), {:.0} items this month: warm | per 1000 starts | this month",
-            u.workload, u.items_per_month
-        );
-        let _ = writeln!(
-            out,
-            "  Lambda CPU      {:>9.4} {:>9.4} {:>9.4}",
-            k(u.lambda_item_usd),
-            k(u.lambda_cold_start_usd),
-            k(u.lambda_per_item_usd)
-        );
-        let _ = writeln!(
-            out,
-            "  serverless GPU  {:>9.4} {:>9.4} {:>9.4}   (one item alone on a GPU started from zero: {:.4})",
-            k(u.gpu_item_usd),
-            k(u.gpu_start_usd),
-            k(u.serverless_gpu_per_item_usd),
-            u.gpu_from_zero_usd
-        );
-        let _ = writeln!(
-            out,
-            "  always-on GPU   {:>9} {:>9} {:>9.4}",
-            "-",
-            "-",
-            k(u.always_on_gpu_per_item_usd)
-        );
-        let crossover = |x: Option<f64>| {
-            x.map_or_else(
-                || "never (Lambda costs less per item)".to_string(),
-                |n| format!("above {n:.0} items a month"),
-            )
-        };
-        let _ = writeln!(
-            out,
-            "  cheapest this month: {}; cheaper than Lambda CPU: serverless GPU {}; always-on GPU {}",
-            u.cheapest(),
-            crossover(u.serverless_gpu_crossover_items),
-            crossover(u.always_on_gpu_crossover_items)
-        );
-    }
-    if !plan.bulk.is_empty() {
-        let _ = writeln!(out, "bulk arrival options");
-        for b in &plan.bulk {
-            let _ = writeln!(
-                out,
-                "  {:>8.2} USD  {:>6.2} GPU-h  {:>6.2} h wall  {}",
-                b.usd, b.gpu_hours, b.wall_hours, b.name
-            );
-        }
-    }
-    out
-}
-
-/// The pod against provisioned Lambda: this month's costs, the load, whether each further host
-/// rides free, and the traffic at which the pod becomes cheaper.
-fn render_pod(out: &mut String, pod: &PodComparison) {
-    let names: Vec<&str> = pod.hosts.iter().map(|h| h.workload.as_str()).collect();
-    let names = names.join(" + ");
-    let _ = writeln!(
-        out,
-        "the warm set on one always-on pod ({}) against provisioned Lambda (USD/month)",
-        pod.service
-    );
-    let per_host: Vec<String> = pod
-        .hosts
-        .iter()
-        .map(|h| format!("{} {:.2}", h.workload, h.lambda_usd))
-        .collect();
-    let _ = writeln!(
-        out,
-        "  {:>10.2}  provisioned Lambda for {names} ({})",
-        pod.lambda_usd,
-        per_host.join(", ")
-    );
-    let _ = writeln!(
-        out,
-        "  {:>10.2}  pod on Fargate: {} x {} vCPU, {} GB, plus the load balancer ({:.2})",
-        pod.fargate_usd, pod.fargate_pods, pod.vcpu, pod.memory_gb, pod.load_balancer_usd
-    );
-    let _ = writeln!(
-        out,
-        "  {:>10.2}  pod on GPU: {} x {}, plus the load balancer",
-        pod.gpu_usd, pod.gpu_instances, pod.gpu_instance
-    );
-    let loads: Vec<String> = pod
-        .hosts
-        .iter()
-        .map(|h| format!("{} {:.4}", h.workload, h.load_vcpu))
-        .collect();
-    let _ = writeln!(
-        out,
-        "  load at this traffic (vCPU): {}; one pod serves {:.2} at its {}% CPU target",
-        loads.join(", "),
-        pod.capacity_vcpu,
-        pod.target_cpu_percent
-    );
-    let cheapest = if pod.fargate_usd < pod.lambda_usd {
-        "the pod on Fargate"
-    } else {
-        "provisioned Lambda"
-    };
-    let _ = writeln!(out, "  cheaper at this traffic: {cheapest}");
-    let traffic = |scale: f64| {
-        let (month, second) = pod.traffic_at(scale);
-        format!("{month:.0} requests a month ({second:.1}/s, {scale:.0}x this traffic)")
-    };
-    let first = pod.hosts.first().map_or("", |h| h.workload.as_str());
-    for h in pod.hosts.iter().skip(1) {
-        let until = h.rides_free_until_scale.map_or_else(
-            || "at any traffic up to 10^9x this one".to_string(),
-            |k| format!("up to {}, where it needs a further pod", traffic(k)),
-        );
-        if h.rides_free {
-            let _ = writeln!(
-                out,
-                "  {w} rides free: its {load:.4} vCPU fits in the spare capacity of the pod kept for {first}, so \
-                 hosting it there adds nothing, where provisioned Lambda charges {usd:.2} a month for it; it \
-                 rides free {until}",
-                w = h.workload,
-                load = h.load_vcpu,
-                usd = h.lambda_usd,
-            );
-        } else {
-            let _ = writeln!(
-                out,
-                "  {w} does not ride free: at this traffic its {load:.4} vCPU needs more pods than {first} alone",
-                w = h.workload,
-                load = h.load_vcpu,
-            );
-        }
-    }
-    let breakeven = |scale: Option<f64>| match scale {
-        Some(0.0) => "at any traffic".to_string(),
-        Some(k) => format!("above {}", traffic(k)),
-        None => "never up to 10^9x this traffic".to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "  the pod on Fargate costs less than provisioned Lambda {}",
-        breakeven(pod.breakeven_scale)
-    );
-    // One instance is priced: a busier month may need more, so the true break-even is later.
-    let gpu = match pod.gpu_breakeven_scale {
-        Some(0.0) => "at any traffic".to_string(),
-        Some(k) => format!("not below {}", traffic(k)),
-        None => "never up to 10^9x this traffic".to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "  the pod on {} costs less than provisioned Lambda {gpu}: its GPU throughput is not measured, so one instance is priced",
-        pod.gpu_instance
-    );
-    for f in &pod.flags {
-        let _ = writeln!(out, "  FLAG {f}");
-    }
 }
 
 #[cfg(test)]
