@@ -9,6 +9,7 @@
 //! queue side of both hosts and the binary's command line ([`cli`]).
 
 pub mod cli;
+pub mod event;
 pub mod lambda;
 pub mod worker;
 
