@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_io::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 
+#[cfg(feature = "s3")]
 use crate::S3Fetcher;
 
 /// The object store a deployment reads `s3://` URIs from, chosen by `COLDPATH_OBJECT_STORE`:
@@ -14,6 +15,8 @@ use crate::S3Fetcher;
 ///   work with no cloud at all.
 #[derive(Debug, Clone)]
 pub enum ObjectStore {
+    /// Needs the `s3` feature; without it, choosing `s3` is a configuration error.
+    #[cfg(feature = "s3")]
     S3(S3Fetcher),
     Local(LocalObjectDir),
     None(NoObjectStore),
@@ -55,9 +58,18 @@ impl ObjectStore {
         let raw = config::get(env, "COLDPATH_OBJECT_STORE");
         let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
         Ok(match parse_choice(raw.as_deref(), in_lambda)? {
+            #[cfg(feature = "s3")]
             Choice::S3 => {
                 let path_style = config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?;
                 ObjectStore::S3(S3Fetcher::from_env(path_style).await)
+            }
+            #[cfg(not(feature = "s3"))]
+            Choice::S3 => {
+                return Err(ConfigError::invalid(
+                    "COLDPATH_OBJECT_STORE",
+                    "local:<dir> or none (this binary's coldpath-aws has no `s3` feature)",
+                    raw.unwrap_or_else(|| "auto".to_string()),
+                ));
             }
             Choice::Local(dir) => ObjectStore::Local(LocalObjectDir::new(dir)),
             Choice::None => ObjectStore::None(NoObjectStore),
@@ -66,6 +78,7 @@ impl ObjectStore {
 
     pub fn kind(&self) -> &'static str {
         match self {
+            #[cfg(feature = "s3")]
             ObjectStore::S3(_) => "s3",
             ObjectStore::Local(_) => "local",
             ObjectStore::None(_) => "none",
@@ -76,6 +89,7 @@ impl ObjectStore {
 impl ObjectFetcher for ObjectStore {
     async fn fetch_to(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, FetchError> {
         match self {
+            #[cfg(feature = "s3")]
             ObjectStore::S3(s) => s.fetch_to(bucket, key, dest).await,
             ObjectStore::Local(l) => l.fetch_to(bucket, key, dest).await,
             ObjectStore::None(n) => n.fetch_to(bucket, key, dest).await,
@@ -89,6 +103,7 @@ impl ObjectFetcher for ObjectStore {
         max_bytes: u64,
     ) -> Result<Vec<u8>, FetchError> {
         match self {
+            #[cfg(feature = "s3")]
             ObjectStore::S3(s) => s.fetch_bytes(bucket, key, max_bytes).await,
             ObjectStore::Local(l) => l.fetch_bytes(bucket, key, max_bytes).await,
             ObjectStore::None(n) => n.fetch_bytes(bucket, key, max_bytes).await,
