@@ -1,5 +1,6 @@
-//! The captioning function's queue input: SQS events (`lambda::messages`, which turns the
-//! Lambda event into its records) and each message body (`message::parse`: the documented
+//! The captioning function's queue input: SQS events (`event::messages`, which reads the Lambda
+//! payload as an `SqsEvent` and turns it into its messages; the host crate links the engine's
+//! model, so its `event` module is compiled in from its own file) and each message body (`message::parse`: the documented
 //! request, an S3 `Object Created` event from EventBridge, an S3 notification or S3's test event).
 //!
 //! Invariants checked: nothing panics; a refused body or record is `InvalidInput`, or
@@ -11,7 +12,6 @@
 //! id. The raw input is also tried as a message body on its own.
 #![no_main]
 
-use coldpath_captioning::lambda::messages;
 use coldpath_captioning::message::{
     BodyKind, CaptionRequest, MAX_ID_LEN, MessageError, is_safe_id, parse,
 };
@@ -19,6 +19,11 @@ use coldpath_core::{Classify, ErrorType};
 use coldpath_image::ImageRef;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+
+#[path = "../../functions/hosts/captioning/src/event.rs"]
+mod event;
+
+use event::messages;
 
 const CAP: usize = 128;
 
@@ -88,11 +93,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(payload) = serde_json::from_str::<Value>(text) else {
         return;
     };
-    if let Ok(records) = messages(payload) {
-        for m in &records {
-            let id = m.message_id.as_deref().unwrap_or_default();
-            assert!(!id.trim().is_empty(), "accepted a record without a messageId");
-            check_body(m.body.as_deref());
+    match messages(payload) {
+        Ok(records) => {
+            for m in &records {
+                assert!(
+                    !m.message_id.trim().is_empty(),
+                    "accepted a record without a messageId"
+                );
+                check_body(m.body.as_deref());
+            }
         }
+        Err(e) => assert_eq!(e.error_type(), ErrorType::InvalidInput, "{e}"),
     }
 });

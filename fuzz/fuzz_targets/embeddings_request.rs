@@ -1,7 +1,8 @@
 //! The embeddings function's request path, from the raw invoke payload to a validated request:
-//! `http::is_http_event`, `http::route` (Function URL / API Gateway HTTP API v2 events: path,
-//! stage, method, base64 body, size) and `api::parse_request` (the OpenAI request), as
-//! `service::handle` chains them.
+//! `http::EmbeddingsEvent::from_payload` (the typed event: Function URL / API Gateway HTTP API v2
+//! request or direct invoke), `http::route` (path, stage, method, base64 body, size) and
+//! `api::parse_request` (the OpenAI request), as the Lambda host's `handle` chains them. The host
+//! crate links the engine's model, so its `http` module is compiled in from its own file.
 //!
 //! Invariants checked: nothing panics; an HTTP event is answered with a JSON error body whose
 //! status matches its code, or yields a body within the size limit that is then parsed; a
@@ -13,9 +14,13 @@ use aws_lambda_events::encodings::Body;
 use coldpath_core::{Classify, ErrorType};
 use coldpath_embeddings::Limits;
 use coldpath_embeddings::api::{RequestError, parse_request};
-use coldpath_embeddings::http::{Routed, is_http_event, route};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+
+#[path = "../../functions/hosts/embeddings/src/http.rs"]
+mod http;
+
+use http::{EmbeddingsEvent, Routed, malformed, route};
 
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const DIMENSIONS: usize = 384;
@@ -29,8 +34,13 @@ fuzz_target!(|data: &[u8]| {
         // The Lambda runtime only ever hands the handler a JSON value.
         return;
     };
-    let body = if is_http_event(&payload) {
-        match route(payload, LIMITS.max_request_bytes) {
+    let routed = match EmbeddingsEvent::from_payload(payload) {
+        Ok(EmbeddingsEvent::Direct(body)) => Err(body),
+        Ok(EmbeddingsEvent::Http(request)) => Ok(route(*request, LIMITS.max_request_bytes)),
+        Err(e) => Ok(malformed(&e)),
+    };
+    let body = match routed {
+        Ok(routed) => match routed {
             Routed::Reply(reply) => {
                 let status = reply.status_code;
                 assert!(matches!(status, 400 | 404 | 405 | 413), "status {status}");
@@ -52,9 +62,8 @@ fuzz_target!(|data: &[u8]| {
                 return;
             }
             Routed::Body(body) => body,
-        }
-    } else {
-        payload
+        },
+        Err(direct) => direct,
     };
     match parse_request(&body, MODEL, DIMENSIONS, &LIMITS) {
         Ok(request) => {

@@ -1,6 +1,8 @@
-//! The faces function's inputs: the direct-invoke request (`request::parse_request`, which
-//! parses an `ImageRef`), S3 event notifications (`request::is_s3_event`, the `S3Event` JSON the
-//! service deserialises) and their URL-encoded object keys (`request::decode_s3_key`).
+//! The faces function's inputs: the typed event (`event::FacesEvent::from_payload`: an `S3Event`
+//! notification or a direct invoke), the direct-invoke request (`request::parse_request`, which
+//! parses an `ImageRef`) and the notifications' URL-encoded object keys (`event::decode_s3_key`).
+//! The Lambda host crate links the engine's models, so its `event` module is compiled in from
+//! its own file.
 //!
 //! Invariants checked: nothing panics; a refused request is a typed `InvalidInput` error; an
 //! accepted request's options stay within the configured ones (`min_score` in [0, 1],
@@ -9,14 +11,18 @@
 //! decodes back to itself. The raw input is also tried as an S3 key on its own.
 #![no_main]
 
-use aws_lambda_events::s3::S3Event;
 use coldpath_core::{Classify, ErrorType};
 use coldpath_faces::DetectOptions;
-use coldpath_faces::request::{decode_s3_key, is_s3_event, parse_request};
+use coldpath_faces::request::parse_request;
 use coldpath_image::ImageRef;
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
+
+#[path = "../../functions/hosts/faces/src/event.rs"]
+mod event;
+
+use event::{FacesEvent, decode_s3_key};
 
 const DEFAULTS: DetectOptions = DetectOptions {
     min_score: 0.9,
@@ -46,21 +52,38 @@ fuzz_target!(|data: &[u8]| {
     let Ok(payload) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    if is_s3_event(&payload) {
-        if let Ok(event) = serde_json::from_value::<S3Event>(payload) {
+    let payload = match FacesEvent::from_payload(payload) {
+        Ok(FacesEvent::S3(event)) => {
             for record in &event.records {
                 if let Some(key) = record.s3.object.key.as_deref() {
                     check_key(key);
                 }
             }
+            return;
         }
-        return;
-    }
+        Ok(FacesEvent::Direct(payload)) => payload,
+        Err(e) => {
+            assert_eq!(e.error_type(), ErrorType::InvalidInput, "{e}");
+            assert!(
+                e.to_string().contains("not an S3 event notification"),
+                "{e}"
+            );
+            return;
+        }
+    };
     match parse_request(&payload, &DEFAULTS) {
         Ok(request) => {
             let o = request.options;
-            assert!((0.0..=1.0).contains(&o.min_score), "min_score {}", o.min_score);
-            assert!((1..=DEFAULTS.max_faces).contains(&o.max_faces), "max_faces {}", o.max_faces);
+            assert!(
+                (0.0..=1.0).contains(&o.min_score),
+                "min_score {}",
+                o.min_score
+            );
+            assert!(
+                (1..=DEFAULTS.max_faces).contains(&o.max_faces),
+                "max_faces {}",
+                o.max_faces
+            );
             assert_eq!(o.nms_iou, DEFAULTS.nms_iou);
             let json = serde_json::to_value(&request.image).expect("ImageRef serialises");
             let back: ImageRef = serde_json::from_value(json).expect("ImageRef reads back");

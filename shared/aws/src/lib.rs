@@ -11,18 +11,28 @@
 //! - Queues: `Queue` is the typed SQS surface the captioning worker needs (receive, batch delete,
 //!   visibility, backlog).
 //!
-//! It is the only shared crate that links the AWS SDK, so crates that need only types stay light.
+//! It is the only shared crate that links the AWS SDK, and only behind its features: `s3`
+//! (`S3Fetcher`, `ObjectStore`'s S3 kind, `ResultSink`'s S3 target) and `sqs` (`Queue`,
+//! `ResultSink`'s SQS target). Without either, the key helpers, the local sink and the types
+//! build with no SDK, so crates that need only those stay light.
 
 mod object_store;
+#[cfg(feature = "sqs")]
 mod queue;
+mod queue_url;
+#[cfg(feature = "s3")]
 mod s3;
 mod s3_key;
+#[cfg(any(feature = "s3", feature = "sqs"))]
 mod sdk;
 mod sink;
 
 pub use object_store::ObjectStore;
+#[cfg(feature = "sqs")]
 pub use queue::{Queue, QueueError, ReceivedMessage};
+#[cfg(feature = "s3")]
 pub use s3::S3Fetcher;
 pub use s3_key::{KeyError, decode_event_key, photo_result_id};
+#[cfg(any(feature = "s3", feature = "sqs"))]
 pub use sdk::shared_config;
 pub use sink::{RESULT_SINK_VAR, ResultSink, SinkError, SinkTarget, validate_id};

@@ -4,6 +4,7 @@ use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::contract::EnvVar;
 use coldpath_io::{FetchError, LocalObjectDir, NoObjectStore, ObjectFetcher};
 
+#[cfg(feature = "s3")]
 use crate::S3Fetcher;
 
 /// The object store a deployment reads `s3://` URIs from, chosen by `COLDPATH_OBJECT_STORE`:
@@ -15,6 +16,8 @@ use crate::S3Fetcher;
 ///   work with no cloud at all.
 #[derive(Debug, Clone)]
 pub enum ObjectStore {
+    /// Needs the `s3` feature; without it, choosing `s3` is a configuration error.
+    #[cfg(feature = "s3")]
     S3(S3Fetcher),
     Local(LocalObjectDir),
     None(NoObjectStore),
@@ -66,7 +69,16 @@ impl ObjectStore {
     /// servers); inside Lambda is told by `AWS_LAMBDA_FUNCTION_NAME`.
     pub async fn from_env(env: &impl EnvSource) -> Result<ObjectStore, ConfigError> {
         Ok(match read_setting(env)? {
+            #[cfg(feature = "s3")]
             (Choice::S3, path_style) => ObjectStore::S3(S3Fetcher::from_env(path_style).await),
+            #[cfg(not(feature = "s3"))]
+            (Choice::S3, _) => {
+                return Err(ConfigError::invalid(
+                    "COLDPATH_OBJECT_STORE",
+                    "local:<dir> or none (this binary's coldpath-aws has no `s3` feature)",
+                    config::get(env, "COLDPATH_OBJECT_STORE").unwrap_or_else(|| "auto".to_string()),
+                ));
+            }
             (Choice::Local(dir), _) => ObjectStore::Local(LocalObjectDir::new(dir)),
             (Choice::None, _) => ObjectStore::None(NoObjectStore),
         })
@@ -87,6 +99,7 @@ impl ObjectStore {
 
     pub fn kind(&self) -> &'static str {
         match self {
+            #[cfg(feature = "s3")]
             ObjectStore::S3(_) => "s3",
             ObjectStore::Local(_) => "local",
             ObjectStore::None(_) => "none",
@@ -97,6 +110,7 @@ impl ObjectStore {
 impl ObjectFetcher for ObjectStore {
     async fn fetch_to(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, FetchError> {
         match self {
+            #[cfg(feature = "s3")]
             ObjectStore::S3(s) => s.fetch_to(bucket, key, dest).await,
             ObjectStore::Local(l) => l.fetch_to(bucket, key, dest).await,
             ObjectStore::None(n) => n.fetch_to(bucket, key, dest).await,
@@ -110,6 +124,7 @@ impl ObjectFetcher for ObjectStore {
         max_bytes: u64,
     ) -> Result<Vec<u8>, FetchError> {
         match self {
+            #[cfg(feature = "s3")]
             ObjectStore::S3(s) => s.fetch_bytes(bucket, key, max_bytes).await,
             ObjectStore::Local(l) => l.fetch_bytes(bucket, key, max_bytes).await,
             ObjectStore::None(n) => n.fetch_bytes(bucket, key, max_bytes).await,

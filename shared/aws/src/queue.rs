@@ -19,6 +19,7 @@ use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::{Classify, ErrorType};
 use sha2::{Digest, Sha256};
 
+use crate::queue_url::{is_fifo, is_queue_url};
 use crate::sdk::{sdk_is_transient, sdk_message};
 
 /// SQS limits that the API enforces; checked here so a bad argument is a typed error, not a 400.
@@ -116,16 +117,6 @@ impl Classify for QueueError {
     }
 }
 
-/// Whether `url` looks like an SQS queue URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`
-/// or a local endpoint's `http://host:port/<account>/<name>`): a scheme and a non-empty path.
-/// Queue names and ARNs are refused because the message APIs take only URLs.
-pub(crate) fn is_queue_url(url: &str) -> bool {
-    url.strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(host, path)| !host.is_empty() && !path.trim_matches('/').is_empty())
-}
-
 fn queue_url_from_env(env: &impl EnvSource, var: &str) -> Result<String, ConfigError> {
     let url = config::get(env, var).ok_or_else(|| ConfigError::Missing {
         name: var.to_string(),
@@ -140,11 +131,6 @@ fn queue_url_from_env(env: &impl EnvSource, var: &str) -> Result<String, ConfigE
         ));
     }
     Ok(url)
-}
-
-/// FIFO queues' URLs (like their names) end in `.fifo`.
-pub(crate) fn is_fifo(url: &str) -> bool {
-    url.trim_end_matches('/').ends_with(".fifo")
 }
 
 fn check_range(

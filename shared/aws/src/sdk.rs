@@ -2,6 +2,10 @@
 //! an SDK failure is judged (worth retrying or not) and described.
 
 use aws_config::SdkConfig;
+// The same aws-smithy types, re-exported by both SDK crates: whichever feature is on provides them.
+#[cfg(not(feature = "sqs"))]
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+#[cfg(feature = "sqs")]
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use tokio::sync::OnceCell;
 

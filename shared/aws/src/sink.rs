@@ -10,16 +10,32 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+#[cfg(all(feature = "s3", not(feature = "sqs")))]
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+#[cfg(feature = "s3")]
 use aws_sdk_s3::primitives::ByteStream;
+#[cfg(feature = "sqs")]
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+#[cfg(feature = "sqs")]
 use aws_sdk_sqs::types::MessageAttributeValue;
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::contract::EnvVar;
 use coldpath_core::{Classify, ErrorType};
+#[cfg(feature = "sqs")]
 use sha2::{Digest, Sha256};
 
-use crate::queue::{is_fifo, is_queue_url};
+#[cfg(feature = "sqs")]
+use crate::queue_url::is_fifo;
+use crate::queue_url::is_queue_url;
+#[cfg(any(feature = "s3", feature = "sqs"))]
 use crate::sdk::{sdk_is_transient, sdk_message};
+
+/// The AWS configuration a client is built from; with neither SDK feature there is none (and
+/// `Option<&SdkConfig>` is always `None`).
+#[cfg(any(feature = "s3", feature = "sqs"))]
+type SdkConfig = aws_config::SdkConfig;
+#[cfg(not(any(feature = "s3", feature = "sqs")))]
+type SdkConfig = std::convert::Infallible;
 
 /// The setting that picks the sink.
 pub const RESULT_SINK_VAR: &str = "COLDPATH_RESULT_SINK";
@@ -34,6 +50,7 @@ const EXPECTED: &str = "local:<dir>, s3://<bucket>/<prefix> or sqs:<queue-url>";
 const MAX_SEGMENT_BYTES: usize = 250;
 
 /// S3's limit on the length of an object key.
+#[cfg(feature = "s3")]
 const MAX_S3_KEY_BYTES: usize = 1024;
 
 /// Writes one JSON result per id for one function (the function's name is a path segment, so
@@ -50,7 +67,8 @@ pub enum SinkTarget {
     /// `<dir>/<function>/<id>.json`, written to a temporary file and renamed into place.
     Local(PathBuf),
     /// `s3://<bucket>/<prefix>/<function>/<id>.json`; an empty prefix puts `<function>` at the
-    /// top of the bucket.
+    /// top of the bucket. Needs the `s3` feature.
+    #[cfg(feature = "s3")]
     S3 {
         client: aws_sdk_s3::Client,
         bucket: String,
@@ -61,7 +79,8 @@ pub enum SinkTarget {
     /// `MessageGroupId = function` and `MessageDeduplicationId = hex(sha256("<function>/<id>"))`,
     /// so a repeat within five minutes is dropped (one group per function keeps results of one
     /// function in order, at FIFO throughput). A standard queue cannot deduplicate: its consumers
-    /// must dedupe by the `id` attribute.
+    /// must dedupe by the `id` attribute. Needs the `sqs` feature.
+    #[cfg(feature = "sqs")]
     Sqs {
         client: aws_sdk_sqs::Client,
         queue_url: String,
@@ -189,13 +208,18 @@ impl ResultSink {
         let setting = read_setting(env, function)?;
         let sdk = match setting {
             Setting::Local(_) => None,
+            #[cfg(any(feature = "s3", feature = "sqs"))]
             Setting::S3 { .. } | Setting::Sqs(_) => Some(crate::sdk::shared_config().await),
+            // `build` refuses them: this build has neither client.
+            #[cfg(not(any(feature = "s3", feature = "sqs")))]
+            Setting::S3 { .. } | Setting::Sqs(_) => None,
         };
         build(env, function, setting, sdk)
     }
 
     /// [`ResultSink::from_env`] with an AWS configuration the caller already loaded (a function
     /// that also reads from S3 loads it once; tests point it at a local server).
+    #[cfg(any(feature = "s3", feature = "sqs"))]
     pub fn from_env_with_sdk_config(
         env: &impl EnvSource,
         function: &str,
@@ -213,7 +237,9 @@ impl ResultSink {
     pub fn kind(&self) -> &'static str {
         match self.target {
             SinkTarget::Local(_) => "local",
+            #[cfg(feature = "s3")]
             SinkTarget::S3 { .. } => "s3",
+            #[cfg(feature = "sqs")]
             SinkTarget::Sqs { .. } => "sqs",
         }
     }
@@ -230,6 +256,7 @@ impl ResultSink {
                 write_atomic(path.clone(), bytes).await?;
                 Ok(path.display().to_string())
             }
+            #[cfg(feature = "s3")]
             SinkTarget::S3 {
                 client,
                 bucket,
@@ -254,6 +281,7 @@ impl ResultSink {
                     .map_err(|e| sdk_error(format!("putting {uri}"), e))?;
                 Ok(uri)
             }
+            #[cfg(feature = "sqs")]
             SinkTarget::Sqs { client, queue_url } => {
                 let body = serde_json::json!({
                     "function": self.function,
@@ -294,7 +322,9 @@ impl fmt::Display for ResultSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {
             SinkTarget::Local(dir) => write!(f, "local:{}", dir.display()),
+            #[cfg(feature = "s3")]
             SinkTarget::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            #[cfg(feature = "sqs")]
             SinkTarget::Sqs { queue_url, .. } => write!(f, "sqs:{queue_url}"),
         }
     }
@@ -321,14 +351,16 @@ fn build(
     env: &impl EnvSource,
     function: &str,
     setting: Setting,
-    sdk: Option<&aws_config::SdkConfig>,
+    sdk: Option<&SdkConfig>,
 ) -> Result<ResultSink, ConfigError> {
+    #[cfg(any(feature = "s3", feature = "sqs"))]
     let no_sdk = || ConfigError::Missing {
         name: RESULT_SINK_VAR.to_string(),
         hint: "an AWS configuration to build the client from".to_string(),
     };
     let target = match setting {
         Setting::Local(dir) => SinkTarget::Local(dir),
+        #[cfg(feature = "s3")]
         Setting::S3 { bucket, prefix } => {
             let path_style = config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?;
             let conf = aws_sdk_s3::config::Builder::from(sdk.ok_or_else(no_sdk)?)
@@ -340,10 +372,21 @@ fn build(
                 prefix,
             }
         }
+        #[cfg(feature = "sqs")]
         Setting::Sqs(queue_url) => SinkTarget::Sqs {
             client: aws_sdk_sqs::Client::new(sdk.ok_or_else(no_sdk)?),
             queue_url,
         },
+        #[cfg(not(feature = "s3"))]
+        Setting::S3 { bucket, prefix } => {
+            // Read only to build an S3 client (`env` for the path style).
+            let _ = (env, sdk);
+            return Err(not_in_this_build("s3", format!("s3://{bucket}/{prefix}")));
+        }
+        #[cfg(not(feature = "sqs"))]
+        Setting::Sqs(queue_url) => {
+            return Err(not_in_this_build("sqs", format!("sqs:{queue_url}")));
+        }
     };
     // The name was checked by `read_setting`.
     ResultSink::new(function, target)
@@ -385,6 +428,17 @@ pub fn validate_id(id: &str) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// A valid setting for a target this build has no client for: a deployment mistake, named.
+#[cfg(not(all(feature = "s3", feature = "sqs")))]
+fn not_in_this_build(feature: &str, found: String) -> ConfigError {
+    ConfigError::invalid(
+        RESULT_SINK_VAR,
+        format!("a sink this binary was built with (its coldpath-aws has no `{feature}` feature)"),
+        found,
+    )
+}
+
+#[cfg(feature = "s3")]
 fn object_key(prefix: &str, function: &str, id: &str) -> String {
     if prefix.is_empty() {
         format!("{function}/{id}.json")
@@ -394,6 +448,7 @@ fn object_key(prefix: &str, function: &str, id: &str) -> String {
 }
 
 /// FIFO deduplication ids may be 128 characters; a hex sha256 is 64 whatever the id's length.
+#[cfg(feature = "sqs")]
 fn dedup_id(function: &str, id: &str) -> String {
     hex::encode(Sha256::digest(format!("{function}/{id}")))
 }
@@ -405,6 +460,7 @@ fn encode(id: &str, result: &serde_json::Value) -> Result<Vec<u8>, SinkError> {
     })
 }
 
+#[cfg(feature = "sqs")]
 fn string_attribute(value: &str) -> Result<MessageAttributeValue, SinkError> {
     MessageAttributeValue::builder()
         .data_type("String")
@@ -442,6 +498,7 @@ fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+#[cfg(any(feature = "s3", feature = "sqs"))]
 fn sdk_error<E>(action: String, err: SdkError<E>) -> SinkError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -457,9 +514,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_s3::operation::put_object::PutObjectError;
-    use aws_sdk_sqs::config::http::HttpResponse;
-    use aws_sdk_sqs::error::ErrorMetadata;
     use coldpath_core::MapEnv;
     use serde_json::json;
 
@@ -532,6 +586,28 @@ mod tests {
                 ConfigError::invalid(RESULT_SINK_VAR, EXPECTED, bad),
                 "{bad}"
             );
+        }
+    }
+
+    /// Built without a feature, its target is a configuration error that names the feature.
+    #[test]
+    #[cfg(not(all(feature = "s3", feature = "sqs")))]
+    fn a_target_this_build_lacks_is_a_config_error_naming_the_feature() {
+        let url = "https://sqs.eu-west-1.amazonaws.com/1/results";
+        for (setting, feature) in [("s3://results/p", "s3"), (&format!("sqs:{url}"), "sqs")] {
+            if (feature == "s3" && cfg!(feature = "s3"))
+                || (feature == "sqs" && cfg!(feature = "sqs"))
+            {
+                continue;
+            }
+            let env = MapEnv::new([(RESULT_SINK_VAR, setting)]);
+            let parsed = parse_setting(Some(setting), false).unwrap();
+            let err = build(&env, "faces", parsed, None).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("no `{feature}` feature")),
+                "{err}"
+            );
+            assert!(err.to_string().contains(setting), "{err}");
         }
     }
 
@@ -702,6 +778,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "s3", feature = "sqs"))]
     fn keys_and_dedup_ids() {
         assert_eq!(object_key("", "faces", "b/k.jpg"), "faces/b/k.jpg.json");
         assert_eq!(
@@ -720,6 +797,12 @@ mod tests {
         assert_ne!(dedup_id("captioning", "msg-1"), dedup_id("faces", "msg-1"));
     }
 
+    #[cfg(feature = "s3")]
+    use aws_sdk_s3::{
+        config::http::HttpResponse, error::ErrorMetadata, operation::put_object::PutObjectError,
+    };
+
+    #[cfg(feature = "s3")]
     fn service_error(status: u16, code: &str) -> SdkError<PutObjectError> {
         let err = PutObjectError::generic(ErrorMetadata::builder().code(code).build());
         let raw = HttpResponse::new(
@@ -730,6 +813,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "s3")]
     fn sdk_failures_are_sorted_into_retryable_and_not() {
         for (status, code, want) in [
             (503, "SlowDown", ErrorType::Retryable),

@@ -19,9 +19,10 @@
 //! Each SQS record's body is parsed here on its own, so one malformed body fails only its own
 //! message (a typed `SqsEventObj<T>` would fail the whole batch on the first bad body).
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use coldpath_core::{Classify, ErrorType};
 use coldpath_image::ImageRef;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The longest `id`; it names the result object, and S3 keys stop at 1024 bytes with the prefix.
@@ -125,28 +126,64 @@ pub fn is_safe_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The members that tell a body's shapes apart, read as types before the body is parsed as one
+/// of them, so that each shape then reports its own typed error (a `#[serde(untagged)]` enum of
+/// the shapes would answer only "did not match any variant"). `Records` is kept whatever its
+/// value, so a notification with a bad `Records` is refused as a notification.
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(rename = "Records", default, deserialize_with = "present")]
+    records: Option<Value>,
+    #[serde(rename = "detail-type", default, deserialize_with = "present")]
+    detail_type: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    detail: Option<Value>,
+}
+
+/// `Some` for a member that is there, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// S3's `s3:TestEvent`, which aws_lambda_events has no type for (its `S3Event` is the
+/// notification with `Records`). Only the two members that identify it are required; S3 also
+/// sends `Time`, `Bucket`, `RequestId` and `HostId`, which the function does not read.
+#[derive(Debug, Deserialize)]
+pub struct S3TestEvent {
+    #[serde(rename = "Service")]
+    pub service: String,
+    #[serde(rename = "Event")]
+    pub event: String,
+}
+
+impl S3TestEvent {
+    /// Both members, as S3 sends them: a body that only resembles a test event is not dropped.
+    fn is_s3_test_event(&self) -> bool {
+        self.service == "Amazon S3" && self.event == "s3:TestEvent"
+    }
+}
+
 /// Parses one message body in any of its shapes. An error here fails the whole message (a body
 /// with one photo fails here); an error in one record of an S3 notification is that record's
 /// entry in [`Message::requests`], so the other records still run.
 pub fn parse(body: Option<&str>, max_new_tokens_cap: usize) -> Result<Message, MessageError> {
     let body = body.ok_or(MessageError::NoBody)?;
     let value: Value = serde_json::from_str(body).map_err(|e| MessageError::Json(e.to_string()))?;
-    let Value::Object(fields) = &value else {
+    if !value.is_object() {
         return Err(MessageError::Json(format!("found {}", json_type(&value))));
-    };
-    if fields.contains_key("Records") {
-        return parse_s3_notification(value);
     }
-    // Both members, as S3 sends them: a body that only resembles a test event is not dropped.
-    if fields.get("Service").and_then(Value::as_str) == Some("Amazon S3")
-        && fields.get("Event").and_then(Value::as_str) == Some("s3:TestEvent")
-    {
+    // An object always reads as a `Shape`: every member is optional and any value.
+    let shape = Shape::deserialize(&value).map_err(|e| MessageError::Json(e.to_string()))?;
+    if let Some(records) = shape.records {
+        return parse_s3_notification(records);
+    }
+    if S3TestEvent::deserialize(&value).is_ok_and(|e| e.is_s3_test_event()) {
         return Ok(Message {
             kind: BodyKind::S3TestEvent,
             requests: Vec::new(),
         });
     }
-    if fields.contains_key("detail-type") || fields.contains_key("detail") {
+    if shape.detail_type.is_some() || shape.detail.is_some() {
         return Ok(Message {
             kind: BodyKind::EventBridge,
             requests: vec![Ok(parse_eventbridge(value)?)],
@@ -193,52 +230,50 @@ fn photo_request(
     })
 }
 
-/// The parts of an S3 EventBridge event the function reads; the rest of the envelope
-/// (`version`, `id`, `account`, `time`, `region`, `resources`, the object's size and etag) is
-/// ignored, since EventBridge may add fields at any time.
-#[derive(Deserialize)]
-struct EventBridgeEvent {
-    source: Option<String>,
-    #[serde(rename = "detail-type")]
-    detail_type: Option<String>,
-    detail: Option<EventBridgeDetail>,
+/// The `detail` of S3's `Object Created` event as EventBridge delivers it; aws_lambda_events
+/// has the envelope ([`EventBridgeEvent`]) but no S3 detail type. Only what the function reads:
+/// EventBridge may add fields at any time, and the object's size, etag and sequencer, the
+/// requester and the reason are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct S3ObjectCreated {
+    #[serde(default)]
+    pub bucket: Option<Named>,
+    #[serde(default)]
+    pub object: Option<Keyed>,
 }
 
-#[derive(Deserialize)]
-struct EventBridgeDetail {
-    bucket: Option<Named>,
-    object: Option<Keyed>,
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Named {
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Named {
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Keyed {
-    key: Option<String>,
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Keyed {
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 fn parse_eventbridge(value: Value) -> Result<CaptionRequest, MessageError> {
-    let event: EventBridgeEvent =
+    // `Option`: a missing or null `detail` reads as `None`, refused below in the enum's words.
+    let event: EventBridgeEvent<Option<S3ObjectCreated>> =
         serde_json::from_value(value).map_err(|e| MessageError::EventBridge(e.to_string()))?;
     let found = |what: &str, v: Option<&str>| match v {
         Some(v) => format!("found {what} {v:?}"),
         None => format!("found no {what}"),
     };
-    if event.source.as_deref() != Some(EVENTBRIDGE_SOURCE) {
+    if event.source != EVENTBRIDGE_SOURCE {
         return Err(MessageError::EventBridge(found(
             "source",
-            event.source.as_deref(),
+            Some(&event.source),
         )));
     }
-    if event.detail_type.as_deref() != Some(EVENTBRIDGE_DETAIL_TYPE) {
+    if event.detail_type != EVENTBRIDGE_DETAIL_TYPE {
         // Another S3 event (`Object Deleted`, `Object Restore Completed`) means the rule's
         // pattern is wrong; failing it sends it to the dead-letter queue, where it is seen.
         return Err(MessageError::EventBridge(found(
             "detail-type",
-            event.detail_type.as_deref(),
+            Some(&event.detail_type),
         )));
     }
     let detail = event
@@ -251,7 +286,10 @@ fn parse_eventbridge(value: Value) -> Result<CaptionRequest, MessageError> {
     .map_err(MessageError::EventBridge)
 }
 
-/// The parts of an S3 notification record the function reads.
+/// The parts of an S3 notification record the function reads. Not aws_lambda_events'
+/// `S3EventRecord`: that type requires `eventTime`, `userIdentity` and `requestParameters`,
+/// which the function never reads, so a record sent without them (by hand, by a test double, by
+/// a relay that trims records) would be refused for nothing.
 #[derive(Deserialize)]
 struct S3Record {
     #[serde(rename = "eventSource")]
@@ -267,16 +305,17 @@ struct S3Entity {
     object: Option<Keyed>,
 }
 
-fn parse_s3_notification(mut value: Value) -> Result<Message, MessageError> {
-    let records = match value.get_mut("Records").map(Value::take) {
-        Some(Value::Array(records)) if !records.is_empty() => records,
-        Some(Value::Array(_)) => {
+/// `Records`, each record parsed on its own so that one bad record fails only itself.
+fn parse_s3_notification(records: Value) -> Result<Message, MessageError> {
+    let records = match records {
+        Value::Array(records) if !records.is_empty() => records,
+        Value::Array(_) => {
             return Err(MessageError::S3Notification("found no records".to_string()));
         }
         other => {
             return Err(MessageError::S3Notification(format!(
                 "found {}",
-                other.as_ref().map_or("nothing", json_type)
+                json_type(&other)
             )));
         }
     };

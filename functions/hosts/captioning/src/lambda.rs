@@ -19,43 +19,16 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use coldpath_core::{Classify, ErrorType};
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::Value;
 
 use coldpath_captioning::service::{
-    Captioner, CaptioningService, Delivery, ImageSource, Progress, QueueMessage, ResultWriter,
+    Captioner, CaptioningService, ImageSource, Progress, QueueMessage, ResultWriter,
 };
 
-/// Turns an SQS event into the messages to process.
-///
-/// A record without a `messageId` cannot be named in a batch response: leaving it out would
-/// report it as processed and Lambda would delete it unprocessed, and an empty `itemIdentifier`
-/// makes Lambda fail the batch anyway. So such an event fails the whole invocation with an error,
-/// which returns every message of the batch to the queue and loses nothing.
-pub fn messages(payload: Value) -> Result<Vec<Delivery>, HandlerError> {
-    let event: SqsEvent = serde_json::from_value(payload).map_err(|e| {
-        HandlerError::new(
-            ErrorType::InvalidInput,
-            format!("expected an SQS event with a Records array: {e}"),
-        )
-    })?;
-    event
-        .records
-        .into_iter()
-        .enumerate()
-        .map(|(i, record)| match record.message_id {
-            Some(id) if !id.trim().is_empty() => Ok(Delivery::new(id, record.body)),
-            _ => Err(HandlerError::new(
-                ErrorType::InvalidInput,
-                format!(
-                    "record {i} has no messageId, so its failure could not be reported; failing the whole batch so that no message is lost"
-                ),
-            )),
-        })
-        .collect()
-}
+pub use crate::event::messages;
 
 /// When the handler stops working: the invocation's deadline less `margin`; `None` without a
 /// deadline (local `invoke`).
@@ -114,7 +87,10 @@ pub async fn handle<C: Captioner, I: ImageSource, W: ResultWriter>(
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
     let mut invocation = service.metrics().invocation();
-    let messages = messages(event.payload).inspect_err(|e| invocation.error(e.error_type))?;
+    let messages = messages(event.payload).map_err(|e| {
+        invocation.error(e.error_type());
+        HandlerError::from_error(&e)
+    })?;
     invocation.set_batch_size(messages.len());
     let settings = *service.settings();
     let model_batch = settings.max_batch.max(1);

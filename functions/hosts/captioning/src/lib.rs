@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod contract;
+pub mod event;
 pub mod lambda;
 pub mod worker;
 

@@ -10,17 +10,58 @@ use aws_lambda_events::http::{HeaderMap, HeaderValue, Method, header};
 use base64::Engine as _;
 use coldpath_core::ErrorType;
 use coldpath_embeddings::api::{error_body, parse_body};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
 
 /// The one route this function serves.
 pub const ROUTE: &str = "/v1/embeddings";
 
-/// Whether a payload is an HTTP event (Function URL or HTTP API v2) rather than a direct invoke.
-pub fn is_http_event(payload: &Value) -> bool {
-    payload
-        .get("requestContext")
-        .and_then(|c| c.get("http"))
-        .is_some_and(Value::is_object)
+/// One invocation's payload. This module is self-contained (no `crate::` paths), so the fuzz
+/// target compiles this very file without the engine's model (`fuzz_targets/embeddings_request.rs`).
+#[derive(Debug)]
+pub enum EmbeddingsEvent {
+    /// A Function URL or HTTP API (payload v2) request: both send the same shape. Boxed: it is
+    /// several header maps, and a direct invoke never builds one.
+    Http(Box<ApiGatewayV2httpRequest>),
+    /// A direct invoke: the OpenAI request itself, validated by the engine.
+    Direct(Value),
+}
+
+/// An event with `requestContext.http` that is not a well-formed v2 request; answered with 400.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed HTTP event: {0}")]
+pub struct MalformedHttpEvent(#[from] serde_json::Error);
+
+/// The member that tells the shapes apart: Function URLs and HTTP APIs always send
+/// `requestContext.http`, which no embeddings request has. Read as a type before the payload is
+/// parsed as either shape, so that a malformed HTTP event is still answered over HTTP (a
+/// `#[serde(untagged)]` enum would take it for a direct invoke).
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(rename = "requestContext")]
+    request_context: Option<ContextShape>,
+}
+
+#[derive(Deserialize)]
+struct ContextShape {
+    http: Option<Map<String, Value>>,
+}
+
+impl EmbeddingsEvent {
+    /// Reads a payload: an HTTP event when it has an object at `requestContext.http`, a direct
+    /// invoke otherwise.
+    pub fn from_payload(payload: Value) -> Result<EmbeddingsEvent, MalformedHttpEvent> {
+        // Only an object: serde would also read a struct from an array, member by position.
+        let http = payload.is_object()
+            && Shape::deserialize(&payload)
+                .is_ok_and(|s| s.request_context.is_some_and(|c| c.http.is_some()));
+        if !http {
+            return Ok(EmbeddingsEvent::Direct(payload));
+        }
+        Ok(EmbeddingsEvent::Http(Box::new(serde_json::from_value(
+            payload,
+        )?)))
+    }
 }
 
 /// What to do with an HTTP request: embed this JSON body, or answer at once.
@@ -35,17 +76,13 @@ fn answer(response: ApiGatewayV2httpResponse) -> Routed {
     Routed::Reply(Box::new(response))
 }
 
+/// The answer to a malformed HTTP event: 400, before anything is read.
+pub fn malformed(e: &MalformedHttpEvent) -> Routed {
+    answer(error(ErrorType::InvalidInput, &e.to_string()))
+}
+
 /// Checks route, method and size, and decodes the body.
-pub fn route(payload: Value, max_body_bytes: usize) -> Routed {
-    let req: ApiGatewayV2httpRequest = match serde_json::from_value(payload) {
-        Ok(r) => r,
-        Err(e) => {
-            return answer(error(
-                ErrorType::InvalidInput,
-                &format!("malformed HTTP event: {e}"),
-            ));
-        }
-    };
+pub fn route(req: ApiGatewayV2httpRequest, max_body_bytes: usize) -> Routed {
     let path = request_path(&req);
     if path != ROUTE {
         return answer(reply(
@@ -160,6 +197,22 @@ mod tests {
         })
     }
 
+    /// The payload read as an event and routed, as the handler does.
+    fn route(payload: Value, max_body_bytes: usize) -> Routed {
+        match EmbeddingsEvent::from_payload(payload) {
+            Ok(EmbeddingsEvent::Http(req)) => super::route(*req, max_body_bytes),
+            Ok(EmbeddingsEvent::Direct(v)) => panic!("not an HTTP event: {v}"),
+            Err(e) => malformed(&e),
+        }
+    }
+
+    fn is_http_event(payload: &Value) -> bool {
+        !matches!(
+            EmbeddingsEvent::from_payload(payload.clone()),
+            Ok(EmbeddingsEvent::Direct(_))
+        )
+    }
+
     fn status(r: &Routed) -> i64 {
         match r {
             Routed::Reply(r) => r.status_code,
@@ -239,6 +292,22 @@ mod tests {
     fn direct_payloads_are_not_http() {
         assert!(!is_http_event(&json!({"input": "x"})));
         assert!(!is_http_event(&json!({"input": "x", "requestContext": {}})));
+        assert!(!is_http_event(&json!({"requestContext": {"http": "GET"}})));
+        assert!(!is_http_event(&json!([{"http": {}}])));
+    }
+
+    #[test]
+    fn a_malformed_http_event_is_answered_400() {
+        let mut e = event("POST", "/v1/embeddings", Some("{}"), false);
+        e["requestContext"]["http"]["method"] = json!(7);
+        assert!(is_http_event(&e));
+        let r = route(e, 100);
+        assert_eq!(status(&r), 400);
+        let Routed::Reply(r) = r else { panic!() };
+        let Some(Body::Text(body)) = r.body else {
+            panic!("text body")
+        };
+        assert!(body.contains("malformed HTTP event"), "{body}");
     }
 
     #[test]

@@ -16,15 +16,15 @@ use coldpath_runtime::metrics::Invocation;
 use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::Value;
 
-use crate::http::Routed;
+use crate::http::{EmbeddingsEvent, Routed};
 
-/// Serves an HTTP event; every outcome, failures included, is an HTTP response.
+/// Serves a routed HTTP event; every outcome, failures included, is an HTTP response.
 pub async fn handle_http<E: Embed + 'static>(
     service: &EmbeddingsService<E>,
-    payload: Value,
+    routed: Routed,
     invocation: &mut Invocation<'_>,
 ) -> Value {
-    let response = match http::route(payload, service.limits().max_request_bytes) {
+    let response = match routed {
         Routed::Reply(r) => {
             // Refused before the body was read (route, method, size, encoding).
             if let Some(error_type) = refusal_type(r.status_code) {
@@ -57,11 +57,19 @@ pub async fn handle<E: Embed + 'static>(
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
     let mut invocation = service.metrics().invocation();
-    if http::is_http_event(&event.payload) {
-        return Ok(handle_http(&service, event.payload, &mut invocation).await);
-    }
+    let max_body_bytes = service.limits().max_request_bytes;
+    let payload = match EmbeddingsEvent::from_payload(event.payload) {
+        Ok(EmbeddingsEvent::Direct(payload)) => payload,
+        Ok(EmbeddingsEvent::Http(request)) => {
+            let routed = http::route(*request, max_body_bytes);
+            return Ok(handle_http(&service, routed, &mut invocation).await);
+        }
+        Err(e) => {
+            return Ok(handle_http(&service, http::malformed(&e), &mut invocation).await);
+        }
+    };
     service
-        .embed_json(&event.payload, &mut invocation)
+        .embed_json(&payload, &mut invocation)
         .await
         .map_err(|e| {
             log_failure(&e);

@@ -6,6 +6,7 @@
 //! others, and the binary's start.
 
 pub mod contract;
+pub mod event;
 
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ use coldpath_io::{ObjectFetcher, catch_panic};
 use coldpath_runtime::metrics::Invocation;
 use coldpath_runtime::{HandlerError, LambdaEvent, log_failure};
 use serde_json::{Value, json};
+
+pub use crate::event::{FacesEvent, decode_s3_key};
 
 /// Any failure of one S3 record: the engine's, or writing its result.
 #[derive(Debug, thiserror::Error)]
@@ -41,17 +44,6 @@ impl Classify for RecordError {
     }
 }
 
-/// Whether a payload is an S3 event notification (as opposed to a direct invoke).
-pub fn is_s3_event(payload: &Value) -> bool {
-    payload.get("Records").is_some_and(Value::is_array)
-}
-
-/// Decodes an object key from an S3 event notification (`+` is a space, then `%XX` escapes), with
-/// the reason as text. The rule is shared with captioning: [`coldpath_aws::decode_event_key`].
-pub fn decode_s3_key(raw: &str) -> Result<String, String> {
-    coldpath_aws::decode_event_key(raw).map_err(|e| e.to_string())
-}
-
 /// The function: the engine's service and where S3 uploads' results go.
 pub struct FacesFunction<A, F> {
     pub service: FacesService<A, F>,
@@ -68,12 +60,9 @@ impl<A: AnalyzeFaces + 'static, F: ObjectFetcher> FacesFunction<A, F> {
     /// The records are the invocation's batch size, and each failed one counts as an error.
     pub async fn handle_s3(
         &self,
-        payload: Value,
+        event: S3Event,
         invocation: &mut Invocation<'_>,
     ) -> Result<Value, RecordError> {
-        let event: S3Event = serde_json::from_value(payload)
-            .map_err(|e| RequestError::Invalid(format!("not an S3 event notification: {e}")))
-            .map_err(FacesError::from)?;
         invocation.set_batch_size(event.records.len());
         let mut records = Vec::with_capacity(event.records.len());
         let (mut succeeded, mut failed) = (0usize, 0usize);
@@ -171,29 +160,35 @@ pub async fn handle<A: AnalyzeFaces + 'static, F: ObjectFetcher>(
     function: Arc<FacesFunction<A, F>>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
-    let payload = event.payload;
     let mut invocation = function.service.metrics().invocation();
-    if is_s3_event(&payload) {
-        let summary = function
-            .handle_s3(payload, &mut invocation)
-            .await
-            .map_err(|e| {
-                invocation.error(e.error_type());
-                HandlerError::from_error(&e)
-            })?;
-        let retryable = summary["records"].as_array().is_some_and(|records| {
-            records
-                .iter()
-                .any(|r| r["errorType"] == ErrorType::Retryable.as_str())
-        });
-        if retryable {
-            return Err(HandlerError::new(
-                ErrorType::Retryable,
-                format!("some records failed transiently; retry the event: {summary}"),
-            ));
+    let event = FacesEvent::from_payload(event.payload).map_err(|e| {
+        invocation.error(e.error_type());
+        HandlerError::from_error(&e)
+    })?;
+    let payload = match event {
+        FacesEvent::Direct(payload) => payload,
+        FacesEvent::S3(event) => {
+            let summary = function
+                .handle_s3(event, &mut invocation)
+                .await
+                .map_err(|e| {
+                    invocation.error(e.error_type());
+                    HandlerError::from_error(&e)
+                })?;
+            let retryable = summary["records"].as_array().is_some_and(|records| {
+                records
+                    .iter()
+                    .any(|r| r["errorType"] == ErrorType::Retryable.as_str())
+            });
+            if retryable {
+                return Err(HandlerError::new(
+                    ErrorType::Retryable,
+                    format!("some records failed transiently; retry the event: {summary}"),
+                ));
+            }
+            return Ok(summary);
         }
-        return Ok(summary);
-    }
+    };
     invocation.set_batch_size(1);
     function.service.handle_direct(&payload).await.map_err(|e| {
         log_failure(&e);
@@ -458,21 +453,5 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error_type, ErrorType::InvalidInput);
-    }
-
-    #[test]
-    fn s3_keys_are_form_decoded() {
-        assert_eq!(
-            decode_s3_key("family+photo.jpg").unwrap(),
-            "family photo.jpg"
-        );
-        assert_eq!(
-            decode_s3_key("a%2Bb/%C3%A9t%C3%A9+2024.jpg").unwrap(),
-            "a+b/été 2024.jpg"
-        );
-        assert_eq!(decode_s3_key("plain/key.jpg").unwrap(), "plain/key.jpg");
-        assert!(decode_s3_key("bad%FF.jpg").is_err());
-        assert!(is_s3_event(&json!({"Records": []})));
-        assert!(!is_s3_event(&json!({"image": {}})));
     }
 }
