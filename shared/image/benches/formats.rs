@@ -52,6 +52,7 @@ fn child(file: &Path, decodes: usize) {
     let limits = ImageLimits::default();
     let mut times = Vec::new();
     let mut size = (0, 0);
+    let mut digest = 0u64;
     let mut overheads = Vec::new();
     for _ in 0..decodes {
         let t = Instant::now();
@@ -61,6 +62,7 @@ fn child(file: &Path, decodes: usize) {
         let (_, after) = coldpath_image::isolation_overhead();
         overheads.push((after - before).as_secs_f64() * 1e3);
         size = img.image.dimensions();
+        digest = fnv1a(img.image.as_raw());
         drop(std::hint::black_box(img));
     }
     let line = json!({
@@ -72,6 +74,8 @@ fn child(file: &Path, decodes: usize) {
         "peak_mib": peak_rss_mib(),
         "before_mib": start_rss,
         "size": [size.0, size.1],
+        // The pixels' digest: an isolated decode must hand over exactly what the library made.
+        "digest": format!("{digest:016x}"),
         "decoder": match file.extension().and_then(|e| e.to_str()) {
             Some("heic") => status.heic.unwrap_or_else(|e| e),
             Some("avif") => status.avif.unwrap_or_else(|e| e),
@@ -79,6 +83,13 @@ fn child(file: &Path, decodes: usize) {
         },
     });
     println!("{line}");
+}
+
+/// FNV-1a over the pixels (outside the timed decode).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn run(cmd: &mut Command) -> Value {
@@ -168,6 +179,12 @@ fn main() {
         }
     }
     for (i, name) in PHOTOS.iter().enumerate() {
+        for run in &isolated[i] {
+            assert_eq!(
+                run["digest"], ours[i][0]["digest"],
+                "{name}: the decoder process handed over other pixels than the in-process decode"
+            );
+        }
         let (ms, peer_ms) = (field(&ours[i], "ms"), field(&theirs[i], "ms"));
         let row = json!({
             "photo": name,

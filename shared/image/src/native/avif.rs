@@ -8,9 +8,7 @@
 use std::ffi::{CStr, c_char, c_int};
 use std::path::Path;
 
-use image::RgbImage;
-
-use super::{open, symbol};
+use super::{PixelSink, open, symbol};
 
 /// `avifImage`, up to `depth` (the first fields, stable across libavif 1.x).
 #[repr(C)]
@@ -143,17 +141,19 @@ impl Avif {
 
     /// Decodes the primary image (the first frame of a sequence) to RGB8 as stored, before
     /// `irot`/`imir`. `max_pixels` and `max_side` also go to libavif, which hands them to dav1d,
-    /// so a coded stream that claims more than its header cannot make it allocate more.
-    pub(crate) fn decode(
+    /// so a coded stream that claims more than its header cannot make it allocate more. The
+    /// pixels go to `sink`; the answer is the image's width and height.
+    pub(crate) fn decode_into(
         &self,
         bytes: &[u8],
         max_pixels: u64,
         max_side: u32,
-    ) -> Result<RgbImage, String> {
+        sink: &mut dyn PixelSink,
+    ) -> Result<(u32, u32), String> {
         // SAFETY: the decoder comes from avifDecoderCreate, is checked for NULL and destroyed
         // once by its guard; `bytes` outlives it (avifDecoderSetIOMemory does not copy);
         // `image` is read only after a successful parse, while the decoder owns it; the RGB
-        // buffer is ours, sized width × height × 3 with that row stride.
+        // buffer is the sink's, checked to be width × height × 3 bytes with that row stride.
         unsafe {
             let decoder = (self.decoder_create)();
             if decoder.is_null() {
@@ -184,7 +184,10 @@ impl Avif {
             if w == 0 || h == 0 || u64::from(w) * u64::from(h) > max_pixels {
                 return Err(format!("libavif returned a {w}x{h} image"));
             }
-            let mut pixels = vec![0u8; w as usize * h as usize * 3];
+            let pixels = sink.pixels(w, h)?;
+            if pixels.len() != w as usize * h as usize * 3 {
+                return Err("a pixel buffer of the wrong size".to_string());
+            }
             let mut rgb: AvifRgbImage = std::mem::zeroed();
             (self.rgb_set_defaults)(&mut rgb, image);
             rgb.format = AVIF_RGB_FORMAT_RGB;
@@ -196,8 +199,7 @@ impl Avif {
             }
             let converted = (self.yuv_to_rgb)(image, &mut rgb);
             self.result("converting to RGB", decoder, converted)?;
-            RgbImage::from_raw(w, h, pixels)
-                .ok_or_else(|| "libavif returned a plane of the wrong size".to_string())
+            Ok((w, h))
         }
     }
 

@@ -6,9 +6,7 @@
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::Path;
 
-use image::RgbImage;
-
-use super::{open, symbol};
+use super::{PixelSink, open, symbol};
 
 /// `struct heif_error`, returned by value.
 #[repr(C)]
@@ -130,11 +128,24 @@ impl Heif {
         self.version.clone()
     }
 
-    /// Decodes the primary image to upright RGB8. The caller has checked the header's size
-    /// against its limits; `max_pixels` is handed to libheif as its own limit too (its
+    /// [`Heif::decode_into`] a fresh buffer (tests).
+    #[cfg(test)]
+    pub(crate) fn decode(&self, bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage, String> {
+        let mut sink = super::VecSink::default();
+        let (w, h) = self.decode_into(bytes, max_pixels, &mut sink)?;
+        image::RgbImage::from_raw(w, h, sink.0).ok_or_else(|| "a short buffer".to_string())
+    }
+
+    /// Decodes the primary image to upright RGB8 in `sink`, and answers its width and height.
+    /// The caller has checked the header's size against its limits; `max_pixels` is handed to libheif as its own limit too (its
     /// `max_image_size_pixels`, which it checks on every image it allocates and passes on to
     /// libde265), so a coded stream that claims more than its header cannot make it allocate more.
-    pub(crate) fn decode(&self, bytes: &[u8], max_pixels: u64) -> Result<RgbImage, String> {
+    pub(crate) fn decode_into(
+        &self,
+        bytes: &[u8],
+        max_pixels: u64,
+        sink: &mut dyn PixelSink,
+    ) -> Result<(u32, u32), String> {
         // SAFETY: each pointer below comes from the libheif call that allocates it, is checked
         // for NULL, used only while alive, and released once by its guard. `bytes` outlives the
         // context that reads it without copying.
@@ -207,13 +218,16 @@ impl Heif {
                     "libheif returned no usable RGB plane ({w}x{h}, stride {stride})"
                 ));
             }
-            let mut pixels = Vec::with_capacity(w * h * 3);
-            for row in 0..h {
-                let start = plane.add(row * stride);
-                pixels.extend_from_slice(std::slice::from_raw_parts(start, w * 3));
+            // Both fit in a u32: they came from a non-negative c_int.
+            let pixels = sink.pixels(w as u32, h as u32)?;
+            if pixels.len() != w * h * 3 {
+                return Err("a pixel buffer of the wrong size".to_string());
             }
-            RgbImage::from_raw(w as u32, h as u32, pixels)
-                .ok_or_else(|| "libheif returned a plane of the wrong size".to_string())
+            for (row, out) in pixels.chunks_exact_mut(w * 3).enumerate() {
+                let start = plane.add(row * stride);
+                out.copy_from_slice(std::slice::from_raw_parts(start, w * 3));
+            }
+            Ok((w as u32, h as u32))
         }
     }
 }

@@ -5,27 +5,40 @@
 //! process, with every request or SQS message in it. So a host that has installed the hook
 //! ([`crate::run_decoder_if_asked`], first thing in `main`) decodes HEIC and AVIF in a child
 //! started from its own executable: the parent sends the encoded bytes and limits on the
-//! child's stdin and reads RGB8 pixels back on its stdout. A child that dies, or is killed by
-//! the watchdog after the decode timeout, becomes [`ImageError::DecoderCrashed`] for that image
-//! alone; the next decode starts a fresh child. Each child limits its own address space per
-//! decode (from the job's pixel limit), writes no core file, and serves one decode at a time;
-//! idle children are kept for reuse (process start and library load cost about a millisecond
-//! or two, the pipe about 1 ms per 10 MB of pixels: `make bench-image-formats` measures it).
+//! child's stdin and reads the answer (the size, or why not) on its stdout. The RGB8 pixels do
+//! not go through the pipe: the library writes them straight into memory the two processes
+//! share (a memfd the parent creates and the child finds at descriptor 3, grows and maps), and
+//! the parent copies them from its own mapping of it into the image. A 12 MP photo is 36 MB of
+//! pixels, which a pipe moved in about 30 ms; the mapping is kept from one decode to the next,
+//! so its pages are already there. A child that dies, or is killed by the watchdog after the
+//! decode timeout, becomes [`ImageError::DecoderCrashed`] for that image alone; the next decode
+//! starts a fresh child. Each child limits its own address space per decode (from the job's
+//! pixel limit), writes no core file, and serves one decode at a time; idle children are kept
+//! for reuse, each with the shared memory of the largest image it decoded (`make
+//! bench-image-formats` measures what isolation costs).
+//!
+//! The parent trusts nothing the child says: the size it answers must be within the job's
+//! header-derived limits before anything is allocated, the memfd must hold that many bytes
+//! before they are read, and it cannot shrink under the parent's mapping (it is sealed against
+//! shrinking, so a read can never fault on a page a child took away) nor grow past what the
+//! jobs it served allowed (a child that grows it further is dropped with its memory).
 //!
 //! Processes without the hook (test binaries, tools) decode in process, as before: a child
 //! started from a binary that does not know the protocol would run that binary's `main`.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use super::CodecPaths;
+use super::{CodecPaths, PixelSink, rgb_len};
 use crate::decode::Format;
 
 /// The argument that makes a hooked binary a decoder child.
@@ -107,6 +120,8 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
+    /// The pixels' way back; dropped after the child (fields drop after `Drop::drop`).
+    memory: PixelMemory,
 }
 
 impl Drop for Worker {
@@ -145,7 +160,15 @@ impl Pool {
     }
 
     fn spawn(&self) -> Result<Worker, NativeError> {
-        let mut child = Command::new(&self.exe)
+        let memory = PixelMemory::new().map_err(NativeError::Unavailable)?;
+        let fd = memory.fd.as_raw_fd();
+        let mut command = Command::new(&self.exe);
+        // SAFETY: the hook runs in the forked child before exec and only calls dup2 or fcntl,
+        // which are async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || hand_over(fd));
+        }
+        let mut child = command
             .arg(DECODER_ARG)
             .env("COLDPATH_LIBHEIF_PATH", &self.paths.libheif)
             .env("COLDPATH_LIBAVIF_PATH", &self.paths.libavif)
@@ -165,16 +188,11 @@ impl Pool {
                 "the decoder process has no pipes".to_string(),
             ));
         };
-        // A larger pipe moves a photo's pixels in fewer wake-ups (the default is 64 KiB; 1 MiB
-        // is what an unprivileged process may ask for). A refusal only costs speed.
-        // SAFETY: fcntl on a pipe descriptor we own; F_SETPIPE_SZ takes an int.
-        unsafe {
-            libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-        }
         Ok(Worker {
             child,
             stdin,
             stdout,
+            memory,
         })
     }
 
@@ -206,6 +224,7 @@ impl Pool {
             false
         });
         let asked = Instant::now();
+        worker.memory.allow(max_pixels);
         let answer = exchange(&mut worker, format, bytes, max_pixels, max_side);
         let _ = done.send(());
         let timed_out = watchdog.join().unwrap_or(false);
@@ -224,21 +243,29 @@ impl Pool {
                 reply
             }
             Err(io) => {
+                // A pipe that closed mid-reply means the child is gone, and its exit status
+                // says why; any other failure (an answer out of bounds) leaves it running, so
+                // it is killed before it is reaped (a no-op on one that already died, whose
+                // status stays as it was).
+                let gone = matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe
+                );
+                let _ = worker.child.kill();
                 let status = worker.child.wait();
                 let how = match status {
                     _ if timed_out => format!(
                         "was killed after the {} ms decode timeout",
                         timeout.as_millis()
                     ),
+                    _ if !gone => "answered out of bounds and was stopped".to_string(),
                     Ok(s) => describe_exit(s),
                     Err(e) => format!("was lost ({e})"),
                 };
-                // A pipe that closed mid-reply says nothing the exit status does not.
-                let detail = match io.kind() {
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe => {
-                        String::new()
-                    }
-                    _ => format!(" ({io})"),
+                let detail = if gone {
+                    String::new()
+                } else {
+                    format!(" ({io})")
                 };
                 // The worker is dropped: the next decode starts a fresh child.
                 Err(NativeError::Crashed(format!(
@@ -274,7 +301,9 @@ fn signal_name(sig: i32) -> &'static str {
 // The protocol, all integers little-endian.
 // Request: format (u8: 0 HEIC, 1 AVIF), max_pixels (u64), max_side (u32), length (u64), bytes.
 // Reply: status (u8: 0 pixels, 1 undecodable, 2 unavailable), then for 0: width (u32), height
-// (u32), the library call's time in microseconds (u64), width × height × 3 bytes; otherwise: length (u32), a UTF-8 message.
+// (u32), the library call's time in microseconds (u64), and width × height × 3 bytes of RGB8 at
+// the start of the shared memory (descriptor 3 in the child); otherwise: length (u32), a UTF-8
+// message.
 const OK: u8 = 0;
 const UNDECODABLE: u8 = 1;
 const UNAVAILABLE: u8 = 2;
@@ -299,19 +328,23 @@ fn exchange(
     let status = read_u8(out)?;
     if status == OK {
         let (w, h) = (read_u32(out)?, read_u32(out)?);
-        // The child is not trusted with our memory either: its image obeys the same limit.
-        if w == 0 || h == 0 || u64::from(w) * u64::from(h) > max_pixels {
+        // The child is not trusted with our memory either: its image obeys the job's limits.
+        let len = rgb_len(w, h).filter(|_| {
+            w > 0 && h > 0 && w.max(h) <= max_side && u64::from(w) * u64::from(h) <= max_pixels
+        });
+        let Some(len) = len else {
             return Err(std::io::Error::other(format!(
-                "it answered a {w}x{h} image under a limit of {max_pixels} pixels"
+                "it answered a {w}x{h} image under a limit of {max_pixels} pixels, \
+                 {max_side} a side"
             )));
-        }
+        };
         let library = Duration::from_micros(read_u64(out)?);
-        let mut pixels = vec![0u8; w as usize * h as usize * 3];
-        out.read_exact(&mut pixels)?;
+        let pixels = worker.memory.copy_out(len)?;
         let image = RgbImage::from_raw(w, h, pixels)
             .ok_or_else(|| std::io::Error::other("a plane of the wrong size"))?;
         return Ok(Ok((image, library)));
     }
+    worker.memory.check_size()?;
     let len = read_u32(out)? as usize;
     if len > 64 * 1024 {
         return Err(std::io::Error::other("an oversized message"));
@@ -343,6 +376,266 @@ fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// Where the child finds the shared memory: the first descriptor after stdin, stdout and
+/// stderr.
+const PIXEL_FD: RawFd = 3;
+
+/// In the forked child, before exec: puts the memfd at [`PIXEL_FD`], open across the exec
+/// (the parent's copy is close-on-exec, so no other child inherits it).
+fn hand_over(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: dup2 and fcntl on descriptors this process holds; both are async-signal-safe.
+    let r = unsafe {
+        if fd == PIXEL_FD {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, PIXEL_FD)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A shared mapping of a memfd's first `len` bytes, unmapped when dropped.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is memory this value owns, like a `Box<[u8]>`; sending it to another
+// thread (the pool's workers move between the threads that decode) moves that ownership.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Maps `len` (> 0) bytes of `fd`, populated at once: a page table built in one call, not
+    /// one fault a page on the first decode.
+    fn new(fd: RawFd, len: usize, writable: bool) -> std::io::Result<Mapping> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh mapping at an address the kernel picks, of a descriptor we hold.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned a null mapping"))?;
+        Ok(Mapping { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping this value made, unmapped once; nothing borrows it past `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The size of the file behind `fd`.
+fn file_size(fd: RawFd) -> std::io::Result<u64> {
+    // SAFETY: fstat on a descriptor we hold, into a zeroed struct it fills.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u64::try_from(stat.st_size).map_err(|_| std::io::Error::other("a negative file size"))
+}
+
+/// `len` rounded up to whole pages.
+fn whole_pages(len: u64) -> u64 {
+    // SAFETY: sysconf with a valid name.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096);
+    len.div_ceil(page).saturating_mul(page)
+}
+
+/// The parent's end of one child's shared memory: the memfd, sealed against shrinking, and
+/// the parent's read-only mapping of it, kept across decodes and remapped when it grows.
+struct PixelMemory {
+    fd: OwnedFd,
+    map: Option<Mapping>,
+    /// The most the memfd may hold: whole pages of the largest image the jobs this child
+    /// served allowed.
+    allowed: u64,
+}
+
+impl PixelMemory {
+    #[cfg(target_os = "linux")]
+    fn new() -> Result<PixelMemory, String> {
+        use std::os::fd::FromRawFd;
+        let fail = |what: &str| {
+            format!(
+                "cannot create the decoder's shared memory ({what}: {})",
+                std::io::Error::last_os_error()
+            )
+        };
+        // SAFETY: memfd_create with a NUL-terminated name; the descriptor it returns is ours.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"coldpath-decoder-pixels".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return Err(fail("memfd_create"));
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // The child may grow the file but never shrink it: what the parent checked and mapped
+        // stays backed (reading a page cut off a mapping is a SIGBUS, which would be the
+        // host's crash). The seals themselves are sealed.
+        // SAFETY: fcntl on our descriptor with an int argument.
+        let sealed = unsafe {
+            libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+            )
+        };
+        if sealed != 0 {
+            return Err(fail("sealing it"));
+        }
+        Ok(PixelMemory {
+            fd,
+            map: None,
+            allowed: 0,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn new() -> Result<PixelMemory, String> {
+        Err(
+            "decoding in a child process needs Linux (its pixels come back in a memfd); \
+             set COLDPATH_DECODER_ISOLATION=off to decode in process"
+                .to_string(),
+        )
+    }
+
+    /// Lets the memfd hold a job's largest image (whole pages of `max_pixels` × 3 bytes).
+    fn allow(&mut self, max_pixels: u64) {
+        self.allowed = self.allowed.max(whole_pages(max_pixels.saturating_mul(3)));
+    }
+
+    /// The memfd's size, refused when the child grew it past what its jobs allowed.
+    fn check_size(&self) -> std::io::Result<u64> {
+        let size = file_size(self.fd.as_raw_fd())?;
+        if size > self.allowed {
+            return Err(std::io::Error::other(format!(
+                "it grew its shared memory to {size} bytes, over the {} its images need",
+                self.allowed
+            )));
+        }
+        Ok(size)
+    }
+
+    /// The image's `len` bytes, copied out of the shared memory once the memfd is known to
+    /// hold them (and no more than allowed).
+    fn copy_out(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
+        let size = self.check_size()?;
+        if size < len as u64 {
+            return Err(std::io::Error::other(format!(
+                "its shared memory holds {size} bytes, the image it answered needs {len}"
+            )));
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if self.map.as_ref().is_none_or(|m| m.len < len) {
+            self.map = None;
+            let size = usize::try_from(size).map_err(std::io::Error::other)?;
+            self.map = Some(Mapping::new(self.fd.as_raw_fd(), size, false)?);
+        }
+        let Some(map) = &self.map else {
+            return Err(std::io::Error::other("no mapping"));
+        };
+        let mut pixels = Vec::with_capacity(len);
+        // SAFETY: the mapping covers `map.len >= len` bytes of a file that held at least that
+        // many when it was mapped and cannot shrink (sealed), so every byte read is backed;
+        // `pixels` has room for `len` bytes, all written before `set_len`. The child writes
+        // the memory only while it decodes, and we read it only after its answer; a child that
+        // wrote during the copy would give wrong pixels, never a read outside the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(map.ptr.as_ptr(), pixels.as_mut_ptr(), len);
+            pixels.set_len(len);
+        }
+        Ok(pixels)
+    }
+}
+
+/// The child's end: the memfd at [`PIXEL_FD`], grown (whole pages, never shrunk) and mapped
+/// when an image needs more than the mapping has, which is kept for the next decode.
+#[derive(Default)]
+struct SharedPixels {
+    map: Option<Mapping>,
+    /// Why the last decode could not have its memory: the child's failure, not the image's.
+    failure: Option<std::io::Error>,
+}
+
+impl SharedPixels {
+    /// The address space the mapping takes.
+    fn mapped(&self) -> u64 {
+        self.map.as_ref().map_or(0, |m| m.len as u64)
+    }
+
+    fn grow(&mut self, len: usize) -> std::io::Result<()> {
+        if self.map.as_ref().is_some_and(|m| m.len >= len) {
+            return Ok(());
+        }
+        let want = whole_pages(len as u64);
+        if file_size(PIXEL_FD)? < want {
+            let size = libc::off_t::try_from(want).map_err(std::io::Error::other)?;
+            // SAFETY: ftruncate on the descriptor the parent handed over.
+            if unsafe { libc::ftruncate(PIXEL_FD, size) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // The old mapping goes first: the address-space limit need not hold both.
+        self.map = None;
+        let want = usize::try_from(want).map_err(std::io::Error::other)?;
+        self.map = Some(Mapping::new(PIXEL_FD, want, true)?);
+        Ok(())
+    }
+}
+
+impl PixelSink for SharedPixels {
+    fn pixels(&mut self, width: u32, height: u32) -> Result<&mut [u8], String> {
+        let len = rgb_len(width, height)
+            .ok_or_else(|| format!("a {width}x{height} image does not fit in memory"))?;
+        if len == 0 {
+            return Ok(&mut []);
+        }
+        if let Err(e) = self.grow(len) {
+            let why = format!("shared memory for a {width}x{height} image: {e}");
+            self.failure = Some(std::io::Error::new(e.kind(), why.clone()));
+            return Err(why);
+        }
+        let Some(map) = &self.map else {
+            return Err("no shared memory".to_string());
+        };
+        // SAFETY: the mapping is writable and at least `len` bytes long (grow); the parent
+        // reads it only after this decode's answer, and the slice borrows `self`, so the
+        // mapping outlives it.
+        Ok(unsafe { std::slice::from_raw_parts_mut(map.ptr.as_ptr(), len) })
+    }
+}
+
 /// Makes this binary a decoder child when it was started as one; otherwise records that its
 /// own executable can serve as the child, and returns. Call it first thing in `main`, before
 /// any runtime or thread starts.
@@ -370,6 +663,7 @@ fn serve_decodes() -> std::io::Result<()> {
     paths.isolation.enabled = false;
     let codecs = super::load(&paths);
     let baseline = address_space_bytes();
+    let mut shared = SharedPixels::default();
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let stdout = std::io::stdout();
@@ -391,8 +685,12 @@ fn serve_decodes() -> std::io::Result<()> {
             .saturating_mul(24)
             .saturating_add(len.saturating_mul(2))
             .saturating_add(1 << 30);
+        // The shared mapping kept from earlier decodes is address space too.
         if let Some(base) = baseline {
-            set_limit(libc::RLIMIT_AS, base.saturating_add(budget));
+            set_limit(
+                libc::RLIMIT_AS,
+                base.saturating_add(shared.mapped()).saturating_add(budget),
+            );
         }
         let format = if format == 1 {
             Format::Avif
@@ -400,16 +698,21 @@ fn serve_decodes() -> std::io::Result<()> {
             Format::Heic
         };
         let started = Instant::now();
-        let result = super::library_decode(&codecs, format, &bytes, max_pixels, max_side);
+        let result =
+            super::library_decode_into(&codecs, format, &bytes, max_pixels, max_side, &mut shared);
         let library = started.elapsed();
         drop(bytes);
+        // Shared memory that cannot be had is this process's trouble, not the image's: the
+        // child ends, and the parent reports a crash and starts a fresh one.
+        if let Some(e) = shared.failure.take() {
+            return Err(e);
+        }
         match result {
-            Ok(image) => {
+            Ok((width, height)) => {
                 output.write_all(&[OK])?;
-                output.write_all(&image.width().to_le_bytes())?;
-                output.write_all(&image.height().to_le_bytes())?;
+                output.write_all(&width.to_le_bytes())?;
+                output.write_all(&height.to_le_bytes())?;
                 output.write_all(&(library.as_micros() as u64).to_le_bytes())?;
-                output.write_all(image.as_raw())?;
             }
             Err(e) => {
                 let (status, message) = match e {
@@ -550,13 +853,136 @@ mod tests {
     fn a_child_that_exits_or_answers_garbage_is_a_crash() {
         let (pool, _keep) = pool_running("exit 3", Duration::from_secs(10));
         assert!(crash_of(&pool).contains("exited with status 3"));
-        // Claims a 100000x100000 image: over the job's limit, refused before allocating.
+        // Claims a 100000x100000 image: over the job's limit, refused before allocating. The
+        // child stays alive after answering: it is stopped, not waited for.
         let (pool, _keep) = pool_running(
-            "head -c 29 >/dev/null; printf '\\000\\240\\206\\001\\000\\240\\206\\001\\000'; sleep 5",
+            &format!(
+                "{SKIP_REQUEST}; printf '\\000\\240\\206\\001\\000\\240\\206\\001\\000'; exec cat >/dev/null"
+            ),
             Duration::from_secs(10),
         );
-        let why = crash_of(&pool);
+        let why = within(Duration::from_secs(20), move || crash_of(&pool));
         assert!(why.contains("100000x100000"), "{why}");
+        // Claims 1000x1: within the job's 1000 pixels, over its 100 a side.
+        let (pool, _keep) = pool_running(
+            &format!(
+                "{SKIP_REQUEST}; printf '\\000\\350\\003\\000\\000\\001\\000\\000\\000'; exec cat >/dev/null"
+            ),
+            Duration::from_secs(10),
+        );
+        let why = within(Duration::from_secs(20), move || crash_of(&pool));
+        assert!(why.contains("1000x1 image"), "{why}");
+    }
+
+    /// `f`'s answer, or a failed test if it takes longer than `limit` (rather than a test run
+    /// that never ends).
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("no answer within {limit:?}"))
+    }
+
+    /// Reads the request `crash_of` and `small_decode` send (21 bytes of header, 11 of photo).
+    const SKIP_REQUEST: &str = "head -c 32 >/dev/null";
+
+    /// `printf` arguments for an answer: pixels, `width`x`height`, 0 µs in the library.
+    fn answer(width: u32, height: u32) -> String {
+        let octal = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .map(|b| format!("\\{b:03o}"))
+                .collect::<String>()
+        };
+        let mut reply = vec![OK];
+        reply.extend_from_slice(&width.to_le_bytes());
+        reply.extend_from_slice(&height.to_le_bytes());
+        reply.extend_from_slice(&0u64.to_le_bytes());
+        format!("printf '{}'", octal(&reply))
+    }
+
+    fn small_decode(pool: &Pool) -> Result<RgbImage, NativeError> {
+        pool.decode(Format::Heic, b"not a photo", 10_000, 1000)
+    }
+
+    #[test]
+    fn the_pixels_come_back_in_the_shared_memory_at_descriptor_3() {
+        // The child writes 2x2 RGB pixels into descriptor 3 and answers; the parent reads them
+        // from its own mapping.
+        let (pool, _keep) = pool_running(
+            &format!(
+                "{SKIP_REQUEST}; printf '\\001\\002\\003\\004\\005\\006\\007\\010\\011\\012\\013\\014' >&3; {}; exec cat >/dev/null",
+                answer(2, 2)
+            ),
+            Duration::from_secs(10),
+        );
+        let image = small_decode(&pool).unwrap();
+        assert_eq!(image.dimensions(), (2, 2));
+        assert_eq!(image.as_raw(), &(1..=12).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_child_whose_shared_memory_lacks_the_pixels_is_a_crash_not_a_bad_read() {
+        // One byte written, a 100x20 image (6000 bytes, within the job's limits) answered:
+        // reading it from a mapping of a 1-byte file would fault past the first page.
+        let (pool, _keep) = pool_running(
+            &format!(
+                "{SKIP_REQUEST}; printf 'x' >&3; {}; exec cat >/dev/null",
+                answer(100, 20)
+            ),
+            Duration::from_secs(10),
+        );
+        match within(Duration::from_secs(20), move || small_decode(&pool)) {
+            Err(NativeError::Crashed(why)) => {
+                assert!(
+                    why.contains("holds 1 bytes, the image it answered needs 6000"),
+                    "{why}"
+                )
+            }
+            other => panic!("expected a crash, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_shared_memory_cannot_shrink_under_the_parent() {
+        // The child writes its pixels, then tries to cut the file to nothing (as a child could
+        // while the parent copies): the seal refuses, and the pixels are still there.
+        let (pool, _keep) = pool_running(
+            &format!(
+                "{SKIP_REQUEST}; printf 'abcdefghijkl' >&3; truncate -s 0 /proc/$$/fd/3 2>/dev/null; {}; exec cat >/dev/null",
+                answer(2, 2)
+            ),
+            Duration::from_secs(10),
+        );
+        let image = small_decode(&pool).unwrap();
+        assert_eq!(image.as_raw(), b"abcdefghijkl");
+    }
+
+    #[test]
+    fn a_child_that_grows_its_shared_memory_past_its_images_is_a_crash() {
+        // The job allows 10000 pixels, 30000 bytes (8 pages); the child writes 100 kB and
+        // answers that the photo is undecodable. Its memory must not stay with the pool.
+        let (pool, _keep) = pool_running(
+            &format!(
+                "{SKIP_REQUEST}; head -c 100000 /dev/zero >&3; printf '\\001\\000\\000\\000\\000'; exec cat >/dev/null"
+            ),
+            Duration::from_secs(10),
+        );
+        let pool = std::sync::Arc::new(pool);
+        let decoding = pool.clone();
+        match within(Duration::from_secs(20), move || small_decode(&decoding)) {
+            Err(NativeError::Crashed(why)) => assert!(
+                why.contains("grew its shared memory to 100000 bytes, over the 32768"),
+                "{why}"
+            ),
+            other => panic!("expected a crash, got {other:?}"),
+        }
+        assert!(
+            pool.idle.lock().unwrap().is_empty(),
+            "the child was dropped"
+        );
     }
 
     #[test]

@@ -184,6 +184,36 @@ fn status(c: &Codecs) -> CodecStatus {
     }
 }
 
+/// Where a library writes the RGB8 pixels it decodes: asked once, when the size is known, for
+/// `width × height × 3` bytes (rows packed, no padding). In process that is the image's own
+/// `Vec`; in a decoder child it is the memory shared with the parent, so the pixels are written
+/// once and never copied through a pipe.
+pub(crate) trait PixelSink {
+    /// A buffer of exactly `width × height × 3` bytes, or why there is none.
+    fn pixels(&mut self, width: u32, height: u32) -> Result<&mut [u8], String>;
+}
+
+/// The in-process sink: a fresh buffer that becomes the `RgbImage`.
+#[derive(Default)]
+pub(crate) struct VecSink(Vec<u8>);
+
+impl PixelSink for VecSink {
+    fn pixels(&mut self, width: u32, height: u32) -> Result<&mut [u8], String> {
+        let len = rgb_len(width, height)
+            .ok_or_else(|| format!("a {width}x{height} image does not fit in memory"))?;
+        self.0 = vec![0u8; len];
+        Ok(&mut self.0)
+    }
+}
+
+/// `width × height × 3`, when it fits in a `usize`.
+pub(crate) fn rgb_len(width: u32, height: u32) -> Option<usize> {
+    let len = u64::from(width)
+        .checked_mul(u64::from(height))?
+        .checked_mul(3)?;
+    usize::try_from(len).ok()
+}
+
 /// The library call itself, in this process: HEIC upright (libheif applies `irot`/`imir`),
 /// AVIF as stored. `max_pixels` and `max_side` go to the library as its own limits.
 pub(crate) fn library_decode(
@@ -193,6 +223,25 @@ pub(crate) fn library_decode(
     max_pixels: u64,
     max_side: u32,
 ) -> Result<image::RgbImage, NativeError> {
+    let mut sink = VecSink::default();
+    let (width, height) =
+        library_decode_into(codecs, format, bytes, max_pixels, max_side, &mut sink)?;
+    image::RgbImage::from_raw(width, height, sink.0).ok_or_else(|| {
+        NativeError::Undecodable(format!(
+            "a {width}x{height} image in a buffer of another size"
+        ))
+    })
+}
+
+/// [`library_decode`] into `sink`: the decoded image's width and height.
+pub(crate) fn library_decode_into(
+    codecs: &Codecs,
+    format: Format,
+    bytes: &[u8],
+    max_pixels: u64,
+    max_side: u32,
+    sink: &mut dyn PixelSink,
+) -> Result<(u32, u32), NativeError> {
     isolate::fault_injection(bytes);
     match format {
         Format::Heic => {
@@ -200,7 +249,7 @@ pub(crate) fn library_decode(
                 .heif
                 .as_ref()
                 .map_err(|why| NativeError::Unavailable(why.clone()))?;
-            heif.decode(bytes, max_pixels)
+            heif.decode_into(bytes, max_pixels, sink)
                 .map_err(NativeError::Undecodable)
         }
         _ => {
@@ -208,7 +257,7 @@ pub(crate) fn library_decode(
                 .avif
                 .as_ref()
                 .map_err(|why| NativeError::Unavailable(why.clone()))?;
-            avif.decode(bytes, max_pixels, max_side)
+            avif.decode_into(bytes, max_pixels, max_side, sink)
                 .map_err(NativeError::Undecodable)
         }
     }
