@@ -32,6 +32,12 @@ pub struct UsageError {
 }
 
 impl Mode {
+    /// Whether this is local `invoke <EVENT_FILE>` mode (local image paths are allowed only there,
+    /// and a failed init is printed on stdout as a handler error would be).
+    pub fn is_invoke(&self) -> bool {
+        matches!(self, Mode::Invoke(_))
+    }
+
     /// The output directory in `prepare <OUT_DIR>` mode, for the function's session options.
     pub fn prepare_dir(&self) -> Option<&Path> {
         match self {
@@ -54,6 +60,36 @@ impl Mode {
             [cmd] if cmd == "prepare" => Err(usage("prepare needs an output directory")),
             _ => Err(usage(&format!("unexpected arguments: {}", args.join(" ")))),
         }
+    }
+}
+
+/// A Lambda binary's life after its own early hooks (the decoder child, `contract`): tracing,
+/// the mode from `args` (usage on stderr and exit 2 when they are wrong), the shared state built
+/// once by `start` for that mode (a failure is reported as the mode expects), then [`run`].
+pub async fn run_function<S, Start, Started, F, Fut>(
+    function: &str,
+    args: &[String],
+    start: Start,
+    handler: F,
+) -> ExitCode
+where
+    S: Send + Sync + 'static,
+    Start: FnOnce(&Mode) -> Started,
+    Started: Future<Output = Result<S, HandlerError>>,
+    F: Fn(Arc<S>, LambdaEvent<Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, HandlerError>> + Send,
+{
+    crate::init_tracing();
+    let mode = match Mode::from_args(function, args) {
+        Ok(mode) => mode,
+        Err(usage) => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    match start(&mode).await {
+        Ok(state) => run(function, mode, Arc::new(state), handler).await,
+        Err(e) => init_failed(mode.is_invoke(), &e),
     }
 }
 

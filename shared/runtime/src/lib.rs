@@ -19,7 +19,7 @@ pub mod metrics;
 pub use contract::{committed_contract_matches, contract_if_asked};
 pub use error::{HandlerError, log_failure};
 #[cfg(feature = "lambda")]
-pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run};
+pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run, run_function};
 #[cfg(feature = "lambda")]
 pub use lambda_runtime::{Context, LambdaEvent};
 pub use logging::{ENV as LOGGING_ENV, LogFormat, init_tracing};

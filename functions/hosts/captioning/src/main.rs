@@ -41,7 +41,7 @@ async fn run_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let invoke = matches!(command, Command::Function(Mode::Invoke(_)));
+    let invoke = matches!(&command, Command::Function(mode) if mode.is_invoke());
     let prepare = match &command {
         Command::Function(mode) => mode.prepare_dir().map(Path::to_path_buf),
         Command::Worker => None,

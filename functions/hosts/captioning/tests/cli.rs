@@ -137,7 +137,9 @@ fn wrong_arguments_print_usage_with_every_mode_and_exit_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("usage: captioning [invoke <EVENT_FILE> | prepare <OUT_DIR> | worker]"),
+            stderr.contains(
+                "usage: captioning [invoke <EVENT_FILE> | prepare <OUT_DIR> | worker | contract]"
+            ),
             "{args:?}: {stderr}"
         );
     }

@@ -3,14 +3,13 @@
 //! `embeddings prepare <OUT_DIR>` writes the optimised graphs to ship in the package;
 //! `embeddings contract` prints the variables it reads (its `contract.json`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use coldpath_core::ProcessEnv;
 use coldpath_embeddings::{EmbeddingsConfig, init};
 use coldpath_embeddings_function::handle;
-use coldpath_runtime::{HandlerError, Mode};
+use coldpath_runtime::HandlerError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -20,31 +19,25 @@ async fn main() -> ExitCode {
     {
         return code;
     }
-    coldpath_runtime::init_tracing();
-    let mode = match Mode::from_args("embeddings", &args) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let service = match start(mode.prepare_dir()).await {
-        Ok(s) => s,
-        Err(e) => return coldpath_runtime::init_failed(matches!(mode, Mode::Invoke(_)), &e),
-    };
-    coldpath_runtime::run("embeddings", mode, Arc::new(service), handle).await
+    coldpath_runtime::run_function(
+        "embeddings",
+        &args,
+        |mode| start(mode.prepare_dir().map(Path::to_path_buf)),
+        handle,
+    )
+    .await
 }
 
 /// Reads config and builds the shared resources once, before the first request.
 /// In `prepare` mode the sessions write their graphs to `prepare`.
 async fn start(
-    prepare: Option<&Path>,
+    prepare: Option<PathBuf>,
 ) -> Result<coldpath_embeddings::EmbeddingsService<coldpath_embeddings::OnnxEmbedder>, HandlerError>
 {
     let mut config =
         EmbeddingsConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
     if let Some(dir) = prepare {
-        config.session = config.session.preparing_into(dir);
+        config.session = config.session.preparing_into(&dir);
     }
     tracing::info!(
         model = %config.model.name,

@@ -3,15 +3,14 @@
 //! `faces prepare <OUT_DIR>` writes the optimised graphs to ship in the package;
 //! `faces contract` prints the variables it reads (its `contract.json`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use coldpath_aws::{ObjectStore, ResultSink};
 use coldpath_core::ProcessEnv;
 use coldpath_faces::{FacesConfig, OnnxFaces, init};
 use coldpath_faces_function::{FacesFunction, handle};
-use coldpath_runtime::{HandlerError, Mode};
+use coldpath_runtime::HandlerError;
 
 fn main() -> ExitCode {
     // The HEIC/AVIF decoder child this binary starts for itself runs here and never returns.
@@ -27,20 +26,14 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run() -> ExitCode {
-    coldpath_runtime::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mode = match Mode::from_args("faces", &args) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let service = match start(matches!(mode, Mode::Invoke(_)), mode.prepare_dir()).await {
-        Ok(s) => s,
-        Err(e) => return coldpath_runtime::init_failed(matches!(mode, Mode::Invoke(_)), &e),
-    };
-    coldpath_runtime::run("faces", mode, Arc::new(service), handle).await
+    coldpath_runtime::run_function(
+        "faces",
+        &args,
+        |mode| start(mode.is_invoke(), mode.prepare_dir().map(Path::to_path_buf)),
+        handle,
+    )
+    .await
 }
 
 /// Reads config and builds the shared resources once, before the first request. Local image
@@ -48,12 +41,12 @@ async fn run() -> ExitCode {
 /// to `prepare`.
 async fn start(
     local: bool,
-    prepare: Option<&Path>,
+    prepare: Option<PathBuf>,
 ) -> Result<FacesFunction<OnnxFaces, ObjectStore>, HandlerError> {
     let mut config =
         FacesConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
     if let Some(dir) = prepare {
-        config.session = config.session.preparing_into(dir);
+        config.session = config.session.preparing_into(&dir);
     }
     let store = ObjectStore::from_env(&ProcessEnv)
         .await
