@@ -16,12 +16,12 @@ use serde_json::Value;
 const BEGIN: &str = "<!-- crate map: generated from `cargo metadata` by tests/integration/architecture.rs; do not edit by hand -->";
 const END: &str = "<!-- end of crate map -->";
 
-/// Crates whose presence makes a binary a Lambda binary.
-const LAMBDA_CRATES: [&str; 3] = [
-    "lambda_runtime",
-    "lambda_runtime_api_client",
-    "aws_lambda_events",
-];
+/// The Lambda runtime: no engine and not the always-on server may be built with it.
+const LAMBDA_RUNTIME: [&str; 2] = ["lambda_runtime", "lambda_runtime_api_client"];
+/// The Lambda event types. The captioning engine reads S3 notifications and EventBridge's S3
+/// events with them (those arrive over SQS, whichever host receives them: they are the engine's
+/// request shapes, not Lambda's), so only the server must do without them.
+const LAMBDA_EVENTS: &str = "aws_lambda_events";
 
 /// One workspace crate: its folder and the workspace crates it depends on to build (normal and
 /// build dependencies; dev-dependencies are not in its binary).
@@ -230,10 +230,14 @@ fn the_pod_and_the_engines_link_no_lambda_crate() {
         "coldpath-captioning",
     ] {
         let crates = built_from(package);
-        for lambda in LAMBDA_CRATES {
+        for lambda in LAMBDA_RUNTIME {
             assert!(!crates.contains(lambda), "{package} is built with {lambda}");
         }
     }
+    assert!(
+        !built_from("coldpath-serve").contains(LAMBDA_EVENTS),
+        "coldpath-serve is built with {LAMBDA_EVENTS}"
+    );
     // The check sees a Lambda crate where there is one.
     assert!(built_from("coldpath-embeddings-function").contains("lambda_runtime"));
 }
