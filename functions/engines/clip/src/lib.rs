@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod preprocess;
+pub mod resample;
 pub mod tokenize;
 pub mod towers;
 
