@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
+use coldpath_core::contract::{self, EnvVar};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
 
 use crate::layout::MODEL_FILES;
@@ -30,6 +31,23 @@ pub struct ClipConfig {
 }
 
 impl ClipConfig {
+    /// The variables [`ClipConfig::from_env`] reads itself; [`ClipConfig::env`] adds those of the
+    /// readers it calls.
+    pub const ENV: &'static [EnvVar] = &[
+        EnvVar::optional("CLIP_MODEL_NAME", "the model's name in responses"),
+        EnvVar::optional("CLIP_MODEL_SOURCE", "the model directory or s3:// prefix"),
+        EnvVar::optional("CLIP_MODEL_SHA256", "file=sha256 pins, required for s3://"),
+        EnvVar::optional("CLIP_SESSIONS", "sessions per tower"),
+        EnvVar::optional("CLIP_MAX_BATCH", "texts or photos in one run"),
+        EnvVar::optional("CLIP_WARMUP", "one run of each tower at init"),
+        EnvVar::optional("COLDPATH_CACHE_DIR", "where s3:// models are cached"),
+    ];
+
+    /// Every variable [`ClipConfig::from_env`] reads, its own and its readers'.
+    pub fn env() -> Vec<EnvVar> {
+        contract::union(&[Self::ENV, SessionConfig::ENV, OrtRuntime::ENV])
+    }
+
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         Ok(ClipConfig {
             model: ModelSpec::from_env(
@@ -57,6 +75,18 @@ mod tests {
     use super::*;
     use coldpath_core::MapEnv;
     use coldpath_models::ModelSource;
+
+    /// The deploy contract: `from_env` reads exactly [`ClipConfig::env`].
+    #[test]
+    fn from_env_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([
+            ("COLDPATH_INTRA_THREADS", "2"),
+            ("COLDPATH_PROVIDER", "cuda"),
+        ]));
+        ClipConfig::from_env(&env).unwrap();
+        let difference = env.difference(&[&ClipConfig::env()]);
+        assert!(difference.is_empty(), "{difference:?}");
+    }
 
     #[test]
     fn defaults() {
