@@ -288,6 +288,11 @@ setup-fixtures: ## .venv-fixtures (torch, transformers, optimum) and the fixture
 fixtures-captioning: setup setup-fixtures ## regenerate only the optimum-exported captioning fixtures
 	nice -n 10 $(PYTHON) tools/fixtures.py run gen_optimum_fixtures.py gen_hoisted_fixtures.py
 
+# CLIP and SigLIP fixtures from open_clip (tests/fixtures/clip/gen_clip_fixtures.py), same venv.
+.PHONY: fixtures-clip
+fixtures-clip: setup setup-fixtures ## regenerate only the CLIP and SigLIP fixtures (open_clip's models and references)
+	nice -n 10 $(PYTHON) tools/fixtures.py run gen_clip_fixtures.py
+
 $(CAPTIONING_REAL)/encoder_model.onnx: | setup-fixtures
 	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py --real-size $(CAPTIONING_REAL)
 

@@ -13,6 +13,8 @@ pub enum ModelKind {
     FaceDetector,
     FaceRecognizer,
     ImageCaptioner,
+    /// A CLIP-family model: an image tower and a text tower into one embedding space.
+    ImageTextEmbedding,
 }
 
 impl ModelKind {
@@ -22,6 +24,7 @@ impl ModelKind {
             ModelKind::FaceDetector => "face-detector",
             ModelKind::FaceRecognizer => "face-recognizer",
             ModelKind::ImageCaptioner => "image-captioner",
+            ModelKind::ImageTextEmbedding => "image-text-embedding",
         }
     }
 }
