@@ -6,9 +6,10 @@ use coldpath_core::{Classify, ErrorType};
 use coldpath_models::{SessionPool, output_last_dim};
 use ndarray::{Array2, Ix3};
 use ort::value::Tensor;
-use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer};
 
 use crate::pooling::{Pooling, l2_normalize, pool};
+use crate::tokenizer::TokenizerLoadError;
 
 /// What a handler needs from an embedding model: texts in, vectors and token counts out.
 /// The ONNX implementation below is the real one; tests of request handling can use a small fake.
@@ -73,26 +74,13 @@ pub struct OnnxEmbedder {
 }
 
 impl OnnxEmbedder {
-    /// Loads `tokenizer.json` with the pipeline's truncation, and no padding (batches are padded
-    /// to their own longest text when they run).
+    /// Loads `tokenizer.json` with the pipeline's truncation ([`crate::tokenizer::load_tokenizer`]);
+    /// [`OnnxEmbedder::new`] turns its padding off (batches are padded to their own longest text
+    /// when they run).
     pub fn load_tokenizer(path: &Path, config: &PipelineConfig) -> Result<Tokenizer, EmbedError> {
-        let load_err = |reason: String| EmbedError::TokenizerLoad {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| load_err(e.to_string()))?;
-        // Exported tokenizer.json files often carry the exporter's truncation and fixed padding
-        // (all-MiniLM-L6-v2's says 128 and pads every text to 128). The model's own limit comes
-        // from config, so both are replaced here.
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: config.max_tokens,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| load_err(e.to_string()))?;
-        Ok(tokenizer)
+        crate::tokenizer::load_tokenizer(path, config.max_tokens).map_err(
+            |TokenizerLoadError { path, reason }| EmbedError::TokenizerLoad { path, reason },
+        )
     }
 
     /// Puts a tokenizer from [`OnnxEmbedder::load_tokenizer`] and the model's sessions together,
