@@ -1,14 +1,19 @@
-//! The faces function's configuration, read once from the environment at start.
+//! The faces function's configuration, read once from the environment at start. The detection
+//! settings and model family are plain types a request needs; [`FacesConfig`], which names the
+//! models and their sessions, is part of the `onnx` feature.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::str::FromStr;
 
-use coldpath_core::config::{self, ConfigError, EnvSource};
-use coldpath_core::contract::{self, EnvVar};
-use coldpath_image::{CodecPaths, ImageLimits, Resample};
-use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
-use coldpath_runtime::metrics::MetricsMode;
+#[cfg(feature = "onnx")]
+use {
+    coldpath_core::config::{self, ConfigError, EnvSource},
+    coldpath_core::contract::{self, EnvVar},
+    coldpath_image::{CodecPaths, ImageLimits, Resample},
+    coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig},
+    coldpath_runtime::metrics::MetricsMode,
+    std::path::PathBuf,
+};
 
 /// Files each model directory must hold.
 pub const MODEL_FILES: [&str; 1] = ["model.onnx"];
@@ -31,6 +36,7 @@ impl ModelFamily {
     }
 
     /// Model names and bundled directories used when `FACES_*_NAME` / `_SOURCE` are unset.
+    #[cfg(feature = "onnx")]
     fn default_models(self) -> [(&'static str, &'static str); 2] {
         match self {
             ModelFamily::YunetSface => [
@@ -50,6 +56,7 @@ impl ModelFamily {
     /// scores 0.835, the highest non-face 0.351), while OpenCV's sample's 0.9 misses 2 of 41 (a
     /// 422 px face at 0.835 and the cameraman in grey.png at 0.894); 0.6 is the middle of that
     /// gap and the template's `FacesMinScore`. insightface's SCRFD uses its own 0.5 and 0.4.
+    #[cfg(feature = "onnx")]
     fn default_thresholds(self) -> (f32, f32) {
         match self {
             ModelFamily::YunetSface => (0.6, 0.3),
@@ -107,6 +114,7 @@ pub struct DetectOptions {
     pub min_face_size: f32,
 }
 
+#[cfg(feature = "onnx")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FacesConfig {
     pub family: ModelFamily,
@@ -135,6 +143,7 @@ pub struct FacesConfig {
 }
 
 /// A float setting in `[lo, hi]`, or `default` when unset.
+#[cfg(feature = "onnx")]
 fn float_in(
     env: &impl EnvSource,
     name: &str,
@@ -150,6 +159,7 @@ fn float_in(
 }
 
 /// `FACES_DETECTOR_MAX_SIDE`: a multiple of 32 from 32 to 8192.
+#[cfg(feature = "onnx")]
 fn max_side(env: &impl EnvSource) -> Result<u32, ConfigError> {
     let expected = "a multiple of 32 from 32 to 8192";
     let v: u32 = config::parse_or(
@@ -168,6 +178,7 @@ fn max_side(env: &impl EnvSource) -> Result<u32, ConfigError> {
     Ok(v)
 }
 
+#[cfg(feature = "onnx")]
 impl FacesConfig {
     /// The variables [`FacesConfig::from_env`] reads itself; [`FacesConfig::env`] adds those of
     /// the readers it calls.
@@ -297,6 +308,7 @@ impl FacesConfig {
 /// convolutions run faster dequantised once at load than through QDQ fusion, and the detector's
 /// and recogniser's thread pools must not spin against each other on Lambda's few vCPUs.
 /// `COLDPATH_QDQ_FUSION` / `COLDPATH_THREAD_SPINNING` still override them.
+#[cfg(feature = "onnx")]
 fn session_defaults() -> SessionConfig {
     SessionConfig {
         qdq_fusion: false,
@@ -305,7 +317,7 @@ fn session_defaults() -> SessionConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))]
 mod tests {
     use super::*;
     use coldpath_core::MapEnv;

@@ -13,16 +13,28 @@
 //! `buffalo_l`) are the other family. YuNet's ONNX input is fixed at 640 × 640, so every photo is
 //! letterboxed (aspect kept, top-left, black padding) to that size and detections are mapped back
 //! to the photo's own pixels; alignment then cuts faces from the full-resolution photo.
+//!
+//! The model parts (both sessions behind `AnalyzeFaces`, `FacesConfig`, the service and init)
+//! sit behind the default `onnx` feature. Without it the crate is the request and response
+//! (`request`, with `Face` and `Detection`), the detection settings, and the decode, NMS and
+//! alignment arithmetic, with no ONNX Runtime in the build: the fuzz targets take it that way.
 
 pub mod align;
 pub mod config;
 pub mod detect;
 pub mod nms;
+#[cfg(feature = "onnx")]
 pub mod pipeline;
 pub mod request;
+#[cfg(feature = "onnx")]
 pub mod service;
 
-pub use config::{DetectOptions, DetectorInput, FacesConfig, ModelFamily};
+#[cfg(feature = "onnx")]
+pub use config::FacesConfig;
+pub use config::{DetectOptions, DetectorInput, ModelFamily};
 pub use detect::Detection;
-pub use pipeline::{AnalyzeFaces, Face, FaceError, OnnxFaces};
+#[cfg(feature = "onnx")]
+pub use pipeline::{AnalyzeFaces, FaceError, OnnxFaces};
+pub use request::Face;
+#[cfg(feature = "onnx")]
 pub use service::{FacesError, FacesService, InitError, init, init_faces};

@@ -17,6 +17,9 @@ use crate::align::{ALIGNED_SIZE, AlignError, align_face};
 use crate::config::{DetectOptions, DetectorInput, ModelFamily};
 use crate::detect::{DecodeError, Detection, StrideOutputs, decode_scrfd, decode_yunet};
 use crate::nms;
+// The face the pipeline answers is a plain data type of the response, so it lives in `request`
+// (which builds without the `onnx` feature); it is still `pipeline::Face` here.
+pub use crate::request::Face;
 
 /// The strides both detector families predict at.
 pub const STRIDES: [usize; 3] = [8, 16, 32];
@@ -33,13 +36,6 @@ fn pad_to(image: &RgbImage, width: u32, height: u32) -> RgbImage {
         dst[y * stride..y * stride + row].copy_from_slice(src);
     }
     canvas
-}
-
-/// One face in the photo's upright pixel coordinates, with its unit-length embedding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Face {
-    pub detection: Detection,
-    pub embedding: Vec<f32>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::DetectOptions;
-use crate::pipeline::Face;
+use crate::detect::Detection;
+
+/// One face in the photo's upright pixel coordinates, with its unit-length embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Face {
+    pub detection: Detection,
+    pub embedding: Vec<f32>,
+}
 
 /// A valid direct-invoke request.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +177,6 @@ pub fn response(width: u32, height: u32, faces: &[Face], models: (&str, &str)) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Detection;
 
     const DEFAULTS: DetectOptions = DetectOptions {
         min_score: 0.9,
