@@ -1,7 +1,9 @@
 //! The embeddings tokenizer on arbitrary text: the project's real `tokenizer.json`
-//! (all-MiniLM-L6-v2, from `make setup`), loaded by `OnnxEmbedder::load_tokenizer` with the
-//! function's default truncation (256 tokens) and no padding, as `OnnxEmbedder::new` leaves it,
-//! and called as `OnnxEmbedder::embed` calls it (`encode_fast` with special tokens).
+//! (all-MiniLM-L6-v2, from `make setup`), loaded by `tokenizer::load_tokenizer` (what
+//! `OnnxEmbedder::load_tokenizer` calls) with the function's default truncation (256 tokens) and
+//! no padding, as `OnnxEmbedder::new` leaves it, and called as `OnnxEmbedder::embed` calls it
+//! (`encode_fast` with special tokens). The engine is built without its `onnx` feature, so the
+//! target links no ONNX Runtime.
 //!
 //! `COLDPATH_FUZZ_TOKENIZER` names another tokenizer.json; the default is the setup location,
 //! `.cache/models/all-minilm-l6-v2/tokenizer.json` at the repository root.
@@ -14,9 +16,7 @@
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use coldpath_embeddings::PipelineConfig;
-use coldpath_embeddings::embedder::OnnxEmbedder;
-use coldpath_embeddings::pooling::Pooling;
+use coldpath_embeddings::tokenizer::load_tokenizer;
 use libfuzzer_sys::fuzz_target;
 use tokenizers::Tokenizer;
 
@@ -37,13 +37,7 @@ static TOKENIZER: LazyLock<Loaded> = LazyLock::new(|| {
         },
         PathBuf::from,
     );
-    let config = PipelineConfig {
-        max_tokens: MAX_TOKENS,
-        pooling: Pooling::Mean,
-        normalize: true,
-        max_batch_tokens: 8192,
-    };
-    let mut tokenizer = OnnxEmbedder::load_tokenizer(&path, &config)
+    let mut tokenizer = load_tokenizer(&path, MAX_TOKENS)
         .unwrap_or_else(|e| panic!("{e} (run `make setup`, or set COLDPATH_FUZZ_TOKENIZER)"));
     tokenizer.with_padding(None);
     let vocab_size = u32::try_from(tokenizer.get_vocab_size(true)).unwrap();
