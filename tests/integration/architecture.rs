@@ -202,10 +202,14 @@ fn each_kind_of_backward_arrow_is_caught() {
 /// The crates `package` is built from, as `cargo tree` resolves its features when it is built on
 /// its own (a release build of the server alone, as the pod's images build it).
 fn built_from(package: &str) -> BTreeSet<String> {
-    cargo(&[
-        "tree",
-        "-p",
-        package,
+    tree(&["-p", package])
+}
+
+/// The crates in `cargo tree` for `args` (a package, its features, another manifest).
+fn tree(args: &[&str]) -> BTreeSet<String> {
+    let mut all = vec!["tree"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
         "-e",
         "normal,build",
         "--prefix",
@@ -214,11 +218,12 @@ fn built_from(package: &str) -> BTreeSet<String> {
         "{p}",
         "--locked",
         "--offline",
-    ])
-    .lines()
-    .filter_map(|l| l.split_whitespace().next())
-    .map(str::to_string)
-    .collect()
+    ]);
+    cargo(&all)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -240,4 +245,34 @@ fn the_pod_and_the_engines_link_no_lambda_crate() {
     );
     // The check sees a Lambda crate where there is one.
     assert!(built_from("coldpath-embeddings-function").contains("lambda_runtime"));
+}
+
+/// Crates that make a build link ONNX Runtime.
+const ORT_CRATES: [&str; 2] = ["ort", "ort-sys"];
+
+#[test]
+fn the_engines_parsers_and_the_fuzz_targets_link_no_onnx_runtime() {
+    // Each engine without its `onnx` feature: the request and response types, parsing and
+    // validation, as the fuzz targets take it.
+    for package in [
+        "coldpath-embeddings",
+        "coldpath-faces",
+        "coldpath-captioning",
+    ] {
+        let crates = tree(&["-p", package, "--no-default-features"]);
+        for ort in ORT_CRATES {
+            assert!(
+                !crates.contains(ort),
+                "{package} without default features is built with {ort}"
+            );
+        }
+    }
+    // The fuzz targets themselves (their own workspace and lock file).
+    let fuzz = tree(&["--manifest-path", "fuzz/Cargo.toml"]);
+    assert!(fuzz.contains("coldpath-faces"), "{fuzz:?}");
+    for ort in ORT_CRATES {
+        assert!(!fuzz.contains(ort), "the fuzz targets are built with {ort}");
+    }
+    // The check sees ONNX Runtime where it is: in an engine's default build.
+    assert!(built_from("coldpath-embeddings").contains("ort"));
 }
