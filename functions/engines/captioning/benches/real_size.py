@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 OUT = REPO / "target" / "bench" / "captioning-real.json"
 FILES = ("encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json",
          "preprocessor_config.json", "generation_config.json")

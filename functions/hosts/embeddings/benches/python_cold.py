@@ -30,7 +30,7 @@ from pathlib import Path
 import onnxruntime as ort
 from python_ref import embed, load_session, load_tokenizer
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 DEFAULT_MODEL_DIR = REPO / ".cache" / "models" / "all-minilm-l6-v2"
 DEFAULT_EVENT = REPO / "events" / "embeddings" / "direct.json"
 # The served model name the function reports (its DEFAULT_MODEL_NAME).

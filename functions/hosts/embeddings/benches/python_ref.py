@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 # The pipeline itself (tokenise, run, mean-pool, normalise) is the reference the parity fixture
 # was made with, imported rather than copied so the bench times exactly what the tests compare to.
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "fixtures"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests" / "fixtures"))
 from gen_embeddings_reference import embed  # noqa: E402
 
 

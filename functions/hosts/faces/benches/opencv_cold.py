@@ -32,7 +32,7 @@ import numpy as np
 
 from opencv_ref import LETTERBOX, TOP_K, letterbox, model_file
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 DEFAULT_PHOTO = REPO / "events" / "data" / "photos" / "group.jpg"
 
 

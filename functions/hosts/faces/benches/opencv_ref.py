@@ -37,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 SCORE_THRESHOLD = 0.9
 NMS_THRESHOLD = 0.3
 TOP_K = 5000

@@ -62,7 +62,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 QUERY = "photos of my dog at the beach last summer"
 SUBJECTS = ["my grandmother", "two children", "a golden retriever", "the wedding party"]
 ACTIONS = [

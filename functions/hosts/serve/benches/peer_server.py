@@ -19,7 +19,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "functions" / "embeddings" / "benches"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "functions" / "hosts" / "embeddings" / "benches"))
 from python_ref import embed, load_session, load_tokenizer  # noqa: E402
 
 
