@@ -390,7 +390,7 @@ fn main() {
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let dir = coldpath_test_support::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir).expect("target/bench");
     std::fs::write(
         dir.join("embeddings.json"),
