@@ -18,7 +18,28 @@ pub struct ProcessEnv;
 
 impl EnvSource for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {
+        #[cfg(debug_assertions)]
+        record_read(name);
         std::env::var(name).ok()
+    }
+}
+
+/// Debug builds only: names a file to which every variable read through [`ProcessEnv`] is
+/// appended, one name a line, so the hosts' process tests can hold what a binary really reads to
+/// its committed deploy contract (a reader called from `main` but missing from the contract
+/// shows there). Release builds have no such hook.
+pub const ENV_READS_VAR: &str = "COLDPATH_ENV_READS";
+
+#[cfg(debug_assertions)]
+fn record_read(name: &str) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os(ENV_READS_VAR) {
+        // Best effort: a failed write loses a line of a test log, never a setting.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{name}"));
     }
 }
 

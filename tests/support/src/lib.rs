@@ -130,3 +130,52 @@ mod tests {
         assert!(repo_root().join("tests/support/Cargo.toml").is_file());
     }
 }
+
+/// Runs `command` (a debug build of a host binary) with every variable it reads through
+/// `ProcessEnv` logged, and asserts each one is in the host's committed `contract.json` at
+/// `contract`: what the binary really reads, held to what `coldpath check` holds the templates
+/// to. `test_only` names variables a test build may read beyond it (a fault-injection setting,
+/// in no release binary). Returns the command's output for the caller's own assertions.
+pub fn assert_reads_within_contract(
+    mut command: std::process::Command,
+    contract: &std::path::Path,
+    test_only: &[&str],
+) -> std::process::Output {
+    // One file per call: the test binary's threads may run several hosts at once.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!(
+        "coldpath-env-reads-{}-{call}.log",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let out = command
+        .env("COLDPATH_ENV_READS", &log)
+        .output()
+        .expect("run the binary");
+    let read = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let listed: std::collections::BTreeSet<String> = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(contract).expect("contract.json"),
+    )
+    .expect("contract.json is JSON")["env"]
+        .as_array()
+        .expect("contract.json lists env")
+        .iter()
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .collect();
+    let unlisted: std::collections::BTreeSet<&str> = read
+        .lines()
+        .filter(|n| !listed.contains(*n) && !test_only.contains(n))
+        .collect();
+    assert!(
+        !read.is_empty(),
+        "the binary logged no variable read; is it a debug build?"
+    );
+    assert!(
+        unlisted.is_empty(),
+        "the binary read variables its contract ({}) does not list: {unlisted:?}",
+        contract.display()
+    );
+    out
+}

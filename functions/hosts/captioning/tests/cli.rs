@@ -184,3 +184,36 @@ fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
         assert!(file.is_file(), "{} is missing", file.display());
     }
 }
+
+/// What the binary really reads (every variable through `ProcessEnv`, logged by the debug build)
+/// is in its committed `contract.json`, the list `coldpath check` holds the template and the
+/// worker's image to: a reader called from `main` and missing from the contract fails here.
+#[test]
+fn a_local_invoke_reads_only_variables_its_contract_lists() {
+    let results = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_captioning"));
+    cmd.current_dir(repo_root())
+        .args(["invoke", "events/captioning/sqs-batch.json"])
+        .env("COLDPATH_INTRA_THREADS", "1")
+        .env("COLDPATH_OBJECT_STORE", "local:events/data")
+        .env(
+            "COLDPATH_RESULT_SINK",
+            format!("local:{}", results.path().display()),
+        )
+        .env_remove("AWS_LAMBDA_FUNCTION_NAME");
+    let out = coldpath_test_support::assert_reads_within_contract(
+        cmd,
+        &repo_root().join("functions/hosts/captioning/contract.json"),
+        // The pause the process tests set; read only by fault-injection builds.
+        if cfg!(feature = "fault-injection") {
+            &["CAPTIONING_FAULT_BATCH_DELAY_MS"]
+        } else {
+            &[]
+        },
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -141,3 +141,24 @@ fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
     assert!(quiet.status.success());
     assert!(emf_documents(&quiet).is_empty());
 }
+
+/// What the binary really reads (every variable through `ProcessEnv`, logged by the debug build)
+/// is in its committed `contract.json`, the list `coldpath check` holds the template to: a
+/// reader called from `main` and missing from the contract fails here.
+#[test]
+fn a_local_invoke_reads_only_variables_its_contract_lists() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embeddings"));
+    cmd.current_dir(repo_root())
+        .args(["invoke", "events/embeddings/function-url.json"])
+        .env("COLDPATH_INTRA_THREADS", "1");
+    let out = coldpath_test_support::assert_reads_within_contract(
+        cmd,
+        &repo_root().join("functions/hosts/embeddings/contract.json"),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

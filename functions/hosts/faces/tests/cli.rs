@@ -230,3 +230,29 @@ fn a_decoder_crash_fails_only_its_own_photo() {
         assert!(result.is_file(), "{key} was not written: {json}");
     }
 }
+
+/// What the binary really reads (every variable through `ProcessEnv`, logged by the debug build)
+/// is in its committed `contract.json`, the list `coldpath check` holds the template to: a
+/// reader called from `main` and missing from the contract fails here.
+#[test]
+fn a_local_invoke_reads_only_variables_its_contract_lists() {
+    let sink = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faces"));
+    cmd.current_dir(repo_root())
+        .args(["invoke", "events/faces/s3-put.json"])
+        .env("COLDPATH_INTRA_THREADS", "1")
+        .env(
+            "COLDPATH_RESULT_SINK",
+            format!("local:{}", sink.path().display()),
+        );
+    let out = coldpath_test_support::assert_reads_within_contract(
+        cmd,
+        &repo_root().join("functions/hosts/faces/contract.json"),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
