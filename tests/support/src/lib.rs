@@ -120,17 +120,6 @@ pub fn heic_with_marker(marker: &[u8]) -> Vec<u8> {
     bytes
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repo_root_is_the_workspace_root() {
-        assert!(repo_root().join("ARCHITECTURE.md").is_file());
-        assert!(repo_root().join("tests/support/Cargo.toml").is_file());
-    }
-}
-
 /// Runs `command` (a debug build of a host binary) with every variable it reads through
 /// `ProcessEnv` logged, and asserts each one is in the host's committed `contract.json` at
 /// `contract`: what the binary really reads, held to what `coldpath check` holds the templates
@@ -178,4 +167,15 @@ pub fn assert_reads_within_contract(
         contract.display()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_root_is_the_workspace_root() {
+        assert!(repo_root().join("ARCHITECTURE.md").is_file());
+        assert!(repo_root().join("tests/support/Cargo.toml").is_file());
+    }
 }
