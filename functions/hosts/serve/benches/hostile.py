@@ -7,8 +7,8 @@ the clients here, on CPU 1. Four scenes, each reported as figures (the short ver
 1. flood: `BENCH_FLOOD_CLIENTS` (40) clients post 30 MB faces bodies at once against a faces queue of
    4 and batches of 1, with `Expect: 100-continue` (as curl sends large uploads): how many were
    refused unread (429 before any body byte was asked for), and the server's peak memory growth
-   against the bound its configuration states (`ServeConfig::faces_memory_bound`, computed here
-   with the same formula);
+   against the bound its configuration states (`ServeConfig::faces_memory_bound`, which the
+   server logs at start as `faces_memory_bound_bytes`);
 2. slow heads: `BENCH_SLOW_CLIENTS` (500) connections that send half a request head and stall: the
    latency of a normal embeddings query (p50/p99 of `BENCH_PROBES`, 200, one at a time) before and
    while they hang, and how long until the server has closed every one of them (read timeout
@@ -24,6 +24,7 @@ Results: stdout and target/bench/serve-hostile.json.
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -82,10 +83,14 @@ def upload_expecting_continue(body, out):
     s.close()
 
 
-def faces_bound(queue, max_batch, connections, max_bytes=25 << 20, max_pixels=1_000_000):
-    body = max_bytes * 4 // 3 + 64 * 1024
-    per_request = max(2 * body, body + max_bytes, max_bytes + 11 * max_pixels)
-    return (queue + max_batch) * per_request + connections * 64 * 1024
+def stated_faces_bound(log: Path) -> int:
+    """The bound the server states from its configuration (`ServeConfig::faces_memory_bound`),
+    read from its start-up line rather than computed again here."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text())  # the log's colours, if any
+    match = re.search(r"faces_memory_bound_bytes=(\d+)", text)
+    if not match:
+        raise SystemExit(f"coldpath-serve logged no faces_memory_bound_bytes in {log}")
+    return int(match.group(1))
 
 
 def percentile(values, p):
@@ -111,7 +116,7 @@ def main() -> int:
     probes = int(os.environ.get("BENCH_PROBES", "200"))
     read_timeout_ms = int(os.environ.get("BENCH_READ_TIMEOUT_MS", "2000"))
     queue, max_batch, max_connections = 4, 1, 1024
-    env = dict(os.environ, COLDPATH_SERVE_HOST="127.0.0.1", PORT=str(PORT), RUST_LOG="warn",
+    env = dict(os.environ, COLDPATH_SERVE_HOST="127.0.0.1", PORT=str(PORT), RUST_LOG="warn,coldpath_serve=info",
                COLDPATH_INTRA_THREADS="1", COLDPATH_SERVE_FACES_QUEUE=str(queue),
                COLDPATH_SERVE_FACES_MAX_BATCH=str(max_batch), COLDPATH_IMAGE_MAX_PIXELS="1000000",
                COLDPATH_SERVE_READ_TIMEOUT_MS=str(read_timeout_ms),
@@ -137,7 +142,7 @@ def main() -> int:
         for t in threads:
             t.join()
         grown = peak_rss(proc.pid) - before
-        bound = faces_bound(queue, max_batch, max_connections)
+        bound = stated_faces_bound(work / "serve.log")
         results["flood"] = {
             "clients": clients, "body_mb": 30, "seconds": time.perf_counter() - started,
             "read_then_400": sum(1 for a, s in outcomes if a and s == 400),

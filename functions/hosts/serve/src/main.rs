@@ -53,6 +53,9 @@ async fn start() -> Result<bool, StartError> {
         embeddings_max_batch = config.embeddings_batch.max_items,
         faces_queue = config.faces_batch.queue,
         faces_max_batch = config.faces_batch.max_items,
+        // The worst case the configuration allows for faces in flight, stated where the
+        // operator (and the hostile-load bench) reads it.
+        faces_memory_bound_bytes = config.faces_memory_bound(),
         drain_ms = config.drain.as_millis() as u64,
         object_store = store.kind(),
         "coldpath-serve config"
