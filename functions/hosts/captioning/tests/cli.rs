@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 use coldpath_test_support::{assert_invocation_metrics, emf_documents, repo_root, stdout_json};
 use serde_json::Value;
 
-fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
+/// The binary as these tests run it: local object store, results under `results`, not in Lambda.
+fn command(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_captioning"));
     cmd.current_dir(repo_root())
         .args(args)
@@ -24,7 +25,13 @@ fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run captioning")
+    cmd
+}
+
+fn run(args: &[&str], results: &Path, env: &[(&str, &str)]) -> Output {
+    command(args, results, env)
+        .output()
+        .expect("run captioning")
 }
 
 /// The messageIds in the sample event whose body is not valid JSON.
@@ -191,16 +198,11 @@ fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
 #[test]
 fn a_local_invoke_reads_only_variables_its_contract_lists() {
     let results = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_captioning"));
-    cmd.current_dir(repo_root())
-        .args(["invoke", "events/captioning/sqs-batch.json"])
-        .env("COLDPATH_INTRA_THREADS", "1")
-        .env("COLDPATH_OBJECT_STORE", "local:events/data")
-        .env(
-            "COLDPATH_RESULT_SINK",
-            format!("local:{}", results.path().display()),
-        )
-        .env_remove("AWS_LAMBDA_FUNCTION_NAME");
+    let cmd = command(
+        &["invoke", "events/captioning/sqs-batch.json"],
+        results.path(),
+        &[],
+    );
     let out = coldpath_test_support::assert_reads_within_contract(
         cmd,
         &repo_root().join("functions/hosts/captioning/contract.json"),

@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use coldpath_test_support::{assert_invocation_metrics, emf_documents, repo_root, stdout_json};
 
-fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary as these tests run it, one intra-op thread.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_embeddings"));
     cmd.current_dir(repo_root())
         .args(args)
@@ -14,7 +15,11 @@ fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run embeddings")
+    cmd
+}
+
+fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("run embeddings")
 }
 
 #[test]
@@ -147,10 +152,7 @@ fn metric_lines_go_to_stderr_and_stdout_keeps_only_the_response() {
 /// reader called from `main` and missing from the contract fails here.
 #[test]
 fn a_local_invoke_reads_only_variables_its_contract_lists() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embeddings"));
-    cmd.current_dir(repo_root())
-        .args(["invoke", "events/embeddings/function-url.json"])
-        .env("COLDPATH_INTRA_THREADS", "1");
+    let cmd = command(&["invoke", "events/embeddings/function-url.json"], &[]);
     let out = coldpath_test_support::assert_reads_within_contract(
         cmd,
         &repo_root().join("functions/hosts/embeddings/contract.json"),

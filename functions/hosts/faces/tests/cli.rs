@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use coldpath_test_support::{assert_invocation_metrics, emf_documents, repo_root, stdout_json};
 
-fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary as these tests run it: one intra-op thread, local object store, not in Lambda.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_faces"));
     cmd.current_dir(repo_root())
         .args(args)
@@ -17,7 +18,11 @@ fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run faces")
+    cmd
+}
+
+fn invoke(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("run faces")
 }
 
 #[test]
@@ -237,14 +242,11 @@ fn a_decoder_crash_fails_only_its_own_photo() {
 #[test]
 fn a_local_invoke_reads_only_variables_its_contract_lists() {
     let sink = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faces"));
-    cmd.current_dir(repo_root())
-        .args(["invoke", "events/faces/s3-put.json"])
-        .env("COLDPATH_INTRA_THREADS", "1")
-        .env(
-            "COLDPATH_RESULT_SINK",
-            format!("local:{}", sink.path().display()),
-        );
+    let sink_setting = format!("local:{}", sink.path().display());
+    let cmd = command(
+        &["invoke", "events/faces/s3-put.json"],
+        &[("COLDPATH_RESULT_SINK", &sink_setting)],
+    );
     let out = coldpath_test_support::assert_reads_within_contract(
         cmd,
         &repo_root().join("functions/hosts/faces/contract.json"),
