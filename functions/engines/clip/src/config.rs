@@ -4,9 +4,51 @@ use std::path::PathBuf;
 
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::contract::{self, EnvVar};
+use coldpath_image::{CodecPaths, ImageLimits};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
+use coldpath_runtime::metrics::MetricsMode;
 
 use crate::layout::MODEL_FILES;
+
+/// Which towers a host loads. The search path needs only the text tower and the upload path
+/// only the vision tower; each host fetches and builds only what it serves (a real ViT-B-32's
+/// graphs are 254 MB and 352 MB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Towers {
+    Text,
+    Vision,
+    Both,
+}
+
+impl Towers {
+    pub fn text(self) -> bool {
+        matches!(self, Towers::Text | Towers::Both)
+    }
+
+    pub fn vision(self) -> bool {
+        matches!(self, Towers::Vision | Towers::Both)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Towers::Text => "text",
+            Towers::Vision => "vision",
+            Towers::Both => "both",
+        }
+    }
+
+    /// Whether a host loading these towers needs the model file `name`: every small JSON file
+    /// (the layout reads them all), and each loaded tower's graph and tokenizer.
+    pub fn needs(self, name: &str) -> bool {
+        if name.starts_with("visual/model") {
+            self.vision()
+        } else if name == "textual/model.onnx" || name == "textual/tokenizer.json" {
+            self.text()
+        } else {
+            true
+        }
+    }
+}
 
 /// The bundled default: Immich's name for OpenAI's ViT-B-32, in a package's model directory.
 pub const DEFAULT_MODEL_SOURCE: &str = "/opt/models/clip-vit-b-32";
@@ -24,8 +66,14 @@ pub struct ClipConfig {
     pub sessions: usize,
     /// `CLIP_MAX_BATCH`: most texts or photos in one run, for towers whose batch is not fixed.
     pub max_batch: usize,
-    /// `CLIP_WARMUP`: run each tower once at init.
+    /// `CLIP_WARMUP`: run each loaded tower once at init.
     pub warmup: bool,
+    /// The photo limits (`COLDPATH_IMAGE_*`), as for faces.
+    pub image_limits: ImageLimits,
+    /// `COLDPATH_LIBHEIF_PATH` / `COLDPATH_LIBAVIF_PATH`: the HEIC and AVIF decoders.
+    pub image_codecs: CodecPaths,
+    /// `COLDPATH_METRICS`: whether metric lines (CloudWatch EMF, on stderr) are written.
+    pub metrics: MetricsMode,
     /// Where remote models are cached (`COLDPATH_CACHE_DIR`).
     pub cache_dir: PathBuf,
 }
@@ -45,24 +93,39 @@ impl ClipConfig {
 
     /// Every variable [`ClipConfig::from_env`] reads, its own and its readers'.
     pub fn env() -> Vec<EnvVar> {
-        contract::union(&[Self::ENV, SessionConfig::ENV, OrtRuntime::ENV])
+        contract::union(&[
+            Self::ENV,
+            SessionConfig::ENV,
+            OrtRuntime::ENV,
+            ImageLimits::ENV,
+            CodecPaths::ENV,
+            MetricsMode::ENV,
+        ])
     }
 
-    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+    /// The config of a host that loads `towers`: the model's files are those towers need
+    /// ([`Towers::needs`]), while `CLIP_MODEL_SHA256` may pin every file of the model, so one
+    /// pin list serves the text and the vision host alike.
+    pub fn from_env(env: &impl EnvSource, towers: Towers) -> Result<Self, ConfigError> {
+        let mut model = ModelSpec::from_env(
+            env,
+            "CLIP_MODEL",
+            ModelKind::ImageTextEmbedding,
+            DEFAULT_MODEL_NAME,
+            DEFAULT_MODEL_SOURCE,
+            &MODEL_FILES,
+        )?;
+        model.files.retain(|f| towers.needs(&f.name));
         Ok(ClipConfig {
-            model: ModelSpec::from_env(
-                env,
-                "CLIP_MODEL",
-                ModelKind::ImageTextEmbedding,
-                DEFAULT_MODEL_NAME,
-                DEFAULT_MODEL_SOURCE,
-                &MODEL_FILES,
-            )?,
+            model,
             ort_library: OrtRuntime::library_from_env(env),
             session: SessionConfig::from_env(env)?,
             sessions: config::positive_or(env, "CLIP_SESSIONS", 1)?,
             max_batch: config::positive_or(env, "CLIP_MAX_BATCH", 16)?,
             warmup: config::bool_or(env, "CLIP_WARMUP", true)?,
+            image_limits: ImageLimits::from_env(env)?,
+            image_codecs: CodecPaths::from_env(env)?,
+            metrics: MetricsMode::from_env(env)?,
             cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
@@ -83,14 +146,14 @@ mod tests {
             ("COLDPATH_INTRA_THREADS", "2"),
             ("COLDPATH_PROVIDER", "cuda"),
         ]));
-        ClipConfig::from_env(&env).unwrap();
+        ClipConfig::from_env(&env, Towers::Both).unwrap();
         let difference = env.difference(&[&ClipConfig::env()]);
         assert!(difference.is_empty(), "{difference:?}");
     }
 
     #[test]
     fn defaults() {
-        let c = ClipConfig::from_env(&MapEnv::default()).unwrap();
+        let c = ClipConfig::from_env(&MapEnv::default(), Towers::Both).unwrap();
         assert_eq!(c.model.name, DEFAULT_MODEL_NAME);
         assert_eq!(c.model.kind, ModelKind::ImageTextEmbedding);
         assert_eq!(
@@ -116,16 +179,48 @@ mod tests {
             ),
             ("CLIP_MAX_BATCH", "4"),
         ]);
-        let c = ClipConfig::from_env(&env).unwrap();
+        let c = ClipConfig::from_env(&env, Towers::Both).unwrap();
         assert!(matches!(c.model.source, ModelSource::S3 { .. }));
         assert!(c.model.file("visual/model.onnx").unwrap().sha256.is_some());
         assert!(c.model.file("config.json").unwrap().sha256.is_none());
         assert_eq!(c.max_batch, 4);
 
         let typo = MapEnv::new([("CLIP_MODEL_SHA256", &*format!("vision/model.onnx={hex}"))]);
-        let err = ClipConfig::from_env(&typo).unwrap_err().to_string();
+        let err = ClipConfig::from_env(&typo, Towers::Both)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("CLIP_MODEL_SHA256"), "{err}");
         let zero = MapEnv::new([("CLIP_MAX_BATCH", "0")]);
-        assert!(ClipConfig::from_env(&zero).is_err());
+        assert!(ClipConfig::from_env(&zero, Towers::Both).is_err());
+    }
+
+    /// Each host fetches only its towers' graphs, and one pin list covers both hosts.
+    #[test]
+    fn each_tower_host_needs_only_its_graphs() {
+        let hex = "cd".repeat(32);
+        let pins = format!("visual/model.onnx={hex},textual/model.onnx={hex}");
+        let env = MapEnv::new([("CLIP_MODEL_SHA256", pins.as_str())]);
+        let names = |towers| -> Vec<String> {
+            ClipConfig::from_env(&env, towers)
+                .unwrap()
+                .model
+                .files
+                .into_iter()
+                .map(|f| f.name)
+                .collect()
+        };
+        let text = names(Towers::Text);
+        assert!(text.contains(&"textual/model.onnx".to_string()));
+        assert!(text.contains(&"textual/tokenizer.json".to_string()));
+        assert!(!text.contains(&"visual/model.onnx".to_string()), "{text:?}");
+        let vision = names(Towers::Vision);
+        assert!(vision.contains(&"visual/model.onnx".to_string()));
+        assert!(
+            !vision
+                .iter()
+                .any(|f| f == "textual/model.onnx" || f == "textual/tokenizer.json"),
+            "{vision:?}"
+        );
+        assert_eq!(names(Towers::Both).len(), MODEL_FILES.len());
     }
 }

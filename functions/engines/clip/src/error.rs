@@ -23,6 +23,10 @@ pub enum ClipError {
     Empty(&'static str),
     #[error("running the model: {0}")]
     Inference(String),
+    /// The host loaded only the other tower (the search path has no vision tower; photos are
+    /// embedded on upload).
+    #[error("{model}: this host serves the {other} tower only, not the {tower} tower", other = if *tower == "text" { "vision" } else { "text" })]
+    TowerNotLoaded { tower: &'static str, model: String },
 }
 
 impl Classify for ClipError {
@@ -31,7 +35,7 @@ impl Classify for ClipError {
             ClipError::Layout { .. }
             | ClipError::TokenizerLoad { .. }
             | ClipError::ModelSignature { .. } => ErrorType::ModelLoad,
-            ClipError::Empty(_) => ErrorType::InvalidInput,
+            ClipError::Empty(_) | ClipError::TowerNotLoaded { .. } => ErrorType::InvalidInput,
             ClipError::Tokenize { .. } | ClipError::Inference(_) => ErrorType::Internal,
         }
     }

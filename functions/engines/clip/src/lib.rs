@@ -22,8 +22,8 @@ pub mod resample;
 pub mod tokenize;
 pub mod towers;
 
-pub use config::ClipConfig;
-pub use engine::{ClipEngine, InitError, init};
+pub use config::{ClipConfig, Towers};
+pub use engine::{ClipEngine, InitError, TowerParts, init, init_towers};
 pub use error::ClipError;
 pub use layout::{Interpolation, MODEL_FILES, ModelLayout, PreprocessConfig, ResizeMode};
 pub use preprocess::Preprocess;

@@ -11,7 +11,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use coldpath_clip::{ClipConfig, ClipEngine, ClipTokenizer, ExporterGeneration, ModelLayout, init};
+use coldpath_clip::{
+    ClipConfig, ClipEngine, ClipTokenizer, ExporterGeneration, ModelLayout, Towers, init,
+};
 use coldpath_core::{Classify, ErrorType, MapEnv};
 use coldpath_image::{CodecPaths, ImageLimits, Isolation, RgbImage, decode, load_native_codecs};
 use coldpath_io::NoObjectStore;
@@ -145,7 +147,10 @@ fn png(rel: &str) -> RgbImage {
 fn exporter_generations_are_told_apart_by_output_name() {
     let clip = engine("vit-b-32-tiny");
     assert_eq!(model_ref("vit-b-32-tiny")["exporter_generation"], "current");
-    for sig in [clip.text_signature(), clip.vision_signature()] {
+    for sig in [
+        clip.text_signature().unwrap(),
+        clip.vision_signature().unwrap(),
+    ] {
         assert_eq!(sig.generation, ExporterGeneration::Current);
         assert_eq!(sig.output, "embedding");
         assert_eq!(sig.fixed_batch, Some(1));
@@ -155,9 +160,12 @@ fn exporter_generations_are_told_apart_by_output_name() {
         model_ref("siglip-b-16-tiny")["exporter_generation"],
         "earlier"
     );
-    assert_eq!(siglip.text_signature().output, "text_embedding");
-    assert_eq!(siglip.vision_signature().output, "image_embedding");
-    for sig in [siglip.text_signature(), siglip.vision_signature()] {
+    assert_eq!(siglip.text_signature().unwrap().output, "text_embedding");
+    assert_eq!(siglip.vision_signature().unwrap().output, "image_embedding");
+    for sig in [
+        siglip.text_signature().unwrap(),
+        siglip.vision_signature().unwrap(),
+    ] {
         assert_eq!(sig.generation, ExporterGeneration::Earlier);
         assert_eq!(sig.fixed_batch, None);
     }
@@ -166,7 +174,7 @@ fn exporter_generations_are_told_apart_by_output_name() {
 #[test]
 fn token_ids_equal_open_clip_including_truncation() {
     for key in MODELS {
-        let tokenizer = engine(key).tokenizer();
+        let tokenizer = engine(key).tokenizer().unwrap();
         let texts = model_ref(key)["texts"].as_array().unwrap();
         let mut truncated = 0;
         for t in texts {
@@ -225,7 +233,7 @@ fn same_pixels(r: &Value) -> bool {
 #[test]
 fn preprocessing_matches_open_clip_within_one_level_on_the_same_pixels() {
     for key in MODELS {
-        let pre = engine(key).preprocess();
+        let pre = engine(key).preprocess().unwrap();
         let std = pre.config.std;
         let refs: Vec<&Value> = model_ref(key)["images"]
             .as_array()
@@ -283,7 +291,7 @@ fn preprocessing_matches_open_clip_within_one_level_on_the_same_pixels() {
 #[test]
 fn photos_decode_upright_and_preprocess_close_to_open_clip() {
     for key in MODELS {
-        let pre = engine(key).preprocess();
+        let pre = engine(key).preprocess().unwrap();
         for r in model_ref(key)["images"].as_array().unwrap() {
             if r["lossless"].as_bool().unwrap() {
                 continue;
@@ -356,7 +364,7 @@ fn init_builds_both_towers_and_checks_pins() {
         ("CLIP_MODEL_SOURCE", dir.to_str().unwrap()),
         ("ORT_DYLIB_PATH", ort.as_str()),
     ]);
-    let config = ClipConfig::from_env(&env).unwrap();
+    let config = ClipConfig::from_env(&env, Towers::Both).unwrap();
     let (engine, record) = rt.block_on(init(&config, NoObjectStore)).unwrap();
     assert_eq!(record.function, "clip");
     assert!(record.session_build_ms > 0.0 && record.warmup_ms > 0.0);
@@ -370,11 +378,82 @@ fn init_builds_both_towers_and_checks_pins() {
         ("ORT_DYLIB_PATH", ort.as_str()),
         ("CLIP_MODEL_SHA256", &*format!("visual/model.onnx={wrong}")),
     ]);
-    let config = ClipConfig::from_env(&pinned).unwrap();
+    let config = ClipConfig::from_env(&pinned, Towers::Both).unwrap();
     let err = match rt.block_on(init(&config, NoObjectStore)) {
         Ok(_) => panic!("a wrong sha256 must fail init"),
         Err(e) => e,
     };
     assert_eq!(err.error_type(), ErrorType::ModelLoad, "{err}");
     assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+/// A copy of a fixture model without the files `drop` names.
+fn model_without(key: &str, drop: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in coldpath_clip::MODEL_FILES {
+        if drop.contains(&file) {
+            continue;
+        }
+        let to = dir.path().join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(fixtures().join(key).join(file), to).unwrap();
+    }
+    dir
+}
+
+/// The search host loads only the text tower and the upload host only the vision tower: each
+/// starts from a model directory that lacks the other tower's graph, gives the same vectors as
+/// the engine with both, and refuses the other kind of input with a typed error.
+#[test]
+fn each_host_loads_only_its_tower() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let ort = setup_var("ORT_DYLIB_PATH");
+    let key = "vit-b-32-tiny";
+    let both = engine(key);
+    let text_only = model_without(key, &["visual/model.onnx"]);
+    let vision_only = model_without(key, &["textual/model.onnx", "textual/tokenizer.json"]);
+    for (dir, towers) in [
+        (text_only.path(), Towers::Text),
+        (vision_only.path(), Towers::Vision),
+    ] {
+        let env = MapEnv::new([
+            ("CLIP_MODEL_SOURCE", dir.to_str().unwrap()),
+            ("ORT_DYLIB_PATH", ort.as_str()),
+        ]);
+        let config = ClipConfig::from_env(&env, towers).unwrap();
+        let (engine, _) = rt
+            .block_on(coldpath_clip::init_towers(&config, NoObjectStore, towers))
+            .unwrap_or_else(|e| panic!("{towers:?}: {e}"));
+        assert_eq!(engine.towers(), towers);
+        let text = vec!["a dog on the beach".to_string()];
+        let photo = vec![png("inputs/cat.png")];
+        match towers {
+            Towers::Text => {
+                assert_eq!(
+                    engine.embed_texts(&text).unwrap(),
+                    both.embed_texts(&text).unwrap()
+                );
+                let err = engine.embed_images(&photo).unwrap_err();
+                assert_eq!(err.error_type(), ErrorType::InvalidInput);
+                assert!(err.to_string().contains("text tower only"), "{err}");
+            }
+            _ => {
+                assert_eq!(
+                    engine.embed_images(&photo).unwrap(),
+                    both.embed_images(&photo).unwrap()
+                );
+                let err = engine.embed_texts(&text).unwrap_err();
+                assert_eq!(err.error_type(), ErrorType::InvalidInput);
+            }
+        }
+    }
+    // The engine with both towers cannot start from a directory that lacks one.
+    let env = MapEnv::new([
+        ("CLIP_MODEL_SOURCE", text_only.path().to_str().unwrap()),
+        ("ORT_DYLIB_PATH", ort.as_str()),
+    ]);
+    let config = ClipConfig::from_env(&env, Towers::Both).unwrap();
+    assert!(rt.block_on(init(&config, NoObjectStore)).is_err());
 }
