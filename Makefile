@@ -158,7 +158,7 @@ bench-image-formats: setup ## a 12 MP photo as JPEG, HEIC and AVIF: decode time 
 # routes), committed beside its crate for `coldpath check`; each host's tests fail when it is stale.
 .PHONY: contracts
 contracts: ## regenerate each host's contract.json (the variables it reads, the server's routes)
-	@for h in embeddings:embeddings faces:faces captioning:captioning serve:coldpath-serve; do \
+	@for h in embeddings:embeddings faces:faces captioning:captioning clip:clip serve:coldpath-serve; do \
 	  dir=$${h%%:*}; bin=$${h#*:}; \
 	  $(CARGO) run --quiet --locked --bin $$bin -- contract > functions/hosts/$$dir/contract.json || exit 1; \
 	done

@@ -177,6 +177,38 @@ fn every_sample_event_parses_into_its_type_and_round_trips() {
                 };
                 assert!(file.is_file(), "{rel}: {} is missing", file.display());
             }
+            "events/clip/eventbridge-s3.json" | "events/clip/s3-put.json" => {
+                // The raw shape round-trips as its AWS type, and every upload it names is a photo
+                // in events/data, so a local invoke embeds each.
+                if rel.ends_with("s3-put.json") {
+                    let _: aws_lambda_events::s3::S3Event = round_trip(path, &value);
+                } else {
+                    let _: aws_lambda_events::eventbridge::EventBridgeEvent<
+                        coldpath_aws::S3ObjectCreated,
+                    > = round_trip(path, &value);
+                }
+                let coldpath_clip_function::ClipEvent::Uploads(uploads) =
+                    coldpath_clip_function::ClipEvent::from_payload(value.clone())
+                else {
+                    panic!("{rel}: not an upload event")
+                };
+                assert!(!uploads.is_empty(), "{rel}");
+                for u in uploads {
+                    let u = u.unwrap_or_else(|e| panic!("{rel}: {e:?}"));
+                    let file = repo_root().join("events/data").join(&u.bucket).join(&u.key);
+                    assert!(file.is_file(), "{rel}: {} is missing", file.display());
+                }
+            }
+            "events/clip/direct-image.json" => {
+                let limits = coldpath_clip::api::RequestLimits {
+                    text: limits,
+                    max_images: 16,
+                };
+                let req =
+                    coldpath_clip::api::parse_request(&value, "m", 16, &limits, true).unwrap();
+                assert_eq!(req.modality(), coldpath_clip::api::Modality::Image, "{rel}");
+                assert_eq!(req.len(), 2, "{rel}");
+            }
             "events/faces/s3-put.json" => {
                 let event: aws_lambda_events::s3::S3Event = round_trip(path, &value);
                 assert!(event.records.len() >= 3, "{rel}");

@@ -368,6 +368,12 @@ ENV = {
     # No real captioning weights can be fetched: local runs use the small generated model that
     # tests/fixtures/captioning/gen_tiny_model.py writes (see the README for exporting a real one).
     "CAPTIONING_MODEL_SOURCE": str(REPO / "tests" / "fixtures" / "captioning" / "tiny-vit-gpt2"),
+    # Nor real CLIP weights: local runs use the random-weight ViT-B-32 that
+    # tests/fixtures/clip/gen_clip_fixtures.py exported in Immich's layout (functions/engines/clip/
+    # README.md says where real ones come from). Named for what it is, so no response passes it off
+    # as OpenAI's model.
+    "CLIP_MODEL_SOURCE": str(REPO / "tests" / "fixtures" / "clip" / "vit-b-32-tiny"),
+    "CLIP_MODEL_NAME": "vit-b-32-tiny",
     "COLDPATH_PYTHON": str(VENV_PYTHON),
     # Local runs keep ONNX Runtime's optimised graphs between processes (shorter cold starts).
     "COLDPATH_OPTIMIZED_MODEL_DIR": str(CACHE / "optimized"),

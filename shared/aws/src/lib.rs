@@ -32,7 +32,10 @@ pub use object_store::ObjectStore;
 pub use queue::{Queue, QueueError, ReceivedMessage};
 #[cfg(feature = "s3")]
 pub use s3::S3Fetcher;
-pub use s3_key::{KeyError, decode_event_key, photo_result_id};
+pub use s3_key::{
+    EVENTBRIDGE_DETAIL_TYPE, EVENTBRIDGE_SOURCE, KeyError, Keyed, Named, S3ObjectCreated,
+    decode_event_key, photo_result_id,
+};
 #[cfg(any(feature = "s3", feature = "sqs"))]
 pub use sdk::shared_config;
 pub use sink::{RESULT_SINK_VAR, ResultSink, SinkError, SinkTarget, validate_id};

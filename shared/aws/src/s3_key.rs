@@ -6,7 +6,38 @@
 //! `faces/<bucket>/<key>.json` and `captioning/<bucket>/<key>.json`, so a consumer that knows the
 //! photo finds both without a lookup table.
 
+use serde::{Deserialize, Serialize};
+
 use crate::sink::{SinkError, validate_id};
+
+/// EventBridge's `source` and `detail-type` for an S3 upload.
+pub const EVENTBRIDGE_SOURCE: &str = "aws.s3";
+pub const EVENTBRIDGE_DETAIL_TYPE: &str = "Object Created";
+
+/// The `detail` of S3's `Object Created` event as EventBridge delivers it; aws_lambda_events
+/// has the envelope (`EventBridgeEvent`) but no S3 detail type. Only what the functions read:
+/// EventBridge may add fields at any time, and the object's size, etag and sequencer, the
+/// requester and the reason are ignored. The key is URL-encoded as in a notification
+/// ([`decode_event_key`]).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct S3ObjectCreated {
+    #[serde(default)]
+    pub bucket: Option<Named>,
+    #[serde(default)]
+    pub object: Option<Keyed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Named {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Keyed {
+    #[serde(default)]
+    pub key: Option<String>,
+}
 
 /// Why a key in an event cannot be read.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -22,15 +22,17 @@
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use coldpath_core::{Classify, ErrorType};
 use coldpath_image::ImageRef;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The longest `id`; it names the result object, and S3 keys stop at 1024 bytes with the prefix.
 pub const MAX_ID_LEN: usize = 200;
 
-/// EventBridge's `source` and `detail-type` for an S3 upload.
-pub const EVENTBRIDGE_SOURCE: &str = "aws.s3";
-pub const EVENTBRIDGE_DETAIL_TYPE: &str = "Object Created";
+/// EventBridge's `source` and `detail-type` for an S3 upload, and its `detail`: shared with the
+/// other functions that take uploads from EventBridge.
+pub use coldpath_aws::{
+    EVENTBRIDGE_DETAIL_TYPE, EVENTBRIDGE_SOURCE, Keyed, Named, S3ObjectCreated,
+};
 
 /// A validated caption request.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -228,30 +230,6 @@ fn photo_request(
         image: ImageRef::S3 { bucket, key },
         max_new_tokens: None,
     })
-}
-
-/// The `detail` of S3's `Object Created` event as EventBridge delivers it; aws_lambda_events
-/// has the envelope ([`EventBridgeEvent`]) but no S3 detail type. Only what the function reads:
-/// EventBridge may add fields at any time, and the object's size, etag and sequencer, the
-/// requester and the reason are ignored.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct S3ObjectCreated {
-    #[serde(default)]
-    pub bucket: Option<Named>,
-    #[serde(default)]
-    pub object: Option<Keyed>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct Named {
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct Keyed {
-    #[serde(default)]
-    pub key: Option<String>,
 }
 
 fn parse_eventbridge(value: Value) -> Result<CaptionRequest, MessageError> {

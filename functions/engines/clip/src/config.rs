@@ -8,7 +8,9 @@ use coldpath_image::{CodecPaths, ImageLimits};
 use coldpath_models::{ModelKind, ModelSpec, OrtRuntime, SessionConfig};
 use coldpath_runtime::metrics::MetricsMode;
 
+use crate::api::RequestLimits;
 use crate::layout::MODEL_FILES;
+use coldpath_embeddings::api::Limits;
 
 /// Which towers a host loads. The search path needs only the text tower and the upload path
 /// only the vision tower; each host fetches and builds only what it serves (a real ViT-B-32's
@@ -66,6 +68,9 @@ pub struct ClipConfig {
     pub sessions: usize,
     /// `CLIP_MAX_BATCH`: most texts or photos in one run, for towers whose batch is not fixed.
     pub max_batch: usize,
+    /// `CLIP_MAX_INPUTS` (texts or photos in one request, 64) and `CLIP_MAX_REQUEST_BYTES`
+    /// (the texts' bytes in one request, 64 KiB; photos are held to the photo limits instead).
+    pub limits: RequestLimits,
     /// `CLIP_WARMUP`: run each loaded tower once at init.
     pub warmup: bool,
     /// The photo limits (`COLDPATH_IMAGE_*`), as for faces.
@@ -87,6 +92,8 @@ impl ClipConfig {
         EnvVar::optional("CLIP_MODEL_SHA256", "file=sha256 pins, required for s3://"),
         EnvVar::optional("CLIP_SESSIONS", "sessions per tower"),
         EnvVar::optional("CLIP_MAX_BATCH", "texts or photos in one run"),
+        EnvVar::optional("CLIP_MAX_INPUTS", "texts or photos in one request"),
+        EnvVar::optional("CLIP_MAX_REQUEST_BYTES", "the texts' bytes in one request"),
         EnvVar::optional("CLIP_WARMUP", "one run of each tower at init"),
         EnvVar::optional("COLDPATH_CACHE_DIR", "where s3:// models are cached"),
     ];
@@ -122,6 +129,20 @@ impl ClipConfig {
             session: SessionConfig::from_env(env)?,
             sessions: config::positive_or(env, "CLIP_SESSIONS", 1)?,
             max_batch: config::positive_or(env, "CLIP_MAX_BATCH", 16)?,
+            limits: {
+                let max_inputs = config::positive_or(env, "CLIP_MAX_INPUTS", 64)?;
+                RequestLimits {
+                    text: Limits {
+                        max_inputs,
+                        max_request_bytes: config::positive_or(
+                            env,
+                            "CLIP_MAX_REQUEST_BYTES",
+                            64 * 1024,
+                        )?,
+                    },
+                    max_images: max_inputs,
+                }
+            },
             warmup: config::bool_or(env, "CLIP_WARMUP", true)?,
             image_limits: ImageLimits::from_env(env)?,
             image_codecs: CodecPaths::from_env(env)?,

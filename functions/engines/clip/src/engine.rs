@@ -56,7 +56,7 @@ struct VisionTower {
 /// One tower's loaded parts, for [`ClipEngine::with_towers`].
 pub enum TowerParts {
     Text {
-        tokenizer: ClipTokenizer,
+        tokenizer: Box<ClipTokenizer>,
         sessions: SessionPool,
     },
     Vision {
@@ -80,7 +80,7 @@ impl ClipEngine {
             layout,
             vec![
                 TowerParts::Text {
-                    tokenizer,
+                    tokenizer: Box::new(tokenizer),
                     sessions: text_sessions,
                 },
                 TowerParts::Vision {
@@ -115,7 +115,10 @@ impl ClipEngine {
                         max_batch,
                     )?;
                     check_width(&tower, layout, dimensions)?;
-                    text = Some(TextTower { tokenizer, tower });
+                    text = Some(TextTower {
+                        tokenizer: *tokenizer,
+                        tower,
+                    });
                 }
                 TowerParts::Vision { sessions } => {
                     let tower = Tower::new(
@@ -371,7 +374,7 @@ pub async fn init_towers<F: ObjectFetcher>(
                 reason: "the loader thread panicked".into(),
             })??;
             parts.push(TowerParts::Text {
-                tokenizer,
+                tokenizer: Box::new(tokenizer),
                 sessions,
             });
         }

@@ -13,12 +13,14 @@
 //! sha256 pins, [`ClipConfig`]), builds one session pool per tower while the tokenizer loads,
 //! warms both towers up and logs the cold-start record.
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod preprocess;
 pub mod resample;
+pub mod service;
 pub mod tokenize;
 pub mod towers;
 
@@ -27,5 +29,6 @@ pub use engine::{ClipEngine, InitError, TowerParts, init, init_towers};
 pub use error::ClipError;
 pub use layout::{Interpolation, MODEL_FILES, ModelLayout, PreprocessConfig, ResizeMode};
 pub use preprocess::Preprocess;
+pub use service::{ClipService, ClipServiceError, PhotoVector};
 pub use tokenize::{Clean, ClipTokenizer, TextRules};
 pub use towers::{ExporterGeneration, TowerKind, TowerSignature};

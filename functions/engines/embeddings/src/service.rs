@@ -83,6 +83,11 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
         &self.embedder
     }
 
+    /// The model's name, as requests may give it in `model`.
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
     /// The metric lines a host writes per invocation (none unless configured).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

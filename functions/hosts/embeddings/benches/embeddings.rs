@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder};
-use coldpath_embeddings_function::handle;
+use coldpath_embeddings_function::{EmbeddingsFunction, handle};
 use coldpath_io::NoObjectStore;
 use coldpath_models::SessionPool;
 use coldpath_runtime::{Context, LambdaEvent};
@@ -234,7 +234,7 @@ fn time_calls(iters: usize, warmup: usize, mut call: impl FnMut()) -> Vec<f64> {
 /// The function through its Lambda handler, as the runtime loop calls it.
 fn time_function(
     rt: &tokio::runtime::Runtime,
-    service: &Arc<EmbeddingsService<OnnxEmbedder>>,
+    service: &Arc<EmbeddingsFunction<OnnxEmbedder>>,
     payload: &Value,
     iters: usize,
     warmup: usize,
@@ -285,7 +285,7 @@ fn main() {
     let (service, record) = rt
         .block_on(coldpath_embeddings::init(&config, NoObjectStore))
         .expect("init");
-    let service = Arc::new(service);
+    let service = Arc::new(EmbeddingsFunction::new(service));
     let model_dir = match &config.model.source {
         coldpath_models::ModelSource::Local(d) => d.display().to_string(),
         other => panic!("the bench needs a local model, not {other}"),
@@ -295,7 +295,7 @@ fn main() {
     let query = [QUERY.to_string()];
     let (floor_query, floor_batch) = (0, 1);
     let floor = Floor::new(&config, &[&query, &batch]);
-    let sessions = service.embedder().sessions();
+    let sessions = service.embeddings.embedder().sessions();
 
     let query_payload = json!({"input": QUERY});
     let batch_payload = json!({"input": batch});
@@ -317,7 +317,12 @@ fn main() {
             for turn in 0..4 {
                 match (chunk + turn) % 4 {
                     0 => f.extend(time_function(&rt, &service, &query_payload, CHUNK, 2)),
-                    1 => e.extend(time_pipeline(&service, &[QUERY.to_string()], CHUNK, 2)),
+                    1 => e.extend(time_pipeline(
+                        &service.embeddings,
+                        &[QUERY.to_string()],
+                        CHUNK,
+                        2,
+                    )),
                     2 => z.extend(floor.time(sessions, floor_query, CHUNK, 2)),
                     _ => p.extend(python.times(
                         json!({"op": "latency", "text": QUERY, "iters": CHUNK, "warmup": 2}),

@@ -4,15 +4,17 @@
 
 use coldpath_aws::ObjectStore;
 use coldpath_core::Contract;
-use coldpath_embeddings::EmbeddingsConfig;
 
-/// What `embeddings` reads: tracing, the engine's config and the object store.
+use crate::HostConfig;
+
+/// What `embeddings` reads: tracing, the engines' config (CLIP's when its text tower is hosted)
+/// and the object store.
 pub fn contract() -> Contract {
     Contract::new(
         "embeddings",
         &[
             coldpath_runtime::LOGGING_ENV,
-            &EmbeddingsConfig::env(),
+            &HostConfig::env(),
             ObjectStore::ENV,
         ],
     )

@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use coldpath_aws::ObjectStore;
+use coldpath_clip::Towers;
 use coldpath_core::ProcessEnv;
-use coldpath_embeddings::{EmbeddingsConfig, init};
-use coldpath_embeddings_function::handle;
+use coldpath_embeddings::{OnnxEmbedder, init};
+use coldpath_embeddings_function::{EmbeddingsFunction, HostConfig, handle};
 use coldpath_runtime::HandlerError;
 
 #[tokio::main]
@@ -28,16 +30,18 @@ async fn main() -> ExitCode {
     .await
 }
 
-/// Reads config and builds the shared resources once, before the first request.
-/// In `prepare` mode the sessions write their graphs to `prepare`.
+/// Reads config and builds the shared resources once, before the first request: the text model,
+/// and CLIP's text tower when `EMBEDDINGS_CLIP` is on. In `prepare` mode the sessions write their
+/// graphs to `prepare`.
 async fn start(
     prepare: Option<PathBuf>,
-) -> Result<coldpath_embeddings::EmbeddingsService<coldpath_embeddings::OnnxEmbedder>, HandlerError>
-{
-    let mut config =
-        EmbeddingsConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
-    if let Some(dir) = prepare {
-        config.session = config.session.preparing_into(&dir);
+) -> Result<EmbeddingsFunction<OnnxEmbedder, ObjectStore>, HandlerError> {
+    let HostConfig {
+        embeddings: mut config,
+        clip,
+    } = HostConfig::from_env(&ProcessEnv).map_err(|e| HandlerError::from_error(&e))?;
+    if let Some(dir) = &prepare {
+        config.session = config.session.preparing_into(dir);
     }
     tracing::info!(
         model = %config.model.name,
@@ -45,13 +49,27 @@ async fn start(
         ort_library = %config.ort_library.display(),
         provider = %config.session.provider,
         max_tokens = config.pipeline.max_tokens,
+        clip_text = clip.as_ref().map(|c| c.model.name.as_str()),
+        clip_source = clip.as_ref().map(|c| c.model.source.to_string()),
         "embeddings config"
     );
-    let store = coldpath_aws::ObjectStore::from_env(&ProcessEnv)
+    let store = ObjectStore::from_env(&ProcessEnv)
         .await
         .map_err(|e| HandlerError::from_error(&e))?;
-    let (service, _record) = init(&config, store)
+    let (service, _record) = init(&config, store.clone())
         .await
         .map_err(|e| HandlerError::from_error(&e))?;
-    Ok(service)
+    let mut function = EmbeddingsFunction::new(service);
+    if let Some(mut clip) = clip {
+        if let Some(dir) = &prepare {
+            clip.session = clip.session.preparing_into(dir);
+        }
+        // The model comes through the object store; no photo is ever loaded here.
+        let (clip_service, _record) =
+            coldpath_clip::service::init(&clip, store, Towers::Text, false)
+                .await
+                .map_err(|e| HandlerError::from_error(&e))?;
+        function = function.with_clip(clip_service);
+    }
+    Ok(function)
 }

@@ -164,3 +164,73 @@ fn a_local_invoke_reads_only_variables_its_contract_lists() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With `EMBEDDINGS_CLIP` on, a request naming the CLIP model gets CLIP's text tower (the
+/// query side of photo search, on the same warm function); the text model still answers its own
+/// requests, an unknown model is refused naming both, and photos are refused (this host has no
+/// vision tower).
+#[test]
+fn clip_text_tower_answers_requests_that_name_it() {
+    let clip = [("EMBEDDINGS_CLIP", "true")];
+    let out = invoke(
+        &["invoke", "events/embeddings/function-url-clip.json"],
+        &clip,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response = stdout_json(&out);
+    assert_eq!(response["statusCode"], 200, "{response}");
+    let body: serde_json::Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["model"], "vit-b-32-tiny");
+    let vector = body["data"][0]["embedding"].as_array().unwrap();
+    // The tiny fixture's width (tests/fixtures/clip/vit-b-32-tiny/config.json embed_dim).
+    assert_eq!(vector.len(), 16);
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() >= 3,
+        "{body}"
+    );
+    // Without the switch the same request is an unknown model.
+    let out = invoke(&["invoke", "events/embeddings/function-url-clip.json"], &[]);
+    let response = stdout_json(&out);
+    assert_eq!(response["statusCode"], 400, "{response}");
+
+    let out = invoke(&["invoke", "events/embeddings/direct.json"], &clip);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout_json(&out)["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        384
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for (body, expect) in [
+        (
+            r#"{"input": "x", "model": "ViT-L-14"}"#,
+            "all-MiniLM-L6-v2 or vit-b-32-tiny",
+        ),
+        (
+            r#"{"input": "s3://photos/cat.jpg", "model": "vit-b-32-tiny", "modality": "image"}"#,
+            "text tower only",
+        ),
+    ] {
+        let file = dir.path().join("request.json");
+        std::fs::write(&file, body).unwrap();
+        let out = invoke(&["invoke", file.to_str().unwrap()], &clip);
+        assert_eq!(out.status.code(), Some(1), "{body}");
+        let json = stdout_json(&out);
+        assert_eq!(json["errorType"], "InvalidInput", "{json}");
+        assert!(
+            json["errorMessage"].as_str().unwrap().contains(expect),
+            "{json}"
+        );
+    }
+}
