@@ -324,6 +324,10 @@ macro_rules! admit_then_read {
     }};
 }
 
+/// `POST /v1/embeddings`: the text embeddings, or CLIP's text tower for a request whose
+/// `model` names it. With both hosted the body is read under the text embeddings' place and
+/// limit (both take texts only, so the limits are alike); a request naming CLIP then gives that
+/// place up for one in CLIP's queue before it is parsed further.
 async fn embeddings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -331,15 +335,40 @@ async fn embeddings(
 ) -> Response {
     let result = async {
         let hosted = state.hosted()?;
-        let w = hosted
-            .embeddings
-            .as_ref()
-            .ok_or_else(|| not_hosted(&state, "embeddings"))?;
         let reader = BodyReader::new(&headers, body, state.config.connections.read_timeout);
-        admit_then_read!(w, reader)
+        let (e, c) = match (&hosted.embeddings, &hosted.clip) {
+            (Some(e), None) => return admit_then_read!(e, reader),
+            (None, Some(c)) => return admit_then_read!(c, reader),
+            (Some(e), Some(c)) => (e, c),
+            (None, None) => return Err(not_hosted(&state, "embeddings")),
+        };
+        let admission = e.admit()?;
+        let body = reader
+            .read(e.max_body_bytes(), admission.deadline())
+            .await
+            .map_err(|err| err.into_request_error(|| e.expired(&admission)))?;
+        if requested_model(&body).as_deref() == Some(c.name()) {
+            drop(admission);
+            let admission = c.admit()?;
+            return c.handle(admission, body).await;
+        }
+        e.handle(admission, body).await
     }
     .await;
     state.answer(result)
+}
+
+/// The `model` a JSON body names, read without building the body's tree (the workload parses
+/// it in full once it has its place).
+fn requested_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<Value>,
+    }
+    match serde_json::from_slice::<Named>(body).ok()?.model? {
+        Value::String(m) => Some(m),
+        _ => None,
+    }
 }
 
 async fn faces(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -453,8 +482,8 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 
 async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Response {
     state.refuse(RequestError::NotFound(format!(
-        "no route for {} {}; this server serves POST /v1/embeddings, POST /v1/faces, \
-         POST /invocations, GET /health, /ready, /ping, /metrics",
+        "no route for {} {}; this server serves POST /v1/embeddings (text and CLIP text \
+         models), POST /v1/faces, POST /invocations, GET /health, /ready, /ping, /metrics",
         request.method(),
         request.uri().path()
     )))

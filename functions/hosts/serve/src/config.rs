@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use coldpath_clip::{ClipConfig, Towers};
 use coldpath_core::config::{self, ConfigError, EnvSource};
 use coldpath_core::contract::{self, EnvVar};
 use coldpath_embeddings::EmbeddingsConfig;
@@ -59,6 +60,10 @@ pub struct ServeConfig {
     /// `FACES_*` settings when faces is hosted.
     pub faces: Option<FacesConfig>,
     pub faces_batch: BatchPolicy,
+    /// `CLIP_*` settings when CLIP's text tower is hosted (workload `clip`: the query side of
+    /// photo search, warm beside the text embeddings; photos are embedded on upload, elsewhere).
+    pub clip: Option<ClipConfig>,
+    pub clip_batch: BatchPolicy,
     /// `COLDPATH_SERVE_DRAIN_MS`: after SIGTERM, how long in-flight and queued requests get to
     /// finish before the process exits anyway.
     pub drain: Duration,
@@ -80,7 +85,7 @@ impl ServeConfig {
     pub const ENV: &'static [EnvVar] = &[
         EnvVar::optional(
             "COLDPATH_SERVE_WORKLOADS",
-            "the hosted workloads (embeddings,faces)",
+            "the hosted workloads (embeddings,faces,clip)",
         ),
         EnvVar::optional("COLDPATH_SERVE_HOST", "the address to listen on"),
         EnvVar::optional("PORT", "the port to listen on (8080)"),
@@ -109,6 +114,18 @@ impl ServeConfig {
             "COLDPATH_SERVE_FACES_DEADLINE_MS",
             "a faces request's deadline",
         ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_CLIP_QUEUE",
+            "CLIP text requests that may wait",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_CLIP_MAX_BATCH",
+            "texts in one CLIP text batch",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_CLIP_DEADLINE_MS",
+            "a CLIP text request's deadline",
+        ),
         EnvVar::optional("COLDPATH_SERVE_DRAIN_MS", "the drain after SIGTERM"),
         EnvVar::optional(
             "COLDPATH_SERVE_RETRY_AFTER_S",
@@ -129,32 +146,38 @@ impl ServeConfig {
         ),
     ];
 
-    /// Every variable [`ServeConfig::from_env`] reads with both workloads hosted.
+    /// Every variable [`ServeConfig::from_env`] reads with every workload hosted.
     pub fn env() -> Vec<EnvVar> {
-        contract::union(&[Self::ENV, &EmbeddingsConfig::env(), &FacesConfig::env()])
+        contract::union(&[
+            Self::ENV,
+            &EmbeddingsConfig::env(),
+            &FacesConfig::env(),
+            &ClipConfig::env(),
+        ])
     }
 
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         let raw = config::get(env, "COLDPATH_SERVE_WORKLOADS")
             .unwrap_or_else(|| "embeddings,faces".to_string());
-        let (mut embeddings, mut faces) = (false, false);
+        let (mut embeddings, mut faces, mut clip) = (false, false, false);
         for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
                 "embeddings" => embeddings = true,
                 "faces" => faces = true,
+                "clip" => clip = true,
                 _ => {
                     return Err(ConfigError::invalid(
                         "COLDPATH_SERVE_WORKLOADS",
-                        "a comma-separated list of embeddings, faces",
+                        "a comma-separated list of embeddings, faces, clip",
                         raw.as_str(),
                     ));
                 }
             }
         }
-        if !embeddings && !faces {
+        if !embeddings && !faces && !clip {
             return Err(ConfigError::invalid(
                 "COLDPATH_SERVE_WORKLOADS",
-                "at least one of embeddings, faces",
+                "at least one of embeddings, faces, clip",
                 raw.as_str(),
             ));
         }
@@ -195,6 +218,17 @@ impl ServeConfig {
                 max_items: config::positive_or(env, "COLDPATH_SERVE_FACES_MAX_BATCH", 4)?,
                 max_weight: None,
                 deadline: ms("COLDPATH_SERVE_FACES_DEADLINE_MS", 30_000)?,
+            },
+            clip: clip
+                .then(|| ClipConfig::from_env(env, Towers::Text))
+                .transpose()?,
+            clip_batch: BatchPolicy {
+                queue: config::positive_or(env, "COLDPATH_SERVE_CLIP_QUEUE", 512)?,
+                // Every CLIP text row is the context length (77), so the item count is the
+                // weight: no token budget.
+                max_items: config::positive_or(env, "COLDPATH_SERVE_CLIP_MAX_BATCH", 64)?,
+                max_weight: None,
+                deadline: ms("COLDPATH_SERVE_CLIP_DEADLINE_MS", 5_000)?,
             },
             drain: ms("COLDPATH_SERVE_DRAIN_MS", 25_000)?,
             retry_after_s: config::positive_or(env, "COLDPATH_SERVE_RETRY_AFTER_S", 1)? as u64,
@@ -243,6 +277,9 @@ impl ServeConfig {
         if self.faces.is_some() {
             names.push("faces");
         }
+        if self.clip.is_some() {
+            names.push("clip");
+        }
         names
     }
 }
@@ -255,9 +292,11 @@ mod tests {
     /// The deploy contract: `from_env` reads exactly [`ServeConfig::env`].
     #[test]
     fn from_env_reads_exactly_its_list() {
+        // Every workload hosted: the list is what the server reads when it hosts them all.
         let env = coldpath_core::RecordingEnv::new(MapEnv::new([
             ("COLDPATH_INTRA_THREADS", "2"),
             ("COLDPATH_PROVIDER", "cuda"),
+            ("COLDPATH_SERVE_WORKLOADS", "embeddings,faces,clip"),
         ]));
         ServeConfig::from_env(&env).unwrap();
         let difference = env.difference(&[&ServeConfig::env()]);
@@ -269,6 +308,15 @@ mod tests {
         let c = ServeConfig::from_env(&MapEnv::default()).unwrap();
         assert_eq!(c.addr(), "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.workloads(), ["embeddings", "faces"]);
+        assert!(c.clip.is_none());
+        let with_clip = MapEnv::new([("COLDPATH_SERVE_WORKLOADS", "embeddings,clip")]);
+        let c2 = ServeConfig::from_env(&with_clip).unwrap();
+        assert_eq!(c2.workloads(), ["embeddings", "clip"]);
+        // The query side only: the text tower's files, never the vision graph.
+        let clip = c2.clip.unwrap();
+        assert!(clip.model.file("textual/model.onnx").is_some());
+        assert!(clip.model.file("visual/model.onnx").is_none());
+        assert_eq!(c2.clip_batch.max_items, 64);
         assert_eq!(c.embeddings_batch.queue, 512);
         assert_eq!(c.embeddings_batch.max_weight, Some(1_536));
         assert_eq!(c.faces_batch.max_weight, None);

@@ -20,6 +20,8 @@ pub enum StartError {
     Embeddings(#[from] coldpath_embeddings::InitError),
     #[error("loading faces: {0}")]
     Faces(#[from] coldpath_faces::InitError),
+    #[error("loading clip: {0}")]
+    Clip(#[from] coldpath_clip::InitError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
     /// `COLDPATH_SERVE_LOCAL_PATHS_DIR` names no usable directory.
@@ -34,6 +36,7 @@ impl Classify for StartError {
             StartError::Bind { .. } | StartError::LocalPaths(_) => ErrorType::Config,
             StartError::Embeddings(e) => e.error_type(),
             StartError::Faces(e) => e.error_type(),
+            StartError::Clip(e) => e.error_type(),
             StartError::Serve(_) => ErrorType::Internal,
         }
     }
@@ -51,6 +54,8 @@ pub enum RequestError {
     Embeddings(#[from] coldpath_embeddings::EmbeddingsError),
     #[error(transparent)]
     Faces(#[from] coldpath_faces::FacesError),
+    #[error(transparent)]
+    Clip(#[from] coldpath_clip::ClipServiceError),
     /// The model's queue is full: 429 with `Retry-After`.
     #[error("{0}")]
     Overloaded(String),
@@ -76,6 +81,7 @@ impl Classify for RequestError {
             RequestError::Body { kind, .. } => *kind,
             RequestError::Embeddings(e) => e.error_type(),
             RequestError::Faces(e) => e.error_type(),
+            RequestError::Clip(e) => e.error_type(),
             RequestError::Overloaded(_) | RequestError::Unavailable(_) => ErrorType::Retryable,
             RequestError::NotHosted { .. }
             | RequestError::NotFound(_)

@@ -17,11 +17,18 @@
 //! 32), so stacking would mean letterboxing every photo to one size, which changes the answers.
 //! What batching buys faces is the queue: back-pressure, deadlines and one hop to the blocking
 //! pool per batch instead of per photo.
+//!
+//! **CLIP's text tower** (workload `clip`, the query side of photo search). A request is parsed
+//! by the engine's own service (`model` names the CLIP model on `/v1/embeddings`; photos are
+//! refused: this server has no vision tower) and tokenized on arrival; a batch stacks every
+//! queued request's rows (each the context length) and runs them through the tower in the
+//! tower's own runs (one row at a time for exports that fix the batch at 1).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use coldpath_aws::ObjectStore;
+use coldpath_clip::{ClipError, ClipService, ClipServiceError, Towers};
 use coldpath_core::ErrorType;
 use coldpath_embeddings::api::{self, Limits};
 use coldpath_embeddings::{EmbedError, Embedded, EmbeddingsError, EmbeddingsService, OnnxEmbedder};
@@ -294,10 +301,132 @@ fn batch_error<E: std::error::Error + 'static>(
     }
 }
 
+/// CLIP's text tower as a [`BatchModel`]: one request is its texts' token rows.
+pub struct ClipTextModel {
+    service: ClipService<ObjectStore>,
+}
+
+impl BatchModel for ClipTextModel {
+    type Input = ndarray::Array2<u32>;
+    type Output = Vec<Vec<f32>>;
+    type Error = ClipError;
+
+    fn items(input: &Self::Input) -> usize {
+        input.nrows()
+    }
+
+    fn weight(_: &Self::Input) -> usize {
+        0
+    }
+
+    fn run(&self, inputs: Vec<Self::Input>) -> Vec<Result<Vec<Vec<f32>>, ClipError>> {
+        let engine = self.service.engine();
+        let counts: Vec<usize> = inputs.iter().map(|i| i.nrows()).collect();
+        let views: Vec<_> = inputs.iter().map(|i| i.view()).collect();
+        let stacked = ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| ClipError::Inference(e.to_string()));
+        match stacked.and_then(|ids| engine.embed_token_ids(ids)) {
+            Ok(vectors) => {
+                let mut vectors = vectors.into_iter();
+                counts
+                    .iter()
+                    .map(|&n| Ok(vectors.by_ref().take(n).collect()))
+                    .collect()
+            }
+            // One request's failure must not fail its batch-mates: run each alone to find out
+            // whose it is.
+            Err(_) if inputs.len() > 1 => inputs
+                .into_iter()
+                .map(|one| engine.embed_token_ids(one))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        }
+    }
+}
+
+/// CLIP's text tower as the server hosts it.
+pub struct ClipWorkload {
+    model: Arc<ClipTextModel>,
+    batcher: Batcher<ClipTextModel>,
+}
+
+impl ClipWorkload {
+    pub fn batcher(&self) -> &Batcher<ClipTextModel> {
+        &self.batcher
+    }
+
+    /// The model's name: a `/v1/embeddings` request naming it is this workload's.
+    pub fn name(&self) -> &str {
+        self.model.service.name()
+    }
+
+    /// Most bytes a request body may have.
+    pub fn max_body_bytes(&self) -> usize {
+        self.model.service.limits().text.max_request_bytes
+    }
+
+    pub fn admit(&self) -> Result<Admission<'_, ClipTextModel>, RequestError> {
+        self.batcher.admit().map_err(clip_refused)
+    }
+
+    pub fn expired(&self, admission: &Admission<'_, ClipTextModel>) -> RequestError {
+        clip_refused(admission.expired())
+    }
+
+    /// Answers one OpenAI embeddings request body naming the CLIP model.
+    pub async fn handle(
+        &self,
+        admission: Admission<'_, ClipTextModel>,
+        body: Vec<u8>,
+    ) -> Result<Value, RequestError> {
+        let body = coldpath_embeddings::api::parse_body(&body, self.max_body_bytes())
+            .map_err(|(kind, message)| RequestError::Body { kind, message })?;
+        let request = self.model.service.parse(&body, false)?;
+        let (texts, format) = match request {
+            coldpath_clip::api::ClipRequest::Texts {
+                input,
+                encoding_format,
+            } => (input, encoding_format),
+            // `parse` refuses photos on a host without the vision tower; this is that refusal
+            // should the tower set ever change.
+            coldpath_clip::api::ClipRequest::Images { .. } => {
+                return Err(ClipServiceError::Clip(ClipError::TowerNotLoaded {
+                    tower: "vision",
+                    model: self.name().to_string(),
+                })
+                .into());
+            }
+        };
+        let model = Arc::clone(&self.model);
+        let tokenized = run_blocking(move || model.service.engine().tokenize(&texts));
+        let (ids, counts) = tokio::time::timeout_at(admission.deadline().into(), tokenized)
+            .await
+            .map_err(|_| self.expired(&admission))?
+            .map_err(ClipServiceError::from)?
+            .map_err(ClipServiceError::from)?;
+        let vectors = admission.submit(ids).await.map_err(clip_refused)?;
+        Ok(coldpath_clip::api::response(
+            self.name(),
+            format,
+            &vectors,
+            &counts,
+        ))
+    }
+}
+
+fn clip_refused(e: BatchError<ClipError>) -> RequestError {
+    batch_error(
+        e,
+        |e| ClipServiceError::Clip(e).into(),
+        |t| ClipServiceError::Task(t).into(),
+    )
+}
+
 /// Everything the server hosts, loaded and warmed, with their batching tasks.
 pub struct Hosted {
     pub embeddings: Option<EmbeddingsWorkload>,
     pub faces: Option<FacesWorkload>,
+    pub clip: Option<ClipWorkload>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -311,6 +440,9 @@ impl Hosted {
         if let Some(f) = &self.faces {
             d.push((f.batcher.name(), f.batcher.depth()));
         }
+        if let Some(c) = &self.clip {
+            d.push((c.batcher.name(), c.batcher.depth()));
+        }
         d
     }
 
@@ -323,6 +455,9 @@ impl Hosted {
         if let Some(f) = &self.faces {
             r.push((f.batcher.name(), f.batcher.running_for()));
         }
+        if let Some(c) = &self.clip {
+            r.push((c.batcher.name(), c.batcher.running_for()));
+        }
         r
     }
 
@@ -331,9 +466,10 @@ impl Hosted {
         let Hosted {
             embeddings,
             faces,
+            clip,
             tasks,
         } = self;
-        drop((embeddings, faces));
+        drop((embeddings, faces, clip));
         for t in tasks {
             let _ = t.await;
         }
@@ -392,7 +528,7 @@ pub async fn load(
             );
             tasks.push(task);
             coldpath_image::load_native_codecs(&c.image_codecs).log();
-            let mut loader = ImageLoader::new(store, c.image_limits, false);
+            let mut loader = ImageLoader::new(store.clone(), c.image_limits, false);
             if let Some(dir) = &config.local_paths_dir {
                 loader = loader
                     .confine_paths_to(dir)
@@ -406,9 +542,31 @@ pub async fn load(
             })
         }
     };
+    let clip = match &config.clip {
+        None => None,
+        Some(c) => {
+            let (service, record) =
+                coldpath_clip::service::init(c, store.clone(), Towers::Text, false).await?;
+            tracing::info!(
+                model = %c.model.name,
+                total_ms = record.total_ms,
+                "clip text tower loaded"
+            );
+            let model = Arc::new(ClipTextModel { service });
+            let (batcher, task) = Batcher::spawn(
+                "clip",
+                Arc::clone(&model),
+                config.clip_batch,
+                metrics.model("clip"),
+            );
+            tasks.push(task);
+            Some(ClipWorkload { model, batcher })
+        }
+    };
     Ok(Hosted {
         embeddings,
         faces,
+        clip,
         tasks,
     })
 }

@@ -1579,3 +1579,108 @@ async fn the_binary_exits_at_the_drain_deadline_with_a_model_call_running() {
         "exited {exited_after:?} after SIGTERM with a 200 ms drain deadline"
     );
 }
+
+/// CLIP's text tower beside the text embeddings (workload `clip`): a `/v1/embeddings` request
+/// naming the CLIP model gets CLIP vectors equal to open_clip's own (tests/fixtures/clip/
+/// reference.json, cosine ≥ 0.9999), the same whether sent alone or among concurrent requests
+/// batched together; the text model still answers its own requests; a photo is refused (this
+/// server has no vision tower), and the queue shows in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clip_text_tower_answers_its_model_on_the_embeddings_route() {
+    let clip_name = setup_var("CLIP_MODEL_NAME");
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings,clip"),
+        ("CLIP_MODEL_SOURCE", &setup_var("CLIP_MODEL_SOURCE")),
+        ("CLIP_MODEL_NAME", &clip_name),
+        ("COLDPATH_SERVE_CLIP_DEADLINE_MS", "300000"),
+    ]);
+    let addr = server.addr;
+    let fixtures: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/clip/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<(String, Vec<f32>)> = fixtures["models"]["vit-b-32-tiny"]["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| !t["text"].as_str().unwrap().trim().is_empty())
+        .map(|t| {
+            let v = t["embedding"].as_array().unwrap();
+            (
+                t["text"].as_str().unwrap().to_string(),
+                v.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            )
+        })
+        .collect();
+    assert!(texts.len() >= 5);
+    let all: Vec<&str> = texts.iter().map(|(t, _)| t.as_str()).collect();
+    let reply = post(
+        addr,
+        "/v1/embeddings",
+        &json!({"model": clip_name, "input": all}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["model"], clip_name.as_str());
+    let together: Vec<Vec<f32>> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| floats(&d["embedding"]))
+        .collect();
+    for ((text, want), got) in texts.iter().zip(&together) {
+        let c = cosine(got, want);
+        assert!(c >= 0.9999, "{text:?}: cosine {c} to open_clip's vector");
+    }
+    // One request per text, all at once: batched with each other, each gets its own rows.
+    let singles = futures_join(texts.iter().map(|(t, _)| {
+        let body = json!({"model": clip_name, "input": t});
+        async move { post(addr, "/v1/embeddings", &body).await }
+    }))
+    .await;
+    for (reply, expected) in singles.iter().zip(&together) {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let got = floats(&reply.json()["data"][0]["embedding"]);
+        assert!(cosine(&got, expected) >= TOLERANCE);
+    }
+    let text = post(addr, "/v1/embeddings", &json!({"input": "a dog"})).await;
+    assert_eq!(text.status, 200, "{}", text.text());
+    assert_eq!(
+        text.json()["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        384
+    );
+    let photo = post(
+        addr,
+        "/v1/embeddings",
+        &json!({"model": clip_name, "modality": "image", "input": "s3://photos/cat.jpg"}),
+    )
+    .await;
+    assert_eq!(photo.status, 400, "{}", photo.text());
+    assert!(photo.text().contains("text tower only"), "{}", photo.text());
+    let metrics = get(addr, "/metrics").await.text();
+    assert!(metrics.contains("model=\"clip\""), "{metrics}");
+    assert!(server.shutdown());
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+async fn futures_join<F: std::future::Future<Output = Reply> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<Reply> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
