@@ -217,7 +217,8 @@ impl CohostedDeclaration {
     /// and trigger, its own budget, path and memory share, billed at the host's whole memory.
     pub fn as_declaration(&self, host: &Declaration) -> Declaration {
         Declaration {
-            crate_name: self.crate_name.clone(),
+            // Messages about it name the host crate and the workload.
+            crate_name: format!("{} ({})", self.crate_name, self.workload),
             workload: self.workload.clone(),
             function: host.function.clone(),
             binary: host.binary.clone(),
