@@ -5,7 +5,7 @@ layer.
 Builds every function with `cargo lambda build --release` (x86_64, Amazon Linux 2023's glibc),
 builds the layers from the libraries setup fetched into .cache/lib (lib/ lands in /opt/lib):
 `onnxruntime` (every function) and `image-codecs` (the HEIC and AVIF decoders coldpath-image
-loads at run time: faces and captioning, the functions that decode photos), and checks Lambda's
+loads at run time: faces, clip and captioning, the functions that decode photos), and checks Lambda's
 size limit: function + its layers at most 250 MB unzipped. A zip over
 50 MB (the embeddings zip, with its 90 MB of prepared float weights) cannot be uploaded directly
 with the CreateFunction/UpdateFunctionCode call; it must go through S3, which is what `sam
@@ -28,7 +28,8 @@ path a cold start loads them with) under the environment the template gives the 
 with an empty writable cache, which must stay empty (every graph found). The template points the
 function at them: <PREFIX>_SOURCE=/var/task/models/<dir>, COLDPATH_PREPARED_MODEL_DIR=
 /var/task/graphs. captioning's ~1 GB model does not fit; it keeps fetching it from S3 and ships
-only `bootstrap`.
+only `bootstrap`, as does clip (CLIP's vision tower, 353 MB, fetched from the model bucket with
+the text tower's host, embeddings, pinned by the same CLIP_MODEL_SHA256).
 
 The staged cold start of faces also loads the HEIC and AVIF decoders from the image-codecs
 layer's content directory (COLDPATH_LIBHEIF_PATH, COLDPATH_LIBAVIF_PATH), as the template points
@@ -63,7 +64,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FUNCTIONS = ["embeddings", "faces", "captioning"]
+FUNCTIONS = ["embeddings", "faces", "clip", "captioning"]
 ORT_VERSION = "1.31.1"
 LIB_DIR = ROOT / ".cache" / "lib"
 # The layers: name -> (name in the zip -> the file setup put in .cache/lib).
@@ -99,6 +100,9 @@ LAYERS = {
 FUNCTION_LAYERS = {
     "embeddings": ["onnxruntime"],
     "faces": ["onnxruntime", "image-codecs"],
+    # The photo's CLIP vector decodes uploads as faces does; its model (the vision tower, 353 MB)
+    # is fetched from the model bucket at init, never in the zip.
+    "clip": ["onnxruntime", "image-codecs"],
     "captioning": ["onnxruntime", "image-codecs"],
 }
 # The variables that point a function at a layer's library, and the file each names in the layer:

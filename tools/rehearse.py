@@ -20,17 +20,25 @@
    turn, the first to a stack that does not exist yet); a real photo
    (events/data/photos/group.jpg) and a phone's HEIC (IMG_0001.HEIC) are uploaded under photos/,
    where the README tells users to upload (not the template's PhotoPrefix, which is checked).
+   The CLIP bundle (tests/fixtures/clip/vit-b-32-tiny, random weights) is published with each
+   deploy in the same order, under ClipModelPrefix, and read back from where both towers' hosts
+   (the clip and the embeddings function) point.
 4. Each function runs as Lambda lays it out, one sandbox after the other: the zip unpacked on
    /var/task (read-only), its layers unpacked in order on /opt (read-only: ONNX Runtime for
-   every function, the image codecs too for faces and captioning), an empty tmpfs of
+   every function, the image codecs too for faces, clip and captioning), an empty tmpfs of
    EphemeralStorage on /tmp, all bind-mounted inside a private mount namespace (`unshare --mount`) so the host's
    /var, /opt and /tmp are untouched; memory limited to MemorySize and CPU to Lambda's share
    (MemorySize / 1769 vCPU) with a cgroup; the template's environment plus what Lambda itself
    sets (AWS_LAMBDA_*, LAMBDA_TASK_ROOT, credentials, region). `/var/task/bootstrap` talks to a
    Runtime API emulator (below) on 127.0.0.1.
 5. The first day: an embeddings Function URL request (a real HTTP POST, turned into the Function
-   URL payload v2 event); the photo upload's S3 notification to faces -> its result in the
-   results bucket, and the same for the HEIC; the same upload's EventBridge "Object Created" event as a caption message
+   URL payload v2 event), and a word search on the same URL naming the CLIP model (the text
+   tower co-hosted there: one vector of the bundle's embed_dim); the photo upload's S3
+   notification to faces -> its result in the results bucket, and the same for the HEIC; the
+   upload's EventBridge "Object Created" event to the clip function, routed only by a rule that
+   targets it, matches the upload and has a Lambda permission for it -> the photo's vector
+   document in the results bucket (the embed_dim, unit length, the model's name), and the same
+   for the HEIC; the same upload's EventBridge "Object Created" event as a caption message
    -> the caption in the results bucket, through an SQS event source mapping played honestly
    (receive up to BatchSize, the real SQS record shape, delete only what the response does not
    list in batchItemFailures); a poison message -> the caption DLQ after maxReceiveCount receives.
@@ -39,8 +47,9 @@
    queue while jobs wait RUNNABLE, the jobs be cancelled after StartBoundMinutes, a worker that
    runs step the Lambda aside and one that stops hand the queue back, and every message still
    be there for the captioning steps (which consume only while the mapping is Enabled).
-   Also checked: embeddings and faces load the graphs prepared in their zips (nothing optimised
-   into /tmp), faces and captioning load the HEIC and AVIF decoders from the image-codecs layer
+   Also checked: embeddings and faces load the graphs prepared in their zips (no graph of a model
+   in the zip optimised into /tmp; embeddings' CLIP text tower, fetched at init, is), faces, clip
+   and captioning load the HEIC and AVIF decoders from the image-codecs layer
    (no "image decoder not available" at init), the caption queue ends empty, no sandbox mount
    shows in the host's mount table and the host's /var/task is as it was.
 6. Prints each function's cold start from an empty /tmp (the function's own `cold start` record
@@ -100,6 +109,9 @@ MOTO_PYTHON = ROOT / ".venv" / "bin" / "python"
 # The SAM CLI from the venv running this script (.venv-deploy under `make rehearse`).
 DEPLOY_BIN = Path(sys.executable).parent
 CAPTIONING_FIXTURE = ROOT / "tests" / "fixtures" / "captioning" / "optimum-vit-gpt2-tiny-hoisted"
+# The CLIP bundle make deploy publishes for both towers: the tiny random-weight ViT-B-32 in
+# Immich's layout (tests/fixtures/clip/README.md); its vectors have config.json's embed_dim.
+CLIP_FIXTURE = ROOT / "tests" / "fixtures" / "clip" / "vit-b-32-tiny"
 PHOTO = ROOT / "events" / "data" / "photos" / "group.jpg"
 PHOTO_FACES = 3  # events/data/photos/README.md: three faces, two people
 # A phone's upload: the real six-person photo as an iPhone saves it (HEIC, the image-codecs layer).
@@ -936,13 +948,15 @@ def published_bundle_problems(s3, model_source: str, digests: dict[str, str]) ->
 
 
 def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint: str, deploy,
-                                 bundles: list[Path]) -> None:
+                                 bundles: list[Path], clip_bundle: Path) -> None:
     """`make deploy`'s publish-then-switch (tools/deploy.py publish_then_switch) run for each of
     `bundles` in turn, the first on a stack that does not exist yet, against moto's S3. Each
     `sam deploy` is played by resolving the template with the parameters it would pass, and at
     that moment every file captioning's CAPTIONING_MODEL_SOURCE then names must already be in
     the bucket with the digest CAPTIONING_MODEL_SHA256 pins; after each switch the previous
-    bundle's objects must still be where they were."""
+    bundle's objects must still be where they were. The CLIP bundle goes with each deploy, as
+    `make deploy CLIP_MODEL=...` publishes it: every file both towers' hosts then name
+    (CLIP_MODEL_SOURCE of the clip and the embeddings function) must be there with its pin."""
     report.notes.append("make deploy's order: each sam deploy is played by resolving the template with "
                         "the parameters it would pass, not by CloudFormation")
     template = stack.template
@@ -959,12 +973,22 @@ def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint:
             return None
         s = resolved(deployed["params"])
         return {k: str(s.resolve(v["Value"])) for k, v in template["Outputs"].items()
-                if k in ("ModelBucketName", "CaptioningModelPrefix", "CaptioningModelVersion")}
+                if k in ("ModelBucketName", "CaptioningModelPrefix", "CaptioningModelVersion",
+                         "ClipModelPrefix")}
 
     def sam_deploy(pin: list[str]) -> None:
         params = parameter_defaults(template)
         params.update(dict(kv.split("=", 1) for kv in pin))
-        env = function_specs(resolved(params))["CaptioningFunction"].env
+        specs = function_specs(resolved(params))
+        # Both towers' hosts name the CLIP bundle: it must be in place before either does.
+        for logical in ("PhotoVectorsFunction", "EmbeddingsFunction"):
+            clip_env = specs[logical].env
+            clip_source, clip_pinned = clip_env.get("CLIP_MODEL_SOURCE", ""), clip_env.get("CLIP_MODEL_SHA256", "")
+            if clip_pinned:
+                clip_pins = dict(item.split("=", 1) for item in clip_pinned.split(","))
+                problems.extend(f"when the stack named {clip_source} ({logical}): {m}"
+                                for m in published_bundle_problems(s3, clip_source, clip_pins))
+        env = specs["CaptioningFunction"].env
         source, pinned = env.get("CAPTIONING_MODEL_SOURCE", ""), env.get("CAPTIONING_MODEL_SHA256", "")
         if pinned:
             digests = dict(item.split("=", 1) for item in pinned.split(","))
@@ -982,16 +1006,24 @@ def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint:
             switches.append("(no bundle named)")
         deployed["params"] = params
 
+    clip_pins = deploy.clip_digests(clip_bundle)
+    clip = (clip_pins, lambda bucket, prefix: deploy.publish_bundle(
+        clip_bundle, clip_pins, bucket, prefix, REGION, endpoint_url=endpoint))
     for bundle in bundles:
         digests = deploy.bundle_digests(bundle)
         deploy.publish_then_switch(
             digests, outputs_of, sam_deploy,
             lambda bucket, prefix, bundle=bundle, digests=digests: deploy.publish_bundle(
-                bundle, digests, bucket, prefix, REGION, endpoint_url=endpoint))
+                bundle, digests, bucket, prefix, REGION, endpoint_url=endpoint),
+            clip=clip)
     versioned = all(deploy.bundle_version(d) in src for src, d in published)
     # make deploy's own entry point on the random-weight fixture, without ALLOW_RANDOM_WEIGHTS:
     # refused before anything runs (a dry run, so nothing could reach AWS either way).
     refused = deploy.main(["--captioning-model", str(CAPTIONING_FIXTURE), "--dry-run", "--skip-package"]) == 1
+    # And the CLIP fixture beside a captioning bundle it accepts (a copy outside the fixtures).
+    clip_refused = deploy.main(["--captioning-model", str(bundles[0]), "--clip-model", str(clip_bundle),
+                                "--dry-run", "--skip-package"]) == 1
+    refused = refused and clip_refused
     ok = not problems and len(published) == len(bundles) and versioned and refused
     report.step("make deploy publishes, then switches", ok,
                 f"{len(bundles)} bundles deployed in turn, the first to no stack; the stack's sam deploys named: "
@@ -999,7 +1031,8 @@ def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint:
                 "every file present with its pinned digest when the stack first named it, and every earlier "
                 "bundle still in place after the next switch")
                 + ("" if versioned else "; a source is not named by its bundle's version")
-                + f"; the random-weight fixture without ALLOW_RANDOM_WEIGHTS: {'refused' if refused else 'NOT refused'}")
+                + f"; the random-weight fixtures without ALLOW_RANDOM_WEIGHTS: {'refused' if refused else 'NOT refused'}"
+                + ("" if clip_refused else " (the CLIP fixture was accepted)"))
 
 
 def s3_routes(events: dict, bucket: str, key: str) -> list[dict]:
@@ -1015,6 +1048,48 @@ def eventbridge_routes(stack: "Stack", queue_arn: str, event: dict) -> list[str]
              if any(t["Arn"] == queue_arn for t in stack.resolve(stack.resources[r]["Properties"]["Targets"]))]
     return [r for r in rules
             if pattern_matches(stack.resolve(stack.resources[r]["Properties"]["EventPattern"]), event)]
+
+
+def eventbridge_function_routes(stack: "Stack", function_arn: str, event: dict) -> list[str]:
+    """The rules of the template that would invoke the function `function_arn` with `event`:
+    the rule targets it, its pattern matches, and an AWS::Lambda::Permission lets
+    events.amazonaws.com invoke it from that rule (without one, EventBridge's deliveries are
+    refused and, after its retries, dead-lettered)."""
+    def permitted(rule: str) -> bool:
+        rule_arn = stack.attributes[(rule, "Arn")]
+        for p in stack.of_type("AWS::Lambda::Permission"):
+            props = stack.resolve(stack.resources[p]["Properties"])
+            if (props.get("FunctionName") in (function_arn, function_arn.rsplit(":", 1)[-1])
+                    and props.get("Principal") == "events.amazonaws.com"
+                    and props.get("Action") == "lambda:InvokeFunction"
+                    and props.get("SourceArn") == rule_arn):
+                return True
+        return False
+    rules = [r for r in stack.of_type("AWS::Events::Rule")
+             if any(t["Arn"] == function_arn for t in stack.resolve(stack.resources[r]["Properties"]["Targets"]))]
+    return [r for r in rules
+            if pattern_matches(stack.resolve(stack.resources[r]["Properties"]["EventPattern"]), event)
+            and permitted(r)]
+
+
+def put_allowed(stack: "Stack", logical: str, bucket: str, key: str, action: str = "s3:PutObject") -> bool:
+    """Whether the function's own SAM `Policies` allow `action` (s3:PutObject) on s3://bucket/key
+    (moto enforces no IAM, so the rehearsal holds the place a result was written to, or a model
+    read from, to the policy that would let Lambda do it)."""
+    import fnmatch
+    arn = f"arn:aws:s3:::{bucket}/{key}"
+    for policy in stack.resources[logical]["Properties"].get("Policies", []):
+        if not isinstance(policy, dict):
+            continue
+        for st in stack.resolve(policy.get("Statement") or []):
+            actions = st.get("Action", [])
+            actions = actions if isinstance(actions, list) else [actions]
+            resources = st.get("Resource", [])
+            resources = resources if isinstance(resources, list) else [resources]
+            if (st.get("Effect") == "Allow" and action in actions
+                    and any(fnmatch.fnmatchcase(arn, r) for r in resources)):
+                return True
+    return False
 
 
 # The host paths a sandbox mounts over inside its own namespace.
@@ -1371,6 +1446,10 @@ def rehearse(args, report: Report) -> int:
     digests = deploy.bundle_digests(CAPTIONING_FIXTURE)
     params["CaptioningModelSha256"] = deploy.sha256_param(digests)
     params["CaptioningModelVersion"] = deploy.bundle_version(digests)
+    clip_pins = deploy.clip_digests(CLIP_FIXTURE)
+    params["ClipModelSha256"] = deploy.sha256_param(clip_pins)
+    params["ClipModelVersion"] = deploy.bundle_version(clip_pins)
+    clip_dims = json.loads((CLIP_FIXTURE / "config.json").read_text())["embed_dim"]
     stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/{uuid.uuid4()}"
     stack = Stack(template, params, stack_id, template_path.parent)
 
@@ -1394,7 +1473,8 @@ def rehearse(args, report: Report) -> int:
         shutil.copytree(CAPTIONING_FIXTURE, previous)
         with (previous / "generation_config.json").open("a") as f:
             f.write("\n")
-        rehearse_publish_then_switch(report, stack, s3, endpoint, deploy, [previous, CAPTIONING_FIXTURE])
+        rehearse_publish_then_switch(report, stack, s3, endpoint, deploy, [previous, CAPTIONING_FIXTURE],
+                                     CLIP_FIXTURE)
         # Read back from where the template points captioning, not where it was written.
         model_source = specs["CaptioningFunction"].env.get("CAPTIONING_MODEL_SOURCE", "(not set)")
         problems = published_bundle_problems(s3, model_source, digests)
@@ -1402,6 +1482,25 @@ def rehearse(args, report: Report) -> int:
                     f"{len(digests)} files to s3://{model_bucket}/{model_prefix}/ (tools/deploy.py publish_bundle); "
                     + ("; ".join(problems) if problems else
                        f"all {len(digests)} found at CAPTIONING_MODEL_SOURCE {model_source} with their pinned sha256"))
+
+        # One CLIP bundle for both towers: the query's vector and the photo's must come from one model.
+        clip_sources = {logical: (specs[logical].env.get("CLIP_MODEL_SOURCE", "(not set)"),
+                                  specs[logical].env.get("CLIP_MODEL_NAME", "(not set)"))
+                        for logical in ("EmbeddingsFunction", "PhotoVectorsFunction")}
+        clip_source = clip_sources["PhotoVectorsFunction"][0]
+        problems = published_bundle_problems(s3, clip_source, clip_pins)
+        for logical, (source, _) in clip_sources.items():
+            where = urllib.parse.urlparse(source)
+            denied = [f for f in clip_pins if not put_allowed(
+                stack, logical, where.netloc, f"{where.path.strip('/')}/{f}", "s3:GetObject")]
+            if denied:
+                problems.append(f"{logical}'s Policies allow no s3:GetObject on {', '.join(denied)} under {source}")
+        if len(set(clip_sources.values())) != 1:
+            problems.append(f"the towers' hosts name different bundles or models: {clip_sources}")
+        report.step("publish CLIP bundle", not problems,
+                    "; ".join(problems) if problems else
+                    f"all {len(clip_pins)} files at CLIP_MODEL_SOURCE {clip_source} (both towers' hosts) "
+                    "with their pinned sha256")
 
         photo_bucket = stack.physical["PhotoBucket"]
         results_bucket = stack.physical["ResultsBucket"]
@@ -1450,9 +1549,15 @@ def rehearse(args, report: Report) -> int:
             cold["tmp_used"] = box.tmp_used
             cache = box.spec.env.get("COLDPATH_OPTIMIZED_MODEL_DIR")
             if "COLDPATH_PREPARED_MODEL_DIR" in box.spec.env and cache:
-                # A packaged function finds every graph in /var/task: nothing optimised into its
-                # /tmp cache. (ONNX Runtime 1.31 itself writes a 51-byte /tmp/.ses.)
-                optimised = [f for f in box.tmp_files if f.startswith(cache.rstrip("/") + "/")]
+                # A packaged function finds every graph of the models in its zip in /var/task:
+                # none of them optimised into its /tmp cache. (ONNX Runtime 1.31 itself writes a
+                # 51-byte /tmp/.ses.) A model fetched at init (embeddings' CLIP text tower) is
+                # optimised there, as the storage the template gives it allows for.
+                with zipfile.ZipFile(box.spec.code) as zf:
+                    prepared = {n.split("/", 1)[1].rsplit("-", 1)[0] for n in zf.namelist()
+                                if n.startswith("graphs/") and n.endswith(".onnx")}
+                optimised = [f for f in box.tmp_files if f.startswith(cache.rstrip("/") + "/")
+                             and any(Path(f).name.startswith(m + "-") for m in prepared)]
                 report.step(f"{box.spec.logical} loads its prepared graphs", not optimised,
                             f"graphs optimised into {cache}: {optimised or 'none'}; "
                             f"/tmp holds {box.tmp_files or 'nothing'}")
@@ -1499,6 +1604,30 @@ def rehearse(args, report: Report) -> int:
             else:
                 detail += f": {str(data)[:500]}\n{box.tail()}"
             report.step("embeddings Function URL POST /v1/embeddings", ok, detail)
+
+            # Photo search by words: the same URL, the CLIP model named, the text tower answers.
+            clip_model = box.spec.env.get("CLIP_MODEL_NAME", "(CLIP_MODEL_NAME not set)")
+            body = json.dumps({"model": clip_model, "input": ["a dog on the beach"]}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{box.api.port}/v1/embeddings", body,
+                                         {"Content-Type": "application/json"}, method="POST")
+            t = time.monotonic()
+            try:
+                with urllib.request.urlopen(req, timeout=box.spec.timeout_s + 5) as resp:
+                    status, data = resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                status, data = err.code, err.read().decode(errors="replace")
+            ms = (time.monotonic() - t) * 1000
+            ok = status == 200 and isinstance(data, dict) and len(data.get("data", [])) == 1
+            detail = f"EMBEDDINGS_CLIP={box.spec.env.get('EMBEDDINGS_CLIP')}, model {clip_model}: HTTP {status} in {ms:.0f} ms"
+            if ok:
+                vec = data["data"][0]["embedding"]
+                norm = sum(x * x for x in vec) ** 0.5
+                ok = len(vec) == clip_dims and abs(norm - 1) < 1e-3 and data.get("model") == clip_model
+                detail += (f", 1 vector of {len(vec)} dims (the bundle's embed_dim {clip_dims}), norm "
+                           f"{norm:.4f}, model {data.get('model')}")
+            else:
+                detail += f": {str(data)[:500]}\n{box.tail()}"
+            report.step("embeddings Function URL POST /v1/embeddings, CLIP text tower", ok, detail)
         finally:
             finish(box)
 
@@ -1536,6 +1665,55 @@ def rehearse(args, report: Report) -> int:
                                f"{want_faces}), scores {scores}")
                 else:
                     detail += f"; results under {faces_spec.env['COLDPATH_RESULT_SINK']}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
+                report.step(step_name, ok, detail)
+        finally:
+            finish(box)
+
+        # 4b. clip: the upload's EventBridge Object Created event, invoked asynchronously.
+        clip_spec = specs["PhotoVectorsFunction"]
+        clip_event = eventbridge_object_created(photo_bucket, photo_key, meta)
+        routed = eventbridge_function_routes(stack, clip_spec.arn, clip_event)
+        stray = eventbridge_function_routes(
+            stack, clip_spec.arn, eventbridge_object_created(photo_bucket, OUTSIDE_UPLOAD_KEY, meta))
+        report.step("EventBridge rule routes the upload to the clip function",
+                    len(routed) == 1 and not stray,
+                    f"{', '.join(routed) or 'no rule (targeting it, matching, with a Lambda permission for it)'} "
+                    f"invokes {clip_spec.name} for the documented upload (want one rule); "
+                    f"{', '.join(stray) or 'none'} for {OUTSIDE_UPLOAD_KEY} (want none)")
+        box = boot("PhotoVectorsFunction")
+        try:
+            uploads = [("clip: photo upload -> its vector in the results bucket", photo_key, meta),
+                       (f"clip: an iPhone upload ({PHONE_PHOTO.name}) -> its vector in the results bucket",
+                        phone_key, phone_meta)]
+            for step_name, key, key_meta in uploads:
+                event = eventbridge_object_created(photo_bucket, key, key_meta)
+                if not routed:
+                    report.step(step_name, False, "not delivered: no rule would invoke the function")
+                    continue
+                t = time.monotonic()
+                inv = box.api.invoke(json.dumps(event).encode())
+                ms = (time.monotonic() - t) * 1000
+                expected = result_key(clip_spec.env["COLDPATH_RESULT_SINK"], "clip", photo_bucket, key)
+                keys = [k for k in list_results(s3, results_bucket, expected) if k == expected]
+                detail = f"invoke {'ok' if inv.ok else 'FAILED ' + inv.error_type} in {ms:.0f} ms"
+                ok = inv.ok and bool(keys)
+                allowed = put_allowed(stack, "PhotoVectorsFunction", results_bucket, expected)
+                if ok and not allowed:
+                    ok = False
+                    detail += (f"; s3://{results_bucket}/{expected} was written, but the function's "
+                               "Policies allow no s3:PutObject there: Lambda would be refused")
+                elif ok:
+                    doc = json.loads(s3.get_object(Bucket=results_bucket, Key=keys[0])["Body"].read())
+                    vector = find_key(doc, "vector") or []
+                    norm = sum(x * x for x in vector) ** 0.5
+                    model = find_key(doc, "model")
+                    ok = (len(vector) == clip_dims and abs(norm - 1) < 1e-3
+                          and model == clip_spec.env.get("CLIP_MODEL_NAME"))
+                    detail += (f"; s3://{results_bucket}/{keys[0]}: a vector of {len(vector)} dims (the "
+                               f"bundle's embed_dim {clip_dims}), norm {norm:.4f}, model {model}, "
+                               f"{find_key(doc, 'width')}x{find_key(doc, 'height')}")
+                elif not keys:
+                    detail += f"; results under {clip_spec.env['COLDPATH_RESULT_SINK']}: {keys}; response {inv.body[:300]!r}\n{box.tail()}"
                 report.step(step_name, ok, detail)
         finally:
             finish(box)
