@@ -251,7 +251,7 @@ rehearse: setup setup-deploy package ## offline first day: each zip in a Lambda-
 # New inputs go to fuzz/target/corpus/<target>, never into the committed fuzz/corpus/<target>.
 .PHONY: fuzz fuzz-smoke fuzz-build
 CARGO_FUZZ_VERSION := 0.13.2
-FUZZ_TARGETS := image_decode embeddings_request faces_request captioning_message tokenizer
+FUZZ_TARGETS := image_decode embeddings_request faces_request captioning_message clip_request tokenizer
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_RSS_MB ?= 2048
