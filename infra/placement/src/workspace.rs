@@ -208,6 +208,7 @@ mod tests {
             hosts,
             [
                 "coldpath-captioning-function",
+                "coldpath-clip-function",
                 "coldpath-embeddings-function",
                 "coldpath-faces-function",
                 "coldpath-serve"
