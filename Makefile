@@ -229,8 +229,12 @@ setup-deploy: ## .venv-deploy: the SAM CLI and cargo-lambda, hash-locked (idempo
 	@$(BOOTSTRAP) setup-deploy
 
 CAPTIONING_MODEL ?= $(CAPTIONING_REAL)-hoisted
-deploy: setup setup-deploy ## validate, package, publish the captioning model, sam deploy: CAPTIONING_MODEL=<dir>
+# The CLIP bundle (Immich's layout) both towers serve; the default is the tiny random-weight
+# fixture, refused unless ALLOW_RANDOM_WEIGHTS=1. CLIP_MODEL= (empty) names no CLIP bundle.
+CLIP_MODEL ?= tests/fixtures/clip/vit-b-32-tiny
+deploy: setup setup-deploy ## validate, package, publish the captioning and CLIP models, sam deploy: CAPTIONING_MODEL=<dir> CLIP_MODEL=<dir>
 	.venv-deploy/bin/python tools/deploy.py --captioning-model $(CAPTIONING_MODEL) \
+	  $(if $(CLIP_MODEL),--clip-model $(CLIP_MODEL)) \
 	  $(if $(filter 1,$(ALLOW_RANDOM_WEIGHTS)),--allow-random-weights) $(DEPLOY_FLAGS)
 
 # A user's first day, offline (tools/rehearse.py; infra/README.md "Rehearsal"): `sam validate

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Deploy coldpath to an AWS account: the one documented flow (`make deploy`).
 
-    python3 tools/deploy.py --captioning-model DIR [--stack-name NAME] [--region REGION]
+    python3 tools/deploy.py --captioning-model DIR [--clip-model DIR] [--stack-name NAME] [--region REGION]
                             [--parameter KEY=VALUE]... [--skip-package] [--dry-run]
                             [--allow-random-weights]
 
 In order:
-1. The captioning bundle's digests, computed here from DIR (the files the captioning function
+1. The captioning bundle's digests (and the CLIP bundle's, --clip-model: Immich's layout, one
+   bundle for both towers), computed here from DIR (the files the captioning function
    pins for a hoisted merged decoder: functions/engines/captioning/src/model/config.rs), so nobody types
    a digest, and its version: the sha256 of those digests. A bundle this repository generates
    with random weights (the committed test fixtures, `make bench-captioning-real`'s
-   `.cache/models/vit-gpt2-random*`) is refused unless --allow-random-weights
-   (`ALLOW_RANDOM_WEIGHTS=1 make deploy`): it captions nonsense.
+   `.cache/models/vit-gpt2-random*`, the CLIP fixtures and `make bench-clip-models`' output) is
+   refused unless --allow-random-weights (`ALLOW_RANDOM_WEIGHTS=1 make deploy`): it captions
+   nonsense, and its vectors match no word to any photo.
 2. `sam validate --lint` on infra/template.yaml.
 3. `make package`'s build (tools/package.py) unless --skip-package: the function zips, with the
    embeddings and faces models and their prepared graphs inside, and the ONNX Runtime and
@@ -20,7 +22,12 @@ In order:
    bucket under <CaptioningModelPrefix>/<version>/ (a key named by the content, so nothing in
    service is overwritten), each object with its SHA-256 checksum so S3 refuses a corrupted
    upload; only then does `sam deploy --config-file infra/samconfig.toml` point the stack at it
-   (CaptioningModelVersion and CaptioningModelSha256, and any --parameter). Until that deploy
+   (CaptioningModelVersion and CaptioningModelSha256, ClipModelVersion and ClipModelSha256 when
+   a CLIP bundle is given, and any --parameter). The CLIP bundle goes under
+   <ClipModelPrefix>/<version>/ the same way; both the embeddings function (the text tower) and
+   the clip function (the vision tower) read it, so a query's vector and a photo's come from one
+   model. A deploy without --clip-model names no CLIP bundle: embeddings serves MiniLM alone and
+   the clip function refuses to start. Until that deploy
    completes, captioning's cold starts read the previous version, which stays where it was
    (delete old versions by hand once the new one is live). The GPU pool (infra/gpu/batch.yaml)
    reads the pin from the captioning function at each submission, so it follows. On a first
@@ -60,11 +67,23 @@ CAPTIONING_FILES = (
 )
 
 
+# The files of a CLIP bundle in Immich's layout, all pinned by one CLIP_MODEL_SHA256 (each host
+# checks the files its towers need: functions/engines/clip/src/layout.rs, MODEL_FILES).
+CLIP_FILES = (
+    "config.json",
+    "visual/model.onnx",
+    "visual/preprocess_cfg.json",
+    "textual/model.onnx",
+    "textual/tokenizer.json",
+    "textual/tokenizer_config.json",
+)
+
 # The random-weight bundles this repository generates: never a model to serve.
 RANDOM_WEIGHT_BUNDLES = (
     ROOT / "tests" / "fixtures",
     ROOT / ".cache" / "models" / "vit-gpt2-random",
     ROOT / ".cache" / "models" / "vit-gpt2-random-hoisted",
+    ROOT / "target" / "bench" / "clip-models",
 )
 
 
@@ -92,6 +111,18 @@ def bundle_digests(model_dir: Path) -> dict[str, str]:
     return {f: sha256_file(model_dir / f) for f in CAPTIONING_FILES}
 
 
+def clip_digests(model_dir: Path) -> dict[str, str]:
+    """file -> sha256 hex for every file of a CLIP bundle (CLIP_MODEL_SHA256); a missing file
+    is an error."""
+    missing = [f for f in CLIP_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise DeployError(
+            f"{model_dir} is not a CLIP bundle in Immich's layout: missing {', '.join(missing)} "
+            "(functions/engines/clip/README.md)"
+        )
+    return {f: sha256_file(model_dir / f) for f in CLIP_FILES}
+
+
 def sha256_param(digests: dict[str, str]) -> str:
     """The CAPTIONING_MODEL_SHA256 value: file=hex, comma-separated."""
     return ",".join(f"{name}={hex_}" for name, hex_ in digests.items())
@@ -112,23 +143,31 @@ def random_weights(model_dir: Path) -> str | None:
     return None
 
 
-def publish_then_switch(digests: dict[str, str], outputs_of, sam_deploy, publish) -> dict[str, str]:
+def publish_then_switch(digests: dict[str, str], outputs_of, sam_deploy, publish,
+                        clip=None) -> dict[str, str]:
     """Uploads the bundle under a content-named prefix, and only then deploys the stack with it.
 
     `outputs_of()` returns the stack's outputs (None when there is no stack), `sam_deploy(pin)`
     deploys with the model parameters `pin` (a list of KEY=VALUE, empty for none), and
     `publish(bucket, prefix)` uploads the bundle; the rehearsal calls this with its own three.
-    Returns the outputs after the switch."""
+    `clip`, when given, is a CLIP bundle's `(digests, publish)`: published under ClipModelPrefix
+    the same way, before the same switch. Returns the outputs after the switch."""
     outputs = outputs_of()
     if not outputs or not outputs.get("ModelBucketName"):
-        print("no stack (or no model bucket) yet: deploying once with no captioning bundle named",
+        print("no stack (or no model bucket) yet: deploying once with no model bundle named",
               file=sys.stderr, flush=True)
         sam_deploy([])
         outputs = outputs_of()
+    pin = []
+    if clip is not None:
+        clip_pins, clip_publish = clip
+        clip_version = bundle_version(clip_pins)
+        clip_publish(outputs["ModelBucketName"], f"{outputs['ClipModelPrefix'].rstrip('/')}/{clip_version}")
+        pin += [f"ClipModelVersion={clip_version}", f"ClipModelSha256={sha256_param(clip_pins)}"]
     version = bundle_version(digests)
     prefix = f"{outputs['CaptioningModelPrefix'].rstrip('/')}/{version}"
     publish(outputs["ModelBucketName"], prefix)
-    sam_deploy([f"CaptioningModelVersion={version}", f"CaptioningModelSha256={sha256_param(digests)}"])
+    sam_deploy([f"CaptioningModelVersion={version}", f"CaptioningModelSha256={sha256_param(digests)}", *pin])
     return outputs_of()
 
 
@@ -184,6 +223,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--captioning-model", type=Path, required=True,
                         help="the hoisted captioning bundle to publish")
+    parser.add_argument("--clip-model", type=Path, default=None,
+                        help="the CLIP bundle (Immich's layout) both towers serve; without it no CLIP bundle is named")
     parser.add_argument("--stack-name", default=None, help="default: samconfig's (coldpath)")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION"))
     parser.add_argument("--skip-package", action="store_true",
@@ -201,8 +242,22 @@ def main(argv: list[str]) -> int:
             raise DeployError(f"{reason}: it would caption nonsense. Pass a trained bundle as "
                               "CAPTIONING_MODEL=DIR (functions/engines/captioning/MODEL.md), or "
                               "ALLOW_RANDOM_WEIGHTS=1 to deploy it anyway")
+        clip_pins = None
+        if args.clip_model is not None:
+            clip_pins = clip_digests(args.clip_model)
+            reason = random_weights(args.clip_model)
+            if reason and not args.allow_random_weights:
+                raise DeployError(f"{reason}: its vectors would match no word to any photo. Pass "
+                                  "trained weights in Immich's layout as CLIP_MODEL=DIR "
+                                  "(functions/engines/clip/README.md), or ALLOW_RANDOM_WEIGHTS=1 "
+                                  "to deploy it anyway")
+        else:
+            print("deploy: no --clip-model: no CLIP bundle is named, so embeddings serves MiniLM "
+                  "alone and the clip function refuses to start", file=sys.stderr)
         print(json.dumps({"CaptioningModelVersion": bundle_version(digests),
-                          "CaptioningModelSha256": digests}, indent=2))
+                          "CaptioningModelSha256": digests,
+                          **({"ClipModelVersion": bundle_version(clip_pins),
+                              "ClipModelSha256": clip_pins} if clip_pins else {})}, indent=2))
         sam = tool("sam")
         run([sam, "validate", "--lint", "--template-file", str(TEMPLATE)], args.dry_run)
         if not args.skip_package:
@@ -220,19 +275,24 @@ def main(argv: list[str]) -> int:
                 deploy += ["--region", args.region]
             run(deploy, args.dry_run, cwd=SAMCONFIG.parent)
 
-        def publish(bucket: str, prefix: str) -> None:
-            if args.dry_run:
-                print(f"+ upload {len(digests)} files to s3://{bucket}/{prefix}/", file=sys.stderr)
-                return
-            publish_bundle(args.captioning_model, digests, bucket, prefix, args.region)
+        def publisher(model_dir: Path, pins: dict[str, str]):
+            def publish(bucket: str, prefix: str) -> None:
+                if args.dry_run:
+                    print(f"+ upload {len(pins)} files to s3://{bucket}/{prefix}/", file=sys.stderr)
+                    return
+                publish_bundle(model_dir, pins, bucket, prefix, args.region)
+            return publish
 
         def outputs_of() -> dict[str, str] | None:
             if args.dry_run:
                 return {"ModelBucketName": "<the stack's ModelBucketName>",
-                        "CaptioningModelPrefix": "<the stack's CaptioningModelPrefix>"}
+                        "CaptioningModelPrefix": "<the stack's CaptioningModelPrefix>",
+                        "ClipModelPrefix": "<the stack's ClipModelPrefix>"}
             return stack_outputs(stack, args.region)
 
-        outputs = publish_then_switch(digests, outputs_of, sam_deploy, publish)
+        clip = (clip_pins, publisher(args.clip_model, clip_pins)) if clip_pins else None
+        outputs = publish_then_switch(digests, outputs_of, sam_deploy,
+                                      publisher(args.captioning_model, digests), clip=clip)
         print(json.dumps({k: outputs[k] for k in sorted(outputs)}, indent=2))
     except DeployError as err:
         print(f"deploy: {err}", file=sys.stderr)

@@ -189,6 +189,24 @@ pub fn run_check(root: &Path, template_path: &Path) -> anyhow::Result<Outcome> {
                 unread.join(", ")
             ));
         }
+        // A declaration (its own or a co-hosted workload's) requiring a variable the binary does
+        // not read requires nothing: the declaration or the contract is stale.
+        let required = declaration.required_env.iter().chain(
+            declaration
+                .cohosted
+                .iter()
+                .flat_map(|c| c.required_env.iter().chain(c.env.iter().map(|(n, _)| n))),
+        );
+        let stale: Vec<&str> = required
+            .filter(|name| !contract.reads(name))
+            .map(String::as_str)
+            .collect();
+        if !stale.is_empty() {
+            result.mismatches.push(format!(
+                "the declaration requires {}, which the binary's contract.json does not list",
+                stale.join(", ")
+            ));
+        }
     }
 
     // The rules about the stack as a whole (alarm topics, access-log targets, log groups).

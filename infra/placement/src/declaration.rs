@@ -36,6 +36,10 @@ pub enum Trigger {
     S3,
     /// An SQS event source mapping: batches, partial failures, a dead-letter queue.
     Sqs,
+    /// An EventBridge rule whose target is the function: asynchronous invokes (S3's `Object
+    /// Created` events from a bucket with EventBridge enabled), with the rule's retry policy
+    /// and dead-letter queue, and the function's own on-failure queue.
+    EventBridge,
 }
 
 impl fmt::Display for Compute {
@@ -53,6 +57,7 @@ impl fmt::Display for Trigger {
             Trigger::Http => "http",
             Trigger::S3 => "s3",
             Trigger::Sqs => "sqs",
+            Trigger::EventBridge => "eventbridge",
         })
     }
 }
@@ -66,6 +71,13 @@ pub struct Declaration {
     pub workload: String,
     /// The function's logical id in `infra/template.yaml`.
     pub function: String,
+    /// The binary, whose zip is `target/lambda/<binary>.zip` (`binary`; the workload's name
+    /// by default: `clip-vision` runs the `clip` binary).
+    pub binary: String,
+    /// The prefix of the variables the function's own engine reads (`env_prefix`; the
+    /// binary's name in capitals by default): `<PREFIX>_MAX_BATCH` and the `<PREFIX>*_SOURCE`
+    /// a model is fetched from.
+    pub env_prefix: String,
     /// The most a user may wait for one result, cold start included when it is on the path.
     pub latency_budget_ms: u64,
     /// Whether a cold start would be felt by somebody waiting.
@@ -94,9 +106,145 @@ pub struct Declaration {
     /// Host memory one GPU worker needs at `bulk_batch` (`worker_memory_mb`), which the Batch
     /// job definitions must request.
     pub worker_memory_mb: Option<u32>,
+    /// Workloads the function also serves, each with its own latency budget and the memory
+    /// it adds (`[package.metadata.coldpath.cohosted.<workload>]`): the CLIP text tower inside
+    /// the embeddings function.
+    pub cohosted: Vec<CohostedDeclaration>,
+    /// Set only on the declaration the plan derives for a co-hosted workload
+    /// ([`CohostedDeclaration::as_declaration`]): the function that hosts it.
+    pub hosted_by: Option<HostedBy>,
     /// The always-on pod that can host this workload instead of provisioned Lambda, when the
     /// pod's declaration lists it (set by [`read_all`]; `None` from a manifest alone).
     pub pod: Option<PodDeclaration>,
+}
+
+/// The function a co-hosted workload runs inside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostedBy {
+    /// The host's workload (`embeddings`).
+    pub workload: String,
+    /// The host function's whole `memory_mb`, at which every invocation is billed.
+    pub memory_mb: u32,
+}
+
+/// A workload served by another workload's function (and perhaps by the pod), declared in the
+/// host crate's `[package.metadata.coldpath.cohosted.<workload>]`: it has its own latency budget
+/// and perceived path, and adds its memory, its variables and its model's storage to the host's.
+/// It shares the host's warmth: a co-hosted workload whose cold start is on the perceived path
+/// needs a pinned-warm host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohostedDeclaration {
+    /// The host's package name, used in every message.
+    pub crate_name: String,
+    /// The workload's name (the table's key), the key in measurements and profiles.
+    pub workload: String,
+    pub latency_budget_ms: u64,
+    pub cold_start_on_perceived_path: bool,
+    /// Items per request.
+    pub max_batch: u32,
+    /// The memory it adds to the host function (`memory_mb`): the host's own share is the
+    /// host's `memory_mb` less every co-hosted workload's.
+    pub memory_mb: u32,
+    /// Variables the host must be given for it (its model's source and pins, the switch).
+    pub required_env: Vec<String>,
+    /// Variables whose value the host must be given exactly (`env = { EMBEDDINGS_CLIP = "true" }`):
+    /// the switch that makes the host load it.
+    pub env: Vec<(String, String)>,
+    /// The prefix of its engine's variables (`CLIP`): its `<PREFIX>*_SOURCE` is its model.
+    pub env_prefix: String,
+    /// Its model on disk, fetched into the host's `/tmp` when its source is remote.
+    pub model_mb: Option<u32>,
+    /// Its optimised graphs, written to the host's graph cache.
+    pub optimized_graph_mb: Option<u32>,
+}
+
+impl CohostedDeclaration {
+    /// Parses `[package.metadata.coldpath.cohosted.<workload>]` of the crate `crate_name`.
+    pub fn from_table(
+        crate_name: &str,
+        workload: &str,
+        table: &Table,
+    ) -> Result<Self, DeclarationError> {
+        let section = format!("package.metadata.coldpath.cohosted.{workload}");
+        let fields = Fields {
+            crate_name,
+            section: &section,
+            table,
+        };
+        let mut env = Vec::new();
+        if let Some(v) = table.get("env") {
+            let t = v.as_table().ok_or_else(|| {
+                fields.invalid(
+                    "env",
+                    "must be a table of variable = \"value\"",
+                    &v.to_string(),
+                )
+            })?;
+            for (k, v) in t {
+                let value = v.as_str().ok_or_else(|| {
+                    fields.invalid("env", "must map each variable to a string", &v.to_string())
+                })?;
+                env.push((k.clone(), value.to_string()));
+            }
+        }
+        let c = CohostedDeclaration {
+            crate_name: crate_name.to_string(),
+            workload: workload.to_string(),
+            latency_budget_ms: fields.uint("latency_budget_ms")?,
+            cold_start_on_perceived_path: fields.boolean("cold_start_on_perceived_path")?,
+            max_batch: fields.u32("max_batch")?,
+            memory_mb: fields.u32("memory_mb")?,
+            required_env: fields.optional_strings("required_env")?,
+            env,
+            env_prefix: fields.string("env_prefix")?,
+            model_mb: fields.optional_u32("model_mb")?,
+            optimized_graph_mb: fields.optional_u32("optimized_graph_mb")?,
+        };
+        if c.memory_mb == 0 {
+            return Err(fields.invalid(
+                "memory_mb",
+                "must be the memory it adds to its host, at least 1",
+                "0",
+            ));
+        }
+        if c.max_batch == 0 {
+            return Err(fields.invalid("max_batch", "must be at least 1", "0"));
+        }
+        Ok(c)
+    }
+
+    /// The declaration the plan decides and prices it by: the host's function, warmth, compute
+    /// and trigger, its own budget, path and memory share, billed at the host's whole memory.
+    pub fn as_declaration(&self, host: &Declaration) -> Declaration {
+        Declaration {
+            // Messages about it name the host crate and the workload.
+            crate_name: format!("{} ({})", self.crate_name, self.workload),
+            workload: self.workload.clone(),
+            function: host.function.clone(),
+            binary: host.binary.clone(),
+            env_prefix: self.env_prefix.clone(),
+            latency_budget_ms: self.latency_budget_ms,
+            cold_start_on_perceived_path: self.cold_start_on_perceived_path,
+            pinned_warm: host.pinned_warm,
+            compute: host.compute,
+            trigger: host.trigger,
+            max_batch: self.max_batch,
+            bulk_batch: None,
+            bulk_threshold: None,
+            memory_mb: self.memory_mb,
+            timeout_s: host.timeout_s,
+            required_env: self.required_env.clone(),
+            model_mb: self.model_mb,
+            optimized_graph_mb: self.optimized_graph_mb,
+            worker_memory_mb: None,
+            cohosted: Vec::new(),
+            hosted_by: Some(HostedBy {
+                workload: host.workload.clone(),
+                memory_mb: host.memory_mb,
+            }),
+            pod: None,
+        }
+    }
 }
 
 /// The always-on pod (`coldpath-serve`): which workloads it hosts and how it is sized and
@@ -218,9 +366,9 @@ impl PodDeclaration {
         Ok(pod)
     }
 
-    /// Checks the pod against the declarations of the workloads it hosts: each is declared and
-    /// pinned warm (the pod is a home for the warm set only), and the task's memory holds them
-    /// all at their declared sizes.
+    /// Checks the pod against the declarations of the workloads it hosts: each is declared (a
+    /// function's workload or one co-hosted in a function) and pinned warm (the pod is a home
+    /// for the warm set only), and the task's memory holds them all at their declared sizes.
     pub(crate) fn validate_hosts(
         &self,
         declarations: &[Declaration],
@@ -230,9 +378,12 @@ impl PodDeclaration {
             field,
             reason,
         };
-        let mut memory = 0;
+        let workloads: Vec<Declaration> = declarations
+            .iter()
+            .flat_map(Declaration::workloads)
+            .collect();
         for host in &self.hosts {
-            let Some(d) = declarations.iter().find(|d| &d.workload == host) else {
+            let Some(d) = workloads.iter().find(|d| &d.workload == host) else {
                 return Err(contradiction(
                     "hosts",
                     format!("{host} is not a declared workload"),
@@ -246,8 +397,8 @@ impl PodDeclaration {
                     ),
                 ));
             }
-            memory += d.memory_mb;
         }
+        let memory = self.hosted_memory_mb(declarations);
         if self.memory_mb < memory {
             return Err(contradiction(
                 "memory_mb",
@@ -258,6 +409,18 @@ impl PodDeclaration {
             ));
         }
         Ok(())
+    }
+
+    /// The memory the hosted workloads need together: each function's own share (its
+    /// `memory_mb` less what its co-hosted workloads add) and each co-hosted workload's
+    /// `memory_mb`, so a workload co-hosted in a function and in the pod is counted once.
+    pub fn hosted_memory_mb(&self, declarations: &[Declaration]) -> u32 {
+        declarations
+            .iter()
+            .flat_map(Declaration::workloads)
+            .filter(|d| self.hosts.contains(&d.workload))
+            .map(|d| d.own_memory_mb())
+            .sum()
     }
 
     /// A declared path under the workspace root.
@@ -334,8 +497,41 @@ impl Declaration {
             section: "package.metadata.coldpath",
             table: section,
         };
+        let workload = fields.string("workload")?;
+        let binary = match section.contains_key("binary") {
+            true => fields.string("binary")?,
+            false => workload.clone(),
+        };
+        let env_prefix = match section.contains_key("env_prefix") {
+            true => fields.string("env_prefix")?,
+            false => binary.to_uppercase().replace('-', "_"),
+        };
+        let mut cohosted = Vec::new();
+        if let Some(v) = section.get("cohosted") {
+            let t = v.as_table().ok_or_else(|| {
+                fields.invalid(
+                    "cohosted",
+                    "must be a table of workloads ([package.metadata.coldpath.cohosted.<workload>])",
+                    &v.to_string(),
+                )
+            })?;
+            for (name, table) in t {
+                let table = table.as_table().ok_or_else(|| {
+                    fields.invalid(
+                        "cohosted",
+                        "must hold one table per workload",
+                        &table.to_string(),
+                    )
+                })?;
+                cohosted.push(CohostedDeclaration::from_table(&crate_name, name, table)?);
+            }
+        }
         let declaration = Declaration {
-            workload: fields.string("workload")?,
+            workload,
+            binary,
+            env_prefix,
+            cohosted,
+            hosted_by: None,
             function: fields.string("function")?,
             latency_budget_ms: fields.uint("latency_budget_ms")?,
             cold_start_on_perceived_path: fields.boolean("cold_start_on_perceived_path")?,
@@ -351,10 +547,11 @@ impl Declaration {
                 "http" => Trigger::Http,
                 "s3" => Trigger::S3,
                 "sqs" => Trigger::Sqs,
+                "eventbridge" => Trigger::EventBridge,
                 other => {
                     return Err(fields.invalid(
                         "trigger",
-                        "must be \"http\", \"s3\" or \"sqs\"",
+                        "must be \"http\", \"s3\", \"sqs\" or \"eventbridge\"",
                         other,
                     ));
                 }
@@ -460,7 +657,77 @@ impl Declaration {
         if self.max_batch == 0 {
             return Err(fields.invalid("max_batch", "must be at least 1", "0"));
         }
+        self.validate_cohosted()
+    }
+
+    /// A co-hosted workload shares its host's warmth and memory: one whose cold start is on
+    /// the perceived path needs a pinned-warm host, and the host keeps at least Lambda's
+    /// smallest size (128 MB) for itself.
+    fn validate_cohosted(&self) -> Result<(), DeclarationError> {
+        let contradiction = |field, reason: String| DeclarationError::Contradiction {
+            crate_name: self.crate_name.clone(),
+            field,
+            reason,
+        };
+        for c in &self.cohosted {
+            if c.workload == self.workload {
+                return Err(contradiction(
+                    "cohosted",
+                    format!("{} co-hosts a workload of its own name", self.workload),
+                ));
+            }
+            if c.cold_start_on_perceived_path && !self.pinned_warm {
+                return Err(contradiction(
+                    "cohosted",
+                    format!(
+                        "{}'s cold start is on the perceived path, but its host {} is declared \
+                         pinned_warm = false: a co-hosted workload is only as warm as its host",
+                        c.workload, self.workload
+                    ),
+                ));
+            }
+        }
+        let added: u32 = self.cohosted.iter().map(|c| c.memory_mb).sum();
+        if self.memory_mb < added + 128 {
+            return Err(contradiction(
+                "memory_mb",
+                format!(
+                    "{} MB leaves {} its own share of less than 128 MB once its co-hosted \
+                     workloads take their {added} MB",
+                    self.memory_mb, self.workload
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The memory the workload holds in its function: a host's own share (its `memory_mb`
+    /// less its co-hosted workloads'), a co-hosted workload's `memory_mb`. Provisioned
+    /// concurrency reserves this much for it.
+    pub fn own_memory_mb(&self) -> u32 {
+        match self.hosted_by {
+            Some(_) => self.memory_mb,
+            None => self.memory_mb - self.cohosted.iter().map(|c| c.memory_mb).sum::<u32>(),
+        }
+    }
+
+    /// The memory each invocation is billed at: the whole function's.
+    pub fn billed_memory_mb(&self) -> u32 {
+        self.hosted_by
+            .as_ref()
+            .map_or(self.memory_mb, |h| h.memory_mb)
+    }
+
+    /// The workloads this function serves: its own and then each co-hosted one, as the plan
+    /// decides them.
+    pub fn workloads(&self) -> Vec<Declaration> {
+        let mut out = vec![self.clone()];
+        out.extend(self.cohosted.iter().map(|c| {
+            let mut d = c.as_declaration(self);
+            d.pod = self.pod.clone().filter(|p| p.hosts.contains(&c.workload));
+            d
+        }));
+        out
     }
 }
 
@@ -501,7 +768,7 @@ pub fn pod_of(declarations: &[Declaration]) -> Option<&PodDeclaration> {
 struct Fields<'a> {
     crate_name: &'a str,
     /// The table the fields are read from, for messages.
-    section: &'static str,
+    section: &'a str,
     table: &'a Table,
 }
 
@@ -511,7 +778,7 @@ impl Fields<'_> {
             .get(field)
             .ok_or_else(|| DeclarationError::MissingField {
                 crate_name: self.crate_name.to_string(),
-                section: self.section,
+                section: self.section.to_string(),
                 field,
             })
     }
@@ -675,7 +942,7 @@ timeout_s = 10
             err,
             DeclarationError::MissingField {
                 crate_name: "coldpath-embeddings".to_string(),
-                section: "package.metadata.coldpath",
+                section: "package.metadata.coldpath".to_string(),
                 field: "latency_budget_ms"
             }
         );
@@ -757,6 +1024,135 @@ timeout_s = 10
             "{err}"
         );
         assert!(parse(&with_bulk("bulk_batch = 64\nbulk_threshold = 100\n")).is_ok());
+    }
+
+    const COHOSTED: &str = r#"
+[package.metadata.coldpath.cohosted.clip-text]
+latency_budget_ms = 100
+cold_start_on_perceived_path = true
+max_batch = 1
+memory_mb = 512
+env_prefix = "CLIP"
+env = { EMBEDDINGS_CLIP = "true" }
+required_env = ["CLIP_MODEL_SOURCE"]
+model_mb = 256
+"#;
+
+    #[test]
+    fn reads_a_cohosted_workload_with_its_share_of_the_host() {
+        let text = EMBEDDINGS.replace("memory_mb = 1024", "memory_mb = 1536") + COHOSTED;
+        let d = parse(&text).unwrap();
+        assert_eq!(
+            (d.binary.as_str(), d.env_prefix.as_str()),
+            ("embeddings", "EMBEDDINGS")
+        );
+        assert_eq!(d.cohosted.len(), 1);
+        let c = &d.cohosted[0];
+        assert_eq!(
+            (c.workload.as_str(), c.memory_mb, c.model_mb),
+            ("clip-text", 512, Some(256))
+        );
+        assert_eq!(c.env, [("EMBEDDINGS_CLIP".to_string(), "true".to_string())]);
+        assert_eq!((d.own_memory_mb(), d.billed_memory_mb()), (1024, 1536));
+        let all = d.workloads();
+        let text_tower = &all[1];
+        assert_eq!(text_tower.workload, "clip-text");
+        assert_eq!(text_tower.function, "EmbeddingsFunction");
+        assert!(text_tower.pinned_warm, "it shares its host's warmth");
+        assert_eq!(
+            (text_tower.own_memory_mb(), text_tower.billed_memory_mb()),
+            (512, 1536)
+        );
+    }
+
+    #[test]
+    fn a_broken_cohosted_declaration_names_the_crate_the_workload_and_the_field() {
+        let host = EMBEDDINGS.replace("memory_mb = 1024", "memory_mb = 1536");
+        let err = parse(&(host.clone() + &COHOSTED.replace("max_batch = 1\n", ""))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "crate coldpath-embeddings: field `max_batch` is missing from [package.metadata.coldpath.cohosted.clip-text]"
+        );
+        let err = parse(&(host.clone() + &COHOSTED.replace("memory_mb = 512", "memory_mb = 0")))
+            .unwrap_err();
+        assert_eq!(invalid_field(&err), Some("memory_mb"), "{err}");
+        let err = parse(
+            &(host.clone()
+                + &COHOSTED.replace(
+                    "{ EMBEDDINGS_CLIP = \"true\" }",
+                    "{ EMBEDDINGS_CLIP = true }",
+                )),
+        )
+        .unwrap_err();
+        assert_eq!(invalid_field(&err), Some("env"), "{err}");
+        // The host keeps less than Lambda's smallest size for itself.
+        let err = parse(&(EMBEDDINGS.replace("memory_mb = 1024", "memory_mb = 600") + COHOSTED))
+            .unwrap_err();
+        assert!(
+            matches!(&err, DeclarationError::Contradiction { crate_name, field: "memory_mb", .. } if crate_name == "coldpath-embeddings"),
+            "{err}"
+        );
+        // A cold start on the perceived path in a host that scales to zero.
+        let serverless = host
+            .replace("pinned_warm = true", "pinned_warm = false")
+            .replace(
+                "cold_start_on_perceived_path = true",
+                "cold_start_on_perceived_path = false",
+            );
+        let err = parse(&(serverless + COHOSTED)).unwrap_err();
+        assert!(
+            matches!(&err, DeclarationError::Contradiction { field: "cohosted", reason, .. } if reason.contains("only as warm as its host")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_eventbridge_function_names_its_binary_and_variables() {
+        let text = EMBEDDINGS
+            .replace(
+                "workload = \"embeddings\"",
+                "workload = \"clip-vision\"\nbinary = \"clip\"\nenv_prefix = \"CLIP\"",
+            )
+            .replace("trigger = \"http\"", "trigger = \"eventbridge\"")
+            .replace("pinned_warm = true", "pinned_warm = false")
+            .replace(
+                "cold_start_on_perceived_path = true",
+                "cold_start_on_perceived_path = false",
+            );
+        let d = parse(&text).unwrap();
+        assert_eq!(d.trigger, Trigger::EventBridge);
+        assert_eq!(
+            (
+                d.workload.as_str(),
+                d.binary.as_str(),
+                d.env_prefix.as_str()
+            ),
+            ("clip-vision", "clip", "CLIP")
+        );
+        // Without them, the binary is the workload and the prefix its capitals.
+        let d = parse(&text.replace("binary = \"clip\"\nenv_prefix = \"CLIP\"", "")).unwrap();
+        assert_eq!(
+            (d.binary.as_str(), d.env_prefix.as_str()),
+            ("clip-vision", "CLIP_VISION")
+        );
+    }
+
+    #[test]
+    fn the_pod_counts_a_cohosted_workload_once() {
+        let host = parse(&(EMBEDDINGS.replace("memory_mb = 1024", "memory_mb = 1536") + COHOSTED))
+            .unwrap();
+        let p = pod(&POD.replace("[\"embeddings\"]", "[\"embeddings\", \"clip-text\"]")).unwrap();
+        // embeddings' own 1024 MB and clip-text's 512, not the host's 1536 twice.
+        assert_eq!(p.hosted_memory_mb(std::slice::from_ref(&host)), 1536);
+        assert!(p.validate_hosts(std::slice::from_ref(&host)).is_ok());
+        let small = pod(&POD
+            .replace("[\"embeddings\"]", "[\"embeddings\", \"clip-text\"]")
+            .replace("memory_mb = 2048", "memory_mb = 1200"))
+        .unwrap();
+        let err = small
+            .validate_hosts(std::slice::from_ref(&host))
+            .unwrap_err();
+        assert!(err.to_string().contains("(1536 MB)"), "{err}");
     }
 
     const POD: &str = r#"

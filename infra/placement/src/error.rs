@@ -16,7 +16,7 @@ pub enum DeclarationError {
     #[error("crate {crate_name}: field `{field}` is missing from [{section}]")]
     MissingField {
         crate_name: String,
-        section: &'static str,
+        section: String,
         field: &'static str,
     },
     #[error("crate {crate_name}: field `{field}` {expected}, found {found}")]

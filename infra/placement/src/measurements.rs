@@ -46,6 +46,9 @@ pub struct Measurement {
     /// The benchmark output each figure was read from (figure name → file); figures not here
     /// were typed in the TOML.
     pub from: BTreeMap<String, PathBuf>,
+    /// Where a benchmark output gives each figure (figure name → `file.json#/pointer`, as
+    /// `from` or `pending` names it), so `--measurements` can lay that file over them.
+    pub pointers: BTreeMap<String, String>,
 }
 
 /// A workload's table as `measurements.toml` holds it: each figure typed, or read `from` a
@@ -59,6 +62,10 @@ struct Entry {
     estimated: Vec<String>,
     #[serde(default)]
     from: BTreeMap<String, PathBuf>,
+    /// Figures a benchmark will give, typed as estimates until its output is committed: read
+    /// from `file.json#/pointer` once that file exists, and off the estimated list then.
+    #[serde(default)]
+    pending: BTreeMap<String, PathBuf>,
     cold_start_ms: Option<f64>,
     inference_ms: Option<f64>,
     peak_rss_mib: Option<f64>,
@@ -122,7 +129,29 @@ impl Entry {
             ("peak_rss_mib", self.peak_rss_mib),
         ]);
         let mut from = BTreeMap::new();
-        for (figure, file) in &self.from {
+        let mut pointers = BTreeMap::new();
+        let mut estimated = self.estimated;
+        let mut reads: Vec<(&String, &PathBuf)> = self.from.iter().collect();
+        for (figure, file) in &self.pending {
+            if !typed.contains_key(figure.as_str()) || !estimated.contains(figure) {
+                return Err(invalid(format!(
+                    "{workload}.pending names {figure:?}, which must be a typed figure listed in \
+                     `estimated` until {} is committed",
+                    file.display()
+                )));
+            }
+            let name = file.to_string_lossy();
+            let name = name.split_once('#').map_or(&*name, |(n, _)| n);
+            if base.join(name).is_file() {
+                // The benchmark's output is here: it replaces the estimate.
+                typed.insert(figure.as_str(), None);
+                estimated.retain(|e| e != figure);
+                reads.push((figure, file));
+            } else {
+                pointers.insert(figure.clone(), file.to_string_lossy().into_owned());
+            }
+        }
+        for (figure, file) in reads {
             let Some(slot) = typed.get_mut(figure.as_str()) else {
                 return Err(invalid(format!(
                     "{workload}.from names {figure:?}; a benchmark's output gives only {}",
@@ -135,14 +164,29 @@ impl Entry {
                     file.display()
                 )));
             }
-            let file = base.join(file);
-            let value =
-                bench_figure(&read_json(&file)?, figure).ok_or_else(|| InputError::Invalid {
-                    path: file.clone(),
-                    what: format!("carries no {figure} for {workload}"),
-                })?;
+            // `file.json#/json/pointer` reads that value (in the figure's own unit); a bare file
+            // name reads the figure where the benchmarks put it (BENCH_FIGURES).
+            let text = file.to_string_lossy();
+            let (name, pointer) = match text.split_once('#') {
+                Some((name, pointer)) => (PathBuf::from(name), Some(pointer.to_string())),
+                None => (file.clone(), None),
+            };
+            let path = base.join(&name);
+            let json = read_json(&path)?;
+            let value = match &pointer {
+                Some(p) => json.pointer(p).and_then(Value::as_f64),
+                None => bench_figure(&json, figure),
+            }
+            .ok_or_else(|| InputError::Invalid {
+                path: path.clone(),
+                what: match &pointer {
+                    Some(p) => format!("carries no number at {p} for {workload}.{figure}"),
+                    None => format!("carries no {figure} for {workload}"),
+                },
+            })?;
             *slot = Some(value);
-            from.insert(figure.clone(), file);
+            from.insert(figure.clone(), path);
+            pointers.insert(figure.clone(), text.into_owned());
         }
         let required = |figure: &str| {
             typed[figure].ok_or_else(|| {
@@ -155,7 +199,8 @@ impl Entry {
         Ok(Measurement {
             source: self.source,
             machine: self.machine,
-            estimated: self.estimated,
+            estimated,
+            pointers,
             cold_start_ms: required("cold_start_ms")?,
             inference_ms: required("inference_ms")?,
             peak_rss_mib: typed["peak_rss_mib"],
@@ -263,14 +308,10 @@ impl Measurements {
             .and_then(|b| b.as_str())
             .unwrap_or_else(|| file_stem.split('-').next().unwrap_or_default())
             .to_string();
-        let sources = self.describe_sources();
-        let m = self
-            .by_workload
-            .get_mut(&workload)
-            .ok_or(InputError::NoMeasurement {
-                workload: workload.clone(),
-                sources,
-            })?;
+        if !self.by_workload.contains_key(&workload) {
+            return self.overlay_by_pointers(path, &v, &workload);
+        }
+        let m = self.by_workload.get_mut(&workload).expect("checked above");
         let mut taken = 0;
         for (figure, _) in BENCH_FIGURES {
             let Some(x) = bench_figure(&v, figure) else {
@@ -296,6 +337,61 @@ impl Measurements {
         m.source = path.display().to_string();
         self.sources.push(path.to_path_buf());
         validate(path, &workload, m)
+    }
+
+    /// Lays a benchmark output that serves several workloads (`clip.json`: the text and the
+    /// vision tower) over every workload whose `from` or `pending` names a file of that name,
+    /// each figure read at its pointer.
+    fn overlay_by_pointers(
+        &mut self,
+        path: &Path,
+        v: &Value,
+        benchmark: &str,
+    ) -> Result<(), InputError> {
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let mut taken = 0;
+        for (workload, m) in &mut self.by_workload {
+            let reads: Vec<(String, String)> = m
+                .pointers
+                .iter()
+                .filter_map(|(figure, spec)| {
+                    let (file, pointer) = spec.split_once('#')?;
+                    let same = Path::new(file)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        == file_name;
+                    same.then(|| (figure.clone(), pointer.to_string()))
+                })
+                .collect();
+            for (figure, pointer) in reads {
+                let x = v.pointer(&pointer).and_then(Value::as_f64).ok_or_else(|| {
+                    InputError::Invalid {
+                        path: path.to_path_buf(),
+                        what: format!("carries no number at {pointer} for {workload}.{figure}"),
+                    }
+                })?;
+                match figure.as_str() {
+                    "inference_ms" => m.inference_ms = x,
+                    "cold_start_ms" => m.cold_start_ms = x,
+                    _ => m.peak_rss_mib = Some(x),
+                }
+                m.measured(&figure);
+                m.from.insert(figure, path.to_path_buf());
+                m.source = path.display().to_string();
+                taken += 1;
+            }
+        }
+        if taken == 0 {
+            return Err(InputError::NoMeasurement {
+                workload: benchmark.to_string(),
+                sources: self.describe_sources(),
+            });
+        }
+        self.sources.push(path.to_path_buf());
+        for (workload, m) in &self.by_workload {
+            validate(path, workload, m)?;
+        }
+        Ok(())
     }
 
     pub fn get(&self, workload: &str) -> Result<&Measurement, InputError> {
@@ -571,6 +667,80 @@ from = { inference_ms = "bench/e.json", cold_start_ms = "bench/cold.json", peak_
         let err = load_with(&none, &[("bench/cold.json", COLD)]).unwrap_err();
         assert!(
             matches!(&err, InputError::Invalid { what, .. } if what.contains("no inference_ms")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_figure_is_read_at_the_json_pointer_its_from_names() {
+        // One benchmark output carrying two workloads' figures (the CLIP towers').
+        let clip = r#"{"benchmark": "clip", "query_latency_ms": {"function": {"p50": 21.5}}, "photo_latency_ms": {"function": {"p50": 480.0}}, "cold_start_ms": {"text": 900.0, "vision": 1200.0}}"#;
+        let toml = r#"
+[clip-text]
+source = "s"
+machine = "m"
+from = { inference_ms = "bench/clip.json#/query_latency_ms/function/p50", cold_start_ms = "bench/clip.json#/cold_start_ms/text" }
+[clip-vision]
+source = "s"
+machine = "m"
+from = { inference_ms = "bench/clip.json#/photo_latency_ms/function/p50", cold_start_ms = "bench/clip.json#/cold_start_ms/vision" }
+"#;
+        let m = load_with(toml, &[("bench/clip.json", clip)]).unwrap();
+        let text = m.get("clip-text").unwrap();
+        assert_eq!((text.inference_ms, text.cold_start_ms), (21.5, 900.0));
+        assert!(text.from["inference_ms"].ends_with("bench/clip.json"));
+        let vision = m.get("clip-vision").unwrap();
+        assert_eq!((vision.inference_ms, vision.cold_start_ms), (480.0, 1200.0));
+        // A pointer to nothing names the file, the pointer and the figure.
+        let wrong = toml.replace("/cold_start_ms/vision", "/cold_start_ms/photo");
+        let err = load_with(&wrong, &[("bench/clip.json", clip)]).unwrap_err();
+        assert!(
+            matches!(&err, InputError::Invalid { path, what } if path.ends_with("bench/clip.json")
+                && what.contains("/cold_start_ms/photo") && what.contains("clip-vision.cold_start_ms")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pending_figure_is_the_estimate_until_its_benchmark_output_is_committed() {
+        let toml = r#"
+[clip-text]
+source = "s"
+machine = "m"
+estimated = ["inference_ms", "cold_start_ms"]
+pending = { inference_ms = "bench/clip.json#/query_latency_ms/function/p50" }
+inference_ms = 30.0
+cold_start_ms = 900.0
+"#;
+        let clip = r#"{"benchmark": "clip", "query_latency_ms": {"function": {"p50": 21.5}}}"#;
+        // No bench/clip.json yet: the estimate, still listed as one.
+        let m = load_with(toml, &[]).unwrap();
+        let e = m.get("clip-text").unwrap();
+        assert_eq!(e.inference_ms, 30.0);
+        assert_eq!(e.estimated, ["inference_ms", "cold_start_ms"]);
+        // Committed: read from it, and no longer an estimate.
+        let m = load_with(toml, &[("bench/clip.json", clip)]).unwrap();
+        let e = m.get("clip-text").unwrap();
+        assert_eq!(e.inference_ms, 21.5);
+        assert_eq!(e.estimated, ["cold_start_ms"]);
+        assert!(e.from["inference_ms"].ends_with("bench/clip.json"));
+        // A fresh run laid over it with --measurements, found by its file name.
+        let mut m = load_with(toml, &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("clip.json");
+        std::fs::write(&fresh, clip.replace("21.5", "19.0")).unwrap();
+        m.overlay(&fresh).unwrap();
+        let e = m.get("clip-text").unwrap();
+        assert_eq!(e.inference_ms, 19.0);
+        assert_eq!(e.estimated, ["cold_start_ms"]);
+        // A pending figure must be a typed estimate until then.
+        let untyped = toml.replace(
+            "estimated = [\"inference_ms\", \"cold_start_ms\"]",
+            "estimated = [\"cold_start_ms\"]",
+        );
+        let err = load_with(&untyped, &[]).unwrap_err();
+        assert!(
+            matches!(&err, InputError::Invalid { what, .. } if what.contains("pending")),
             "{err}"
         );
     }

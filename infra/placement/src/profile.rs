@@ -74,6 +74,10 @@ pub struct Scenario {
     pub pods: Vec<Pod>,
     #[serde(default)]
     pub serverless_gpu: Vec<String>,
+    /// Workloads of the traffic this deployment did not have (it ran before they existed), so
+    /// it hosts them nowhere and its cost leaves them out.
+    #[serde(default)]
+    pub predates: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +149,15 @@ impl Profile {
             hosted.extend(&s.serverless_gpu);
             for w in self.traffic.keys() {
                 let n = hosted.iter().filter(|h| **h == w).count();
+                if s.predates.contains(w) {
+                    if n != 0 {
+                        return Err(invalid(format!(
+                            "scenario \"{}\" predates workload {w} but hosts it",
+                            s.name
+                        )));
+                    }
+                    continue;
+                }
                 if n != 1 {
                     return Err(invalid(format!(
                         "scenario \"{}\" must host workload {w} exactly once (in a pod or on serverless GPU), found {n}",
@@ -225,13 +238,29 @@ requests_per_month = 10
     }
 
     #[test]
+    fn a_scenario_may_predate_a_workload_but_then_hosts_it_nowhere() {
+        let predates = format!(
+            "{BASE}[[scenarios]]\nname = \"s\"\nserverless_gpu = [\"a\"]\npredates = [\"b\"]\n"
+        );
+        assert!(Profile::from_str(&predates, Path::new("p.toml")).is_ok());
+        let hosted = format!(
+            "{BASE}[[scenarios]]\nname = \"s\"\nserverless_gpu = [\"a\", \"b\"]\npredates = [\"b\"]\n"
+        );
+        let err = Profile::from_str(&hosted, Path::new("p.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("predates workload b but hosts it"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_shipped_profiles_parse() {
         for name in ["founding.toml", "bulk.toml"] {
             let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("profiles")
                 .join(name);
             let p = Profile::from_file(&path).unwrap();
-            assert_eq!(p.traffic.len(), 3, "{name}");
+            assert_eq!(p.traffic.len(), 5, "{name}");
         }
     }
 }

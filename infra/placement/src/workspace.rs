@@ -216,8 +216,24 @@ mod tests {
         );
         let declarations = workspace.declarations().unwrap();
         let workloads: Vec<&str> = declarations.iter().map(|d| d.workload.as_str()).collect();
-        assert_eq!(workloads, ["embeddings", "faces", "captioning"]);
-        assert!(declarations[0].pod.is_some() && declarations[2].pod.is_none());
+        assert_eq!(
+            workloads,
+            ["embeddings", "faces", "clip-vision", "captioning"]
+        );
+        assert!(declarations[0].pod.is_some() && declarations[3].pod.is_none());
+        // The CLIP text tower is declared inside the embeddings function, and the pod hosts it.
+        let cohosted: Vec<&str> = declarations[0]
+            .cohosted
+            .iter()
+            .map(|c| c.workload.as_str())
+            .collect();
+        assert_eq!(cohosted, ["clip-text"]);
+        assert!(
+            declarations[0]
+                .pod
+                .as_ref()
+                .is_some_and(|p| p.hosts.iter().any(|h| h == "clip-text"))
+        );
     }
 
     #[test]
@@ -227,14 +243,18 @@ mod tests {
         assert_eq!(embeddings.binary, "embeddings");
         assert!(embeddings.reads("EMBEDDINGS_MODEL_SOURCE"));
         assert!(!embeddings.reads("AWS_LAMBDA_FUNCTION_NAME"));
-        // embeddings decodes no image: the decoders' paths are not its to be given.
-        assert!(!embeddings.reads("COLDPATH_LIBHEIF_PATH"));
+        // embeddings decodes no photo: the faces model's variables are not its to be given.
+        assert!(!embeddings.reads("FACES_DETECTOR_SOURCE"));
+        assert!(embeddings.reads("EMBEDDINGS_CLIP") && embeddings.reads("CLIP_MODEL_SOURCE"));
         assert!(
             workspace
                 .contract("coldpath-faces-function")
                 .unwrap()
                 .reads("COLDPATH_LIBHEIF_PATH")
         );
+        let clip = workspace.contract("coldpath-clip-function").unwrap();
+        assert_eq!(clip.binary, "clip");
+        assert!(clip.reads("CLIP_MODEL_SOURCE") && !clip.reads("EMBEDDINGS_CLIP"));
         let serve = workspace.contract("coldpath-serve").unwrap();
         assert!(serve.routes("/ready") && !serve.routes("/readyz"));
     }

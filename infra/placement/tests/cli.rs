@@ -28,8 +28,8 @@ fn check_exits_zero_with_one_ok_line_per_function() {
     let ok: Vec<&str> = stdout.lines().filter(|l| l.starts_with("OK ")).collect();
     assert_eq!(
         ok.len(),
-        8,
-        "three functions, the pod, the stack rules, two worker files and the worker jobs: {stdout}"
+        9,
+        "four functions, the pod, the stack rules, two worker files and the worker jobs: {stdout}"
     );
 }
 
@@ -69,12 +69,13 @@ fn check_edited(from: &str, to: &str) -> (Option<i32>, String) {
 }
 
 #[test]
-fn check_fails_when_a_function_that_decodes_no_image_gets_the_decoders_path() {
-    // The variable is read by coldpath-image, which faces and captioning are built from and
-    // embeddings is not: given to embeddings it would be ignored.
+fn check_fails_when_a_function_gets_another_engines_variable() {
+    // FACES_MIN_SCORE is read by the faces engine, which embeddings is not built from: given to
+    // embeddings it would be ignored. (The decoders' paths were the example until embeddings
+    // hosted CLIP's text tower, whose config reads them: its contract now lists them.)
     let (code, stderr) = check_edited(
         "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n",
-        "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n          COLDPATH_LIBHEIF_PATH: /opt/lib/libheif.so.1\n",
+        "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n          FACES_MIN_SCORE: \"0.6\"\n",
     );
     assert_eq!(code, Some(1), "{stderr}");
     let m: Vec<&str> = stderr
@@ -84,7 +85,7 @@ fn check_fails_when_a_function_that_decodes_no_image_gets_the_decoders_path() {
     assert_eq!(
         m,
         [
-            "MISMATCH EmbeddingsFunction (embeddings): sets environment variables the function never reads: COLDPATH_LIBHEIF_PATH"
+            "MISMATCH EmbeddingsFunction (embeddings): sets environment variables the function never reads: FACES_MIN_SCORE"
         ]
     );
 }
@@ -100,8 +101,12 @@ fn check_fails_when_the_image_codecs_layer_is_not_the_packaged_zip() {
         .lines()
         .filter(|l| l.starts_with("MISMATCH"))
         .collect();
-    assert_eq!(m.len(), 2, "faces and captioning: {m:?}");
-    for (line, function) in m.iter().zip(["FacesFunction", "CaptioningFunction"]) {
+    assert_eq!(m.len(), 3, "faces, clip and captioning: {m:?}");
+    for (line, function) in m.iter().zip([
+        "FacesFunction",
+        "PhotoVectorsFunction",
+        "CaptioningFunction",
+    ]) {
         assert!(
             line.starts_with(&format!("MISMATCH {function} "))
                 && line.contains("layer ImageCodecsLayer must be deployed from ContentUri"),
@@ -219,7 +224,10 @@ fn plan_prints_a_decision_per_workload_and_json_on_request() {
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
-    assert_eq!(v["decisions"][2]["placement"], "serverless_on_demand");
+    // embeddings, clip-text (co-hosted in it), faces, clip-vision, captioning.
+    assert_eq!(v["decisions"][1]["workload"], "clip-text");
+    assert_eq!(v["decisions"][1]["hosted_by"], "embeddings");
+    assert_eq!(v["decisions"][3]["placement"], "serverless_on_demand");
 }
 
 #[test]

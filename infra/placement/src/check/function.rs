@@ -6,6 +6,7 @@
 use serde_norway::Value;
 
 use super::FunctionCheck;
+use super::eventbridge::check_eventbridge;
 use super::sqs::check_sqs;
 use super::template::{Template, ref_target};
 use crate::declaration::{Declaration, Trigger};
@@ -41,7 +42,7 @@ pub(super) fn check_function(template: &Template, declaration: &Declaration) -> 
         .get("Properties")
         .and_then(|p| p.get("CodeUri"))
         .and_then(|v| template.string(v));
-    let zip = format!("target/lambda/{}.zip", declaration.workload);
+    let zip = format!("target/lambda/{}.zip", declaration.binary);
     if runtime != Some("provided.al2023")
         || handler != Some("bootstrap")
         || !code.is_some_and(|c| c.ends_with(&zip))
@@ -152,6 +153,15 @@ pub(super) fn check_function(template: &Template, declaration: &Declaration) -> 
             prop("Timeout"),
             &mut c,
         ),
+        Trigger::EventBridge => {
+            if !of_type("S3").is_empty() || !of_type("SQS").is_empty() {
+                c.mismatches.push(
+                    "is declared trigger = \"eventbridge\" but also has an S3 or SQS event"
+                        .to_string(),
+                );
+            }
+            check_eventbridge(template, declaration, f, &mut c);
+        }
     }
     c
 }
@@ -159,7 +169,7 @@ pub(super) fn check_function(template: &Template, declaration: &Declaration) -> 
 /// Variables whose value the declaration fixes: a template that sets one to something else
 /// deploys a function that behaves unlike its declaration (and unlike what the plan priced).
 pub fn declared_env_values(declaration: &Declaration) -> Vec<(String, u64)> {
-    let prefix = declaration.workload.to_uppercase();
+    let prefix = &declaration.env_prefix;
     let mut out = vec![(
         format!("{prefix}_MAX_BATCH"),
         u64::from(declaration.max_batch),
@@ -209,24 +219,59 @@ fn check_env(
     result: &mut FunctionCheck,
 ) {
     let env = function_env(template, function);
-    let missing: Vec<&str> = declaration
+    // Its own required variables, and each co-hosted workload's (which the host needs for it).
+    let required: Vec<(&str, &str)> = declaration
         .required_env
         .iter()
-        .map(String::as_str)
-        .filter(|name| !env.iter().any(|(n, _)| n == name))
+        .map(|n| (n.as_str(), declaration.workload.as_str()))
+        .chain(declaration.cohosted.iter().flat_map(|c| {
+            c.required_env
+                .iter()
+                .map(move |n| (n.as_str(), c.workload.as_str()))
+        }))
+        .collect();
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|(name, _)| !env.iter().any(|(n, _)| n == name))
+        .map(|(name, w)| format!("{name} ({w})"))
         .collect();
     if missing.is_empty() {
-        if !declaration.required_env.is_empty() {
-            result.ok.push(format!(
-                "sets the {} required variables",
-                declaration.required_env.len()
-            ));
+        if !required.is_empty() {
+            result
+                .ok
+                .push(format!("sets the {} required variables", required.len()));
         }
     } else {
         result.mismatches.push(format!(
             "does not set {}, which the declaration lists in required_env: the function would fail at init",
             missing.join(", ")
         ));
+    }
+    // The switch that makes the host load a co-hosted workload, at exactly its value: a
+    // literal, or `!If [Condition, value, other]` (on once its model is published), which the
+    // check reports with its condition.
+    for c in &declaration.cohosted {
+        for (name, want) in &c.env {
+            let found = env.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+            match found.map(|v| (template.string(v), if_branches(v))) {
+                Some((Some(s), _)) if s == want => {}
+                Some((None, Some((condition, then, _))))
+                    if template.string(then) == Some(want.as_str()) =>
+                {
+                    result.ok.push(format!(
+                        "{name} is {want:?} for the co-hosted {} once {condition} holds",
+                        c.workload
+                    ));
+                }
+                _ => result.mismatches.push(format!(
+                    "{name} is {:?}, the co-hosted {} needs {want:?}",
+                    found.map(|v| template
+                        .string(v)
+                        .map_or_else(|| format!("{v:?}"), str::to_string)),
+                    c.workload
+                )),
+            }
+        }
     }
     for (name, want) in declared_env_values(declaration) {
         let Some((_, v)) = env.iter().find(|(n, _)| *n == name) else {
@@ -238,6 +283,19 @@ fn check_env(
                 .mismatches
                 .push(format!("{name} is {found:?}, the declaration says {want}")),
         }
+    }
+}
+
+/// The condition and both values of an `!If [Condition, then, else]` (or `{Fn::If: [...]}`).
+fn if_branches(value: &Value) -> Option<(&str, &Value, &Value)> {
+    let args = match value {
+        Value::Tagged(t) if super::tag_is(&t.tag, "If") => &t.value,
+        Value::Mapping(m) if m.len() == 1 => m.get("Fn::If")?,
+        _ => return None,
+    };
+    match args.as_sequence()?.as_slice() {
+        [condition, then, other] => Some((condition.as_str()?, then, other)),
+        _ => None,
     }
 }
 
@@ -310,22 +368,45 @@ fn check_storage(
             .find(|(n, _)| *n == name)
             .map(|(_, v)| template.string(v).unwrap_or("<computed>"))
     };
-    let prefix = declaration.workload.to_uppercase();
-    let fetched = env.iter().any(|(n, v)| {
-        n.starts_with(&prefix)
-            && n.ends_with("_SOURCE")
-            && !template
-                .string(v)
-                .is_some_and(|s| s.starts_with("/var/task/") || s.starts_with("/opt/"))
-    });
-    let cache_in_tmp = value("COLDPATH_OPTIMIZED_MODEL_DIR").is_some_and(|s| s.starts_with("/tmp"));
-    let model = if fetched {
-        declaration.model_mb.unwrap_or(0)
-    } else {
-        0
+    // A model is fetched when its `<PREFIX>*_SOURCE` is not in the zip or a layer.
+    let fetches = |prefix: &str| {
+        env.iter().any(|(n, v)| {
+            n.starts_with(prefix)
+                && n.ends_with("_SOURCE")
+                && !template
+                    .string(v)
+                    .is_some_and(|s| s.starts_with("/var/task/") || s.starts_with("/opt/"))
+        })
     };
-    let graphs = if cache_in_tmp {
-        declaration.optimized_graph_mb.unwrap_or(0)
+    let cache_in_tmp = value("COLDPATH_OPTIMIZED_MODEL_DIR").is_some_and(|s| s.starts_with("/tmp"));
+    // The function's own model, and each co-hosted workload's (its engine's prefix).
+    let mut models = vec![(
+        declaration.workload.as_str(),
+        fetches(&declaration.env_prefix),
+        declaration.model_mb,
+        declaration.optimized_graph_mb,
+    )];
+    models.extend(declaration.cohosted.iter().map(|c| {
+        (
+            c.workload.as_str(),
+            fetches(&c.env_prefix),
+            c.model_mb,
+            c.optimized_graph_mb,
+        )
+    }));
+    let fetched = models.iter().any(|m| m.1);
+    let without_size: Vec<&str> = models
+        .iter()
+        .filter(|m| m.1 && m.2.is_none())
+        .map(|m| m.0)
+        .collect();
+    let model: u32 = models
+        .iter()
+        .filter(|m| m.1)
+        .map(|m| m.2.unwrap_or(0))
+        .sum();
+    let graphs: u32 = if cache_in_tmp {
+        models.iter().map(|m| m.3.unwrap_or(0)).sum()
     } else {
         0
     };
@@ -336,11 +417,11 @@ fn check_storage(
         .and_then(|e| e.get("Size"))
         .and_then(|v| template.number(v))
         .unwrap_or(512.0);
-    if fetched && declaration.model_mb.is_none() {
-        result.mismatches.push(
-            "fetches its model into /tmp but the declaration has no model_mb to size the storage by"
-                .to_string(),
-        );
+    if fetched && !without_size.is_empty() {
+        result.mismatches.push(format!(
+            "fetches the model of {} into /tmp but the declaration has no model_mb to size the storage by",
+            without_size.join(", ")
+        ));
     } else if have >= need {
         if need > 0.0 {
             result.ok.push(format!(

@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod env;
+pub mod eventbridge;
 pub mod function;
 pub mod pod;
 pub mod sqs;

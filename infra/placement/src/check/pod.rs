@@ -43,11 +43,7 @@ pub fn check_pod(
             return c;
         }
     };
-    let hosted_mb: u32 = declarations
-        .iter()
-        .filter(|d| pod.hosts.contains(&d.workload))
-        .map(|d| d.memory_mb)
-        .sum();
+    let hosted_mb = pod.hosted_memory_mb(declarations);
     let Some(resources) = t.root.get("Resources").and_then(Value::as_mapping) else {
         return c;
     };

@@ -17,8 +17,15 @@ pub(super) const SCALE_MIN: f64 = 1e-6;
 
 pub(super) const SCALE_MAX: f64 = 1e9;
 
+/// The memory provisioned concurrency keeps for the workload, in GB: its own share of its
+/// function (a host's less what its co-hosted workloads add; a co-hosted workload's addition).
+pub(super) fn own_gb(declaration: &Declaration) -> f64 {
+    f64::from(declaration.own_memory_mb()) / 1024.0
+}
+
+/// The memory its invocations are billed at, in GB: the whole function's.
 pub(super) fn gb(declaration: &Declaration) -> f64 {
-    f64::from(declaration.memory_mb) / 1024.0
+    f64::from(declaration.billed_memory_mb()) / 1024.0
 }
 
 /// Items processed in the month, the backlog included.
@@ -60,7 +67,7 @@ pub(super) fn always_on_cost(
         Compute::Cpu => {
             let seconds = hours * SECONDS_PER_HOUR;
             let configured = f64::from(traffic.provisioned_concurrency)
-                * gb(declaration)
+                * own_gb(declaration)
                 * seconds
                 * p.lambda.provisioned_gb_second_usd;
             let duration = traffic.requests_per_month
@@ -215,7 +222,7 @@ impl HostLoad<'_> {
         let concurrency = f64::from(self.t.provisioned_concurrency)
             .max((self.load(seconds, scale) / PROVISIONED_UTILIZATION_TARGET).ceil());
         let requests = scale * self.t.requests_per_month;
-        concurrency * gb(self.d) * seconds * prices.lambda.provisioned_gb_second_usd
+        concurrency * own_gb(self.d) * seconds * prices.lambda.provisioned_gb_second_usd
             + requests * self.cpu_s * gb(self.d) * prices.lambda.provisioned_duration_gb_second_usd
             + requests * prices.lambda.request_usd
     }

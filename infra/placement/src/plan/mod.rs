@@ -59,6 +59,11 @@ pub struct Decision {
     pub cost_chosen_usd: f64,
     pub cost_always_on_usd: f64,
     pub cost_serverless_usd: f64,
+    /// What 1000 items cost on demand this month, cold starts included, for a workload placed
+    /// serverless on Lambda's CPUs (a photo's vector on upload); `None` otherwise.
+    pub usd_per_1000_items: Option<f64>,
+    /// The function that hosts the workload beside its own (a co-hosted workload's host).
+    pub hosted_by: Option<String>,
 }
 
 /// A deployment from the profile, priced.
@@ -206,8 +211,21 @@ pub struct Inputs<'a> {
     pub profile: &'a Profile,
 }
 
-/// Decides every workload and prices the options.
+/// Decides every workload and prices the options: each function's own workload and each
+/// workload co-hosted in it, which is decided by its own budget and path and priced as the
+/// memory it adds to its host.
 pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
+    let units: Vec<Declaration> = inputs
+        .declarations
+        .iter()
+        .flat_map(Declaration::workloads)
+        .collect();
+    let inputs = &Inputs {
+        declarations: &units,
+        measurements: inputs.measurements,
+        prices: inputs.prices,
+        profile: inputs.profile,
+    };
     let profile = inputs.profile;
     let bulk = match &profile.bulk {
         Some(b) => {
@@ -240,6 +258,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
         }
         decisions.push(decision);
     }
+    memory_flags(inputs, &mut decisions)?;
     let scenarios = profile
         .scenarios
         .iter()
@@ -274,6 +293,52 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, InputError> {
         scenarios,
         bulk,
     })
+}
+
+/// A function that co-hosts workloads must hold them all: the measured peak memory of its own
+/// workload and of each co-hosted one, together, within its `memory_mb`. Flagged on the host's
+/// decision, naming an estimated peak.
+fn memory_flags(inputs: &Inputs<'_>, decisions: &mut [Decision]) -> Result<(), InputError> {
+    for host in inputs
+        .declarations
+        .iter()
+        .filter(|d| !d.cohosted.is_empty())
+    {
+        let mut parts = vec![(
+            host.workload.as_str(),
+            inputs.measurements.get(&host.workload)?,
+        )];
+        for c in &host.cohosted {
+            parts.push((c.workload.as_str(), inputs.measurements.get(&c.workload)?));
+        }
+        let peak: f64 = parts.iter().filter_map(|(_, m)| m.peak_rss_mib).sum();
+        let estimated: Vec<&str> = parts
+            .iter()
+            .filter(|(_, m)| !m.estimated_among(&["peak_rss_mib"]).is_empty())
+            .map(|(w, _)| *w)
+            .collect();
+        let Some(d) = decisions.iter_mut().find(|d| d.workload == host.workload) else {
+            continue;
+        };
+        let names: Vec<&str> = parts.iter().map(|(w, _)| *w).collect();
+        if peak > f64::from(host.memory_mb) {
+            d.flags.push(format!(
+                "{}: {} together peak at {peak:.0} MiB, over its memory_mb = {}",
+                host.crate_name,
+                names.join(" + "),
+                host.memory_mb
+            ));
+        }
+        if !estimated.is_empty() {
+            d.flags.push(format!(
+                "{}: sized for {} with an estimated peak_rss_mib of {}; replace it with the benchmark's",
+                host.crate_name,
+                names.join(" + "),
+                estimated.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn find_declaration<'a>(
@@ -406,6 +471,17 @@ fn decide(
         )
     };
 
+    let reason = match &declaration.hosted_by {
+        Some(h) => format!(
+            "{reason} It is co-hosted in {} beside {}: its {} MB are provisioned with that function \
+             and its requests billed at the function's {} MB.",
+            declaration.function,
+            h.workload,
+            declaration.own_memory_mb(),
+            h.memory_mb
+        ),
+        None => reason,
+    };
     if warm > budget {
         flags.push(format!(
             "{}: even warm, one inference ({warm:.1} ms) exceeds the {budget:.0} ms budget; no placement meets it",
@@ -475,6 +551,11 @@ fn decide(
             serverless_cost(inputs, declaration, measurement, &steady)? + backlog
         }
     };
+    let n = items(traffic);
+    let usd_per_1000_items = (placement == Placement::ServerlessOnDemand
+        && declaration.compute == Compute::Cpu
+        && n > 0.0)
+        .then(|| chosen / n * 1000.0);
     Ok(Decision {
         workload: declaration.workload.clone(),
         function: declaration.function.clone(),
@@ -486,6 +567,8 @@ fn decide(
         cost_chosen_usd: chosen,
         cost_always_on_usd: always_on,
         cost_serverless_usd: serverless,
+        usd_per_1000_items,
+        hosted_by: declaration.hosted_by.as_ref().map(|h| h.workload.clone()),
     })
 }
 
@@ -797,6 +880,132 @@ idle_exit_s = 50
         assert_eq!(p.decisions[1].batch, 32);
         // 100 000 × 0.1 s / 8 / 4 GPUs + 300 s pool start + 50 s idle exit.
         assert!((p.bulk[0].wall_hours * 3600.0 - 662.5).abs() < 1e-6);
+    }
+
+    /// `api` (1 GB) co-hosting `words` (its 512 MB on top) and `vectors` (one photo per event
+    /// off the path, serverless) beside it.
+    fn cohosting() -> Vec<Declaration> {
+        let host = declaration(
+            "api",
+            "latency_budget_ms = 50\ncold_start_on_perceived_path = true\npinned_warm = true\ncompute = \"cpu\"\ntrigger = \"http\"\nmax_batch = 1\n[package.metadata.coldpath.cohosted.words]\nlatency_budget_ms = 100\ncold_start_on_perceived_path = true\nmax_batch = 1\nmemory_mb = 512\nenv_prefix = \"WORDS\"\n",
+        );
+        let mut host = host;
+        host.memory_mb = 1536;
+        let vectors = declaration(
+            "vectors",
+            "latency_budget_ms = 60000\ncold_start_on_perceived_path = false\npinned_warm = false\ncompute = \"cpu\"\ntrigger = \"eventbridge\"\nmax_batch = 1\n",
+        );
+        vec![host, vectors]
+    }
+
+    const COHOSTING: &str = r#"
+name = "t"
+description = "t"
+always_on_instance = "small"
+[traffic.api]
+requests_per_month = 1000000
+[traffic.words]
+requests_per_month = 100000
+[traffic.vectors]
+requests_per_month = 10000
+cold_starts_per_month = 100
+"#;
+
+    const COHOSTING_MEASUREMENTS: &str = r#"
+[api]
+source = "test"
+machine = "test"
+cold_start_ms = 200.0
+inference_ms = 10.0
+peak_rss_mib = 100.0
+[words]
+source = "test"
+machine = "test"
+estimated = ["inference_ms", "peak_rss_mib"]
+cold_start_ms = 900.0
+inference_ms = 30.0
+peak_rss_mib = 400.0
+[vectors]
+source = "test"
+machine = "test"
+cold_start_ms = 3000.0
+inference_ms = 500.0
+"#;
+
+    #[test]
+    fn a_cohosted_workload_is_decided_by_its_own_budget_and_priced_as_the_memory_it_adds() {
+        let p = run_with(&cohosting(), COHOSTING, COHOSTING_MEASUREMENTS).unwrap();
+        let workloads: Vec<&str> = p.decisions.iter().map(|d| d.workload.as_str()).collect();
+        assert_eq!(workloads, ["api", "words", "vectors"]);
+        let (api, words, vectors) = (&p.decisions[0], &p.decisions[1], &p.decisions[2]);
+        assert_eq!(words.placement, Placement::PinnedWarm);
+        assert_eq!(words.function, "F");
+        assert_eq!(words.hosted_by.as_deref(), Some("api"));
+        assert!(
+            words.reason.contains("co-hosted in F beside api"),
+            "{}",
+            words.reason
+        );
+        // Each keeps its own share warm; both are billed at the function's 1.5 GB.
+        let month_s = 730.0 * 3600.0;
+        let api_usd = month_s * 0.000004 + 1e6 * 0.01 * 1.5 * 0.000009 + 1e6 * 0.0000002;
+        let words_usd = 0.5 * month_s * 0.000004 + 1e5 * 0.03 * 1.5 * 0.000009 + 1e5 * 0.0000002;
+        assert!(
+            (api.cost_chosen_usd - api_usd).abs() < 1e-9,
+            "{}",
+            api.cost_chosen_usd
+        );
+        assert!(
+            (words.cost_chosen_usd - words_usd).abs() < 1e-9,
+            "{}",
+            words.cost_chosen_usd
+        );
+        // Its estimates flag it, and the host is flagged for sizing on one.
+        assert!(
+            words
+                .flags
+                .iter()
+                .any(|f| f.contains("estimated figures (inference_ms)")),
+            "{:?}",
+            words.flags
+        );
+        assert!(
+            api.flags
+                .iter()
+                .any(|f| f.contains("estimated peak_rss_mib of words")),
+            "{:?}",
+            api.flags
+        );
+        assert!(
+            !api.flags.iter().any(|f| f.contains("together peak")),
+            "{:?}",
+            api.flags
+        );
+        // The photo's vector: serverless, priced per item from its time and memory.
+        assert_eq!(vectors.placement, Placement::ServerlessOnDemand);
+        let per_item = (1e4 * 0.5 + 100.0 * 3.0) * 0.00001 + 1e4 * 0.0000002;
+        assert!((vectors.usd_per_1000_items.unwrap() - per_item / 1e4 * 1000.0).abs() < 1e-12);
+        assert_eq!(api.usd_per_1000_items, None);
+        assert!(
+            render(&p).contains("vectors: 0.0055 USD per 1000 items on demand"),
+            "{}",
+            render(&p)
+        );
+    }
+
+    #[test]
+    fn a_host_whose_workloads_outgrow_its_memory_is_flagged() {
+        let big = COHOSTING_MEASUREMENTS.replace("peak_rss_mib = 400.0", "peak_rss_mib = 1500.0");
+        let p = run_with(&cohosting(), COHOSTING, &big).unwrap();
+        assert!(
+            p.decisions[0]
+                .flags
+                .iter()
+                .any(|f| f
+                    .contains("api + words together peak at 1600 MiB, over its memory_mb = 1536")),
+            "{:?}",
+            p.decisions[0].flags
+        );
     }
 
     /// A pod of 1 vCPU and 2 GB at a 50% CPU target hosting `api` and `photo`.

@@ -16,6 +16,13 @@ pub fn render(plan: &Plan) -> String {
             d.workload, d.function, d.placement, d.batch
         );
         let _ = writeln!(out, "    {}", d.reason);
+        if let Some(k) = d.usd_per_1000_items {
+            let _ = writeln!(
+                out,
+                "    {}: {k:.4} USD per 1000 items on demand, cold starts included",
+                d.workload
+            );
+        }
         for f in &d.flags {
             let _ = writeln!(out, "    FLAG {f}");
         }
