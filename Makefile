@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 CARGO ?= cargo
-FUNCTIONS := embeddings faces captioning
+FUNCTIONS := embeddings faces captioning clip
 # The setup step (tools/setup/: bootstrap.py and the hash-locked requirements it installs).
 BOOTSTRAP = $(PYTHON) tools/setup/bootstrap.py
 # The environment the binaries need locally (ORT library, model paths), as `export` lines.
@@ -46,8 +46,8 @@ invoke: setup ## run one function on one event: make -s invoke FUNCTION=embeddin
 	@$(CARGO) build --release --locked --quiet --bin $(FUNCTION) >&2
 	@$(ENV); target/release/$(FUNCTION) invoke "$(EVENT)"
 
-demo: build ## set up, build, and invoke every function on its sample events
-	@$(ENV); for f in $(FUNCTIONS); do \
+demo: build ## set up, build, invoke every function on its sample events, then search the photos by words
+	@$(ENV); export EMBEDDINGS_CLIP=true; for f in $(FUNCTIONS); do \
 	  for e in events/$$f/*.json; do \
 	    echo "== $$f invoke $$e" >&2; \
 	    target/release/$$f invoke "$$e" 2>/dev/null | $(PYTHON) tools/show_response.py; \
@@ -55,6 +55,10 @@ demo: build ## set up, build, and invoke every function on its sample events
 	done
 	@echo "== captions in the local result sink, .cache/results/captioning/ (the generated tiny model: its words are noise)" >&2
 	@for r in .cache/results/captioning/*.json; do $(PYTHON) tools/show_response.py < "$$r"; done
+	@echo "== photo search: clip search .cache/results/clip \"a photo of a cat\" (the sample photos' vectors" \
+	  "from the uploads above, ranked by the query's; the random-weight test model ranks at random," \
+	  "the same flow with published weights is what users run: functions/engines/clip/README.md)" >&2
+	@$(ENV); target/release/clip search .cache/results/clip "a photo of a cat" 2>/dev/null | $(PYTHON) tools/show_response.py
 
 # fault-injection: the worker's process tests pause a batch mid-flight, and the HEIC/AVIF decoder
 # child aborts, hangs or hogs memory on marker bytes (never in release builds).
@@ -251,7 +255,7 @@ rehearse: setup setup-deploy package ## offline first day: each zip in a Lambda-
 # New inputs go to fuzz/target/corpus/<target>, never into the committed fuzz/corpus/<target>.
 .PHONY: fuzz fuzz-smoke fuzz-build
 CARGO_FUZZ_VERSION := 0.13.2
-FUZZ_TARGETS := image_decode embeddings_request faces_request captioning_message tokenizer
+FUZZ_TARGETS := image_decode embeddings_request faces_request captioning_message clip_request tokenizer
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_RSS_MB ?= 2048

@@ -8,18 +8,30 @@
 use base64::Engine as _;
 use coldpath_core::{Classify, ErrorType};
 use coldpath_embeddings::Embed;
+use coldpath_embeddings::OnnxEmbedder;
 use coldpath_embeddings::pooling::cosine;
-use coldpath_embeddings_function::handle;
+use coldpath_embeddings_function::{EmbeddingsFunction, handle};
 use coldpath_models::sha256_file;
 use coldpath_runtime::{Context, LambdaEvent};
 use coldpath_test_support::{repo_root, setup_var, vectors};
-use coldpath_tests::{embeddings_reference, service};
+use coldpath_tests::{build_service, embeddings_env, embeddings_reference, service};
 use serde_json::{Value, json};
+
+use std::sync::{Arc, OnceLock};
 
 const TOLERANCE: f32 = 0.9999;
 
+/// The function (its handler's state) over its own service on the real model.
+fn function() -> Arc<EmbeddingsFunction<OnnxEmbedder>> {
+    static FUNCTION: OnceLock<Arc<EmbeddingsFunction<OnnxEmbedder>>> = OnceLock::new();
+    Arc::clone(
+        FUNCTION
+            .get_or_init(|| Arc::new(EmbeddingsFunction::new(build_service(&embeddings_env(&[]))))),
+    )
+}
+
 async fn call(payload: Value) -> Result<Value, coldpath_runtime::HandlerError> {
-    handle(service(), LambdaEvent::new(payload, Context::default())).await
+    handle(function(), LambdaEvent::new(payload, Context::default())).await
 }
 
 #[tokio::test]

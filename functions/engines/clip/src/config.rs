@@ -73,7 +73,8 @@ pub struct ClipConfig {
     pub limits: RequestLimits,
     /// `CLIP_WARMUP`: run each loaded tower once at init.
     pub warmup: bool,
-    /// The photo limits (`COLDPATH_IMAGE_*`), as for faces.
+    /// The photo limits (`COLDPATH_IMAGE_*`), as for faces; the defaults, unread, without the
+    /// vision tower.
     pub image_limits: ImageLimits,
     /// `COLDPATH_LIBHEIF_PATH` / `COLDPATH_LIBAVIF_PATH`: the HEIC and AVIF decoders.
     pub image_codecs: CodecPaths,
@@ -98,16 +99,28 @@ impl ClipConfig {
         EnvVar::optional("COLDPATH_CACHE_DIR", "where s3:// models are cached"),
     ];
 
-    /// Every variable [`ClipConfig::from_env`] reads, its own and its readers'.
+    /// Every variable [`ClipConfig::from_env`] reads for both towers, its own and its readers'.
     pub fn env() -> Vec<EnvVar> {
-        contract::union(&[
+        Self::env_for(Towers::Both)
+    }
+
+    /// Every variable [`ClipConfig::from_env`] reads for `towers`: the photo limits and the
+    /// decoders only where the vision tower is loaded (the search path decodes no photo, so its
+    /// deployment is not given them).
+    pub fn env_for(towers: Towers) -> Vec<EnvVar> {
+        let photos: &[&[EnvVar]] = if towers.vision() {
+            &[ImageLimits::ENV, CodecPaths::ENV]
+        } else {
+            &[]
+        };
+        let mut lists: Vec<&[EnvVar]> = vec![
             Self::ENV,
             SessionConfig::ENV,
             OrtRuntime::ENV,
-            ImageLimits::ENV,
-            CodecPaths::ENV,
             MetricsMode::ENV,
-        ])
+        ];
+        lists.extend_from_slice(photos);
+        contract::union(&lists)
     }
 
     /// The config of a host that loads `towers`: the model's files are those towers need
@@ -144,8 +157,16 @@ impl ClipConfig {
                 }
             },
             warmup: config::bool_or(env, "CLIP_WARMUP", true)?,
-            image_limits: ImageLimits::from_env(env)?,
-            image_codecs: CodecPaths::from_env(env)?,
+            image_limits: if towers.vision() {
+                ImageLimits::from_env(env)?
+            } else {
+                ImageLimits::default()
+            },
+            image_codecs: if towers.vision() {
+                CodecPaths::from_env(env)?
+            } else {
+                CodecPaths::default()
+            },
             metrics: MetricsMode::from_env(env)?,
             cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
                 .map(PathBuf::from)
@@ -170,6 +191,15 @@ mod tests {
         ClipConfig::from_env(&env, Towers::Both).unwrap();
         let difference = env.difference(&[&ClipConfig::env()]);
         assert!(difference.is_empty(), "{difference:?}");
+        // The text tower alone reads neither the photo limits nor the decoders.
+        for towers in [Towers::Text, Towers::Vision] {
+            let env = coldpath_core::RecordingEnv::new(MapEnv::default());
+            ClipConfig::from_env(&env, towers).unwrap();
+            let difference = env.difference(&[&ClipConfig::env_for(towers)]);
+            assert!(difference.is_empty(), "{towers:?}: {difference:?}");
+        }
+        let text = ClipConfig::env_for(Towers::Text);
+        assert!(!text.iter().any(|v| v.name == "COLDPATH_LIBHEIF_PATH"));
     }
 
     #[test]

@@ -211,11 +211,11 @@ impl ClipEngine {
         let mut ids = Array2::<u32>::zeros((texts.len(), context));
         let mut counts = Vec::with_capacity(texts.len());
         for (index, t) in texts.iter().enumerate() {
-            let encoded = text
+            let (encoded, count) = text
                 .tokenizer
-                .encode(t)
+                .encode_counted(t)
                 .map_err(|reason| ClipError::Tokenize { index, reason })?;
-            counts.push(encoded.len());
+            counts.push(count);
             ids.row_mut(index)
                 .iter_mut()
                 .zip(encoded)

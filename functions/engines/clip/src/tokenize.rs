@@ -130,6 +130,12 @@ impl ClipTokenizer {
 
     /// `context_length` ids for `text`: cleaned, with the special tokens, truncated, padded.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        self.encode_counted(text).map(|(ids, _)| ids)
+    }
+
+    /// [`ClipTokenizer::encode`], and how many of the ids are the text's (special tokens
+    /// included, padding left out): what a response's `usage` counts.
+    pub fn encode_counted(&self, text: &str) -> Result<(Vec<u32>, usize), String> {
         let cleaned = self.rules.clean.apply(text);
         let encoding = self
             .tokenizer
@@ -143,8 +149,9 @@ impl ClipTokenizer {
                 self.rules.context_length
             ));
         }
+        let count = ids.len();
         ids.resize(self.rules.context_length, self.pad_id);
-        Ok(ids)
+        Ok((ids, count))
     }
 }
 

@@ -127,7 +127,7 @@ async fn search_command(args: &[String]) -> ExitCode {
     };
     let ranked = search::rank(&vector, &photos, top);
     let report = search::report(&query, engine.name(), &ranked, photos.len(), &skipped);
-    match serde_json::to_string_pretty(&report) {
+    match serde_json::to_string(&report) {
         Ok(text) => {
             println!("{text}");
             ExitCode::SUCCESS

@@ -43,7 +43,11 @@ impl HostConfig {
 
     /// Every variable [`HostConfig::from_env`] reads, with CLIP's text tower hosted.
     pub fn env() -> Vec<EnvVar> {
-        coldpath_core::contract::union(&[Self::ENV, &EmbeddingsConfig::env(), &ClipConfig::env()])
+        coldpath_core::contract::union(&[
+            Self::ENV,
+            &EmbeddingsConfig::env(),
+            &ClipConfig::env_for(Towers::Text),
+        ])
     }
 
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
@@ -214,6 +218,28 @@ fn refusal_type(status: i64) -> Option<ErrorType> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coldpath_core::MapEnv;
+
+    /// The deploy contract: with CLIP's text tower on, `from_env` reads exactly
+    /// [`HostConfig::env`], and no photo or decoder setting (this host decodes no photo).
+    #[test]
+    fn host_config_reads_exactly_its_list() {
+        let env = coldpath_core::RecordingEnv::new(MapEnv::new([("EMBEDDINGS_CLIP", "true")]));
+        let config = HostConfig::from_env(&env).unwrap();
+        let clip = config.clip.expect("the text tower is hosted");
+        assert!(clip.model.file("visual/model.onnx").is_none());
+        let difference = env.difference(&[&HostConfig::env()]);
+        assert!(difference.is_empty(), "{difference:?}");
+        assert!(
+            !HostConfig::env()
+                .iter()
+                .any(|v| v.name.starts_with("COLDPATH_IMAGE_"))
+        );
+        let off = HostConfig::from_env(&MapEnv::default()).unwrap();
+        assert!(off.clip.is_none());
+        let bad = HostConfig::from_env(&MapEnv::new([("EMBEDDINGS_CLIP", "sometimes")]));
+        assert!(bad.unwrap_err().to_string().starts_with("EMBEDDINGS_CLIP"));
+    }
 
     #[test]
     fn router_refusals_count_as_errors_of_their_class() {

@@ -152,7 +152,7 @@ impl ServeConfig {
             Self::ENV,
             &EmbeddingsConfig::env(),
             &FacesConfig::env(),
-            &ClipConfig::env(),
+            &ClipConfig::env_for(Towers::Text),
         ])
     }
 
