@@ -243,8 +243,9 @@ mod tests {
         assert_eq!(embeddings.binary, "embeddings");
         assert!(embeddings.reads("EMBEDDINGS_MODEL_SOURCE"));
         assert!(!embeddings.reads("AWS_LAMBDA_FUNCTION_NAME"));
-        // embeddings decodes no photo: the faces model's variables are not its to be given.
-        assert!(!embeddings.reads("FACES_DETECTOR_SOURCE"));
+        // embeddings decodes no image (its CLIP text tower reads no photo): the decoders' paths
+        // are not its to be given.
+        assert!(!embeddings.reads("COLDPATH_LIBHEIF_PATH"));
         assert!(embeddings.reads("EMBEDDINGS_CLIP") && embeddings.reads("CLIP_MODEL_SOURCE"));
         assert!(
             workspace

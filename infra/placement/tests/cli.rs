@@ -69,13 +69,13 @@ fn check_edited(from: &str, to: &str) -> (Option<i32>, String) {
 }
 
 #[test]
-fn check_fails_when_a_function_gets_another_engines_variable() {
-    // FACES_MIN_SCORE is read by the faces engine, which embeddings is not built from: given to
-    // embeddings it would be ignored. (The decoders' paths were the example until embeddings
-    // hosted CLIP's text tower, whose config reads them: its contract now lists them.)
+fn check_fails_when_a_function_that_decodes_no_image_gets_the_decoders_path() {
+    // The variable is read by coldpath-image, which faces, clip and captioning are built from
+    // and embeddings is not (its CLIP text tower reads no photo): given to embeddings it would
+    // be ignored.
     let (code, stderr) = check_edited(
         "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n",
-        "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n          FACES_MIN_SCORE: \"0.6\"\n",
+        "          EMBEDDINGS_MODEL_SOURCE: /var/task/models/embeddings\n          COLDPATH_LIBHEIF_PATH: /opt/lib/libheif.so.1\n",
     );
     assert_eq!(code, Some(1), "{stderr}");
     let m: Vec<&str> = stderr
@@ -85,7 +85,7 @@ fn check_fails_when_a_function_gets_another_engines_variable() {
     assert_eq!(
         m,
         [
-            "MISMATCH EmbeddingsFunction (embeddings): sets environment variables the function never reads: FACES_MIN_SCORE"
+            "MISMATCH EmbeddingsFunction (embeddings): sets environment variables the function never reads: COLDPATH_LIBHEIF_PATH"
         ]
     );
 }
