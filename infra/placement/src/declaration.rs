@@ -278,6 +278,9 @@ pub struct PodDeclaration {
     pub min_tasks: u32,
     /// Variables the server cannot start without, set by the image or the task definition.
     pub required_env: Vec<String>,
+    /// Each host's name in the server's `COLDPATH_SERVE_WORKLOADS` where it is not the
+    /// workload's own (`workload_names = { clip-text = "clip" }`).
+    pub workload_names: std::collections::BTreeMap<String, String>,
 }
 
 impl PodDeclaration {
@@ -323,6 +326,23 @@ impl PodDeclaration {
             target_cpu_percent: fields.u32("target_cpu_percent")?,
             min_tasks: fields.u32("min_tasks")?,
             required_env: fields.optional_strings("required_env")?,
+            workload_names: match table.get("workload_names") {
+                None => Default::default(),
+                Some(v) => v
+                    .as_table()
+                    .and_then(|t| {
+                        t.iter()
+                            .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect::<Option<_>>()
+                    })
+                    .ok_or_else(|| {
+                        fields.invalid(
+                            "workload_names",
+                            "must map hosts to the server's workload names (strings)",
+                            &v.to_string(),
+                        )
+                    })?,
+            },
             crate_name: crate_name.clone(),
         };
         let invalid =
@@ -353,6 +373,13 @@ impl PodDeclaration {
                 "min_tasks",
                 "must be at least 1 (the pod keeps the warm set warm)",
                 "0".to_string(),
+            ));
+        }
+        if let Some(name) = pod.workload_names.keys().find(|k| !pod.hosts.contains(k)) {
+            return Err(invalid(
+                "workload_names",
+                "must name only hosts of the pod",
+                name.clone(),
             ));
         }
         for (field, p) in [
@@ -421,6 +448,11 @@ impl PodDeclaration {
             .filter(|d| self.hosts.contains(&d.workload))
             .map(|d| d.own_memory_mb())
             .sum()
+    }
+
+    /// The name the server knows `host` by in `COLDPATH_SERVE_WORKLOADS`.
+    pub fn serve_name<'a>(&'a self, host: &'a str) -> &'a str {
+        self.workload_names.get(host).map_or(host, String::as_str)
     }
 
     /// A declared path under the workspace root.
@@ -1230,5 +1262,18 @@ min_tasks = 1
         );
         let err = pod("[package]\nname = \"coldpath-serve\"\n").unwrap_err();
         assert!(matches!(err, DeclarationError::Missing { .. }), "{err}");
+        // A host's name in COLDPATH_SERVE_WORKLOADS, only for hosts of the pod.
+        let named = pod(&format!(
+            "{POD}workload_names = {{ embeddings = \"text\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (named.serve_name("embeddings"), named.serve_name("faces")),
+            ("text", "faces")
+        );
+        let err = pod(&format!("{POD}workload_names = {{ search = \"clip\" }}\n")).unwrap_err();
+        assert_eq!(invalid_field(&err), Some("workload_names"), "{err}");
+        let err = pod(&format!("{POD}workload_names = {{ embeddings = 1 }}\n")).unwrap_err();
+        assert_eq!(invalid_field(&err), Some("workload_names"), "{err}");
     }
 }

@@ -495,6 +495,23 @@ fn check_fails_when_a_health_check_names_no_route_of_the_server() {
     );
 }
 
+/// The pod declares CLIP's text tower among its hosts; a task that leaves `clip` out of the
+/// server's workloads would start without it (and the images' default hosts only two).
+#[test]
+fn check_fails_when_a_task_does_not_host_a_declared_workload() {
+    let m = check_pod_with(
+        "infra/pod/service.yaml",
+        "            - {Name: COLDPATH_SERVE_WORKLOADS, Value: \"embeddings,faces,clip\"}\n            - {Name: CLIP_MODEL_NAME, Value: !Ref ClipModelName}\n            - {Name: CLIP_MODEL_SOURCE, Value: !Sub \"s3://${ModelBucketName}/${ClipModelPrefix}/${ClipModelVersion}\"}\n            - {Name: CLIP_MODEL_SHA256, Value: !Ref ClipModelSha256}\n            - {Name: COLDPATH_OBJECT_STORE, Value: s3}\n            - {Name: COLDPATH_SERVE_READ_TIMEOUT_MS, Value: \"65000\"}\n            - {Name: COLDPATH_SERVE_FACES_QUEUE",
+        "            - {Name: CLIP_MODEL_NAME, Value: !Ref ClipModelName}\n            - {Name: CLIP_MODEL_SOURCE, Value: !Sub \"s3://${ModelBucketName}/${ClipModelPrefix}/${ClipModelVersion}\"}\n            - {Name: CLIP_MODEL_SHA256, Value: !Ref ClipModelSha256}\n            - {Name: COLDPATH_OBJECT_STORE, Value: s3}\n            - {Name: COLDPATH_SERVE_READ_TIMEOUT_MS, Value: \"65000\"}\n            - {Name: COLDPATH_SERVE_FACES_QUEUE",
+    );
+    assert_eq!(
+        m,
+        [
+            "MISMATCH infra/pod/service.yaml (embeddings+faces+clip-text): CpuTaskDefinition with infra/pod/Dockerfile: COLDPATH_SERVE_WORKLOADS is \"embeddings,faces\", so the server would not host clip-text (clip), which the pod declares"
+        ]
+    );
+}
+
 #[test]
 fn check_fails_when_the_task_cannot_hold_the_hosted_workloads() {
     let m = check_pod_with(

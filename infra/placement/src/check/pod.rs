@@ -132,6 +132,25 @@ pub fn check_pod(
             ));
         }
         // The task's own value wins over the image's, as ECS applies them.
+        let workloads = task_env
+            .get("COLDPATH_SERVE_WORKLOADS")
+            .or_else(|| image_env.get("COLDPATH_SERVE_WORKLOADS"));
+        if let Some(value) = workloads {
+            let served: Vec<&str> = value.split(',').map(str::trim).collect();
+            let unserved: Vec<String> = pod
+                .hosts
+                .iter()
+                .filter(|h| !served.contains(&pod.serve_name(h)))
+                .map(|h| format!("{h} ({})", pod.serve_name(h)))
+                .collect();
+            if !unserved.is_empty() {
+                c.mismatches.push(format!(
+                    "{id} with {}: COLDPATH_SERVE_WORKLOADS is {value:?}, so the server would not host {}, which the pod declares",
+                    dockerfile.display(),
+                    unserved.join(", ")
+                ));
+            }
+        }
         let env_port = task_env.get("PORT").or_else(|| image_env.get("PORT"));
         if let Some(v) = env_port.filter(|v| v.parse::<f64>().ok() != Some(port)) {
             c.mismatches.push(format!(

@@ -1026,6 +1026,7 @@ inference_ms = 500.0
             target_cpu_percent: 50,
             min_tasks: 1,
             required_env: Vec::new(),
+            workload_names: Default::default(),
         }
     }
 
