@@ -985,7 +985,11 @@ def rehearse_publish_then_switch(report: "Report", stack: "Stack", s3, endpoint:
             clip_env = specs[logical].env
             clip_source, clip_pinned = clip_env.get("CLIP_MODEL_SOURCE", ""), clip_env.get("CLIP_MODEL_SHA256", "")
             if clip_pinned:
-                clip_pins = dict(item.split("=", 1) for item in clip_pinned.split(","))
+                items = clip_pinned.split(",")
+                malformed = [i for i in items if "=" not in i]
+                if malformed:
+                    problems.append(f"{logical}'s CLIP_MODEL_SHA256 is not file=hex,...: {malformed}")
+                clip_pins = dict(i.split("=", 1) for i in items if "=" in i)
                 problems.extend(f"when the stack named {clip_source} ({logical}): {m}"
                                 for m in published_bundle_problems(s3, clip_source, clip_pins))
         env = specs["CaptioningFunction"].env
@@ -1489,6 +1493,10 @@ def rehearse(args, report: Report) -> int:
                         for logical in ("EmbeddingsFunction", "PhotoVectorsFunction")}
         clip_source = clip_sources["PhotoVectorsFunction"][0]
         problems = published_bundle_problems(s3, clip_source, clip_pins)
+        for logical in clip_sources:
+            pinned = specs[logical].env.get("CLIP_MODEL_SHA256", "")
+            if pinned != deploy.sha256_param(clip_pins):
+                problems.append(f"{logical}'s CLIP_MODEL_SHA256 is not the published bundle's pins: {pinned[:120]}")
         for logical, (source, _) in clip_sources.items():
             where = urllib.parse.urlparse(source)
             denied = [f for f in clip_pins if not put_allowed(
