@@ -358,12 +358,43 @@ async fn embeddings(
     state.answer(result)
 }
 
+/// Which of the two workloads' fields a JSON object has (present even when `null`), read
+/// without building the body's tree; not an object, not JSON: no probe.
+#[derive(serde::Deserialize)]
+struct Probe {
+    #[serde(default, deserialize_with = "present")]
+    input: bool,
+    #[serde(default, deserialize_with = "present")]
+    image: bool,
+}
+
+impl Probe {
+    fn read(body: &[u8]) -> Option<Probe> {
+        is_object(body)
+            .then(|| serde_json::from_slice(body).ok())
+            .flatten()
+    }
+}
+
+/// Whether a body starts as a JSON object: serde would also read a struct from an array,
+/// member by position.
+fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| true)
+}
+
 /// The `model` a JSON body names, read without building the body's tree (the workload parses
 /// it in full once it has its place).
 fn requested_model(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Named {
         model: Option<Value>,
+    }
+    if !is_object(body) {
+        return None;
     }
     match serde_json::from_slice::<Named>(body).ok()?.model? {
         Value::String(m) => Some(m),
@@ -424,10 +455,11 @@ async fn invocations(
         };
         if let Some(admission) = small {
             // The whole body is here: route by its fields (a body that is not a JSON object
-            // gets embeddings' own answer for it).
-            let fields = serde_json::from_slice::<Value>(&reader.bytes).ok();
-            let has = |field: &str| fields.as_ref().is_some_and(|v| v.get(field).is_some());
-            return match (has("input"), has("image")) {
+            // gets embeddings' own answer for it). The probe only notes which fields are there,
+            // building no tree: the workload parses the body once, itself.
+            let probe = Probe::read(&reader.bytes);
+            let has = |field: fn(&Probe) -> bool| probe.as_ref().is_some_and(field);
+            return match (has(|p| p.input), has(|p| p.image)) {
                 (true, true) => Err(ambiguous()),
                 (false, true) => {
                     drop(admission);
@@ -435,7 +467,7 @@ async fn invocations(
                     f.handle(admission, reader.bytes).await
                 }
                 (true, false) => e.handle(admission, reader.bytes).await,
-                (false, false) if fields.as_ref().is_some_and(Value::is_object) => Err(ambiguous()),
+                (false, false) if probe.is_some() => Err(ambiguous()),
                 (false, false) => e.handle(admission, reader.bytes).await,
             };
         }
@@ -647,4 +679,36 @@ pub async fn run(
     }
     tracing::info!(finished, "coldpath-serve stopped");
     Ok(finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(body: &str) -> Option<(bool, bool)> {
+        Probe::read(body.as_bytes()).map(|p| (p.input, p.image))
+    }
+
+    /// `/invocations` routes by which fields an object has, as `Value::get` saw them (a `null`
+    /// field is there), without parsing the body into a tree first.
+    #[test]
+    fn the_probe_sees_fields_as_the_tree_did() {
+        assert_eq!(probe(r#"{"input": ["a", "b"]}"#), Some((true, false)));
+        assert_eq!(probe(r#"{"input": null}"#), Some((true, false)));
+        assert_eq!(
+            probe(r#"{"image": {"base64": "AA"}, "min_score": 0.5}"#),
+            Some((false, true))
+        );
+        assert_eq!(probe(r#"{"input": "a", "image": {}}"#), Some((true, true)));
+        assert_eq!(probe(r#"{"model": "m"}"#), Some((false, false)));
+        for not_an_object in ["[1]", "\"input\"", "3", "{", ""] {
+            assert_eq!(probe(not_an_object), None, "{not_an_object}");
+        }
+        assert_eq!(
+            requested_model(br#"{"model": "clip", "input": "a"}"#).as_deref(),
+            Some("clip")
+        );
+        assert_eq!(requested_model(br#"{"model": 3}"#), None);
+        assert_eq!(requested_model(br#"["clip"]"#), None);
+    }
 }
