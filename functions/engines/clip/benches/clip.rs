@@ -757,6 +757,18 @@ fn main() {
         "cold_start_ms": TOWERS.iter().map(|t| (t.to_string(), first["cold_start"][t]["function"]["wall_ms"].clone())).collect::<serde_json::Map<_, _>>(),
         "peak_rss_mib_per_tower": TOWERS.iter().map(|t| (t.to_string(), first["cold_start"][t]["function"]["peak_rss_mib"].clone())).collect::<serde_json::Map<_, _>>(),
         "peak_rss_mib": first["cold_start"]["both"]["function"]["peak_rss_mib"],
+        // The both-tower cold start again in `tools/cold_start.py`'s shape, where `coldpath plan`
+        // reads a process's cold start and peak memory (`commands.rust.*_summary.median`).
+        "commands": {
+            "rust": {
+                "wall_s_summary": {"median": first["cold_start"]["both"]["function"]["wall_ms"].as_f64().map(|ms| ms / 1e3)},
+                "peak_rss_kib_summary": {"median": first["cold_start"]["both"]["function"]["peak_rss_mib"].as_f64().map(|m| m * 1024.0)},
+            },
+            "python": {
+                "wall_s_summary": {"median": first["cold_start"]["both"]["python"]["wall_ms"].as_f64().map(|ms| ms / 1e3)},
+                "peak_rss_kib_summary": {"median": first["cold_start"]["both"]["python"]["peak_rss_mib"].as_f64().map(|m| m * 1024.0)},
+            },
+        },
         "models": models,
     });
     let text = serde_json::to_string_pretty(&report).unwrap();
