@@ -14,7 +14,7 @@
 //!   (open_clip's preprocessing, the session, normalisation), against PIL decode + open_clip's
 //!   eval transform + the session; the engine's stages are also timed apart (decode, preprocess,
 //!   the model on a prepared tensor) so a miss says where the time goes;
-//! - `photos8`: eight photos of 0.5 to 12 MP in one call;
+//! - `photos8`: eight photos of 0.14 to 12 MP in one call;
 //! - `cold`: a fresh process each run, from an empty `COLDPATH_CACHE_DIR` with no prepared or
 //!   cached graph (ONNX Runtime optimises each graph at session build, on both sides), to the
 //!   first vector, per tower: `text` (text sessions and tokenizer, one query), `vision` (vision
@@ -51,7 +51,7 @@ use serde_json::{Value, json};
 const QUERY: &str = "a dog running on the beach at sunset";
 /// The 12 MP photo: 4000 × 3000, a phone camera's size.
 const PHOTO: &str = "tests/fixtures/faces/group/group8-4000.jpg";
-/// Eight photos of 0.5 to 12 MP, landscape and portrait, two with EXIF orientation.
+/// Eight photos of 0.14 to 12 MP, landscape and portrait, two with EXIF orientation.
 const PHOTOS8: [&str; 8] = [
     "tests/fixtures/faces/group/group8-4000.jpg",
     "tests/fixtures/faces/group/group8-1600.jpg",
