@@ -18,9 +18,9 @@
 //! - `cold`: a fresh process each run, from an empty `COLDPATH_CACHE_DIR` with no prepared or
 //!   cached graph (ONNX Runtime optimises each graph at session build, on both sides), to the
 //!   first vector, per tower: `text` (text sessions and tokenizer, one query), `vision` (vision
-//!   sessions, the 12 MP photo decoded and embedded) and `both` (`coldpath_clip::init`, then one
-//!   query and the photo). The Rust child is this bench binary re-run with
-//!   `CLIP_BENCH_COLD_CHILD`; the peer is `clip_peer.py --cold`, timed from Python's start
+//!   sessions, the 12 MP photo decoded and embedded) and `both` (both towers, one query and the
+//!   photo), each through the engine's own `coldpath_clip::init_towers`. The Rust child is this
+//!   bench binary re-run with `CLIP_BENCH_COLD_CHILD`; the peer is `clip_peer.py --cold`, timed from Python's start
 //!   (imports included). Each reports its own peak RSS (`VmHWM`), which is the peak memory of
 //!   that tower's process.
 //!
@@ -38,7 +38,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use coldpath_clip::towers::{Tower, TowerKind};
-use coldpath_clip::{ClipConfig, ClipTokenizer, ModelLayout, Preprocess};
+use coldpath_clip::{ClipConfig, ClipTokenizer, ModelLayout, Towers};
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_image::{ImageLimits, RgbImage, decode};
 use coldpath_io::NoObjectStore;
@@ -294,15 +294,6 @@ fn tower(
     .expect("tower")
 }
 
-fn tokenizer(layout: &ModelLayout) -> ClipTokenizer {
-    ClipTokenizer::load(
-        &layout.path("textual/tokenizer.json"),
-        layout.text.rules,
-        layout.text.pad_token.as_deref(),
-    )
-    .expect("tokenizer")
-}
-
 fn ids(tokenizer: &ClipTokenizer, texts: &[String]) -> Array2<u32> {
     let mut ids = Array2::<u32>::zeros((texts.len(), tokenizer.context_length()));
     for (row, text) in texts.iter().enumerate() {
@@ -316,59 +307,36 @@ fn ids(tokenizer: &ClipTokenizer, texts: &[String]) -> Array2<u32> {
 }
 
 /// A cold start in this process (`CLIP_BENCH_COLD_CHILD` = `text`, `vision` or `both`): the
-/// sessions of that tower, then its first vector; prints its own stages and peak RSS.
+/// engine's own `init_towers` for that tower (or both), then its first vector; prints its own
+/// stages and peak RSS.
 fn cold_child(which: &str) {
     let started = Instant::now();
-    let config = ClipConfig::from_env(&ProcessEnv).expect("config");
-    let photo = || {
-        let bytes = std::fs::read(repo().join(PHOTO)).expect("photo");
-        decode(&bytes, &ImageLimits::default())
-            .expect("decode")
-            .image
+    let towers = match which {
+        "text" => Towers::Text,
+        "vision" => Towers::Vision,
+        _ => Towers::Both,
     };
-    let (init_ms, first_ms) = if which == "both" {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (engine, _) = rt
-            .block_on(coldpath_clip::init(&config, NoObjectStore))
-            .expect("init");
-        let init_ms = started.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
+    let config = ClipConfig::from_env(&ProcessEnv, towers).expect("config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, _) = rt
+        .block_on(coldpath_clip::init_towers(&config, NoObjectStore, towers))
+        .expect("init");
+    let init_ms = started.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    if towers.text() {
         engine.embed_texts(&[QUERY.to_string()]).expect("text");
-        engine.embed_images(&[photo()]).expect("photo");
-        (init_ms, t.elapsed().as_secs_f64() * 1e3)
-    } else {
-        let runtime = OrtRuntime::load(&config.ort_library).expect("onnx runtime");
-        let dir = match &config.model.source {
-            coldpath_models::ModelSource::Local(d) => d.clone(),
-            other => panic!("the bench needs a local model, not {other}"),
-        };
-        let layout = ModelLayout::read(&dir).expect("layout");
-        if which == "text" {
-            let (tokenizer, text) = std::thread::scope(|s| {
-                let tokenizer = s.spawn(|| tokenizer(&layout));
-                let text = tower(&runtime, &config, &layout, TowerKind::Textual);
-                (tokenizer.join().unwrap(), text)
-            });
-            let init_ms = started.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            text.run_ids(ids(&tokenizer, &[QUERY.to_string()]))
-                .expect("text");
-            (init_ms, t.elapsed().as_secs_f64() * 1e3)
-        } else {
-            let vision = tower(&runtime, &config, &layout, TowerKind::Visual);
-            let preprocess = Preprocess::new(layout.preprocess.clone());
-            let init_ms = started.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            let image = photo();
-            vision
-                .run_images(preprocess.tensor(&[&image]).expect("preprocess"))
-                .expect("photo");
-            (init_ms, t.elapsed().as_secs_f64() * 1e3)
-        }
-    };
+    }
+    if towers.vision() {
+        let bytes = std::fs::read(repo().join(PHOTO)).expect("photo");
+        let image = decode(&bytes, &ImageLimits::default())
+            .expect("decode")
+            .image;
+        engine.embed_images(&[image]).expect("photo");
+    }
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
     println!(
         "{}",
         json!({"peak_rss_mib": peak_rss_mib(), "stages_ms": {"init_ms": init_ms, "first_vectors_ms": first_ms}})
@@ -464,7 +432,8 @@ fn p(samples: &[f64]) -> Value {
 fn bench_model(s: &Settings, model: &Path) -> Value {
     let name = model.file_name().unwrap().to_string_lossy().to_string();
     eprintln!("clip bench: {name} ({})", model.display());
-    let config = ClipConfig::from_env(&MapEnv::new(bench_env(model, s.threads))).expect("config");
+    let config = ClipConfig::from_env(&MapEnv::new(bench_env(model, s.threads)), Towers::Both)
+        .expect("config");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -474,15 +443,16 @@ fn bench_model(s: &Settings, model: &Path) -> Value {
         .expect("init");
     let runtime = OrtRuntime::load(&config.ort_library).expect("onnx runtime");
     let layout = ModelLayout::read(model).expect("layout");
-    let floor_text = Floor::new(&runtime, &config, &layout, engine.text_signature());
+    let text_signature = engine.text_signature().expect("text tower").clone();
+    let floor_text = Floor::new(&runtime, &config, &layout, &text_signature);
     let floor_vision = tower(&runtime, &config, &layout, TowerKind::Visual);
     let mut peer = Peer::start(model, s.threads);
     let limits = ImageLimits::default();
 
     let query = vec![QUERY.to_string()];
     let batch = batch_texts();
-    let query_ids = ids(engine.tokenizer(), &query);
-    let batch_ids = ids(engine.tokenizer(), &batch);
+    let query_ids = ids(engine.tokenizer().expect("text tower"), &query);
+    let batch_ids = ids(engine.tokenizer().expect("text tower"), &batch);
     let photo_path = repo().join(PHOTO).display().to_string();
     let photo_bytes = std::fs::read(&photo_path).expect("photo");
     let photos8: Vec<String> = PHOTOS8
@@ -491,7 +461,11 @@ fn bench_model(s: &Settings, model: &Path) -> Value {
         .collect();
     let photos8_bytes: Vec<Vec<u8>> = photos8.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let decoded = decode(&photo_bytes, &limits).expect("decode").image;
-    let prepared = engine.preprocess().tensor(&[&decoded]).expect("preprocess");
+    let prepared = engine
+        .preprocess()
+        .expect("vision tower")
+        .tensor(&[&decoded])
+        .expect("preprocess");
 
     // Same work on both sides: the same ids, and vectors that agree.
     let peer_ids = peer.ask(json!({"op": "ids", "texts": query}))["ids"][0].clone();
@@ -569,7 +543,13 @@ fn bench_model(s: &Settings, model: &Path) -> Value {
                     drop(decode(&photo_bytes, &limits).expect("decode"))
                 }));
                 st[1].extend(time_calls(s.photo_iters, 0, || {
-                    drop(engine.preprocess().tensor(&[&decoded]).expect("preprocess"))
+                    drop(
+                        engine
+                            .preprocess()
+                            .expect("vision tower")
+                            .tensor(&[&decoded])
+                            .expect("preprocess"),
+                    )
                 }));
                 st[2].extend(time_calls(s.photo_iters, 0, || {
                     drop(floor_vision.run_images(prepared.clone()).expect("model"))
@@ -636,9 +616,9 @@ fn bench_model(s: &Settings, model: &Path) -> Value {
         "python": peer.ask(json!({"op": "rss"}))["peak_rss_mib"],
     });
     let versions = peer.ready["versions"].clone();
-    let rows = json!({"text": engine.text_signature().fixed_batch.unwrap_or(MAX_BATCH),
-                      "image": engine.vision_signature().fixed_batch.unwrap_or(MAX_BATCH)});
-    let generation = engine.text_signature().generation.as_str();
+    let rows = json!({"text": text_signature.fixed_batch.unwrap_or(MAX_BATCH),
+                      "image": engine.vision_signature().expect("vision tower").fixed_batch.unwrap_or(MAX_BATCH)});
+    let generation = text_signature.generation.as_str();
     drop(peer);
     drop((engine, floor_text, floor_vision));
     let ratio = |k: usize| median(&ratios.iter().map(|r| r[k]).collect::<Vec<_>>());
