@@ -168,14 +168,14 @@ contracts: ## regenerate each host's contract.json (the variables it reads, the 
 	done
 
 # The benchmark outputs `coldpath plan` reads (infra/placement/measurements.toml names each
-# figure's file): copied from target/bench/ after `make bench` and `make bench-captioning-real`,
+# figure's file): copied from target/bench/ after `make bench`, `make bench-captioning-real` and `make bench-clip`,
 # then the plan is printed for each profile so docs/placement.md can be brought up to date.
 PLAN_INPUTS := embeddings.json embeddings-cold-start-fresh-sandbox.json faces.json \
-  faces-cold-start-fresh-sandbox.json captioning-real.json
+  faces-cold-start-fresh-sandbox.json captioning-real.json clip.json
 .PHONY: plan-inputs
 plan-inputs: ## copy the benchmark outputs the plan reads into infra/placement/bench/
 	@for f in $(PLAN_INPUTS); do \
-	  test -f target/bench/$$f || { echo "target/bench/$$f missing: run make bench (make bench-captioning-real for captioning)" >&2; exit 1; }; \
+	  test -f target/bench/$$f || { echo "target/bench/$$f missing: run make bench (make bench-captioning-real for captioning, make bench-clip for clip)" >&2; exit 1; }; \
 	done
 	cp $(addprefix target/bench/,$(PLAN_INPUTS)) infra/placement/bench/
 	@for p in infra/placement/profiles/*.toml; do $(CARGO) run --quiet --locked -p coldpath-placement -- plan --profile $$p; done
@@ -300,6 +300,21 @@ fixtures-captioning: setup setup-fixtures ## regenerate only the optimum-exporte
 .PHONY: fixtures-clip
 fixtures-clip: setup setup-fixtures ## regenerate only the CLIP and SigLIP fixtures (open_clip's models and references)
 	nice -n 10 $(PYTHON) tools/fixtures.py run gen_clip_fixtures.py
+
+# The CLIP engine's benchmark (functions/engines/clip/benches/clip.rs, figures in
+# functions/engines/clip/BENCHMARKS.md): real-size random-weight ViT-B-32 and ViT-B-16-SigLIP built by
+# open_clip in Immich's layout (~1.4 GB, not committed), then the engine beside the same towers
+# driven from Python (onnxruntime + open_clip + PIL, benches/clip_peer.py in .venv-fixtures).
+CLIP_BENCH_MODELS := target/bench/clip-models
+.PHONY: bench-clip-models bench-clip
+bench-clip-models: setup-fixtures ## (re)build the real-size random-weight CLIP and SigLIP models into target/bench/clip-models
+	nice -n 10 .venv-fixtures/bin/python functions/engines/clip/benches/make_bench_models.py --out $(CLIP_BENCH_MODELS)
+
+$(CLIP_BENCH_MODELS)/siglip-b-16/visual/model.onnx: | setup-fixtures
+	nice -n 10 .venv-fixtures/bin/python functions/engines/clip/benches/make_bench_models.py --out $(CLIP_BENCH_MODELS)
+
+bench-clip: setup $(CLIP_BENCH_MODELS)/siglip-b-16/visual/model.onnx ## CLIP engine against the same towers from Python: query, photo, batches, cold start, memory
+	@$(ENV); BENCH_THREADS=$(BENCH_THREADS) $(CARGO) bench --locked -p coldpath-clip --bench clip
 
 $(CAPTIONING_REAL)/encoder_model.onnx: | setup-fixtures
 	nice -n 10 .venv-fixtures/bin/python tests/fixtures/captioning/gen_optimum_fixtures.py --real-size $(CAPTIONING_REAL)
