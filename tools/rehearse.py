@@ -1417,6 +1417,21 @@ def run_sam(report: Report) -> Path | None:
     return built if out.returncode == 0 and built.is_file() else None
 
 
+def post_embeddings(box, request):
+    """POSTs `request` to a sandbox's Function URL route /v1/embeddings: (HTTP status, the JSON
+    body or the error text, milliseconds)."""
+    body = json.dumps(request).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{box.api.port}/v1/embeddings", body,
+                                 {"Content-Type": "application/json"}, method="POST")
+    t = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=box.spec.timeout_s + 5) as resp:
+            status, data = resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        status, data = err.code, err.read().decode(errors="replace")
+    return status, data, (time.monotonic() - t) * 1000
+
+
 def rehearse(args, report: Report) -> int:
     if os.geteuid() != 0:
         raise RehearsalError("needs root: a private mount namespace (unshare --mount) and a cgroup")
@@ -1588,17 +1603,8 @@ def rehearse(args, report: Report) -> int:
         # 3. embeddings: a Function URL request.
         box = boot("EmbeddingsFunction")
         try:
-            body = json.dumps({"model": "all-MiniLM-L6-v2",
-                               "input": ["beach at sunset", "a cat asleep on a sofa"]}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{box.api.port}/v1/embeddings", body,
-                                         {"Content-Type": "application/json"}, method="POST")
-            t = time.monotonic()
-            try:
-                with urllib.request.urlopen(req, timeout=box.spec.timeout_s + 5) as resp:
-                    status, data = resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                status, data = err.code, err.read().decode(errors="replace")
-            ms = (time.monotonic() - t) * 1000
+            status, data, ms = post_embeddings(box, {"model": "all-MiniLM-L6-v2",
+                                                     "input": ["beach at sunset", "a cat asleep on a sofa"]})
             ok = status == 200 and isinstance(data, dict) and len(data.get("data", [])) == 2
             detail = f"HTTP {status} in {ms:.0f} ms"
             if ok:
@@ -1615,16 +1621,7 @@ def rehearse(args, report: Report) -> int:
 
             # Photo search by words: the same URL, the CLIP model named, the text tower answers.
             clip_model = box.spec.env.get("CLIP_MODEL_NAME", "(CLIP_MODEL_NAME not set)")
-            body = json.dumps({"model": clip_model, "input": ["a dog on the beach"]}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{box.api.port}/v1/embeddings", body,
-                                         {"Content-Type": "application/json"}, method="POST")
-            t = time.monotonic()
-            try:
-                with urllib.request.urlopen(req, timeout=box.spec.timeout_s + 5) as resp:
-                    status, data = resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                status, data = err.code, err.read().decode(errors="replace")
-            ms = (time.monotonic() - t) * 1000
+            status, data, ms = post_embeddings(box, {"model": clip_model, "input": ["a dog on the beach"]})
             ok = status == 200 and isinstance(data, dict) and len(data.get("data", [])) == 1
             detail = f"EMBEDDINGS_CLIP={box.spec.env.get('EMBEDDINGS_CLIP')}, model {clip_model}: HTTP {status} in {ms:.0f} ms"
             if ok:

@@ -49,6 +49,26 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     }
 }
 
+/// An upload event's per-record summary (`{"records": [{"errorType"?, ...}], ...}`) as the
+/// invocation's outcome. S3 and EventBridge invoke asynchronously and retry a failed invocation
+/// whole, so bad input stays in the summary (retrying cannot fix it), and only a record that
+/// failed transiently (`Retryable`) fails the invocation, for the retry to run it again; results
+/// are keyed by their photo, so the repeat overwrites what the good records wrote.
+pub fn upload_outcome(summary: serde_json::Value) -> Result<serde_json::Value, HandlerError> {
+    let transient = summary["records"].as_array().is_some_and(|records| {
+        records
+            .iter()
+            .any(|r| r["errorType"] == ErrorType::Retryable.as_str())
+    });
+    if transient {
+        return Err(HandlerError::new(
+            ErrorType::Retryable,
+            format!("some records failed transiently; retry the event: {summary}"),
+        ));
+    }
+    Ok(summary)
+}
+
 /// Logs a request's failure once, at the level its class deserves: a caller's bad request at
 /// `info` (it is not ours to page on), anything else at `error`.
 pub fn log_failure(e: &(impl Classify + fmt::Display)) {
@@ -63,6 +83,22 @@ pub fn log_failure(e: &(impl Classify + fmt::Display)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_fails_only_when_a_record_failed_transiently() {
+        let summary = |types: &[&str]| {
+            let records: Vec<_> = types
+                .iter()
+                .map(|t| serde_json::json!({"status": "error", "errorType": t}))
+                .collect();
+            serde_json::json!({"records": records})
+        };
+        assert!(upload_outcome(summary(&["InvalidInput", "Internal"])).is_ok());
+        let err = upload_outcome(summary(&["InvalidInput", "Retryable"])).unwrap_err();
+        assert_eq!(err.error_type, ErrorType::Retryable);
+        assert!(err.message.contains("retry the event"), "{err}");
+        assert!(upload_outcome(serde_json::json!({"records": []})).is_ok());
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("input 3 is empty")]

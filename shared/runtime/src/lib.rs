@@ -17,7 +17,7 @@ mod logging;
 pub mod metrics;
 
 pub use contract::{committed_contract_matches, contract_if_asked};
-pub use error::{HandlerError, log_failure};
+pub use error::{HandlerError, log_failure, upload_outcome};
 #[cfg(feature = "lambda")]
 pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run, run_function};
 #[cfg(feature = "lambda")]

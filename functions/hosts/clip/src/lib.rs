@@ -145,18 +145,7 @@ pub async fn handle<F: ObjectFetcher>(
         ClipEvent::Direct(payload) => payload,
         ClipEvent::Uploads(uploads) => {
             let summary = function.handle_uploads(uploads, &mut invocation).await;
-            let retryable = summary["records"].as_array().is_some_and(|records| {
-                records
-                    .iter()
-                    .any(|r| r["errorType"] == ErrorType::Retryable.as_str())
-            });
-            if retryable {
-                return Err(HandlerError::new(
-                    ErrorType::Retryable,
-                    format!("some photos failed transiently; retry the event: {summary}"),
-                ));
-            }
-            return Ok(summary);
+            return coldpath_runtime::upload_outcome(summary);
         }
     };
     function

@@ -175,18 +175,7 @@ pub async fn handle<A: AnalyzeFaces + 'static, F: ObjectFetcher>(
                     invocation.error(e.error_type());
                     HandlerError::from_error(&e)
                 })?;
-            let retryable = summary["records"].as_array().is_some_and(|records| {
-                records
-                    .iter()
-                    .any(|r| r["errorType"] == ErrorType::Retryable.as_str())
-            });
-            if retryable {
-                return Err(HandlerError::new(
-                    ErrorType::Retryable,
-                    format!("some records failed transiently; retry the event: {summary}"),
-                ));
-            }
-            return Ok(summary);
+            return coldpath_runtime::upload_outcome(summary);
         }
     };
     invocation.set_batch_size(1);
