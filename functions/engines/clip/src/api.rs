@@ -172,7 +172,14 @@ pub fn parse_request(
 pub fn image_input(item: String, allow_paths: bool) -> Result<ImageRef, String> {
     let describe = |e: coldpath_image::ImageError| e.to_string();
     if item.starts_with("data:") {
-        return ImageRef::base64_owned(item).map_err(describe);
+        let image = ImageRef::base64_owned(item).map_err(describe)?;
+        // Refused here, naming the input, rather than later as an undecodable photo.
+        if let ImageRef::Base64(data) = &image
+            && !is_base64(data)
+        {
+            return Err("the data: URL's payload is not base64".to_string());
+        }
+        return Ok(image);
     }
     if item.starts_with("s3://") {
         return ImageRef::s3(&item).map_err(describe);
@@ -184,10 +191,7 @@ pub fn image_input(item: String, allow_paths: bool) -> Result<ImageRef, String> 
                 .to_string(),
         );
     }
-    let base64 = item
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n' | b'\r'));
-    if base64 {
+    if is_base64(&item) {
         return Ok(ImageRef::Base64(item));
     }
     if allow_paths {
@@ -197,6 +201,12 @@ pub fn image_input(item: String, allow_paths: bool) -> Result<ImageRef, String> 
         "expected a data: URL with base64, bare base64 or s3://bucket/key (file paths are read in local invoke mode only)"
             .to_string(),
     )
+}
+
+/// Whether `data` uses only base64's alphabet (line breaks allowed, as MIME wraps it).
+fn is_base64(data: &str) -> bool {
+    data.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n' | b'\r'))
 }
 
 /// The OpenAI response: one vector per input, in order; `usage` counts the texts' tokens (a
@@ -358,6 +368,11 @@ mod tests {
             assert!(err.to_string().contains("URLs are not fetched"), "{err}");
             assert_eq!(err.error_type(), ErrorType::InvalidInput);
         }
+        // Found by the fuzzer: a data: URL whose payload is not base64 is refused at parse time.
+        let bad =
+            json!({"modality": "image", "input": ["data:image/png;base64,iVhttps://x/a.jpg"]});
+        let err = parse(bad, true).unwrap_err();
+        assert!(err.to_string().contains("payload is not base64"), "{err}");
         let err = parse(json!({"modality": "image", "input": "s3://photos"}), false).unwrap_err();
         assert!(
             err.to_string().contains("non-empty bucket and key"),
