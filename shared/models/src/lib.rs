@@ -23,7 +23,7 @@ pub use ort_env::{DEFAULT_ORT_DYLIB_PATH, ORT_DYLIB_VAR, OrtRuntime};
 pub use pool::{SessionPool, output_last_dim};
 pub use session::{GraphOptLevel, Provider, SessionConfig, Threads, select_provider};
 pub use spec::{ModelFile, ModelKind, ModelSource, ModelSpec};
-pub use store::{ModelStore, ResolvedModel};
+pub use store::{DEFAULT_CACHE_DIR, ModelStore, ResolvedModel, cache_dir_from_env};
 
 use coldpath_core::{Classify, ErrorType};
 use coldpath_io::FetchError;

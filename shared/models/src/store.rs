@@ -33,6 +33,17 @@ impl ResolvedModel {
     }
 }
 
+/// Where remote (`s3://`) models are cached when `COLDPATH_CACHE_DIR` is unset: under `/tmp`,
+/// the only place Lambda lets a function write.
+pub const DEFAULT_CACHE_DIR: &str = "/tmp/coldpath";
+
+/// `COLDPATH_CACHE_DIR`, or [`DEFAULT_CACHE_DIR`]: every engine's model cache, read one way.
+pub fn cache_dir_from_env(env: &impl coldpath_core::config::EnvSource) -> PathBuf {
+    coldpath_core::config::get(env, "COLDPATH_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR))
+}
+
 impl<F: ObjectFetcher> ModelStore<F> {
     /// `cache_dir` receives remote models (in Lambda only `/tmp` is writable).
     pub fn new(cache_dir: impl Into<PathBuf>, fetcher: F) -> Self {

@@ -250,9 +250,7 @@ impl CaptioningConfig {
             model: CaptionModelConfig::from_env(env)?,
             ort_library: OrtRuntime::library_from_env(env),
             session: SessionConfig::from_env(env)?,
-            cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
+            cache_dir: coldpath_models::cache_dir_from_env(env),
             images: ImageLimits::from_env(env)?,
             image_codecs: CodecPaths::from_env(env)?,
             batch: BatchSettings {

@@ -168,9 +168,7 @@ impl ClipConfig {
                 CodecPaths::default()
             },
             metrics: MetricsMode::from_env(env)?,
-            cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
+            cache_dir: coldpath_models::cache_dir_from_env(env),
         })
     }
 }

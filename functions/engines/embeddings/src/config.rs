@@ -108,9 +108,7 @@ impl EmbeddingsConfig {
             },
             warmup: config::bool_or(env, "EMBEDDINGS_WARMUP", true)?,
             metrics: MetricsMode::from_env(env)?,
-            cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
+            cache_dir: coldpath_models::cache_dir_from_env(env),
         })
     }
 }

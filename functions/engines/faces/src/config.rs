@@ -297,9 +297,7 @@ impl FacesConfig {
             image_codecs: CodecPaths::from_env(env)?,
             warmup: config::bool_or(env, "FACES_WARMUP", true)?,
             metrics: MetricsMode::from_env(env)?,
-            cache_dir: config::get(env, "COLDPATH_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp/coldpath")),
+            cache_dir: coldpath_models::cache_dir_from_env(env),
         })
     }
 }
