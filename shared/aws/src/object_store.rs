@@ -52,25 +52,55 @@ fn parse_choice(raw: Option<&str>, in_lambda: bool) -> Result<Choice, ConfigErro
     }
 }
 
-/// The choice and, for S3, whether to use path-style URLs, read before any client is built.
-fn read_setting(env: &impl EnvSource) -> Result<(Choice, bool), ConfigError> {
+/// How S3 is reached: path-style URLs or not, and the size of the ranges a large object is
+/// fetched in (`None`: one GET for the whole object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct S3Setting {
+    path_style: bool,
+    range_bytes: Option<u64>,
+}
+
+/// AWS's guidance for ranged GETs is 8-16 MB a range.
+const DEFAULT_RANGE_MIB: u64 = 16;
+
+/// The choice and, for S3, how to reach it, read before any client is built.
+fn read_setting(env: &impl EnvSource) -> Result<(Choice, S3Setting), ConfigError> {
     let raw = config::get(env, "COLDPATH_OBJECT_STORE");
     let in_lambda = config::get(env, "AWS_LAMBDA_FUNCTION_NAME").is_some();
     let choice = parse_choice(raw.as_deref(), in_lambda)?;
-    let path_style = match choice {
-        Choice::S3 => config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?,
-        Choice::Local(_) | Choice::None => false,
+    let s3 = match choice {
+        Choice::S3 => {
+            let mib: u64 = config::parse_or(
+                env,
+                "COLDPATH_S3_RANGE_MIB",
+                "a whole number of MiB (0: one GET per object)",
+                DEFAULT_RANGE_MIB,
+            )?;
+            S3Setting {
+                path_style: config::bool_or(env, "COLDPATH_S3_FORCE_PATH_STYLE", false)?,
+                range_bytes: (mib > 0).then(|| mib.saturating_mul(1 << 20)),
+            }
+        }
+        Choice::Local(_) | Choice::None => S3Setting {
+            path_style: false,
+            range_bytes: None,
+        },
     };
-    Ok((choice, path_style))
+    Ok((choice, s3))
 }
 
 impl ObjectStore {
-    /// Reads `COLDPATH_OBJECT_STORE` (and `COLDPATH_S3_FORCE_PATH_STYLE` for S3-compatible
-    /// servers); inside Lambda is told by `AWS_LAMBDA_FUNCTION_NAME`.
+    /// Reads `COLDPATH_OBJECT_STORE` (and, for S3, `COLDPATH_S3_FORCE_PATH_STYLE` for
+    /// S3-compatible servers and `COLDPATH_S3_RANGE_MIB`); inside Lambda is told by
+    /// `AWS_LAMBDA_FUNCTION_NAME`.
     pub async fn from_env(env: &impl EnvSource) -> Result<ObjectStore, ConfigError> {
         Ok(match read_setting(env)? {
             #[cfg(feature = "s3")]
-            (Choice::S3, path_style) => ObjectStore::S3(S3Fetcher::from_env(path_style).await),
+            (Choice::S3, s3) => ObjectStore::S3(
+                S3Fetcher::from_env(s3.path_style)
+                    .await
+                    .with_ranges(s3.range_bytes),
+            ),
             #[cfg(not(feature = "s3"))]
             (Choice::S3, _) => {
                 return Err(ConfigError::invalid(
@@ -90,6 +120,10 @@ impl ObjectStore {
         EnvVar::optional(
             "COLDPATH_S3_FORCE_PATH_STYLE",
             "path-style S3 URLs (S3-compatible servers)",
+        ),
+        EnvVar::optional(
+            "COLDPATH_S3_RANGE_MIB",
+            "large objects are fetched in ranges of this many MiB, 8 at a time (default 16; 0: one GET each)",
         ),
         EnvVar::platform(
             "AWS_LAMBDA_FUNCTION_NAME",
@@ -143,9 +177,30 @@ mod tests {
             "COLDPATH_OBJECT_STORE",
             "s3",
         )]));
-        assert_eq!(read_setting(&env), Ok((Choice::S3, false)));
+        let setting = read_setting(&env).map(|(choice, s3)| (choice, s3.path_style));
+        assert_eq!(setting, Ok((Choice::S3, false)));
         let difference = env.difference(&[ObjectStore::ENV]);
         assert!(difference.is_empty(), "{difference:?}");
+    }
+
+    #[test]
+    fn s3_ranges_default_to_16_mib_and_zero_means_whole_objects() {
+        let ranges = |v: Option<&str>| {
+            let env = coldpath_core::MapEnv::new(
+                [("COLDPATH_OBJECT_STORE", "s3")]
+                    .into_iter()
+                    .chain(v.map(|v| ("COLDPATH_S3_RANGE_MIB", v))),
+            );
+            read_setting(&env).map(|(_, s3)| s3.range_bytes)
+        };
+        assert_eq!(ranges(None), Ok(Some(16 << 20)));
+        assert_eq!(ranges(Some("8")), Ok(Some(8 << 20)));
+        assert_eq!(ranges(Some("0")), Ok(None));
+        let err = ranges(Some("-1")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("COLDPATH_S3_RANGE_MIB"),
+            "{err}"
+        );
     }
 
     #[test]
