@@ -10,6 +10,7 @@
 //! runtime loop, `invoke`, the diagnostic) sit behind the `lambda` feature.
 
 pub mod contract;
+mod deferred;
 mod error;
 #[cfg(feature = "lambda")]
 mod invoke;
@@ -17,6 +18,7 @@ mod logging;
 pub mod metrics;
 
 pub use contract::{committed_contract_matches, contract_if_asked};
+pub use deferred::Deferred;
 pub use error::{HandlerError, log_failure, upload_outcome};
 #[cfg(feature = "lambda")]
 pub use invoke::{Mode, UsageError, init_failed, invoke_file, print_json, run, run_function};

@@ -14,14 +14,14 @@ pub const QUEUE_URL: EnvVar = EnvVar::required(
 );
 
 /// What `captioning` reads, as the Lambda function and as the worker: tracing, the engine's
-/// config, the worker's queue and result sink, the object store and the result sink.
+/// config, how Lambda started the sandbox, the worker's queue and result sink, the object store and the result sink.
 pub fn contract() -> Contract {
     Contract::new(
         "captioning",
         &[
             coldpath_runtime::LOGGING_ENV,
             &CaptioningConfig::env(),
-            &[QUEUE_URL],
+            &[QUEUE_URL, crate::lambda::INITIALIZATION_TYPE],
             WORKER_ENV,
             ObjectStore::ENV,
             ResultSink::ENV,

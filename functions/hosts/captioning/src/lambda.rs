@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::event::sqs::SqsBatchResponse;
-use coldpath_core::{Classify, ErrorType};
+use coldpath_core::config::{self, EnvSource};
+use coldpath_core::{Classify, EnvVar, ErrorType};
 use coldpath_runtime::{HandlerError, LambdaEvent};
 use serde_json::Value;
 
@@ -29,6 +30,23 @@ use coldpath_captioning::service::{
 };
 
 pub use crate::event::messages;
+
+/// How Lambda started this sandbox, which decides when the model loads.
+pub const INITIALIZATION_TYPE: EnvVar = EnvVar::platform(
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "set by Lambda: on-demand sandboxes load the model behind the first event",
+);
+
+/// Whether the model loads in the background (`coldpath_runtime::Deferred`) rather than in init:
+/// yes in an on-demand sandbox, where an init past Lambda's 10 s is cut off and repeated; no in
+/// a provisioned-concurrency or SnapStart one, whose init runs ahead of any event (and whose
+/// snapshot must hold the loaded model).
+pub fn load_in_background(env: &impl EnvSource) -> bool {
+    matches!(
+        config::get(env, INITIALIZATION_TYPE.name).as_deref(),
+        None | Some("on-demand")
+    )
+}
 
 /// When the handler stops working: the invocation's deadline less `margin`; `None` without a
 /// deadline (local `invoke`).
@@ -541,5 +559,16 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    #[test]
+    fn only_an_on_demand_sandbox_loads_in_the_background() {
+        let env =
+            |v: Option<&str>| coldpath_core::MapEnv::new(v.map(|v| (INITIALIZATION_TYPE.name, v)));
+        assert!(load_in_background(&env(Some("on-demand"))));
+        // Outside Lambda's own variable (an emulator that omits it) Lambda's default holds.
+        assert!(load_in_background(&env(None)));
+        assert!(!load_in_background(&env(Some("provisioned-concurrency"))));
+        assert!(!load_in_background(&env(Some("snap-start"))));
     }
 }

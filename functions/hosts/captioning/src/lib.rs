@@ -15,5 +15,5 @@ pub mod lambda;
 pub mod worker;
 
 pub use cli::Command;
-pub use lambda::handle;
+pub use lambda::{handle, load_in_background};
 pub use worker::{ExitReason, Refused, WorkQueue, Worker, WorkerError, WorkerReport};

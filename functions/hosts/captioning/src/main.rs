@@ -13,9 +13,9 @@ use coldpath_captioning::config::require_result_sink;
 use coldpath_captioning::{CaptioningConfig, ModelService, init};
 use coldpath_captioning_function::cli::{self, Command};
 use coldpath_captioning_function::contract::QUEUE_URL;
-use coldpath_captioning_function::{Worker, handle, worker};
+use coldpath_captioning_function::{Worker, handle, load_in_background, worker};
 use coldpath_core::ProcessEnv;
-use coldpath_runtime::{HandlerError, Mode};
+use coldpath_runtime::{Deferred, HandlerError, Mode};
 use tokio::sync::watch;
 
 fn main() -> ExitCode {
@@ -73,6 +73,24 @@ async fn run_main() -> ExitCode {
             }
         }
     };
+    // An on-demand Lambda sandbox loads the model behind its first event instead of in init:
+    // captioning's real-size model takes longer than Lambda's 10 s init (see `Deferred`).
+    if matches!(&run, Run::Function(Mode::Lambda)) && load_in_background(&ProcessEnv) {
+        tracing::info!("loading the model in the background; the first event waits for it");
+        let loading = Deferred::spawn(async { start(false, None).await.map(|s| s.service) });
+        return coldpath_runtime::run(
+            "captioning",
+            Mode::Lambda,
+            Arc::new(loading),
+            |loading, event| async move {
+                match loading.get().await {
+                    Ok(service) => handle(service, event).await,
+                    Err(e) => load_failed(&e),
+                }
+            },
+        )
+        .await;
+    }
     let started = match start(invoke, prepare.as_deref()).await {
         Ok(s) => s,
         Err(e) => return coldpath_runtime::init_failed(invoke, &e),
@@ -83,6 +101,14 @@ async fn run_main() -> ExitCode {
         }
         Run::Worker(queue, shutdown) => run_worker(queue, shutdown, started).await,
     }
+}
+
+/// A model that failed to load in the background ends the sandbox, as a failed init does: the
+/// event's messages go back to the queue untouched, and Lambda starts the next event in a fresh
+/// sandbox, which loads again (a throttled fetch may well succeed there).
+fn load_failed(error: &HandlerError) -> ! {
+    tracing::error!(error_type = %error.error_type, "init failed: {}", error.message);
+    std::process::exit(1)
 }
 
 enum Run {
