@@ -168,14 +168,15 @@ contracts: ## regenerate each host's contract.json (the variables it reads, the 
 	done
 
 # The benchmark outputs `coldpath plan` reads (infra/placement/measurements.toml names each
-# figure's file): copied from target/bench/ after `make bench`, `make bench-captioning-real` and `make bench-clip`,
+# figure's file): copied from target/bench/ after `make bench`, `make bench-captioning-real`,
+# `make rehearse-real-size` and `make bench-clip`,
 # then the plan is printed for each profile so docs/placement.md can be brought up to date.
 PLAN_INPUTS := embeddings.json embeddings-cold-start-fresh-sandbox.json faces.json \
-  faces-cold-start-fresh-sandbox.json captioning-real.json clip.json
+  faces-cold-start-fresh-sandbox.json captioning-real.json captioning-lambda-real-size.json clip.json
 .PHONY: plan-inputs
 plan-inputs: ## copy the benchmark outputs the plan reads into infra/placement/bench/
 	@for f in $(PLAN_INPUTS); do \
-	  test -f target/bench/$$f || { echo "target/bench/$$f missing: run make bench (make bench-captioning-real for captioning, make bench-clip for clip)" >&2; exit 1; }; \
+	  test -f target/bench/$$f || { echo "target/bench/$$f missing: run make bench (make bench-captioning-real and make rehearse-real-size for captioning, make bench-clip for clip)" >&2; exit 1; }; \
 	done
 	cp $(addprefix target/bench/,$(PLAN_INPUTS)) infra/placement/bench/
 	@for p in infra/placement/profiles/*.toml; do $(CARGO) run --quiet --locked -p coldpath-placement -- plan --profile $$p; done
@@ -322,3 +323,17 @@ $(CAPTIONING_REAL)/encoder_model.onnx: | setup-fixtures
 bench-captioning-real: setup $(CAPTIONING_REAL)/encoder_model.onnx ## the real-size captioning model (random weights, ~1.1 GB, built once)
 	@$(ENV); nice -n 10 .venv-fixtures/bin/python functions/engines/captioning/benches/real_size.py \
 	  --model $(CAPTIONING_REAL) --hoisted $(CAPTIONING_REAL)-hoisted
+
+# Captioning as deployed at real size (tools/rehearse.py --real-size; infra/README.md "Real-size
+# rehearsal"): the packaged function in the Lambda-shaped sandbox with the real-size ViT-GPT2
+# (random weights, ~1.1 GB, hoisted) published to moto's S3 and fetched into an empty /tmp,
+# Lambda's 10 s init limit, MemorySize and EphemeralStorage, then an SQS batch of real photos
+# with a 12 MP HEIC: init, first caption and peak memory as JSON (target/bench/
+# captioning-lambda-real-size.json, read by `coldpath plan` after `make plan-inputs`). Root.
+.PHONY: rehearse-real-size
+$(CAPTIONING_REAL)-hoisted/decoder_cross_model.onnx: $(CAPTIONING_REAL)/encoder_model.onnx
+	.venv/bin/python tools/hoist_cross_attention.py $(CAPTIONING_REAL) $(CAPTIONING_REAL)-hoisted
+
+rehearse-real-size: setup setup-deploy package $(CAPTIONING_REAL)-hoisted/decoder_cross_model.onnx ## captioning's real-size model in the Lambda-shaped sandbox: init, first caption, memory (root)
+	@.venv/bin/python shared/image/fixtures/gen_heif_avif.py --bench-out target/bench/heif >/dev/null
+	.venv-deploy/bin/python tools/rehearse.py --real-size $(CAPTIONING_REAL)-hoisted $(REHEARSE_FLAGS)
