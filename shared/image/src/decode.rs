@@ -238,7 +238,10 @@ fn decode_heif(
         .min(slack(primary.width) * slack(primary.height));
     let max_side = limits.max_side.min(primary.width.max(primary.height) + 128);
     let decoded = match &codecs.pool {
-        Some(pool) => pool.decode(format, bytes, max_pixels, max_side),
+        Some(pool) => {
+            let area = u64::from(primary.width) * u64::from(primary.height);
+            pool.decode(format, bytes, max_pixels, max_side, area)
+        }
         None => native::library_decode(codecs, format, bytes, max_pixels, max_side),
     };
     let decoded = decoded.map_err(|e| match e {

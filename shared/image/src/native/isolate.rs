@@ -10,12 +10,15 @@
 //! share (a memfd the parent creates and the child finds at descriptor 3, grows and maps), and
 //! the parent copies them from its own mapping of it into the image. A 12 MP photo is 36 MB of
 //! pixels, which a pipe moved in about 30 ms; the mapping is kept from one decode to the next,
-//! so its pages are already there. A child that dies, or is killed by the watchdog after the
-//! decode timeout, becomes [`ImageError::DecoderCrashed`] for that image alone; the next decode
-//! starts a fresh child. Each child limits its own address space per decode (from the job's
-//! pixel limit), writes no core file, and serves one decode at a time; idle children are kept
-//! for reuse, each with the shared memory of the largest image it decoded (`make
-//! bench-image-formats` measures what isolation costs).
+//! so its pages are already there. The image's own memory is fresh, and the kernel takes longer
+//! to fault in and zero its pages than the copy takes: the parent does that while the child
+//! decodes (it would otherwise wait idle), so only the copy is left after the answer. A child
+//! that dies, or is killed by the watchdog after the decode timeout, becomes
+//! [`ImageError::DecoderCrashed`] for that image alone; the next decode starts a fresh child.
+//! Each child limits its own address space per decode (from the job's pixel limit), writes no
+//! core file, and serves one decode at a time; idle children are kept for reuse, each with the
+//! shared memory of the largest image it decoded (`make bench-image-formats` measures what
+//! isolation costs).
 //!
 //! The parent trusts nothing the child says: the size it answers must be within the job's
 //! header-derived limits before anything is allocated, the memfd must hold that many bytes
@@ -197,12 +200,15 @@ impl Pool {
     }
 
     /// Decodes in a child: the library's RGB8 image, its refusal, or how the child died.
+    /// `expected_pixels` is the image's area as its header gives it: the parent readies that
+    /// much memory for the pixels while the child decodes.
     pub(crate) fn decode(
         &self,
         format: Format,
         bytes: &[u8],
         max_pixels: u64,
         max_side: u32,
+        expected_pixels: u64,
     ) -> Result<RgbImage, NativeError> {
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut worker = match reused {
@@ -225,7 +231,14 @@ impl Pool {
         });
         let asked = Instant::now();
         worker.memory.allow(max_pixels);
-        let answer = exchange(&mut worker, format, bytes, max_pixels, max_side);
+        let job = Job {
+            format,
+            bytes,
+            max_pixels,
+            max_side,
+            expected_pixels: expected_pixels.min(max_pixels),
+        };
+        let answer = exchange(&mut worker, &job);
         let _ = done.send(());
         let timed_out = watchdog.join().unwrap_or(false);
         match answer {
@@ -308,14 +321,28 @@ const OK: u8 = 0;
 const UNDECODABLE: u8 = 1;
 const UNAVAILABLE: u8 = 2;
 
+/// One decode asked of a child.
+struct Job<'a> {
+    format: Format,
+    bytes: &'a [u8],
+    max_pixels: u64,
+    max_side: u32,
+    /// The area the header gives (at most `max_pixels`): what the parent readies memory for.
+    expected_pixels: u64,
+}
+
 /// One request and its reply; an I/O error means the child is gone.
 fn exchange(
     worker: &mut Worker,
-    format: Format,
-    bytes: &[u8],
-    max_pixels: u64,
-    max_side: u32,
+    job: &Job<'_>,
 ) -> std::io::Result<Result<(RgbImage, Duration), NativeError>> {
+    let Job {
+        format,
+        bytes,
+        max_pixels,
+        max_side,
+        ..
+    } = *job;
     let mut head = Vec::with_capacity(21);
     head.push(u8::from(format == Format::Avif));
     head.extend_from_slice(&max_pixels.to_le_bytes());
@@ -324,6 +351,15 @@ fn exchange(
     worker.stdin.write_all(&head)?;
     worker.stdin.write_all(bytes)?;
     worker.stdin.flush()?;
+    // While the child decodes, this thread (otherwise idle until the answer) gets the image's
+    // fresh memory from the kernel: a 12 MP image is 8,800 pages to fault in and zero, which
+    // took longer than copying the pixels into them. Only the copy is then left after the
+    // answer. The size is the header's; an image that answers larger gets fresh memory then.
+    // It stops as soon as the child has answered: a file that fails at once costs no more.
+    let answer = worker.stdout.as_raw_fd();
+    let ready = usize::try_from(job.expected_pixels.saturating_mul(3))
+        .map(|len| prefaulted(len, || readable(answer)))
+        .unwrap_or_default();
     let out = &mut worker.stdout;
     let status = read_u8(out)?;
     if status == OK {
@@ -339,7 +375,7 @@ fn exchange(
             )));
         };
         let library = Duration::from_micros(read_u64(out)?);
-        let pixels = worker.memory.copy_out(len)?;
+        let pixels = worker.memory.copy_out(len, ready)?;
         let image = RgbImage::from_raw(w, h, pixels)
             .ok_or_else(|| std::io::Error::other("a plane of the wrong size"))?;
         return Ok(Ok((image, library)));
@@ -545,9 +581,10 @@ impl PixelMemory {
         Ok(size)
     }
 
-    /// The image's `len` bytes, copied out of the shared memory once the memfd is known to
-    /// hold them (and no more than allowed).
-    fn copy_out(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
+    /// The image's `len` bytes, copied out of the shared memory into `pixels` (an empty
+    /// buffer, fresh memory if it has too little room) once the memfd is known to hold them
+    /// (and no more than allowed).
+    fn copy_out(&mut self, len: usize, mut pixels: Vec<u8>) -> std::io::Result<Vec<u8>> {
         let size = self.check_size()?;
         if size < len as u64 {
             return Err(std::io::Error::other(format!(
@@ -565,7 +602,12 @@ impl PixelMemory {
         let Some(map) = &self.map else {
             return Err(std::io::Error::other("no mapping"));
         };
-        let mut pixels = Vec::with_capacity(len);
+        if pixels.capacity() < len {
+            // The header's size was smaller (it cannot be larger than the limits checked
+            // above): the readied memory goes before the image's is taken.
+            pixels = Vec::new();
+            pixels.reserve_exact(len);
+        }
         // SAFETY: the mapping covers `map.len >= len` bytes of a file that held at least that
         // many when it was mapped and cannot shrink (sealed), so every byte read is backed;
         // `pixels` has room for `len` bytes, all written before `set_len`. The child writes
@@ -575,8 +617,72 @@ impl PixelMemory {
             std::ptr::copy_nonoverlapping(map.ptr.as_ptr(), pixels.as_mut_ptr(), len);
             pixels.set_len(len);
         }
+        // An image smaller than its header (a clean-aperture crop) gives back the rest.
+        pixels.shrink_to_fit();
         Ok(pixels)
     }
+}
+
+/// An empty buffer with room for `len` bytes whose pages are already in memory, so that
+/// writing them later faults nothing, or fewer of them when `stop` says so first (it is asked
+/// between chunks of 4 MiB). `MADV_POPULATE_WRITE` (Linux 5.14) faults a chunk in with one
+/// call; where it is refused, one byte a page is written.
+fn prefaulted(len: usize, stop: impl Fn() -> bool) -> Vec<u8> {
+    const CHUNK: usize = 4 << 20;
+    let mut buffer: Vec<u8> = Vec::with_capacity(len);
+    let spare = buffer.spare_capacity_mut();
+    let page = whole_pages(1) as usize;
+    let base = spare.as_mut_ptr() as usize;
+    // Whole pages inside the allocation (rounded inwards; none in a small one), as offsets
+    // into it, `CHUNK` at a time.
+    let first_page = base.next_multiple_of(page);
+    let past_last_page = (base + spare.len()) / page * page;
+    if past_last_page <= first_page {
+        return buffer;
+    }
+    let (mut at, end) = (first_page - base, past_last_page - base);
+    let mut populate = true;
+    while at < end && !stop() {
+        let next = (at + CHUNK).min(end);
+        // SAFETY: `at..next` is whole pages inside `buffer`'s own allocation, which nothing
+        // else uses, and the buffer is empty: no byte of it is relied on.
+        populate = populate && unsafe { populate_write(base + at, next - at) };
+        if !populate {
+            for page_start in (at..next).step_by(page) {
+                spare[page_start].write(0);
+            }
+        }
+        at = next;
+    }
+    buffer
+}
+
+/// Faults in `len` bytes of pages from `addr` for writing, in one call; false where the kernel
+/// refuses (before Linux 5.14, or not Linux).
+///
+/// # Safety
+/// `addr..addr + len` must be whole pages of memory the caller owns and relies on no byte of:
+/// pages not yet there come in zeroed (those already there are left as they are).
+#[cfg(target_os = "linux")]
+unsafe fn populate_write(addr: usize, len: usize) -> bool {
+    // SAFETY: the caller vouches for the range; MADV_POPULATE_WRITE changes no mapping.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+unsafe fn populate_write(_: usize, _: usize) -> bool {
+    false
+}
+
+/// Whether `fd` has something to read (or its writer is gone), without waiting.
+fn readable(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one live struct for a descriptor we hold, with no timeout.
+    unsafe { libc::poll(&mut poll, 1, 0) != 0 }
 }
 
 /// The child's end: the memfd at [`PIXEL_FD`], grown (whole pages, never shrunk) and mapped
@@ -811,7 +917,7 @@ mod tests {
     }
 
     fn crash_of(pool: &Pool) -> String {
-        match pool.decode(Format::Heic, b"not a photo", 1000, 100) {
+        match pool.decode(Format::Heic, b"not a photo", 1000, 100, 1000) {
             Err(NativeError::Crashed(why)) => why,
             other => panic!("expected a crash, got {other:?}"),
         }
@@ -904,7 +1010,7 @@ mod tests {
     }
 
     fn small_decode(pool: &Pool) -> Result<RgbImage, NativeError> {
-        pool.decode(Format::Heic, b"not a photo", 10_000, 1000)
+        pool.decode(Format::Heic, b"not a photo", 10_000, 1000, 4)
     }
 
     #[test]
@@ -921,6 +1027,42 @@ mod tests {
         let image = small_decode(&pool).unwrap();
         assert_eq!(image.dimensions(), (2, 2));
         assert_eq!(image.as_raw(), &(1..=12).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn the_pixels_fit_whatever_size_the_header_gave() {
+        // The parent readies memory for the header's area; an image that answers smaller (a
+        // crop) or larger than that (within the job's limits) still comes back whole, in a
+        // buffer no larger than the image.
+        for expected in [0, 1, 4, 10_000] {
+            let (pool, _keep) = pool_running(
+                &format!(
+                    "{SKIP_REQUEST}; printf '\\001\\002\\003\\004\\005\\006\\007\\010\\011\\012\\013\\014' >&3; {}; exec cat >/dev/null",
+                    answer(2, 2)
+                ),
+                Duration::from_secs(10),
+            );
+            let image = pool
+                .decode(Format::Heic, b"not a photo", 10_000, 1000, expected)
+                .unwrap();
+            assert_eq!(image.as_raw(), &(1..=12).collect::<Vec<u8>>(), "{expected}");
+            assert_eq!(image.into_raw().capacity(), 12, "{expected}");
+        }
+    }
+
+    #[test]
+    fn readying_memory_stops_when_the_answer_is_there() {
+        let len = 10 << 20;
+        let all = prefaulted(len, || false);
+        assert!(all.is_empty() && all.capacity() >= len);
+        let asked = std::cell::Cell::new(0);
+        let none = prefaulted(len, || {
+            asked.set(asked.get() + 1);
+            true
+        });
+        assert!(none.is_empty() && none.capacity() >= len);
+        assert_eq!(asked.get(), 1, "asked once, before the first chunk");
+        assert!(prefaulted(0, || false).is_empty());
     }
 
     #[test]
