@@ -19,9 +19,15 @@ shell start-up is timed; set environment variables in this script's own
 environment, e.g. after `eval "$(python3 tools/setup/bootstrap.py env)"`). After one
 untimed warm-up each (page cache, not process state, is what a warm-up can
 share), A and B run alternately K times, so slow drift on the machine hits
-both alike. For each run: wall time from spawn to reap (perf_counter), and the
-child's peak RSS from os.wait4's ru_maxrss (KiB on Linux). Standard library
-only. Exit status 1 if any run exited non-zero.
+both alike. For each run: wall time from spawn to reap (perf_counter), the
+child's CPU time (user + system, from os.wait4's usage, its threads included)
+and its peak RSS (ru_maxrss, KiB on Linux). Standard library only. Exit status
+1 if any run exited non-zero.
+
+CPU time is reported beside wall time because the machine these run on is
+shared: under load, wall time also counts the time a process waited for a CPU,
+while CPU time is close to what a Lambda sandbox with a fraction of one vCPU
+(0.58 at 1024 MB) spends before its first response.
 
 --fresh-dir DIR (repeatable) starts every run, warm-up included, with DIR
 removed and created again empty: point a command's writable cache there (e.g.
@@ -59,14 +65,16 @@ WARMUP_RUNS = 1
 
 
 def run_once(argv):
-    """Spawn argv with stdout discarded; return (exit code, wall seconds, peak RSS KiB)."""
+    """Spawn argv with stdout discarded; return (exit code, wall seconds, peak RSS KiB, CPU
+    seconds)."""
     actions = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
     start = time.perf_counter()
     pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
     # wait4, not waitpid: it also returns the child's resource usage.
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - start
-    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss
+    cpu = usage.ru_utime + usage.ru_stime
+    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss, cpu
 
 
 def empty(dirs):
@@ -80,15 +88,16 @@ def measure(commands, runs, fresh_dirs=()):
     """Warm each command up, then run them alternately `runs` times, each run after emptying
     `fresh_dirs`.
 
-    Returns ({label: {"wall_s": [...], "peak_rss_kib": [...]}}, number of failed runs).
+    Returns ({label: {"wall_s": [...], "peak_rss_kib": [...], "cpu_s": [...]}}, number of
+    failed runs).
     """
-    results = {label: {"wall_s": [], "peak_rss_kib": []} for label in commands}
+    results = {label: {"wall_s": [], "peak_rss_kib": [], "cpu_s": []} for label in commands}
     failures = 0
     schedule = [(label, False) for _ in range(WARMUP_RUNS) for label in commands]
     schedule += [(label, True) for _ in range(runs) for label in commands]
     for label, timed in schedule:
         empty(fresh_dirs)
-        code, wall, rss = run_once(commands[label])
+        code, wall, rss, cpu = run_once(commands[label])
         if code != 0:
             failures += 1
             command = shlex.join(commands[label])
@@ -96,6 +105,7 @@ def measure(commands, runs, fresh_dirs=()):
         if timed:
             results[label]["wall_s"].append(wall)
             results[label]["peak_rss_kib"].append(rss)
+            results[label]["cpu_s"].append(cpu)
     return results, failures
 
 
@@ -147,15 +157,20 @@ def report(commands, results, runs, fresh_dirs=()):
                 "argv": commands[label],
                 "wall_s": results[label]["wall_s"],
                 "peak_rss_kib": results[label]["peak_rss_kib"],
+                "cpu_s": results[label]["cpu_s"],
                 "wall_s_summary": summary(results[label]["wall_s"]),
                 "peak_rss_kib_summary": summary(results[label]["peak_rss_kib"]),
+                "cpu_s_summary": summary(results[label]["cpu_s"]),
             }
             for label in commands
         },
         "ratio_a_over_b": {
             "wall": pair_ratio(a["wall_s"], b["wall_s"]),
             "peak_rss": pair_ratio(a["peak_rss_kib"], b["peak_rss_kib"]),
+            "cpu": pair_ratio(a["cpu_s"], b["cpu_s"]),
         },
+        # The 1-minute load average after the last run: how shared the machine was.
+        "loadavg_1min": os.getloadavg()[0],
     }
 
 
@@ -163,14 +178,16 @@ def print_table(data):
     """Human-readable summary of the report on stdout."""
     print(f"{'':18} {'min':>10} {'median':>10} {'max':>10}")
     for label, cmd in data["commands"].items():
-        wall, rss = cmd["wall_s_summary"], cmd["peak_rss_kib_summary"]
+        wall, rss, cpu = cmd["wall_s_summary"], cmd["peak_rss_kib_summary"], cmd["cpu_s_summary"]
         print(f"{label + ' wall ms':18}" + "".join(f" {wall[k] * 1e3:10.1f}" for k in wall))
+        print(f"{label + ' cpu ms':18}" + "".join(f" {cpu[k] * 1e3:10.1f}" for k in cpu))
         print(f"{label + ' peak RSS MiB':18}" + "".join(f" {rss[k] / 1024:10.1f}" for k in rss))
     ratio = data["ratio_a_over_b"]
     labels = "/".join(data["commands"])
     print(f"{labels} (median of pair ratios): time {ratio['wall']:.3f}x, "
-          f"memory {ratio['peak_rss']:.3f}x  [{data['runs']} runs each; "
-          f"RSS floor {data['machine']['peak_rss_floor_kib'] / 1024:.1f} MiB]")
+          f"cpu {ratio['cpu']:.3f}x, memory {ratio['peak_rss']:.3f}x  [{data['runs']} runs each; "
+          f"RSS floor {data['machine']['peak_rss_floor_kib'] / 1024:.1f} MiB; "
+          f"load average {data['loadavg_1min']:.2f}]")
 
 
 def main():
