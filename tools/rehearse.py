@@ -2,6 +2,11 @@
 """The rehearsal (`make rehearse`): a user's first day with coldpath, offline.
 
     sudo-less as root: .venv-deploy/bin/python tools/rehearse.py [--skip-sam] [--keep]
+                       .venv-deploy/bin/python tools/rehearse.py --real-size MODEL_DIR [--keep]
+
+With --real-size (`make rehearse-real-size`), only the captioning function, with a real-size
+hoisted bundle: see `rehearse_real_size`. Every sandbox must ask for its first event within
+Lambda's 10 s init limit (INIT_LIMIT_S).
 
 1. The real SAM CLI checks the template: `sam validate --lint`, then `sam build` into
    target/rehearse/sam-build (offline: the template's CodeUri and ContentUri are the zips
