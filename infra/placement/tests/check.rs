@@ -307,7 +307,12 @@ fn check_fails_when_tmp_cannot_hold_the_model() {
     assert_one_mismatch(
         &check(&t),
         "CaptioningFunction",
-        &["EphemeralStorage is 1024 MB", "1166 MB", "model_mb 1060", "optimized_graph_mb 0"],
+        &[
+            "EphemeralStorage is 1024 MB",
+            "1166 MB",
+            "model_mb 1060",
+            "optimized_graph_mb 0",
+        ],
     );
 }
 
