@@ -100,7 +100,7 @@ setup-wrk: ## install Debian's wrk at its pinned version when missing (root; for
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk=$(WRK_VERSION); }
 
 bench-serve: setup setup-wrk ## load benchmark of the server (wrk) against a Python server and BENCH_CONTENDER_*
-	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
+	@$(CARGO) build --release --locked --quiet -p coldpath-serve --bin coldpath-serve --example floor >&2
 	@$(ENV); BENCH_THREADS=$(BENCH_THREADS) .venv/bin/python functions/hosts/serve/benches/load.py
 
 # Hostile load on the release server (functions/hosts/serve/benches/hostile.py): a flood of 30 MB uploads

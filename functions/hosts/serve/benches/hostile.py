@@ -17,6 +17,12 @@ the clients here, on CPU 1. Four scenes, each reported as figures (the short ver
    itself: an iPhone HEIC decoded through the pod's faces route, first (starts a decoder child)
    and after;
 4. (a stuck model call is a test only: it needs a deliberately slow model call.)
+5. text flood: `BENCH_TEXT_CLIENTS` (200) clients post the largest embeddings request at once (one
+   text filling the default 1 MiB body limit, shaped to cost the tokenizer most: `"a!"` repeated,
+   one token a byte) against the default queue (512) and batches, on a server hosting embeddings
+   at its defaults: the server's peak memory growth against the bound it states
+   (`ServeConfig::memory_bound`: `text_memory_bound_bytes` and the connections' buffers and
+   unread answers, logged as `in_flight_memory_bound_bytes` once the models are loaded).
 
 Results: stdout and target/bench/serve-hostile.json.
 """
@@ -83,14 +89,28 @@ def upload_expecting_continue(body, out):
     s.close()
 
 
-def stated_faces_bound(log: Path) -> int:
-    """The bound the server states from its configuration (`ServeConfig::faces_memory_bound`),
-    read from its start-up line rather than computed again here."""
+def stated_bound(log: Path, field="faces_memory_bound_bytes") -> int:
+    """A bound the server states from its configuration (`ServeConfig::faces_memory_bound`,
+    `ServeConfig::memory_bound`), read from its log rather than computed again here."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text())  # the log's colours, if any
-    match = re.search(r"faces_memory_bound_bytes=(\d+)", text)
+    match = re.search(rf"{field}=(?:Some\()?(\d+)", text)
     if not match:
-        raise SystemExit(f"coldpath-serve logged no faces_memory_bound_bytes in {log}")
+        raise SystemExit(f"coldpath-serve logged no {field} in {log}")
     return int(match.group(1))
+
+
+def post_raw(path, body, out, timeout=600):
+    """Posts `body` (bytes) and records the answer's status."""
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+            out.append(r.status)
+    except urllib.error.HTTPError as e:
+        out.append(e.code)
+    except OSError:
+        out.append(0)
 
 
 def percentile(values, p):
@@ -142,7 +162,7 @@ def main() -> int:
         for t in threads:
             t.join()
         grown = peak_rss(proc.pid) - before
-        bound = stated_faces_bound(work / "serve.log")
+        bound = stated_bound(work / "serve.log")
         results["flood"] = {
             "clients": clients, "body_mb": 30, "seconds": time.perf_counter() - started,
             "read_then_400": sum(1 for a, s in outcomes if a and s == 400),
@@ -194,6 +214,45 @@ def main() -> int:
             times.append((time.perf_counter() - t) * 1e3)
         results["heic_faces"] = {"first_ms": times[0], "median_after_ms": percentile(times[1:], 50)}
         print("heic faces request:", json.dumps(results["heic_faces"]), flush=True)
+
+        # 5. Text flood, on a server hosting embeddings at its defaults.
+        proc.terminate()
+        proc.wait(timeout=60)
+        text_env = dict(env, COLDPATH_SERVE_WORKLOADS="embeddings")
+        for k in ("COLDPATH_SERVE_FACES_QUEUE", "COLDPATH_SERVE_FACES_MAX_BATCH"):
+            text_env.pop(k, None)
+        proc = subprocess.Popen([str(REPO / "target/release/coldpath-serve")], env=text_env,
+                                stdout=subprocess.DEVNULL, stderr=open(work / "serve3.log", "w"),
+                                preexec_fn=pinned(0))
+        wait_ready(URL, proc)
+        text_clients = int(os.environ.get("BENCH_TEXT_CLIENTS", "200"))
+        limit = 1 << 20
+        body = json.dumps({"input": "a!" * ((limit - 64) // 2)}).encode()
+        settle = []
+        post_raw("/v1/embeddings", body, settle)
+        assert settle == [200], settle
+        before = peak_rss(proc.pid)
+        statuses = []
+        threads = [threading.Thread(target=post_raw, args=("/v1/embeddings", body, statuses))
+                   for _ in range(text_clients)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        grown = peak_rss(proc.pid) - before
+        log = work / "serve3.log"
+        results["text_flood"] = {
+            "clients": text_clients, "body_bytes": len(body), "seconds": time.perf_counter() - started,
+            "answered_200": statuses.count(200), "refused_429": statuses.count(429),
+            "unavailable_503": statuses.count(503),
+            "other": len(statuses) - sum(statuses.count(s) for s in (200, 429, 503)),
+            "peak_growth_mib": grown / 2**20,
+            "stated_in_flight_bound_mib": stated_bound(log, "in_flight_memory_bound_bytes") / 2**20,
+            "stated_text_bound_mib": stated_bound(log, "text_memory_bound_bytes") / 2**20,
+            "workers": stated_bound(log, "workers"),
+        }
+        print("text flood:", json.dumps(results["text_flood"]), flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -42,6 +42,17 @@ contenders take turns at each point so drift on a noisy machine hits all of them
 answers (429 when a queue is full) are counted and reported beside the throughput, which counts
 only the 2xx answers. Resident memory of each server is read from /proc after its last point.
 
+Beside the short-query points, each round also measures the raw batch floor (`floor`, built from
+functions/hosts/serve/examples/floor.rs; `BENCH_FLOOR=0` leaves it out): the server's own session,
+loaded from the same settings and pinned to the same CPU, run back to back on a pre-tokenised batch
+of c short queries, timing only the session run. At concurrency c every client has one query in
+flight, so c is the largest batch serve can form, and the floor's texts a second are what the
+model alone does with that batch; `short_query_c<c>_serve_over_floor` in the summary is serve's
+throughput over it. Every figure carries the 1-minute load average when it was taken, and each
+server the bench started (and the floor) its CPU time over the point: requests per CPU-second,
+which compares one core's work when other work shares that core
+(`short_query_c<c>_serve_over_floor_per_cpu_s`).
+
 If target/bench/embeddings.json (the embeddings benchmark, `make bench`) exists, the 32-text p50
 at concurrency 1 is compared with the raw batch floor it measured (the session alone on the
 pre-tokenised batch). Results: stdout and target/bench/serve-load.json.
@@ -152,6 +163,24 @@ def pinned(cpu):
     return (lambda: os.sched_setaffinity(0, {cpu})) if os.cpu_count() > 1 else None
 
 
+def cpu_seconds(pid):
+    """CPU time a process has used, all its threads (utime + stime from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_wrk(url, script, concurrency, seconds, proc):
+    """wrk at one point, plus the server's CPU time over it when the bench started the server:
+    requests per CPU-second of the server, the figure that holds when other work shares its core."""
+    before = cpu_seconds(proc.pid) if proc is not None else None
+    r = wrk(url, script, concurrency, seconds)
+    if before is not None:
+        used = cpu_seconds(proc.pid) - before
+        r["server_cpu_s"] = used
+        r["requests_per_cpu_s"] = (r["requests"] - r["non_2xx"]) / used if used > 0 else None
+    return r
+
+
 def wrk(url, script, concurrency, seconds):
     """One wrk run; returns throughput of 2xx answers, p50/p99 latency, and the non-2xx count."""
     out = subprocess.run(
@@ -168,9 +197,10 @@ def wrk(url, script, concurrency, seconds):
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     if total == 0:
         # Nothing finished within the point (each answer would take longer than it): no latency.
-        return {"requests_per_s": 0.0, "p50_ms": None, "p99_ms": None, "requests": 0,
+        return {"load_avg_1m": os.getloadavg()[0], "requests_per_s": 0.0, "p50_ms": None, "p99_ms": None, "requests": 0,
                 "non_2xx": 0, "socket_errors": errors.group(1) if errors else None}
     return {
+        "load_avg_1m": os.getloadavg()[0],
         "requests_per_s": (total - bad) / elapsed_s,
         "p50_ms": to_ms(pct["50"]),
         "p99_ms": to_ms(pct["99"]),
@@ -178,6 +208,20 @@ def wrk(url, script, concurrency, seconds):
         "non_2xx": bad,
         "socket_errors": errors.group(1) if errors else None,
     }
+
+
+def floor_point(binary, env, batch, seconds):
+    """The raw batch floor at one point (examples/floor.rs): the server's own session run back to
+    back on a pre-tokenised batch of `batch` short queries, pinned to CPU 0 like the servers. At
+    concurrency c each client has one query in flight, so c is the largest batch serve can form;
+    texts a second are requests a second."""
+    out = subprocess.run([str(binary), str(batch), str(seconds)], env=env, check=True, capture_output=True,
+                         text=True, preexec_fn=pinned(0)).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"load_avg_1m": os.getloadavg()[0], "requests_per_s": r["texts_per_s"], "p50_ms": r["ms_per_run"],
+            "p99_ms": None, "requests": r["runs"] * batch, "non_2xx": 0, "socket_errors": None,
+            "batch": batch, "runs": r["runs"], "server_cpu_s": r.get("cpu_seconds"),
+            "requests_per_cpu_s": r.get("texts_per_cpu_s")}
 
 
 def check_answers(urls, bodies):
@@ -207,6 +251,9 @@ def median_of(rounds):
     if len(rounds) == 1:
         return dict(rounds[0])
     out = {"requests_per_s": statistics.median(r["requests_per_s"] for r in rounds)}
+    per_cpu = [r["requests_per_cpu_s"] for r in rounds if r.get("requests_per_cpu_s")]
+    out["requests_per_cpu_s"] = statistics.median(per_cpu) if per_cpu else None
+    out["load_avg_1m"] = [r.get("load_avg_1m") for r in rounds]
     for key in ("p50_ms", "p99_ms"):
         values = [r[key] for r in rounds if r[key] is not None]
         out[key] = statistics.median(values) if values else None
@@ -287,6 +334,11 @@ def main() -> int:
         if unknown:
             raise SystemExit(f"BENCH_CONTENDERS: unknown {unknown}; known {list(contenders)}")
         contenders = {n: contenders[n] for n in contenders if n in wanted}
+    # The raw batch floor beside the short-query points (BENCH_FLOOR=0 leaves it out).
+    floor_bin = REPO / "target" / "release" / "examples" / "floor"
+    with_floor = os.environ.get("BENCH_FLOOR", "1") != "0" and "short_query" in bodies
+    if with_floor and not floor_bin.is_file():
+        raise SystemExit(f"{floor_bin} is missing: cargo build --release -p coldpath-serve --example floor")
     concurrency = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", ",".join(map(str, CONCURRENCY))).split(",")]
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
     ready_s = float(os.environ.get("BENCH_CONTENDER_READY_S", "300"))
@@ -313,17 +365,26 @@ def main() -> int:
         for body in bodies:
             for c in concurrency:
                 points = {name: [] for name in contenders}
+                if with_floor and body == "short_query":
+                    points["floor"] = []
                 for _ in range(rounds):
                     for name in contenders:
                         wrk(urls[name], scripts[body], c, 2)  # warm-up at this concurrency
-                        points[name].append(wrk(urls[name], scripts[body], c, seconds_by_body[body]))
-                for name in contenders:
+                        points[name].append(timed_wrk(urls[name], scripts[body], c, seconds_by_body[body],
+                                                      procs.get(name)))
+                    if "floor" in points:
+                        points["floor"].append(floor_point(floor_bin, base_env, c, seconds_by_body[body]))
+                for name in points:
                     r = median_of(points[name])
-                    results[name].setdefault(body, {})[str(c)] = r
+                    results.setdefault(name, {}).setdefault(body, {})[str(c)] = r
                     lat = ("no answer within the point" if r["p50_ms"] is None else
+                           f"{r['p50_ms']:8.2f} ms a run of {c}" if name == "floor" else
                            f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms")
                     spread = ("" if rounds == 1 else "  rounds " +
                               "/".join(f"{x['requests_per_s']:.1f}" for x in points[name]))
+                    if r.get("requests_per_cpu_s"):
+                        spread += f"  {r['requests_per_cpu_s']:.1f} a CPU-second"
+                    spread += "  load " + "/".join(f"{x.get('load_avg_1m', 0):.1f}" for x in points[name])
                     print(f"{body:<12} c={c:<3} {name:<14} {r['requests_per_s']:8.1f} req/s  {lat}  "
                           f"non-2xx {r['non_2xx']}{spread}", flush=True)
         memory = {name: dict(rss_mib(p.pid)) for name, p in procs.items()}
@@ -347,6 +408,15 @@ def main() -> int:
     ratio("short_query_c16_over_one_at_a_time_c1", rps("serve", "short_query", 16), rps("one_at_a_time", "short_query", 1))
     ratio("short_query_c16_over_one_at_a_time_c16", rps("serve", "short_query", 16), rps("one_at_a_time", "short_query", 16))
     ratio("short_query_c16_over_python_c16", rps("serve", "short_query", 16), rps("python", "short_query", 16))
+    def per_cpu(name, body, c):
+        return results.get(name, {}).get(body, {}).get(str(c), {}).get("requests_per_cpu_s")
+
+    for c in concurrency:
+        ratio(f"short_query_c{c}_serve_over_floor", rps("serve", "short_query", c), rps("floor", "short_query", c))
+        ratio(f"short_query_c{c}_serve_over_floor_per_cpu_s", per_cpu("serve", "short_query", c),
+              per_cpu("floor", "short_query", c))
+        for body in bodies:
+            ratio(f"{body}_c{c}_serve_over_one_at_a_time", rps("serve", body, c), rps("one_at_a_time", body, c))
     if "serve" in results and "16" in results["serve"].get("short_query", {}):
         summary["short_query_c16_p99_ms"] = results["serve"]["short_query"]["16"]["p99_ms"]
     if extra_name in results:

@@ -617,6 +617,35 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// States the pod's worst case once the models are loaded (the text bound needs their vector
+/// sizes): what requests in flight may hold beyond the loaded models, per workload and in all,
+/// and the process's resident memory now, which the in-flight bound comes on top of.
+fn log_memory_bound(config: &ServeConfig, hosted: &Hosted) {
+    let shapes = hosted.text_shapes();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let in_flight = config.memory_bound(&shapes, workers);
+    let idle = resident_bytes();
+    tracing::info!(
+        faces_memory_bound_bytes = config.faces_memory_bound(),
+        text_memory_bound_bytes = config.text_memory_bound(&shapes, workers),
+        unread_answers_bound_bytes = config
+            .largest_text_answer(&shapes)
+            .map(|a| a * config.connections.max as u64),
+        in_flight_memory_bound_bytes = in_flight,
+        loaded_resident_bytes = idle,
+        memory_bound_bytes = idle.map(|idle| idle + in_flight),
+        workers,
+        "coldpath-serve memory bound"
+    );
+}
+
+/// This process's resident memory, from `/proc` (`None` where there is none).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// The whole server: listen first (so `/health` answers and `/ready` says 503 while models
 /// load), load and warm the workloads, take requests until `shutdown`, drain, close the queues.
 ///
@@ -661,6 +690,7 @@ pub async fn run(
     };
     match loaded {
         Ok(hosted) => {
+            log_memory_bound(&config, &hosted);
             state.set_ready(hosted);
             tracing::info!("coldpath-serve ready");
         }

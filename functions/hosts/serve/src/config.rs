@@ -47,6 +47,71 @@ pub struct ConnectionLimits {
 /// through this buffer in pieces of at most this size before the handler holds it.
 pub const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 
+/// The tokenizers' working set while they tokenize one text, per byte of the text: the most
+/// measured over texts built to be costly (one token a byte, such as `"a!"` repeated: 299 bytes
+/// for all-MiniLM-L6-v2's WordPiece, 321 for CLIP's byte-level BPE, with tokenizers 0.23, 1 MiB
+/// texts), rounded up by a fifth. Measured, not derived: the tokenizer keeps every piece of the
+/// text with its offsets until it truncates.
+pub const TOKENIZER_BYTES_PER_TEXT_BYTE: u64 = 384;
+
+/// What the loaded models fix that a text bound needs: their vector sizes, and CLIP's context
+/// length (its rows' width). Known once the models are loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextShapes {
+    pub embeddings_dims: Option<usize>,
+    /// CLIP's text vector size and context length.
+    pub clip: Option<(usize, usize)>,
+}
+
+/// One text workload's parts of [`ServeConfig::text_memory_bound`], in bytes.
+struct TextTerms {
+    admitted: u64,
+    /// What one admitted request holds at most.
+    held: u64,
+    /// What one worker thread holds at most for one of its requests (a JSON tree).
+    worker: u64,
+    /// The request body limit.
+    body: u64,
+    /// The running batch's own copies.
+    batch: u64,
+}
+
+impl TextTerms {
+    fn new(
+        policy: BatchPolicy,
+        body: usize,
+        texts: usize,
+        ids: usize,
+        dims: usize,
+        batch: usize,
+    ) -> Self {
+        let body = body as u64;
+        let buffer = 2 * (body + CONNECTION_BUFFER_BYTES as u64);
+        let parsed = body + 64 * texts as u64;
+        let ids = ids as u64;
+        let vectors = (texts * dims * 4) as u64;
+        let answer = answer_bytes(texts, dims);
+        let held = (buffer + parsed)
+            .max(parsed + ids)
+            .max(ids + vectors)
+            .max(vectors + answer);
+        let answer_tree = 32 * (texts * dims) as u64 + answer;
+        TextTerms {
+            admitted: (policy.queue + policy.max_items) as u64,
+            held,
+            worker: (32 * body + parsed).max(answer_tree),
+            body,
+            batch: batch as u64,
+        }
+    }
+}
+
+/// An OpenAI embeddings answer of `texts` vectors of `dims` floats, serialized: at most 16
+/// bytes a float (`-1.2345678e-12,`) and 96 a vector for its object, and 512 for the rest.
+fn answer_bytes(texts: usize, dims: usize) -> u64 {
+    (texts * (16 * dims + 96) + 512) as u64
+}
+
 /// Everything `coldpath-serve` reads from the environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
@@ -268,6 +333,97 @@ impl ServeConfig {
         Some(admitted * per_request + connections)
     }
 
+    /// The most memory that text requests in flight (embeddings, and CLIP's text tower when
+    /// hosted) can hold at once, beyond the loaded models, from this configuration and the
+    /// loaded models' shapes (`None` when neither is hosted). `workers` is the runtime's worker
+    /// threads, which is also how many requests are tokenized at once.
+    ///
+    /// Like faces, a text request holds nothing before it is admitted, and at most `queue +
+    /// max_items` are admitted per workload. An admitted one holds, in turn: its body being read
+    /// (at most `2 (B + 64 KiB)`: a body of undeclared length grows its buffer by doubling), the
+    /// texts parsed out of it (`B`, and 64 bytes a text) while the body is freed, the texts and
+    /// their token ids (12 bytes a kept token: ids, type ids, mask; CLIP rows of 4 bytes a
+    /// position), the ids and its vectors (4 bytes a dimension), the vectors and the serialized
+    /// answer (at most 16 bytes a dimension and 96 a text). Its share is the largest adjacent pair.
+    ///
+    /// Beside those, bounded by the threads that do the work rather than by the queue: each
+    /// worker thread parses one body into a JSON tree at a time (at most 32 bytes of tree a byte
+    /// of body: a `Value` is 32 bytes and the shortest JSON value is one byte and a comma), or
+    /// builds one answer's tree (32 bytes a dimension); each of `workers` tokenizing threads
+    /// holds the tokenizer's working set for one text, [`TOKENIZER_BYTES_PER_TEXT_BYTE`] times
+    /// the text's bytes; and each model's running batch holds its input tensors and output.
+    pub fn text_memory_bound(&self, shapes: &TextShapes, workers: usize) -> Option<u64> {
+        let mut terms: Vec<TextTerms> = Vec::new();
+        if let (Some(c), Some(dims)) = (&self.embeddings, shapes.embeddings_dims) {
+            let tokens = c.pipeline.max_tokens;
+            // The embedder's runs are at most `max_batch_tokens` padded tokens, or one text.
+            let run_tokens = c.pipeline.max_batch_tokens.max(tokens);
+            terms.push(TextTerms::new(
+                self.embeddings_batch,
+                c.limits.max_request_bytes,
+                c.limits.max_inputs,
+                // ids, type ids and attention mask (u32 each) a kept token, and the encoding's
+                // own fixed part (its empty vectors and map) a text.
+                c.limits.max_inputs * (12 * tokens + 256),
+                dims,
+                // i64 ids, mask, its copy and type ids a padded position, and the model's
+                // output of `dims` floats a position.
+                run_tokens * (32 + 4 * dims),
+            ));
+        }
+        if let (Some(c), Some((dims, context))) = (&self.clip, shapes.clip) {
+            let limits = c.limits.text;
+            let rows = |texts: usize| texts * (4 * context + 8);
+            terms.push(TextTerms::new(
+                self.clip_batch,
+                limits.max_request_bytes,
+                limits.max_inputs,
+                rows(limits.max_inputs),
+                dims,
+                // The batch's rows stacked into one array (a request larger than a batch runs
+                // alone), and the tower's output.
+                rows(self.clip_batch.max_items.max(limits.max_inputs)) * (1 + dims),
+            ));
+        }
+        if terms.is_empty() {
+            return None;
+        }
+        let admitted: u64 = terms.iter().map(|t| t.admitted * t.held).sum();
+        let per_worker = terms.iter().map(|t| t.worker).max().unwrap_or(0);
+        let largest_text = terms.iter().map(|t| t.body).max().unwrap_or(0);
+        let tokenizing = TOKENIZER_BYTES_PER_TEXT_BYTE * largest_text;
+        let batches: u64 = terms.iter().map(|t| t.batch).sum();
+        Some(admitted + workers as u64 * (per_worker + tokenizing) + batches)
+    }
+
+    /// The largest answer a text workload can give, serialized: what one connection whose
+    /// client does not read its answer can keep (`None` when no text workload is hosted).
+    pub fn largest_text_answer(&self, shapes: &TextShapes) -> Option<u64> {
+        let embeddings = self
+            .embeddings
+            .as_ref()
+            .zip(shapes.embeddings_dims)
+            .map(|(c, dims)| answer_bytes(c.limits.max_inputs, dims));
+        let clip = self
+            .clip
+            .as_ref()
+            .zip(shapes.clip)
+            .map(|(c, (dims, _))| answer_bytes(c.limits.text.max_inputs, dims));
+        embeddings.into_iter().chain(clip).max()
+    }
+
+    /// The pod's in-flight bound: faces' (with every connection's read buffer), the text
+    /// workloads', and one unread text answer per open connection (an answer is handed to its
+    /// connection when its request's place is given back, and stays there until the client
+    /// reads it). The loaded models' idle memory comes on top.
+    pub fn memory_bound(&self, shapes: &TextShapes, workers: usize) -> u64 {
+        let connections = (self.connections.max * CONNECTION_BUFFER_BYTES) as u64;
+        let faces = self.faces_memory_bound().unwrap_or(connections);
+        let text = self.text_memory_bound(shapes, workers).unwrap_or(0);
+        let unread = self.largest_text_answer(shapes).unwrap_or(0) * self.connections.max as u64;
+        faces + text + unread
+    }
+
     /// The hosted workloads' names, for logs and errors.
     pub fn workloads(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
@@ -325,6 +481,69 @@ mod tests {
         assert_eq!(c.connections.read_timeout, Duration::from_secs(10));
         assert_eq!(c.stall, Duration::from_secs(60));
         assert_eq!(c.local_paths_dir, None);
+    }
+
+    /// The text bound from its parts, at the server's defaults with both text workloads (the
+    /// shapes of all-MiniLM-L6-v2 and ViT-B-32's text tower, two workers): a change to the
+    /// formula or the defaults shows here, and in the figures quoted in BENCHMARKS.md.
+    #[test]
+    fn the_text_bound_is_stated_from_the_configuration() {
+        let shapes = TextShapes {
+            embeddings_dims: Some(384),
+            clip: Some((512, 77)),
+        };
+        let faces_only =
+            ServeConfig::from_env(&MapEnv::new([("COLDPATH_SERVE_WORKLOADS", "faces")])).unwrap();
+        assert_eq!(faces_only.text_memory_bound(&shapes, 2), None);
+        let c = ServeConfig::from_env(&MapEnv::new([(
+            "COLDPATH_SERVE_WORKLOADS",
+            "embeddings,faces,clip",
+        )]))
+        .unwrap();
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let text = c.text_memory_bound(&shapes, 2).unwrap();
+        let one_worker = c.text_memory_bound(&shapes, 1).unwrap();
+        // A worker more is one more JSON tree of the largest body and one more tokenizer
+        // working set of it: 32 + 1 + 384 times 1 MiB, and the texts' own 64 bytes each.
+        assert_eq!(text - one_worker, (32 + 1 + 384) * (1 << 20) + 64 * 256);
+        // One more place in the embeddings queue is one more request's share: its body's buffer
+        // (2 × (1 MiB + 64 KiB)) beside its texts (1 MiB and 64 bytes each for 256 texts).
+        let deeper = ServeConfig {
+            embeddings_batch: BatchPolicy {
+                queue: c.embeddings_batch.queue + 1,
+                ..c.embeddings_batch
+            },
+            ..c.clone()
+        };
+        let share = deeper.text_memory_bound(&shapes, 2).unwrap() - text;
+        assert_eq!(share, 2 * ((1 << 20) + 65_536) + (1 << 20) + 64 * 256);
+        let answer = c.largest_text_answer(&shapes).unwrap();
+        assert_eq!(answer, 256 * (16 * 384 + 96) + 512);
+        let total = c.memory_bound(&shapes, 2);
+        assert_eq!(
+            total,
+            c.faces_memory_bound().unwrap() + text + answer * c.connections.max as u64
+        );
+        eprintln!(
+            "defaults: text {:.0} MiB, unread answers {:.0} MiB, faces {:.0} MiB, in flight {:.0} MiB",
+            mib(text),
+            mib(answer * c.connections.max as u64),
+            mib(c.faces_memory_bound().unwrap()),
+            mib(total)
+        );
+        // The pod's task (infra/pod/service.yaml): faces queue 4 and batches of 2.
+        let pod = ServeConfig::from_env(&MapEnv::new([
+            ("COLDPATH_SERVE_WORKLOADS", "embeddings,faces,clip"),
+            ("COLDPATH_SERVE_FACES_QUEUE", "4"),
+            ("COLDPATH_SERVE_FACES_MAX_BATCH", "2"),
+        ]))
+        .unwrap();
+        eprintln!(
+            "pod: text {:.0} MiB, faces {:.0} MiB, in flight {:.0} MiB",
+            mib(pod.text_memory_bound(&shapes, 2).unwrap()),
+            mib(pod.faces_memory_bound().unwrap()),
+            mib(pod.memory_bound(&shapes, 2))
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod metrics;
 pub mod workloads;
 
 pub use app::{AppState, router, run, serve, shutdown_signal};
-pub use config::{BatchPolicy, ConnectionLimits, ServeConfig};
+pub use config::{BatchPolicy, ConnectionLimits, ServeConfig, TextShapes};
 pub use error::{RequestError, StartError};
 pub use metrics::Metrics;
 pub use workloads::{Hosted, load};

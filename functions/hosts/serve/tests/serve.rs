@@ -18,7 +18,7 @@ use base64::Engine as _;
 use coldpath_aws::ObjectStore;
 use coldpath_core::MapEnv;
 use coldpath_io::LocalObjectDir;
-use coldpath_serve::{AppState, Metrics, ServeConfig, load, serve};
+use coldpath_serve::{AppState, Metrics, ServeConfig, TextShapes, load, serve};
 use coldpath_test_support::{repo_root, setup_var, sigterm, vectors};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1182,6 +1182,79 @@ async fn a_flood_of_large_uploads_is_refused_before_the_bodies_are_read_and_memo
     assert_eq!(r.status, 200, "{}", r.text());
     eprintln!(
         "flood: {read} bodies read, {refused_unread} refused unread; peak memory +{} MB (bound {} MB)",
+        grown >> 20,
+        bound >> 20
+    );
+}
+
+/// Forty clients post the largest embeddings request at once (one text filling the body
+/// limit, shaped to cost the tokenizer most: one token a byte) to a queue of 4 and batches of 4:
+/// those beyond the admitted ones get 429 unread, and the server's peak memory stays under the
+/// bound its configuration states (`ServeConfig::memory_bound`: the text workloads' in-flight
+/// bound, the connections' buffers and their unread answers). Tokenizing on the blocking pool,
+/// as the server did before, can hold all 8 admitted requests' tokenizer working sets (about
+/// 75 MB each) at once; held to two at a time but still on the pool's threads it measured
+/// +291 MB against this bound's 221 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_maximum_size_texts_holds_the_stated_embeddings_bound() {
+    const BODY_LIMIT: usize = 256 * 1024;
+    let limit = BODY_LIMIT.to_string();
+    let extra = [
+        ("COLDPATH_SERVE_EMBEDDINGS_QUEUE", "4"),
+        ("COLDPATH_SERVE_EMBEDDINGS_MAX_BATCH", "4"),
+        ("COLDPATH_SERVE_MAX_CONNECTIONS", "64"),
+        ("EMBEDDINGS_MAX_REQUEST_BYTES", limit.as_str()),
+        ("EMBEDDINGS_MAX_INPUTS", "4"),
+    ];
+    let mut with_workload = vec![("COLDPATH_SERVE_WORKLOADS", "embeddings")];
+    with_workload.extend_from_slice(&extra);
+    let config = ServeConfig::from_env(&env(&with_workload)).expect("config");
+    // The binary's runtime has a worker a CPU, as this process sees them.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shapes = TextShapes {
+        embeddings_dims: Some(384),
+        clip: None,
+    };
+    let bound = config.memory_bound(&shapes, workers);
+    let p = spawn_binary_with("embeddings", &extra);
+    let (addr, pid) = (p.addr, p.child.id());
+    let text = "a!".repeat((BODY_LIMIT - 64) / 2);
+    let body = Arc::new(json!({ "input": text }).to_string().into_bytes());
+    assert!(body.len() <= BODY_LIMIT);
+    // Settle: one such request through, so the tokenizer's and the session's working sets for
+    // this shape have been reached once.
+    let (asked, r) = upload_expecting_continue(addr, "/v1/embeddings", Arc::clone(&body)).await;
+    assert!(asked && r.status == 200, "{}", r.text());
+    let before = peak_rss_bytes(pid);
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let body = Arc::clone(&body);
+            tokio::spawn(upload_expecting_continue(addr, "/v1/embeddings", body))
+        })
+        .collect();
+    let (mut answered, mut refused_unread) = (0, 0);
+    for t in tasks {
+        let (asked, r) = t.await.expect("upload task");
+        match (asked, r.status) {
+            (true, 200) => answered += 1,
+            (false, 429) => refused_unread += 1,
+            other => panic!("{other:?}: {}", r.text()),
+        }
+    }
+    let grown = peak_rss_bytes(pid).saturating_sub(before);
+    eprintln!(
+        "text flood: {answered} answered, {refused_unread} refused unread; peak memory +{} MB \
+         (bound {} MB, {workers} workers)",
+        grown >> 20,
+        bound >> 20
+    );
+    assert!(
+        answered >= 1 && refused_unread >= 1,
+        "{answered} answered, {refused_unread} refused"
+    );
+    assert!(
+        grown <= bound,
+        "peak memory grew {} MB under the flood, over the stated bound of {} MB",
         grown >> 20,
         bound >> 20
     );
