@@ -1444,14 +1444,26 @@ def post_embeddings(box, request):
     return status, data, (time.monotonic() - t) * 1000
 
 
-def rehearse(args, report: Report) -> int:
-    if os.geteuid() != 0:
-        raise RehearsalError("needs root: a private mount namespace (unshare --mount) and a cgroup")
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        raise RehearsalError("unshare/nsenter (util-linux) are missing")
-    host_before = host_state()
-    # Every AWS client here (and tools/deploy.py's) talks to moto with throwaway credentials;
-    # a profile or real keys in the caller's environment must never reach it.
+def deployed_parameters(template: dict, captioning_bundle: Path) -> tuple[dict, dict, dict]:
+    """The parameters `make deploy` passes (every other one at its default): the captioning
+    bundle's pins and version computed from `captioning_bundle`, the CLIP fixture's likewise.
+    Also returns both pin lists."""
+    import deploy  # tools/deploy.py: the documented digests
+
+    params = parameter_defaults(template)
+    digests = deploy.bundle_digests(captioning_bundle)
+    params["CaptioningModelSha256"] = deploy.sha256_param(digests)
+    params["CaptioningModelVersion"] = deploy.bundle_version(digests)
+    clip_pins = deploy.clip_digests(CLIP_FIXTURE)
+    params["ClipModelSha256"] = deploy.sha256_param(clip_pins)
+    params["ClipModelVersion"] = deploy.bundle_version(clip_pins)
+    return params, digests, clip_pins
+
+
+def fresh_work_dir() -> Path:
+    """Points every AWS client here (and tools/deploy.py's) at moto's throwaway credentials, so
+    a profile or real keys in the caller's environment never reach it, and empties WORK;
+    returns its logs directory."""
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         os.environ.pop(name, None)
     os.environ.update(AWS_ACCESS_KEY_ID="rehearsal", AWS_SECRET_ACCESS_KEY="rehearsal",
@@ -1460,6 +1472,16 @@ def rehearse(args, report: Report) -> int:
     if WORK.exists():
         shutil.rmtree(WORK)
     logs.mkdir(parents=True)
+    return logs
+
+
+def rehearse(args, report: Report) -> int:
+    if os.geteuid() != 0:
+        raise RehearsalError("needs root: a private mount namespace (unshare --mount) and a cgroup")
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        raise RehearsalError("unshare/nsenter (util-linux) are missing")
+    host_before = host_state()
+    logs = fresh_work_dir()
 
     # 1. The SAM CLI. The rehearsal then reads the template `sam build` wrote (its CodeUri and
     # ContentUri name what `sam deploy` would upload), or infra/template.yaml without it.
@@ -1473,13 +1495,7 @@ def rehearse(args, report: Report) -> int:
     from package import CODEC_UNAVAILABLE  # tools/package.py: a decoder library that did not load
 
     template = load_template(template_path)
-    params = parameter_defaults(template)
-    digests = deploy.bundle_digests(CAPTIONING_FIXTURE)
-    params["CaptioningModelSha256"] = deploy.sha256_param(digests)
-    params["CaptioningModelVersion"] = deploy.bundle_version(digests)
-    clip_pins = deploy.clip_digests(CLIP_FIXTURE)
-    params["ClipModelSha256"] = deploy.sha256_param(clip_pins)
-    params["ClipModelVersion"] = deploy.bundle_version(clip_pins)
+    params, digests, clip_pins = deployed_parameters(template, CAPTIONING_FIXTURE)
     clip_dims = json.loads((CLIP_FIXTURE / "config.json").read_text())["embed_dim"]
     stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/{uuid.uuid4()}"
     stack = Stack(template, params, stack_id, template_path.parent)
@@ -1880,24 +1896,11 @@ def rehearse_real_size(args, report: Report) -> dict:
     missing = [p for p in REAL_SIZE_PHOTOS if not p.is_file()]
     if missing:
         raise RehearsalError(f"missing photos: {', '.join(map(str, missing))} (make rehearse-real-size writes them)")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        os.environ.pop(name, None)
-    os.environ.update(AWS_ACCESS_KEY_ID="rehearsal", AWS_SECRET_ACCESS_KEY="rehearsal",
-                      AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION)
-    logs = WORK / "logs"
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    logs.mkdir(parents=True)
+    logs = fresh_work_dir()
     import deploy
 
     template = load_template(TEMPLATE)
-    params = parameter_defaults(template)
-    digests = deploy.bundle_digests(model_dir)
-    params["CaptioningModelSha256"] = deploy.sha256_param(digests)
-    params["CaptioningModelVersion"] = deploy.bundle_version(digests)
-    clip_pins = deploy.clip_digests(CLIP_FIXTURE)
-    params["ClipModelSha256"] = deploy.sha256_param(clip_pins)
-    params["ClipModelVersion"] = deploy.bundle_version(clip_pins)
+    params, digests, _ = deployed_parameters(template, model_dir)
     stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/{uuid.uuid4()}"
     stack = Stack(template, params, stack_id, TEMPLATE.parent)
     moto, endpoint = start_moto(logs)

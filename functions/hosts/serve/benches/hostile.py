@@ -113,6 +113,17 @@ def post_raw(path, body, out, timeout=600):
         out.append(0)
 
 
+def flood(clients, target, *args):
+    """`clients` threads calling `target(*args)` at once; the seconds until the last is done."""
+    threads = [threading.Thread(target=target, args=args) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def percentile(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -155,16 +166,11 @@ def main() -> int:
         before = peak_rss(proc.pid)
         body = json.dumps({"image": {"base64": "A" * (30_000_000 - 64)}}).encode()
         outcomes = []
-        threads = [threading.Thread(target=upload_expecting_continue, args=(body, outcomes)) for _ in range(clients)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        seconds = flood(clients, upload_expecting_continue, body, outcomes)
         grown = peak_rss(proc.pid) - before
         bound = stated_bound(work / "serve.log")
         results["flood"] = {
-            "clients": clients, "body_mb": 30, "seconds": time.perf_counter() - started,
+            "clients": clients, "body_mb": 30, "seconds": seconds,
             "read_then_400": sum(1 for a, s in outcomes if a and s == 400),
             "refused_unread_429": sum(1 for a, s in outcomes if not a and s == 429),
             "other": sum(1 for a, s in outcomes if (a, s) not in ((True, 400), (False, 429))),
@@ -233,17 +239,11 @@ def main() -> int:
         assert settle == [200], settle
         before = peak_rss(proc.pid)
         statuses = []
-        threads = [threading.Thread(target=post_raw, args=("/v1/embeddings", body, statuses))
-                   for _ in range(text_clients)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        seconds = flood(text_clients, post_raw, "/v1/embeddings", body, statuses)
         grown = peak_rss(proc.pid) - before
         log = work / "serve3.log"
         results["text_flood"] = {
-            "clients": text_clients, "body_bytes": len(body), "seconds": time.perf_counter() - started,
+            "clients": text_clients, "body_bytes": len(body), "seconds": seconds,
             "answered_200": statuses.count(200), "refused_429": statuses.count(429),
             "unavailable_503": statuses.count(503),
             "other": len(statuses) - sum(statuses.count(s) for s in (200, 429, 503)),
