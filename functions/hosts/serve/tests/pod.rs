@@ -37,8 +37,8 @@ fn default_of(template: &Value, parameter: &str) -> u64 {
 /// The Fargate task's container environment; values computed by CloudFormation (`!Ref`, `!Sub`)
 /// are model locations and pins, which the bound does not read: a placeholder stands in.
 fn cpu_task_env(template: &Value) -> MapEnv {
-    let container = &template["Resources"]["CpuTaskDefinition"]["Properties"]
-        ["ContainerDefinitions"][0];
+    let container =
+        &template["Resources"]["CpuTaskDefinition"]["Properties"]["ContainerDefinitions"][0];
     let pairs: Vec<(String, String)> = container["Environment"]
         .as_sequence()
         .expect("the task's Environment list")
