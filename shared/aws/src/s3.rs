@@ -74,26 +74,33 @@ impl ObjectFetcher for S3Fetcher {
             }
             Err(e) => return Err(classify(e)),
         };
-        // A server that ignores `Range` answers 200 with the whole object: then it is one part.
-        let total = match first.content_range() {
-            Some(range) => object_size(range)
-                .ok_or_else(|| FetchError::Other(format!("unreadable Content-Range {range:?}")))?,
-            None => first
-                .content_length()
-                .and_then(|n| u64::try_from(n).ok())
-                .ok_or_else(|| FetchError::Other("no Content-Length".to_string()))?,
+        let part = self.part_bytes.unwrap_or(u64::MAX);
+        // The object's size, and how much of it the first answer carries: its range, or all of
+        // it when the request asked for no range or the server ignored `Range` (200).
+        let (total, first_len) = match first.content_range() {
+            Some(range) => {
+                let total = object_size(range).ok_or_else(|| {
+                    FetchError::Other(format!("unreadable Content-Range {range:?}"))
+                })?;
+                (total, total.min(part))
+            }
+            None => {
+                let total = first
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| FetchError::Other("no Content-Length".to_string()))?;
+                (total, total)
+            }
         };
         let etag = first.e_tag().map(str::to_owned);
         let file = tokio::fs::File::create(dest).await?;
         file.set_len(total).await?;
         drop(file);
-        let part = self.part_bytes.unwrap_or(total).max(1);
-        let first_len = total.min(part);
         write_range(first.body, dest, 0, first_len).await?;
 
         let mut parts = (first_len..total)
             .step_by(usize::try_from(part).unwrap_or(usize::MAX))
-            .map(|start| (start, (start + part).min(total)));
+            .map(|start| (start, start.saturating_add(part).min(total)));
         let mut running = tokio::task::JoinSet::new();
         loop {
             while running.len() < PARTS_IN_FLIGHT {
