@@ -50,12 +50,6 @@ impl<S: Send + Sync + 'static> Deferred<S> {
         Deferred { outcome }
     }
 
-    /// Already-loaded state, for hosts that load before they serve.
-    pub fn ready(state: S) -> Deferred<S> {
-        let (_tx, outcome) = watch::channel(Some(Ok(Arc::new(state))));
-        Deferred { outcome }
-    }
-
     /// The state once loaded, or the load's error. A load that panicked or could not start is an
     /// `Internal` error.
     pub async fn get(&self) -> Result<Arc<S>, HandlerError> {
@@ -67,11 +61,6 @@ impl<S: Send + Sync + 'static> Deferred<S> {
                 "the model load ended without a result (it panicked or its thread did not start)",
             )),
         }
-    }
-
-    /// Whether the load has finished, well or not.
-    pub fn is_done(&self) -> bool {
-        self.outcome.borrow().is_some()
     }
 }
 
@@ -98,13 +87,16 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!deferred.is_done(), "nothing finished the load yet");
+        assert!(
+            deferred.outcome.borrow().is_none(),
+            "nothing finished the load yet"
+        );
         assert!(waiters.iter().all(|w| !w.is_finished()));
         release.send(()).unwrap();
         for w in waiters {
             assert_eq!(w.await.unwrap(), 42);
         }
-        assert!(deferred.is_done());
+        assert!(deferred.outcome.borrow().is_some());
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
@@ -145,12 +137,5 @@ mod tests {
             "the runtime was held by the load"
         );
         deferred.get().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn ready_state_is_there_at_once() {
-        let deferred = Deferred::ready("loaded");
-        assert!(deferred.is_done());
-        assert_eq!(*deferred.get().await.unwrap(), "loaded");
     }
 }
