@@ -1,6 +1,10 @@
 //! What the functions' benchmarks share: the machine a figure was measured on, the median they
 //! quote and the peak memory they report, so every BENCHMARKS.md means the same by each.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
 use serde_json::{Value, json};
 
 /// The CPU model and the CPUs this process may use, recorded beside every figure.
@@ -49,6 +53,92 @@ pub fn median(samples: &[f64]) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Wall time of each of `iters` calls to `call`, in milliseconds, after `warmup` untimed calls.
+pub fn time_calls(iters: usize, warmup: usize, mut call: impl FnMut()) -> Vec<f64> {
+    (0..warmup).for_each(|_| call());
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            call();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+/// A benchmark's reference implementation in another process (a Python script with its model
+/// loaded once), spoken to in JSON lines: one command a line on its stdin, one reply a line on
+/// its stdout. Its first line must say `"ready": true`; a reply with an `"error"` fails the
+/// benchmark; `{"op": "quit"}` ends it when this is dropped.
+pub struct JsonPeer {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// The first line it wrote (versions and the like beside `"ready"`).
+    pub ready: Value,
+}
+
+impl JsonPeer {
+    /// Starts `command` with piped stdin and stdout and waits for its ready line; `name` is
+    /// what failures call it.
+    pub fn start(mut command: Command, name: &str) -> JsonPeer {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut peer = JsonPeer {
+            name: name.to_string(),
+            child,
+            stdin,
+            stdout,
+            ready: Value::Null,
+        };
+        peer.ready = peer.read();
+        assert_eq!(peer.ready["ready"], true, "{name} did not start");
+        peer
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("read from {}: {e}", self.name));
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{} said {line:?}: {e}", self.name));
+        assert!(v.get("error").is_none(), "{}: {}", self.name, v["error"]);
+        v
+    }
+
+    /// Sends one command and returns its reply.
+    pub fn ask(&mut self, command: Value) -> Value {
+        writeln!(self.stdin, "{command}").unwrap_or_else(|e| panic!("write to {}: {e}", self.name));
+        self.read()
+    }
+
+    /// Sends a command that the peer times itself, and returns its `times_ns` in milliseconds
+    /// with the whole reply.
+    pub fn times(&mut self, command: Value) -> (Vec<f64>, Value) {
+        let reply = self.ask(command);
+        let ms = reply["times_ns"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no times_ns in {reply}", self.name))
+            .iter()
+            .map(|t| t.as_f64().unwrap() / 1e6)
+            .collect();
+        (ms, reply)
+    }
+}
+
+impl Drop for JsonPeer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]

@@ -32,9 +32,8 @@
 //! `target/bench/clip.json`, whose top-level figures (`query_latency_ms`, `photo_latency_ms`,
 //! `cold_start_ms`, `peak_rss_mib`) are the first model's (ViT-B-32, Immich's default).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use coldpath_clip::towers::{Tower, TowerKind};
@@ -43,7 +42,7 @@ use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_image::{ImageLimits, RgbImage, decode};
 use coldpath_io::NoObjectStore;
 use coldpath_models::{OrtRuntime, SessionPool};
-use coldpath_test_support::bench::{machine, median, peak_rss_mib};
+use coldpath_test_support::bench::{JsonPeer, machine, median, peak_rss_mib, time_calls};
 use ndarray::Array2;
 use ort::value::Tensor;
 use serde_json::{Value, json};
@@ -159,83 +158,15 @@ fn peer_script() -> &'static str {
 }
 
 /// The Python peer, loaded once, timing itself on request.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    ready: Value,
-}
-
-impl Peer {
-    fn start(model: &Path, threads: usize) -> Peer {
-        let mut child = Command::new(python())
-            .current_dir(repo())
-            .arg(peer_script())
-            .args(["--model", &model.display().to_string()])
-            .args(["--threads", &threads.to_string()])
-            .args(["--max-batch", &MAX_BATCH.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start clip_peer.py (make setup-fixtures)");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut peer = Peer {
-            child,
-            stdin,
-            stdout,
-            ready: Value::Null,
-        };
-        peer.ready = peer.read();
-        assert_eq!(peer.ready["ready"], true, "clip_peer.py did not start");
-        peer
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("read from clip_peer.py");
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("clip_peer.py said {line:?}: {e}"));
-        assert!(v.get("error").is_none(), "clip_peer.py: {}", v["error"]);
-        v
-    }
-
-    fn ask(&mut self, command: Value) -> Value {
-        writeln!(self.stdin, "{command}").expect("write to clip_peer.py");
-        self.read()
-    }
-
-    fn times(&mut self, command: Value) -> (Vec<f64>, Value) {
-        let reply = self.ask(command);
-        let ms = reply["times_ns"]
-            .as_array()
-            .expect("times_ns")
-            .iter()
-            .map(|t| t.as_f64().unwrap() / 1e6)
-            .collect();
-        (ms, reply)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
-        let _ = self.child.wait();
-    }
-}
-
-/// Wall time of each of `iters` calls, in milliseconds, after `warmup` untimed calls.
-fn time_calls(iters: usize, warmup: usize, mut call: impl FnMut()) -> Vec<f64> {
-    (0..warmup).for_each(|_| call());
-    (0..iters)
-        .map(|_| {
-            let t = Instant::now();
-            call();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect()
+fn start_peer(model: &Path, threads: usize) -> JsonPeer {
+    let mut command = Command::new(python());
+    command
+        .current_dir(repo())
+        .arg(peer_script())
+        .args(["--model", &model.display().to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--max-batch", &MAX_BATCH.to_string()]);
+    JsonPeer::start(command, "clip_peer.py")
 }
 
 /// Nearest-rank percentile; at p = 50 it is `median`'s sample.
@@ -446,7 +377,7 @@ fn bench_model(s: &Settings, model: &Path) -> Value {
     let text_signature = engine.text_signature().expect("text tower").clone();
     let floor_text = Floor::new(&runtime, &config, &layout, &text_signature);
     let floor_vision = tower(&runtime, &config, &layout, TowerKind::Visual);
-    let mut peer = Peer::start(model, s.threads);
+    let mut peer = start_peer(model, s.threads);
     let limits = ImageLimits::default();
 
     let query = vec![QUERY.to_string()];

@@ -14,10 +14,8 @@
 //! figures are medians and percentiles over all rounds, plus the median of per-round ratios.
 //! Run with `make bench`; results go to stdout and `target/bench/embeddings.json`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
 
 use coldpath_core::{MapEnv, ProcessEnv, config};
 use coldpath_embeddings::{EmbeddingsConfig, EmbeddingsService, OnnxEmbedder};
@@ -25,7 +23,7 @@ use coldpath_embeddings_function::{EmbeddingsFunction, handle};
 use coldpath_io::NoObjectStore;
 use coldpath_models::SessionPool;
 use coldpath_runtime::{Context, LambdaEvent};
-use coldpath_test_support::bench::{machine, median};
+use coldpath_test_support::bench::{JsonPeer, machine, median, time_calls};
 use ndarray::Array2;
 use ort::value::Tensor;
 use serde_json::{Value, json};
@@ -85,73 +83,23 @@ fn settings() -> Settings {
 }
 
 /// The Python reference, loaded once, timing itself on request.
-struct PythonRef {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl PythonRef {
-    fn start(model_dir: &str, threads: usize, max_tokens: usize) -> PythonRef {
-        let python =
-            std::env::var("COLDPATH_PYTHON").expect("COLDPATH_PYTHON (run with `make bench`)");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python_ref.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(["--model", &format!("{model_dir}/model.onnx")])
-            .args(["--tokenizer", &format!("{model_dir}/tokenizer.json")])
-            .args([
-                "--threads",
-                &threads.to_string(),
-                "--max-tokens",
-                &max_tokens.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python_ref.py");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut py = PythonRef {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(py.read()["ready"], true, "python_ref.py did not start");
-        py
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("read from python_ref.py");
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("python_ref.py said {line:?}: {e}"));
-        assert!(v.get("error").is_none(), "python_ref.py: {}", v["error"]);
-        v
-    }
-
-    fn ask(&mut self, command: Value) -> Value {
-        writeln!(self.stdin, "{command}").expect("write to python_ref.py");
-        self.read()
-    }
-
-    fn times(&mut self, command: Value) -> Vec<f64> {
-        self.ask(command)["times_ns"]
-            .as_array()
-            .expect("times_ns")
-            .iter()
-            .map(|t| t.as_f64().unwrap() / 1e6)
-            .collect()
-    }
-}
-
-impl Drop for PythonRef {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
-        let _ = self.child.wait();
-    }
+fn start_python_ref(model_dir: &str, threads: usize, max_tokens: usize) -> JsonPeer {
+    let python = std::env::var("COLDPATH_PYTHON").expect("COLDPATH_PYTHON (run with `make bench`)");
+    let mut command = Command::new(python);
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/python_ref.py"
+        ))
+        .args(["--model", &format!("{model_dir}/model.onnx")])
+        .args(["--tokenizer", &format!("{model_dir}/tokenizer.json")])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--max-tokens",
+            &max_tokens.to_string(),
+        ]);
+    JsonPeer::start(command, "python_ref.py")
 }
 
 /// The floor: one session and input tensors built once, then only `Session::run` is timed.
@@ -219,18 +167,6 @@ impl Floor {
     }
 }
 
-/// Wall time of each of `iters` calls to `call`, in milliseconds, after `warmup` untimed calls.
-fn time_calls(iters: usize, warmup: usize, mut call: impl FnMut()) -> Vec<f64> {
-    (0..warmup).for_each(|_| call());
-    (0..iters)
-        .map(|_| {
-            let t = Instant::now();
-            call();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect()
-}
-
 /// The function through its Lambda handler, as the runtime loop calls it.
 fn time_function(
     rt: &tokio::runtime::Runtime,
@@ -290,7 +226,7 @@ fn main() {
         coldpath_models::ModelSource::Local(d) => d.display().to_string(),
         other => panic!("the bench needs a local model, not {other}"),
     };
-    let mut python = PythonRef::start(&model_dir, s.threads, config.pipeline.max_tokens);
+    let mut python = start_python_ref(&model_dir, s.threads, config.pipeline.max_tokens);
     let batch = batch_texts();
     let query = [QUERY.to_string()];
     let (floor_query, floor_batch) = (0, 1);
@@ -324,9 +260,11 @@ fn main() {
                         2,
                     )),
                     2 => z.extend(floor.time(sessions, floor_query, CHUNK, 2)),
-                    _ => p.extend(python.times(
-                        json!({"op": "latency", "text": QUERY, "iters": CHUNK, "warmup": 2}),
-                    )),
+                    _ => p.extend(
+                        python
+                            .times(json!({"op": "latency", "text": QUERY, "iters": CHUNK, "warmup": 2}))
+                            .0,
+                    ),
                 }
             }
         }
@@ -336,10 +274,11 @@ fn main() {
                 match (call + turn) % 3 {
                     0 => bf.extend(time_function(&rt, &service, &batch_payload, 1, 1)),
                     1 => bz.extend(floor.time(sessions, floor_batch, 1, 1)),
-                    _ => bp
-                        .extend(python.times(
-                            json!({"op": "batch", "texts": batch, "iters": 1, "warmup": 1}),
-                        )),
+                    _ => bp.extend(
+                        python
+                            .times(json!({"op": "batch", "texts": batch, "iters": 1, "warmup": 1}))
+                            .0,
+                    ),
                 }
             }
         }
