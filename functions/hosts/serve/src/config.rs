@@ -30,6 +30,9 @@ pub struct BatchPolicy {
     /// How long a request may take from admission to answer before it gets 503; a request still
     /// queued then is dropped without running.
     pub deadline: Duration,
+    /// Longest a batch smaller than the one before waits for more requests (at most an eighth
+    /// of the last batch's run); zero never waits. See the batcher's fill wait.
+    pub fill_wait: Duration,
 }
 
 /// What one client connection may hold, so that neither many idle or slow clients nor a few
@@ -170,6 +173,10 @@ impl ServeConfig {
             "COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS",
             "an embeddings request's deadline",
         ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_EMBEDDINGS_FILL_WAIT_MS",
+            "longest wait to fill an embeddings batch (5; 0 never waits)",
+        ),
         EnvVar::optional("COLDPATH_SERVE_FACES_QUEUE", "faces requests that may wait"),
         EnvVar::optional(
             "COLDPATH_SERVE_FACES_MAX_BATCH",
@@ -190,6 +197,10 @@ impl ServeConfig {
         EnvVar::optional(
             "COLDPATH_SERVE_CLIP_DEADLINE_MS",
             "a CLIP text request's deadline",
+        ),
+        EnvVar::optional(
+            "COLDPATH_SERVE_CLIP_FILL_WAIT_MS",
+            "longest wait to fill a CLIP text batch (5; 0 never waits)",
         ),
         EnvVar::optional("COLDPATH_SERVE_DRAIN_MS", "the drain after SIGTERM"),
         EnvVar::optional(
@@ -258,6 +269,10 @@ impl ServeConfig {
                 config::positive_or(env, name, default)? as u64,
             ))
         };
+        let fill_ms = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+            config::parse_or(env, name, "milliseconds (0 never waits)", default)
+                .map(Duration::from_millis)
+        };
         Ok(ServeConfig {
             host,
             port,
@@ -275,6 +290,7 @@ impl ServeConfig {
                     1_536,
                 )?),
                 deadline: ms("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", 5_000)?,
+                fill_wait: fill_ms("COLDPATH_SERVE_EMBEDDINGS_FILL_WAIT_MS", 5)?,
             },
             faces: faces.then(|| FacesConfig::from_env(env)).transpose()?,
             faces_batch: BatchPolicy {
@@ -283,6 +299,8 @@ impl ServeConfig {
                 max_items: config::positive_or(env, "COLDPATH_SERVE_FACES_MAX_BATCH", 4)?,
                 max_weight: None,
                 deadline: ms("COLDPATH_SERVE_FACES_DEADLINE_MS", 30_000)?,
+                // Photos run one after the other, not stacked: a fuller batch saves nothing.
+                fill_wait: Duration::ZERO,
             },
             clip: clip
                 .then(|| ClipConfig::from_env(env, Towers::Text))
@@ -294,6 +312,7 @@ impl ServeConfig {
                 max_items: config::positive_or(env, "COLDPATH_SERVE_CLIP_MAX_BATCH", 64)?,
                 max_weight: None,
                 deadline: ms("COLDPATH_SERVE_CLIP_DEADLINE_MS", 5_000)?,
+                fill_wait: fill_ms("COLDPATH_SERVE_CLIP_FILL_WAIT_MS", 5)?,
             },
             drain: ms("COLDPATH_SERVE_DRAIN_MS", 25_000)?,
             retry_after_s: config::positive_or(env, "COLDPATH_SERVE_RETRY_AFTER_S", 1)? as u64,
