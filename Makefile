@@ -77,7 +77,7 @@ soak: setup ## the captioning chaos soak: SOAK_MESSAGES (1000) messages, workers
 SERVE_PORT ?= 8080
 .PHONY: serve soak-serve
 serve: setup ## the always-on server (embeddings + faces) on http://127.0.0.1:8080 (SERVE_PORT)
-	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
+	@$(CARGO) build --release --locked --quiet -p coldpath-serve --bin coldpath-serve >&2
 	@echo "coldpath-serve: http://127.0.0.1:$(SERVE_PORT) (POST /v1/embeddings, /v1/faces; GET /ready, /metrics); Ctrl-C stops it" >&2
 	@$(ENV); COLDPATH_SERVE_HOST=$${COLDPATH_SERVE_HOST:-127.0.0.1} PORT=$(SERVE_PORT) \
 	  exec target/release/coldpath-serve
@@ -108,7 +108,7 @@ bench-serve: setup setup-wrk ## load benchmark of the server (wrk) against a Pyt
 # decoder child. Figures: target/bench/serve-hostile.json.
 .PHONY: bench-serve-hostile
 bench-serve-hostile: setup ## the server under a flood of big uploads and stalled connections
-	@$(CARGO) build --release --locked --quiet --bin coldpath-serve >&2
+	@$(CARGO) build --release --locked --quiet -p coldpath-serve --bin coldpath-serve >&2
 	@$(ENV); .venv/bin/python functions/hosts/serve/benches/hostile.py
 
 lint: check-help check-fixtures ## cargo fmt --check, clippy with warnings as errors, the help and fixture manifest checks

@@ -211,12 +211,12 @@ fn is_base64(data: &str) -> bool {
 
 /// The OpenAI response: one vector per input, in order; `usage` counts the texts' tokens (a
 /// photo counts none).
-pub fn response(
-    model: &str,
+pub fn response<'a>(
+    model: &'a str,
     format: EncodingFormat,
-    vectors: &[Vec<f32>],
+    vectors: &'a [Vec<f32>],
     token_counts: &[usize],
-) -> Value {
+) -> openai::Response<'a> {
     openai::response(model, format, vectors, token_counts)
 }
 

@@ -160,7 +160,7 @@ impl<F: ObjectFetcher> ClipService<F> {
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "embedded"
         );
-        Ok(api::response(self.engine.name(), format, &vectors, &tokens))
+        Ok(api::response(self.engine.name(), format, &vectors, &tokens).to_value())
     }
 
     /// One uploaded photo through the vision tower: fetched, decoded upright within the photo

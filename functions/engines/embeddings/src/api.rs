@@ -176,34 +176,114 @@ fn field_type(field: &'static str, expected: &'static str, found: &Value) -> Req
     }
 }
 
-/// Builds the OpenAI-shaped response.
-pub fn response(
-    model: &str,
+/// An OpenAI embeddings response, written straight to JSON: each vector's numbers as the
+/// shortest decimals that read back as the same `f32` (about 10 characters, where the `f64` a
+/// `serde_json::Value` widens them to takes about 20), which halves the answer and the work of
+/// writing it. Keys in the order a `Value` writes them (sorted). [`Response::to_value`] is the
+/// same answer as a `Value`, for the hosts that build one: the same short numbers, which read
+/// back as the same `f32`s.
+#[derive(Debug, serde::Serialize)]
+pub struct Response<'a> {
+    data: Vec<Datum<'a>>,
+    model: &'a str,
+    object: &'static str,
+    usage: Usage,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Datum<'a> {
+    embedding: Embedding<'a>,
+    index: usize,
+    object: &'static str,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Embedding<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+impl Response<'_> {
+    /// The answer as a `Value`, its numbers the `f64`s nearest the `f32`s' shortest decimals,
+    /// so that the `Value` writes the same short numbers as `self` (an `f64` switches to an
+    /// exponent at other sizes than an `f32`: 8.735648e-6 against 0.000008735648).
+    pub fn to_value(&self) -> Value {
+        let data = self
+            .data
+            .iter()
+            .map(|d| {
+                let embedding = match &d.embedding {
+                    Embedding::Float(v) => Value::Array(v.iter().map(|&x| short(x)).collect()),
+                    Embedding::Base64(b) => Value::String(b.clone()),
+                };
+                json!({"object": d.object, "index": d.index, "embedding": embedding})
+            })
+            .collect::<Vec<_>>();
+        json!({
+            "object": self.object,
+            "data": data,
+            "model": self.model,
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "total_tokens": self.usage.total_tokens,
+            },
+        })
+    }
+}
+
+/// `x` as the `f64` nearest its shortest `f32` decimal, which is how it then writes.
+fn short(x: f32) -> Value {
+    if !x.is_finite() {
+        // JSON has no NaN or infinity; `Value` writes them as null, as serializing `x` does.
+        return Value::Null;
+    }
+    let decimal = x.to_string();
+    decimal
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+/// The OpenAI response for `vectors`, one per input, in input order.
+pub fn response<'a>(
+    model: &'a str,
     format: EncodingFormat,
-    vectors: &[Vec<f32>],
+    vectors: &'a [Vec<f32>],
     token_counts: &[usize],
-) -> Value {
-    let data: Vec<Value> = vectors
+) -> Response<'a> {
+    let data = vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| {
-            let embedding = match format {
-                EncodingFormat::Float => json!(v),
+        .map(|(index, v)| Datum {
+            embedding: match format {
+                EncodingFormat::Float => Embedding::Float(v),
                 EncodingFormat::Base64 => {
                     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                    Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
                 }
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+            },
+            index,
+            object: "embedding",
         })
         .collect();
     let tokens: usize = token_counts.iter().sum();
-    json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })
+    Response {
+        data,
+        model,
+        object: "list",
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }
 }
 
 /// Checks a decoded request body's size and parses its JSON: the class and message of the
@@ -333,7 +413,8 @@ mod tests {
 
     #[test]
     fn response_has_openai_shape() {
-        let r = response("mini", EncodingFormat::Float, &[vec![0.5, -0.5]], &[7]);
+        let vectors = [vec![0.5, -0.5]];
+        let r = response("mini", EncodingFormat::Float, &vectors, &[7]).to_value();
         assert_eq!(
             r,
             json!({
@@ -343,8 +424,84 @@ mod tests {
                 "usage": {"prompt_tokens": 7, "total_tokens": 7}
             })
         );
-        let b = response("mini", EncodingFormat::Base64, &[vec![1.0]], &[1]);
+        let vectors = [vec![1.0]];
+        let b = response("mini", EncodingFormat::Base64, &vectors, &[1]).to_value();
         // 1.0f32 little-endian is 00 00 80 3f.
         assert_eq!(b["data"][0]["embedding"], "AACAPw==");
+    }
+
+    /// Floats across the whole range, by bit pattern (a fixed xorshift, so the test is the same
+    /// every run), with the edges spelled out.
+    fn floats() -> Vec<f32> {
+        let mut state = 0x9e37_79b9_u32;
+        let mut out = vec![
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            1e-45,
+            f32::MAX,
+            f32::MIN,
+            0.1,
+            1e-7,
+            1e7,
+            123_456_790.0,
+            -0.100_205_906,
+            f32::NAN,
+            f32::INFINITY,
+        ];
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            out.push(f32::from_bits(state));
+        }
+        out
+    }
+
+    #[test]
+    fn floats_are_written_as_the_shortest_f32_decimal_that_reads_back() {
+        let vectors = [floats()];
+        let r = response("mini", EncodingFormat::Float, &vectors, &[1]);
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        let numbers = back["data"][0]["embedding"].as_array().unwrap();
+        for (x, written) in vectors[0].iter().zip(numbers) {
+            match written.as_f64() {
+                // f64 -> f32 rounds to the nearest f32: the decimal reads back as exactly `x`.
+                Some(y) => assert_eq!((y as f32).to_bits(), x.to_bits(), "{x:e} as {written}"),
+                None => assert!(!x.is_finite(), "{x} as {written}"),
+            }
+        }
+        // Short: 0.1f32 is "0.1", not the "0.10000000149011612" of its f64 widening.
+        assert!(text.contains("[0.0,-0.0,"), "{}", &text[..80]);
+        assert!(text.contains(",0.1,"), "{}", &text[..200]);
+    }
+
+    /// Every number of a written answer as the `f32` it reads back as (bits), and the rest.
+    fn read_back(text: &str) -> (Vec<Option<u32>>, Value) {
+        let mut tree: Value = serde_json::from_str(text).unwrap();
+        let mut bits = Vec::new();
+        for d in tree["data"].as_array_mut().unwrap() {
+            if let Some(v) = d["embedding"].as_array() {
+                bits.extend(v.iter().map(|x| x.as_f64().map(|y| (y as f32).to_bits())));
+                d["embedding"] = Value::Null;
+            }
+        }
+        (bits, tree)
+    }
+
+    #[test]
+    fn to_value_writes_the_same_answer_as_the_response() {
+        for format in [EncodingFormat::Float, EncodingFormat::Base64] {
+            let vectors = [floats(), vec![0.25, -3.5]];
+            let r = response("mini", format, &vectors, &[3, 4]);
+            let direct = serde_json::to_string(&r).unwrap();
+            let through_value = serde_json::to_string(&r.to_value()).unwrap();
+            // The same numbers, as short; only where a number switches to an exponent may
+            // differ (0.000008735648 as an f32, 8.735648e-6 as an f64).
+            assert_eq!(read_back(&direct), read_back(&through_value));
+            let ratio = through_value.len() as f64 / direct.len() as f64;
+            assert!((0.97..1.03).contains(&ratio), "{ratio}");
+        }
     }
 }

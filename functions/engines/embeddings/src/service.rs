@@ -130,7 +130,8 @@ impl<E: Embed + 'static> EmbeddingsService<E> {
             request.encoding_format,
             &embedded.vectors,
             &embedded.token_counts,
-        ))
+        )
+        .to_value())
     }
 }
 

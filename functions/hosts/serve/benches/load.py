@@ -38,7 +38,9 @@ so a short point would lose a large share of its work at its edges) after a 2-se
 at the same concurrency, for two request bodies: one short
 query ("photos of my dog at the beach last summer", the embeddings benchmark's query) and 32 texts
 of about 20 words (the embeddings benchmark's batch), at concurrency 1, 4, 16 and 64. The
-contenders take turns at each point so drift on a noisy machine hits all of them alike. Non-2xx
+contenders take turns at each point so drift on a noisy machine hits all of them alike, each
+round starting one contender later, and each server the bench started is left to go idle before
+the next one's turn. Non-2xx
 answers (429 when a queue is full) are counted and reported beside the throughput, which counts
 only the 2xx answers. Resident memory of each server is read from /proc after its last point.
 
@@ -51,7 +53,9 @@ model alone does with that batch; `short_query_c<c>_serve_over_floor` in the sum
 throughput over it. Every figure carries the 1-minute load average when it was taken, and each
 server the bench started (and the floor) its CPU time over the point: requests per CPU-second,
 which compares one core's work when other work shares that core
-(`short_query_c<c>_serve_over_floor_per_cpu_s`).
+(`short_query_c<c>_serve_over_floor_per_cpu_s`). For coldpath-serve it also reads `/metrics`
+around each point: the texts its batches held on average (`texts_per_batch`), which says
+whether a shortfall against the floor is the batches' size or the work around the model.
 
 If target/bench/embeddings.json (the embeddings benchmark, `make bench`) exists, the 32-text p50
 at concurrency 1 is compared with the raw batch floor it measured (the session alone on the
@@ -169,15 +173,49 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def batch_totals(url):
+    """coldpath-serve's embeddings batches so far, (items, batches) from its /metrics; None for a
+    server without them (any other contender)."""
+    metrics = url.rsplit("/v1/", 1)[0] + "/metrics"
+    try:
+        with urllib.request.urlopen(metrics, timeout=10) as r:
+            text = r.read().decode()
+    except (OSError, ValueError):
+        return None
+    found = dict(re.findall(r'^coldpath_serve_batch_items_(sum|count)\{model="embeddings"\} (\S+)$', text, re.M))
+    return (float(found["sum"]), float(found["count"])) if len(found) == 2 else None
+
+
+def settle(proc, timeout=120):
+    """Until a server the bench started is idle (under 10 ms of CPU in 250 ms), at most
+    `timeout` seconds; the seconds waited."""
+    if proc is None:
+        return 0.0
+    started = time.monotonic()
+    before = cpu_seconds(proc.pid)
+    while time.monotonic() - started < timeout:
+        time.sleep(0.25)
+        now = cpu_seconds(proc.pid)
+        if now - before < 0.01:
+            break
+        before = now
+    return time.monotonic() - started
+
+
 def timed_wrk(url, script, concurrency, seconds, proc):
     """wrk at one point, plus the server's CPU time over it when the bench started the server:
-    requests per CPU-second of the server, the figure that holds when other work shares its core."""
+    requests per CPU-second of the server, the figure that holds when other work shares its core;
+    and for coldpath-serve the texts its batches held on average over the point."""
     before = cpu_seconds(proc.pid) if proc is not None else None
+    batches_before = batch_totals(url)
     r = wrk(url, script, concurrency, seconds)
     if before is not None:
         used = cpu_seconds(proc.pid) - before
         r["server_cpu_s"] = used
         r["requests_per_cpu_s"] = (r["requests"] - r["non_2xx"]) / used if used > 0 else None
+    batches_after = batch_totals(url)
+    if batches_before and batches_after and batches_after[1] > batches_before[1]:
+        r["texts_per_batch"] = (batches_after[0] - batches_before[0]) / (batches_after[1] - batches_before[1])
     return r
 
 
@@ -254,6 +292,8 @@ def median_of(rounds):
     per_cpu = [r["requests_per_cpu_s"] for r in rounds if r.get("requests_per_cpu_s")]
     out["requests_per_cpu_s"] = statistics.median(per_cpu) if per_cpu else None
     out["load_avg_1m"] = [r.get("load_avg_1m") for r in rounds]
+    per_batch = [r["texts_per_batch"] for r in rounds if r.get("texts_per_batch")]
+    out["texts_per_batch"] = statistics.median(per_batch) if per_batch else None
     for key in ("p50_ms", "p99_ms"):
         values = [r[key] for r in rounds if r[key] is not None]
         out[key] = statistics.median(values) if values else None
@@ -367,13 +407,20 @@ def main() -> int:
                 points = {name: [] for name in contenders}
                 if with_floor and body == "short_query":
                     points["floor"] = []
-                for _ in range(rounds):
-                    for name in contenders:
+                for k in range(rounds):
+                    # Each round starts one contender later, so no one always follows the same
+                    # neighbour (the first of a round measured up to 10% low on this VM).
+                    turns = list(points)[k % len(points):] + list(points)[:k % len(points)]
+                    for name in turns:
+                        if name == "floor":
+                            points["floor"].append(floor_point(floor_bin, base_env, c, seconds_by_body[body]))
+                            continue
                         wrk(urls[name], scripts[body], c, 2)  # warm-up at this concurrency
                         points[name].append(timed_wrk(urls[name], scripts[body], c, seconds_by_body[body],
                                                       procs.get(name)))
-                    if "floor" in points:
-                        points["floor"].append(floor_point(floor_bin, base_env, c, seconds_by_body[body]))
+                        # A server still working off requests wrk left behind (the Python peer
+                        # at 32 texts and concurrency 64) would take the next one's core.
+                        settle(procs.get(name))
                 for name in points:
                     r = median_of(points[name])
                     results.setdefault(name, {}).setdefault(body, {})[str(c)] = r
@@ -384,6 +431,8 @@ def main() -> int:
                               "/".join(f"{x['requests_per_s']:.1f}" for x in points[name]))
                     if r.get("requests_per_cpu_s"):
                         spread += f"  {r['requests_per_cpu_s']:.1f} a CPU-second"
+                    if r.get("texts_per_batch"):
+                        spread += f"  {r['texts_per_batch']:.1f} texts a batch"
                     spread += "  load " + "/".join(f"{x.get('load_avg_1m', 0):.1f}" for x in points[name])
                     print(f"{body:<12} c={c:<3} {name:<14} {r['requests_per_s']:8.1f} req/s  {lat}  "
                           f"non-2xx {r['non_2xx']}{spread}", flush=True)

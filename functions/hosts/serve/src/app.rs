@@ -119,9 +119,9 @@ impl AppState {
         e.into_response_after(self.config.retry_after_s)
     }
 
-    fn answer(&self, result: Result<Value, RequestError>) -> Response {
+    fn answer(&self, result: Result<Response, RequestError>) -> Response {
         match result {
-            Ok(v) => axum::Json(v).into_response(),
+            Ok(answer) => answer,
             Err(e) => self.refuse(e),
         }
     }

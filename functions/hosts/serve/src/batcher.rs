@@ -312,7 +312,9 @@ fn live<M: BatchModel>(
 /// A batch that ran: what the next one waits to fill (`batch_loop`'s fill wait).
 #[derive(Clone, Copy)]
 struct Finished {
+    requests: usize,
     items: usize,
+    weight: usize,
     ran: Duration,
     ended: Instant,
 }
@@ -331,6 +333,16 @@ impl<M: BatchModel> Forming<M> {
             weight: first.weight,
             batch: vec![first],
         }
+    }
+
+    /// Whether a request like the last batch's average would still fit: when it would not, a
+    /// returning caller would only open the next batch, so there is nothing to wait for.
+    fn has_room(&self, last: &Finished, policy: &BatchPolicy) -> bool {
+        let requests = last.requests.max(1);
+        let fits_weight = policy
+            .max_weight
+            .is_none_or(|max| self.weight + last.weight / requests <= max);
+        self.items + (last.items / requests).max(1) <= policy.max_items && fits_weight
     }
 
     /// Adds `next` if it fits the policy's items and weight; otherwise hands it back, to open
@@ -400,7 +412,7 @@ async fn batch_loop<M: BatchModel>(
                 .filter(|e| e.admitted >= last.ended)
                 .map(|e| e.items)
                 .sum();
-            while !wait.is_zero() && returned < last.items && forming.items < policy.max_items {
+            while !wait.is_zero() && returned < last.items && forming.has_room(&last, &policy) {
                 let Ok(Some(next)) = tokio::time::timeout_at(until, rx.recv()).await else {
                     break;
                 };
@@ -438,7 +450,9 @@ async fn batch_loop<M: BatchModel>(
         let outcome = spawn_blocking(move || model.run(inputs)).await;
         running.stop();
         last = Some(Finished {
+            requests: replies.len(),
             items,
+            weight,
             ran: started.elapsed(),
             ended: Instant::now(),
         });
@@ -665,6 +679,43 @@ mod tests {
             alone.elapsed()
         );
         assert_eq!(model.batches.lock().unwrap().last(), Some(&vec![5]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_fill_wait_when_a_returning_caller_would_not_fit() {
+        let policy = BatchPolicy {
+            fill_wait: Duration::from_secs(30),
+            ..POLICY
+        };
+        let f = Fixture::new(policy);
+        let (b, model) = (&f.b, &f.model);
+        f.shut();
+        let caller = tokio::spawn({
+            let b = Arc::clone(b);
+            async move {
+                let first = b.submit(90).await;
+                // Back within the wait's 100 ms bound, but well after the next batch formed.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                (first, b.submit(5).await)
+            }
+        });
+        wait_for(|| model.entered.load(Ordering::SeqCst) == 1).await;
+        let other = tokio::spawn({
+            let b = Arc::clone(b);
+            async move { b.submit(80).await }
+        });
+        wait_for(|| b.depth() == 1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        f.open();
+        let (first, again) = caller.await.unwrap();
+        assert_eq!((first.unwrap(), again.unwrap()), (180, 10));
+        assert_eq!(other.await.unwrap().unwrap(), 160);
+        // 80 and another request of the last batch's weight (90) pass the budget of 100: the
+        // 80 runs at once. (Waiting, it would have taken the light 5 that came back.)
+        assert_eq!(
+            *model.batches.lock().unwrap(),
+            vec![vec![90], vec![80], vec![5]]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

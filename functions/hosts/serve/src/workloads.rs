@@ -27,6 +27,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use axum::Json;
+use axum::response::{IntoResponse as _, Response};
 use coldpath_aws::ObjectStore;
 use coldpath_clip::{ClipError, ClipService, ClipServiceError, Towers};
 use coldpath_core::ErrorType;
@@ -36,7 +38,6 @@ use coldpath_faces::request as faces_request;
 use coldpath_faces::{AnalyzeFaces, DetectOptions, Face, FaceError, FacesError, OnnxFaces};
 use coldpath_image::{ImageLoader, RgbImage};
 use coldpath_io::TaskError;
-use serde_json::Value;
 use tokenizers::Encoding;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -169,7 +170,7 @@ impl EmbeddingsWorkload {
         &self,
         admission: Admission<'_, EmbeddingsModel>,
         body: Vec<u8>,
-    ) -> Result<Value, RequestError> {
+    ) -> Result<Response, RequestError> {
         let embedder = self.model.embedder();
         let request = {
             let tree = coldpath_embeddings::api::parse_body(&body, self.limits.max_request_bytes)
@@ -213,12 +214,13 @@ impl EmbeddingsWorkload {
             .submit(encodings)
             .await
             .map_err(|e| self.refused(e))?;
-        Ok(api::response(
+        Ok(Json(api::response(
             &self.model_name,
             request.encoding_format,
             &embedded.vectors,
             &embedded.token_counts,
         ))
+        .into_response())
     }
 }
 
@@ -377,7 +379,7 @@ impl FacesWorkload {
         &self,
         admission: Admission<'_, FacesModel>,
         body: Vec<u8>,
-    ) -> Result<Value, RequestError> {
+    ) -> Result<Response, RequestError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(RequestError::Body {
                 kind: ErrorType::InvalidInput,
@@ -397,12 +399,13 @@ impl FacesWorkload {
             .submit((decoded.image, request.options))
             .await
             .map_err(refused)?;
-        Ok(faces_request::response(
+        Ok(Json(faces_request::response(
             width,
             height,
             &found,
             self.model.faces.model_names(),
         ))
+        .into_response())
     }
 }
 
@@ -508,7 +511,7 @@ impl ClipWorkload {
         &self,
         admission: Admission<'_, ClipTextModel>,
         body: Vec<u8>,
-    ) -> Result<Value, RequestError> {
+    ) -> Result<Response, RequestError> {
         // The body and its tree are freed before the request waits for anything.
         let request = {
             let tree = coldpath_embeddings::api::parse_body(&body, self.max_body_bytes())
@@ -541,12 +544,13 @@ impl ClipWorkload {
             .map_err(ClipServiceError::from)?
             .map_err(ClipServiceError::from)?;
         let vectors = admission.submit(ids).await.map_err(clip_refused)?;
-        Ok(coldpath_clip::api::response(
+        Ok(Json(coldpath_clip::api::response(
             self.name(),
             format,
             &vectors,
             &counts,
         ))
+        .into_response())
     }
 }
 
