@@ -427,14 +427,15 @@ def main() -> int:
                     lat = ("no answer within the point" if r["p50_ms"] is None else
                            f"{r['p50_ms']:8.2f} ms a run of {c}" if name == "floor" else
                            f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms")
+                    digits = 2 if r["requests_per_s"] < 10 else 1
                     spread = ("" if rounds == 1 else "  rounds " +
-                              "/".join(f"{x['requests_per_s']:.1f}" for x in points[name]))
+                              "/".join(f"{x['requests_per_s']:.{digits}f}" for x in points[name]))
                     if r.get("requests_per_cpu_s"):
-                        spread += f"  {r['requests_per_cpu_s']:.1f} a CPU-second"
+                        spread += f"  {r['requests_per_cpu_s']:.{digits}f} a CPU-second"
                     if r.get("texts_per_batch"):
                         spread += f"  {r['texts_per_batch']:.1f} texts a batch"
                     spread += "  load " + "/".join(f"{x.get('load_avg_1m', 0):.1f}" for x in points[name])
-                    print(f"{body:<12} c={c:<3} {name:<14} {r['requests_per_s']:8.1f} req/s  {lat}  "
+                    print(f"{body:<12} c={c:<3} {name:<14} {r['requests_per_s']:8.{digits}f} req/s  {lat}  "
                           f"non-2xx {r['non_2xx']}{spread}", flush=True)
         memory = {name: dict(rss_mib(p.pid)) for name, p in procs.items()}
     finally:
