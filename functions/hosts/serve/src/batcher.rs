@@ -631,89 +631,75 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_batch_smaller_than_the_last_waits_for_its_callers_to_return() {
+    /// A caller whose `first` request runs alone for 800 ms while `queued` wait (so the fill
+    /// wait's bound is then 100 ms); answered, it sends `again` after `pause`, as a steady
+    /// client does. Every answer is checked; the fixture is returned with its batches.
+    async fn returning_caller(first: u32, queued: &[u32], pause: Duration, again: u32) -> Fixture {
         // A long fill wait: the bound is then an eighth of the last run (the gate's hold).
-        let policy = BatchPolicy {
+        let f = Fixture::new(BatchPolicy {
             fill_wait: Duration::from_secs(30),
             ..POLICY
-        };
-        let f = Fixture::new(policy);
-        let (b, model) = (&f.b, &f.model);
+        });
         f.shut();
-        // One caller runs alone and holds the model; two others queue meanwhile.
         let caller = tokio::spawn({
-            let b = Arc::clone(b);
+            let b = Arc::clone(&f.b);
             async move {
-                let first = b.submit(1).await;
-                // Answered: it comes straight back, as a steady client does.
-                (first, b.submit(4).await)
+                let answer = b.submit(first).await;
+                tokio::time::sleep(pause).await;
+                (answer, b.submit(again).await)
             }
         });
-        wait_for(|| model.entered.load(Ordering::SeqCst) == 1).await;
-        let others: Vec<_> = [2, 3]
-            .into_iter()
-            .map(|x| {
-                let b = Arc::clone(b);
-                tokio::spawn(async move { b.submit(x).await })
+        wait_for(|| f.model.entered.load(Ordering::SeqCst) == 1).await;
+        let others: Vec<_> = queued
+            .iter()
+            .map(|&x| {
+                let b = Arc::clone(&f.b);
+                tokio::spawn(async move { (x, b.submit(x).await) })
             })
             .collect();
-        wait_for(|| b.depth() == 2).await;
-        // The first run lasts 800 ms, so the next batch may wait up to 100 ms for its caller.
+        wait_for(|| f.b.depth() == queued.len()).await;
         tokio::time::sleep(Duration::from_millis(800)).await;
         f.open();
-        let (first, again) = caller.await.unwrap();
-        assert_eq!((first.unwrap(), again.unwrap()), (2, 8));
+        let (answer, answer_again) = caller.await.unwrap();
+        assert_eq!(
+            (answer.unwrap(), answer_again.unwrap()),
+            (2 * first, 2 * again)
+        );
         for o in others {
-            o.await.unwrap().unwrap();
+            let (x, answer) = o.await.unwrap();
+            assert_eq!(answer.unwrap(), 2 * x);
         }
+        f
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_smaller_than_the_last_waits_for_its_callers_to_return() {
+        let f = returning_caller(1, &[2, 3], Duration::ZERO, 4).await;
         // Without the wait the queued two would have run alone, and the returning caller after.
-        assert_eq!(*model.batches.lock().unwrap(), vec![vec![1], vec![2, 3, 4]]);
+        assert_eq!(
+            *f.model.batches.lock().unwrap(),
+            vec![vec![1], vec![2, 3, 4]]
+        );
         // Nobody returns from that batch of three (its callers are done): the next request
         // waits out the bound, an eighth of a short run, and runs alone.
         let alone = Instant::now();
-        assert_eq!(b.submit(5).await.unwrap(), 10);
+        assert_eq!(f.b.submit(5).await.unwrap(), 10);
         assert!(
             alone.elapsed() < Duration::from_secs(1),
             "{:?}",
             alone.elapsed()
         );
-        assert_eq!(model.batches.lock().unwrap().last(), Some(&vec![5]));
+        assert_eq!(f.model.batches.lock().unwrap().last(), Some(&vec![5]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_fill_wait_when_a_returning_caller_would_not_fit() {
-        let policy = BatchPolicy {
-            fill_wait: Duration::from_secs(30),
-            ..POLICY
-        };
-        let f = Fixture::new(policy);
-        let (b, model) = (&f.b, &f.model);
-        f.shut();
-        let caller = tokio::spawn({
-            let b = Arc::clone(b);
-            async move {
-                let first = b.submit(90).await;
-                // Back within the wait's 100 ms bound, but well after the next batch formed.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                (first, b.submit(5).await)
-            }
-        });
-        wait_for(|| model.entered.load(Ordering::SeqCst) == 1).await;
-        let other = tokio::spawn({
-            let b = Arc::clone(b);
-            async move { b.submit(80).await }
-        });
-        wait_for(|| b.depth() == 1).await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        f.open();
-        let (first, again) = caller.await.unwrap();
-        assert_eq!((first.unwrap(), again.unwrap()), (180, 10));
-        assert_eq!(other.await.unwrap().unwrap(), 160);
+        // The caller comes back within the wait's bound, but well after the next batch formed.
+        let f = returning_caller(90, &[80], Duration::from_millis(20), 5).await;
         // 80 and another request of the last batch's weight (90) pass the budget of 100: the
         // 80 runs at once. (Waiting, it would have taken the light 5 that came back.)
         assert_eq!(
-            *model.batches.lock().unwrap(),
+            *f.model.batches.lock().unwrap(),
             vec![vec![90], vec![80], vec![5]]
         );
     }
