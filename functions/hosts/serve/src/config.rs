@@ -57,6 +57,13 @@ pub const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 /// text with its offsets until it truncates.
 pub const TOKENIZER_BYTES_PER_TEXT_BYTE: u64 = 384;
 
+/// A request whose texts come to at most this many bytes (a search query) is tokenized on the
+/// runtime worker that took it, in tens of microseconds, instead of queueing for a tokenizing
+/// thread, where it would wait behind whatever large text that thread is on (a 1 MiB text takes
+/// about a second). Each worker then holds at most one such working set (384 KiB) beside its
+/// tokenizing thread's.
+pub const INLINE_TOKENIZE_BYTES: usize = 1024;
+
 /// What the loaded models fix that a text bound needs: their vector sizes, and CLIP's context
 /// length (its rows' width). Known once the models are loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -410,7 +417,9 @@ impl ServeConfig {
         let admitted: u64 = terms.iter().map(|t| t.admitted * t.held).sum();
         let per_worker = terms.iter().map(|t| t.worker).max().unwrap_or(0);
         let largest_text = terms.iter().map(|t| t.body).max().unwrap_or(0);
-        let tokenizing = TOKENIZER_BYTES_PER_TEXT_BYTE * largest_text;
+        // A tokenizing thread's text, and a small one tokenized on the worker itself.
+        let tokenizing =
+            TOKENIZER_BYTES_PER_TEXT_BYTE * (largest_text + INLINE_TOKENIZE_BYTES as u64);
         let batches: u64 = terms.iter().map(|t| t.batch).sum();
         Some(admitted + workers as u64 * (per_worker + tokenizing) + batches)
     }
@@ -523,8 +532,12 @@ mod tests {
         let text = c.text_memory_bound(&shapes, 2).unwrap();
         let one_worker = c.text_memory_bound(&shapes, 1).unwrap();
         // A worker more is one more JSON tree of the largest body and one more tokenizer
-        // working set of it: 32 + 1 + 384 times 1 MiB, and the texts' own 64 bytes each.
-        assert_eq!(text - one_worker, (32 + 1 + 384) * (1 << 20) + 64 * 256);
+        // working set of it: 32 + 1 + 384 times 1 MiB, and the texts' own 64 bytes each; and
+        // the working set of a small request it tokenizes itself (384 times 1 KiB).
+        assert_eq!(
+            text - one_worker,
+            (32 + 1 + 384) * (1 << 20) + 64 * 256 + 384 * 1024
+        );
         // One more place in the embeddings queue is one more request's share: its body's buffer
         // (2 × (1 MiB + 64 KiB)) beside its texts (1 MiB and 64 bytes each for 256 texts).
         let deeper = ServeConfig {

@@ -43,7 +43,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::batcher::{Admission, BatchError, BatchModel, Batcher};
-use crate::config::{ServeConfig, TextShapes};
+use crate::config::{INLINE_TOKENIZE_BYTES, ServeConfig, TextShapes};
 use crate::error::{RequestError, StartError};
 use crate::metrics::Metrics;
 
@@ -186,7 +186,8 @@ impl EmbeddingsWorkload {
         };
         let model = Arc::clone(&self.model);
         let texts = request.input;
-        let tokenized = self.tokenizing.run(move || {
+        let bytes = texts.iter().map(String::len).sum();
+        let tokenized = self.tokenizing.run(bytes, move || {
             let embedder = model.embedder();
             texts
                 .iter()
@@ -225,7 +226,8 @@ impl EmbeddingsWorkload {
 }
 
 /// The threads that tokenize, shared by the text workloads: as many as the runtime has
-/// workers, each tokenizing one request's texts at a time. The tokenizer's working set is a few
+/// workers, each tokenizing one request's texts at a time (a small request is tokenized on the
+/// worker that took it instead). The tokenizer's working set is a few
 /// hundred times the text it tokenizes (`TOKENIZER_BYTES_PER_TEXT_BYTE`), so tokenizing every
 /// admitted request at once would make memory a matter of how many arrive together; and the
 /// threads are dedicated because the allocator keeps an arena per thread: a working set freed
@@ -270,11 +272,18 @@ impl Tokenizing {
         })
     }
 
-    /// Runs `f` on a tokenizing thread once one is free (a panic in `f` is its error).
+    /// Tokenizes `bytes` of text with `f`: at once on this worker when they are few
+    /// ([`INLINE_TOKENIZE_BYTES`]: a query must not wait behind a large text), otherwise on a
+    /// tokenizing thread once one is free. A panic in `f` is its error.
     async fn run<T: Send + 'static>(
         &self,
+        bytes: usize,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, TaskError> {
+        if bytes <= INLINE_TOKENIZE_BYTES {
+            return catch_unwind(AssertUnwindSafe(f))
+                .map_err(|p| TaskError::Panicked(panic_message(p.as_ref())));
+        }
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -535,9 +544,10 @@ impl ClipWorkload {
             }
         };
         let model = Arc::clone(&self.model);
+        let bytes = texts.iter().map(String::len).sum();
         let tokenized = self
             .tokenizing
-            .run(move || model.service.engine().tokenize(&texts));
+            .run(bytes, move || model.service.engine().tokenize(&texts));
         let (ids, counts) = tokio::time::timeout_at(admission.deadline().into(), tokenized)
             .await
             .map_err(|_| self.expired(&admission))?

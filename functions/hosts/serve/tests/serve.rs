@@ -1260,6 +1260,66 @@ async fn a_flood_of_maximum_size_texts_holds_the_stated_embeddings_bound() {
     );
 }
 
+/// A search query is not held up by large texts being tokenized: with both tokenizing threads
+/// (one a worker) on the largest texts, a short query is tokenized on the worker that took it
+/// and answered well before either large one. Handed to a tokenizing thread like the rest, it
+/// waited until one of them was free: most of a large text's whole time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_query_does_not_wait_behind_large_texts_being_tokenized() {
+    const BODY_LIMIT: usize = 256 * 1024;
+    let limit = BODY_LIMIT.to_string();
+    let server = TestServer::start(&[
+        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+        ("EMBEDDINGS_MAX_REQUEST_BYTES", limit.as_str()),
+    ]);
+    let addr = server.addr;
+    // One token a byte: the text the tokenizer takes longest over for its size.
+    let big = Arc::new(
+        json!({ "input": "a!".repeat((BODY_LIMIT - 64) / 2) })
+            .to_string()
+            .into_bytes(),
+    );
+    let short = json!({ "input": "photos of my dog at the beach last summer" });
+    assert_eq!(post(addr, "/v1/embeddings", &short).await.status, 200);
+    let started = Instant::now();
+    let (asked, r) = upload_expecting_continue(addr, "/v1/embeddings", Arc::clone(&big)).await;
+    assert!(asked && r.status == 200, "{}", r.text());
+    let big_alone = started.elapsed();
+    // Both tokenizing threads (the test server has two workers) busy with a large text each.
+    let started = Instant::now();
+    let bigs: Vec<_> = (0..2)
+        .map(|_| {
+            let big = Arc::clone(&big);
+            tokio::spawn(async move {
+                let (_, r) = upload_expecting_continue(addr, "/v1/embeddings", big).await;
+                (r.status, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(big_alone / 10).await;
+    let asked = Instant::now();
+    let r = post(addr, "/v1/embeddings", &short).await;
+    let short_took = asked.elapsed();
+    let short_done = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut bigs_done = Vec::new();
+    for b in bigs {
+        let (status, done) = b.await.expect("large request");
+        assert_eq!(status, 200);
+        bigs_done.push(done);
+    }
+    eprintln!(
+        "a large text alone {big_alone:?}; the short query beside two took {short_took:?}, \
+         done at {short_done:?}, the large ones at {bigs_done:?}"
+    );
+    assert!(
+        short_took < big_alone / 4 && bigs_done.iter().all(|&d| short_done < d),
+        "the short query took {short_took:?} beside large texts of {big_alone:?} each, done at \
+         {short_done:?}, they at {bigs_done:?}"
+    );
+    assert!(server.shutdown());
+}
+
 /// Hundreds of connections that send half a request head and stall: a normal request is
 /// still answered beside them, and the server closes each stalled one after the read timeout
 /// instead of holding it forever.
