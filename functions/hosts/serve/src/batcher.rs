@@ -324,20 +324,41 @@ struct Forming<M: BatchModel> {
     batch: Vec<Entry<M>>,
     items: usize,
     weight: usize,
+    /// When the last batch ended; entries admitted since are its callers coming back.
+    since: Option<Instant>,
+    /// Items of the entries admitted since then.
+    returned: usize,
 }
 
 impl<M: BatchModel> Forming<M> {
-    fn new(first: Entry<M>) -> Self {
-        Forming {
-            items: first.items,
-            weight: first.weight,
-            batch: vec![first],
-        }
+    fn new(first: Entry<M>, since: Option<Instant>) -> Self {
+        let mut forming = Forming {
+            batch: Vec::new(),
+            items: 0,
+            weight: 0,
+            since,
+            returned: 0,
+        };
+        forming.push(first);
+        forming
     }
 
-    /// Whether a request like the last batch's average would still fit: when it would not, a
-    /// returning caller would only open the next batch, so there is nothing to wait for.
-    fn has_room(&self, last: &Finished, policy: &BatchPolicy) -> bool {
+    fn push(&mut self, entry: Entry<M>) {
+        self.items += entry.items;
+        self.weight += entry.weight;
+        if self.since.is_some_and(|since| entry.admitted >= since) {
+            self.returned += entry.items;
+        }
+        self.batch.push(entry);
+    }
+
+    /// Whether to wait for more (the fill wait): there is time to wait, fewer items have come
+    /// back than the `last` batch held, and a request like its average would still fit (when
+    /// it would not, a returning caller would only open the next batch).
+    fn awaits(&self, last: Option<Finished>, wait: Duration, policy: &BatchPolicy) -> bool {
+        let Some(last) = last.filter(|l| !wait.is_zero() && self.returned < l.items) else {
+            return false;
+        };
         let requests = last.requests.max(1);
         let fits_weight = policy
             .max_weight
@@ -354,9 +375,7 @@ impl<M: BatchModel> Forming<M> {
         if self.items + next.items > policy.max_items || over_weight {
             return Err(next);
         }
-        self.items += next.items;
-        self.weight += next.weight;
-        self.batch.push(next);
+        self.push(next);
         Ok(())
     }
 }
@@ -385,17 +404,6 @@ async fn batch_loop<M: BatchModel>(
         let Some(first) = live(first, now, name, &policy, &metrics) else {
             continue;
         };
-        let mut forming = Forming::new(first);
-        while forming.items < policy.max_items {
-            let Ok(next) = rx.try_recv() else { break };
-            let Some(next) = live(next, now, name, &policy, &metrics) else {
-                continue;
-            };
-            if let Err(next) = forming.add(next, &policy) {
-                held = Some(next);
-                break;
-            }
-        }
         // The fill wait. Taking only what has arrived when the model frees up splits a steady
         // set of callers into batches that take turns (at 16 clients: 1 and 15, or 8 and 8, as
         // each group is answered while the other runs), and small batches cost the model more
@@ -403,38 +411,33 @@ async fn batch_loop<M: BatchModel>(
         // arrived since it ended as it had, the batch waits for them, a short time
         // (`fill_wait`, at most an eighth of the last run) that costs a steady load nothing,
         // as the core is busy taking their requests meanwhile.
-        if let Some(last) = last.filter(|_| held.is_none()) {
-            let wait = policy.fill_wait.min(last.ran / 8);
-            let until = tokio::time::Instant::now() + wait;
-            let mut returned: usize = forming
-                .batch
-                .iter()
-                .filter(|e| e.admitted >= last.ended)
-                .map(|e| e.items)
-                .sum();
-            while !wait.is_zero() && returned < last.items && forming.has_room(&last, &policy) {
-                let Ok(Some(next)) = tokio::time::timeout_at(until, rx.recv()).await else {
-                    break;
-                };
-                let Some(next) = live(next, Instant::now(), name, &policy, &metrics) else {
-                    continue;
-                };
-                let back = if next.admitted >= last.ended {
-                    next.items
-                } else {
-                    0
-                };
-                if let Err(next) = forming.add(next, &policy) {
-                    held = Some(next);
-                    break;
+        let wait = last.map_or(Duration::ZERO, |l| policy.fill_wait.min(l.ran / 8));
+        let until = tokio::time::Instant::now() + wait;
+        let mut forming = Forming::new(first, last.map(|l| l.ended));
+        while forming.items < policy.max_items {
+            let next = match rx.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Empty) if forming.awaits(last, wait, &policy) => {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(next)) => next,
+                        _ => break,
+                    }
                 }
-                returned += back;
+                Err(_) => break,
+            };
+            let Some(next) = live(next, Instant::now(), name, &policy, &metrics) else {
+                continue;
+            };
+            if let Err(next) = forming.add(next, &policy) {
+                held = Some(next);
+                break;
             }
         }
         let Forming {
             batch,
             items,
             weight,
+            ..
         } = forming;
         let now = Instant::now();
         for e in &batch {

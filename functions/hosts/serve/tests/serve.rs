@@ -1143,15 +1143,8 @@ async fn a_flood_of_large_uploads_is_refused_before_the_bodies_are_read_and_memo
     // 30 MB of base64 zeros: valid base64, decoded in full, then refused as no image.
     let payload = "A".repeat(30_000_000 - 64);
     let body = Arc::new(format!(r#"{{"image": {{"base64": "{payload}"}}}}"#).into_bytes());
-    let tasks: Vec<_> = (0..40)
-        .map(|_| {
-            let body = Arc::clone(&body);
-            tokio::spawn(upload_expecting_continue(addr, "/v1/faces", body))
-        })
-        .collect();
     let (mut read, mut refused_unread) = (0, 0);
-    for t in tasks {
-        let (asked, r) = t.await.expect("upload task");
+    for (asked, r) in upload_flood(addr, "/v1/faces", &body, 40).await {
         match (asked, r.status) {
             (true, 400) => read += 1,
             (false, 429) => {
@@ -1187,6 +1180,34 @@ async fn a_flood_of_large_uploads_is_refused_before_the_bodies_are_read_and_memo
     );
 }
 
+/// `clients` uploads of `body` to `path` at once, as curl sends large bodies: each answer, and
+/// whether the server asked for the body.
+async fn upload_flood(
+    addr: SocketAddr,
+    path: &'static str,
+    body: &Arc<Vec<u8>>,
+    clients: usize,
+) -> Vec<(bool, Reply)> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(upload_expecting_continue(addr, path, Arc::clone(body))))
+        .collect();
+    let mut answers = Vec::with_capacity(clients);
+    for t in tasks {
+        answers.push(t.await.expect("upload task"));
+    }
+    answers
+}
+
+/// An embeddings body of one text filling `limit` bytes, shaped to cost the tokenizer most for
+/// its size: one token a byte.
+fn costliest_text_body(limit: usize) -> Arc<Vec<u8>> {
+    let body = json!({ "input": "a!".repeat((limit - 64) / 2) })
+        .to_string()
+        .into_bytes();
+    assert!(body.len() <= limit);
+    Arc::new(body)
+}
+
 /// Forty clients post the largest embeddings request at once (one text filling the body
 /// limit, shaped to cost the tokenizer most: one token a byte) to a queue of 4 and batches of 4:
 /// those beyond the admitted ones get 429 unread, and the server's peak memory stays under the
@@ -1218,23 +1239,14 @@ async fn a_flood_of_maximum_size_texts_holds_the_stated_embeddings_bound() {
     let bound = config.memory_bound(&shapes, workers);
     let p = spawn_binary_with("embeddings", &extra);
     let (addr, pid) = (p.addr, p.child.id());
-    let text = "a!".repeat((BODY_LIMIT - 64) / 2);
-    let body = Arc::new(json!({ "input": text }).to_string().into_bytes());
-    assert!(body.len() <= BODY_LIMIT);
+    let body = costliest_text_body(BODY_LIMIT);
     // Settle: one such request through, so the tokenizer's and the session's working sets for
     // this shape have been reached once.
     let (asked, r) = upload_expecting_continue(addr, "/v1/embeddings", Arc::clone(&body)).await;
     assert!(asked && r.status == 200, "{}", r.text());
     let before = peak_rss_bytes(pid);
-    let tasks: Vec<_> = (0..40)
-        .map(|_| {
-            let body = Arc::clone(&body);
-            tokio::spawn(upload_expecting_continue(addr, "/v1/embeddings", body))
-        })
-        .collect();
     let (mut answered, mut refused_unread) = (0, 0);
-    for t in tasks {
-        let (asked, r) = t.await.expect("upload task");
+    for (asked, r) in upload_flood(addr, "/v1/embeddings", &body, 40).await {
         match (asked, r.status) {
             (true, 200) => answered += 1,
             (false, 429) => refused_unread += 1,
@@ -1273,12 +1285,7 @@ async fn a_short_query_does_not_wait_behind_large_texts_being_tokenized() {
         ("EMBEDDINGS_MAX_REQUEST_BYTES", limit.as_str()),
     ]);
     let addr = server.addr;
-    // One token a byte: the text the tokenizer takes longest over for its size.
-    let big = Arc::new(
-        json!({ "input": "a!".repeat((BODY_LIMIT - 64) / 2) })
-            .to_string()
-            .into_bytes(),
-    );
+    let big = costliest_text_body(BODY_LIMIT);
     let short = json!({ "input": "photos of my dog at the beach last summer" });
     assert_eq!(post(addr, "/v1/embeddings", &short).await.status, 200);
     let started = Instant::now();
