@@ -541,35 +541,59 @@ async fn full_queue_answers_429_with_retry_after_and_the_rest_succeed() {
 /// deadline passed gets its answer (that work is not thrown away); the server carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn past_its_deadline_a_queued_request_answers_503_and_the_server_carries_on() {
-    let server = TestServer::start(&[
-        ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
-        // Long enough for the first request's 64 texts to be tokenized and queued on a machine
-        // busy with other builds (100 ms was not, once), short beside its batch's run.
-        ("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", "300"),
-        ("COLDPATH_INTRA_THREADS", "1"),
-    ]);
-    let addr = server.addr;
     // 64 texts of about 60 tokens hold the session for far longer than the deadline (about
     // 1 s on the 2-vCPU development VM at one thread).
     let long = "a photo of the whole family gathered on the terrace of the old house by the lake, \
                 with the grandparents, three children, two dogs and a birthday cake with candles";
     let slow: Vec<String> = (0..64).map(|i| format!("{long} ({i})")).collect();
-    let first =
-        tokio::spawn(async move { post(addr, "/v1/embeddings", &json!({"input": slow})).await });
-    // Once the 64 texts' batch has started, the next request waits past its deadline.
-    let started = Instant::now();
-    loop {
-        let m = get(addr, "/metrics").await.text();
-        let items = r#"coldpath_serve_batch_items_sum{model="embeddings"}"#;
-        if metric(&m, items).is_some_and(|n| n >= 64.0) {
-            break;
+    // The scene needs the 64 texts tokenized within the deadline, which the tests running
+    // beside this one in the same binary can prevent (a debug build tokenizes slowly, and the
+    // head-of-line test tokenizes 512 KiB at once): then the first request itself gets its
+    // 503 before any batch starts, and the scene is set again on a fresh server, at most
+    // three times. The assertions below are made on the one scene that was set.
+    let mut attempts = 0;
+    let (server, first) = loop {
+        attempts += 1;
+        let server = TestServer::start(&[
+            ("COLDPATH_SERVE_WORKLOADS", "embeddings"),
+            // Long enough for the first request's 64 texts to be tokenized and queued on a
+            // quiet machine, short beside its batch's run.
+            ("COLDPATH_SERVE_EMBEDDINGS_DEADLINE_MS", "300"),
+            ("COLDPATH_INTRA_THREADS", "1"),
+        ]);
+        let addr = server.addr;
+        let body = json!({ "input": slow });
+        let first = tokio::spawn(async move { post(addr, "/v1/embeddings", &body).await });
+        // Once the 64 texts' batch has started, the next request waits past its deadline.
+        let started = Instant::now();
+        let set = loop {
+            let m = get(addr, "/metrics").await.text();
+            let items = r#"coldpath_serve_batch_items_sum{model="embeddings"}"#;
+            if metric(&m, items).is_some_and(|n| n >= 64.0) {
+                break true;
+            }
+            if first.is_finished() {
+                break false;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the batch never started:\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if set {
+            break (server, first);
         }
+        let r = first.await.unwrap();
+        assert_eq!(r.status, 503, "{}", r.text());
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the batch never started:\n{m}"
+            attempts < 3,
+            "the 64 texts missed their deadline in {attempts} tries"
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+        eprintln!("attempt {attempts}: the 64 texts were not tokenized within the deadline");
+        assert!(server.shutdown());
+    };
+    let addr = server.addr;
     let r = post(addr, "/v1/embeddings", &json!({"input": short_texts()[0]})).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
